@@ -1,0 +1,1 @@
+"""AgentGate client library and CLI."""
