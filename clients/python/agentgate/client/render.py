@@ -1,0 +1,87 @@
+"""Human-readable lines for events and work orders."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from agentgate.common import events as ev
+from agentgate.common.timeutil import iso
+from agentgate.v1 import common_pb2, events_pb2
+
+
+def status_name(status: int) -> str:
+    """WORK_ORDER_STATUS_SUCCEEDED -> SUCCEEDED."""
+    return common_pb2.WorkOrderStatus.Name(status).removeprefix("WORK_ORDER_STATUS_")
+
+
+def run_state_name(state: int) -> str:
+    """RUN_STATE_VERIFYING -> VERIFYING."""
+    return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_")
+
+
+def run_result_name(result: int) -> str:
+    """RUN_RESULT_FAILED_BUILD -> FAILED_BUILD ('' when unset)."""
+    return "" if not result else common_pb2.RunResult.Name(result).removeprefix("RUN_RESULT_")
+
+
+def describe(event: events_pb2.RunEvent) -> str:
+    """The interesting part of an event's payload, in a few words."""
+    kind = event.WhichOneof("payload")
+    p = getattr(event, kind) if kind else None
+    t = event.type
+    if t == ev.WORK_ORDER_QUEUED:
+        return f"position {p.position}, priority {p.priority}: {p.task_summary}"
+    if t == ev.RUN_STARTED:
+        return f"agent {p.agent}, up to {p.max_iterations} iterations"
+    if t == ev.ITERATION_STARTED:
+        return f"iteration {event.iteration}/{p.max_iterations}" + (" (with feedback)" if p.has_feedback else "")
+    if t in (ev.AGENT_COMPLETE, ev.AGENT_FAILED):
+        extra = " (timed out)" if p.timed_out else ""
+        return f"exit {p.exit_code} in {p.duration_seconds:.1f}s{extra}"
+    if t == ev.AGENT_OUTPUT:
+        return p.text.rstrip("\n")
+    if t == ev.SNAPSHOT_CREATED:
+        changed = ", ".join(p.changed_files[:5]) if p.has_changes else "no changes"
+        return f"{p.commit[:10]} ({changed})"
+    if t == ev.VERIFICATION_COMPLETE:
+        return ("PASSED" if p.passed else "FAILED") + f": {p.summary}"
+    if t == ev.STRATEGY_DECISION:
+        return ("continue" if p.decision.should_continue else "stop") + f": {p.decision.reason}"
+    if t in (ev.WORKSPACE_ACQUIRED, ev.WORKSPACE_RELEASED):
+        return f"{p.path} ({p.branch})"
+    if t in (ev.RUN_COMPLETE, ev.RUN_FAILED, ev.RUN_CANCELED):
+        text = f"{run_result_name(p.result)} after {p.iterations} iteration(s), {p.duration_seconds:.1f}s"
+        return text + (f" — {p.error}" if p.error else "")
+    if t in (ev.WORK_ORDER_CANCELED, ev.WORK_ORDER_TIMED_OUT):
+        return p.reason
+    if t == ev.PERSISTENCE_WARNING:
+        return p.message
+    return ""
+
+
+def event_line(event: events_pb2.RunEvent) -> Text:
+    """One styled line for an event."""
+    style = "dim" if event.type == ev.AGENT_OUTPUT else ""
+    if event.type in (ev.RUN_FAILED, ev.AGENT_FAILED) or (
+        event.type == ev.VERIFICATION_COMPLETE and not event.verification_complete.passed
+    ):
+        style = "red"
+    elif event.type in (ev.RUN_COMPLETE,) or (
+        event.type == ev.VERIFICATION_COMPLETE and event.verification_complete.passed
+    ):
+        style = "green"
+    line = Text(f"{event.seq:>4} ", style="dim")
+    line.append(f"{event.type:<22}", style="bold " + style if style != "dim" else "dim")
+    line.append(" " + describe(event), style=style)
+    return line
+
+
+def work_order_summary(work_order: common_pb2.WorkOrder) -> dict[str, str]:
+    """The fields a person wants first."""
+    return {
+        "work_order_id": work_order.id,
+        "run_id": work_order.run_id,
+        "status": status_name(work_order.status),
+        "created_at": iso(work_order.created_at),
+        "task": work_order.spec.task_prompt.splitlines()[0][:80] if work_order.spec.task_prompt else "",
+    }

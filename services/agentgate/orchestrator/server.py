@@ -1,0 +1,91 @@
+"""The orchestrator's gRPC edge and its process: a worker plus a small status API."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import grpc
+
+from agentgate.common.channels import aio_channel
+from agentgate.common.config import ServiceSettings, service_address
+from agentgate.orchestrator.worker import Worker
+from agentgate.v1 import (
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    persistence_pb2_grpc,
+    queue_pb2_grpc,
+    workspace_pb2_grpc,
+)
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    """Answers questions about the worker."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    async def GetWorkerStatus(self, request, context):  # noqa: N802 - gRPC method name
+        """What this worker is running now."""
+        worker = self._worker
+        return orchestrator_pb2.GetWorkerStatusResponse(
+            worker_id=worker.worker_id,
+            max_concurrent_runs=worker.max_concurrent_runs,
+            runs_completed=worker.runs_completed,
+            active_runs=[
+                orchestrator_pb2.ActiveRun(
+                    work_order_id=run.executor.work_order.id,
+                    run_id=run.executor.run.id,
+                    state=run.executor.run.state,
+                    iteration=run.executor.iteration,
+                )
+                for run in list(worker.active.values())
+            ],
+        )
+
+
+class OrchestratorApp:
+    """The orchestrator service: leases work from the queue and drives runs."""
+
+    service_names = ("agentgate.v1.OrchestratorService",)
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        queue_address: str | None = None,
+        workspace_address: str | None = None,
+        persistence_address: str | None = None,
+        max_concurrent_runs: int = 2,
+        worker_id: str | None = None,
+    ):
+        self.settings = settings
+        self._addresses = {
+            "queue": service_address("queue", queue_address),
+            "workspace": service_address("workspace", workspace_address),
+            "persistence": service_address("persistence", persistence_address),
+        }
+        self.max_concurrent_runs = max_concurrent_runs
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._channels: list[grpc.aio.Channel] = []
+        self.worker: Worker | None = None
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        """Connects to the other services, registers the servicer and starts leasing."""
+        channels = {name: aio_channel(addr) for name, addr in self._addresses.items()}
+        self._channels = list(channels.values())
+        self.worker = Worker(
+            self.worker_id,
+            queue_pb2_grpc.QueueServiceStub(channels["queue"]),
+            workspace_pb2_grpc.WorkspaceServiceStub(channels["workspace"]),
+            persistence_pb2_grpc.PersistenceServiceStub(channels["persistence"]),
+            max_concurrent_runs=self.max_concurrent_runs,
+        )
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(self.worker), server)
+        self.worker.start()
+
+    async def stop(self) -> None:
+        """Stops the worker and closes the channels."""
+        if self.worker:
+            await self.worker.stop()
+        for channel in self._channels:
+            await channel.close()
