@@ -42,7 +42,10 @@ class ServiceApp(Protocol):
         """Opens resources and registers servicers on `server`."""
 
     async def stop(self) -> None:
-        """Stops background work and closes resources."""
+        """Stops background work and closes resources (after in-flight calls finished).
+
+        An app may also define `async def closing()`, called before the server stops
+        taking calls, to end long-lived calls (streams, long polls) at once."""
 
 
 @dataclass
@@ -55,11 +58,15 @@ class RunningServer:
     health: health.aio.HealthServicer
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Reports NOT_SERVING, lets in-flight calls finish (up to `grace`), then closes the app."""
+        """Reports NOT_SERVING, ends long-lived calls, lets in-flight calls finish (up to
+        `grace`), then closes the app."""
         for name in (*self.app.service_names, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.app.stop()
+        closing = getattr(self.app, "closing", None)
+        if closing is not None:
+            await closing()
         await self.server.stop(grace)
+        await self.app.stop()
 
 
 async def start_server(app: ServiceApp, address: str) -> RunningServer:

@@ -77,7 +77,9 @@ class RunEventEmitter:
                 self.emitted += len(batch)
                 return
             except grpc.aio.AioRpcError as exc:
-                retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                # Only UNAVAILABLE: after a deadline the batch may have been stored, and
+                # sending it again would duplicate events.
+                retryable = exc.code() == grpc.StatusCode.UNAVAILABLE
                 if not retryable or attempt == 4:
                     self.failed_appends += len(batch)
                     log.warning("could not persist %d events of %s: %s", len(batch), self.run_id, exc.details())

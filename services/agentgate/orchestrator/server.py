@@ -83,9 +83,13 @@ class OrchestratorApp:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(self.worker), server)
         self.worker.start()
 
-    async def stop(self) -> None:
-        """Stops the worker and closes the channels."""
+    async def closing(self) -> None:
+        """Stops leasing and interrupts the runs in progress (the queue hands them out again)."""
         if self.worker:
             await self.worker.stop()
+
+    async def stop(self) -> None:
+        """Stops the worker and closes the channels."""
+        await self.closing()
         for channel in self._channels:
             await channel.close()

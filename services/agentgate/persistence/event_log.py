@@ -1,0 +1,168 @@
+"""The append-only event log: seq assignment, the events.jsonl files, and live fan-out.
+
+One lock orders every append: the SQLite transaction that assigns seqs, the hand-off to
+live subscribers and the events.jsonl append all happen in seq order, so followers and files
+never see a later event before an earlier one. The queue and the orchestrator append to the
+same work order at once; the lock is what keeps their seqs unique and gap-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from agentgate.common.timeutil import now_timestamp
+from agentgate.persistence.run_files import RunFiles
+from agentgate.persistence.store import PersistenceStore
+from agentgate.persistence.tasks import run_to_completion
+from agentgate.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUBSCRIBER_QUEUE = 10_000
+
+
+class SubscriberTooSlow(Exception):
+    """The subscriber's buffer overflowed; it must reconnect with its last seq."""
+
+
+class EventLogClosed(Exception):
+    """The service is shutting down; the subscriber should reconnect later."""
+
+
+class Subscription:
+    """Live events of one work order for one follower, buffered up to `limit`.
+
+    A deque (not an asyncio.Queue) so that events the replay has already sent can be
+    dropped from the front, which keeps a long replay from overflowing the buffer.
+    """
+
+    def __init__(self, work_order_id: str, limit: int):
+        self.work_order_id = work_order_id
+        self.limit = limit
+        self.overflowed = False
+        self.closed = False
+        self._items: deque[events_pb2.RunEvent] = deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, event: events_pb2.RunEvent) -> bool:
+        """Buffers an event without waiting; False when the subscriber is full (now
+        marked overflowed) or closed. Never blocks the appender."""
+        if self.overflowed or self.closed:
+            return False
+        if len(self._items) >= self.limit:
+            self.overflowed = True
+            self._items.clear()  # its memory is of no use any more
+            self._ready.set()
+            return False
+        self._items.append(event)
+        self._ready.set()
+        return True
+
+    def discard_through(self, seq: int) -> None:
+        """Drops buffered events with seq <= `seq` (already sent by the replay)."""
+        while self._items and self._items[0].seq <= seq:
+            self._items.popleft()
+
+    def close(self) -> None:
+        """Ends the subscription: a waiting `next()` raises EventLogClosed."""
+        self.closed = True
+        self._ready.set()
+
+    async def next(self) -> events_pb2.RunEvent:
+        """The next live event. Raises SubscriberTooSlow after an overflow and
+        EventLogClosed after `close()`, before any buffered event, so both end promptly."""
+        while True:
+            if self.overflowed:
+                raise SubscriberTooSlow(self.work_order_id)
+            if self.closed:
+                raise EventLogClosed(self.work_order_id)
+            if self._items:
+                return self._items.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class EventLog:
+    """Appends events (assigning seqs) and delivers them to live subscribers."""
+
+    def __init__(self, store: PersistenceStore, files: RunFiles, subscriber_queue_size: int = DEFAULT_SUBSCRIBER_QUEUE):
+        self.store = store
+        self.files = files
+        self.subscriber_queue_size = subscriber_queue_size
+        #: Subscribers ended because they fell too far behind.
+        self.dropped_subscribers = 0
+        self._lock = asyncio.Lock()
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    async def append(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
+        """Stores events with their new seqs, wakes followers and appends events.jsonl.
+
+        Returns the stored copies (seq set). Runs shielded: a caller that goes away after
+        the commit must not stop followers from hearing about committed events.
+        """
+        return await run_to_completion(self._append(list(events)))
+
+    async def _append(self, events: list[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
+        for event in events:
+            if not event.HasField("timestamp"):
+                event.timestamp.CopyFrom(now_timestamp())
+        async with self._lock:
+            stored = await self.store.append_events(events)
+            self._publish(stored)
+            # Files after the fan-out, so a slow disk delays no follower; still under the
+            # lock, so events.jsonl stays in seq order.
+            await self.files.append_events(stored)
+        return stored
+
+    def _publish(self, events: Sequence[events_pb2.RunEvent]) -> None:
+        for event in events:
+            subscribers = self._subscribers.get(event.work_order_id)
+            if not subscribers:
+                continue
+            for subscription in list(subscribers):
+                if not subscription.offer(event):
+                    self._drop(subscription)
+
+    def _drop(self, subscription: Subscription) -> None:
+        if subscription.overflowed:
+            self.dropped_subscribers += 1
+            log.warning(
+                "dropped a slow subscriber of %s (more than %d events behind)",
+                subscription.work_order_id,
+                subscription.limit,
+            )
+        self.unsubscribe(subscription)
+
+    def subscribe(self, work_order_id: str) -> Subscription:
+        """Starts buffering the work order's new events for one follower."""
+        subscription = Subscription(work_order_id, self.subscriber_queue_size)
+        self._subscribers.setdefault(work_order_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stops delivering to `subscription` (idempotent)."""
+        subscribers = self._subscribers.get(subscription.work_order_id)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self._subscribers[subscription.work_order_id]
+
+    def subscriber_count(self, work_order_id: str | None = None) -> int:
+        """Live subscribers, of one work order or of all."""
+        if work_order_id is not None:
+            return len(self._subscribers.get(work_order_id, ()))
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    def close(self) -> None:
+        """Ends every subscription (service shutdown)."""
+        for subscribers in list(self._subscribers.values()):
+            for subscription in list(subscribers):
+                subscription.close()
+        self._subscribers.clear()

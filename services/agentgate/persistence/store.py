@@ -1,0 +1,304 @@
+"""The SQLite index of the persistence service ($AGENTGATE_HOME/persistence.db).
+
+It holds every run, result, report, iteration and event as its serialized proto plus the
+columns that list/filter queries need, so answers never depend on reading the files.
+
+Two connections: one writer, used under a lock (a connection has one transaction, so two
+coroutines writing through it would commit or roll back each other's work), and one reader,
+which in WAL mode sees only committed data and never waits for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from agentgate.common.events import TERMINAL_EVENT_TYPES
+from agentgate.common.storage import open_database
+from agentgate.common.timeutil import utcnow
+from agentgate.persistence.pagination import PageCursor
+from agentgate.v1 import common_pb2, events_pb2
+
+MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        work_order_id TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        -- nanoseconds since the epoch: sortable, and exact for keyset pagination
+        created_at INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX runs_by_created ON runs (created_at DESC, id DESC);
+    CREATE INDEX runs_by_work_order ON runs (work_order_id, created_at DESC, id DESC);
+    CREATE TABLE agent_results (
+        run_id TEXT NOT NULL,
+        iteration INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        success INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE verification_reports (
+        run_id TEXT NOT NULL,
+        iteration INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE iterations (
+        run_id TEXT NOT NULL,
+        iteration INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE events (
+        work_order_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        run_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (work_order_id, seq)
+    );
+    CREATE INDEX events_by_run ON events (run_id, seq);
+    """,
+]
+
+# The tables of Save*: (table, name of the summary column).
+_RESULT_TABLES = {
+    "agent_results": "success",
+    "verification_reports": "passed",
+    "iterations": "state",
+}
+
+# SQLite integers are signed 64-bit; a uint64 after_seq above this matches nothing anyway.
+MAX_SEQ = 2**63 - 1
+
+
+def created_ns(run: common_pb2.Run) -> int:
+    """A run's created_at as integer nanoseconds (the sort key of ListRuns)."""
+    return run.created_at.seconds * 1_000_000_000 + run.created_at.nanos
+
+
+class PersistenceStore:
+    """Async access to persistence.db. Create with `await PersistenceStore.open(path)`."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> PersistenceStore:
+        """Opens (creating and migrating) the database at `path`."""
+        writer = await open_database(path, MIGRATIONS)
+        try:
+            reader = await open_database(path, MIGRATIONS)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        """Closes both connections, after any write in progress has finished."""
+        async with self._write_lock:
+            await self._writer.close()
+            await self._reader.close()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            try:
+                yield self._writer
+                await self._writer.commit()
+            except BaseException:
+                await self._writer.rollback()
+                raise
+
+    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def insert_run(self, run: common_pb2.Run) -> bool:
+        """Stores a new run; False when its id is taken (nothing changed)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO runs (id, work_order_id, state, result, created_at, updated_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                (run.id, run.work_order_id, run.state, run.result, created_ns(run), _now(), run.SerializeToString()),
+            )
+            return cursor.rowcount == 1
+
+    async def replace_run(self, run: common_pb2.Run) -> bool:
+        """Replaces a stored run; False when there is none with that id."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE runs SET work_order_id = ?, state = ?, result = ?, created_at = ?,"
+                " updated_at = ?, data = ? WHERE id = ?",
+                (run.work_order_id, run.state, run.result, created_ns(run), _now(), run.SerializeToString(), run.id),
+            )
+            return cursor.rowcount == 1
+
+    async def get_run(self, run_id: str) -> common_pb2.Run | None:
+        """The run with that id, or None."""
+        rows = await self._fetchall("SELECT data FROM runs WHERE id = ?", (run_id,))
+        return common_pb2.Run.FromString(rows[0]["data"]) if rows else None
+
+    async def list_runs(
+        self, work_order_id: str, limit: int, after: PageCursor | None
+    ) -> tuple[list[common_pb2.Run], PageCursor | None]:
+        """Up to `limit` runs, newest first, optionally of one work order, after the cursor.
+        Returns them with the cursor of the next page (None on the last page)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if work_order_id:
+            where.append("work_order_id = ?")
+            params.append(work_order_id)
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params.extend((after.created_ns, after.created_ns, after.run_id))
+        sql = "SELECT id, created_at, data FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # One extra row tells whether another page exists without a COUNT query.
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = await self._fetchall(sql, params)
+        runs = [common_pb2.Run.FromString(row["data"]) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = PageCursor(work_order_id, int(last["created_at"]), str(last["id"]))
+        return runs, next_cursor
+
+    # -- agent results, verification reports, iterations -----------------------------------
+
+    async def save_agent_result(self, result: common_pb2.AgentResult, file: str) -> bool:
+        """Indexes iteration N's agent result (replacing an earlier one); False when the run is unknown."""
+        return await self._save(
+            "agent_results", result.run_id, result.iteration, file, int(result.success), result.SerializeToString()
+        )
+
+    async def save_verification_report(self, report: common_pb2.VerificationReport, file: str) -> bool:
+        """Indexes iteration N's verification report; False when the run is unknown."""
+        return await self._save(
+            "verification_reports",
+            report.run_id,
+            report.iteration,
+            file,
+            int(report.passed),
+            report.SerializeToString(),
+        )
+
+    async def save_iteration(self, iteration: common_pb2.IterationData, file: str) -> bool:
+        """Indexes iteration N's data; False when the run is unknown."""
+        return await self._save(
+            "iterations",
+            iteration.run_id,
+            iteration.iteration,
+            file,
+            int(iteration.state),
+            iteration.SerializeToString(),
+        )
+
+    async def saved_files(self, table: str, run_id: str) -> list[tuple[int, str]]:
+        """(iteration, file) pairs indexed for a run in one of the Save* tables."""
+        if table not in _RESULT_TABLES:  # the name goes into SQL text
+            raise ValueError(f"unknown table {table!r}")
+        rows = await self._fetchall(
+            f"SELECT iteration, file FROM {table} WHERE run_id = ? ORDER BY iteration", (run_id,)
+        )
+        return [(int(row["iteration"]), str(row["file"])) for row in rows]
+
+    async def _save(self, table: str, run_id: str, iteration: int, file: str, summary: int, data: bytes) -> bool:
+        column = _RESULT_TABLES[table]
+        async with self._transaction() as db:
+            # Insert only when the run exists, checked inside the same transaction.
+            cursor = await db.execute(
+                f"INSERT OR REPLACE INTO {table} (run_id, iteration, file, {column}, saved_at, data)"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                (run_id, iteration, file, summary, _now(), data, run_id),
+            )
+            return cursor.rowcount == 1
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
+        """Stores a batch of events in one transaction, giving each the next seq of its work
+        order (max + 1, from 1). Returns copies of the events with their seq set."""
+        stored: list[events_pb2.RunEvent] = []
+        async with self._transaction() as db:
+            next_seq: dict[str, int] = {}
+            for event in events:
+                work_order_id = event.work_order_id
+                if work_order_id not in next_seq:
+                    async with db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE work_order_id = ?", (work_order_id,)
+                    ) as cursor:
+                        row = await cursor.fetchone()
+                    next_seq[work_order_id] = int(row[0]) + 1 if row else 1
+                copy = events_pb2.RunEvent()
+                copy.CopyFrom(event)
+                copy.seq = next_seq[work_order_id]
+                next_seq[work_order_id] += 1
+                await db.execute(
+                    "INSERT INTO events (work_order_id, seq, run_id, type, data) VALUES (?, ?, ?, ?, ?)",
+                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString()),
+                )
+                stored.append(copy)
+        return stored
+
+    async def read_events(
+        self, work_order_id: str, after_seq: int, limit: int, up_to_seq: int = MAX_SEQ
+    ) -> list[events_pb2.RunEvent]:
+        """Up to `limit` events of a work order with after_seq < seq <= up_to_seq, in seq order."""
+        rows = await self._fetchall(
+            "SELECT data FROM events WHERE work_order_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (work_order_id, min(after_seq, MAX_SEQ), min(up_to_seq, MAX_SEQ), limit),
+        )
+        return [events_pb2.RunEvent.FromString(row["data"]) for row in rows]
+
+    async def has_terminal_event(self, work_order_id: str, up_to_seq: int, run_id: str = "") -> bool:
+        """True when the work order's log (of `run_id` only, when given) holds a terminal
+        event with seq <= up_to_seq."""
+        types = sorted(TERMINAL_EVENT_TYPES)
+        sql = f"SELECT 1 FROM events WHERE work_order_id = ? AND seq <= ? AND type IN ({', '.join('?' for _ in types)})"
+        params: list[Any] = [work_order_id, min(up_to_seq, MAX_SEQ), *types]
+        if run_id:
+            sql += " AND run_id = ?"
+            params.append(run_id)
+        return bool(await self._fetchall(sql + " LIMIT 1", params))
+
+    async def work_order_of_run(self, run_id: str) -> str | None:
+        """The work order a run belongs to, from its events or else its run row."""
+        rows = await self._fetchall("SELECT work_order_id FROM events WHERE run_id = ? LIMIT 1", (run_id,))
+        if not rows:
+            rows = await self._fetchall("SELECT work_order_id FROM runs WHERE id = ?", (run_id,))
+        return str(rows[0]["work_order_id"]) if rows else None
+
+    async def work_order_known(self, work_order_id: str) -> bool:
+        """True when any event or run refers to the work order."""
+        rows = await self._fetchall(
+            "SELECT 1 FROM events WHERE work_order_id = ? UNION ALL SELECT 1 FROM runs WHERE work_order_id = ? LIMIT 1",
+            (work_order_id, work_order_id),
+        )
+        return bool(rows)
+
+
+def _now() -> str:
+    return utcnow().isoformat()

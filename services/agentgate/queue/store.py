@@ -1,0 +1,647 @@
+"""Durable queue state: work orders, leases and the event outbox in one SQLite file.
+
+Every state change is one transaction, and the events it causes are written to the outbox
+in that same transaction (see `agentgate.queue.outbox`). Times are stored as integer
+microseconds since the Unix epoch (UTC). Lease order is `priority DESC, seq ASC`, where
+`seq` is the submission order; a requeued work order keeps both, so it returns to its old
+place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agentgate.common import events as event_names
+from agentgate.common.storage import open_database
+from agentgate.queue import outbox
+from agentgate.v1 import common_pb2, events_pb2
+
+Status = common_pb2.WorkOrderStatus
+PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
+RUNNING = common_pb2.WORK_ORDER_STATUS_RUNNING
+SUCCEEDED = common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+FAILED = common_pb2.WORK_ORDER_STATUS_FAILED
+CANCELED = common_pb2.WORK_ORDER_STATUS_CANCELED
+TIMED_OUT = common_pb2.WORK_ORDER_STATUS_TIMED_OUT
+
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELED, TIMED_OUT})
+#: What a worker may report in Complete.
+COMPLETION_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+MIGRATIONS = [
+    """
+    CREATE TABLE work_orders (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        status INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        seq INTEGER NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        -- Last time it became PENDING (created_at, or when an expired lease requeued it):
+        -- the queue wait limit counts from here.
+        enqueued_at INTEGER NOT NULL,
+        max_queue_wait_seconds INTEGER NOT NULL DEFAULT 0,
+        spec BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_id TEXT,
+        worker_id TEXT NOT NULL DEFAULT '',
+        lease_expires_at INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        cancel_reason TEXT NOT NULL DEFAULT '',
+        started_at INTEGER,
+        finished_at INTEGER,
+        error TEXT NOT NULL DEFAULT '',
+        traceparent TEXT NOT NULL DEFAULT '',
+        trace_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX work_orders_lease_order ON work_orders (status, priority DESC, seq);
+    CREATE UNIQUE INDEX work_orders_lease_id ON work_orders (lease_id) WHERE lease_id IS NOT NULL;
+
+    -- Every lease ever granted, so a late heartbeat can be told "expired" rather than "unknown".
+    CREATE TABLE leases (
+        lease_id TEXT PRIMARY KEY,
+        work_order_id TEXT NOT NULL REFERENCES work_orders (id),
+        worker_id TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL,
+        granted_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT NOT NULL DEFAULT 'active'
+    );
+
+    -- AUTOINCREMENT: ids are never reused, so "delivered up to id N" stays meaningful.
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        work_order_id TEXT NOT NULL,
+        event BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_work_order ON outbox (work_order_id, id);
+
+    -- Events persistence refused as invalid: kept for inspection, never silently dropped.
+    CREATE TABLE outbox_dead (
+        id INTEGER PRIMARY KEY,
+        work_order_id TEXT NOT NULL,
+        event BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        failed_at INTEGER NOT NULL,
+        error TEXT NOT NULL
+    );
+    """,
+]
+
+LEASE_ACTIVE = "active"
+LEASE_COMPLETED = "completed"
+LEASE_EXPIRED = "expired"
+
+T = TypeVar("T")
+
+
+class QueueError(Exception):
+    """A request the queue state cannot honour; the gRPC edge maps each kind to a code."""
+
+
+class NotFound(QueueError):
+    """Unknown work order or lease."""
+
+
+class LeaseExpired(NotFound):
+    """The lease existed but expired; its work order went back to the queue (or failed)."""
+
+
+class FailedPrecondition(QueueError):
+    """The work order is in a state that does not allow the request."""
+
+
+class QueueFull(QueueError):
+    """`max_queue_size` work orders are already waiting."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A work order handed to a worker."""
+
+    work_order: common_pb2.WorkOrder
+    lease_id: str
+    expires_at_us: int
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a work order stands: position 1 = next, 0 = running or ended."""
+
+    position: int
+    ahead: int
+    state: str
+    enqueued_at_us: int
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    """What one pass of the reaper changed."""
+
+    requeued: int = 0
+    failed: int = 0
+    canceled: int = 0
+    timed_out: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """True when any work order changed."""
+        return bool(self.requeued or self.failed or self.canceled or self.timed_out)
+
+
+def new_work_order_id() -> str:
+    """`wo-` + 12 hex characters."""
+    return f"wo-{uuid.uuid4().hex[:12]}"
+
+
+def new_run_id() -> str:
+    """`run-` + 12 hex characters."""
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
+def timestamp_from_us(micros: int | None) -> Timestamp:
+    """A protobuf Timestamp from epoch microseconds (unset when None)."""
+    ts = Timestamp()
+    if micros is not None:
+        ts.FromMicroseconds(micros)
+    return ts
+
+
+def status_name(status: int) -> str:
+    """`WORK_ORDER_STATUS_TIMED_OUT` -> `timed_out`."""
+    return common_pb2.WorkOrderStatus.Name(status).removeprefix("WORK_ORDER_STATUS_").lower()
+
+
+class QueueStore:
+    """The queue's durable state. One instance per database file; every method is safe to
+    call from concurrent tasks (writes are serialized and each is one transaction)."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        max_lease_attempts: int = 3,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._db = db
+        self.max_lease_attempts = max_lease_attempts
+        self._clock = clock
+        # One connection is shared by every task: the lock keeps one task's transaction
+        # from interleaving with another's statements.
+        self._lock = asyncio.Lock()
+        self._events_added = False
+        #: Called after a commit that added outbox events (wakes the forwarder).
+        self.on_events: Callable[[], None] | None = None
+        #: Called after a commit that may let a Lease succeed: a work order became
+        #: PENDING or a run slot was freed (wakes lease long polls). Called from the
+        #: committing task itself, so a caller that hangs up cannot swallow the wake-up.
+        self.on_work_changed: Callable[[], None] | None = None
+        self._work_changed = False
+
+    @classmethod
+    async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
+        """Opens (creating or migrating) the queue database at `path`."""
+        db = await open_database(path, MIGRATIONS)
+        return cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
+
+    async def close(self) -> None:
+        """Closes the database after any transaction in progress."""
+        async with self._lock:
+            await self._db.close()
+
+    def now_us(self) -> int:
+        """Now, in epoch microseconds, from the store's clock."""
+        return int(self._clock() * 1_000_000)
+
+    # -- transactions -------------------------------------------------------------
+
+    async def _write(self, body: Callable[[aiosqlite.Connection, int], Awaitable[T]]) -> T:
+        # Shielded: a client that hangs up mid-request must not leave a transaction half
+        # done on the shared connection; the change completes (or rolls back) regardless.
+        return await asyncio.shield(self._write_now(body))
+
+    async def _write_now(self, body: Callable[[aiosqlite.Connection, int], Awaitable[T]]) -> T:
+        async with self._lock:
+            if self._db.in_transaction:
+                await self._db.rollback()
+            self._events_added = False
+            self._work_changed = False
+            await self._db.execute("BEGIN IMMEDIATE")
+            carried: Exception | None = None
+            try:
+                result = await body(self._db, self.now_us())
+            except _Committed as committed:
+                carried = committed.error
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+            added, work_changed = self._events_added, self._work_changed
+        if added and self.on_events is not None:
+            self.on_events()
+        if work_changed and self.on_work_changed is not None:
+            self.on_work_changed()
+        if carried is not None:
+            raise carried
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._db
+
+    async def _add_event(self, db: aiosqlite.Connection, event: events_pb2.RunEvent, now: int) -> None:
+        await db.execute(
+            "INSERT INTO outbox (work_order_id, event, created_at) VALUES (?, ?, ?)",
+            (event.work_order_id, event.SerializeToString(), now),
+        )
+        self._events_added = True
+
+    # -- work orders --------------------------------------------------------------
+
+    async def submit(
+        self,
+        spec: common_pb2.WorkOrderSpec,
+        max_queue_size: int,
+        traceparent: str = "",
+        trace_id: str = "",
+    ) -> tuple[common_pb2.WorkOrder, int]:
+        """Stores a validated spec as a PENDING work order, records `work_order:queued`,
+        and returns it with its position. Raises QueueFull when `max_queue_size` wait."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> tuple[common_pb2.WorkOrder, int]:
+            waiting = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (PENDING,))
+            if waiting >= max_queue_size:
+                raise QueueFull(f"the queue is full: {waiting} work orders waiting (max_queue_size {max_queue_size})")
+            seq = await _scalar(db, "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders", ())
+            work_order_id = new_work_order_id()
+            await db.execute(
+                """INSERT INTO work_orders (id, run_id, status, priority, seq, created_at, enqueued_at,
+                       max_queue_wait_seconds, spec, traceparent, trace_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    work_order_id,
+                    new_run_id(),
+                    PENDING,
+                    spec.priority,
+                    seq,
+                    now,
+                    now,
+                    spec.max_queue_wait_seconds,
+                    spec.SerializeToString(),
+                    traceparent,
+                    trace_id,
+                ),
+            )
+            row = await _row(db, work_order_id)
+            assert row is not None
+            work_order = _to_work_order(row)
+            position = await _position_of(db, row)
+            await self._add_event(db, outbox.queued_event(work_order, position), now)
+            self._work_changed = True
+            return work_order, position
+
+        return await self._write(body)
+
+    async def get(self, work_order_id: str) -> common_pb2.WorkOrder:
+        """One work order; NotFound when unknown."""
+        async with self._read() as db:
+            row = await _row(db, work_order_id)
+        if row is None:
+            raise NotFound(f"work order {work_order_id!r} not found")
+        return _to_work_order(row)
+
+    async def list_work_orders(
+        self, statuses: list[int], page_size: int, before_seq: int | None = None
+    ) -> tuple[list[common_pb2.WorkOrder], int | None]:
+        """Work orders newest first (optionally only `statuses`), starting below
+        `before_seq`; returns the page and the seq to continue from (None at the end)."""
+        clauses, params = [], []
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._read() as db:
+            async with db.execute(
+                f"SELECT * FROM work_orders {where} ORDER BY seq DESC LIMIT ?", (*params, page_size + 1)
+            ) as cur:
+                rows = list(await cur.fetchall())
+        next_seq = rows[page_size - 1]["seq"] if len(rows) > page_size else None
+        return [_to_work_order(row) for row in rows[:page_size]], next_seq
+
+    async def cancel(self, work_order_id: str, reason: str = "") -> common_pb2.WorkOrder:
+        """A waiting work order ends CANCELED (with `work_order:canceled`); a running one is
+        flagged for its worker. FailedPrecondition when it already ended."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> common_pb2.WorkOrder:
+            row = await _row(db, work_order_id)
+            if row is None:
+                raise NotFound(f"work order {work_order_id!r} not found")
+            status = row["status"]
+            if status in TERMINAL_STATUSES:
+                raise FailedPrecondition(f"work order {work_order_id} already {status_name(status)}")
+            if status == RUNNING:
+                await db.execute(
+                    "UPDATE work_orders SET cancel_requested = 1, cancel_reason = ? WHERE id = ?",
+                    (reason, work_order_id),
+                )
+            else:
+                await self._end(db, row, CANCELED, _cancel_error(reason), now)
+                ended = await _load(db, work_order_id)
+                await self._add_event(
+                    db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, reason or "canceled"), now
+                )
+            return await _load(db, work_order_id)
+
+        return await self._write(body)
+
+    async def _end(self, db: aiosqlite.Connection, row: aiosqlite.Row, status: int, error: str, now: int) -> None:
+        await db.execute(
+            """UPDATE work_orders SET status = ?, error = ?, finished_at = ?, lease_id = NULL,
+                   lease_expires_at = NULL WHERE id = ?""",
+            (status, error, now, row["id"]),
+        )
+
+    # -- leases -------------------------------------------------------------------
+
+    async def lease_next(self, worker_id: str, max_concurrent: int, lease_seconds: int) -> Lease | None:
+        """Hands the next PENDING work order (priority, then submission order) to
+        `worker_id`, unless none waits or `max_concurrent` already run."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> Lease | None:
+            running = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
+            if running >= max_concurrent:
+                return None
+            async with db.execute(
+                "SELECT * FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC LIMIT 1", (PENDING,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            lease_id = str(uuid.uuid4())
+            expires = now + lease_seconds * 1_000_000
+            attempt = row["attempts"] + 1
+            await db.execute(
+                """UPDATE work_orders SET status = ?, attempts = ?, lease_id = ?, worker_id = ?,
+                       lease_expires_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?""",
+                (RUNNING, attempt, lease_id, worker_id, expires, now, row["id"]),
+            )
+            await db.execute(
+                "INSERT INTO leases (lease_id, work_order_id, worker_id, attempt, granted_at) VALUES (?, ?, ?, ?, ?)",
+                (lease_id, row["id"], worker_id, attempt, now),
+            )
+            return Lease(await _load(db, row["id"]), lease_id, expires)
+
+        return await self._write(body)
+
+    async def heartbeat(self, lease_id: str, lease_seconds: int) -> tuple[bool, int]:
+        """Extends a live lease by `lease_seconds`; returns (cancel_requested, new expiry).
+        NotFound / LeaseExpired when the lease is unknown or no longer live."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> tuple[bool, int]:
+            row = await self._live_lease(db, lease_id, now)
+            expires = now + lease_seconds * 1_000_000
+            await db.execute("UPDATE work_orders SET lease_expires_at = ? WHERE id = ?", (expires, row["id"]))
+            return bool(row["cancel_requested"]), expires
+
+        return await self._write(body)
+
+    async def complete(self, lease_id: str, status: int, error: str = "") -> common_pb2.WorkOrder:
+        """Ends a live lease with the work order's final status (SUCCEEDED, FAILED or
+        CANCELED). Completing the same lease again with the same status returns the work
+        order unchanged, so a worker may safely retry."""
+        if status not in COMPLETION_STATUSES:
+            raise ValueError(f"status {status} is not a completion status")
+
+        async def body(db: aiosqlite.Connection, now: int) -> common_pb2.WorkOrder:
+            lease = await _lease_row(db, lease_id)
+            if lease is not None and lease["outcome"] == LEASE_COMPLETED:
+                row = await _row(db, lease["work_order_id"])
+                if row["status"] == status:
+                    return _to_work_order(row)
+                raise FailedPrecondition(f"work order {row['id']} already {status_name(row['status'])} by this lease")
+            row = await self._live_lease(db, lease_id, now)
+            reason = error
+            if status == CANCELED and not reason:
+                reason = _cancel_error(row["cancel_reason"])
+            await self._end(db, row, status, reason, now)
+            await db.execute(
+                "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_COMPLETED, now, lease_id)
+            )
+            self._work_changed = True
+            return await _load(db, row["id"])
+
+        return await self._write(body)
+
+    async def _live_lease(self, db: aiosqlite.Connection, lease_id: str, now: int) -> aiosqlite.Row:
+        """The RUNNING work order holding `lease_id`. A lease past its expiry is reaped
+        here, in this transaction, so a late worker and the reaper agree on the outcome."""
+        lease = await _lease_row(db, lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        if lease["outcome"] == LEASE_EXPIRED:
+            raise LeaseExpired(f"lease {lease_id} expired")
+        if lease["outcome"] != LEASE_ACTIVE:
+            raise NotFound(f"lease {lease_id} already ended ({lease['outcome']})")
+        row = await _row(db, lease["work_order_id"])
+        if row is None or row["lease_id"] != lease_id or row["status"] != RUNNING:
+            raise NotFound(f"lease {lease_id} no longer holds its work order")
+        if row["lease_expires_at"] < now:
+            await self._expire(db, row, now)
+            # The reap must be committed even though the caller gets an error.
+            raise _Committed(LeaseExpired(f"lease {lease_id} expired"))
+        return row
+
+    async def _expire(self, db: aiosqlite.Connection, row: aiosqlite.Row, now: int) -> str:
+        """An expired lease: requeue at the old place, or end the work order when it was
+        canceled or has used up its attempts. Returns what happened."""
+        await db.execute(
+            "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_EXPIRED, now, row["lease_id"])
+        )
+        # Whatever happens next, the run slot is free.
+        self._work_changed = True
+        if row["cancel_requested"]:
+            # The worker died before it could honour the cancel: the user still wants it gone.
+            await self._end(db, row, CANCELED, _cancel_error(row["cancel_reason"]), now)
+            ended = await _load(db, row["id"])
+            await self._add_event(
+                db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, row["cancel_reason"] or "canceled"), now
+            )
+            return "canceled"
+        if row["attempts"] >= self.max_lease_attempts:
+            error = f"system_error: lease expired {row['attempts']} times (worker lost)"
+            await self._end(db, row, FAILED, error, now)
+            await self._add_event(db, outbox.worker_lost_event(await _load(db, row["id"])), now)
+            return "failed"
+        await db.execute(
+            """UPDATE work_orders SET status = ?, lease_id = NULL, lease_expires_at = NULL,
+                   worker_id = '', enqueued_at = ? WHERE id = ?""",
+            (PENDING, now, row["id"]),
+        )
+        return "requeued"
+
+    async def reap(self) -> ReapResult:
+        """Expires leases past their time and times out work orders that waited longer
+        than their `max_queue_wait_seconds`."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> ReapResult:
+            counts = {"requeued": 0, "failed": 0, "canceled": 0, "timed_out": 0}
+            async with db.execute(
+                "SELECT * FROM work_orders WHERE status = ? AND lease_expires_at < ? ORDER BY seq", (RUNNING, now)
+            ) as cur:
+                expired = list(await cur.fetchall())
+            for row in expired:
+                counts[await self._expire(db, row, now)] += 1
+            async with db.execute(
+                """SELECT * FROM work_orders WHERE status = ? AND max_queue_wait_seconds > 0
+                       AND enqueued_at + max_queue_wait_seconds * 1000000 < ? ORDER BY seq""",
+                (PENDING, now),
+            ) as cur:
+                overdue = list(await cur.fetchall())
+            for row in overdue:
+                reason = f"waited longer than max_queue_wait_seconds={row['max_queue_wait_seconds']} in the queue"
+                await self._end(db, row, TIMED_OUT, f"queue_timeout: {reason}", now)
+                ended = await _load(db, row["id"])
+                await self._add_event(db, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason), now)
+                counts["timed_out"] += 1
+            return ReapResult(**counts)
+
+        return await self._write(body)
+
+    # -- positions and counts -----------------------------------------------------
+
+    async def position(self, work_order_id: str) -> Position:
+        """Where the work order stands in lease order."""
+        async with self._read() as db:
+            row = await _row(db, work_order_id)
+            if row is None:
+                raise NotFound(f"work order {work_order_id!r} not found")
+            if row["status"] == PENDING:
+                position = await _position_of(db, row)
+                return Position(position, position - 1, "waiting", row["enqueued_at"])
+        state = "running" if row["status"] == RUNNING else status_name(row["status"])
+        return Position(0, 0, state, row["enqueued_at"])
+
+    async def counts(self) -> tuple[int, int]:
+        """(waiting, running)."""
+        async with self._read() as db:
+            waiting = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (PENDING,))
+            running = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
+        return waiting, running
+
+    # -- outbox -------------------------------------------------------------------
+
+    async def outbox_batch(self, limit: int) -> list[tuple[int, events_pb2.RunEvent]]:
+        """The oldest `limit` undelivered events, oldest first."""
+        async with self._read() as db:
+            async with db.execute("SELECT id, event FROM outbox ORDER BY id LIMIT ?", (limit,)) as cur:
+                rows = await cur.fetchall()
+        return [(row["id"], events_pb2.RunEvent.FromString(row["event"])) for row in rows]
+
+    async def outbox_last_id(self, work_order_id: str) -> int | None:
+        """Id of the newest undelivered event of a work order, None when all are delivered."""
+        async with self._read() as db:
+            value = await _scalar(db, "SELECT MAX(id) FROM outbox WHERE work_order_id = ?", (work_order_id,))
+        return value
+
+    async def outbox_delete(self, ids: list[int]) -> None:
+        """Removes delivered events."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> None:
+            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+        await self._write(body)
+
+    async def outbox_dead_letter(self, outbox_id: int, error: str) -> None:
+        """Moves an event persistence refused to `outbox_dead`."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> None:
+            await db.execute(
+                """INSERT INTO outbox_dead (id, work_order_id, event, created_at, failed_at, error)
+                   SELECT id, work_order_id, event, created_at, ?, ? FROM outbox WHERE id = ?""",
+                (now, error, outbox_id),
+            )
+            await db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+
+        await self._write(body)
+
+    async def outbox_size(self) -> int:
+        """How many events wait for delivery."""
+        async with self._read() as db:
+            return await _scalar(db, "SELECT COUNT(*) FROM outbox", ())
+
+
+class _Committed(Exception):
+    """Carries an error out of a transaction whose changes must still be committed."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _scalar(db: aiosqlite.Connection, sql: str, params: tuple[object, ...]) -> int:
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    return row[0] if row else 0
+
+
+async def _row(db: aiosqlite.Connection, work_order_id: str) -> aiosqlite.Row | None:
+    async with db.execute("SELECT * FROM work_orders WHERE id = ?", (work_order_id,)) as cur:
+        return await cur.fetchone()
+
+
+async def _load(db: aiosqlite.Connection, work_order_id: str) -> common_pb2.WorkOrder:
+    """A work order known to exist (read back inside the transaction that changed it)."""
+    row = await _row(db, work_order_id)
+    assert row is not None, work_order_id
+    return _to_work_order(row)
+
+
+async def _lease_row(db: aiosqlite.Connection, lease_id: str) -> aiosqlite.Row | None:
+    async with db.execute("SELECT * FROM leases WHERE lease_id = ?", (lease_id,)) as cur:
+        return await cur.fetchone()
+
+
+async def _position_of(db: aiosqlite.Connection, row: aiosqlite.Row) -> int:
+    ahead = await _scalar(
+        db,
+        "SELECT COUNT(*) FROM work_orders WHERE status = ? AND (priority > ? OR (priority = ? AND seq < ?))",
+        (PENDING, row["priority"], row["priority"], row["seq"]),
+    )
+    return ahead + 1
+
+
+def _cancel_error(reason: str) -> str:
+    return f"canceled: {reason}" if reason else "canceled"
+
+
+def _to_work_order(row: aiosqlite.Row) -> common_pb2.WorkOrder:
+    work_order = common_pb2.WorkOrder(
+        id=row["id"],
+        run_id=row["run_id"],
+        spec=common_pb2.WorkOrderSpec.FromString(row["spec"]),
+        status=row["status"],
+        attempts=row["attempts"],
+        error=row["error"],
+        traceparent=row["traceparent"],
+        trace_id=row["trace_id"],
+    )
+    work_order.created_at.CopyFrom(timestamp_from_us(row["created_at"]))
+    if row["started_at"] is not None:
+        work_order.started_at.CopyFrom(timestamp_from_us(row["started_at"]))
+    if row["finished_at"] is not None:
+        work_order.finished_at.CopyFrom(timestamp_from_us(row["finished_at"]))
+    return work_order

@@ -1,0 +1,659 @@
+"""The queue service through its gRPC stub, on real grpc.aio servers on 127.0.0.1:0.
+
+Persistence is a tiny in-test `PersistenceServiceServicer` that records AppendEvents (the
+real persistence service is built elsewhere); everything else is the real queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agentgate.common.channels import aio_channel
+from agentgate.common.config import ServiceSettings
+from agentgate.common.errors import FieldViolation, field_violations
+from agentgate.common.server import RunningServer, start_server
+from agentgate.queue.server import QueueApp
+from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
+
+PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
+RUNNING = common_pb2.WORK_ORDER_STATUS_RUNNING
+SUCCEEDED = common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+FAILED = common_pb2.WORK_ORDER_STATUS_FAILED
+CANCELED = common_pb2.WORK_ORDER_STATUS_CANCELED
+TIMED_OUT = common_pb2.WORK_ORDER_STATUS_TIMED_OUT
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def check_agent(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
+    """Stands in for the workspace driver registry."""
+    if agent.name not in {"command", "scripted"}:
+        return [FieldViolation("spec.agent.name", f"unknown agent driver {agent.name!r}")]
+    return []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakePersistence(persistence_pb2_grpc.PersistenceServiceServicer):
+    """Records AppendEvents and numbers events per work order, as persistence does.
+    Events whose task summary contains 'poison' are refused as invalid."""
+
+    def __init__(self) -> None:
+        self.events: list[events_pb2.RunEvent] = []
+        self._seqs: dict[str, int] = {}
+
+    async def AppendEvents(self, request, context):  # noqa: N802 - gRPC method name
+        if any("poison" in e.work_order_queued.task_summary for e in request.events):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "poisoned event")
+        seqs = []
+        for event in request.events:
+            self._seqs[event.work_order_id] = self._seqs.get(event.work_order_id, 0) + 1
+            stored = events_pb2.RunEvent()
+            stored.CopyFrom(event)
+            stored.seq = self._seqs[event.work_order_id]
+            self.events.append(stored)
+            seqs.append(stored.seq)
+        return persistence_pb2.AppendEventsResponse(seqs=seqs)
+
+    def of(self, work_order_id: str) -> list[str]:
+        return [e.type for e in self.events if e.work_order_id == work_order_id]
+
+
+@dataclass
+class Cluster:
+    """Starts queues and fake persistence servers for one test and stops them after."""
+
+    home: Path
+    persistence_port: int = field(default_factory=free_port)
+    persistence: FakePersistence | None = None
+    _persistence_server: grpc.aio.Server | None = None
+    _queues: list[tuple[RunningServer, grpc.aio.Channel]] = field(default_factory=list)
+
+    async def start_persistence(self) -> FakePersistence:
+        fake = FakePersistence()
+        server = grpc.aio.server()
+        persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(fake, server)
+        assert server.add_insecure_port(f"127.0.0.1:{self.persistence_port}") == self.persistence_port
+        await server.start()
+        self.persistence, self._persistence_server = fake, server
+        return fake
+
+    async def start_queue(self, **options: Any) -> queue_pb2_grpc.QueueServiceStub:
+        options.setdefault("persistence_address", f"127.0.0.1:{self.persistence_port}")
+        options.setdefault("reap_interval", 0.1)
+        options.setdefault("lease_flush_timeout", 0.5)
+        options.setdefault("agent_check", check_agent)
+        app = QueueApp(ServiceSettings.load("queue", "127.0.0.1:0", str(self.home)), **options)
+        running = await start_server(app, "127.0.0.1:0")
+        channel = aio_channel(f"127.0.0.1:{running.port}")
+        self._queues.append((running, channel))
+        return queue_pb2_grpc.QueueServiceStub(channel)
+
+    def app(self, index: int = -1) -> QueueApp:
+        return self._queues[index][0].app  # type: ignore[return-value]
+
+    async def stop_queue(self, index: int = -1) -> None:
+        running, channel = self._queues.pop(index)
+        await channel.close()
+        await running.stop(0)
+
+    async def close(self) -> None:
+        while self._queues:
+            await self.stop_queue()
+        if self._persistence_server is not None:
+            await self._persistence_server.stop(0)
+
+
+@pytest.fixture
+async def cluster(home: Path) -> AsyncIterator[Cluster]:
+    made = Cluster(home)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def queue(cluster: Cluster) -> queue_pb2_grpc.QueueServiceStub:
+    """A queue (max_concurrent 2) with persistence up."""
+    await cluster.start_persistence()
+    return await cluster.start_queue()
+
+
+def make_spec(tmp_path: Path, prompt: str = "Add a subtract command", **fields: Any) -> common_pb2.WorkOrderSpec:
+    return common_pb2.WorkOrderSpec(
+        task_prompt=prompt,
+        source=common_pb2.WorkspaceSource(local_path=str(tmp_path)),
+        agent=common_pb2.AgentSpec(name="command", options={"command": "true"}),
+        **fields,
+    )
+
+
+async def submit(stub, tmp_path: Path, prompt: str = "task", **fields: Any) -> common_pb2.WorkOrder:
+    response = await stub.Submit(queue_pb2.SubmitRequest(spec=make_spec(tmp_path, prompt, **fields)))
+    return response.work_order
+
+
+async def lease(stub, wait: float = 0.2, worker: str = "worker-1") -> queue_pb2.LeaseResponse:
+    return await stub.Lease(queue_pb2.LeaseRequest(worker_id=worker, wait_seconds=wait), timeout=wait + 5)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Waits until `check()` holds (for effects of background tasks)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def status_of(stub, work_order_id: str) -> int:
+    response = await stub.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=work_order_id))
+    return response.work_order.status
+
+
+# -- submit and reads ---------------------------------------------------------------
+
+
+async def test_submit_get_position_stats(queue, tmp_path: Path) -> None:
+    first = await queue.Submit(
+        queue_pb2.SubmitRequest(spec=make_spec(tmp_path, "first\nmore"), traceparent=TRACEPARENT)
+    )
+    assert first.position == 1
+    assert first.work_order.status == PENDING
+    assert first.work_order.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert first.work_order.traceparent == TRACEPARENT
+    second = await queue.Submit(queue_pb2.SubmitRequest(spec=make_spec(tmp_path, "second")))
+    assert second.position == 2
+
+    got = await queue.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=first.work_order.id))
+    assert got.work_order == first.work_order
+
+    where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=second.work_order.id))
+    assert (where.position, where.ahead, where.state) == (2, 1, "waiting")
+    assert where.enqueued_at == second.work_order.created_at
+
+    stats = await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())
+    assert (stats.waiting, stats.running, stats.max_concurrent, stats.max_queue_size, stats.accepting) == (
+        2,
+        0,
+        2,
+        1000,
+        True,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id="wo-ffffffffffff"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id="wo-ffffffffffff"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_traceparent_from_metadata(queue, tmp_path: Path) -> None:
+    response = await queue.Submit(
+        queue_pb2.SubmitRequest(spec=make_spec(tmp_path)), metadata=(("traceparent", TRACEPARENT),)
+    )
+    assert response.work_order.traceparent == TRACEPARENT
+    assert response.work_order.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    bogus = await queue.Submit(queue_pb2.SubmitRequest(spec=make_spec(tmp_path), traceparent="not-a-trace"))
+    assert bogus.work_order.trace_id == ""
+
+
+def _invalid(tmp_path: Path) -> list[tuple[str, common_pb2.WorkOrderSpec]]:
+    cases = []
+    spec = make_spec(tmp_path, "  ")
+    cases.append(("spec.task_prompt", spec))
+    spec = make_spec(tmp_path)
+    spec.source.local_path = str(tmp_path / "missing")
+    cases.append(("spec.source.local_path", spec))
+    spec = make_spec(tmp_path)
+    spec.agent.name = "nonexistent"
+    cases.append(("spec.agent.name", spec))
+    spec = make_spec(tmp_path)
+    spec.harness.profile = "nope"
+    cases.append(("spec.harness.profile", spec))
+    spec = make_spec(tmp_path)
+    spec.harness.loop_strategy.mode = 77
+    cases.append(("spec.harness.loop_strategy.mode", spec))
+    spec = make_spec(tmp_path)
+    spec.source.github_repo = "octo/repo"
+    cases.append(("spec.source.github_repo", spec))
+    return cases
+
+
+async def test_invalid_specs_are_refused_and_nothing_is_stored(queue, tmp_path: Path) -> None:
+    for expected_field, spec in _invalid(tmp_path):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await queue.Submit(queue_pb2.SubmitRequest(spec=spec))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected_field in err.value.details()
+        assert [v.field for v in field_violations(err.value)] == [expected_field]
+
+    # Several at once: every field named.
+    spec = make_spec(tmp_path, "")
+    spec.agent.name = "ghost"
+    spec.harness.verification.skip_levels.append("L5")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Submit(queue_pb2.SubmitRequest(spec=spec))
+    assert [v.field for v in field_violations(err.value)] == [
+        "spec.task_prompt",
+        "spec.agent.name",
+        "spec.harness.verification.skip_levels",
+    ]
+
+    listed = await queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest())
+    assert list(listed.work_orders) == []
+    assert (await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())).waiting == 0
+
+
+async def test_list_filters_pages_and_refuses_bad_tokens(queue, tmp_path: Path) -> None:
+    ids = [(await submit(queue, tmp_path, f"task {i}")).id for i in range(5)]
+    await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=ids[0]))
+    seen, token = [], ""
+    while True:
+        page = await queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(page_size=2, page_token=token))
+        assert len(page.work_orders) <= 2
+        seen += [w.id for w in page.work_orders]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    pending = await queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(statuses=[PENDING]))
+    assert [w.id for w in pending.work_orders] == list(reversed(ids[1:]))
+
+    for request, bad_field in [
+        (queue_pb2.ListWorkOrdersRequest(page_token="garbage!"), "page_token"),
+        (queue_pb2.ListWorkOrdersRequest(page_size=-1), "page_size"),
+        (queue_pb2.ListWorkOrdersRequest(statuses=[42]), "statuses"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await queue.ListWorkOrders(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in field_violations(err.value)] == [bad_field]
+
+
+# -- leases -------------------------------------------------------------------------
+
+
+async def test_lease_long_poll_wakes_on_submit(queue, tmp_path: Path) -> None:
+    waiting = asyncio.create_task(lease(queue, wait=10))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    submitted_at = time.monotonic()
+    work_order = await submit(queue, tmp_path)
+    response = await waiting
+    assert time.monotonic() - submitted_at < 1.0
+    assert response.leased and response.work_order.id == work_order.id
+    assert response.work_order.status == RUNNING and response.work_order.attempts == 1
+    assert response.work_order.started_at.seconds > 0
+    assert response.lease_seconds == 30 and response.lease_id
+
+
+async def test_lease_returns_unleased_after_the_wait(queue) -> None:
+    started = time.monotonic()
+    response = await lease(queue, wait=0.4)
+    elapsed = time.monotonic() - started
+    assert not response.leased and not response.lease_id
+    assert 0.35 <= elapsed < 1.5
+
+
+async def test_lease_respects_the_client_deadline(queue) -> None:
+    started = time.monotonic()
+    response = await queue.Lease(queue_pb2.LeaseRequest(worker_id="w", wait_seconds=30), timeout=0.8)
+    assert not response.leased
+    assert time.monotonic() - started < 0.8
+
+
+async def test_negative_wait_is_invalid(queue) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Lease(queue_pb2.LeaseRequest(worker_id="w", wait_seconds=-1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(err.value)] == ["wait_seconds"]
+
+
+async def test_concurrent_leases_respect_max_concurrent(queue, tmp_path: Path) -> None:
+    for i in range(4):
+        await submit(queue, tmp_path, f"task {i}")
+    responses = await asyncio.gather(*(lease(queue, wait=0.5, worker=f"w{i}") for i in range(6)))
+    leased = [r for r in responses if r.leased]
+    assert len(leased) == 2
+    assert len({r.work_order.id for r in leased}) == 2
+    stats = await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())
+    assert (stats.running, stats.waiting) == (2, 2)
+
+    # Completing one frees a slot: a waiting long poll gets the next work order at once.
+    waiter = asyncio.create_task(lease(queue, wait=10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    freed_at = time.monotonic()
+    await queue.Complete(queue_pb2.CompleteRequest(lease_id=leased[0].lease_id, status=SUCCEEDED))
+    assert (await waiter).leased
+    assert time.monotonic() - freed_at < 1.0
+
+
+async def test_leases_follow_priority_then_submission_order(queue, tmp_path: Path) -> None:
+    names = {}
+    for prompt, priority in [("low-1", 0), ("high-1", 5), ("low-2", 0), ("high-2", 5), ("top", 9)]:
+        names[(await submit(queue, tmp_path, prompt, priority=priority)).id] = prompt
+    order = []
+    for _ in range(5):
+        response = await lease(queue)
+        order.append(names[response.work_order.id])
+        await queue.Complete(queue_pb2.CompleteRequest(lease_id=response.lease_id, status=SUCCEEDED))
+    assert order == ["top", "high-1", "high-2", "low-1", "low-2"]
+
+
+async def test_heartbeat_and_complete(queue, tmp_path: Path) -> None:
+    work_order = await submit(queue, tmp_path)
+    leased = await lease(queue)
+    beat = await queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=leased.lease_id))
+    assert not beat.cancel_requested
+    assert beat.lease_expires_at.seconds >= int(time.time()) + 29
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Complete(queue_pb2.CompleteRequest(lease_id=leased.lease_id, status=RUNNING))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(err.value)] == ["status"]
+
+    done = await queue.Complete(
+        queue_pb2.CompleteRequest(lease_id=leased.lease_id, status=FAILED, error="agent_crash: exit 1")
+    )
+    assert done.work_order.status == FAILED and done.work_order.error == "agent_crash: exit 1"
+    assert done.work_order.finished_at.seconds > 0
+    where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=work_order.id))
+    assert (where.position, where.ahead, where.state) == (0, 0, "failed")
+
+    for call in (
+        queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id="unknown-lease")),
+        queue.Complete(queue_pb2.CompleteRequest(lease_id="unknown-lease", status=SUCCEEDED)),
+        queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=leased.lease_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Terminal statuses never change.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Complete(queue_pb2.CompleteRequest(lease_id=leased.lease_id, status=SUCCEEDED))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await status_of(queue, work_order.id) == FAILED
+
+
+async def test_expired_lease_requeues_in_place_then_fails(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_persistence()
+    queue = await cluster.start_queue(lease_seconds=1, max_lease_attempts=2, max_concurrent=1)
+    first = await submit(queue, tmp_path, "first")
+    second = await submit(queue, tmp_path, "second")
+
+    lost = await lease(queue)
+    assert lost.work_order.id == first.id
+    # The worker dies: no heartbeat. The only slot is taken until the lease expires,
+    # then a waiting long poll gets the same work order back, from its old place.
+    again = await lease(queue, wait=5, worker="worker-2")
+    assert again.leased and again.work_order.id == first.id and again.work_order.attempts == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=lost.lease_id))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "expired" in err.value.details()
+
+    # Lost again: attempts used up.
+    third = await lease(queue, wait=5, worker="worker-3")
+    assert third.work_order.id == second.id
+    failed = await queue.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=first.id))
+    assert failed.work_order.status == FAILED
+    assert failed.work_order.error == "system_error: lease expired 2 times (worker lost)"
+    fake = cluster.persistence
+    assert fake is not None
+    await eventually(lambda: _async(fake.of(first.id) == ["work_order:queued", "run:failed"]))
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_expired_lease_requeue_keeps_priority_place(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_persistence()
+    queue = await cluster.start_queue(lease_seconds=1, max_lease_attempts=3)
+    first = await submit(queue, tmp_path, "first")
+    lost = await lease(queue)
+    second = await submit(queue, tmp_path, "second")
+    await eventually(lambda: _status_is(queue, first.id, PENDING))
+    got = await queue.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=first.id))
+    assert got.work_order.attempts == 1
+    where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=first.id))
+    assert where.position == 1  # ahead of `second`, submitted later
+    assert (await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=second.id))).position == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.Complete(queue_pb2.CompleteRequest(lease_id=lost.lease_id, status=SUCCEEDED))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _status_is(stub, work_order_id: str, status: int) -> bool:
+    return await status_of(stub, work_order_id) == status
+
+
+# -- cancel, capacity, wait limit ---------------------------------------------------
+
+
+async def test_cancel_waiting_and_running(queue, tmp_path: Path) -> None:
+    running = await submit(queue, tmp_path, "running")
+    waiting = await submit(queue, tmp_path, "waiting")
+    leased = await lease(queue)
+    assert leased.work_order.id == running.id
+
+    canceled = await queue.CancelWorkOrder(
+        queue_pb2.CancelWorkOrderRequest(work_order_id=waiting.id, reason="changed my mind")
+    )
+    assert canceled.work_order.status == CANCELED
+    flagged = await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=running.id))
+    assert flagged.work_order.status == RUNNING
+    beat = await queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=leased.lease_id))
+    assert beat.cancel_requested
+    done = await queue.Complete(queue_pb2.CompleteRequest(lease_id=leased.lease_id, status=CANCELED))
+    assert done.work_order.status == CANCELED
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=waiting.id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already canceled" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id="wo-000000000000"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_full_queue_refuses_with_queue_full(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_persistence()
+    queue = await cluster.start_queue(max_queue_size=2, max_concurrent=1)
+    await submit(queue, tmp_path)
+    await submit(queue, tmp_path)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(queue, tmp_path)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(err.value)
+    assert status is not None
+    reasons = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    assert reasons == ["QUEUE_FULL"]
+    assert not (await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())).accepting
+
+    # A running work order leaves the queue: room again, though every runner is busy.
+    assert (await lease(queue)).leased
+    await submit(queue, tmp_path)
+    stats = await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())
+    assert (stats.waiting, stats.running) == (2, 1)
+
+
+async def test_max_queue_wait_times_out(queue, cluster: Cluster, tmp_path: Path) -> None:
+    limited = await submit(queue, tmp_path, "impatient", max_queue_wait_seconds=1)
+    patient = await submit(queue, tmp_path, "patient")
+    await eventually(lambda: _status_is(queue, limited.id, TIMED_OUT), timeout=4)
+    assert await status_of(queue, patient.id) == PENDING
+    where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=limited.id))
+    assert where.state == "timed_out"
+    fake = cluster.persistence
+    assert fake is not None
+    await eventually(lambda: _async(fake.of(limited.id) == ["work_order:queued", "work_order:timed_out"]))
+    # The patient one is next now.
+    assert (await lease(queue)).work_order.id == patient.id
+
+
+# -- durability ---------------------------------------------------------------------
+
+
+async def test_restart_keeps_everything(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_persistence()
+    queue = await cluster.start_queue(max_concurrent=5)
+    names = {}
+    for prompt, priority in [("a", 0), ("b", 3), ("c", 0), ("d", 3)]:
+        names[prompt] = (await submit(queue, tmp_path, prompt, priority=priority)).id
+    running = await lease(queue)
+    assert running.work_order.id == names["b"]
+    await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=names["c"]))
+    before = await queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest())
+    await cluster.stop_queue()
+
+    queue = await cluster.start_queue(max_concurrent=5)
+    after = await queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest())
+    assert after == before
+    # The worker's lease survived the restart.
+    assert not (await queue.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=running.lease_id))).cancel_requested
+    where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=names["a"]))
+    assert (where.position, where.state) == (2, "waiting")
+    order = [(await lease(queue)).work_order.id for _ in range(2)]
+    assert order == [names["d"], names["a"]]
+
+
+# -- outbox to persistence ----------------------------------------------------------
+
+
+async def test_queued_event_reaches_persistence_before_the_lease(queue, cluster: Cluster, tmp_path: Path) -> None:
+    response = await queue.Submit(
+        queue_pb2.SubmitRequest(
+            spec=make_spec(tmp_path, "Fix the parser\nwith details", priority=4), traceparent=TRACEPARENT
+        )
+    )
+    leased = await lease(queue)
+    fake = cluster.persistence
+    assert fake is not None
+    # Lease flushes the work order's events: persistence has them when it returns.
+    [event] = [e for e in fake.events if e.work_order_id == leased.work_order.id]
+    assert event.type == "work_order:queued" and event.seq == 1
+    assert event.run_id == response.work_order.run_id
+    assert event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert event.work_order_queued.priority == 4
+    assert event.work_order_queued.position == 1
+    assert event.work_order_queued.task_summary == "Fix the parser"
+
+
+async def test_canceled_event(queue, cluster: Cluster, tmp_path: Path) -> None:
+    work_order = await submit(queue, tmp_path)
+    await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=work_order.id, reason="dup"))
+    fake = cluster.persistence
+    assert fake is not None
+    await eventually(lambda: _async(len(fake.of(work_order.id)) == 2))
+    last = [e for e in fake.events if e.work_order_id == work_order.id][-1]
+    assert last.type == "work_order:canceled"
+    assert last.work_order_ended.status == CANCELED and last.work_order_ended.reason == "dup"
+
+
+async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluster, tmp_path: Path) -> None:
+    queue = await cluster.start_queue()  # persistence is down
+    early = await submit(queue, tmp_path, "early")
+    await cluster.stop_queue()
+    queue = await cluster.start_queue()
+    late = await submit(queue, tmp_path, "late")
+    canceled = await submit(queue, tmp_path, "canceled")
+    await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=canceled.id))
+    await asyncio.sleep(0.3)
+    assert await cluster.app().store.outbox_size() == 4  # type: ignore[union-attr]
+
+    fake = await cluster.start_persistence()
+    await eventually(lambda: _async(len(fake.events) == 4))
+    assert [(e.work_order_id, e.type, e.seq) for e in fake.events] == [
+        (early.id, "work_order:queued", 1),
+        (late.id, "work_order:queued", 1),
+        (canceled.id, "work_order:queued", 1),
+        (canceled.id, "work_order:canceled", 2),
+    ]
+    await eventually(lambda: _outbox_empty(cluster))
+
+
+async def _outbox_empty(cluster: Cluster) -> bool:
+    return await cluster.app().store.outbox_size() == 0  # type: ignore[union-attr]
+
+
+async def test_lease_flushes_events_once_persistence_is_back(cluster: Cluster, tmp_path: Path) -> None:
+    queue = await cluster.start_queue(lease_flush_timeout=3.0)
+    work_order = await submit(queue, tmp_path)
+    await asyncio.sleep(0.8)  # a few failed deliveries: the forwarder is backing off
+    fake = await cluster.start_persistence()
+    leased = await lease(queue)
+    assert leased.work_order.id == work_order.id
+    assert fake.of(work_order.id) == ["work_order:queued"]
+
+
+async def test_lease_does_not_wait_long_for_a_missing_persistence(cluster: Cluster, tmp_path: Path) -> None:
+    queue = await cluster.start_queue(lease_flush_timeout=0.3)
+    await submit(queue, tmp_path)
+    started = time.monotonic()
+    assert (await lease(queue)).leased
+    assert time.monotonic() - started < 1.5
+
+
+async def test_refused_event_does_not_block_the_rest(queue, cluster: Cluster, tmp_path: Path) -> None:
+    # Persistence refuses the first event; it is set aside and the later ones still arrive.
+    poison = await submit(queue, tmp_path, "poison pill")
+    good = await submit(queue, tmp_path, "good")
+    fake = cluster.persistence
+    assert fake is not None
+    await eventually(lambda: _async(fake.of(good.id) == ["work_order:queued"]))
+    assert fake.of(poison.id) == []
+    await eventually(lambda: _outbox_empty(cluster))
+
+
+async def test_unexpected_failure_is_internal_with_a_message(cluster: Cluster, tmp_path: Path) -> None:
+    def broken_check(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
+        raise RuntimeError("driver registry exploded")
+
+    queue = await cluster.start_queue(agent_check=broken_check)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(queue, tmp_path)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "driver registry exploded" in err.value.details()
+    # The service is still up.
+    assert (await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest())).waiting == 0
+
+
+async def test_agents_are_checked_against_the_real_driver_registry(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_persistence()
+    queue = await cluster.start_queue(agent_check=None)
+    cases = [
+        (common_pb2.AgentSpec(name="no-such-driver"), "spec.agent.name"),
+        (common_pb2.AgentSpec(name="scripted", options={"script": "{{{ not yaml"}), "spec.agent.options.script"),
+        (common_pb2.AgentSpec(name="command"), "spec.agent.options.command"),
+    ]
+    for agent, expected_field in cases:
+        spec = make_spec(tmp_path)
+        spec.agent.CopyFrom(agent)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await queue.Submit(queue_pb2.SubmitRequest(spec=spec))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected_field in [v.field for v in field_violations(err.value)]
+    accepted = await submit(queue, tmp_path)  # command driver with a command
+    assert accepted.status == PENDING
