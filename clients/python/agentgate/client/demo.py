@@ -43,7 +43,7 @@ iterations:
   1:
     - print: "reading calc.py and test_calc.py"
     - tool_call: {{tool: Read, input: {{path: calc.py}}, output: "def add(a, b): return a - b"}}
-    - print: "mul looks fine; adding a docstring"
+    - print: "mul looks fine; writing down what I saw"
     - write: {{path: NOTES.md, content: "Looked at calc.py; mul is fine.\\n"}}
     - tokens: {{input: 1200, output: 150}}
   2:

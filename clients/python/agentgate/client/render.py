@@ -35,6 +35,13 @@ def describe(event: events_pb2.RunEvent) -> str:
         return f"agent {p.agent}, up to {p.max_iterations} iterations"
     if t == ev.ITERATION_STARTED:
         return f"iteration {event.iteration}/{p.max_iterations}" + (" (with feedback)" if p.has_feedback else "")
+    if t == ev.AGENT_STARTED:
+        return f"{p.driver} (attempt {p.attempt}, prompt {p.prompt_bytes} bytes)"
+    if t == ev.VERIFICATION_STARTED:
+        return f"snapshot {p.snapshot_commit[:10]} in a clean room"
+    if t == ev.ITERATION_COMPLETE:
+        agent = "agent ok" if p.agent_success else "agent failed"
+        return f"{agent}, verification {'passed' if p.verification_passed else 'failed'}, {p.duration_seconds:.1f}s"
     if t in (ev.AGENT_COMPLETE, ev.AGENT_FAILED):
         extra = " (timed out)" if p.timed_out else ""
         return f"exit {p.exit_code} in {p.duration_seconds:.1f}s{extra}"
