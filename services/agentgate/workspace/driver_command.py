@@ -1,0 +1,94 @@
+"""The `command` driver: any CLI, from a command template.
+
+Options:
+- `command` (required): run through `sh -c` in the workspace. Placeholders
+  `{prompt_file}`, `{workspace}` and `{iteration}` are replaced (paths shell-quoted);
+  other braces are left alone, so `awk '{print $1}'` works.
+- `prompt_via`: `stdin` or `file`. Default: `file` when the template has `{prompt_file}`,
+  else the prompt goes on stdin.
+- `env.NAME`: adds variable NAME to the agent's (otherwise scrubbed) environment.
+
+The prompt is always written to `$AGENTGATE_HOME/prompts/{workspace_id}/prompt-{N}.md`,
+outside the workspace so it is never committed; `AGENTGATE_PROMPT_FILE` names it.
+Success = exit 0 within the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from agentgate.common.errors import FieldViolation
+from agentgate.v1 import common_pb2
+from agentgate.workspace.driver_api import (
+    AgentInvocation,
+    OutputCallback,
+    env_options,
+    option_field,
+    result_from_process,
+)
+from agentgate.workspace.processes import run_process
+
+PROMPT_VIA = ("stdin", "file")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def render_command(template: str, prompt_file: Path, workspace: Path, iteration: int) -> str:
+    """The template with its placeholders replaced (shell-quoted values)."""
+    return (
+        template.replace("{prompt_file}", shlex.quote(str(prompt_file)))
+        .replace("{workspace}", shlex.quote(str(workspace)))
+        .replace("{iteration}", str(iteration))
+    )
+
+
+class CommandDriver:
+    """Runs a command template as the agent."""
+
+    name = "command"
+
+    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
+        """`command` required and non-empty; `prompt_via` stdin|file; `env.NAME` names valid."""
+        violations: list[FieldViolation] = []
+        if not options.get("command", "").strip():
+            violations.append(FieldViolation(option_field("command"), "the command driver needs a command"))
+        via = options.get("prompt_via")
+        if via is not None and via not in PROMPT_VIA:
+            violations.append(FieldViolation(option_field("prompt_via"), f"must be stdin or file, got {via!r}"))
+        _, env_violations = env_options(options)
+        violations.extend(env_violations)
+        for key in options:
+            if key not in ("command", "prompt_via") and not key.startswith("env."):
+                violations.append(
+                    FieldViolation(option_field(key), "unknown option (known: command, prompt_via, env.NAME)")
+                )
+        return violations
+
+    async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
+        """Writes the prompt file, runs the command, returns its result."""
+        options = invocation.options
+        template = options["command"]
+        via = options.get("prompt_via") or ("file" if "{prompt_file}" in template else "stdin")
+        prompt_file = invocation.prompt_dir / f"prompt-{invocation.iteration}.md"
+        await asyncio.to_thread(_write_text, prompt_file, invocation.prompt)
+        env = invocation.base_env()
+        env["AGENTGATE_PROMPT_FILE"] = str(prompt_file)
+        extra, _ = env_options(options)
+        env.update(extra)
+        command = render_command(template, prompt_file, invocation.workspace, invocation.iteration)
+        process = await run_process(
+            ["/bin/sh", "-c", command],
+            cwd=invocation.workspace,
+            env=env,
+            stdin=invocation.prompt.encode("utf-8") if via == "stdin" else None,
+            on_output=on_output,
+            timeout=invocation.timeout_seconds,
+            kill_grace=invocation.kill_grace_seconds,
+        )
+        return result_from_process(invocation, self.name, process)
