@@ -73,6 +73,84 @@ LOOP_STRATEGY_MODE_HYBRID: LoopStrategyMode.ValueType  # 2
 LOOP_STRATEGY_MODE_RALPH: LoopStrategyMode.ValueType  # 3
 Global___LoopStrategyMode: _TypeAlias = LoopStrategyMode  # noqa: Y015
 
+class _GatePlanSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GatePlanSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GatePlanSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GATE_PLAN_SOURCE_UNSPECIFIED: _GatePlanSource.ValueType  # 0
+    GATE_PLAN_SOURCE_AUTO: _GatePlanSource.ValueType  # 1
+    """verify.yaml in the workspace, else detection."""
+    GATE_PLAN_SOURCE_FILE: _GatePlanSource.ValueType  # 2
+    """verify.yaml in the workspace only."""
+    GATE_PLAN_SOURCE_INLINE: _GatePlanSource.ValueType  # 3
+    """gate_plan_yaml of the harness only."""
+
+class GatePlanSource(_GatePlanSource, metaclass=_GatePlanSourceEnumTypeWrapper):
+    """Where the gate plan comes from."""
+
+GATE_PLAN_SOURCE_UNSPECIFIED: GatePlanSource.ValueType  # 0
+GATE_PLAN_SOURCE_AUTO: GatePlanSource.ValueType  # 1
+"""verify.yaml in the workspace, else detection."""
+GATE_PLAN_SOURCE_FILE: GatePlanSource.ValueType  # 2
+"""verify.yaml in the workspace only."""
+GATE_PLAN_SOURCE_INLINE: GatePlanSource.ValueType  # 3
+"""gate_plan_yaml of the harness only."""
+Global___GatePlanSource: _TypeAlias = GatePlanSource  # noqa: Y015
+
+class _GitMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GitModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GitMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GIT_MODE_UNSPECIFIED: _GitMode.ValueType  # 0
+    GIT_MODE_LOCAL: _GitMode.ValueType  # 1
+    """Nothing leaves the machine."""
+    GIT_MODE_PUSH: _GitMode.ValueType  # 2
+    """Push the run's branch to the workspace's remote."""
+    GIT_MODE_PR: _GitMode.ValueType  # 3
+    """Push, then open a pull request."""
+
+class GitMode(_GitMode, metaclass=_GitModeEnumTypeWrapper):
+    """Where the result goes (SPEC §7)."""
+
+GIT_MODE_UNSPECIFIED: GitMode.ValueType  # 0
+GIT_MODE_LOCAL: GitMode.ValueType  # 1
+"""Nothing leaves the machine."""
+GIT_MODE_PUSH: GitMode.ValueType  # 2
+"""Push the run's branch to the workspace's remote."""
+GIT_MODE_PR: GitMode.ValueType  # 3
+"""Push, then open a pull request."""
+Global___GitMode: _TypeAlias = GitMode  # noqa: Y015
+
+class _GitHubMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GitHubModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GitHubMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GIT_HUB_MODE_UNSPECIFIED: _GitHubMode.ValueType  # 0
+    GIT_HUB_MODE_FAIL_FAST: _GitHubMode.ValueType  # 1
+    """Fails the run (FAILED_GITHUB)."""
+    GIT_HUB_MODE_BEST_EFFORT: _GitHubMode.ValueType  # 2
+    """Logged and recorded; the run still succeeds."""
+    GIT_HUB_MODE_DISABLED: _GitHubMode.ValueType  # 3
+    """No GitHub operation is attempted."""
+
+class GitHubMode(_GitHubMode, metaclass=_GitHubModeEnumTypeWrapper):
+    """What a failed GitHub operation does to the run."""
+
+GIT_HUB_MODE_UNSPECIFIED: GitHubMode.ValueType  # 0
+GIT_HUB_MODE_FAIL_FAST: GitHubMode.ValueType  # 1
+"""Fails the run (FAILED_GITHUB)."""
+GIT_HUB_MODE_BEST_EFFORT: GitHubMode.ValueType  # 2
+"""Logged and recorded; the run still succeeds."""
+GIT_HUB_MODE_DISABLED: GitHubMode.ValueType  # 3
+"""No GitHub operation is attempted."""
+Global___GitHubMode: _TypeAlias = GitHubMode  # noqa: Y015
+
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -321,28 +399,91 @@ Global___AgentSpec: _TypeAlias = AgentSpec  # noqa: Y015
 
 @_typing.final
 class LoopStrategySettings(_message.Message):
-    """How the run loops."""
+    """How the run loops (SPEC §10). Unset fields take the strategy's defaults."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODE_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    BASE_ITERATIONS_FIELD_NUMBER: _builtins.int
+    MAX_BONUS_ITERATIONS_FIELD_NUMBER: _builtins.int
+    PROGRESS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_ITERATIONS_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    CONVERGENCE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    NO_CHANGE_LIMIT_FIELD_NUMBER: _builtins.int
+    COMPLETION_SIGNALS_FIELD_NUMBER: _builtins.int
     mode: Global___LoopStrategyMode.ValueType
     max_iterations: _builtins.int
-    """Iterations at most (fixed); unset = strategy default."""
+    """Iterations at most (fixed, ralph); unset = strategy default."""
+    base_iterations: _builtins.int
+    """hybrid: iterations always run."""
+    max_bonus_iterations: _builtins.int
+    """hybrid: extra iterations while progress is made."""
+    progress_threshold: _builtins.float
+    """hybrid: the fraction of failed checks must fall by at least this much."""
+    min_iterations: _builtins.int
+    """ralph: iterations always run."""
+    window_size: _builtins.int
+    """ralph: iterations compared for convergence."""
+    convergence_threshold: _builtins.float
+    """ralph: output similarity at which iterations count as converged."""
+    no_change_limit: _builtins.int
+    """Stop after this many iterations in a row in which the agent changed nothing (default 2)."""
+    @_builtins.property
+    def completion_signals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts that, printed by the agent, mean it considers the task complete."""
+
     def __init__(
         self,
         *,
         mode: Global___LoopStrategyMode.ValueType = ...,
         max_iterations: _builtins.int | None = ...,
+        base_iterations: _builtins.int | None = ...,
+        max_bonus_iterations: _builtins.int | None = ...,
+        progress_threshold: _builtins.float | None = ...,
+        min_iterations: _builtins.int | None = ...,
+        window_size: _builtins.int | None = ...,
+        convergence_threshold: _builtins.float | None = ...,
+        no_change_limit: _builtins.int | None = ...,
+        completion_signals: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_iterations", b"_max_iterations", "max_iterations", b"max_iterations"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_iterations", b"_base_iterations", "_convergence_threshold", b"_convergence_threshold", "_max_bonus_iterations", b"_max_bonus_iterations", "_max_iterations", b"_max_iterations", "_min_iterations", b"_min_iterations", "_no_change_limit", b"_no_change_limit", "_progress_threshold", b"_progress_threshold", "_window_size", b"_window_size", "base_iterations", b"base_iterations", "convergence_threshold", b"convergence_threshold", "max_bonus_iterations", b"max_bonus_iterations", "max_iterations", b"max_iterations", "min_iterations", b"min_iterations", "no_change_limit", b"no_change_limit", "progress_threshold", b"progress_threshold", "window_size", b"window_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_iterations", b"_max_iterations", "max_iterations", b"max_iterations", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_iterations", b"_base_iterations", "_convergence_threshold", b"_convergence_threshold", "_max_bonus_iterations", b"_max_bonus_iterations", "_max_iterations", b"_max_iterations", "_min_iterations", b"_min_iterations", "_no_change_limit", b"_no_change_limit", "_progress_threshold", b"_progress_threshold", "_window_size", b"_window_size", "base_iterations", b"base_iterations", "completion_signals", b"completion_signals", "convergence_threshold", b"convergence_threshold", "max_bonus_iterations", b"max_bonus_iterations", "max_iterations", b"max_iterations", "min_iterations", b"min_iterations", "mode", b"mode", "no_change_limit", b"no_change_limit", "progress_threshold", b"progress_threshold", "window_size", b"window_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__base_iterations: _TypeAlias = _typing.Literal["base_iterations"]  # noqa: Y015
+    _WhichOneofArgType__base_iterations: _TypeAlias = _typing.Literal["_base_iterations", b"_base_iterations"]  # noqa: Y015
+    _WhichOneofReturnType__convergence_threshold: _TypeAlias = _typing.Literal["convergence_threshold"]  # noqa: Y015
+    _WhichOneofArgType__convergence_threshold: _TypeAlias = _typing.Literal["_convergence_threshold", b"_convergence_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__max_bonus_iterations: _TypeAlias = _typing.Literal["max_bonus_iterations"]  # noqa: Y015
+    _WhichOneofArgType__max_bonus_iterations: _TypeAlias = _typing.Literal["_max_bonus_iterations", b"_max_bonus_iterations"]  # noqa: Y015
     _WhichOneofReturnType__max_iterations: _TypeAlias = _typing.Literal["max_iterations"]  # noqa: Y015
     _WhichOneofArgType__max_iterations: _TypeAlias = _typing.Literal["_max_iterations", b"_max_iterations"]  # noqa: Y015
+    _WhichOneofReturnType__min_iterations: _TypeAlias = _typing.Literal["min_iterations"]  # noqa: Y015
+    _WhichOneofArgType__min_iterations: _TypeAlias = _typing.Literal["_min_iterations", b"_min_iterations"]  # noqa: Y015
+    _WhichOneofReturnType__no_change_limit: _TypeAlias = _typing.Literal["no_change_limit"]  # noqa: Y015
+    _WhichOneofArgType__no_change_limit: _TypeAlias = _typing.Literal["_no_change_limit", b"_no_change_limit"]  # noqa: Y015
+    _WhichOneofReturnType__progress_threshold: _TypeAlias = _typing.Literal["progress_threshold"]  # noqa: Y015
+    _WhichOneofArgType__progress_threshold: _TypeAlias = _typing.Literal["_progress_threshold", b"_progress_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__window_size: _TypeAlias = _typing.Literal["window_size"]  # noqa: Y015
+    _WhichOneofArgType__window_size: _TypeAlias = _typing.Literal["_window_size", b"_window_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__base_iterations) -> _WhichOneofReturnType__base_iterations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__convergence_threshold) -> _WhichOneofReturnType__convergence_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_bonus_iterations) -> _WhichOneofReturnType__max_bonus_iterations | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_iterations) -> _WhichOneofReturnType__max_iterations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_iterations) -> _WhichOneofReturnType__min_iterations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__no_change_limit) -> _WhichOneofReturnType__no_change_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__progress_threshold) -> _WhichOneofReturnType__progress_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_size) -> _WhichOneofReturnType__window_size | None: ...
 
 Global___LoopStrategySettings: _TypeAlias = LoopStrategySettings  # noqa: Y015
 
@@ -354,8 +495,13 @@ class VerificationSettings(_message.Message):
 
     SKIP_LEVELS_FIELD_NUMBER: _builtins.int
     GATE_PLAN_YAML_FIELD_NUMBER: _builtins.int
+    GATE_PLAN_SOURCE_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_CI_FIELD_NUMBER: _builtins.int
     gate_plan_yaml: _builtins.str
     """An inline gate plan (verify.yaml content); empty = the workspace's own plan."""
+    gate_plan_source: Global___GatePlanSource.ValueType
+    wait_for_ci: _builtins.bool
+    """After a pull request is opened, wait for its CI checks."""
     @_builtins.property
     def skip_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Levels to skip on purpose: L0, L1, L2, L3."""
@@ -365,12 +511,16 @@ class VerificationSettings(_message.Message):
         *,
         skip_levels: _abc.Iterable[_builtins.str] | None = ...,
         gate_plan_yaml: _builtins.str = ...,
+        gate_plan_source: Global___GatePlanSource.ValueType = ...,
+        wait_for_ci: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_plan_yaml", b"gate_plan_yaml", "skip_levels", b"skip_levels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci", "gate_plan_source", b"gate_plan_source", "gate_plan_yaml", b"gate_plan_yaml", "skip_levels", b"skip_levels", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__wait_for_ci: _TypeAlias = _typing.Literal["wait_for_ci"]  # noqa: Y015
+    _WhichOneofArgType__wait_for_ci: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_for_ci) -> _WhichOneofReturnType__wait_for_ci | None: ...
 
 Global___VerificationSettings: _TypeAlias = VerificationSettings  # noqa: Y015
 
@@ -382,30 +532,276 @@ class LimitsSettings(_message.Message):
 
     MAX_WALL_CLOCK_SECONDS_FIELD_NUMBER: _builtins.int
     AGENT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    NETWORK_ALLOWED_FIELD_NUMBER: _builtins.int
     max_wall_clock_seconds: _builtins.int
     """Wall-clock limit of the whole run (default 3600)."""
     agent_timeout_seconds: _builtins.int
     """Timeout of one agent execution (default 300)."""
+    max_total_tokens: _builtins.int
+    """Token budget of the whole run (0 or unset = none)."""
+    max_cost_usd: _builtins.float
+    """Cost budget of the whole run in USD (0 or unset = none)."""
+    network_allowed: _builtins.bool
+    """Whether checks and agents may use the network."""
     def __init__(
         self,
         *,
         max_wall_clock_seconds: _builtins.int | None = ...,
         agent_timeout_seconds: _builtins.int | None = ...,
+        max_total_tokens: _builtins.int | None = ...,
+        max_cost_usd: _builtins.float | None = ...,
+        network_allowed: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_agent_timeout_seconds", b"_agent_timeout_seconds", "_max_wall_clock_seconds", b"_max_wall_clock_seconds", "agent_timeout_seconds", b"agent_timeout_seconds", "max_wall_clock_seconds", b"max_wall_clock_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_agent_timeout_seconds", b"_agent_timeout_seconds", "_max_cost_usd", b"_max_cost_usd", "_max_total_tokens", b"_max_total_tokens", "_max_wall_clock_seconds", b"_max_wall_clock_seconds", "_network_allowed", b"_network_allowed", "agent_timeout_seconds", b"agent_timeout_seconds", "max_cost_usd", b"max_cost_usd", "max_total_tokens", b"max_total_tokens", "max_wall_clock_seconds", b"max_wall_clock_seconds", "network_allowed", b"network_allowed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agent_timeout_seconds", b"_agent_timeout_seconds", "_max_wall_clock_seconds", b"_max_wall_clock_seconds", "agent_timeout_seconds", b"agent_timeout_seconds", "max_wall_clock_seconds", b"max_wall_clock_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_agent_timeout_seconds", b"_agent_timeout_seconds", "_max_cost_usd", b"_max_cost_usd", "_max_total_tokens", b"_max_total_tokens", "_max_wall_clock_seconds", b"_max_wall_clock_seconds", "_network_allowed", b"_network_allowed", "agent_timeout_seconds", b"agent_timeout_seconds", "max_cost_usd", b"max_cost_usd", "max_total_tokens", b"max_total_tokens", "max_wall_clock_seconds", b"max_wall_clock_seconds", "network_allowed", b"network_allowed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__agent_timeout_seconds: _TypeAlias = _typing.Literal["agent_timeout_seconds"]  # noqa: Y015
     _WhichOneofArgType__agent_timeout_seconds: _TypeAlias = _typing.Literal["_agent_timeout_seconds", b"_agent_timeout_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__max_cost_usd: _TypeAlias = _typing.Literal["max_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__max_cost_usd: _TypeAlias = _typing.Literal["_max_cost_usd", b"_max_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__max_total_tokens: _TypeAlias = _typing.Literal["max_total_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_total_tokens: _TypeAlias = _typing.Literal["_max_total_tokens", b"_max_total_tokens"]  # noqa: Y015
     _WhichOneofReturnType__max_wall_clock_seconds: _TypeAlias = _typing.Literal["max_wall_clock_seconds"]  # noqa: Y015
     _WhichOneofArgType__max_wall_clock_seconds: _TypeAlias = _typing.Literal["_max_wall_clock_seconds", b"_max_wall_clock_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__network_allowed: _TypeAlias = _typing.Literal["network_allowed"]  # noqa: Y015
+    _WhichOneofArgType__network_allowed: _TypeAlias = _typing.Literal["_network_allowed", b"_network_allowed"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__agent_timeout_seconds) -> _WhichOneofReturnType__agent_timeout_seconds | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cost_usd) -> _WhichOneofReturnType__max_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_total_tokens) -> _WhichOneofReturnType__max_total_tokens | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_wall_clock_seconds) -> _WhichOneofReturnType__max_wall_clock_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network_allowed) -> _WhichOneofReturnType__network_allowed | None: ...
 
 Global___LimitsSettings: _TypeAlias = LimitsSettings  # noqa: Y015
+
+@_typing.final
+class GitOpsSettings(_message.Message):
+    """Delivery settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    BRANCH_PATTERN_FIELD_NUMBER: _builtins.int
+    DRAFT_PR_FIELD_NUMBER: _builtins.int
+    GITHUB_MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___GitMode.ValueType
+    branch_pattern: _builtins.str
+    """Branch name pattern; {run_id} is replaced (default agentgate/{run_id})."""
+    draft_pr: _builtins.bool
+    github_mode: Global___GitHubMode.ValueType
+    """Unset = default for the mode (pr: fail_fast, push: best_effort, local: disabled)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___GitMode.ValueType = ...,
+        branch_pattern: _builtins.str = ...,
+        draft_pr: _builtins.bool | None = ...,
+        github_mode: Global___GitHubMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr", "draft_pr", b"draft_pr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr", "branch_pattern", b"branch_pattern", "draft_pr", b"draft_pr", "github_mode", b"github_mode", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__draft_pr: _TypeAlias = _typing.Literal["draft_pr"]  # noqa: Y015
+    _WhichOneofArgType__draft_pr: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__draft_pr) -> _WhichOneofReturnType__draft_pr | None: ...
+
+Global___GitOpsSettings: _TypeAlias = GitOpsSettings  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """Retry of transient failures (SPEC §6). Unset fields take the preset's values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESET_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+    BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_SECONDS_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    RETRYABLE_ERRORS_FIELD_NUMBER: _builtins.int
+    RETRY_ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    preset: _builtins.str
+    """default, aggressive or none; empty = default."""
+    max_attempts: _builtins.int
+    """Total tries including the first; 1 = no retry."""
+    initial_backoff_seconds: _builtins.float
+    backoff_multiplier: _builtins.float
+    max_backoff_seconds: _builtins.float
+    jitter: _builtins.bool
+    retry_on_timeout: _builtins.bool
+    @_builtins.property
+    def retryable_errors(self) -> _containers.RepeatedScalarFieldContainer[Global___BuildErrorType.ValueType]:
+        """Error types that are retried; empty = the preset's list."""
+
+    def __init__(
+        self,
+        *,
+        preset: _builtins.str = ...,
+        max_attempts: _builtins.int | None = ...,
+        initial_backoff_seconds: _builtins.float | None = ...,
+        backoff_multiplier: _builtins.float | None = ...,
+        max_backoff_seconds: _builtins.float | None = ...,
+        jitter: _builtins.bool | None = ...,
+        retryable_errors: _abc.Iterable[Global___BuildErrorType.ValueType] | None = ...,
+        retry_on_timeout: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_initial_backoff_seconds", b"_initial_backoff_seconds", "_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_max_backoff_seconds", b"_max_backoff_seconds", "_retry_on_timeout", b"_retry_on_timeout", "backoff_multiplier", b"backoff_multiplier", "initial_backoff_seconds", b"initial_backoff_seconds", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff_seconds", b"max_backoff_seconds", "retry_on_timeout", b"retry_on_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_initial_backoff_seconds", b"_initial_backoff_seconds", "_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_max_backoff_seconds", b"_max_backoff_seconds", "_retry_on_timeout", b"_retry_on_timeout", "backoff_multiplier", b"backoff_multiplier", "initial_backoff_seconds", b"initial_backoff_seconds", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff_seconds", b"max_backoff_seconds", "preset", b"preset", "retry_on_timeout", b"retry_on_timeout", "retryable_errors", b"retryable_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__initial_backoff_seconds: _TypeAlias = _typing.Literal["initial_backoff_seconds"]  # noqa: Y015
+    _WhichOneofArgType__initial_backoff_seconds: _TypeAlias = _typing.Literal["_initial_backoff_seconds", b"_initial_backoff_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__jitter: _TypeAlias = _typing.Literal["jitter"]  # noqa: Y015
+    _WhichOneofArgType__jitter: _TypeAlias = _typing.Literal["_jitter", b"_jitter"]  # noqa: Y015
+    _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__max_backoff_seconds: _TypeAlias = _typing.Literal["max_backoff_seconds"]  # noqa: Y015
+    _WhichOneofArgType__max_backoff_seconds: _TypeAlias = _typing.Literal["_max_backoff_seconds", b"_max_backoff_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__retry_on_timeout: _TypeAlias = _typing.Literal["retry_on_timeout"]  # noqa: Y015
+    _WhichOneofArgType__retry_on_timeout: _TypeAlias = _typing.Literal["_retry_on_timeout", b"_retry_on_timeout"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backoff_multiplier) -> _WhichOneofReturnType__backoff_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__initial_backoff_seconds) -> _WhichOneofReturnType__initial_backoff_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__jitter) -> _WhichOneofReturnType__jitter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_backoff_seconds) -> _WhichOneofReturnType__max_backoff_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_on_timeout) -> _WhichOneofReturnType__retry_on_timeout | None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class RetryAttempt(_message.Message):
+    """One try of a retried operation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    WILL_RETRY_FIELD_NUMBER: _builtins.int
+    NEXT_RETRY_MS_FIELD_NUMBER: _builtins.int
+    operation: _builtins.str
+    """agent, prepare_workspace, push, create_pr, ..."""
+    attempt: _builtins.int
+    """From 1."""
+    success: _builtins.bool
+    error_type: Global___BuildErrorType.ValueType
+    error: _builtins.str
+    duration_seconds: _builtins.float
+    will_retry: _builtins.bool
+    next_retry_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        operation: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        success: _builtins.bool = ...,
+        error_type: Global___BuildErrorType.ValueType = ...,
+        error: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
+        will_retry: _builtins.bool = ...,
+        next_retry_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_seconds", b"duration_seconds", "error", b"error", "error_type", b"error_type", "next_retry_ms", b"next_retry_ms", "operation", b"operation", "success", b"success", "will_retry", b"will_retry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryAttempt: _TypeAlias = RetryAttempt  # noqa: Y015
+
+@_typing.final
+class GitHubOperation(_message.Message):
+    """One GitHub operation of a run's delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    operation: _builtins.str
+    """push, create_branch, create_pr, add_comment."""
+    success: _builtins.bool
+    url: _builtins.str
+    error: _builtins.str
+    retries: _builtins.int
+    skipped: _builtins.bool
+    def __init__(
+        self,
+        *,
+        operation: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        url: _builtins.str = ...,
+        error: _builtins.str = ...,
+        retries: _builtins.int = ...,
+        skipped: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "operation", b"operation", "retries", b"retries", "skipped", b"skipped", "success", b"success", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitHubOperation: _TypeAlias = GitHubOperation  # noqa: Y015
+
+@_typing.final
+class GitHubSummary(_message.Message):
+    """Everything delivery did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    ALL_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    ANY_FAILED_FIELD_NUMBER: _builtins.int
+    PR_URL_FIELD_NUMBER: _builtins.int
+    BRANCH_NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___GitHubMode.ValueType
+    all_succeeded: _builtins.bool
+    any_failed: _builtins.bool
+    pr_url: _builtins.str
+    branch_name: _builtins.str
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___GitHubOperation]: ...
+    def __init__(
+        self,
+        *,
+        mode: Global___GitHubMode.ValueType = ...,
+        operations: _abc.Iterable[Global___GitHubOperation] | None = ...,
+        all_succeeded: _builtins.bool = ...,
+        any_failed: _builtins.bool = ...,
+        pr_url: _builtins.str = ...,
+        branch_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_succeeded", b"all_succeeded", "any_failed", b"any_failed", "branch_name", b"branch_name", "mode", b"mode", "operations", b"operations", "pr_url", b"pr_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitHubSummary: _TypeAlias = GitHubSummary  # noqa: Y015
 
 @_typing.final
 class HarnessSettings(_message.Message):
@@ -418,6 +814,8 @@ class HarnessSettings(_message.Message):
     VERIFICATION_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     EXTRA_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    GIT_OPS_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """Profile name (SPEC §14); empty = default."""
     extra_instructions: _builtins.str
@@ -428,6 +826,10 @@ class HarnessSettings(_message.Message):
     def verification(self) -> Global___VerificationSettings: ...
     @_builtins.property
     def limits(self) -> Global___LimitsSettings: ...
+    @_builtins.property
+    def git_ops(self) -> Global___GitOpsSettings: ...
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy: ...
     def __init__(
         self,
         *,
@@ -436,10 +838,12 @@ class HarnessSettings(_message.Message):
         verification: Global___VerificationSettings | None = ...,
         limits: Global___LimitsSettings | None = ...,
         extra_instructions: _builtins.str = ...,
+        git_ops: Global___GitOpsSettings | None = ...,
+        retry: Global___RetryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "loop_strategy", b"loop_strategy", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "retry", b"retry", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "retry", b"retry", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,6 +1123,10 @@ class AgentResult(_message.Message):
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
+    STDOUT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     session_id: _builtins.str
@@ -735,6 +1143,12 @@ class AgentResult(_message.Message):
     """Retry attempt of this iteration (from 1)."""
     driver: _builtins.str
     """Driver that ran."""
+    stdout_bytes: _builtins.int
+    """Bytes the agent wrote, before any cut."""
+    stderr_bytes: _builtins.int
+    stdout_truncated: _builtins.bool
+    """Whether stdout/stderr were cut at the size limit."""
+    stderr_truncated: _builtins.bool
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -763,10 +1177,14 @@ class AgentResult(_message.Message):
         timed_out: _builtins.bool = ...,
         attempt: _builtins.int = ...,
         driver: _builtins.str = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
+        stdout_truncated: _builtins.bool = ...,
+        stderr_truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "structured_output", b"structured_output", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "stderr", b"stderr", "stdout", b"stdout", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_truncated", b"stdout_truncated", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,6 +1439,8 @@ class IterationData(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     ERROR_DETAILS_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    HAS_CHANGES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     state: Global___RunState.ValueType
@@ -1039,6 +1459,8 @@ class IterationData(_message.Message):
     feedback_generated: _builtins.bool
     error_type: Global___IterationErrorType.ValueType
     error_message: _builtins.str
+    has_changes: _builtins.bool
+    """Whether the agent changed the workspace in this iteration."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1051,6 +1473,10 @@ class IterationData(_message.Message):
     def error_details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def decision(self) -> Global___LoopDecision: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetryAttempt]:
+        """Every try of the agent in this iteration."""
+
     def __init__(
         self,
         *,
@@ -1078,10 +1504,12 @@ class IterationData(_message.Message):
         error_message: _builtins.str = ...,
         error_details: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         decision: Global___LoopDecision | None = ...,
+        attempts: _abc.Iterable[Global___RetryAttempt] | None = ...,
+        has_changes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "finished_at", b"finished_at", "started_at", b"started_at", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_duration_seconds", b"agent_duration_seconds", "agent_result_file", b"agent_result_file", "agent_session_id", b"agent_session_id", "agent_success", b"agent_success", "cost_usd", b"cost_usd", "decision", b"decision", "duration_seconds", b"duration_seconds", "error_details", b"error_details", "error_message", b"error_message", "error_type", b"error_type", "feedback_generated", b"feedback_generated", "finished_at", b"finished_at", "iteration", b"iteration", "levels_run", b"levels_run", "model", b"model", "run_id", b"run_id", "snapshot_commit", b"snapshot_commit", "snapshot_id", b"snapshot_id", "started_at", b"started_at", "state", b"state", "tokens", b"tokens", "verification_duration_seconds", b"verification_duration_seconds", "verification_file", b"verification_file", "verification_passed", b"verification_passed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_duration_seconds", b"agent_duration_seconds", "agent_result_file", b"agent_result_file", "agent_session_id", b"agent_session_id", "agent_success", b"agent_success", "attempts", b"attempts", "cost_usd", b"cost_usd", "decision", b"decision", "duration_seconds", b"duration_seconds", "error_details", b"error_details", "error_message", b"error_message", "error_type", b"error_type", "feedback_generated", b"feedback_generated", "finished_at", b"finished_at", "has_changes", b"has_changes", "iteration", b"iteration", "levels_run", b"levels_run", "model", b"model", "run_id", b"run_id", "snapshot_commit", b"snapshot_commit", "snapshot_id", b"snapshot_id", "started_at", b"started_at", "state", b"state", "tokens", b"tokens", "verification_duration_seconds", b"verification_duration_seconds", "verification_file", b"verification_file", "verification_passed", b"verification_passed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1114,6 +1542,11 @@ class Run(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     WORKSPACE_PATH_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
+    GITHUB_SUMMARY_FIELD_NUMBER: _builtins.int
+    PR_URL_FIELD_NUMBER: _builtins.int
+    PERSISTENCE_WARNINGS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     work_order_id: _builtins.str
     state: Global___RunState.ValueType
@@ -1131,6 +1564,10 @@ class Run(_message.Message):
     workspace_path: _builtins.str
     stop_reason: _builtins.str
     """Last decision's reason."""
+    pr_url: _builtins.str
+    persistence_warnings: _builtins.int
+    """Saves that failed (the run went on)."""
+    cost_usd: _builtins.float
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1145,6 +1582,12 @@ class Run(_message.Message):
 
     @_builtins.property
     def agent(self) -> Global___AgentSpec: ...
+    @_builtins.property
+    def github_summary(self) -> Global___GitHubSummary: ...
+    @_builtins.property
+    def tokens(self) -> Global___TokenUsage:
+        """Token and cost totals over all iterations."""
+
     def __init__(
         self,
         *,
@@ -1169,10 +1612,15 @@ class Run(_message.Message):
         agent: Global___AgentSpec | None = ...,
         workspace_path: _builtins.str = ...,
         stop_reason: _builtins.str = ...,
+        github_summary: Global___GitHubSummary | None = ...,
+        pr_url: _builtins.str = ...,
+        persistence_warnings: _builtins.int = ...,
+        tokens: Global___TokenUsage | None = ...,
+        cost_usd: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "build_error", b"build_error", "created_at", b"created_at", "finished_at", b"finished_at", "harness", b"harness", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "build_error", b"build_error", "created_at", b"created_at", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "started_at", b"started_at", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "branch_name", b"branch_name", "build_error", b"build_error", "created_at", b"created_at", "error", b"error", "final_commit", b"final_commit", "finished_at", b"finished_at", "harness", b"harness", "id", b"id", "iteration_count", b"iteration_count", "loop_result", b"loop_result", "max_iterations", b"max_iterations", "result", b"result", "started_at", b"started_at", "state", b"state", "stop_reason", b"stop_reason", "task_prompt", b"task_prompt", "trace_id", b"trace_id", "work_order_id", b"work_order_id", "workspace_id", b"workspace_id", "workspace_path", b"workspace_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "branch_name", b"branch_name", "build_error", b"build_error", "cost_usd", b"cost_usd", "created_at", b"created_at", "error", b"error", "final_commit", b"final_commit", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "id", b"id", "iteration_count", b"iteration_count", "loop_result", b"loop_result", "max_iterations", b"max_iterations", "persistence_warnings", b"persistence_warnings", "pr_url", b"pr_url", "result", b"result", "started_at", b"started_at", "state", b"state", "stop_reason", b"stop_reason", "task_prompt", b"task_prompt", "tokens", b"tokens", "trace_id", b"trace_id", "work_order_id", b"work_order_id", "workspace_id", b"workspace_id", "workspace_path", b"workspace_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

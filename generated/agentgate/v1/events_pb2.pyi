@@ -69,6 +69,11 @@ class RunEvent(_message.Message):
     WORKSPACE_CHANGED_FIELD_NUMBER: _builtins.int
     SNAPSHOT_CREATED_FIELD_NUMBER: _builtins.int
     PERSISTENCE_WARNING_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_POSITION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_RESTORED_FIELD_NUMBER: _builtins.int
+    RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
+    GITHUB_OPERATION_FIELD_NUMBER: _builtins.int
+    PR_CREATED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     type: _builtins.str
     """work_order:queued, run:started, agent:output, ... (SPEC §11)."""
@@ -109,6 +114,16 @@ class RunEvent(_message.Message):
     def snapshot_created(self) -> Global___SnapshotCreated: ...
     @_builtins.property
     def persistence_warning(self) -> Global___PersistenceWarning: ...
+    @_builtins.property
+    def work_order_position(self) -> Global___WorkOrderPosition: ...
+    @_builtins.property
+    def snapshot_restored(self) -> Global___SnapshotRestored: ...
+    @_builtins.property
+    def retry_attempt(self) -> _common_pb2.RetryAttempt: ...
+    @_builtins.property
+    def github_operation(self) -> _common_pb2.GitHubOperation: ...
+    @_builtins.property
+    def pr_created(self) -> Global___PrCreated: ...
     def __init__(
         self,
         *,
@@ -134,12 +149,17 @@ class RunEvent(_message.Message):
         workspace_changed: Global___WorkspaceChanged | None = ...,
         snapshot_created: Global___SnapshotCreated | None = ...,
         persistence_warning: Global___PersistenceWarning | None = ...,
+        work_order_position: Global___WorkOrderPosition | None = ...,
+        snapshot_restored: Global___SnapshotRestored | None = ...,
+        retry_attempt: _common_pb2.RetryAttempt | None = ...,
+        github_operation: _common_pb2.GitHubOperation | None = ...,
+        pr_created: Global___PrCreated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "run_ended", b"run_ended", "run_started", b"run_started", "snapshot_created", b"snapshot_created", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "snapshot_created", b"snapshot_created", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -570,3 +590,78 @@ class PersistenceWarning(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PersistenceWarning: _TypeAlias = PersistenceWarning  # noqa: Y015
+
+@_typing.final
+class WorkOrderPosition(_message.Message):
+    """work_order:position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    AHEAD_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    ahead: _builtins.int
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        ahead: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ahead", b"ahead", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkOrderPosition: _TypeAlias = WorkOrderPosition  # noqa: Y015
+
+@_typing.final
+class SnapshotRestored(_message.Message):
+    """snapshot:restored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMIT_FIELD_NUMBER: _builtins.int
+    commit: _builtins.str
+    def __init__(
+        self,
+        *,
+        commit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotRestored: _TypeAlias = SnapshotRestored  # noqa: Y015
+
+@_typing.final
+class PrCreated(_message.Message):
+    """pr:created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    DRAFT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    number: _builtins.int
+    branch: _builtins.str
+    draft: _builtins.bool
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        number: _builtins.int = ...,
+        branch: _builtins.str = ...,
+        draft: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "draft", b"draft", "number", b"number", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrCreated: _TypeAlias = PrCreated  # noqa: Y015

@@ -26,7 +26,7 @@ from agentgate.v1 import common_pb2 as agentgate_dot_v1_dot_common__pb2
 from agentgate.v1 import events_pb2 as agentgate_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentgate/v1/persistence.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x19\x61gentgate/v1/events.proto\"2\n\x10\x43reateRunRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"3\n\x11\x43reateRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"2\n\x10UpdateRunRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"3\n\x11UpdateRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"O\n\x0fListRunsRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.agentgate.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x16SaveAgentResultRequest\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.agentgate.v1.AgentResult\"\'\n\x17SaveAgentResultResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\"Q\n\x1dSaveVerificationReportRequest\x12\x30\n\x06report\x18\x01 \x01(\x0b\x32 .agentgate.v1.VerificationReport\".\n\x1eSaveVerificationReportResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\"F\n\x14SaveIterationRequest\x12.\n\titeration\x18\x01 \x01(\x0b\x32\x1b.agentgate.v1.IterationData\"%\n\x15SaveIterationResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\"=\n\x13\x41ppendEventsRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.agentgate.v1.RunEvent\"$\n\x14\x41ppendEventsResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\"_\n\x13StreamEventsRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"=\n\x14StreamEventsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.agentgate.v1.RunEvent2\x9f\x06\n\x12PersistenceService\x12L\n\tCreateRun\x12\x1e.agentgate.v1.CreateRunRequest\x1a\x1f.agentgate.v1.CreateRunResponse\x12L\n\tUpdateRun\x12\x1e.agentgate.v1.UpdateRunRequest\x1a\x1f.agentgate.v1.UpdateRunResponse\x12\x43\n\x06GetRun\x12\x1b.agentgate.v1.GetRunRequest\x1a\x1c.agentgate.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.agentgate.v1.ListRunsRequest\x1a\x1e.agentgate.v1.ListRunsResponse\x12^\n\x0fSaveAgentResult\x12$.agentgate.v1.SaveAgentResultRequest\x1a%.agentgate.v1.SaveAgentResultResponse\x12s\n\x16SaveVerificationReport\x12+.agentgate.v1.SaveVerificationReportRequest\x1a,.agentgate.v1.SaveVerificationReportResponse\x12X\n\rSaveIteration\x12\".agentgate.v1.SaveIterationRequest\x1a#.agentgate.v1.SaveIterationResponse\x12U\n\x0c\x41ppendEvents\x12!.agentgate.v1.AppendEventsRequest\x1a\".agentgate.v1.AppendEventsResponse\x12W\n\x0cStreamEvents\x12!.agentgate.v1.StreamEventsRequest\x1a\".agentgate.v1.StreamEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentgate/v1/persistence.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x19\x61gentgate/v1/events.proto\"2\n\x10\x43reateRunRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"3\n\x11\x43reateRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"2\n\x10UpdateRunRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"3\n\x11UpdateRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.agentgate.v1.Run\"w\n\x0fListRunsRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12&\n\x06states\x18\x04 \x03(\x0e\x32\x16.agentgate.v1.RunState\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.agentgate.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x16SaveAgentResultRequest\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.agentgate.v1.AgentResult\"\'\n\x17SaveAgentResultResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\"Q\n\x1dSaveVerificationReportRequest\x12\x30\n\x06report\x18\x01 \x01(\x0b\x32 .agentgate.v1.VerificationReport\".\n\x1eSaveVerificationReportResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\"F\n\x14SaveIterationRequest\x12.\n\titeration\x18\x01 \x01(\x0b\x32\x1b.agentgate.v1.IterationData\"%\n\x15SaveIterationResponse\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\":\n\x15GetAgentResultRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\"C\n\x16GetAgentResultResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.agentgate.v1.AgentResult\")\n\x17ListAgentResultsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"F\n\x18ListAgentResultsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.agentgate.v1.AgentResult\"A\n\x1cGetVerificationReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\"Q\n\x1dGetVerificationReportResponse\x12\x30\n\x06report\x18\x01 \x01(\x0b\x32 .agentgate.v1.VerificationReport\"0\n\x1eListVerificationReportsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"T\n\x1fListVerificationReportsResponse\x12\x31\n\x07reports\x18\x01 \x03(\x0b\x32 .agentgate.v1.VerificationReport\"8\n\x13GetIterationRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x05\"F\n\x14GetIterationResponse\x12.\n\titeration\x18\x01 \x01(\x0b\x32\x1b.agentgate.v1.IterationData\"\'\n\x15ListIterationsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"I\n\x16ListIterationsResponse\x12/\n\niterations\x18\x01 \x03(\x0b\x32\x1b.agentgate.v1.IterationData\"=\n\x13\x41ppendEventsRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.agentgate.v1.RunEvent\"$\n\x14\x41ppendEventsResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\"_\n\x13StreamEventsRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tafter_seq\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"=\n\x14StreamEventsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.agentgate.v1.RunEvent2\xfd\n\n\x12PersistenceService\x12L\n\tCreateRun\x12\x1e.agentgate.v1.CreateRunRequest\x1a\x1f.agentgate.v1.CreateRunResponse\x12L\n\tUpdateRun\x12\x1e.agentgate.v1.UpdateRunRequest\x1a\x1f.agentgate.v1.UpdateRunResponse\x12\x43\n\x06GetRun\x12\x1b.agentgate.v1.GetRunRequest\x1a\x1c.agentgate.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.agentgate.v1.ListRunsRequest\x1a\x1e.agentgate.v1.ListRunsResponse\x12^\n\x0fSaveAgentResult\x12$.agentgate.v1.SaveAgentResultRequest\x1a%.agentgate.v1.SaveAgentResultResponse\x12s\n\x16SaveVerificationReport\x12+.agentgate.v1.SaveVerificationReportRequest\x1a,.agentgate.v1.SaveVerificationReportResponse\x12X\n\rSaveIteration\x12\".agentgate.v1.SaveIterationRequest\x1a#.agentgate.v1.SaveIterationResponse\x12[\n\x0eGetAgentResult\x12#.agentgate.v1.GetAgentResultRequest\x1a$.agentgate.v1.GetAgentResultResponse\x12\x61\n\x10ListAgentResults\x12%.agentgate.v1.ListAgentResultsRequest\x1a&.agentgate.v1.ListAgentResultsResponse\x12p\n\x15GetVerificationReport\x12*.agentgate.v1.GetVerificationReportRequest\x1a+.agentgate.v1.GetVerificationReportResponse\x12v\n\x17ListVerificationReports\x12,.agentgate.v1.ListVerificationReportsRequest\x1a-.agentgate.v1.ListVerificationReportsResponse\x12U\n\x0cGetIteration\x12!.agentgate.v1.GetIterationRequest\x1a\".agentgate.v1.GetIterationResponse\x12[\n\x0eListIterations\x12#.agentgate.v1.ListIterationsRequest\x1a$.agentgate.v1.ListIterationsResponse\x12U\n\x0c\x41ppendEvents\x12!.agentgate.v1.AppendEventsRequest\x1a\".agentgate.v1.AppendEventsResponse\x12W\n\x0cStreamEvents\x12!.agentgate.v1.StreamEventsRequest\x1a\".agentgate.v1.StreamEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,29 +46,53 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNRESPONSE']._serialized_start=345
   _globals['_GETRUNRESPONSE']._serialized_end=393
   _globals['_LISTRUNSREQUEST']._serialized_start=395
-  _globals['_LISTRUNSREQUEST']._serialized_end=474
-  _globals['_LISTRUNSRESPONSE']._serialized_start=476
-  _globals['_LISTRUNSRESPONSE']._serialized_end=552
-  _globals['_SAVEAGENTRESULTREQUEST']._serialized_start=554
-  _globals['_SAVEAGENTRESULTREQUEST']._serialized_end=621
-  _globals['_SAVEAGENTRESULTRESPONSE']._serialized_start=623
-  _globals['_SAVEAGENTRESULTRESPONSE']._serialized_end=662
-  _globals['_SAVEVERIFICATIONREPORTREQUEST']._serialized_start=664
-  _globals['_SAVEVERIFICATIONREPORTREQUEST']._serialized_end=745
-  _globals['_SAVEVERIFICATIONREPORTRESPONSE']._serialized_start=747
-  _globals['_SAVEVERIFICATIONREPORTRESPONSE']._serialized_end=793
-  _globals['_SAVEITERATIONREQUEST']._serialized_start=795
-  _globals['_SAVEITERATIONREQUEST']._serialized_end=865
-  _globals['_SAVEITERATIONRESPONSE']._serialized_start=867
-  _globals['_SAVEITERATIONRESPONSE']._serialized_end=904
-  _globals['_APPENDEVENTSREQUEST']._serialized_start=906
-  _globals['_APPENDEVENTSREQUEST']._serialized_end=967
-  _globals['_APPENDEVENTSRESPONSE']._serialized_start=969
-  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1005
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1007
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1102
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1104
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1165
-  _globals['_PERSISTENCESERVICE']._serialized_start=1168
-  _globals['_PERSISTENCESERVICE']._serialized_end=1967
+  _globals['_LISTRUNSREQUEST']._serialized_end=514
+  _globals['_LISTRUNSRESPONSE']._serialized_start=516
+  _globals['_LISTRUNSRESPONSE']._serialized_end=592
+  _globals['_SAVEAGENTRESULTREQUEST']._serialized_start=594
+  _globals['_SAVEAGENTRESULTREQUEST']._serialized_end=661
+  _globals['_SAVEAGENTRESULTRESPONSE']._serialized_start=663
+  _globals['_SAVEAGENTRESULTRESPONSE']._serialized_end=702
+  _globals['_SAVEVERIFICATIONREPORTREQUEST']._serialized_start=704
+  _globals['_SAVEVERIFICATIONREPORTREQUEST']._serialized_end=785
+  _globals['_SAVEVERIFICATIONREPORTRESPONSE']._serialized_start=787
+  _globals['_SAVEVERIFICATIONREPORTRESPONSE']._serialized_end=833
+  _globals['_SAVEITERATIONREQUEST']._serialized_start=835
+  _globals['_SAVEITERATIONREQUEST']._serialized_end=905
+  _globals['_SAVEITERATIONRESPONSE']._serialized_start=907
+  _globals['_SAVEITERATIONRESPONSE']._serialized_end=944
+  _globals['_GETAGENTRESULTREQUEST']._serialized_start=946
+  _globals['_GETAGENTRESULTREQUEST']._serialized_end=1004
+  _globals['_GETAGENTRESULTRESPONSE']._serialized_start=1006
+  _globals['_GETAGENTRESULTRESPONSE']._serialized_end=1073
+  _globals['_LISTAGENTRESULTSREQUEST']._serialized_start=1075
+  _globals['_LISTAGENTRESULTSREQUEST']._serialized_end=1116
+  _globals['_LISTAGENTRESULTSRESPONSE']._serialized_start=1118
+  _globals['_LISTAGENTRESULTSRESPONSE']._serialized_end=1188
+  _globals['_GETVERIFICATIONREPORTREQUEST']._serialized_start=1190
+  _globals['_GETVERIFICATIONREPORTREQUEST']._serialized_end=1255
+  _globals['_GETVERIFICATIONREPORTRESPONSE']._serialized_start=1257
+  _globals['_GETVERIFICATIONREPORTRESPONSE']._serialized_end=1338
+  _globals['_LISTVERIFICATIONREPORTSREQUEST']._serialized_start=1340
+  _globals['_LISTVERIFICATIONREPORTSREQUEST']._serialized_end=1388
+  _globals['_LISTVERIFICATIONREPORTSRESPONSE']._serialized_start=1390
+  _globals['_LISTVERIFICATIONREPORTSRESPONSE']._serialized_end=1474
+  _globals['_GETITERATIONREQUEST']._serialized_start=1476
+  _globals['_GETITERATIONREQUEST']._serialized_end=1532
+  _globals['_GETITERATIONRESPONSE']._serialized_start=1534
+  _globals['_GETITERATIONRESPONSE']._serialized_end=1604
+  _globals['_LISTITERATIONSREQUEST']._serialized_start=1606
+  _globals['_LISTITERATIONSREQUEST']._serialized_end=1645
+  _globals['_LISTITERATIONSRESPONSE']._serialized_start=1647
+  _globals['_LISTITERATIONSRESPONSE']._serialized_end=1720
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=1722
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=1783
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=1785
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1821
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=1823
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1918
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1920
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1981
+  _globals['_PERSISTENCESERVICE']._serialized_start=1984
+  _globals['_PERSISTENCESERVICE']._serialized_end=3389
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,36 @@ class PersistenceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_persistence__pb2.SaveIterationRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_persistence__pb2.SaveIterationResponse.FromString,
                 _registered_method=True)
+        self.GetAgentResult = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/GetAgentResult',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetAgentResultRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetAgentResultResponse.FromString,
+                _registered_method=True)
+        self.ListAgentResults = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/ListAgentResults',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsResponse.FromString,
+                _registered_method=True)
+        self.GetVerificationReport = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/GetVerificationReport',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportResponse.FromString,
+                _registered_method=True)
+        self.ListVerificationReports = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/ListVerificationReports',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsResponse.FromString,
+                _registered_method=True)
+        self.GetIteration = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/GetIteration',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetIterationRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetIterationResponse.FromString,
+                _registered_method=True)
+        self.ListIterations = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/ListIterations',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.ListIterationsRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListIterationsResponse.FromString,
+                _registered_method=True)
         self.AppendEvents = channel.unary_unary(
                 '/agentgate.v1.PersistenceService/AppendEvents',
                 request_serializer=agentgate_dot_v1_dot_persistence__pb2.AppendEventsRequest.SerializeToString,
@@ -137,6 +167,48 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAgentResult(self, request, context):
+        """The agent result of one iteration. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentResults(self, request, context):
+        """The agent results of a run, by iteration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVerificationReport(self, request, context):
+        """The verification report of one iteration. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVerificationReports(self, request, context):
+        """The verification reports of a run, by iteration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIteration(self, request, context):
+        """One iteration. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIterations(self, request, context):
+        """The iterations of a run, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AppendEvents(self, request, context):
         """Appends events to their work order's log, assigning seq (from 1, no gaps).
         """
@@ -189,6 +261,36 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.SaveIteration,
                     request_deserializer=agentgate_dot_v1_dot_persistence__pb2.SaveIterationRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_persistence__pb2.SaveIterationResponse.SerializeToString,
+            ),
+            'GetAgentResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentResult,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetAgentResultRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetAgentResultResponse.SerializeToString,
+            ),
+            'ListAgentResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentResults,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsResponse.SerializeToString,
+            ),
+            'GetVerificationReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVerificationReport,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportResponse.SerializeToString,
+            ),
+            'ListVerificationReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVerificationReports,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsResponse.SerializeToString,
+            ),
+            'GetIteration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIteration,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetIterationRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetIterationResponse.SerializeToString,
+            ),
+            'ListIterations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIterations,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.ListIterationsRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.ListIterationsResponse.SerializeToString,
             ),
             'AppendEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendEvents,
@@ -392,6 +494,168 @@ class PersistenceService:
             '/agentgate.v1.PersistenceService/SaveIteration',
             agentgate_dot_v1_dot_persistence__pb2.SaveIterationRequest.SerializeToString,
             agentgate_dot_v1_dot_persistence__pb2.SaveIterationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/GetAgentResult',
+            agentgate_dot_v1_dot_persistence__pb2.GetAgentResultRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.GetAgentResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/ListAgentResults',
+            agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.ListAgentResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVerificationReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/GetVerificationReport',
+            agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.GetVerificationReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVerificationReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/ListVerificationReports',
+            agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.ListVerificationReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIteration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/GetIteration',
+            agentgate_dot_v1_dot_persistence__pb2.GetIterationRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.GetIterationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIterations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/ListIterations',
+            agentgate_dot_v1_dot_persistence__pb2.ListIterationsRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.ListIterationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

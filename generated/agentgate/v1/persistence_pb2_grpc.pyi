@@ -49,6 +49,18 @@ class PersistenceServiceStub:
     """Stores verification-{N}.json."""
     SaveIteration: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.SaveIterationRequest, _persistence_pb2.SaveIterationResponse]
     """Stores iteration-{N}.json."""
+    GetAgentResult: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetAgentResultRequest, _persistence_pb2.GetAgentResultResponse]
+    """The agent result of one iteration. NOT_FOUND when absent."""
+    ListAgentResults: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListAgentResultsRequest, _persistence_pb2.ListAgentResultsResponse]
+    """The agent results of a run, by iteration."""
+    GetVerificationReport: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVerificationReportRequest, _persistence_pb2.GetVerificationReportResponse]
+    """The verification report of one iteration. NOT_FOUND when absent."""
+    ListVerificationReports: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListVerificationReportsRequest, _persistence_pb2.ListVerificationReportsResponse]
+    """The verification reports of a run, by iteration."""
+    GetIteration: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetIterationRequest, _persistence_pb2.GetIterationResponse]
+    """One iteration. NOT_FOUND when absent."""
+    ListIterations: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListIterationsRequest, _persistence_pb2.ListIterationsResponse]
+    """The iterations of a run, in order."""
     AppendEvents: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.AppendEventsRequest, _persistence_pb2.AppendEventsResponse]
     """Appends events to their work order's log, assigning seq (from 1, no gaps)."""
     StreamEvents: _grpc.UnaryStreamMultiCallable[_persistence_pb2.StreamEventsRequest, _persistence_pb2.StreamEventsResponse]
@@ -77,6 +89,18 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Stores verification-{N}.json."""
     SaveIteration: _aio.UnaryUnaryMultiCallable[_persistence_pb2.SaveIterationRequest, _persistence_pb2.SaveIterationResponse]  # type: ignore[assignment]
     """Stores iteration-{N}.json."""
+    GetAgentResult: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetAgentResultRequest, _persistence_pb2.GetAgentResultResponse]  # type: ignore[assignment]
+    """The agent result of one iteration. NOT_FOUND when absent."""
+    ListAgentResults: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListAgentResultsRequest, _persistence_pb2.ListAgentResultsResponse]  # type: ignore[assignment]
+    """The agent results of a run, by iteration."""
+    GetVerificationReport: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVerificationReportRequest, _persistence_pb2.GetVerificationReportResponse]  # type: ignore[assignment]
+    """The verification report of one iteration. NOT_FOUND when absent."""
+    ListVerificationReports: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListVerificationReportsRequest, _persistence_pb2.ListVerificationReportsResponse]  # type: ignore[assignment]
+    """The verification reports of a run, by iteration."""
+    GetIteration: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetIterationRequest, _persistence_pb2.GetIterationResponse]  # type: ignore[assignment]
+    """One iteration. NOT_FOUND when absent."""
+    ListIterations: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListIterationsRequest, _persistence_pb2.ListIterationsResponse]  # type: ignore[assignment]
+    """The iterations of a run, in order."""
     AppendEvents: _aio.UnaryUnaryMultiCallable[_persistence_pb2.AppendEventsRequest, _persistence_pb2.AppendEventsResponse]  # type: ignore[assignment]
     """Appends events to their work order's log, assigning seq (from 1, no gaps)."""
     StreamEvents: _aio.UnaryStreamMultiCallable[_persistence_pb2.StreamEventsRequest, _persistence_pb2.StreamEventsResponse]  # type: ignore[assignment]
@@ -144,6 +168,54 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.SaveIterationResponse, _abc.Awaitable[_persistence_pb2.SaveIterationResponse]]:
         """Stores iteration-{N}.json."""
+
+    @_abc_1.abstractmethod
+    def GetAgentResult(
+        self,
+        request: _persistence_pb2.GetAgentResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetAgentResultResponse, _abc.Awaitable[_persistence_pb2.GetAgentResultResponse]]:
+        """The agent result of one iteration. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def ListAgentResults(
+        self,
+        request: _persistence_pb2.ListAgentResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListAgentResultsResponse, _abc.Awaitable[_persistence_pb2.ListAgentResultsResponse]]:
+        """The agent results of a run, by iteration."""
+
+    @_abc_1.abstractmethod
+    def GetVerificationReport(
+        self,
+        request: _persistence_pb2.GetVerificationReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetVerificationReportResponse, _abc.Awaitable[_persistence_pb2.GetVerificationReportResponse]]:
+        """The verification report of one iteration. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def ListVerificationReports(
+        self,
+        request: _persistence_pb2.ListVerificationReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListVerificationReportsResponse, _abc.Awaitable[_persistence_pb2.ListVerificationReportsResponse]]:
+        """The verification reports of a run, by iteration."""
+
+    @_abc_1.abstractmethod
+    def GetIteration(
+        self,
+        request: _persistence_pb2.GetIterationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetIterationResponse, _abc.Awaitable[_persistence_pb2.GetIterationResponse]]:
+        """One iteration. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def ListIterations(
+        self,
+        request: _persistence_pb2.ListIterationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListIterationsResponse, _abc.Awaitable[_persistence_pb2.ListIterationsResponse]]:
+        """The iterations of a run, in order."""
 
     @_abc_1.abstractmethod
     def AppendEvents(

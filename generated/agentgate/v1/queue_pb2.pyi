@@ -369,11 +369,16 @@ class GetPositionResponse(_message.Message):
     AHEAD_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ENQUEUED_AT_FIELD_NUMBER: _builtins.int
+    ESTIMATED_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """1 = next, 0 = running or ended."""
     ahead: _builtins.int
     state: _builtins.str
     """waiting, running, or the terminal status in lower case."""
+    estimated_wait_seconds: _builtins.float
+    """From the average of recent waits; absent until there is data."""
+    work_order_id: _builtins.str
     @_builtins.property
     def enqueued_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -383,14 +388,57 @@ class GetPositionResponse(_message.Message):
         ahead: _builtins.int = ...,
         state: _builtins.str = ...,
         enqueued_at: _timestamp_pb2.Timestamp | None = ...,
+        estimated_wait_seconds: _builtins.float | None = ...,
+        work_order_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["enqueued_at", b"enqueued_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_wait_seconds", b"_estimated_wait_seconds", "enqueued_at", b"enqueued_at", "estimated_wait_seconds", b"estimated_wait_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ahead", b"ahead", "enqueued_at", b"enqueued_at", "position", b"position", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_wait_seconds", b"_estimated_wait_seconds", "ahead", b"ahead", "enqueued_at", b"enqueued_at", "estimated_wait_seconds", b"estimated_wait_seconds", "position", b"position", "state", b"state", "work_order_id", b"work_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__estimated_wait_seconds: _TypeAlias = _typing.Literal["estimated_wait_seconds"]  # noqa: Y015
+    _WhichOneofArgType__estimated_wait_seconds: _TypeAlias = _typing.Literal["_estimated_wait_seconds", b"_estimated_wait_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_wait_seconds) -> _WhichOneofReturnType__estimated_wait_seconds | None: ...
+
+Global___GetPositionResponse: _TypeAlias = GetPositionResponse  # noqa: Y015
+
+@_typing.final
+class WatchPositionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_ORDER_ID_FIELD_NUMBER: _builtins.int
+    work_order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        work_order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["work_order_id", b"work_order_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetPositionResponse: _TypeAlias = GetPositionResponse  # noqa: Y015
+Global___WatchPositionRequest: _TypeAlias = WatchPositionRequest  # noqa: Y015
+
+@_typing.final
+class WatchPositionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def position(self) -> Global___GetPositionResponse: ...
+    def __init__(
+        self,
+        *,
+        position: Global___GetPositionResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchPositionResponse: _TypeAlias = WatchPositionResponse  # noqa: Y015
 
 @_typing.final
 class GetQueueStatsRequest(_message.Message):
@@ -416,11 +464,14 @@ class GetQueueStatsResponse(_message.Message):
     MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_SIZE_FIELD_NUMBER: _builtins.int
     ACCEPTING_FIELD_NUMBER: _builtins.int
+    AVERAGE_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     waiting: _builtins.int
     running: _builtins.int
     max_concurrent: _builtins.int
     max_queue_size: _builtins.int
     accepting: _builtins.bool
+    average_wait_seconds: _builtins.float
+    """Average wait of recent work orders; absent until there is data."""
     def __init__(
         self,
         *,
@@ -429,11 +480,14 @@ class GetQueueStatsResponse(_message.Message):
         max_concurrent: _builtins.int = ...,
         max_queue_size: _builtins.int = ...,
         accepting: _builtins.bool = ...,
+        average_wait_seconds: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_average_wait_seconds", b"_average_wait_seconds", "average_wait_seconds", b"average_wait_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepting", b"accepting", "max_concurrent", b"max_concurrent", "max_queue_size", b"max_queue_size", "running", b"running", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_average_wait_seconds", b"_average_wait_seconds", "accepting", b"accepting", "average_wait_seconds", b"average_wait_seconds", "max_concurrent", b"max_concurrent", "max_queue_size", b"max_queue_size", "running", b"running", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__average_wait_seconds: _TypeAlias = _typing.Literal["average_wait_seconds"]  # noqa: Y015
+    _WhichOneofArgType__average_wait_seconds: _TypeAlias = _typing.Literal["_average_wait_seconds", b"_average_wait_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__average_wait_seconds) -> _WhichOneofReturnType__average_wait_seconds | None: ...
 
 Global___GetQueueStatsResponse: _TypeAlias = GetQueueStatsResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class QueueServiceStub:
                 request_serializer=agentgate_dot_v1_dot_queue__pb2.GetPositionRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_queue__pb2.GetPositionResponse.FromString,
                 _registered_method=True)
+        self.WatchPosition = channel.unary_stream(
+                '/agentgate.v1.QueueService/WatchPosition',
+                request_serializer=agentgate_dot_v1_dot_queue__pb2.WatchPositionRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_queue__pb2.WatchPositionResponse.FromString,
+                _registered_method=True)
         self.GetQueueStats = channel.unary_unary(
                 '/agentgate.v1.QueueService/GetQueueStats',
                 request_serializer=agentgate_dot_v1_dot_queue__pb2.GetQueueStatsRequest.SerializeToString,
@@ -145,6 +150,13 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPosition(self, request, context):
+        """Streams the position on every change, until the work order starts or ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQueueStats(self, request, context):
         """Counts and limits of the queue.
         """
@@ -194,6 +206,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.GetPosition,
                     request_deserializer=agentgate_dot_v1_dot_queue__pb2.GetPositionRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_queue__pb2.GetPositionResponse.SerializeToString,
+            ),
+            'WatchPosition': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPosition,
+                    request_deserializer=agentgate_dot_v1_dot_queue__pb2.WatchPositionRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_queue__pb2.WatchPositionResponse.SerializeToString,
             ),
             'GetQueueStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStats,
@@ -418,6 +435,33 @@ class QueueService:
             '/agentgate.v1.QueueService/GetPosition',
             agentgate_dot_v1_dot_queue__pb2.GetPositionRequest.SerializeToString,
             agentgate_dot_v1_dot_queue__pb2.GetPositionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPosition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentgate.v1.QueueService/WatchPosition',
+            agentgate_dot_v1_dot_queue__pb2.WatchPositionRequest.SerializeToString,
+            agentgate_dot_v1_dot_queue__pb2.WatchPositionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class QueueServiceStub:
     """Ends a lease with the work order's final status."""
     GetPosition: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetPositionRequest, _queue_pb2.GetPositionResponse]
     """Where a work order stands in the queue."""
+    WatchPosition: _grpc.UnaryStreamMultiCallable[_queue_pb2.WatchPositionRequest, _queue_pb2.WatchPositionResponse]
+    """Streams the position on every change, until the work order starts or ends."""
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_queue_pb2.GetQueueStatsRequest, _queue_pb2.GetQueueStatsResponse]
     """Counts and limits of the queue."""
 
@@ -85,6 +87,8 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Ends a lease with the work order's final status."""
     GetPosition: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetPositionRequest, _queue_pb2.GetPositionResponse]  # type: ignore[assignment]
     """Where a work order stands in the queue."""
+    WatchPosition: _aio.UnaryStreamMultiCallable[_queue_pb2.WatchPositionRequest, _queue_pb2.WatchPositionResponse]  # type: ignore[assignment]
+    """Streams the position on every change, until the work order starts or ends."""
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_queue_pb2.GetQueueStatsRequest, _queue_pb2.GetQueueStatsResponse]  # type: ignore[assignment]
     """Counts and limits of the queue."""
 
@@ -160,6 +164,14 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_pb2.GetPositionResponse, _abc.Awaitable[_queue_pb2.GetPositionResponse]]:
         """Where a work order stands in the queue."""
+
+    @_abc_1.abstractmethod
+    def WatchPosition(
+        self,
+        request: _queue_pb2.WatchPositionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_queue_pb2.WatchPositionResponse], _abc.AsyncIterator[_queue_pb2.WatchPositionResponse]]:
+        """Streams the position on every change, until the work order starts or ends."""
 
     @_abc_1.abstractmethod
     def GetQueueStats(

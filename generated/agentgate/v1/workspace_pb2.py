@@ -24,41 +24,86 @@ _sym_db = _symbol_database.Default()
 
 from agentgate.v1 import common_pb2 as agentgate_dot_v1_dot_common__pb2
 from agentgate.v1 import events_pb2 as agentgate_dot_v1_dot_events__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentgate/v1/workspace.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x19\x61gentgate/v1/events.proto\"\x99\x01\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12-\n\x06source\x18\x05 \x01(\x0b\x32\x1d.agentgate.v1.WorkspaceSource\x12\x13\n\x0b\x62\x61se_commit\x18\x06 \x01(\t\x12\x0e\n\x06leased\x18\x07 \x01(\x08\"m\n\x14PrepareForRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x06source\x18\x02 \x01(\x0b\x32\x1d.agentgate.v1.WorkspaceSource\x12\x16\n\x0egate_plan_yaml\x18\x03 \x01(\t\"m\n\x15PrepareForRunResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x19\n\x11gate_plan_summary\x18\x03 \x01(\t\"\xac\x01\n\x0fRunAgentRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12&\n\x05\x61gent\x18\x05 \x01(\x0b\x32\x17.agentgate.v1.AgentSpec\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x05\"t\n\x10RunAgentResponse\x12+\n\x06output\x18\x01 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.agentgate.v1.AgentResultH\x00\x42\x06\n\x04item\">\n\x15\x43reateSnapshotRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"Y\n\x16\x43reateSnapshotResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"\x93\x01\n\rVerifyRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\titeration\x18\x04 \x01(\x05\x12\x34\n\x08settings\x18\x05 \x01(\x0b\x32\".agentgate.v1.VerificationSettings\"B\n\x0eVerifyResponse\x12\x30\n\x06report\x18\x01 \x01(\x0b\x32 .agentgate.v1.VerificationReport\"+\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"B\n\x14GetWorkspaceResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\"+\n\x13ReleaseLeaseRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"B\n\x14ReleaseLeaseResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace2\x89\x04\n\x10WorkspaceService\x12X\n\rPrepareForRun\x12\".agentgate.v1.PrepareForRunRequest\x1a#.agentgate.v1.PrepareForRunResponse\x12K\n\x08RunAgent\x12\x1d.agentgate.v1.RunAgentRequest\x1a\x1e.agentgate.v1.RunAgentResponse0\x01\x12[\n\x0e\x43reateSnapshot\x12#.agentgate.v1.CreateSnapshotRequest\x1a$.agentgate.v1.CreateSnapshotResponse\x12\x43\n\x06Verify\x12\x1b.agentgate.v1.VerifyRequest\x1a\x1c.agentgate.v1.VerifyResponse\x12U\n\x0cGetWorkspace\x12!.agentgate.v1.GetWorkspaceRequest\x1a\".agentgate.v1.GetWorkspaceResponse\x12U\n\x0cReleaseLease\x12!.agentgate.v1.ReleaseLeaseRequest\x1a\".agentgate.v1.ReleaseLeaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentgate/v1/workspace.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x19\x61gentgate/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12-\n\x06source\x18\x05 \x01(\x0b\x32\x1d.agentgate.v1.WorkspaceSource\x12\x13\n\x0b\x62\x61se_commit\x18\x06 \x01(\t\x12\x0e\n\x06leased\x18\x07 \x01(\x08\x12\x34\n\x10lease_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0clease_holder\x18\n \x01(\t\"\x9c\x01\n\x14PrepareForRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x06source\x18\x02 \x01(\x0b\x32\x1d.agentgate.v1.WorkspaceSource\x12\x16\n\x0egate_plan_yaml\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\x05\x12\x16\n\x0e\x62ranch_pattern\x18\x05 \x01(\t\"m\n\x15PrepareForRunResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\x12\r\n\x05rules\x18\x02 \x01(\t\x12\x19\n\x11gate_plan_summary\x18\x03 \x01(\t\"\xc7\x01\n\x0fRunAgentRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\titeration\x18\x03 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12&\n\x05\x61gent\x18\x05 \x01(\x0b\x32\x17.agentgate.v1.AgentSpec\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x05\x12\x19\n\x11resume_session_id\x18\x08 \x01(\t\"t\n\x10RunAgentResponse\x12+\n\x06output\x18\x01 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x19.agentgate.v1.AgentResultH\x00\x42\x06\n\x04item\">\n\x15\x43reateSnapshotRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"Y\n\x16\x43reateSnapshotResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"\x93\x01\n\rVerifyRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\titeration\x18\x04 \x01(\x05\x12\x34\n\x08settings\x18\x05 \x01(\x0b\x32\".agentgate.v1.VerificationSettings\"B\n\x0eVerifyResponse\x12\x30\n\x06report\x18\x01 \x01(\x0b\x32 .agentgate.v1.VerificationReport\"+\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"B\n\x14GetWorkspaceResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\"+\n\x13ReleaseLeaseRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"B\n\x14ReleaseLeaseResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\"G\n\x16\x43reateWorkspaceRequest\x12-\n\x06source\x18\x01 \x01(\x0b\x32\x1d.agentgate.v1.WorkspaceSource\"E\n\x17\x43reateWorkspaceResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\"R\n\x13\x41\x63quireLeaseRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x05\x12\x0e\n\x06holder\x18\x03 \x01(\t\"B\n\x14\x41\x63quireLeaseResponse\x12*\n\tworkspace\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.Workspace\"C\n\x16RestoreSnapshotRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\".\n\x17RestoreSnapshotResponse\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\"W\n\x08Snapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x14ListSnapshotsRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"B\n\x15ListSnapshotsResponse\x12)\n\tsnapshots\x18\x01 \x03(\x0b\x32\x16.agentgate.v1.Snapshot\"X\n\x0eGetDiffRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x18\n\x10\x66rom_snapshot_id\x18\x02 \x01(\t\x12\x16\n\x0eto_snapshot_id\x18\x03 \x01(\t\"I\n\x0fGetDiffResponse\x12\x0c\n\x04\x64iff\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"#\n\x11\x43leanupRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"3\n\x12\x43leanupRunResponse\x12\x1d\n\x15\x64\x65leted_workspace_ids\x18\x01 \x03(\t\">\n\x15ListWorkspacesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x16ListWorkspacesResponse\x12+\n\nworkspaces\x18\x01 \x03(\x0b\x32\x17.agentgate.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x16\x44\x65leteWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x19\n\x17\x44\x65leteWorkspaceResponse\"C\n\x0bPushRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\x0e\n\x06remote\x18\x03 \x01(\t\"B\n\x0cPushResponse\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x12\n\nremote_url\x18\x03 \x01(\t\"\x19\n\x17ListAgentDriversRequest\"X\n\x0f\x41gentDriverInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x0f\n\x07missing\x18\x04 \x01(\t\"J\n\x18ListAgentDriversResponse\x12.\n\x07\x64rivers\x18\x01 \x03(\x0b\x32\x1d.agentgate.v1.AgentDriverInfo2\xf2\n\n\x10WorkspaceService\x12X\n\rPrepareForRun\x12\".agentgate.v1.PrepareForRunRequest\x1a#.agentgate.v1.PrepareForRunResponse\x12K\n\x08RunAgent\x12\x1d.agentgate.v1.RunAgentRequest\x1a\x1e.agentgate.v1.RunAgentResponse0\x01\x12[\n\x0e\x43reateSnapshot\x12#.agentgate.v1.CreateSnapshotRequest\x1a$.agentgate.v1.CreateSnapshotResponse\x12\x43\n\x06Verify\x12\x1b.agentgate.v1.VerifyRequest\x1a\x1c.agentgate.v1.VerifyResponse\x12U\n\x0cGetWorkspace\x12!.agentgate.v1.GetWorkspaceRequest\x1a\".agentgate.v1.GetWorkspaceResponse\x12U\n\x0cReleaseLease\x12!.agentgate.v1.ReleaseLeaseRequest\x1a\".agentgate.v1.ReleaseLeaseResponse\x12^\n\x0f\x43reateWorkspace\x12$.agentgate.v1.CreateWorkspaceRequest\x1a%.agentgate.v1.CreateWorkspaceResponse\x12U\n\x0c\x41\x63quireLease\x12!.agentgate.v1.AcquireLeaseRequest\x1a\".agentgate.v1.AcquireLeaseResponse\x12^\n\x0fRestoreSnapshot\x12$.agentgate.v1.RestoreSnapshotRequest\x1a%.agentgate.v1.RestoreSnapshotResponse\x12X\n\rListSnapshots\x12\".agentgate.v1.ListSnapshotsRequest\x1a#.agentgate.v1.ListSnapshotsResponse\x12\x46\n\x07GetDiff\x12\x1c.agentgate.v1.GetDiffRequest\x1a\x1d.agentgate.v1.GetDiffResponse\x12O\n\nCleanupRun\x12\x1f.agentgate.v1.CleanupRunRequest\x1a .agentgate.v1.CleanupRunResponse\x12[\n\x0eListWorkspaces\x12#.agentgate.v1.ListWorkspacesRequest\x1a$.agentgate.v1.ListWorkspacesResponse\x12^\n\x0f\x44\x65leteWorkspace\x12$.agentgate.v1.DeleteWorkspaceRequest\x1a%.agentgate.v1.DeleteWorkspaceResponse\x12=\n\x04Push\x12\x19.agentgate.v1.PushRequest\x1a\x1a.agentgate.v1.PushResponse\x12\x61\n\x10ListAgentDrivers\x12%.agentgate.v1.ListAgentDriversRequest\x1a&.agentgate.v1.ListAgentDriversResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgate.v1.workspace_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKSPACE']._serialized_start=101
-  _globals['_WORKSPACE']._serialized_end=254
-  _globals['_PREPAREFORRUNREQUEST']._serialized_start=256
-  _globals['_PREPAREFORRUNREQUEST']._serialized_end=365
-  _globals['_PREPAREFORRUNRESPONSE']._serialized_start=367
-  _globals['_PREPAREFORRUNRESPONSE']._serialized_end=476
-  _globals['_RUNAGENTREQUEST']._serialized_start=479
-  _globals['_RUNAGENTREQUEST']._serialized_end=651
-  _globals['_RUNAGENTRESPONSE']._serialized_start=653
-  _globals['_RUNAGENTRESPONSE']._serialized_end=769
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=771
-  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=833
-  _globals['_CREATESNAPSHOTRESPONSE']._serialized_start=835
-  _globals['_CREATESNAPSHOTRESPONSE']._serialized_end=924
-  _globals['_VERIFYREQUEST']._serialized_start=927
-  _globals['_VERIFYREQUEST']._serialized_end=1074
-  _globals['_VERIFYRESPONSE']._serialized_start=1076
-  _globals['_VERIFYRESPONSE']._serialized_end=1142
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=1144
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=1187
-  _globals['_GETWORKSPACERESPONSE']._serialized_start=1189
-  _globals['_GETWORKSPACERESPONSE']._serialized_end=1255
-  _globals['_RELEASELEASEREQUEST']._serialized_start=1257
-  _globals['_RELEASELEASEREQUEST']._serialized_end=1300
-  _globals['_RELEASELEASERESPONSE']._serialized_start=1302
-  _globals['_RELEASELEASERESPONSE']._serialized_end=1368
-  _globals['_WORKSPACESERVICE']._serialized_start=1371
-  _globals['_WORKSPACESERVICE']._serialized_end=1892
+  _globals['_WORKSPACE']._serialized_start=134
+  _globals['_WORKSPACE']._serialized_end=411
+  _globals['_PREPAREFORRUNREQUEST']._serialized_start=414
+  _globals['_PREPAREFORRUNREQUEST']._serialized_end=570
+  _globals['_PREPAREFORRUNRESPONSE']._serialized_start=572
+  _globals['_PREPAREFORRUNRESPONSE']._serialized_end=681
+  _globals['_RUNAGENTREQUEST']._serialized_start=684
+  _globals['_RUNAGENTREQUEST']._serialized_end=883
+  _globals['_RUNAGENTRESPONSE']._serialized_start=885
+  _globals['_RUNAGENTRESPONSE']._serialized_end=1001
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_start=1003
+  _globals['_CREATESNAPSHOTREQUEST']._serialized_end=1065
+  _globals['_CREATESNAPSHOTRESPONSE']._serialized_start=1067
+  _globals['_CREATESNAPSHOTRESPONSE']._serialized_end=1156
+  _globals['_VERIFYREQUEST']._serialized_start=1159
+  _globals['_VERIFYREQUEST']._serialized_end=1306
+  _globals['_VERIFYRESPONSE']._serialized_start=1308
+  _globals['_VERIFYRESPONSE']._serialized_end=1374
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=1376
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=1419
+  _globals['_GETWORKSPACERESPONSE']._serialized_start=1421
+  _globals['_GETWORKSPACERESPONSE']._serialized_end=1487
+  _globals['_RELEASELEASEREQUEST']._serialized_start=1489
+  _globals['_RELEASELEASEREQUEST']._serialized_end=1532
+  _globals['_RELEASELEASERESPONSE']._serialized_start=1534
+  _globals['_RELEASELEASERESPONSE']._serialized_end=1600
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=1602
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=1673
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=1675
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=1744
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=1746
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=1828
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=1830
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1896
+  _globals['_RESTORESNAPSHOTREQUEST']._serialized_start=1898
+  _globals['_RESTORESNAPSHOTREQUEST']._serialized_end=1965
+  _globals['_RESTORESNAPSHOTRESPONSE']._serialized_start=1967
+  _globals['_RESTORESNAPSHOTRESPONSE']._serialized_end=2013
+  _globals['_SNAPSHOT']._serialized_start=2015
+  _globals['_SNAPSHOT']._serialized_end=2102
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_start=2104
+  _globals['_LISTSNAPSHOTSREQUEST']._serialized_end=2148
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=2150
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=2216
+  _globals['_GETDIFFREQUEST']._serialized_start=2218
+  _globals['_GETDIFFREQUEST']._serialized_end=2306
+  _globals['_GETDIFFRESPONSE']._serialized_start=2308
+  _globals['_GETDIFFRESPONSE']._serialized_end=2381
+  _globals['_CLEANUPRUNREQUEST']._serialized_start=2383
+  _globals['_CLEANUPRUNREQUEST']._serialized_end=2418
+  _globals['_CLEANUPRUNRESPONSE']._serialized_start=2420
+  _globals['_CLEANUPRUNRESPONSE']._serialized_end=2471
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=2473
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=2535
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=2537
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=2631
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_start=2633
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_end=2694
+  _globals['_DELETEWORKSPACERESPONSE']._serialized_start=2696
+  _globals['_DELETEWORKSPACERESPONSE']._serialized_end=2721
+  _globals['_PUSHREQUEST']._serialized_start=2723
+  _globals['_PUSHREQUEST']._serialized_end=2790
+  _globals['_PUSHRESPONSE']._serialized_start=2792
+  _globals['_PUSHRESPONSE']._serialized_end=2858
+  _globals['_LISTAGENTDRIVERSREQUEST']._serialized_start=2860
+  _globals['_LISTAGENTDRIVERSREQUEST']._serialized_end=2885
+  _globals['_AGENTDRIVERINFO']._serialized_start=2887
+  _globals['_AGENTDRIVERINFO']._serialized_end=2975
+  _globals['_LISTAGENTDRIVERSRESPONSE']._serialized_start=2977
+  _globals['_LISTAGENTDRIVERSRESPONSE']._serialized_end=3051
+  _globals['_WORKSPACESERVICE']._serialized_start=3054
+  _globals['_WORKSPACESERVICE']._serialized_end=4448
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,56 @@ class WorkspaceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.CreateWorkspace = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/CreateWorkspace',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/AcquireLease',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/RestoreSnapshot',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/ListSnapshots',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.GetDiff = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/GetDiff',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.GetDiffRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.GetDiffResponse.FromString,
+                _registered_method=True)
+        self.CleanupRun = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/CleanupRun',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.FromString,
+                _registered_method=True)
+        self.ListWorkspaces = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/ListWorkspaces',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesResponse.FromString,
+                _registered_method=True)
+        self.DeleteWorkspace = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/DeleteWorkspace',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.Push = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/Push',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.PushRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.PushResponse.FromString,
+                _registered_method=True)
+        self.ListAgentDrivers = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/ListAgentDrivers',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -114,6 +164,77 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateWorkspace(self, request, context):
+        """Makes a workspace from a source without a run (no branch, no lease).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLease(self, request, context):
+        """Takes or renews the lease on a workspace (default 3600 s). FAILED_PRECONDITION when
+        another holder's lease has not expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request, context):
+        """Resets the workspace's files to a snapshot (a new commit on top, history kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """The snapshots of a workspace, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDiff(self, request, context):
+        """The diff between two snapshots (default: base snapshot to the newest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CleanupRun(self, request, context):
+        """Deletes the workspaces, clean rooms and agent files of a run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkspaces(self, request, context):
+        """All workspaces, newest first; paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkspace(self, request, context):
+        """Deletes a workspace. FAILED_PRECONDITION while it is leased, unless forced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Push(self, request, context):
+        """Pushes the workspace's branch to its git remote.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentDrivers(self, request, context):
+        """The agent drivers and whether each can run on this machine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +267,56 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'CreateWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWorkspace,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceResponse.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'GetDiff': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDiff,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.GetDiffRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.GetDiffResponse.SerializeToString,
+            ),
+            'CleanupRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CleanupRun,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.SerializeToString,
+            ),
+            'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkspaces,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesResponse.SerializeToString,
+            ),
+            'DeleteWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkspace,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceResponse.SerializeToString,
+            ),
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.PushRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.PushResponse.SerializeToString,
+            ),
+            'ListAgentDrivers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentDrivers,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +482,276 @@ class WorkspaceService:
             '/agentgate.v1.WorkspaceService/ReleaseLease',
             agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseRequest.SerializeToString,
             agentgate_dot_v1_dot_workspace__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/CreateWorkspace',
+            agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.CreateWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/AcquireLease',
+            agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/RestoreSnapshot',
+            agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.RestoreSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/ListSnapshots',
+            agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDiff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/GetDiff',
+            agentgate_dot_v1_dot_workspace__pb2.GetDiffRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.GetDiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CleanupRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/CleanupRun',
+            agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkspaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/ListWorkspaces',
+            agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/DeleteWorkspace',
+            agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.DeleteWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/Push',
+            agentgate_dot_v1_dot_workspace__pb2.PushRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentDrivers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/ListAgentDrivers',
+            agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.FromString,
             options,
             channel_credentials,
             insecure,

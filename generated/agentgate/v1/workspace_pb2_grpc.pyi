@@ -47,6 +47,28 @@ class WorkspaceServiceStub:
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]
     """Releases the lease on a workspace; its files stay for inspection."""
+    CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]
+    """Makes a workspace from a source without a run (no branch, no lease)."""
+    AcquireLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]
+    """Takes or renews the lease on a workspace (default 3600 s). FAILED_PRECONDITION when
+    another holder's lease has not expired.
+    """
+    RestoreSnapshot: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.RestoreSnapshotRequest, _workspace_pb2.RestoreSnapshotResponse]
+    """Resets the workspace's files to a snapshot (a new commit on top, history kept)."""
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListSnapshotsRequest, _workspace_pb2.ListSnapshotsResponse]
+    """The snapshots of a workspace, newest first."""
+    GetDiff: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]
+    """The diff between two snapshots (default: base snapshot to the newest)."""
+    CleanupRun: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]
+    """Deletes the workspaces, clean rooms and agent files of a run."""
+    ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]
+    """All workspaces, newest first; paginated."""
+    DeleteWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]
+    """Deletes a workspace. FAILED_PRECONDITION while it is leased, unless forced."""
+    Push: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.PushRequest, _workspace_pb2.PushResponse]
+    """Pushes the workspace's branch to its git remote."""
+    ListAgentDrivers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAgentDriversRequest, _workspace_pb2.ListAgentDriversResponse]
+    """The agent drivers and whether each can run on this machine."""
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -67,6 +89,28 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Releases the lease on a workspace; its files stay for inspection."""
+    CreateWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
+    """Makes a workspace from a source without a run (no branch, no lease)."""
+    AcquireLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
+    """Takes or renews the lease on a workspace (default 3600 s). FAILED_PRECONDITION when
+    another holder's lease has not expired.
+    """
+    RestoreSnapshot: _aio.UnaryUnaryMultiCallable[_workspace_pb2.RestoreSnapshotRequest, _workspace_pb2.RestoreSnapshotResponse]  # type: ignore[assignment]
+    """Resets the workspace's files to a snapshot (a new commit on top, history kept)."""
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListSnapshotsRequest, _workspace_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """The snapshots of a workspace, newest first."""
+    GetDiff: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]  # type: ignore[assignment]
+    """The diff between two snapshots (default: base snapshot to the newest)."""
+    CleanupRun: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]  # type: ignore[assignment]
+    """Deletes the workspaces, clean rooms and agent files of a run."""
+    ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
+    """All workspaces, newest first; paginated."""
+    DeleteWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]  # type: ignore[assignment]
+    """Deletes a workspace. FAILED_PRECONDITION while it is leased, unless forced."""
+    Push: _aio.UnaryUnaryMultiCallable[_workspace_pb2.PushRequest, _workspace_pb2.PushResponse]  # type: ignore[assignment]
+    """Pushes the workspace's branch to its git remote."""
+    ListAgentDrivers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAgentDriversRequest, _workspace_pb2.ListAgentDriversResponse]  # type: ignore[assignment]
+    """The agent drivers and whether each can run on this machine."""
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The data plane: workspaces on disk, agent processes, snapshots and the clean-room gate."""
@@ -120,5 +164,87 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.ReleaseLeaseResponse, _abc.Awaitable[_workspace_pb2.ReleaseLeaseResponse]]:
         """Releases the lease on a workspace; its files stay for inspection."""
+
+    @_abc_1.abstractmethod
+    def CreateWorkspace(
+        self,
+        request: _workspace_pb2.CreateWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.CreateWorkspaceResponse, _abc.Awaitable[_workspace_pb2.CreateWorkspaceResponse]]:
+        """Makes a workspace from a source without a run (no branch, no lease)."""
+
+    @_abc_1.abstractmethod
+    def AcquireLease(
+        self,
+        request: _workspace_pb2.AcquireLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.AcquireLeaseResponse, _abc.Awaitable[_workspace_pb2.AcquireLeaseResponse]]:
+        """Takes or renews the lease on a workspace (default 3600 s). FAILED_PRECONDITION when
+        another holder's lease has not expired.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreSnapshot(
+        self,
+        request: _workspace_pb2.RestoreSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.RestoreSnapshotResponse, _abc.Awaitable[_workspace_pb2.RestoreSnapshotResponse]]:
+        """Resets the workspace's files to a snapshot (a new commit on top, history kept)."""
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _workspace_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ListSnapshotsResponse, _abc.Awaitable[_workspace_pb2.ListSnapshotsResponse]]:
+        """The snapshots of a workspace, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetDiff(
+        self,
+        request: _workspace_pb2.GetDiffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.GetDiffResponse, _abc.Awaitable[_workspace_pb2.GetDiffResponse]]:
+        """The diff between two snapshots (default: base snapshot to the newest)."""
+
+    @_abc_1.abstractmethod
+    def CleanupRun(
+        self,
+        request: _workspace_pb2.CleanupRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.CleanupRunResponse, _abc.Awaitable[_workspace_pb2.CleanupRunResponse]]:
+        """Deletes the workspaces, clean rooms and agent files of a run."""
+
+    @_abc_1.abstractmethod
+    def ListWorkspaces(
+        self,
+        request: _workspace_pb2.ListWorkspacesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ListWorkspacesResponse, _abc.Awaitable[_workspace_pb2.ListWorkspacesResponse]]:
+        """All workspaces, newest first; paginated."""
+
+    @_abc_1.abstractmethod
+    def DeleteWorkspace(
+        self,
+        request: _workspace_pb2.DeleteWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.DeleteWorkspaceResponse, _abc.Awaitable[_workspace_pb2.DeleteWorkspaceResponse]]:
+        """Deletes a workspace. FAILED_PRECONDITION while it is leased, unless forced."""
+
+    @_abc_1.abstractmethod
+    def Push(
+        self,
+        request: _workspace_pb2.PushRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.PushResponse, _abc.Awaitable[_workspace_pb2.PushResponse]]:
+        """Pushes the workspace's branch to its git remote."""
+
+    @_abc_1.abstractmethod
+    def ListAgentDrivers(
+        self,
+        request: _workspace_pb2.ListAgentDriversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ListAgentDriversResponse, _abc.Awaitable[_workspace_pb2.ListAgentDriversResponse]]:
+        """The agent drivers and whether each can run on this machine."""
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
