@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := tools/node_modules/.bin/buf
+# The Node.js client's dependencies (its end-to-end test runs it).
+NODE_CLIENT := clients/node/node_modules/.installed
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast protos check-protos lint buf coverage clean
@@ -17,6 +19,10 @@ $(STAMP): pyproject.toml
 $(BUF): tools/package.json
 	cd tools && npm install --no-audit --no-fund --silent
 	touch $(BUF)
+
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --silent
+	touch $(NODE_CLIENT)
 
 venv: $(STAMP)
 
@@ -42,7 +48,7 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 
 ## The whole suite (unit, integration, end-to-end) with coverage of the service processes.
-test: $(STAMP) $(BUF) check-protos lint
+test: $(STAMP) $(BUF) $(NODE_CLIENT) check-protos lint
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/tools/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
 
@@ -50,5 +56,16 @@ test: $(STAMP) $(BUF) check-protos lint
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
+## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
+## flags (--quick, --profile DIR); each run also appends its figures as JSON to BENCH_JSON.
+BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer
+BENCH_JSON ?= $(VENV)/bench-results.jsonl
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@set -e; for name in $(BENCH_SCRIPTS); do \
+		$(PY) bench/bench_$$name.py --json $(BENCH_JSON) $(BENCH_ARGS); \
+	done
+
 clean:
-	rm -rf $(VENV) tools/node_modules .coverage .coverage.* htmlcov
+	rm -rf $(VENV) tools/node_modules clients/node/node_modules .coverage .coverage.* htmlcov

@@ -230,7 +230,7 @@ def _invalid(tmp_path: Path) -> list[tuple[str, common_pb2.WorkOrderSpec]]:
     spec.harness.loop_strategy.mode = 77
     cases.append(("spec.harness.loop_strategy.mode", spec))
     spec = make_spec(tmp_path)
-    spec.source.github_repo = "octo/repo"
+    spec.source.github_repo = "octo/repo/extra"
     cases.append(("spec.source.github_repo", spec))
     return cases
 
@@ -417,7 +417,8 @@ async def test_expired_lease_requeues_in_place_then_fails(cluster: Cluster, tmp_
     assert failed.work_order.error == "system_error: lease expired 2 times (worker lost)"
     fake = cluster.persistence
     assert fake is not None
-    await eventually(lambda: _async(fake.of(first.id) == ["work_order:queued", "run:failed"]))
+    # Requeued at place 1: one position event, then the end the queue records for a lost worker.
+    await eventually(lambda: _async(fake.of(first.id) == ["work_order:queued", "work_order:position", "run:failed"]))
 
 
 async def _async(value: bool) -> bool:

@@ -308,10 +308,18 @@ async def test_prepare_refuses_bad_requests(service: Service, tmp_path: Path) ->
 
     with pytest.raises(grpc.aio.AioRpcError) as github:
         await service.stub.PrepareForRun(
-            workspace_pb2.PrepareForRunRequest(run_id="r", source=common_pb2.WorkspaceSource(github_repo="o/n"))
+            workspace_pb2.PrepareForRunRequest(run_id="r", source=common_pb2.WorkspaceSource(github_repo="o/n/x"))
         )
-    assert github.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert github.value.details() == "github_repo sources are not supported yet"
+    assert github.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(github.value)] == ["source.github_repo"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as pattern:
+        await service.stub.PrepareForRun(
+            workspace_pb2.PrepareForRunRequest(
+                run_id="r", source=common_pb2.WorkspaceSource(local_path=str(tmp_path)), branch_pattern="fixed"
+            )
+        )
+    assert [v.field for v in field_violations(pattern.value)] == ["branch_pattern"]
 
     with pytest.raises(grpc.aio.AioRpcError) as no_source:
         await service.stub.PrepareForRun(workspace_pb2.PrepareForRunRequest(run_id="r"))
@@ -592,7 +600,7 @@ async def test_verify_fails_then_passes_in_a_clean_room(service: Service, projec
     snapshot = await service.stub.CreateSnapshot(workspace_pb2.CreateSnapshotRequest(workspace_id=workspace.id))
     passing = await verify(service, workspace.id, snapshot.snapshot_id)
     assert passing.passed, passing.summary
-    assert passing.summary == "All 3 checks passed"
+    assert passing.summary == "All 4 checks passed"  # with the security scan of the change
     assert list(passing.levels_run) == ["L0", "L1"]
     assert (passing.run_id, passing.iteration) == ("run-1", 1)
     # Clean rooms are removed after each verification.
@@ -612,10 +620,10 @@ async def test_verify_missing_required_file_fails_l0_and_skips_l1(service: Servi
     report = await verify(service, workspace.id, workspace.base_commit, gate_plan_yaml=plan)
     assert not report.passed
     assert report.gate_plan_source == "inline"
-    assert report.summary == "L0 failed: 1 of 2 checks failed (required_file:CHANGELOG.md)"
+    assert report.summary == "L0 failed: 1 of 3 checks failed (required_file:CHANGELOG.md)"
     l0, l1 = report.levels[0], report.levels[1]
-    assert l0.ran and [c.passed for c in l0.checks] == [True, False]
-    assert all(c.kind == "contract" for c in l0.checks)
+    assert l0.ran and [c.passed for c in l0.checks] == [True, False, True]
+    assert [c.kind for c in l0.checks] == ["contract", "contract", "security"]
     assert not l1.ran and l1.skip_reason == "an earlier level failed"
     assert list(report.skipped_levels) == ["L1", "L2", "L3"]
 

@@ -44,7 +44,7 @@ def test_unreadable_script_names_flag(tmp_path):
 def test_conflicting_flags(tmp_path):
     with pytest.raises(UsageError, match="--prompt and --prompt-file"):
         spec(prompt_file=tmp_path / "p.txt")
-    with pytest.raises(UsageError, match="--path and --git-url"):
+    with pytest.raises(UsageError, match="--path, --git-url and --github: give one"):
         spec(path=tmp_path, git_url="file:///x")
     with pytest.raises(UsageError, match="--ref"):
         spec(ref="main")

@@ -104,7 +104,7 @@ class TestFixedStrategy:
         with pytest.raises(ValueError):
             FixedStrategy(0)
 
-    def test_strategy_for_resolved_harness(self):
+    def test_strategy_for_resolved_harness(self, home):
         strategy = strategy_for(resolve_harness(common_pb2.HarnessSettings()))
         assert isinstance(strategy, FixedStrategy) and strategy.max_iterations == 3
 
@@ -189,7 +189,7 @@ def test_prompt_order():
     assert "Feedback" not in assemble_prompt("Do X")
 
 
-def test_harness_defaults_and_overrides():
+def test_harness_defaults_and_overrides(home):
     resolved = resolve_harness(common_pb2.HarnessSettings())
     assert resolved.loop_strategy.max_iterations == 3
     assert resolved.limits.max_wall_clock_seconds == 3600

@@ -124,8 +124,15 @@ async def test_expired_lease_requeues_at_its_old_place_then_fails(store: QueueSt
     assert failed.status == FAILED
     assert failed.error == "system_error: lease expired 2 times (worker lost)"
     events = [event for _, event in await store.outbox_batch(100)]
-    assert [e.type for e in events] == ["work_order:queued", "work_order:queued", "run:failed"]
+    assert [e.type for e in events if e.type != "work_order:position"] == [
+        "work_order:queued",
+        "work_order:queued",
+        "run:failed",
+    ]
     assert events[-1].run_ended.result == common_pb2.RUN_RESULT_FAILED_SYSTEM
+    # second moved up when first was leased, back when first was requeued in front of it.
+    moves = [(e.work_order_id == first.id, e.work_order_position.position) for e in events if e.work_order_position.position]
+    assert moves == [(False, 1), (True, 1), (False, 2), (False, 1)]
 
 
 async def test_heartbeat_and_complete_on_a_lapsed_lease_reap_it(store: QueueStore, clock: FakeClock) -> None:
@@ -189,8 +196,11 @@ async def test_queue_wait_limit(store: QueueStore, clock: FakeClock) -> None:
     assert timed_out.status == TIMED_OUT and timed_out.error.startswith("queue_timeout")
     assert (await store.position(limited.id)).state == "timed_out"
     assert (await store.get(unlimited.id)).status == PENDING
-    last = (await store.outbox_batch(100))[-1][1]
+    *_, last, moved = [event for _, event in await store.outbox_batch(100)]
     assert last.type == "work_order:timed_out" and last.work_order_ended.status == TIMED_OUT
+    # The one behind it is next now.
+    assert moved.type == "work_order:position" and moved.work_order_id == unlimited.id
+    assert (moved.work_order_position.position, moved.work_order_position.ahead) == (1, 0)
 
 
 async def test_everything_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:

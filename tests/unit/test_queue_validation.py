@@ -13,6 +13,11 @@ from agentgate.v1 import common_pb2
 KNOWN_DRIVERS = {"command", "scripted"}
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(home: Path) -> None:
+    """Profile files are looked for under $AGENTGATE_HOME: never the user's own."""
+
+
 def check_agent(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
     """Stands in for the workspace driver registry: a known name, and scripted needs a script."""
     if agent.name not in KNOWN_DRIVERS:
@@ -94,8 +99,10 @@ def test_git_url_and_github_repo(tmp_path: Path) -> None:
     spec.source.ref = "main"
     assert fields(spec) == []
     spec.source.github_repo = "octo/repo"
+    assert fields(spec) == []
+    spec.source.github_repo = "not a repo"
     [violation] = validate_spec(spec, agent_check=check_agent)
-    assert violation == FieldViolation("spec.source.github_repo", "github_repo sources are not supported yet")
+    assert violation == FieldViolation("spec.source.github_repo", "must be owner/name, got 'not a repo'")
 
 
 def test_agent_violations_come_from_the_agent_check(tmp_path: Path) -> None:
@@ -110,15 +117,26 @@ def test_unknown_profile(tmp_path: Path) -> None:
     spec = good_spec(tmp_path)
     spec.harness.profile = "turbo"
     [violation] = validate_spec(spec, agent_check=check_agent)
-    assert violation == FieldViolation("spec.harness.profile", "unknown profile 'turbo'")
+    assert violation.field == "spec.harness.profile"
+    assert violation.description.startswith("unknown profile 'turbo' (known: default, fast, reliable;")
+
+
+def test_builtin_profiles_are_known(tmp_path: Path) -> None:
+    spec = good_spec(tmp_path)
+    for name in ("default", "fast", "reliable"):
+        spec.harness.profile = name
+        assert fields(spec) == []
+
+
+def test_every_loop_mode_is_accepted(tmp_path: Path) -> None:
+    spec = good_spec(tmp_path)
+    for mode in (common_pb2.LOOP_STRATEGY_MODE_FIXED, common_pb2.LOOP_STRATEGY_MODE_HYBRID, common_pb2.LOOP_STRATEGY_MODE_RALPH):
+        spec.harness.loop_strategy.mode = mode
+        assert fields(spec) == []
 
 
 def test_loop_mode(tmp_path: Path) -> None:
     spec = good_spec(tmp_path)
-    spec.harness.loop_strategy.mode = common_pb2.LOOP_STRATEGY_MODE_RALPH
-    [violation] = validate_spec(spec, agent_check=check_agent)
-    assert violation.field == "spec.harness.loop_strategy.mode"
-    assert "not supported yet" in violation.description
     spec.harness.loop_strategy.mode = 42  # open enum: any number reaches the server
     [violation] = validate_spec(spec, agent_check=check_agent)
     assert violation == FieldViolation("spec.harness.loop_strategy.mode", "unknown value 42")

@@ -87,21 +87,44 @@ async def test_timeout_fails_the_check(tmp_path: Path) -> None:
     assert check.duration_seconds < 10
 
 
-async def test_skip_levels_and_unsupported_levels(tmp_path: Path) -> None:
+async def test_skip_levels_skips_on_purpose(tmp_path: Path) -> None:
     plan = """\
         contracts: {required_files: [missing.txt]}
         tests: [{name: unit, command: "true"}]
-        blackbox: [{name: cli, command: "true", assertions: [{type: exit_code, expected: 0}]}]
+        blackbox: [{name: cli, command: "echo hi", assertions: [{type: contains, value: hi}]}]
         sanity: {max_file_mb: 1}
         """
-    report = await run_gate(tmp_path, settings(plan, skip=("l0",)))
-    assert report.passed
+    report = await run_gate(tmp_path, settings(plan, skip=("l0", "L3")))
+    assert report.passed, report.summary
     assert level(report, "L0").skip_reason == "skipped by harness"
-    for name in ("L2", "L3"):
-        assert not level(report, name).ran and not level(report, name).passed
-        assert level(report, name).skip_reason == "not supported yet"
-    assert list(report.skipped_levels) == ["L0", "L2", "L3"]
-    assert "not supported yet" in report.summary
+    assert level(report, "L3").skip_reason == "skipped by harness"
+    assert level(report, "L2").ran and level(report, "L2").passed
+    assert list(report.skipped_levels) == ["L0", "L3"]
+    assert report.summary == "All 2 checks passed"
+
+
+async def test_setup_runs_before_blackbox_when_tests_are_skipped(tmp_path: Path) -> None:
+    plan = """\
+        environment: {setup: ["echo built > artifact.txt"]}
+        tests: [{name: unit, command: "true"}]
+        blackbox: [{name: cli, command: "cat artifact.txt", assertions: [{type: contains, value: built}]}]
+        """
+    report = await run_gate(tmp_path, settings(plan, skip=("L1",)))
+    assert report.passed, report.summary
+    assert [c.name for c in level(report, "L2").checks] == ["setup-1", "cli"]
+
+
+async def test_max_runtime_stops_later_checks(tmp_path: Path) -> None:
+    plan = """\
+        policy: {max_runtime: 0.5}
+        tests:
+          - {name: slow, command: "sleep 5", timeout: 60}
+          - {name: after, command: "true"}
+        """
+    report = await run_gate(tmp_path, settings(plan))
+    slow, after = level(report, "L1").checks
+    assert not slow.passed and "timed out after" in slow.output
+    assert not after.passed and after.output == "not run: the gate plan's policy.max_runtime was used up"
 
 
 async def test_setup_commands_run_before_tests(tmp_path: Path) -> None:

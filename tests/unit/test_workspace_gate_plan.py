@@ -173,3 +173,92 @@ def test_find_gate_plan_file_prefers_root_then_agentgate_folder(tmp_path: Path) 
     assert find_gate_plan_file(tmp_path) == tmp_path / ".agentgate" / "verify.yaml"
     (tmp_path / "verify.yaml").write_text("tests: []\n")
     assert find_gate_plan_file(tmp_path) == tmp_path / "verify.yaml"
+
+
+def test_security_section_and_allowlist() -> None:
+    plan = parse_gate_plan(
+        textwrap.dedent(
+            """\
+            security:
+              high_entropy: false
+              allowlist:
+                - {path: "tests/fixtures/**"}
+                - {secret: "AKIA[0-9A-Z]{16}", rule: aws-access-key}
+            """
+        )
+    )
+    assert plan.security.enabled and not plan.security.high_entropy
+    assert [(e.path, e.secret, e.rule) for e in plan.security.allowlist] == [
+        ("tests/fixtures/**", "", ""),
+        ("", "AKIA[0-9A-Z]{16}", "aws-access-key"),
+    ]
+    assert parse_gate_plan("tests: []\n").security.enabled
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("security:\n  allowlist:\n    - {}\n", "line 3: 'security.allowlist[0]' needs at least one of path, secret, rule"),
+        ("security:\n  allowlist:\n    - {rule: nope}\n", "line 3: 'security.allowlist[0].rule' must be one of"),
+        ("security:\n  allowlist:\n    - {secret: '('}\n", "line 3: 'security.allowlist[0].secret' is not a valid"),
+        ("security: {enabled: maybe}\n", "line 1: 'security.enabled' must be true or false"),
+        (
+            "contracts:\n  required_schemas:\n    - file: c.json\n      schema: json\n      rules:\n"
+            "        - json_schema: {type: 12}\n",
+            "line 6: 'contracts.required_schemas[0].rules[0].json_schema' is not a valid JSON Schema",
+        ),
+        (
+            "blackbox:\n  - name: b\n    command: x\n    assertions:\n      - {type: json_schema, schema: {minimum: x}}\n",
+            "line 5: 'blackbox[0].assertions[0].schema' is not a valid JSON Schema",
+        ),
+        (
+            "blackbox:\n  - name: b\n    command: x\n    assertions:\n      - {type: contains, value: a, stream: both}\n",
+            "line 5: 'blackbox[0].assertions[0].stream' must be stdout or stderr",
+        ),
+        (
+            "blackbox:\n  - name: b\n    command: x\n    assertions:\n      - {type: equals_file, file: /etc/passwd}\n",
+            "line 5: 'blackbox[0].assertions[0].file' must be a relative path inside the workspace",
+        ),
+    ],
+)
+def test_new_keys_are_checked_with_key_and_line(text: str, expected: str) -> None:
+    with pytest.raises(GatePlanError) as caught:
+        parse_gate_plan(text)
+    assert expected in str(caught.value)
+
+
+def test_json_schema_rule_and_assertion_forms() -> None:
+    plan = parse_gate_plan(
+        textwrap.dedent(
+            """\
+            contracts:
+              required_schemas:
+                - file: c.json
+                  schema: json
+                  rules: [{json_schema: schemas/c.json}, {json_schema: {type: object}}]
+            blackbox:
+              - name: b
+                command: x
+                assertions:
+                  - {type: json_schema, schema: schemas/out.json}
+                  - {type: json_schema, schema: {type: array}}
+                  - {type: contains, value: "", stream: stderr}
+            """
+        )
+    )
+    file_rule, inline_rule = plan.contracts.required_schemas[0].rules
+    assert (file_rule.value, file_rule.schema) == ("schemas/c.json", None)
+    assert inline_rule.schema == {"type": "object"}
+    assert [a.params for a in plan.blackbox[0].assertions] == [
+        {"schema": "schemas/out.json"},
+        {"schema": {"type": "array"}},
+        {"value": "", "stream": "stderr"},
+    ]
+
+
+def test_summary_mentions_blackbox_sanity_policy_and_security() -> None:
+    summary = gate_plan_summary(parse_gate_plan(FULL_PLAN), "verify.yaml")
+    assert "- L2 blackbox: cli-add: `python -m calc add 2 3` < fixtures/in.txt (exit_code, contains)" in summary
+    assert "- L3 sanity: no file over 5 MB; no debug leftovers" in summary
+    assert "- the whole gate must finish within 900s" in summary
+    assert "- L0 security: your change must not add secrets" in summary

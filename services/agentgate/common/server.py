@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,7 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agentgate.common import telemetry
 from agentgate.common.config import MAX_MESSAGE_BYTES, ConfigError, ServiceSettings
+from agentgate.common.request_guard import RequestGuard
+from agentgate.common.security import ServerSecurity, add_server_flags
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,23 @@ class RunningServer:
         await self.app.stop()
 
 
-async def start_server(app: ServiceApp, address: str) -> RunningServer:
-    """Starts `app` on `address` (port 0 picks a free port) and marks it SERVING."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+async def start_server(app: ServiceApp, address: str, security: ServerSecurity | None = None) -> RunningServer:
+    """Starts `app` on `address` (port 0 picks a free port) and marks it SERVING.
+
+    Every call gets an OpenTelemetry server span (the gRPC instrumentation), from the
+    providers of the app's service when `telemetry.init_telemetry` registered them."""
+    service = getattr(getattr(app, "settings", None), "name", None)
+    # `security` (token, TLS, the loopback rule; none by default) is checked before anything
+    # starts. The token check comes first, so a refused call is never even decoded; then the
+    # request guard: whatever fails inside it (decoding, instrumentation, the servicer) still
+    # ends with a proper status, never UNKNOWN.
+    security = security or ServerSecurity()
+    security.check_bind(address)
+    credentials = security.credentials()
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=[*security.interceptors(), RequestGuard(), *telemetry.server_interceptors(service)],
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await app.start(server)
@@ -79,7 +97,7 @@ async def start_server(app: ServiceApp, address: str) -> RunningServer:
         (*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         await app.stop()
         raise ConfigError(f"cannot bind {address}")
@@ -89,9 +107,16 @@ async def start_server(app: ServiceApp, address: str) -> RunningServer:
     return RunningServer(server=server, port=port, app=app, health=health_servicer)
 
 
-async def serve_until_signal(app: ServiceApp, settings: ServiceSettings) -> None:
-    """Runs `app` until SIGTERM or SIGINT, then shuts down gracefully."""
-    running = await start_server(app, settings.address)
+async def serve_until_signal(
+    app: ServiceApp, settings: ServiceSettings, args: argparse.Namespace | None = None
+) -> None:
+    """Runs `app` until SIGTERM or SIGINT, then shuts down gracefully. Security comes from
+    the flags of `service_arg_parser` in `args` > environment; a bad setting exits with 2."""
+    try:
+        running = await start_server(app, settings.address, ServerSecurity.load(args))
+    except ConfigError as exc:
+        print(f"agentgate-{settings.name}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("%s serving on %s (home %s)", settings.name, settings.address, settings.home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,6 +133,7 @@ def service_arg_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--address", help=f"host:port to listen on (env AGENTGATE_{name.upper()}_ADDR)")
     parser.add_argument("--home", help="data folder (env AGENTGATE_HOME, default ~/.agentgate)")
     parser.add_argument("--log-level", default="INFO")
+    add_server_flags(parser)
     return parser
 
 

@@ -7,6 +7,7 @@ import sys
 
 from agentgate.common.config import ConfigError, ServiceSettings, env_int
 from agentgate.common.server import configure_logging, serve_until_signal, service_arg_parser
+from agentgate.common.telemetry import init_telemetry
 from agentgate.orchestrator.server import OrchestratorApp
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id")
     args = parser.parse_args(argv)
     configure_logging(args.log_level, "orchestrator")
+    init_telemetry("orchestrator")  # traces and metrics; OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:
         settings = ServiceSettings.load("orchestrator", args.address, args.home)
         max_runs = args.max_concurrent_runs or env_int("AGENTGATE_MAX_CONCURRENT_RUNS", 2, minimum=1)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentgate-orchestrator: configuration error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve_until_signal(app, settings))
+    asyncio.run(serve_until_signal(app, settings, args))
     return 0
 
 

@@ -10,18 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from agentgate.common import events as ev
+from agentgate.common import telemetry
+from agentgate.common.persistence_warnings import warning_from_metadata
+from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
-from agentgate.orchestrator import build_errors
+from agentgate.orchestrator import budgets, build_errors
+from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
-from agentgate.orchestrator.harness import resolve_harness
+from agentgate.orchestrator.harness import HarnessError, resolve_harness
 from agentgate.orchestrator.prompt import assemble_prompt
+from agentgate.orchestrator.retry import (
+    AttemptCallback,
+    Failure,
+    OperationFailed,
+    RetryExecutor,
+    retries_message,
+    settings_from_policy,
+)
 from agentgate.orchestrator.run_state import transition
-from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, strategy_for
+from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, loop_result_of, strategy_for
+from agentgate.orchestrator.subscribers import SubscriberChannel
+from agentgate.orchestrator.workspace_facade import discard_failed_attempt, workspace_lease_seconds
 from agentgate.v1 import (
     common_pb2,
     events_pb2,
@@ -81,13 +97,23 @@ class RunExecutor:
         workspace: workspace_pb2_grpc.WorkspaceServiceStub,
         persistence: persistence_pb2_grpc.PersistenceServiceStub,
         worker_id: str = "",
+        subscribers: Sequence[SubscriberChannel] = (),
+        profiles_dir: Path | None = None,
     ):
         self.work_order = work_order
         self._workspace = workspace
         self._persistence = persistence
         self.worker_id = worker_id
         spec = work_order.spec
-        self.harness = resolve_harness(spec.harness)
+        # Profiles were checked at submit, but a profile file may have changed since: the
+        # run then fails at its start with the reason (built-in defaults carry it there).
+        self._harness_error = ""
+        try:
+            self.harness = resolve_harness(spec.harness, profiles_dir)
+        except HarnessError as exc:
+            self._harness_error = str(exc)
+            self.harness = resolve_harness(common_pb2.HarnessSettings(), read_files=False)
+        self.budget = budgets.RunBudget.from_limits(self.harness.limits)
         self.max_iterations = self.harness.loop_strategy.max_iterations
         self.strategy = strategy_for(self.harness)
         self.run = common_pb2.Run(
@@ -100,22 +126,34 @@ class RunExecutor:
             task_prompt=spec.task_prompt,
             agent=spec.agent,
         )
-        self.emitter = RunEventEmitter(persistence, work_order.id, work_order.run_id, work_order.trace_id)
+        # `subscribers`: the worker's shared ones (metrics, audit); persistence is the emitter's own.
+        self.emitter = RunEventEmitter(
+            persistence, work_order.id, work_order.run_id, work_order.trace_id, subscribers=subscribers
+        )
         self.iteration = 0
         self.persistence_warnings = 0
         #: Set by the worker before it cancels the task for a user's cancel request.
         self.cancel_requested = False
         self._started = time.monotonic()
         self._workspace_id = ""
+        #: The agent session of the previous iteration, resumed by drivers that can (claude-code).
+        self._last_session_id = ""
         # Emitted last, after the workspace is released: followers stop at it.
         self._terminal_event = ""
+        #: One retry executor (SPEC §6) for the agent, workspace preparation and delivery.
+        self.retry = RetryExecutor(settings_from_policy(self.harness.retry))
+        self._agent_attempts: list[common_pb2.RetryAttempt] = []
+        # Iterations whose agent failed after retries: their error says how many.
+        self._agent_retries: dict[int, int] = {}
 
     # -- persistence, never fatal ------------------------------------------------
 
-    def _warn_persistence(self, what: str, exc: grpc.aio.AioRpcError) -> None:
-        """A failed save is logged, counted and emitted, never fatal."""
+    def _warn_persistence(self, what: str, exc: grpc.aio.AioRpcError | str) -> None:
+        """A failed save (an RPC error, or a file the service could not write, `exc` then
+        being its reason) is logged, counted and emitted, never fatal."""
         self.persistence_warnings += 1
-        message = f"could not save {what}: {exc.code().name}: {exc.details()}"
+        reason = exc if isinstance(exc, str) else f"{exc.code().name}: {exc.details()}"
+        message = f"could not save {what}: {reason}"
         log.warning("run %s: %s", self.run.id, message)
         self.emitter.emit(
             ev.PERSISTENCE_WARNING,
@@ -123,23 +161,39 @@ class RunExecutor:
             persistence_warning=events_pb2.PersistenceWarning(message=message),
         )
 
-    async def _persist(self, what: str, call, request) -> str:  # type: ignore[no-untyped-def]
-        """Calls a persistence Save*/Update RPC and returns the file it wrote ('' on failure)."""
+    async def _persist(self, what: str, call, request, wait_for_ready: bool = False) -> str:  # type: ignore[no-untyped-def]
+        """Calls a persistence Save*/Update RPC and returns the file it names ('' on failure).
+        A record kept in the index whose file could not be written comes back OK with the
+        reason in the trailing metadata: that is a warning too. `wait_for_ready` waits (up
+        to the call's deadline) for persistence to be reachable instead of failing at once."""
         try:
-            response = await call(request, timeout=RPC_TIMEOUT_SECONDS)
+            pending = call(request, timeout=RPC_TIMEOUT_SECONDS, wait_for_ready=wait_for_ready)
+            response = await pending
+            file_problem = warning_from_metadata(await pending.trailing_metadata())
         except grpc.aio.AioRpcError as exc:
             self._warn_persistence(what, exc)
             return ""
+        if file_problem:
+            self._warn_persistence(what, file_problem)
         return getattr(response, "file", "")
 
     async def _save_run(self) -> None:
-        await self._persist("run.json", self._persistence.UpdateRun, persistence_pb2.UpdateRunRequest(run=self.run))
+        self.run.persistence_warnings = self.persistence_warnings
+        # Each save replaces the whole run, so the last one must land: when persistence is
+        # restarting, wait for it (bounded by the deadline) rather than keep a stale state.
+        await self._persist(
+            "run.json", self._persistence.UpdateRun, persistence_pb2.UpdateRunRequest(run=self.run), wait_for_ready=True
+        )
 
     async def _create_run(self) -> None:
         try:
-            await self._persistence.CreateRun(
+            pending = self._persistence.CreateRun(
                 persistence_pb2.CreateRunRequest(run=self.run), timeout=RPC_TIMEOUT_SECONDS
             )
+            await pending
+            file_problem = warning_from_metadata(await pending.trailing_metadata())
+            if file_problem:
+                self._warn_persistence("run.json", file_problem)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 self._warn_persistence("run.json", exc)
@@ -153,6 +207,20 @@ class RunExecutor:
     # -- the run -----------------------------------------------------------------
 
     async def execute(self) -> RunOutcome:
+        """Runs the work order inside its `run` span, which continues the trace stored with
+        the work order at submit (SPEC §12): every call the run makes (workspace,
+        persistence) is part of that one trace, and its id is on the run and every event."""
+        attributes = {"agentgate.work_order_id": self.work_order.id, "agentgate.run_id": self.run.id}
+        with telemetry.span_continuing(
+            telemetry.tracer("orchestrator"), "run", self.work_order.traceparent, attributes
+        ) as span:
+            if not self.run.trace_id:  # submitted without a trace context: the run span starts one
+                self.run.trace_id = self.emitter.trace_id = telemetry.trace_id_of(span)
+            outcome = await self._execute()
+            span.set_attribute("agentgate.status", common_pb2.WorkOrderStatus.Name(outcome.status))
+            return outcome
+
+    async def _execute(self) -> RunOutcome:
         """Runs the work order to the end and returns its final queue status.
 
         Cancellation of the task running this (the work order was canceled) ends the
@@ -202,6 +270,14 @@ class RunExecutor:
         return outcome
 
     async def _loop(self) -> RunOutcome:
+        if self._harness_error:
+            raise StepFailed(
+                common_pb2.BuildError(
+                    type=common_pb2.BUILD_ERROR_TYPE_SYSTEM_ERROR,
+                    message=f"The work order's harness cannot be resolved: {self._harness_error}",
+                    failed_at=now_timestamp(),
+                )
+            )
         prepared = await self._prepare()
         feedback = ""
         history: list[IterationSummary] = []
@@ -212,44 +288,56 @@ class RunExecutor:
             if not last.decision.should_continue:
                 break
             self._set_state(S.RUN_STATE_FEEDBACK)
-            feedback = last.decision.feedback
+            # Feedback quotes agent and check output; the prompt it goes into is written to
+            # disk by some drivers, so secrets are redacted like everything else written.
+            feedback = default_redactor().redact_text(last.decision.feedback)
         assert last is not None
         self.run.stop_reason = last.decision.reason
         if last.report is not None and last.report.passed:
             return await self._succeed()
         if not last.agent.success:
-            error = build_errors.from_agent_result(last.agent, last.agent_file)
+            error = self._agent_error(self.iteration, last.agent, last.agent_file)
             result = R.RUN_RESULT_FAILED_BUILD
         else:
             assert last.report is not None
             error = build_errors.from_verification_report(last.report, last.report_file, last.agent_file)
             result = R.RUN_RESULT_FAILED_VERIFICATION
-        loop_result = (
-            common_pb2.LOOP_RESULT_MAX_ITERATIONS
-            if self.iteration >= self.max_iterations
-            else common_pb2.LOOP_RESULT_STRATEGY_STOP
-        )
+        loop_result = loop_result_of(last.decision)
+        if loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP:
+            # Why the loop stopped early (no progress, loop detected, budget) leads the error.
+            error.message = f"{last.decision.reason}. Last iteration: {error.message}"
         return await self._fail(result, error, loop_result)
 
     async def _prepare(self) -> workspace_pb2.PrepareForRunResponse:
-        try:
-            prepared = await self._workspace.PrepareForRun(
-                workspace_pb2.PrepareForRunRequest(
-                    run_id=self.run.id,
-                    source=self.work_order.spec.source,
-                    gate_plan_yaml=self.harness.verification.gate_plan_yaml,
-                ),
-                timeout=PREPARE_TIMEOUT_SECONDS,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise StepFailed(
-                common_pb2.BuildError(
-                    type=common_pb2.BUILD_ERROR_TYPE_WORKSPACE_ERROR,
-                    message=f"Workspace preparation failed: {exc.details()}",
-                    context={"code": exc.code().name},
-                    failed_at=now_timestamp(),
+        async def prepare_once(attempt: int) -> workspace_pb2.PrepareForRunResponse:
+            try:
+                return await self._workspace.PrepareForRun(
+                    workspace_pb2.PrepareForRunRequest(
+                        run_id=self.run.id,
+                        source=self.work_order.spec.source,
+                        gate_plan_yaml=self.harness.verification.gate_plan_yaml,
+                        branch_pattern=self.harness.git_ops.branch_pattern,
+                        lease_seconds=workspace_lease_seconds(self.harness.limits.max_wall_clock_seconds),
+                    ),
+                    timeout=PREPARE_TIMEOUT_SECONDS,
                 )
-            ) from exc
+            except grpc.aio.AioRpcError as exc:
+                raise OperationFailed(
+                    common_pb2.BuildError(
+                        type=common_pb2.BUILD_ERROR_TYPE_WORKSPACE_ERROR,
+                        message=f"Workspace preparation failed: {exc.details()}",
+                        context={"code": exc.code().name},
+                        failed_at=now_timestamp(),
+                    ),
+                    # The same request is refused the same way every time.
+                    permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT,
+                    timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
+                ) from exc
+
+        attempts = await self.retry.run("prepare_workspace", prepare_once, on_attempt=self._retry_event(0))
+        if attempts.error is not None or attempts.value is None:
+            raise StepFailed(attempts.error or build_errors.from_exception(RuntimeError("no workspace")))
+        prepared = attempts.value
         ws = prepared.workspace
         self._workspace_id = ws.id
         self.run.workspace_id = ws.id
@@ -289,6 +377,7 @@ class RunExecutor:
             extra_instructions=self.harness.extra_instructions,
         )
         agent, agent_file = await self._run_agent(iteration, prompt)
+        data.attempts.extend(self._agent_attempts)
         data.agent_session_id = agent.session_id
         data.agent_result_file = agent_file
         data.agent_duration_seconds = agent.duration_seconds
@@ -301,6 +390,7 @@ class RunExecutor:
         snapshot = await self._snapshot(iteration)
         data.snapshot_id = snapshot.snapshot_id
         data.snapshot_commit = snapshot.snapshot_id
+        data.has_changes = snapshot.has_changes
         self.run.final_commit = snapshot.snapshot_id
 
         report: common_pb2.VerificationReport | None = None
@@ -325,25 +415,29 @@ class RunExecutor:
             run_id=self.run.id,
             work_order_id=self.run.work_order_id,
             previous=list(history),
+            has_changes=snapshot.has_changes,
         )
-        decision = self.strategy.on_iteration_complete(event)
+        decision = budgets.enforce(self.strategy.on_iteration_complete(event), self.budget, passed)
         self.emitter.emit(
             ev.STRATEGY_DECISION,
             iteration,
             strategy_decision=events_pb2.StrategyDecision(strategy=self.strategy.name, decision=decision),
         )
         history.append(
-            IterationSummary(iteration, agent.success, passed, time.monotonic() - started, agent.tokens.total)
+            IterationSummary(
+                iteration, agent.success, passed, time.monotonic() - started, agent.tokens.total, snapshot.has_changes
+            )
         )
 
+        iteration_error: common_pb2.BuildError | None = None
         if not agent.success:
-            data.error_type = E.ITERATION_ERROR_TYPE_TIMEOUT if agent.timed_out else E.ITERATION_ERROR_TYPE_AGENT_CRASH
-            data.error_message = build_errors.from_agent_result(agent, agent_file).message
-        elif not passed:
-            data.error_type = E.ITERATION_ERROR_TYPE_VERIFICATION_FAILED
-            data.error_message = report.summary if report else ""
-        else:
-            data.error_type = E.ITERATION_ERROR_TYPE_NONE
+            iteration_error = self._agent_error(iteration, agent, agent_file)
+        elif not passed and report is not None:
+            iteration_error = build_errors.from_verification_report(report, report_file, agent_file)
+        data.error_type = build_errors.iteration_error_type(iteration_error)  # type: ignore[assignment]
+        if iteration_error is not None:
+            data.error_message = iteration_error.message
+            data.error_details.update(build_errors.error_details(iteration_error))
         data.feedback_generated = bool(decision.feedback)
         data.decision.CopyFrom(decision)
         data.state = self.run.state
@@ -366,12 +460,58 @@ class RunExecutor:
         )
         return IterationOutcome(agent, agent_file, report, report_file, decision)
 
+    def _retry_event(self, iteration: int, sink: list[common_pb2.RetryAttempt] | None = None) -> AttemptCallback:
+        """A callback that records a retry attempt (in `sink`) and emits it as retry:attempt."""
+
+        def on_attempt(attempt: common_pb2.RetryAttempt) -> None:
+            if sink is not None:
+                sink.append(attempt)
+            self.emitter.emit(ev.RETRY_ATTEMPT, iteration, retry_attempt=attempt)
+
+        return on_attempt
+
+    def _agent_error(self, iteration: int, agent: common_pb2.AgentResult, agent_file: str) -> common_pb2.BuildError:
+        """The error of a failed agent result, saying how often it was retried."""
+        error = build_errors.from_agent_result(agent, agent_file)
+        error.message = retries_message(self._agent_retries.get(iteration, 0), error.message)
+        return error
+
     async def _run_agent(self, iteration: int, prompt: str) -> tuple[common_pb2.AgentResult, str]:
+        """Runs the agent under the retry policy (SPEC §6): a timeout or crash the policy
+        names is tried again with the attempt number passed on; every try is recorded."""
+        self._agent_attempts = []
+
+        def failure_of(outcome: tuple[common_pb2.AgentResult, str]) -> Failure | None:
+            result = outcome[0]
+            if result.success:
+                return None
+            error = build_errors.from_agent_result(result)
+            return Failure(error, timed_out=error.type == common_pb2.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
+
+        attempts = await self.retry.run(
+            "agent",
+            lambda attempt: self._run_agent_once(iteration, prompt, attempt),
+            failure_of,
+            on_attempt=self._retry_event(iteration, self._agent_attempts),
+        )
+        if attempts.value is None:
+            # The last try could not run the agent at all (the workspace service failed).
+            raise StepFailed(attempts.error or build_errors.from_exception(RuntimeError("no agent result")))
+        if attempts.error is not None:
+            self._agent_retries[iteration] = attempts.retries
+        self._last_session_id = attempts.value[0].session_id or self._last_session_id
+        return attempts.value
+
+    async def _run_agent_once(self, iteration: int, prompt: str, attempt: int) -> tuple[common_pb2.AgentResult, str]:
+        if attempt > 1:  # a retry starts from the iteration's snapshot, not from a half-done attempt
+            await discard_failed_attempt(self._workspace, self.emitter, self._workspace_id, iteration)
         spec = self.work_order.spec.agent
         self.emitter.emit(
             ev.AGENT_STARTED,
             iteration,
-            agent_started=events_pb2.AgentStarted(driver=spec.name, prompt_bytes=len(prompt.encode()), attempt=1),
+            agent_started=events_pb2.AgentStarted(
+                driver=spec.name, prompt_bytes=len(prompt.encode()), attempt=attempt
+            ),
         )
         timeout = self.harness.limits.agent_timeout_seconds
         result: common_pb2.AgentResult | None = None
@@ -381,10 +521,11 @@ class RunExecutor:
                     workspace_id=self._workspace_id,
                     run_id=self.run.id,
                     iteration=iteration,
-                    attempt=1,
+                    attempt=attempt,
                     agent=spec,
                     prompt=prompt,
                     timeout_seconds=timeout,
+                    resume_session_id=self._last_session_id,
                 ),
                 # The workspace enforces the agent timeout; this only bounds a lost call.
                 timeout=timeout + 60,
@@ -395,11 +536,13 @@ class RunExecutor:
                 elif item.HasField("result"):
                     result = item.result
         except grpc.aio.AioRpcError as exc:
-            raise StepFailed(
-                build_errors.from_exception(RuntimeError(f"RunAgent failed: {exc.code().name}: {exc.details()}"))
+            raise OperationFailed(
+                build_errors.from_exception(RuntimeError(f"RunAgent failed: {exc.code().name}: {exc.details()}")),
+                permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT,
             ) from exc
         if result is None:
-            raise StepFailed(build_errors.from_exception(RuntimeError("RunAgent ended without a result")))
+            raise OperationFailed(build_errors.from_exception(RuntimeError("RunAgent ended without a result")))
+        self._count_usage(result)
         agent_file = await self._persist(
             f"agent-{iteration}.json",
             self._persistence.SaveAgentResult,
@@ -414,11 +557,17 @@ class RunExecutor:
             agent_result_file=agent_file,
         )
         if result.success:
-            self.emitter.emit(ev.AGENT_COMPLETE, iteration, agent_ended=ended)
+            self.emitter.emit(ev.AGENT_COMPLETE, iteration, agent_ended=ended, cost_usd=result.cost_usd)
         else:
             ended.error = build_errors.from_agent_result(result).message
-            self.emitter.emit(ev.AGENT_FAILED, iteration, agent_ended=ended)
+            self.emitter.emit(ev.AGENT_FAILED, iteration, agent_ended=ended, cost_usd=result.cost_usd)
         return result, agent_file
+
+    def _count_usage(self, result: common_pb2.AgentResult) -> None:
+        """Adds one agent execution (any attempt) to the run's token and cost totals."""
+        self.budget.add(result)
+        self.run.tokens.CopyFrom(self.budget.tokens)
+        self.run.cost_usd = self.budget.cost_usd
 
     async def _snapshot(self, iteration: int) -> workspace_pb2.CreateSnapshotResponse:
         try:
@@ -500,14 +649,38 @@ class RunExecutor:
         )
 
     async def _succeed(self) -> RunOutcome:
-        # Delivery modes (push, pull request) come with git_ops; `local` delivers nothing.
         self._set_state(S.RUN_STATE_DELIVERING)
+        await self._save_run()
+        failure = await self._deliver()
+        if failure is not None:
+            return await self._fail(R.RUN_RESULT_FAILED_GITHUB, failure, common_pb2.LOOP_RESULT_SUCCESS)
         self._set_state(S.RUN_STATE_SUCCEEDED)
         self.run.result = R.RUN_RESULT_SUCCEEDED
         self.run.loop_result = common_pb2.LOOP_RESULT_SUCCESS
         self.strategy.on_loop_end(common_pb2.LOOP_RESULT_SUCCESS)
         self._terminal_event = ev.RUN_COMPLETE
         return RunOutcome(W.WORK_ORDER_STATUS_SUCCEEDED)
+
+    async def _deliver(self) -> common_pb2.BuildError | None:
+        """Delivery per git_ops (SPEC §7); records the GitHub summary and PR URL on the run and
+        returns the error that fails it (github_mode fail_fast), if any."""
+        delivery = Delivery(
+            self._workspace,
+            self.retry,
+            lambda event_type, **payload: self.emitter.emit(event_type, self.iteration, **payload),
+            on_attempt=self._retry_event(self.iteration),
+        )
+        outcome = await delivery.deliver(
+            DeliveryRequest(
+                run=self.run,
+                git_ops=self.harness.git_ops,
+                source=self.work_order.spec.source,
+                workspace_id=self._workspace_id,
+            )
+        )
+        self.run.github_summary.CopyFrom(outcome.summary)
+        self.run.pr_url = outcome.summary.pr_url
+        return outcome.failure
 
     async def _fail(self, result: int, error: common_pb2.BuildError, loop_result: int) -> RunOutcome:
         self._set_state(S.RUN_STATE_FAILED)

@@ -7,8 +7,10 @@ import socket
 
 import grpc
 
-from agentgate.common.channels import aio_channel
+from agentgate.common import telemetry
+from agentgate.common.channels import SERVICE_CHANNEL_OPTIONS, aio_channel
 from agentgate.common.config import ServiceSettings, service_address
+from agentgate.orchestrator.event_subscribers import WorkerSubscribers
 from agentgate.orchestrator.worker import Worker
 from agentgate.v1 import (
     orchestrator_pb2,
@@ -68,17 +70,29 @@ class OrchestratorApp:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._channels: list[grpc.aio.Channel] = []
         self.worker: Worker | None = None
+        self.subscribers: WorkerSubscribers | None = None
 
     async def start(self, server: grpc.aio.Server) -> None:
         """Connects to the other services, registers the servicer and starts leasing."""
-        channels = {name: aio_channel(addr) for name, addr in self._addresses.items()}
+        channels = {
+            name: aio_channel(addr, service="orchestrator", options=SERVICE_CHANNEL_OPTIONS)
+            for name, addr in self._addresses.items()
+        }
         self._channels = list(channels.values())
+        self.subscribers = WorkerSubscribers.create(
+            self.settings.home, telemetry.meter_provider_for("orchestrator").get_meter("agentgate.orchestrator")
+        )
+        found = telemetry.telemetry_for("orchestrator")
+        if found is not None and found.exporting_metrics:
+            self.subscribers.start_queue_polling(queue_pb2_grpc.QueueServiceStub(channels["queue"]))
         self.worker = Worker(
             self.worker_id,
             queue_pb2_grpc.QueueServiceStub(channels["queue"]),
             workspace_pb2_grpc.WorkspaceServiceStub(channels["workspace"]),
             persistence_pb2_grpc.PersistenceServiceStub(channels["persistence"]),
             max_concurrent_runs=self.max_concurrent_runs,
+            subscribers=self.subscribers.channels,
+            profiles_dir=self.settings.home / "profiles",
         )
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(self.worker), server)
         self.worker.start()
@@ -91,5 +105,7 @@ class OrchestratorApp:
     async def stop(self) -> None:
         """Stops the worker and closes the channels."""
         await self.closing()
+        if self.subscribers is not None:
+            await self.subscribers.close()
         for channel in self._channels:
             await channel.close()

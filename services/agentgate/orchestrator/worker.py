@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from agentgate.orchestrator.run_loop import RunExecutor
+from agentgate.orchestrator.subscribers import SubscriberChannel
 from agentgate.v1 import (
     common_pb2,
     persistence_pb2_grpc,
@@ -22,6 +25,16 @@ log = logging.getLogger(__name__)
 
 LEASE_WAIT_SECONDS = 20.0
 COMPLETE_ATTEMPTS = 10
+#: Heartbeats go out at least this often (and at least three times per lease): the
+#: answer is how a worker learns of a cancel, and a cancel must stop the agent within
+#: seconds. The queue answers most of them from a read (see QueueStore.heartbeat).
+MAX_HEARTBEAT_INTERVAL_SECONDS = 1.0
+MIN_HEARTBEAT_INTERVAL_SECONDS = 0.2
+
+
+def heartbeat_interval(lease_seconds: float) -> float:
+    """Seconds between heartbeats for a lease of `lease_seconds`."""
+    return min(max(lease_seconds / 3, MIN_HEARTBEAT_INTERVAL_SECONDS), MAX_HEARTBEAT_INTERVAL_SECONDS)
 
 
 @dataclass
@@ -44,8 +57,14 @@ class Worker:
         workspace: workspace_pb2_grpc.WorkspaceServiceStub,
         persistence: persistence_pb2_grpc.PersistenceServiceStub,
         max_concurrent_runs: int = 2,
+        subscribers: Sequence[SubscriberChannel] = (),
+        profiles_dir: Path | None = None,
     ):
         self.worker_id = worker_id
+        #: Where harness profile files live (None: $AGENTGATE_HOME/profiles).
+        self.profiles_dir = profiles_dir
+        #: Event subscribers shared by all runs (metrics, audit); see event_subscribers.
+        self.subscribers = list(subscribers)
         self._queue = queue
         self._workspace = workspace
         self._persistence = persistence
@@ -89,14 +108,22 @@ class Worker:
             except grpc.aio.AioRpcError as exc:
                 log.debug("lease failed (%s); retrying in %.1fs", exc.code().name, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # Capped low: a restarted queue should get its workers back within seconds.
+                backoff = min(backoff * 2, 2.0)
                 continue
             if response.leased:
                 self._start_run(response)
 
     def _start_run(self, lease: queue_pb2.LeaseResponse) -> None:
         work_order = lease.work_order
-        executor = RunExecutor(work_order, self._workspace, self._persistence, worker_id=self.worker_id)
+        executor = RunExecutor(
+            work_order,
+            self._workspace,
+            self._persistence,
+            worker_id=self.worker_id,
+            subscribers=self.subscribers,
+            profiles_dir=self.profiles_dir,
+        )
         active = ActiveRun(executor=executor, lease_id=lease.lease_id, lease_seconds=lease.lease_seconds or 30)
         self.active[work_order.id] = active
         active.task = asyncio.create_task(self._drive(active), name=f"run-{work_order.run_id}")
@@ -124,7 +151,7 @@ class Worker:
             self._slot_free.set()
 
     async def _heartbeat(self, active: ActiveRun, run_task: asyncio.Task[object]) -> None:
-        interval = max(active.lease_seconds / 3, 0.2)
+        interval = heartbeat_interval(active.lease_seconds)
         while not run_task.done():
             await asyncio.sleep(interval)
             try:
@@ -139,6 +166,7 @@ class Worker:
                     return
                 continue
             if response.cancel_requested:
+                log.info("%s canceled by request; stopping its run", active.executor.work_order.id)
                 active.executor.cancel_requested = True
                 run_task.cancel()
                 return

@@ -4,6 +4,10 @@ One lock orders every append: the SQLite transaction that assigns seqs, the hand
 live subscribers and the events.jsonl append all happen in seq order, so followers and files
 never see a later event before an earlier one. The queue and the orchestrator append to the
 same work order at once; the lock is what keeps their seqs unique and gap-free.
+
+Events are redacted (secrets become [REDACTED]) before any of that. When a run's
+events.jsonl cannot be written, the log itself records one `persistence:warning` for the
+run (stored and streamed, not written to the file that just failed) until a write succeeds.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
+from agentgate.common.events import PERSISTENCE_WARNING, make_event
+from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
-from agentgate.persistence.run_files import RunFiles
+from agentgate.persistence.event_redaction import EventRedactor
+from agentgate.persistence.run_files import EVENTS_FILE, AppendOutcome, RunFiles
 from agentgate.persistence.store import PersistenceStore
 from agentgate.persistence.tasks import run_to_completion
 from agentgate.v1 import events_pb2
@@ -91,12 +98,21 @@ class Subscription:
 class EventLog:
     """Appends events (assigning seqs) and delivers them to live subscribers."""
 
-    def __init__(self, store: PersistenceStore, files: RunFiles, subscriber_queue_size: int = DEFAULT_SUBSCRIBER_QUEUE):
+    def __init__(
+        self,
+        store: PersistenceStore,
+        files: RunFiles,
+        subscriber_queue_size: int = DEFAULT_SUBSCRIBER_QUEUE,
+        redactor: Redactor | None = None,
+    ):
         self.store = store
         self.files = files
         self.subscriber_queue_size = subscriber_queue_size
+        self.redactor = EventRedactor(redactor or Redactor())
         #: Subscribers ended because they fell too far behind.
         self.dropped_subscribers = 0
+        #: Runs whose events.jsonl failed and that were already warned about.
+        self._warned_runs: set[str] = set()
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
 
@@ -113,12 +129,45 @@ class EventLog:
             if not event.HasField("timestamp"):
                 event.timestamp.CopyFrom(now_timestamp())
         async with self._lock:
+            for event in events:
+                self.redactor.redact(event)
             stored = await self.store.append_events(events)
             self._publish(stored)
             # Files after the fan-out, so a slow disk delays no follower; still under the
             # lock, so events.jsonl stays in seq order.
-            await self.files.append_events(stored)
+            outcome = await self.files.append_events(stored)
+            await self._warn_failed_files(stored, outcome)
         return stored
+
+    async def _warn_failed_files(self, stored: Sequence[events_pb2.RunEvent], outcome: AppendOutcome) -> None:
+        """Records one persistence:warning per run whose events.jsonl just started failing."""
+        for written in outcome.outcomes:
+            if written:
+                self._warned_runs.discard(written.run_id)
+        warnings: list[events_pb2.RunEvent] = []
+        for failed in outcome.failed:
+            if failed.run_id in self._warned_runs:
+                continue
+            if len(self._warned_runs) >= 10_000:
+                self._warned_runs.clear()  # a bound on memory; at worst a warning repeats
+            self._warned_runs.add(failed.run_id)
+            sample = next(event for event in stored if event.run_id == failed.run_id)
+            warnings.append(
+                make_event(
+                    PERSISTENCE_WARNING,
+                    sample.work_order_id,
+                    failed.run_id,
+                    iteration=sample.iteration,
+                    trace_id=sample.trace_id,
+                    persistence_warning=events_pb2.PersistenceWarning(
+                        message=f"{EVENTS_FILE} not saved ({failed.error}); the events are kept in the index"
+                    ),
+                )
+            )
+        if warnings:
+            for warning in warnings:
+                self.redactor.redact(warning)
+            self._publish(await self.store.append_events(warnings))
 
     def _publish(self, events: Sequence[events_pb2.RunEvent]) -> None:
         for event in events:

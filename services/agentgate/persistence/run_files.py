@@ -3,7 +3,11 @@
 Every JSON file is written atomically (temp file in the same folder, then os.replace), so a
 reader never sees half a file. Writes run in a worker thread to keep the event loop free.
 A failed write is logged and counted, never raised: the SQLite index is the record that
-matters, and a full disk must not fail a run.
+matters, and a full disk must not fail a run. The outcome of a write says which file and
+why, so the caller can tell the run (a `persistence:warning`).
+
+Reading is forgiving: a missing file is None, a file from an older version reads with
+defaults for the fields it lacks, and a damaged file is logged and read as None.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from agentgate.common.messages import to_json
+from agentgate.common.messages import from_json, to_json
 from agentgate.persistence.ids import is_valid_id
 from agentgate.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
 
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
@@ -42,6 +49,39 @@ def verification_file(iteration: int) -> str:
 def iteration_file(iteration: int) -> str:
     """File name of iteration N's data."""
     return f"iteration-{iteration}.json"
+
+
+#: Prefixes of the per-iteration files ({prefix}-{N}.json).
+AGENT_PREFIX = "agent"
+VERIFICATION_PREFIX = "verification"
+ITERATION_PREFIX = "iteration"
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """How a file write went: truthy when the file was written, else `error` says why."""
+
+    run_id: str
+    file: str
+    error: str = ""
+
+    def __bool__(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class AppendOutcome:
+    """How an events.jsonl append went, per run: truthy when every write succeeded."""
+
+    outcomes: tuple[WriteOutcome, ...] = ()
+
+    @property
+    def failed(self) -> list[WriteOutcome]:
+        """The runs whose events.jsonl could not be appended to."""
+        return [outcome for outcome in self.outcomes if not outcome]
+
+    def __bool__(self) -> bool:
+        return not self.failed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -86,42 +126,105 @@ class RunFiles:
             raise ValueError(f"unsafe run id {run_id!r}")
         return self.root / run_id
 
-    async def write_run(self, run: common_pb2.Run) -> bool:
-        """Writes run.json; False (and counted) when the write failed."""
+    async def write_run(self, run: common_pb2.Run) -> WriteOutcome:
+        """Writes run.json; a failed outcome (counted) when the write failed."""
         return await self._write_json(run.id, RUN_FILE, run)
 
-    async def write_agent_result(self, result: common_pb2.AgentResult) -> bool:
-        """Writes agent-{N}.json; False (and counted) when the write failed."""
+    async def write_agent_result(self, result: common_pb2.AgentResult) -> WriteOutcome:
+        """Writes agent-{N}.json; a failed outcome (counted) when the write failed."""
         return await self._write_json(result.run_id, agent_result_file(result.iteration), result)
 
-    async def write_verification_report(self, report: common_pb2.VerificationReport) -> bool:
-        """Writes verification-{N}.json; False (and counted) when the write failed."""
+    async def write_verification_report(self, report: common_pb2.VerificationReport) -> WriteOutcome:
+        """Writes verification-{N}.json; a failed outcome (counted) when the write failed."""
         return await self._write_json(report.run_id, verification_file(report.iteration), report)
 
-    async def write_iteration(self, iteration: common_pb2.IterationData) -> bool:
-        """Writes iteration-{N}.json; False (and counted) when the write failed."""
+    async def write_iteration(self, iteration: common_pb2.IterationData) -> WriteOutcome:
+        """Writes iteration-{N}.json; a failed outcome (counted) when the write failed."""
         return await self._write_json(iteration.run_id, iteration_file(iteration.iteration), iteration)
 
-    async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> bool:
+    async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> AppendOutcome:
         """Appends events to their runs' events.jsonl, one compact JSON object a line, in
-        the order given (the caller passes them in seq order). False when any write failed."""
+        the order given (the caller passes them in seq order). Falsy when any write failed."""
         by_run: dict[str, list[str]] = {}
         for event in events:
             by_run.setdefault(event.run_id, []).append(to_json(event))
-        ok = True
-        for run_id, lines in by_run.items():
-            ok = await self._guarded(run_id, EVENTS_FILE, append_lines, lines) and ok
-        return ok
+        outcomes = [await self._guarded(run_id, EVENTS_FILE, append_lines, lines) for run_id, lines in by_run.items()]
+        return AppendOutcome(tuple(outcomes))
 
-    async def _write_json(self, run_id: str, name: str, message: Message) -> bool:
+    async def _write_json(self, run_id: str, name: str, message: Message) -> WriteOutcome:
         return await self._guarded(run_id, name, atomic_write_text, to_json(message, indent=2) + "\n")
 
-    async def _guarded(self, run_id: str, name: str, writer: Callable[[Path, Any], None], payload: Any) -> bool:
+    async def _guarded(
+        self, run_id: str, name: str, writer: Callable[[Path, Any], None], payload: Any
+    ) -> WriteOutcome:
         try:
             path = self.run_dir(run_id) / name
             await asyncio.to_thread(writer, path, payload)
-            return True
+            return WriteOutcome(run_id, name)
         except (OSError, ValueError) as exc:
             self.write_failures += 1
             log.error("could not write %s of run %s: %s", name, run_id, exc)
+            return WriteOutcome(run_id, name, f"{type(exc).__name__}: {exc}")
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read(self, run_id: str, name: str, message_type: type[M]) -> M | None:
+        """The message stored in `name` of a run, or None when the file is missing or damaged.
+        Unknown fields are ignored and missing ones take their defaults, so files written
+        by older or newer versions still read."""
+        try:
+            path = self.run_dir(run_id) / name
+        except ValueError:
+            return None
+        try:
+            # Reading and parsing megabytes of JSON: in a worker thread.
+            return await asyncio.to_thread(_load, path, message_type)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            log.warning("could not read %s of run %s: %s", name, run_id, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - json_format raises several kinds; a damaged file is absent
+            log.warning("ignoring damaged %s of run %s: %s", name, run_id, exc)
+            return None
+
+    async def iterations_on_disk(self, run_id: str, prefix: str) -> list[int]:
+        """The N of every `{prefix}-{N}.json` in a run's folder, sorted ([] when none)."""
+        try:
+            folder = self.run_dir(run_id)
+        except ValueError:
+            return []
+        return await asyncio.to_thread(_iterations_in, folder, prefix)
+
+    async def run_dir_exists(self, run_id: str) -> bool:
+        """True when the run has a folder (it may have been written before an index loss)."""
+        try:
+            folder = self.run_dir(run_id)
+        except ValueError:
             return False
+        return await asyncio.to_thread(folder.is_dir)
+
+
+def _load(path: Path, message_type: type[M]) -> M:
+    """The message in a JSON file; OSError when unreadable, ValueError (or json_format's
+    ParseError) when it is not a JSON object of that message."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if not text.lstrip().startswith("{"):
+        raise ValueError("not a JSON object")
+    return from_json(text, message_type())  # type: ignore[return-value]
+
+
+def _iterations_in(folder: Path, prefix: str) -> list[int]:
+    found: list[int] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    start = f"{prefix}-"
+    for name in names:
+        if name.startswith(start) and name.endswith(".json"):
+            number = name[len(start) : -len(".json")]
+            if number.isdigit() and int(number) >= 1:
+                found.append(int(number))
+    return sorted(found)

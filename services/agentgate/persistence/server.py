@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
 
-from agentgate.common.config import ServiceSettings, env_int
+from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
 from agentgate.common.errors import FieldViolation, InvalidArgument, invalid_argument_status
+from agentgate.common.persistence_warnings import warning_metadata
+from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
+from agentgate.common.wellformed import unrepresentable
 from agentgate.persistence import validation
 from agentgate.persistence.event_log import (
     DEFAULT_SUBSCRIBER_QUEUE,
@@ -27,22 +30,27 @@ from agentgate.persistence.event_log import (
     EventLogClosed,
     SubscriberTooSlow,
 )
+from agentgate.persistence.output_limits import DEFAULT_MAX_OUTPUT_BYTES
 from agentgate.persistence.pagination import (
     BadPageToken,
     decode_page_token,
     effective_page_size,
     encode_page_token,
 )
+from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, RunReader
+from agentgate.persistence.records import RecordPreparer
 from agentgate.persistence.run_files import (
     RunFiles,
+    WriteOutcome,
     agent_result_file,
     iteration_file,
     verification_file,
 )
+from agentgate.persistence.settings import max_output_bytes as max_output_bytes_setting
 from agentgate.persistence.store import PersistenceStore
 from agentgate.persistence.streaming import stream_events
 from agentgate.persistence.tasks import run_to_completion
-from agentgate.v1 import common_pb2, persistence_pb2, persistence_pb2_grpc
+from agentgate.v1 import persistence_pb2, persistence_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,8 @@ def unary_rpc(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            # What is stored goes into JSON files: refuse what JSON cannot hold, up front.
+            _require(unrepresentable(request))  # type: ignore[arg-type]
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -94,13 +104,51 @@ def _require(violations: list[FieldViolation]) -> None:
         raise InvalidArgument(violations)
 
 
-class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
-    """PersistenceService: runs, iteration records and the event log (SPEC §3, §11)."""
+# What a list answer may hold: the message limit less room for the envelope.
+LIST_BUDGET_BYTES = MAX_MESSAGE_BYTES - 256 * 1024
 
-    def __init__(self, store: PersistenceStore, files: RunFiles, event_log: EventLog):
+
+def _require_fits(records: list[Any], run_id: str, getter: str) -> None:
+    """A list too big for one message (many iterations of megabytes of output each) is
+    RESOURCE_EXHAUSTED naming the per-iteration call to use instead, never a broken stream."""
+    total = sum(record.ByteSize() for record in records)
+    if total > LIST_BUDGET_BYTES:
+        raise RpcFailure(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the {len(records)} records of run {run_id!r} total {total} bytes, over the "
+            f"{LIST_BUDGET_BYTES}-byte message budget; read them one by one with {getter}",
+        )
+
+
+def _report_file_failure(context: grpc.aio.ServicerContext, outcome: WriteOutcome) -> None:
+    """A file that could not be written: the call still succeeds (the index holds the
+    record), and trailing metadata tells the caller which file and why."""
+    if not outcome:
+        context.set_trailing_metadata(
+            warning_metadata(f"{outcome.file} not written ({outcome.error}); the record is kept in the index")
+        )
+
+
+class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
+    """PersistenceService: runs, iteration records and the event log (SPEC §3, §11).
+
+    Every record is prepared before it is stored: secrets redacted, agent output cut to
+    the configured size (see `records`). Reads come from the SQLite index, the source of
+    truth, with the run files as fallback (see `reader`).
+    """
+
+    def __init__(
+        self,
+        store: PersistenceStore,
+        files: RunFiles,
+        event_log: EventLog,
+        preparer: RecordPreparer | None = None,
+    ):
         self.store = store
         self.files = files
         self.event_log = event_log
+        self.preparer = preparer or RecordPreparer(Redactor(), DEFAULT_MAX_OUTPUT_BYTES)
+        self.reader = RunReader(store, files)
         # One writer of run-level records at a time, so that for every run.json /
         # agent-N.json the file on disk is the version the index holds, even when two
         # updates of one run race.
@@ -113,18 +161,17 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         """Stores a new run and writes run.json. ALREADY_EXISTS when the id is taken.
         created_at is stamped now when the caller left it unset."""
         _require(validation.check_new_run(request.run))
-        run = common_pb2.Run()
-        run.CopyFrom(request.run)
+        run = self.preparer.run(request.run)
         if not run.HasField("created_at"):
             run.created_at.CopyFrom(now_timestamp())
 
-        async def create() -> None:
+        async def create() -> WriteOutcome:
             async with self._record_lock:
                 if not await self.store.insert_run(run):
                     raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS, f"run {run.id!r} already exists")
-                await self.files.write_run(run)
+                return await self.files.write_run(run)
 
-        await run_to_completion(create())
+        _report_file_failure(context, await run_to_completion(create()))
         return persistence_pb2.CreateRunResponse(run=run)
 
     @unary_rpc
@@ -135,10 +182,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         An empty work_order_id or created_at keeps the stored one; the work order of a
         run cannot change (INVALID_ARGUMENT run.work_order_id)."""
         _require(validation.check_run_update(request.run))
-        run = common_pb2.Run()
-        run.CopyFrom(request.run)
+        run = self.preparer.run(request.run)
 
-        async def update() -> None:
+        async def update() -> WriteOutcome:
             async with self._record_lock:
                 stored = await self.store.get_run(run.id)
                 if stored is None:
@@ -157,18 +203,18 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                     run.created_at.CopyFrom(stored.created_at)
                 if not await self.store.replace_run(run):
                     raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run.id!r} not found")
-                await self.files.write_run(run)
+                return await self.files.write_run(run)
 
-        await run_to_completion(update())
+        _report_file_failure(context, await run_to_completion(update()))
         return persistence_pb2.UpdateRunResponse(run=run)
 
     @unary_rpc
     async def GetRun(
         self, request: persistence_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetRunResponse:
-        """Returns a run from the index. NOT_FOUND when unknown."""
+        """Returns a run from the index (else its run.json). NOT_FOUND when unknown."""
         _require(validation.check_run_id(request.run_id))
-        run = await self.store.get_run(request.run_id)
+        run = await self.reader.run(request.run_id)
         if run is None:
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
         return persistence_pb2.GetRunResponse(run=run)
@@ -177,18 +223,19 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     async def ListRuns(
         self, request: persistence_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListRunsResponse:
-        """Lists runs newest first, optionally of one work order. page_size 0 = 50, capped
-        at 1000; negative is INVALID_ARGUMENT. next_page_token is empty on the last page."""
-        if request.page_size < 0:
-            raise InvalidArgument([FieldViolation("page_size", f"must not be negative, got {request.page_size}")])
+        """Lists runs newest first, optionally of one work order and of some states (from
+        the index only). page_size 0 = 50, capped at 1000; negative is INVALID_ARGUMENT.
+        next_page_token is empty on the last page; a token only fits the filters it was
+        made for."""
+        _require(validation.check_list_runs(request.page_size, request.states))
         cursor = None
         if request.page_token:
             try:
-                cursor = decode_page_token(request.page_token, request.work_order_id)
+                cursor = decode_page_token(request.page_token, request.work_order_id, request.states)
             except BadPageToken as exc:
                 raise InvalidArgument([FieldViolation("page_token", str(exc))]) from None
         runs, next_cursor = await self.store.list_runs(
-            request.work_order_id, effective_page_size(request.page_size), cursor
+            request.work_order_id, effective_page_size(request.page_size), cursor, request.states
         )
         token = encode_page_token(next_cursor) if next_cursor is not None else ""
         return persistence_pb2.ListRunsResponse(runs=runs, next_page_token=token)
@@ -198,13 +245,17 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.SaveAgentResultRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveAgentResultResponse:
         """Stores iteration N's full agent result as agent-{N}.json (replacing an earlier
-        one) and indexes it. NOT_FOUND when the run is unknown."""
-        result = request.result
-        _require(validation.check_iteration_record(result.run_id, result.iteration, "result"))
+        one) and indexes it: secrets redacted, stdout and stderr cut to the configured size
+        with stdout_bytes/stderr_bytes and the *_truncated flags set. NOT_FOUND when the run
+        is unknown. A file that could not be written is named in the trailing metadata."""
+        _require(validation.check_iteration_record(request.result.run_id, request.result.iteration, "result"))
+        # Redacting and cutting megabytes of output takes a while: off the event loop.
+        result = await asyncio.to_thread(self.preparer.agent_result, request.result)
         file = agent_result_file(result.iteration)
-        await self._save(
+        outcome = await self._save(
             result.run_id, self.store.save_agent_result(result, file), self.files.write_agent_result, result
         )
+        _report_file_failure(context, outcome)
         return persistence_pb2.SaveAgentResultResponse(file=file)
 
     @unary_rpc
@@ -212,45 +263,131 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.SaveVerificationReportRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveVerificationReportResponse:
         """Stores iteration N's verification report as verification-{N}.json and indexes
-        it. NOT_FOUND when the run is unknown."""
-        report = request.report
-        _require(validation.check_iteration_record(report.run_id, report.iteration, "report"))
+        it, secrets redacted. NOT_FOUND when the run is unknown."""
+        _require(validation.check_iteration_record(request.report.run_id, request.report.iteration, "report"))
+        report = await asyncio.to_thread(self.preparer.message, request.report)
         file = verification_file(report.iteration)
-        await self._save(
+        outcome = await self._save(
             report.run_id,
             self.store.save_verification_report(report, file),
             self.files.write_verification_report,
             report,
         )
+        _report_file_failure(context, outcome)
         return persistence_pb2.SaveVerificationReportResponse(file=file)
 
     @unary_rpc
     async def SaveIteration(
         self, request: persistence_pb2.SaveIterationRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveIterationResponse:
-        """Stores iteration N's data as iteration-{N}.json and indexes it. NOT_FOUND when
-        the run is unknown."""
-        iteration = request.iteration
-        _require(validation.check_iteration_record(iteration.run_id, iteration.iteration, "iteration"))
+        """Stores iteration N's data as iteration-{N}.json and indexes it, secrets
+        redacted. NOT_FOUND when the run is unknown."""
+        _require(
+            validation.check_iteration_record(request.iteration.run_id, request.iteration.iteration, "iteration")
+        )
+        iteration = self.preparer.message(request.iteration)
         file = iteration_file(iteration.iteration)
-        await self._save(
+        outcome = await self._save(
             iteration.run_id, self.store.save_iteration(iteration, file), self.files.write_iteration, iteration
         )
+        _report_file_failure(context, outcome)
         return persistence_pb2.SaveIterationResponse(file=file)
 
     async def _save(
-        self, run_id: str, index: Awaitable[bool], write_file: Callable[[Any], Awaitable[bool]], message: Any
-    ) -> None:
+        self,
+        run_id: str,
+        index: Coroutine[Any, Any, bool],
+        write_file: Callable[[Any], Awaitable[WriteOutcome]],
+        message: Any,
+    ) -> WriteOutcome:
         """Index first (the record that matters), then the file; the file write failing is
-        only logged and counted by RunFiles."""
+        logged and counted by RunFiles and returned, never raised."""
 
-        async def save() -> None:
+        async def save() -> WriteOutcome:
             async with self._record_lock:
                 if not await index:
                     raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
-                await write_file(message)
+                return await write_file(message)
 
-        await run_to_completion(save())
+        return await run_to_completion(save())
+
+    # -- reading iteration records -----------------------------------------------------
+
+    @unary_rpc
+    async def GetAgentResult(
+        self, request: persistence_pb2.GetAgentResultRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.GetAgentResultResponse:
+        """Iteration N's agent result. NOT_FOUND when the run or the result is absent."""
+        _require(validation.check_record_request(request.run_id, request.iteration))
+        found = await self.reader.record(AGENT_RESULTS, request.run_id, request.iteration)
+        if found is None:
+            raise await self._absent(request.run_id, agent_result_file(request.iteration))
+        return persistence_pb2.GetAgentResultResponse(result=found)
+
+    @unary_rpc
+    async def ListAgentResults(
+        self, request: persistence_pb2.ListAgentResultsRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.ListAgentResultsResponse:
+        """Every agent result of a run, by iteration. NOT_FOUND when the run is unknown."""
+        _require(validation.check_run_id(request.run_id))
+        found = await self.reader.records(AGENT_RESULTS, request.run_id)
+        if found is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        _require_fits(found, request.run_id, "GetAgentResult")
+        return persistence_pb2.ListAgentResultsResponse(results=found)
+
+    @unary_rpc
+    async def GetVerificationReport(
+        self, request: persistence_pb2.GetVerificationReportRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.GetVerificationReportResponse:
+        """Iteration N's verification report. NOT_FOUND when the run or the report is absent
+        (e.g. the agent failed, so nothing was verified)."""
+        _require(validation.check_record_request(request.run_id, request.iteration))
+        found = await self.reader.record(VERIFICATION_REPORTS, request.run_id, request.iteration)
+        if found is None:
+            raise await self._absent(request.run_id, verification_file(request.iteration))
+        return persistence_pb2.GetVerificationReportResponse(report=found)
+
+    @unary_rpc
+    async def ListVerificationReports(
+        self, request: persistence_pb2.ListVerificationReportsRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.ListVerificationReportsResponse:
+        """Every verification report of a run, by iteration. NOT_FOUND when the run is unknown."""
+        _require(validation.check_run_id(request.run_id))
+        found = await self.reader.records(VERIFICATION_REPORTS, request.run_id)
+        if found is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        _require_fits(found, request.run_id, "GetVerificationReport")
+        return persistence_pb2.ListVerificationReportsResponse(reports=found)
+
+    @unary_rpc
+    async def GetIteration(
+        self, request: persistence_pb2.GetIterationRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.GetIterationResponse:
+        """Iteration N's data. NOT_FOUND when the run or the iteration is absent."""
+        _require(validation.check_record_request(request.run_id, request.iteration))
+        found = await self.reader.record(ITERATIONS, request.run_id, request.iteration)
+        if found is None:
+            raise await self._absent(request.run_id, iteration_file(request.iteration))
+        return persistence_pb2.GetIterationResponse(iteration=found)
+
+    @unary_rpc
+    async def ListIterations(
+        self, request: persistence_pb2.ListIterationsRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.ListIterationsResponse:
+        """Every iteration of a run, in order. NOT_FOUND when the run is unknown."""
+        _require(validation.check_run_id(request.run_id))
+        found = await self.reader.records(ITERATIONS, request.run_id)
+        if found is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        _require_fits(found, request.run_id, "GetIteration")
+        return persistence_pb2.ListIterationsResponse(iterations=found)
+
+    async def _absent(self, run_id: str, file: str) -> RpcFailure:
+        """NOT_FOUND saying whether the run or only this record is missing."""
+        if not await self.reader.run_known(run_id):
+            return RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+        return RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} has no {file}")
 
     @unary_rpc
     async def AppendEvents(
@@ -316,11 +453,21 @@ class PersistenceApp:
 
     service_names = ("agentgate.v1.PersistenceService",)
 
-    def __init__(self, settings: ServiceSettings, subscriber_queue_size: int | None = None):
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        subscriber_queue_size: int | None = None,
+        max_output_bytes: int | None = None,
+        redactor: Redactor | None = None,
+    ):
+        """`max_output_bytes` None = $AGENTGATE_MAX_OUTPUT_BYTES or 1 MiB; `redactor` None =
+        the token patterns plus the token values configured in this process's environment."""
         self.settings = settings
         self.subscriber_queue_size = subscriber_queue_size or env_int(
             SUBSCRIBER_QUEUE_ENV, DEFAULT_SUBSCRIBER_QUEUE, minimum=1
         )
+        self.max_output_bytes = max_output_bytes_setting(max_output_bytes)
+        self.redactor = redactor or Redactor.from_environment()
         self.store: PersistenceStore | None = None
         self.files = RunFiles(settings.home)
         self.event_log: EventLog | None = None
@@ -334,8 +481,10 @@ class PersistenceApp:
     async def start(self, server: grpc.aio.Server) -> None:
         """Opens the index and registers the servicer on `server`."""
         self.store = await PersistenceStore.open(self.settings.database_path)
-        self.event_log = EventLog(self.store, self.files, self.subscriber_queue_size)
-        self.servicer = PersistenceServicer(self.store, self.files, self.event_log)
+        self.event_log = EventLog(self.store, self.files, self.subscriber_queue_size, self.redactor)
+        self.servicer = PersistenceServicer(
+            self.store, self.files, self.event_log, RecordPreparer(self.redactor, self.max_output_bytes)
+        )
         persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(self.servicer, server)
 
     async def closing(self) -> None:

@@ -21,7 +21,7 @@ import aiosqlite
 from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
-from agentgate.persistence.pagination import PageCursor
+from agentgate.persistence.pagination import PageCursor, normalize_states
 from agentgate.v1 import common_pb2, events_pb2
 
 MIGRATIONS = [
@@ -156,19 +156,28 @@ class PersistenceStore:
 
     async def get_run(self, run_id: str) -> common_pb2.Run | None:
         """The run with that id, or None."""
+        data = await self.run_data(run_id)
+        return common_pb2.Run.FromString(data) if data is not None else None
+
+    async def run_data(self, run_id: str) -> bytes | None:
+        """The serialized run with that id, or None."""
         rows = await self._fetchall("SELECT data FROM runs WHERE id = ?", (run_id,))
-        return common_pb2.Run.FromString(rows[0]["data"]) if rows else None
+        return bytes(rows[0]["data"]) if rows else None
 
     async def list_runs(
-        self, work_order_id: str, limit: int, after: PageCursor | None
+        self, work_order_id: str, limit: int, after: PageCursor | None, states: Sequence[int] = ()
     ) -> tuple[list[common_pb2.Run], PageCursor | None]:
-        """Up to `limit` runs, newest first, optionally of one work order, after the cursor.
-        Returns them with the cursor of the next page (None on the last page)."""
+        """Up to `limit` runs, newest first, optionally of one work order and of some states,
+        after the cursor. Returns them with the cursor of the next page (None on the last page)."""
         where: list[str] = []
         params: list[Any] = []
+        wanted = normalize_states(states)
         if work_order_id:
             where.append("work_order_id = ?")
             params.append(work_order_id)
+        if wanted:
+            where.append(f"state IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params.extend((after.created_ns, after.created_ns, after.run_id))
@@ -183,7 +192,7 @@ class PersistenceStore:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = PageCursor(work_order_id, int(last["created_at"]), str(last["id"]))
+            next_cursor = PageCursor(work_order_id, int(last["created_at"]), str(last["id"]), wanted)
         return runs, next_cursor
 
     # -- agent results, verification reports, iterations -----------------------------------
@@ -218,12 +227,27 @@ class PersistenceStore:
 
     async def saved_files(self, table: str, run_id: str) -> list[tuple[int, str]]:
         """(iteration, file) pairs indexed for a run in one of the Save* tables."""
-        if table not in _RESULT_TABLES:  # the name goes into SQL text
-            raise ValueError(f"unknown table {table!r}")
+        _check_table(table)
         rows = await self._fetchall(
             f"SELECT iteration, file FROM {table} WHERE run_id = ? ORDER BY iteration", (run_id,)
         )
         return [(int(row["iteration"]), str(row["file"])) for row in rows]
+
+    async def record(self, table: str, run_id: str, iteration: int) -> bytes | None:
+        """The serialized record of iteration N in one of the Save* tables, or None."""
+        _check_table(table)
+        rows = await self._fetchall(
+            f"SELECT data FROM {table} WHERE run_id = ? AND iteration = ?", (run_id, iteration)
+        )
+        return bytes(rows[0]["data"]) if rows else None
+
+    async def records(self, table: str, run_id: str) -> list[tuple[int, bytes]]:
+        """(iteration, serialized record) of a run in one of the Save* tables, by iteration."""
+        _check_table(table)
+        rows = await self._fetchall(
+            f"SELECT iteration, data FROM {table} WHERE run_id = ? ORDER BY iteration", (run_id,)
+        )
+        return [(int(row["iteration"]), bytes(row["data"])) for row in rows]
 
     async def _save(self, table: str, run_id: str, iteration: int, file: str, summary: int, data: bytes) -> bool:
         column = _RESULT_TABLES[table]
@@ -298,6 +322,11 @@ class PersistenceStore:
             (work_order_id, work_order_id),
         )
         return bool(rows)
+
+
+def _check_table(table: str) -> None:
+    if table not in _RESULT_TABLES:  # the name goes into SQL text
+        raise ValueError(f"unknown table {table!r}")
 
 
 def _now() -> str:

@@ -58,3 +58,23 @@ def check_stream_request(work_order_id: str, run_id: str) -> list[FieldViolation
     if not work_order_id and not run_id:
         return [FieldViolation("work_order_id", "one of work_order_id or run_id is required")]
     return []
+
+
+def check_list_runs(page_size: int, states: Sequence[int]) -> list[FieldViolation]:
+    """ListRuns: page_size not negative; every state a known RunState other than UNSPECIFIED."""
+    found: list[FieldViolation] = []
+    if page_size < 0:
+        found.append(FieldViolation("page_size", f"must not be negative, got {page_size}"))
+    known = set(common_pb2.RunState.values()) - {common_pb2.RUN_STATE_UNSPECIFIED}
+    for index, state in enumerate(states):
+        if state not in known:
+            found.append(FieldViolation(f"states[{index}]", f"{state} is not a run state"))
+    return found
+
+
+def check_record_request(run_id: str, iteration: int) -> list[FieldViolation]:
+    """Get{AgentResult,VerificationReport,Iteration}: a safe run_id and an iteration from 1."""
+    found = _present(check_id(run_id, "run_id"))
+    if iteration < 1:
+        found.append(FieldViolation("iteration", f"must be at least 1, got {iteration}"))
+    return found

@@ -12,6 +12,7 @@ import sys
 
 from agentgate.common.config import ConfigError, ServiceSettings, env_int
 from agentgate.common.server import configure_logging, serve_until_signal, service_arg_parser
+from agentgate.common.telemetry import init_telemetry
 from agentgate.queue.server import QueueApp
 
 
@@ -63,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a configuration error)."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, "queue")
+    init_telemetry("queue")  # traces and metrics; OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:
         app = build_app(args)
     except ConfigError as err:
         print(f"agentgate-queue: configuration error: {err}", file=sys.stderr)
         return 2
-    asyncio.run(serve_until_signal(app, app.settings))
+    asyncio.run(serve_until_signal(app, app.settings, args))
     return 0
 
 

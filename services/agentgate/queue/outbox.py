@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from agentgate.common import events as event_names
-from agentgate.common.channels import CHANNEL_OPTIONS
+from agentgate.common.channels import CHANNEL_OPTIONS, aio_channel
 from agentgate.common.events import make_event
 from agentgate.common.timeutil import now_timestamp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
@@ -62,6 +62,17 @@ def queued_event(work_order: common_pb2.WorkOrder, position: int) -> events_pb2.
             position=position,
             task_summary=task_summary(work_order.spec.task_prompt),
         ),
+    )
+
+
+def position_event(work_order_id: str, run_id: str, trace_id: str, position: int) -> events_pb2.RunEvent:
+    """`work_order:position`: a waiting work order moved to `position` (1 = next)."""
+    return make_event(
+        event_names.WORK_ORDER_POSITION,
+        work_order_id,
+        run_id,
+        trace_id=trace_id,
+        work_order_position=events_pb2.WorkOrderPosition(position=position, ahead=position - 1),
     )
 
 
@@ -135,7 +146,8 @@ class OutboxForwarder:
 
     async def start(self) -> None:
         """Opens the channel to persistence and starts delivering."""
-        self._channel = grpc.aio.insecure_channel(self.address, options=FORWARDER_CHANNEL_OPTIONS)
+        # Through the common factory: it adds the token and TLS of the suite.
+        self._channel = aio_channel(self.address, "queue", options=FORWARDER_CHANNEL_OPTIONS)
         self._stub = persistence_pb2_grpc.PersistenceServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="queue-outbox-forwarder")
 

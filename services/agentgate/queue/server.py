@@ -17,11 +17,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
+from agentgate.common import telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
 from agentgate.common.errors import (
     FieldViolation,
@@ -30,10 +32,12 @@ from agentgate.common.errors import (
     status_with_reason,
 )
 from agentgate.queue.outbox import OutboxForwarder
+from agentgate.queue.positions import PositionBoard
 from agentgate.queue.store import (
     COMPLETION_STATUSES,
     FailedPrecondition,
     NotFound,
+    Position,
     QueueFull,
     QueueStore,
     timestamp_from_us,
@@ -67,6 +71,17 @@ def trace_id_from_traceparent(traceparent: str) -> str:
     if version == "ff" or (version == "00" and rest) or set(trace_id) == {"0"} or set(parent_id) == {"0"}:
         return ""
     return trace_id
+
+
+def submit_traceparent(explicit: str, context: grpc.aio.ServicerContext) -> str:
+    """The trace context stored with a submitted work order (SPEC §12): the one the request
+    names, else the Submit call's own server span (which continues a `traceparent` the
+    client sent as metadata, or starts the trace), else the raw metadata value; '' when
+    none is valid. The orchestrator's run span continues it."""
+    for candidate in (explicit.strip(), telemetry.current_traceparent(), _metadata_value(context, "traceparent")):
+        if len(candidate) <= MAX_TRACEPARENT_CHARS and trace_id_from_traceparent(candidate):
+            return candidate
+    return ""
 
 
 def encode_page_token(seq: int) -> str:
@@ -147,15 +162,19 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         lease_seconds: int,
         lease_flush_timeout: float = 2.0,
         agent_check: AgentCheck | None = None,
+        board: PositionBoard | None = None,
+        profiles_dir: Path | None = None,
     ):
         self._store = store
         self._forwarder = forwarder
         self._signal = signal
+        self._board = board or PositionBoard(store)
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         self.lease_seconds = lease_seconds
         self._lease_flush_timeout = lease_flush_timeout
         self._agent_check = agent_check
+        self._profiles_dir = profiles_dir
         #: Set while the app stops: failures then answer UNAVAILABLE, long polls end.
         self.closing = False
 
@@ -166,12 +185,10 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         """Validates the spec and stores it PENDING with `work_order:queued` in the outbox.
         INVALID_ARGUMENT (nothing stored) for a bad spec, RESOURCE_EXHAUSTED/QUEUE_FULL when
         `max_queue_size` work orders already wait."""
-        violations = validate_spec(request.spec, self._agent_check)
+        violations = validate_spec(request.spec, self._agent_check, self._profiles_dir)
         if violations:
             raise InvalidArgument(violations)
-        traceparent = request.traceparent.strip() or _metadata_value(context, "traceparent")
-        if len(traceparent) > MAX_TRACEPARENT_CHARS:
-            traceparent = ""
+        traceparent = submit_traceparent(request.traceparent, context)
         work_order, position = await self._store.submit(
             request.spec,
             max_queue_size=self.max_queue_size,
@@ -306,29 +323,64 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         self, request: queue_pb2.GetPositionRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetPositionResponse:
         """Position among waiting work orders in lease order (1 = next; 0 once running or
-        ended), how many are ahead, and the state."""
+        ended), how many are ahead, the state, and for a waiting one the estimated wait
+        (position x seconds per place of the recent leases; absent until there is data)."""
         _require_id(request.work_order_id)
-        where = await self._store.position(request.work_order_id)
-        return queue_pb2.GetPositionResponse(
-            position=where.position,
-            ahead=where.ahead,
-            state=where.state,
-            enqueued_at=timestamp_from_us(where.enqueued_at_us),
-        )
+        return position_response(request.work_order_id, await self._store.position(request.work_order_id))
+
+    async def WatchPosition(
+        self, request: queue_pb2.WatchPositionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[queue_pb2.WatchPositionResponse]:
+        """Streams the position now and on every change of position, ahead or state;
+        ends after the message that says the work order is running or ended.
+        NOT_FOUND for an unknown work order; UNAVAILABLE when the queue shuts down (the
+        client reconnects and gets the current position first)."""
+        try:
+            _require_id(request.work_order_id)
+            async for where in self._board.watch(request.work_order_id):
+                yield queue_pb2.WatchPositionResponse(position=position_response(request.work_order_id, where))
+        except InvalidArgument as err:
+            await context.abort_with_status(invalid_argument_status(err.violations))
+        except NotFound as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            if self.closing:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the queue service is shutting down")
+            log.exception("WatchPosition failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"WatchPosition failed: {type(err).__name__}: {err}")
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the queue service is shutting down")
 
     @rpc
     async def GetQueueStats(
         self, request: queue_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetQueueStatsResponse:
-        """Waiting and running counts, the limits, and whether a Submit would be accepted."""
+        """Waiting and running counts, the limits, whether a Submit would be accepted, and
+        the average wait of the latest leased work orders (absent until there is one)."""
         waiting, running = await self._store.counts()
+        stats = await self._store.wait_stats()
         return queue_pb2.GetQueueStatsResponse(
             waiting=waiting,
             running=running,
             max_concurrent=self.max_concurrent,
             max_queue_size=self.max_queue_size,
             accepting=waiting < self.max_queue_size,
+            average_wait_seconds=stats.average_wait_seconds,
         )
+
+
+def position_response(work_order_id: str, where: Position) -> queue_pb2.GetPositionResponse:
+    """A `GetPositionResponse` from a store position (the estimate only when known)."""
+    return queue_pb2.GetPositionResponse(
+        work_order_id=work_order_id,
+        position=where.position,
+        ahead=where.ahead,
+        state=where.state,
+        enqueued_at=timestamp_from_us(where.enqueued_at_us),
+        estimated_wait_seconds=where.estimated_wait_seconds,
+    )
 
 
 class QueueApp:
@@ -380,18 +432,28 @@ class QueueApp:
         self.forwarder: OutboxForwarder | None = None
         self.servicer: QueueServicer | None = None
         self._signal: WorkSignal | None = None
+        self._board: PositionBoard | None = None
         self._reaper: asyncio.Task[None] | None = None
+        # Set when the waiting work orders change: a new wait limit may be due sooner.
+        self._reap_wakeup = asyncio.Event()
 
     async def start(self, server: grpc.aio.Server) -> None:
-        """Opens `queue.db`, starts the forwarder and reaper, registers the servicer."""
+        """Opens `queue.db`, renews the leases of running work orders (no worker could
+        heartbeat while the queue was down), starts the forwarder and reaper, registers
+        the servicer."""
         store = await QueueStore.open(
             self.settings.database_path, max_lease_attempts=self.max_lease_attempts, clock=self._clock
         )
+        renewed = await store.renew_running_leases(self.lease_seconds)
+        if renewed:
+            log.info("renewed the leases of %d running work order(s) after the restart", renewed)
         forwarder = OutboxForwarder(store, self.persistence_address)
         signal = WorkSignal()
+        board = PositionBoard(store)
         store.on_events = forwarder.wake
         store.on_work_changed = signal.notify
-        self.store, self.forwarder, self._signal = store, forwarder, signal
+        store.on_order_changed = self._on_order_changed
+        self.store, self.forwarder, self._signal, self._board = store, forwarder, signal, board
         await forwarder.start()
         self.servicer = QueueServicer(
             store,
@@ -402,6 +464,8 @@ class QueueApp:
             lease_seconds=self.lease_seconds,
             lease_flush_timeout=self.lease_flush_timeout,
             agent_check=self._agent_check,
+            board=board,
+            profiles_dir=self.settings.home / "profiles",
         )
         queue_pb2_grpc.add_QueueServiceServicer_to_server(self.servicer, server)
         self._reaper = asyncio.create_task(self._reap_forever(), name="queue-reaper")
@@ -414,11 +478,13 @@ class QueueApp:
         )
 
     async def closing(self) -> None:
-        """Ends open long polls (leased=false) before shutdown."""
+        """Ends open long polls (leased=false) and position watches before shutdown."""
         if self.servicer is not None:
             self.servicer.closing = True
         if self._signal is not None:
             self._signal.notify()
+        if self._board is not None:
+            self._board.close()
 
     async def stop(self) -> None:
         """Stops the background tasks and closes the database (after in-flight calls finished)."""
@@ -435,16 +501,51 @@ class QueueApp:
             await self.store.close()
             self.store = None
 
+    def _on_order_changed(self) -> None:
+        if self._board is not None:
+            self._board.notify()
+        self._reap_wakeup.set()
+
+    async def _sleep_until_due(self) -> None:
+        """Sleeps until just past the next lease expiry or wait limit, at most
+        `reap_interval`. A change of the waiting work orders (which may bring a nearer
+        wait limit) makes it look again; only a due deadline or the interval ends it, so a
+        busy queue still reaps at most once per interval plus once per deadline."""
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        latest = loop.time() + self.reap_interval
+        while True:
+            self._reap_wakeup.clear()
+            delay = latest - loop.time()
+            try:
+                due = await self.store.next_deadline_us()
+            except Exception:
+                log.exception("reading the next deadline failed")
+                due = None
+            if due is not None:
+                # The reaper acts on what is strictly past its time: wake a little after.
+                delay = min(delay, (due - self.store.now_us()) / 1_000_000 + 0.005)
+            if delay <= 0:
+                return
+            try:
+                async with asyncio.timeout(delay):
+                    await self._reap_wakeup.wait()
+            except TimeoutError:
+                return
+
     async def _reap_forever(self) -> None:
         # A timer, not a side effect of other requests: an idle queue must still expire
-        # leases and time out waiting work orders.
+        # leases and time out waiting work orders, and on time (a 2 s wait limit ends
+        # after 2 s, not at the next round second).
         assert self.store is not None
         while True:
-            await asyncio.sleep(self.reap_interval)
+            await self._sleep_until_due()
             try:
                 result = await self.store.reap()
             except Exception:
                 log.exception("reaper pass failed")
+                # The deadline that woke it is still due: pause rather than spin.
+                await asyncio.sleep(self.reap_interval)
                 continue
             if result.changed:
                 log.info(

@@ -97,7 +97,35 @@ MIGRATIONS = [
         error TEXT NOT NULL
     );
     """,
+    """
+    -- Position when it (last) became PENDING: with the wait it had, this gives the
+    -- seconds one place in the queue takes, for estimates.
+    ALTER TABLE work_orders ADD COLUMN queued_position INTEGER NOT NULL DEFAULT 0;
+    -- Last position told to persistence (work_order:queued / work_order:position).
+    ALTER TABLE work_orders ADD COLUMN reported_position INTEGER NOT NULL DEFAULT 0;
+    -- How long the work order waited for this lease, and from which position.
+    ALTER TABLE leases ADD COLUMN waited_us INTEGER;
+    ALTER TABLE leases ADD COLUMN queued_position INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX leases_granted ON leases (granted_at);
+    -- When each waiting work order with a wait limit times out (1 = PENDING): the reaper
+    -- finds the next one without reading every waiting work order.
+    CREATE INDEX work_orders_wait_deadline ON work_orders (enqueued_at + max_queue_wait_seconds * 1000000)
+        WHERE status = 1 AND max_queue_wait_seconds > 0;
+    """,
 ]
+
+# The partial index above, as a query must spell it to use it (a literal status, not a
+# bound parameter: SQLite matches a partial index's WHERE at prepare time).
+_WAIT_DEADLINE = "enqueued_at + max_queue_wait_seconds * 1000000"
+_WITH_WAIT_LIMIT = (
+    f"work_orders INDEXED BY work_orders_wait_deadline WHERE status = {PENDING} AND max_queue_wait_seconds > 0"
+)
+
+#: How many of the latest leases the wait average and estimates come from.
+RECENT_WAITS = 20
+#: `work_order:position` is recorded only for the first this many places (see
+#: `QueueStore._report_positions`), so a long queue costs O(1) events per change.
+POSITION_EVENT_PLACES = 10
 
 LEASE_ACTIVE = "active"
 LEASE_COMPLETED = "completed"
@@ -136,6 +164,22 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class WaitStats:
+    """What the latest leases say about waiting: their average wait, and the seconds one
+    place in the queue took (total wait / total positions they were queued at). Both None
+    until a work order has been leased."""
+
+    average_wait_seconds: float | None = None
+    seconds_per_place: float | None = None
+
+    def estimate(self, position: int) -> float | None:
+        """Expected wait of a work order now at `position` (None without data)."""
+        if self.seconds_per_place is None or position < 1:
+            return None
+        return position * self.seconds_per_place
+
+
+@dataclass(frozen=True)
 class Position:
     """Where a work order stands: position 1 = next, 0 = running or ended."""
 
@@ -143,6 +187,8 @@ class Position:
     ahead: int
     state: str
     enqueued_at_us: int
+    #: Only for a waiting work order, once there is wait data.
+    estimated_wait_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +253,10 @@ class QueueStore:
         #: committing task itself, so a caller that hangs up cannot swallow the wake-up.
         self.on_work_changed: Callable[[], None] | None = None
         self._work_changed = False
+        #: Called after a commit that changed the waiting work orders or their order
+        #: (submit, lease, cancel, requeue, timeout): wakes WatchPosition streams.
+        self.on_order_changed: Callable[[], None] | None = None
+        self._order_changed = False
 
     @classmethod
     async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
@@ -236,21 +286,28 @@ class QueueStore:
                 await self._db.rollback()
             self._events_added = False
             self._work_changed = False
+            self._order_changed = False
             await self._db.execute("BEGIN IMMEDIATE")
             carried: Exception | None = None
+            now = self.now_us()
             try:
-                result = await body(self._db, self.now_us())
-            except _Committed as committed:
-                carried = committed.error
+                try:
+                    result = await body(self._db, now)
+                except _Committed as committed:
+                    carried = committed.error
+                if self._order_changed:
+                    await self._report_positions(self._db, now)
             except BaseException:
                 await self._db.rollback()
                 raise
             await self._db.commit()
-            added, work_changed = self._events_added, self._work_changed
+            added, work_changed, order_changed = self._events_added, self._work_changed, self._order_changed
         if added and self.on_events is not None:
             self.on_events()
         if work_changed and self.on_work_changed is not None:
             self.on_work_changed()
+        if order_changed and self.on_order_changed is not None:
+            self.on_order_changed()
         if carried is not None:
             raise carried
         return result
@@ -266,6 +323,29 @@ class QueueStore:
             (event.work_order_id, event.SerializeToString(), now),
         )
         self._events_added = True
+
+    async def _report_positions(self, db: aiosqlite.Connection, now: int) -> None:
+        """Records `work_order:position` for each of the first POSITION_EVENT_PLACES
+        waiting work orders whose place differs from the one last recorded for it.
+
+        Why only the first places: every lease moves every waiting work order up one
+        place, so an event per change per work order would cost O(n²) events for n
+        waiting. Here each change costs at most POSITION_EVENT_PLACES events, and a work
+        order gets about that many position events in its life (plus one per time it is
+        pushed back by a higher priority). Further back, GetPosition/WatchPosition tell
+        the exact place at any time.
+        """
+        async with db.execute(
+            """SELECT id, run_id, trace_id, reported_position FROM work_orders WHERE status = ?
+                   ORDER BY priority DESC, seq ASC LIMIT ?""",
+            (PENDING, POSITION_EVENT_PLACES),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for place, row in enumerate(rows, start=1):
+            if row["reported_position"] == place:
+                continue
+            await db.execute("UPDATE work_orders SET reported_position = ? WHERE id = ?", (place, row["id"]))
+            await self._add_event(db, outbox.position_event(row["id"], row["run_id"], row["trace_id"], place), now)
 
     # -- work orders --------------------------------------------------------------
 
@@ -307,8 +387,13 @@ class QueueStore:
             assert row is not None
             work_order = _to_work_order(row)
             position = await _position_of(db, row)
+            await db.execute(
+                "UPDATE work_orders SET queued_position = ?, reported_position = ? WHERE id = ?",
+                (position, position, work_order_id),
+            )
             await self._add_event(db, outbox.queued_event(work_order, position), now)
             self._work_changed = True
+            self._order_changed = True
             return work_order, position
 
         return await self._write(body)
@@ -364,6 +449,7 @@ class QueueStore:
                 await self._add_event(
                     db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, reason or "canceled"), now
                 )
+                self._order_changed = True
             return await _load(db, work_order_id)
 
         return await self._write(body)
@@ -400,16 +486,36 @@ class QueueStore:
                 (RUNNING, attempt, lease_id, worker_id, expires, now, row["id"]),
             )
             await db.execute(
-                "INSERT INTO leases (lease_id, work_order_id, worker_id, attempt, granted_at) VALUES (?, ?, ?, ?, ?)",
-                (lease_id, row["id"], worker_id, attempt, now),
+                """INSERT INTO leases (lease_id, work_order_id, worker_id, attempt, granted_at, waited_us,
+                       queued_position) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (lease_id, row["id"], worker_id, attempt, now, max(now - row["enqueued_at"], 0),
+                 row["queued_position"]),
             )
+            self._order_changed = True
             return Lease(await _load(db, row["id"]), lease_id, expires)
 
         return await self._write(body)
 
     async def heartbeat(self, lease_id: str, lease_seconds: int) -> tuple[bool, int]:
         """Extends a live lease by `lease_seconds`; returns (cancel_requested, new expiry).
-        NotFound / LeaseExpired when the lease is unknown or no longer live."""
+        NotFound / LeaseExpired when the lease is unknown or no longer live.
+
+        Workers heartbeat often (about every second, so a cancel reaches them fast);
+        while a lease still has more than two thirds of its time left, the answer comes
+        from a read and nothing is written."""
+        now = self.now_us()
+        async with self._read() as db:
+            lease = await _lease_row(db, lease_id)
+            row = await _row(db, lease["work_order_id"]) if lease is not None else None
+        if (
+            lease is not None
+            and row is not None
+            and lease["outcome"] == LEASE_ACTIVE
+            and row["lease_id"] == lease_id
+            and row["status"] == RUNNING
+            and row["lease_expires_at"] - now > lease_seconds * 2_000_000 // 3
+        ):
+            return bool(row["cancel_requested"]), row["lease_expires_at"]
 
         async def body(db: aiosqlite.Connection, now: int) -> tuple[bool, int]:
             row = await self._live_lease(db, lease_id, now)
@@ -488,10 +594,32 @@ class QueueStore:
             return "failed"
         await db.execute(
             """UPDATE work_orders SET status = ?, lease_id = NULL, lease_expires_at = NULL,
-                   worker_id = '', enqueued_at = ? WHERE id = ?""",
+                   worker_id = '', enqueued_at = ?, reported_position = 0 WHERE id = ?""",
             (PENDING, now, row["id"]),
         )
+        requeued = await _row(db, row["id"])
+        assert requeued is not None
+        await db.execute(
+            "UPDATE work_orders SET queued_position = ? WHERE id = ?", (await _position_of(db, requeued), row["id"])
+        )
+        self._order_changed = True
         return "requeued"
+
+    async def renew_running_leases(self, lease_seconds: int) -> int:
+        """Gives every running work order a full lease from now; returns how many.
+
+        Called when the queue service starts: while it was down no worker could
+        heartbeat, so a lease that lapsed meanwhile says nothing about its worker. A
+        worker that really died is still found out `lease_seconds` later."""
+
+        async def body(db: aiosqlite.Connection, now: int) -> int:
+            cursor = await db.execute(
+                "UPDATE work_orders SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
+                (now + lease_seconds * 1_000_000, RUNNING),
+            )
+            return cursor.rowcount
+
+        return await self._write(body)
 
     async def reap(self) -> ReapResult:
         """Expires leases past their time and times out work orders that waited longer
@@ -505,18 +633,15 @@ class QueueStore:
                 expired = list(await cur.fetchall())
             for row in expired:
                 counts[await self._expire(db, row, now)] += 1
-            async with db.execute(
-                """SELECT * FROM work_orders WHERE status = ? AND max_queue_wait_seconds > 0
-                       AND enqueued_at + max_queue_wait_seconds * 1000000 < ? ORDER BY seq""",
-                (PENDING, now),
-            ) as cur:
-                overdue = list(await cur.fetchall())
+            async with db.execute(f"SELECT * FROM {_WITH_WAIT_LIMIT} AND {_WAIT_DEADLINE} < ?", (now,)) as cur:
+                overdue = sorted(await cur.fetchall(), key=lambda row: row["seq"])
             for row in overdue:
                 reason = f"waited longer than max_queue_wait_seconds={row['max_queue_wait_seconds']} in the queue"
                 await self._end(db, row, TIMED_OUT, f"queue_timeout: {reason}", now)
                 ended = await _load(db, row["id"])
                 await self._add_event(db, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason), now)
                 counts["timed_out"] += 1
+                self._order_changed = True
             return ReapResult(**counts)
 
         return await self._write(body)
@@ -524,16 +649,38 @@ class QueueStore:
     # -- positions and counts -----------------------------------------------------
 
     async def position(self, work_order_id: str) -> Position:
-        """Where the work order stands in lease order."""
+        """Where the work order stands in lease order, with its estimated wait."""
         async with self._read() as db:
             row = await _row(db, work_order_id)
             if row is None:
                 raise NotFound(f"work order {work_order_id!r} not found")
             if row["status"] == PENDING:
                 position = await _position_of(db, row)
-                return Position(position, position - 1, "waiting", row["enqueued_at"])
-        state = "running" if row["status"] == RUNNING else status_name(row["status"])
-        return Position(0, 0, state, row["enqueued_at"])
+                stats = await _wait_stats(db)
+                return Position(position, position - 1, "waiting", row["enqueued_at"], stats.estimate(position))
+        return ended_position(row["status"], row["enqueued_at"])
+
+    async def next_deadline_us(self) -> int | None:
+        """The earliest lease expiry or wait limit still ahead of the reaper (None: none)."""
+        async with self._read() as db:
+            lease_due = await _scalar(db, "SELECT MIN(lease_expires_at) FROM work_orders WHERE status = ?", (RUNNING,))
+            wait_due = await _scalar(db, f"SELECT MIN({_WAIT_DEADLINE}) FROM {_WITH_WAIT_LIMIT}", ())
+        found = [due for due in (lease_due, wait_due) if due is not None]
+        return min(found) if found else None
+
+    async def waiting_order(self) -> list[tuple[str, int]]:
+        """(id, enqueued_at) of every waiting work order, next first."""
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC", (PENDING,)
+            ) as cur:
+                rows = await cur.fetchall()
+        return [(row["id"], row["enqueued_at"]) for row in rows]
+
+    async def wait_stats(self) -> WaitStats:
+        """Average wait and seconds per place of the latest RECENT_WAITS leases."""
+        async with self._read() as db:
+            return await _wait_stats(db)
 
     async def counts(self) -> tuple[int, int]:
         """(waiting, running)."""
@@ -622,6 +769,28 @@ async def _position_of(db: aiosqlite.Connection, row: aiosqlite.Row) -> int:
         (PENDING, row["priority"], row["priority"], row["seq"]),
     )
     return ahead + 1
+
+
+def ended_position(status: int, enqueued_at_us: int) -> Position:
+    """The position of a work order that no longer waits: 0, state running or its end."""
+    state = "running" if status == RUNNING else status_name(status)
+    return Position(0, 0, state, enqueued_at_us)
+
+
+async def _wait_stats(db: aiosqlite.Connection) -> WaitStats:
+    async with db.execute(
+        """SELECT waited_us, queued_position FROM leases WHERE waited_us IS NOT NULL
+               ORDER BY granted_at DESC, rowid DESC LIMIT ?""",
+        (RECENT_WAITS,),
+    ) as cur:
+        rows = list(await cur.fetchall())
+    if not rows:
+        return WaitStats()
+    total_wait = sum(row["waited_us"] for row in rows) / 1_000_000
+    # A work order leased at once may have been queued at position 0 by an old schema:
+    # count every wait as at least one place.
+    places = sum(max(row["queued_position"], 1) for row in rows)
+    return WaitStats(total_wait / len(rows), total_wait / places)
 
 
 def _cancel_error(reason: str) -> str:

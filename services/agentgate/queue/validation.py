@@ -7,22 +7,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
+from agentgate.common import profiles
+from agentgate.common.branches import branch_pattern_problem
 from agentgate.common.errors import FieldViolation
+from agentgate.common.github import split_repo
 from agentgate.v1 import common_pb2
 
 #: The task prompt may hold at most this many bytes of UTF-8.
 MAX_TASK_PROMPT_BYTES = 256 * 1024
-
-#: Profiles the queue accepts. Only the built-in default exists until profiles (§14) land.
-KNOWN_PROFILES = frozenset({"", "default"})
-
-#: Loop strategies that can run today; the others are in the contract but not built yet.
-SUPPORTED_LOOP_MODES = frozenset({common_pb2.LOOP_STRATEGY_MODE_UNSPECIFIED, common_pb2.LOOP_STRATEGY_MODE_FIXED})
-
-MAX_ITERATIONS_LIMIT = 100
-
-VERIFICATION_LEVELS = ("L0", "L1", "L2", "L3")
 
 AgentCheck = Callable[[common_pb2.AgentSpec], list[FieldViolation]]
 
@@ -39,17 +33,22 @@ def default_agent_check(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
     return list(validate_agent(agent))
 
 
-def validate_spec(spec: common_pb2.WorkOrderSpec, agent_check: AgentCheck | None = None) -> list[FieldViolation]:
+def validate_spec(
+    spec: common_pb2.WorkOrderSpec, agent_check: AgentCheck | None = None, profiles_dir: Path | None = None
+) -> list[FieldViolation]:
     """Every violation of `spec`, in field order; empty when the spec is acceptable.
 
     `agent_check` validates `spec.agent` (default: the workspace driver registry); it is a
-    parameter so the rules here can be tested without the drivers.
+    parameter so the rules here can be tested without the drivers. `profiles_dir` holds
+    the profile files (default $AGENTGATE_HOME/profiles). A valid spec whose agent cannot
+    run on this machine raises FailedPrecondition (`check_agent_available`).
     """
     violations: list[FieldViolation] = []
     violations += _check_task_prompt(spec.task_prompt)
     violations += _check_source(spec)
     violations += (agent_check or default_agent_check)(spec.agent)
-    violations += _check_harness(spec.harness)
+    violations += _check_harness(spec.harness, profiles_dir)
+    violations += _check_delivery_and_retry(spec.harness)
     if spec.max_queue_wait_seconds < 0:
         violations.append(
             FieldViolation(
@@ -59,7 +58,30 @@ def validate_spec(spec: common_pb2.WorkOrderSpec, agent_check: AgentCheck | None
         )
     if any(not key.strip() for key in spec.labels):
         violations.append(FieldViolation("spec.labels", "label keys must be non-empty"))
+    if not violations:
+        check_agent_available(spec.agent)
     return violations
+
+
+#: Set to 0 when the queue runs on another machine than the workers, where its PATH
+#: says nothing about theirs.
+AVAILABILITY_ENV = "AGENTGATE_CHECK_AGENT_AVAILABILITY"
+
+
+def check_agent_available(agent: common_pb2.AgentSpec) -> None:
+    """Raises FailedPrecondition (FAILED_PRECONDITION at the edge) when the agent's driver
+    cannot run on this machine, saying what is missing (e.g. the `claude` executable is not
+    on PATH). The queue and the workers of `agentgate up` share one machine and one PATH,
+    so the registry's own check (`shutil.which`) answers for them; AGENTGATE_CHECK_AGENT_
+    AVAILABILITY=0 turns it off for deployments where that is not so."""
+    if os.environ.get(AVAILABILITY_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    from agentgate.queue.store import FailedPrecondition
+    from agentgate.workspace.agent_drivers import agent_unavailable
+
+    missing = agent_unavailable(agent)
+    if missing:
+        raise FailedPrecondition(f"spec.agent.name: {missing}")
 
 
 def _check_task_prompt(prompt: str) -> list[FieldViolation]:
@@ -98,45 +120,67 @@ def _check_source(spec: common_pb2.WorkOrderSpec) -> list[FieldViolation]:
         if not source.git_url.strip():
             found.append(FieldViolation("spec.source.git_url", "is empty"))
     elif kind == "github_repo":
-        found.append(FieldViolation("spec.source.github_repo", "github_repo sources are not supported yet"))
+        try:
+            split_repo(source.github_repo)
+        except ValueError:
+            found.append(
+                FieldViolation("spec.source.github_repo", f"must be owner/name, got {source.github_repo[:140]!r}")
+            )
     return found
 
 
-def _check_harness(harness: common_pb2.HarnessSettings) -> list[FieldViolation]:
+def _check_harness(harness: common_pb2.HarnessSettings, profiles_dir: Path | None) -> list[FieldViolation]:
+    """The profile (SPEC §14: unknown, bad file, cycle in `extends`, each named by its key)
+    and the inline loop strategy, limits and verification settings, checked by resolving
+    the harness as the orchestrator will; git_ops and retry are checked below."""
+    directory = profiles_dir if profiles_dir is not None else profiles.profiles_dir()
+    resolution = profiles.resolve(harness, directory, inline_sections=("loop_strategy", "limits", "verification"))
+    return resolution.violations
+
+
+#: SPEC §6's presets (the orchestrator's retry module holds their numbers).
+RETRY_PRESETS = ("default", "aggressive", "none")
+MAX_RETRY_ATTEMPTS = 20
+#: No single wait between retries above an hour.
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+def _check_delivery_and_retry(harness: common_pb2.HarnessSettings) -> list[FieldViolation]:
+    """git_ops (SPEC §7) and retry (SPEC §6) settings."""
     found: list[FieldViolation] = []
-    if harness.profile not in KNOWN_PROFILES:
-        found.append(FieldViolation("spec.harness.profile", f"unknown profile {harness.profile!r}"))
+    git_ops = harness.git_ops
+    for name, enum in (("mode", common_pb2.GitMode), ("github_mode", common_pb2.GitHubMode)):
+        value = getattr(git_ops, name)
+        if value not in enum.DESCRIPTOR.values_by_number:
+            found.append(FieldViolation(f"spec.harness.git_ops.{name}", f"unknown value {value}"))
+    if problem := branch_pattern_problem(git_ops.branch_pattern):
+        found.append(FieldViolation("spec.harness.git_ops.branch_pattern", f"{git_ops.branch_pattern!r} {problem}"))
 
-    loop = harness.loop_strategy
-    mode_names = common_pb2.LoopStrategyMode.DESCRIPTOR.values_by_number
-    if loop.mode not in mode_names:
-        found.append(FieldViolation("spec.harness.loop_strategy.mode", f"unknown value {loop.mode}"))
-    elif loop.mode not in SUPPORTED_LOOP_MODES:
+    retry = harness.retry
+    prefix = "spec.harness.retry"
+    if retry.preset and retry.preset not in RETRY_PRESETS:
+        found.append(
+            FieldViolation(f"{prefix}.preset", f"unknown preset {retry.preset!r}; expected {', '.join(RETRY_PRESETS)}")
+        )
+    if retry.HasField("max_attempts") and not 1 <= retry.max_attempts <= MAX_RETRY_ATTEMPTS:
         found.append(
             FieldViolation(
-                "spec.harness.loop_strategy.mode", f"{mode_names[loop.mode].name} is not supported yet (use FIXED)"
+                f"{prefix}.max_attempts",
+                f"must be between 1 (no retry) and {MAX_RETRY_ATTEMPTS}, got {retry.max_attempts}",
             )
         )
-    if loop.HasField("max_iterations") and not 1 <= loop.max_iterations <= MAX_ITERATIONS_LIMIT:
+    for name in ("initial_backoff_seconds", "max_backoff_seconds"):
+        value = getattr(retry, name)
+        if retry.HasField(name) and not 0 <= value <= MAX_BACKOFF_SECONDS:
+            found.append(
+                FieldViolation(f"{prefix}.{name}", f"must be between 0 and {MAX_BACKOFF_SECONDS:g}, got {value}")
+            )
+    if retry.HasField("backoff_multiplier") and not 1 <= retry.backoff_multiplier <= 10:
         found.append(
-            FieldViolation(
-                "spec.harness.loop_strategy.max_iterations",
-                f"must be between 1 and {MAX_ITERATIONS_LIMIT}, got {loop.max_iterations}",
-            )
+            FieldViolation(f"{prefix}.backoff_multiplier", f"must be between 1 and 10, got {retry.backoff_multiplier}")
         )
-
-    limits = harness.limits
-    for name in ("max_wall_clock_seconds", "agent_timeout_seconds"):
-        value = getattr(limits, name)
-        if limits.HasField(name) and value <= 0:
-            found.append(FieldViolation(f"spec.harness.limits.{name}", f"must be greater than 0, got {value}"))
-
-    bad_levels = [level for level in harness.verification.skip_levels if level not in VERIFICATION_LEVELS]
-    if bad_levels:
-        found.append(
-            FieldViolation(
-                "spec.harness.verification.skip_levels",
-                f"unknown level(s) {', '.join(repr(v) for v in bad_levels)}; expected {', '.join(VERIFICATION_LEVELS)}",
-            )
-        )
+    error_types = common_pb2.BuildErrorType.DESCRIPTOR.values_by_number
+    bad = [v for v in retry.retryable_errors if v not in error_types or v == common_pb2.BUILD_ERROR_TYPE_UNSPECIFIED]
+    if bad:
+        found.append(FieldViolation(f"{prefix}.retryable_errors", f"unknown error type(s) {bad}"))
     return found

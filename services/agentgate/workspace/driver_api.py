@@ -6,7 +6,9 @@ Kept apart from the registry (`agent_drivers`) so drivers can import it without 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ class AgentInvocation:
     prompt_dir: Path
     kill_grace_seconds: float = DEFAULT_KILL_GRACE_SECONDS
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Session of the previous iteration, for drivers that can resume one ('' = new session).
+    resume_session_id: str = ""
 
     def base_env(self) -> dict[str, str]:
         """Variables every agent gets, describing the run (no secrets)."""
@@ -60,7 +64,12 @@ class AgentInvocation:
 
 
 class AgentDriver(Protocol):
-    """An agent driver: checks its options, runs the agent."""
+    """An agent driver: checks its options, runs the agent.
+
+    Drivers may also define `description: str` (one line for `agentgate agents`) and
+    `availability(options) -> str` (what is missing on this machine, '' when it can run);
+    the registry treats a driver without them as always available.
+    """
 
     #: Registry name (AgentSpec.name).
     name: str
@@ -97,6 +106,25 @@ def env_options(options: Mapping[str, str]) -> tuple[dict[str, str], list[FieldV
     return env, violations
 
 
+def passthrough_env(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """The agent's own keys from the service's environment: variables named in `names` or
+    starting with one of `prefixes` (a model CLI needs its API key; nothing else leaks)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key in names or any(key.startswith(prefix) for prefix in prefixes)
+    }
+
+
+def executable_problem(executable: str, what: str) -> str:
+    """'' when `executable` (a name on PATH or a path) can be run here, else what is missing."""
+    if shutil.which(executable) is not None:
+        return ""
+    if "/" in executable:
+        return f"{executable} (the {what} executable) does not exist or is not executable"
+    return f"the {executable} executable is not on PATH"
+
+
 def result_from_process(invocation: AgentInvocation, driver: str, process: ProcessResult) -> common_pb2.AgentResult:
     """The AgentResult of a finished agent process (success = exit 0 and not timed out)."""
     return common_pb2.AgentResult(
@@ -111,4 +139,8 @@ def result_from_process(invocation: AgentInvocation, driver: str, process: Proce
         stderr=process.stderr,
         duration_seconds=process.duration_seconds,
         timed_out=process.timed_out,
+        stdout_bytes=process.stdout_bytes,
+        stderr_bytes=process.stderr_bytes,
+        stdout_truncated=process.stdout_truncated,
+        stderr_truncated=process.stderr_truncated,
     )

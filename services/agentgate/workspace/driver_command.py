@@ -52,6 +52,7 @@ class CommandDriver:
     """Runs a command template as the agent."""
 
     name = "command"
+    description = "Any CLI from a command template ({prompt_file}, {workspace}, {iteration}) or prompt on stdin"
 
     def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
         """`command` required and non-empty; `prompt_via` stdin|file; `env.NAME` names valid."""

@@ -41,6 +41,7 @@ class ScriptedDriver:
     """Plays a YAML script as the agent."""
 
     name = "scripted"
+    description = "Deterministic YAML script of per-iteration steps, for demos and tests"
 
     def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
         """`script` required and a valid script; no other option."""

@@ -1,8 +1,16 @@
 """The verification gate: runs a gate plan in a clean room and reports per level and check.
 
-Levels run in order L0 → L3; a failed level stops the later ones. This version runs
-L0 (contracts) and L1 (environment setup + tests). L2 (blackbox) and L3 (sanity) are
-reported as not run ("not supported yet") when the plan has them — never as passed.
+Levels run in order L0 → L3 and a failed level stops the later ones (reported as not
+run); `skip_levels` skips levels on purpose:
+- L0 contracts (static, `contract_checks`) plus the security scan of the change
+  (`security_scan`, kind `security`);
+- L1 tests: `environment.setup` first, then the plan's commands;
+- L2 blackbox (`blackbox`): run the product, compare its output;
+- L3 sanity (`sanity`): file sizes and debug leftovers.
+
+The plan is the inline one, the snapshot's own verify.yaml, or one detected from the
+project (`plan_detection`), as `VerificationSettings.gate_plan_source` says.
+`policy.max_runtime` bounds every command of the gate together.
 """
 
 from __future__ import annotations
@@ -20,11 +28,15 @@ from typing import Any
 
 import yaml
 
+from agentgate.common.errors import FieldViolation
 from agentgate.common.timeutil import now_timestamp
 from agentgate.v1 import common_pb2
+from agentgate.workspace import git as gitops
+from agentgate.workspace.blackbox import run_blackbox
 from agentgate.workspace.gate_plan import (
     LEVEL_NAMES,
     LEVELS,
+    BlackboxTest,
     Contracts,
     GatePlan,
     GatePlanError,
@@ -33,18 +45,25 @@ from agentgate.workspace.gate_plan import (
     find_gate_plan_file,
     parse_gate_plan,
 )
+from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
+from agentgate.workspace.plan_detection import detect_gate_plan
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, run_process
+from agentgate.workspace.sanity import sanity_checks
+from agentgate.workspace.security_scan import Change, load_change, scan_change
 
 #: Output kept per check: its tail, where the failure usually is.
 CHECK_OUTPUT_BYTES = 64 * 1024
 SKIP_BY_HARNESS = "skipped by harness"
 SKIP_EARLIER_FAILED = "an earlier level failed"
-SKIP_NOT_SUPPORTED = "not supported yet"
 SKIP_NOTHING = "nothing to check in the gate plan"
 SKIP_NO_PLAN = "no gate plan"
-UNSUPPORTED_LEVELS = ("L2", "L3")
 #: Environment of every check: the scrubbed one plus CI=true, as tools expect in CI.
 CHECK_ENV = {"CI": "true"}
+#: Timeout of one setup command when the plan sets no policy.max_runtime.
+DEFAULT_SETUP_TIMEOUT_SECONDS = 600.0
+MAX_RUNTIME_USED_UP = "not run: the gate plan's policy.max_runtime was used up"
+
+SOURCE_AUTO = (common_pb2.GATE_PLAN_SOURCE_UNSPECIFIED, common_pb2.GATE_PLAN_SOURCE_AUTO)
 
 NAMING_PATTERNS = {
     "kebab-case": re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$"),
@@ -65,27 +84,69 @@ FIELD_TYPES = {
 
 @dataclass
 class LoadedPlan:
-    """The plan a verification uses and where it came from (inline, a file path, none)."""
+    """The plan a verification uses and where it came from (inline, a file path,
+    detected, none), or why there is none usable."""
 
     source: str
     plan: GatePlan | None = None
     error: GatePlanError | None = None
+    #: For a detected plan: what it was detected from.
+    note: str = ""
 
 
-def load_plan(room: Path, inline_yaml: str) -> LoadedPlan:
-    """The inline plan if given, else the clean room's own verify.yaml, else none."""
-    if inline_yaml.strip():
-        text, source = inline_yaml, "inline"
-    else:
-        found = find_gate_plan_file(room)
-        if found is None:
-            return LoadedPlan(source="none")
-        source = found.relative_to(room).as_posix()
-        text = found.read_text(encoding="utf-8", errors="replace")
+def plan_source_violations(
+    settings: common_pb2.VerificationSettings, prefix: str = "settings"
+) -> list[FieldViolation]:
+    """Settings whose gate plan source contradicts the plan they give (never silently ignored)."""
+    source = settings.gate_plan_source
+    if source not in common_pb2.GatePlanSource.DESCRIPTOR.values_by_number:
+        return [FieldViolation(f"{prefix}.gate_plan_source", f"unknown value {source}")]
+    if source == common_pb2.GATE_PLAN_SOURCE_FILE and settings.gate_plan_yaml.strip():
+        return [
+            FieldViolation(
+                f"{prefix}.gate_plan_yaml",
+                "an inline plan is given but gate_plan_source is FILE (the workspace's verify.yaml only)",
+            )
+        ]
+    if source == common_pb2.GATE_PLAN_SOURCE_INLINE and not settings.gate_plan_yaml.strip():
+        return [FieldViolation(f"{prefix}.gate_plan_yaml", "is required when gate_plan_source is INLINE")]
+    return []
+
+
+def _parse(text: str, source: str) -> LoadedPlan:
     try:
         return LoadedPlan(source=source, plan=parse_gate_plan(text, source))
     except GatePlanError as exc:
         return LoadedPlan(source=source, error=exc)
+
+
+def load_plan(room: Path, settings: common_pb2.VerificationSettings | str) -> LoadedPlan:
+    """The plan of a verification (blocking file reads; call off-loop).
+
+    `gate_plan_source` AUTO (the default): the inline plan if given, else the room's
+    verify.yaml, else a detected plan, else none. FILE: the room's verify.yaml only (missing
+    is an error). INLINE: the inline plan only (empty is an error). A string is taken as
+    an inline plan with source AUTO.
+    """
+    if isinstance(settings, str):
+        settings = common_pb2.VerificationSettings(gate_plan_yaml=settings)
+    mode, inline = settings.gate_plan_source, settings.gate_plan_yaml
+    if mode == common_pb2.GATE_PLAN_SOURCE_INLINE or (mode in SOURCE_AUTO and inline.strip()):
+        if not inline.strip():
+            problem = "gate_plan_source is inline but the harness gives no gate_plan_yaml"
+            return LoadedPlan(source="inline", error=GatePlanError(problem, None, "harness"))
+        return _parse(inline, "inline")
+    found = find_gate_plan_file(room)
+    if found is not None:
+        source = found.relative_to(room).as_posix()
+        return _parse(found.read_text(encoding="utf-8", errors="replace"), source)
+    if mode == common_pb2.GATE_PLAN_SOURCE_FILE:
+        problem = "gate_plan_source is file but the snapshot has no verify.yaml or .agentgate/verify.yaml"
+        return LoadedPlan(source="none", error=GatePlanError(problem, None, "harness"))
+    detected = detect_gate_plan(room)
+    if detected is None:
+        return LoadedPlan(source="none")
+    return LoadedPlan(source="detected", plan=detected.plan, note=detected.describe())
 
 
 # --- L0: contracts ------------------------------------------------------------------------
@@ -152,7 +213,7 @@ def _schema_problems(room: Path, schema: RequiredSchema) -> list[str]:
     problems = []
     for rule in schema.rules:
         if rule.kind == "json_schema":
-            problems.append(f"json_schema rules are not supported yet ({rule.value})")
+            problems += _json_schema_problems(room, data, rule.schema if rule.schema is not None else rule.value)
             continue
         present, value = _lookup(data, rule.field)
         if not present:
@@ -168,6 +229,15 @@ def _schema_problems(room: Path, schema: RequiredSchema) -> list[str]:
             if not isinstance(value, str) or re.search(rule.value, value) is None:
                 problems.append(f"field {rule.field!r} does not match /{rule.value}/")
     return problems
+
+
+def _json_schema_problems(room: Path, data: Any, schema: Any) -> list[str]:
+    label = f"json_schema {schema}" if isinstance(schema, str) else "the inline json_schema"
+    try:
+        loaded = load_schema_file(room, schema) if isinstance(schema, str) else schema
+    except SchemaLoadError as exc:
+        return [str(exc)]
+    return [f"{label}: {error}" for error in schema_errors(data, loaded)]
 
 
 def contract_checks(room: Path, contracts: Contracts) -> list[common_pb2.CheckResult]:
@@ -256,18 +326,23 @@ async def run_command_check(
     )
 
 
-def _command_specs(plan: GatePlan) -> list[CommandSpec]:
-    specs = [
-        CommandSpec(name=f"setup-{i}", kind="setup", command=command, timeout=plan.policy.max_runtime or 600.0)
+def _setup_specs(plan: GatePlan) -> list[CommandSpec]:
+    timeout = plan.policy.max_runtime or DEFAULT_SETUP_TIMEOUT_SECONDS
+    return [
+        CommandSpec(name=f"setup-{i}", kind="setup", command=command, timeout=timeout)
         for i, command in enumerate(plan.environment.setup, start=1)
     ]
-    specs += [_spec_of(test) for test in plan.tests]
-    return specs
 
 
 def _spec_of(test: TestCommand) -> CommandSpec:
     return CommandSpec(
         name=test.name, kind=test.kind, command=test.command, timeout=test.timeout, expected_exit=test.expected_exit
+    )
+
+
+def _not_run(name: str, kind: str, command: str, expected_exit: int, why: str) -> common_pb2.CheckResult:
+    return common_pb2.CheckResult(
+        name=name, kind=kind, command=command, passed=False, exit_code=-1, expected_exit=expected_exit, output=why
     )
 
 
@@ -313,6 +388,104 @@ def _failed_names(checks: list[common_pb2.CheckResult], limit: int = 5) -> str:
     return shown + (f", +{len(names) - limit} more" if len(names) > limit else "")
 
 
+def _file_sizes(room: Path) -> dict[str, int]:
+    """Size of every file of the clean room as the snapshot made it (before any command)."""
+    sizes = {}
+    for relative in _files(room):
+        try:
+            sizes[relative] = (room / relative).lstat().st_size
+        except OSError:
+            continue
+    return sizes
+
+
+@dataclass
+class _GateRun:
+    """One run of a plan in a clean room: the state the levels share."""
+
+    room: Path
+    plan: GatePlan
+    kill_grace: float
+    deadline: float | None
+    files: dict[str, int]
+    change: Change | None
+    change_error: str = ""
+    setup_done: bool = False
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def security_applies(self) -> bool:
+        return self.plan.security.enabled and (self.change is not None or bool(self.change_error))
+
+    def has_checks(self, level: str) -> bool:
+        if level == "L0":
+            return self.plan.has_level("L0") or self.security_applies()
+        if level == "L1":
+            return self.plan.has_level("L1") or bool(self.plan.environment.setup)
+        return self.plan.has_level(level)
+
+    async def run_level(self, level: str) -> list[common_pb2.CheckResult]:
+        if level == "L0":
+            checks = await asyncio.to_thread(contract_checks, self.room, self.plan.contracts)
+            if self.security_applies():
+                checks.append(await self._security())
+            return checks
+        if level == "L1":
+            setup = await self._setup()
+            if setup and not setup[-1].passed:
+                return setup
+            return setup + await self._commands([_spec_of(test) for test in self.plan.tests])
+        if level == "L2":
+            setup = await self._setup()
+            if setup and not setup[-1].passed:
+                return setup
+            return setup + await self._blackbox(self.plan.blackbox)
+        assert self.plan.sanity is not None
+        lines = list(self.change.added_lines()) if self.change is not None else []
+        return sanity_checks(self.plan.sanity, self.files, lines)
+
+    async def _security(self) -> common_pb2.CheckResult:
+        if self.change is None:
+            return _not_run("security-scan", "security", "", 0, f"the change could not be read: {self.change_error}")
+        return await asyncio.to_thread(scan_change, self.change, self.plan.security)
+
+    async def _setup(self) -> list[common_pb2.CheckResult]:
+        """environment.setup, once, before the first level that runs commands; a failed
+        setup command stops the rest (they would only fail for the same reason)."""
+        if self.setup_done:
+            return []
+        self.setup_done = True
+        checks = []
+        for spec in _setup_specs(self.plan):
+            checks.extend(await self._commands([spec]))
+            if not checks[-1].passed:
+                break
+        return checks
+
+    async def _commands(self, specs: list[CommandSpec]) -> list[common_pb2.CheckResult]:
+        checks = []
+        for spec in specs:
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                checks.append(_not_run(spec.name, spec.kind, spec.command, spec.expected_exit, MAX_RUNTIME_USED_UP))
+                continue
+            if remaining is not None:
+                spec = CommandSpec(spec.name, spec.kind, spec.command, min(spec.timeout, remaining), spec.expected_exit)
+            checks.append(await run_command_check(self.room, spec, self.kill_grace))
+        return checks
+
+    async def _blackbox(self, tests: list[BlackboxTest]) -> list[common_pb2.CheckResult]:
+        checks = []
+        for test in tests:
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                checks.append(_not_run(test.name, "blackbox", test.command, 0, MAX_RUNTIME_USED_UP))
+                continue
+            checks.append(await run_blackbox(self.room, test, remaining, self.kill_grace))
+        return checks
+
+
 async def run_gate(
     room: Path,
     settings: common_pb2.VerificationSettings,
@@ -321,13 +494,20 @@ async def run_gate(
     iteration: int = 0,
     snapshot_commit: str = "",
     kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
+    repo: Path | None = None,
+    base_commit: str = "",
 ) -> common_pb2.VerificationReport:
-    """Runs the gate plan (inline or the room's own) in the clean room `room`."""
+    """Runs the gate plan in the clean room `room`.
+
+    `repo` and `base_commit` (the workspace's git repository and the run's first snapshot)
+    let L0 scan the change `base_commit..snapshot_commit` (and L3 look for debugger
+    statements in its added lines); without them there is no scan.
+    """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
-    loaded = await asyncio.to_thread(load_plan, room, settings.gate_plan_yaml)
+    loaded = await asyncio.to_thread(load_plan, room, settings)
+    files = await asyncio.to_thread(_file_sizes, room)
     levels = {level: _Level(level) for level in LEVELS}
-    notes: list[str] = []
 
     if loaded.error is not None:
         # The agent must see why: the plan error is the one failed L0 check.
@@ -336,50 +516,38 @@ async def run_gate(
         for level in LEVELS[1:]:
             levels[level].skip_reason = SKIP_EARLIER_FAILED
         summary = f"L0 failed: the gate plan is invalid: {loaded.error}"
-    elif loaded.plan is None:
-        for level in LEVELS:
-            levels[level].skip_reason = SKIP_NO_PLAN
-        summary = "No gate plan found: nothing was verified"
     else:
-        plan = loaded.plan
-        failed: str | None = None
+        plan = loaded.plan or GatePlan()
+        change, change_error = None, ""
+        # The change feeds the security scan (L0) and the debugger-statement check (L3).
+        wants_change = (plan.security.enabled and "L0" not in skip) or (
+            plan.sanity is not None and plan.sanity.forbid_debug_artifacts and "L3" not in skip
+        )
+        if repo is not None and base_commit and snapshot_commit and wants_change:
+            try:
+                change = await load_change(repo, base_commit, snapshot_commit)
+            except gitops.GitError as exc:
+                change_error = str(exc)
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
+        gate = _GateRun(room, plan, kill_grace, deadline, files, change, change_error)
+        failed: str | None = None
         for level in LEVELS:
             state = levels[level]
             if level in skip:
                 state.skip_reason = SKIP_BY_HARNESS
             elif failed is not None:
                 state.skip_reason = SKIP_EARLIER_FAILED
-            elif not plan.has_level(level) and not (level == "L1" and plan.environment.setup):
-                state.skip_reason = SKIP_NOTHING
-            elif level in UNSUPPORTED_LEVELS:
-                state.skip_reason = SKIP_NOT_SUPPORTED
-                notes.append(f"{level} {LEVEL_NAMES[level]} not supported yet")
+            elif not gate.has_checks(level):
+                state.skip_reason = SKIP_NOTHING if loaded.plan is not None else SKIP_NO_PLAN
             else:
                 level_started = time.monotonic()
-                if level == "L0":
-                    state.checks = await asyncio.to_thread(contract_checks, room, plan.contracts)
-                else:
-                    state.checks = await _run_commands(room, _command_specs(plan), deadline, kill_grace)
+                state.checks = await gate.run_level(level)
                 state.ran = True
                 state.passed = all(c.passed for c in state.checks)
                 state.duration = time.monotonic() - level_started
                 if not state.passed:
                     failed = level
-        if failed is not None:
-            checks = levels[failed].checks
-            count = sum(not c.passed for c in checks)
-            summary = f"{failed} failed: {count} of {len(checks)} checks failed ({_failed_names(checks)})"
-        else:
-            total = sum(len(state.checks) for state in levels.values())
-            if total:
-                summary = f"All {total} checks passed"
-            elif any(state.skip_reason == SKIP_BY_HARNESS for state in levels.values()):
-                summary = "No checks ran: the levels with checks were skipped by the harness"
-            else:
-                summary = "Nothing to verify: the gate plan has no checks"
-            if notes:
-                summary += f" ({'; '.join(notes)})"
+        summary = _summary(levels, failed, loaded)
 
     ran = [level for level in LEVELS if levels[level].ran]
     passed = all(levels[level].passed for level in ran) and loaded.error is None
@@ -400,31 +568,19 @@ async def run_gate(
     return report
 
 
-async def _run_commands(
-    room: Path, specs: list[CommandSpec], deadline: float | None, kill_grace: float
-) -> list[common_pb2.CheckResult]:
-    """Runs command checks in order; a failed setup command stops the rest (they would only
-    fail for the same reason)."""
-    checks = []
-    for spec in specs:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                checks.append(
-                    common_pb2.CheckResult(
-                        name=spec.name,
-                        kind=spec.kind,
-                        command=spec.command,
-                        passed=False,
-                        exit_code=-1,
-                        expected_exit=spec.expected_exit,
-                        output="not run: the gate plan's policy.max_runtime was used up",
-                    )
-                )
-                continue
-            spec = CommandSpec(spec.name, spec.kind, spec.command, min(spec.timeout, remaining), spec.expected_exit)
-        check = await run_command_check(room, spec, kill_grace)
-        checks.append(check)
-        if spec.kind == "setup" and not check.passed:
-            break
-    return checks
+def _summary(levels: dict[str, _Level], failed: str | None, loaded: LoadedPlan) -> str:
+    suffix = f" (plan {loaded.note})" if loaded.note else ""
+    if failed is not None:
+        checks = levels[failed].checks
+        count = sum(not c.passed for c in checks)
+        return f"{failed} failed: {count} of {len(checks)} checks failed ({_failed_names(checks)}){suffix}"
+    total = sum(len(state.checks) for state in levels.values())
+    if loaded.plan is None:
+        if total:
+            return "No gate plan found: only the security scan of the change ran, and it passed"
+        return "No gate plan found: nothing was verified"
+    if total:
+        return f"All {total} checks passed{suffix}"
+    if any(state.skip_reason == SKIP_BY_HARNESS for state in levels.values()):
+        return "No checks ran: the levels with checks were skipped by the harness"
+    return "Nothing to verify: the gate plan has no checks"

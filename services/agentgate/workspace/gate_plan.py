@@ -27,12 +27,29 @@ NAMING_RULES = ("kebab-case", "snake_case", "camelCase", "PascalCase")
 ASSERTION_TYPES = {
     # type -> (required keys, optional keys)
     "exit_code": ({"expected"}, set()),
-    "contains": ({"value"}, set()),
-    "matches_regex": ({"pattern"}, set()),
-    "equals_file": ({"file"}, set()),
+    "contains": ({"value"}, {"stream"}),
+    "matches_regex": ({"pattern"}, {"stream"}),
+    "equals_file": ({"file"}, {"stream"}),
     "json_equals": ({"expected"}, set()),
     "json_schema": ({"schema"}, set()),
 }
+#: Which output of a blackbox command a text assertion looks at.
+ASSERTION_STREAMS = ("stdout", "stderr")
+#: Rules of the security scan an allowlist entry may name.
+SECURITY_RULES = (
+    "forbidden-file",
+    "aws-access-key",
+    "aws-secret-key",
+    "google-api-key",
+    "github-token",
+    "slack-token",
+    "slack-webhook",
+    "stripe-key",
+    "openai-key",
+    "private-key",
+    "url-password",
+    "high-entropy",
+)
 
 
 class GatePlanError(ValueError):
@@ -63,6 +80,8 @@ class SchemaRule:
     field: str = ""
     #: The expected type (field_type), regex (matches_regex) or schema file (json_schema).
     value: str = ""
+    #: json_schema given inline in the plan (a mapping) instead of a file.
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,28 @@ class Sanity:
 
 
 @dataclass(frozen=True)
+class AllowEntry:
+    """`security.allowlist[]`: findings matching every given part are ignored.
+
+    `path` is a glob of the file, `secret` a regular expression the whole found secret must
+    match, `rule` the name of a scan rule (see SECURITY_RULES).
+    """
+
+    path: str = ""
+    secret: str = ""
+    rule: str = ""
+
+
+@dataclass(frozen=True)
+class Security:
+    """`security`: the scan of the change that L0 runs (on by default)."""
+
+    enabled: bool = True
+    high_entropy: bool = True
+    allowlist: list[AllowEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Policy:
     """`policy`: limits of the gate run."""
 
@@ -158,6 +199,7 @@ class GatePlan:
     blackbox: list[BlackboxTest] = field(default_factory=list)
     sanity: Sanity | None = None
     policy: Policy = field(default_factory=Policy)
+    security: Security = field(default_factory=Security)
 
     def has_level(self, level: str) -> bool:
         """True when the plan has something to check at `level` (L0..L3)."""
@@ -309,7 +351,9 @@ def parse_gate_plan(text: str, source: str = "verify.yaml") -> GatePlan:
         raise GatePlanError("the gate plan is empty", None, source)
     reader = _Reader(source)
     top = reader.mapping(
-        root, "", ("version", "name", "environment", "contracts", "tests", "blackbox", "sanity", "policy")
+        root,
+        "",
+        ("version", "name", "environment", "contracts", "tests", "blackbox", "sanity", "policy", "security"),
     )
     plan: dict[str, Any] = {}
     if "version" in top:
@@ -330,6 +374,8 @@ def parse_gate_plan(text: str, source: str = "verify.yaml") -> GatePlan:
         plan["sanity"] = _sanity(reader, top["sanity"])
     if "policy" in top:
         plan["policy"] = _policy(reader, top["policy"])
+    if "security" in top:
+        plan["security"] = _security(reader, top["security"])
     return GatePlan(**plan)
 
 
@@ -402,7 +448,12 @@ def _schema_rule(reader: _Reader, node: Node, where: str) -> SchemaRule:
     if kind == "has_field":
         return SchemaRule(kind, field=reader.string(value_node, f"{where}.has_field"))
     if kind == "json_schema":
-        return SchemaRule(kind, value=reader.string(value_node, f"{where}.json_schema"))
+        if isinstance(value_node, MappingNode):
+            return SchemaRule(kind, schema=_inline_schema(reader, value_node, f"{where}.json_schema"))
+        path = reader.string(value_node, f"{where}.json_schema")
+        if not _is_relative_inside(path):
+            raise reader.fail(value_node, f"'{where}.json_schema' must be a relative path inside the workspace")
+        return SchemaRule(kind, value=path)
     second = "type" if kind == "field_type" else "pattern"
     inner = reader.mapping(value_node, f"{where}.{kind}", ("field", second))
     reader.require(value_node, inner, f"{where}.{kind}", "field", second)
@@ -477,10 +528,18 @@ def _assertion(reader: _Reader, node: Node, where: str) -> Assertion:
             params[key] = reader.integer(value_node, f"{where}.{key}")
         elif kind == "json_equals":
             params[key] = reader.any_value(value_node)
+        elif key == "stream":
+            params[key] = reader.string(value_node, f"{where}.stream")
+            if params[key] not in ASSERTION_STREAMS:
+                raise reader.fail(value_node, f"'{where}.stream' must be stdout or stderr, got {params[key]!r}")
+        elif kind == "json_schema" and isinstance(value_node, MappingNode):
+            params[key] = _inline_schema(reader, value_node, f"{where}.schema")
         else:
-            params[key] = reader.string(value_node, f"{where}.{key}", non_empty=False)
+            params[key] = reader.string(value_node, f"{where}.{key}", non_empty=kind != "contains")
             if kind == "matches_regex":
                 _check_regex(reader, value_node, f"{where}.{key}", params[key])
+            if kind in ("equals_file", "json_schema") and not _is_relative_inside(params[key]):
+                raise reader.fail(value_node, f"'{where}.{key}' must be a relative path inside the workspace")
     return Assertion(type=kind, params=params)
 
 
@@ -508,6 +567,48 @@ def _policy(reader: _Reader, node: Node) -> Policy:
     if "disallowed_commands" in entries:
         values["disallowed_commands"] = reader.strings(entries["disallowed_commands"], "policy.disallowed_commands")
     return Policy(**values)
+
+
+def _security(reader: _Reader, node: Node) -> Security:
+    entries = reader.mapping(node, "security", ("enabled", "high_entropy", "allowlist"))
+    values: dict[str, Any] = {}
+    if "enabled" in entries:
+        values["enabled"] = reader.boolean(entries["enabled"], "security.enabled")
+    if "high_entropy" in entries:
+        values["high_entropy"] = reader.boolean(entries["high_entropy"], "security.high_entropy")
+    if "allowlist" in entries:
+        values["allowlist"] = reader.items(
+            entries["allowlist"], "security.allowlist", lambda n, w: _allow_entry(reader, n, w)
+        )
+    return Security(**values)
+
+
+def _allow_entry(reader: _Reader, node: Node, where: str) -> AllowEntry:
+    entries = reader.mapping(node, where, ("path", "secret", "rule"))
+    if not entries:
+        raise reader.fail(node, f"'{where}' needs at least one of path, secret, rule")
+    values = {key: reader.string(value, f"{where}.{key}") for key, value in entries.items()}
+    if "secret" in values:
+        _check_regex(reader, entries["secret"], f"{where}.secret", values["secret"])
+    if "rule" in values and values["rule"] not in SECURITY_RULES:
+        raise reader.fail(
+            entries["rule"], f"'{where}.rule' must be one of {', '.join(SECURITY_RULES)}, got {values['rule']!r}"
+        )
+    return AllowEntry(**values)
+
+
+def _inline_schema(reader: _Reader, node: Node, where: str) -> dict[str, Any]:
+    """A JSON Schema written in the plan; it must itself be a valid schema."""
+    # Imported here: jsonschema is only needed by plans that use it.
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    schema = reader.any_value(node)
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise reader.fail(node, f"'{where}' is not a valid JSON Schema: {exc.message}") from None
+    return schema
 
 
 def _check_regex(reader: _Reader, node: Node, where: str, pattern: str) -> None:
@@ -551,10 +652,27 @@ def gate_plan_summary(plan: GatePlan, source: str = "") -> str:
             described.append(f"{test.name}: `{test.command}`{expect}")
         lines.append("- L1 tests: " + "; ".join(described))
     if plan.blackbox:
-        lines.append("- L2 blackbox: " + ", ".join(f"{b.name}: `{b.command}`" for b in plan.blackbox))
+        described = []
+        for box in plan.blackbox:
+            stdin = f" < {box.fixture}" if box.fixture else ""
+            kinds = ", ".join(dict.fromkeys(a.type for a in box.assertions)) or "exit code 0"
+            described.append(f"{box.name}: `{box.command}`{stdin} ({kinds})")
+        lines.append("- L2 blackbox: " + "; ".join(described))
     if plan.sanity is not None:
-        lines.append("- L3 sanity checks")
+        parts = []
+        if plan.sanity.max_file_mb is not None:
+            parts.append(f"no file over {plan.sanity.max_file_mb:g} MB")
+        if plan.sanity.forbid_debug_artifacts:
+            parts.append("no debug leftovers (debugger statements, .orig/.swp files, conflict markers)")
+        lines.append("- L3 sanity: " + ("; ".join(parts) or "nothing"))
+    if plan.policy.max_runtime:
+        lines.append(f"- the whole gate must finish within {plan.policy.max_runtime:g}s")
     if len(lines) == 1:
         lines.append("- nothing: the plan has no checks")
+    if plan.security.enabled:
+        lines.append(
+            "- L0 security: your change must not add secrets (keys, tokens, passwords in URLs, "
+            "random-looking strings) or files like .env and private keys"
+        )
     lines.append("Do not edit the gate plan or its fixtures to make checks pass.")
     return "\n".join(lines)

@@ -92,6 +92,9 @@ async def git(
     for item in GIT_CONFIG:
         argv += ["-c", item]
     argv += list(args)
+    if any("\x00" in arg for arg in argv):
+        # A request value that reached git unchecked: a failed command, not a crash.
+        raise GitError(args, -1, "an argument contains a NUL byte")
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd),

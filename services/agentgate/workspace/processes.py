@@ -48,6 +48,11 @@ class ProcessResult:
     stderr: str
     duration_seconds: float
     timed_out: bool
+    #: Bytes the child wrote to each stream, before any cut, and whether the text was cut.
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
 
 
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -260,4 +265,8 @@ async def run_process(
         stderr=err_capture.text(),
         duration_seconds=time.monotonic() - started,
         timed_out=timed_out,
+        stdout_bytes=out_capture.total,
+        stderr_bytes=err_capture.total,
+        stdout_truncated=out_capture.total > out_capture.limit,
+        stderr_truncated=err_capture.total > err_capture.limit,
     )

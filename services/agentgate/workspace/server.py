@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -20,16 +21,18 @@ import grpc
 from agentgate.common.config import ServiceSettings, env_int
 from agentgate.common.errors import FieldViolation, InvalidArgument, invalid_argument_status
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
-from agentgate.workspace import cleanroom, gate
-from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, validate_agent
+from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
+from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos, validate_agent
 from agentgate.workspace.errors import WorkspaceServiceError
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
+from agentgate.workspace.push import push_branch
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "agentgate.v1.WorkspaceService"
 DEFAULT_AGENT_TIMEOUT_SECONDS = 300
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 
 T = TypeVar("T")
 
@@ -61,7 +64,14 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         with an initial snapshot, and leases it. Nothing is left behind when a step fails."""
 
         async def call() -> workspace_pb2.PrepareForRunResponse:
-            prepared = await self.manager.prepare_for_run(request.run_id, request.source, request.gate_plan_yaml)
+            lease_seconds = leases.lease_seconds_or_default(request.lease_seconds)
+            prepared = await self.manager.prepare_for_run(
+                request.run_id,
+                request.source,
+                request.gate_plan_yaml,
+                branch_pattern=request.branch_pattern,
+                lease_seconds=lease_seconds,
+            )
             return workspace_pb2.PrepareForRunResponse(
                 workspace=prepared.workspace.to_proto(),
                 rules=prepared.rules,
@@ -111,6 +121,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         if request.timeout_seconds < 0:
             violations.append(FieldViolation("timeout_seconds", "must not be negative (0 = the default, 300)"))
         violations += validate_agent(request.agent, field_prefix="agent")
+        if request.resume_session_id and not SESSION_ID_PATTERN.match(request.resume_session_id):
+            # It becomes an argument of the agent's CLI: nothing that could read as an option.
+            violations.append(FieldViolation("resume_session_id", "must be letters, digits, '.', '_', ':' or '-'"))
         if violations:
             raise InvalidArgument(violations)
         record = await self.manager.get_leased(request.workspace_id)
@@ -127,6 +140,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             attempt=request.attempt or 1,
             prompt=request.prompt,
             options=dict(request.agent.options),
+            resume_session_id=request.resume_session_id,
             timeout_seconds=float(request.timeout_seconds or DEFAULT_AGENT_TIMEOUT_SECONDS),
             files_dir=home / "agent-files" / record.id,
             prompt_dir=home / "prompts" / record.id,
@@ -163,6 +177,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 violations.append(
                     FieldViolation("settings.skip_levels", f"unknown level(s) {', '.join(bad_levels)} (known: L0-L3)")
                 )
+            violations += gate.plan_source_violations(request.settings)
             if violations:
                 raise InvalidArgument(violations)
             record = await self.manager.get(request.workspace_id)
@@ -179,6 +194,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                     iteration=request.iteration,
                     snapshot_commit=commit,
                     kill_grace=self.kill_grace_seconds,
+                    # The security scan looks at what the run changed since its first snapshot.
+                    repo=record.path,
+                    base_commit=record.base_commit,
                 )
             finally:
                 await cleanroom.remove_clean_room(room)
@@ -207,6 +225,134 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto())
 
         return await self._serve(context, "ReleaseLease", call)
+
+    # --- the rest of the facade (logic in leases, snapshots and inventory) ---
+
+    async def CreateWorkspace(
+        self, request: workspace_pb2.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.CreateWorkspaceResponse:
+        """Makes a workspace from a source without a run: no agentgate branch, no lease, an
+        initial snapshot. INVALID_ARGUMENT for a bad source, FAILED_PRECONDITION when it
+        cannot be copied or cloned."""
+
+        async def call() -> workspace_pb2.CreateWorkspaceResponse:
+            record = await inventory.create_workspace(self.manager, request.source)
+            return workspace_pb2.CreateWorkspaceResponse(workspace=record.to_proto())
+
+        return await self._serve(context, "CreateWorkspace", call)
+
+    async def AcquireLease(
+        self, request: workspace_pb2.AcquireLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.AcquireLeaseResponse:
+        """Takes the lease for `holder` (or renews it when `holder` has it) for
+        `lease_seconds` (default 3600). FAILED_PRECONDITION while another holder's lease
+        has not expired."""
+
+        async def call() -> workspace_pb2.AcquireLeaseResponse:
+            workspace = await leases.acquire_lease(
+                self.manager, request.workspace_id, request.lease_seconds, request.holder
+            )
+            return workspace_pb2.AcquireLeaseResponse(workspace=workspace)
+
+        return await self._serve(context, "AcquireLease", call)
+
+    async def RestoreSnapshot(
+        self, request: workspace_pb2.RestoreSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.RestoreSnapshotResponse:
+        """Resets the workspace's files to a snapshot with a new commit on top (history
+        kept); an empty snapshot_id means the last snapshot, discarding every change since.
+        Needs the lease (FAILED_PRECONDITION otherwise, or for a commit the workspace lacks)."""
+
+        async def call() -> workspace_pb2.RestoreSnapshotResponse:
+            commit = await snapshots.restore_snapshot(self.manager, request.workspace_id, request.snapshot_id)
+            return workspace_pb2.RestoreSnapshotResponse(snapshot_id=commit)
+
+        return await self._serve(context, "RestoreSnapshot", call)
+
+    async def ListSnapshots(
+        self, request: workspace_pb2.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.ListSnapshotsResponse:
+        """The snapshots of a workspace, newest first; the initial snapshot is the last."""
+
+        async def call() -> workspace_pb2.ListSnapshotsResponse:
+            found = await snapshots.list_snapshots(self.manager, request.workspace_id)
+            return workspace_pb2.ListSnapshotsResponse(snapshots=found)
+
+        return await self._serve(context, "ListSnapshots", call)
+
+    async def GetDiff(
+        self, request: workspace_pb2.GetDiffRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.GetDiffResponse:
+        """The unified diff between two snapshots (default: the initial snapshot to the
+        last one); cut at 4 MiB with `truncated` set."""
+
+        async def call() -> workspace_pb2.GetDiffResponse:
+            return await snapshots.get_diff(
+                self.manager, request.workspace_id, request.from_snapshot_id, request.to_snapshot_id
+            )
+
+        return await self._serve(context, "GetDiff", call)
+
+    async def CleanupRun(
+        self, request: workspace_pb2.CleanupRunRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.CleanupRunResponse:
+        """Deletes the workspaces, clean rooms and agent files of a run (none for an
+        unknown run). FAILED_PRECONDITION, deleting nothing, while one is still leased."""
+
+        async def call() -> workspace_pb2.CleanupRunResponse:
+            deleted = await inventory.cleanup_run(self.manager, request.run_id)
+            return workspace_pb2.CleanupRunResponse(deleted_workspace_ids=deleted)
+
+        return await self._serve(context, "CleanupRun", call)
+
+    async def ListWorkspaces(
+        self, request: workspace_pb2.ListWorkspacesRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.ListWorkspacesResponse:
+        """All workspaces, newest first; `page_size` default 50, at most 1000."""
+
+        async def call() -> workspace_pb2.ListWorkspacesResponse:
+            records, token = await inventory.list_workspaces(self.manager, request.page_size, request.page_token)
+            return inventory.to_list_response(records, token)
+
+        return await self._serve(context, "ListWorkspaces", call)
+
+    async def DeleteWorkspace(
+        self, request: workspace_pb2.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.DeleteWorkspaceResponse:
+        """Deletes a workspace with its files. FAILED_PRECONDITION while it is leased,
+        unless `force`."""
+
+        async def call() -> workspace_pb2.DeleteWorkspaceResponse:
+            await inventory.delete_workspace(self.manager, request.workspace_id, request.force)
+            return workspace_pb2.DeleteWorkspaceResponse()
+
+        return await self._serve(context, "DeleteWorkspace", call)
+
+    async def Push(
+        self, request: workspace_pb2.PushRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.PushResponse:
+        """Pushes the workspace's branch (or `branch`) to its remote (`remote`, default origin).
+        UNAVAILABLE when the remote could not be reached (worth retrying), FAILED_PRECONDITION
+        when the push cannot succeed as asked (no remote, refused credentials, rejected)."""
+
+        async def call() -> workspace_pb2.PushResponse:
+            pushed = await push_branch(self.manager, request.workspace_id, request.branch, request.remote)
+            return workspace_pb2.PushResponse(branch=pushed.branch, commit=pushed.commit, remote_url=pushed.remote_url)
+
+        return await self._serve(context, "Push", call)
+
+
+    async def ListAgentDrivers(
+        self, request: workspace_pb2.ListAgentDriversRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.ListAgentDriversResponse:
+        """The registered agent drivers, and whether each can run on this machine (and if
+        not, what is missing, e.g. "the claude executable is not on PATH")."""
+
+        async def call() -> workspace_pb2.ListAgentDriversResponse:
+            infos = await asyncio.to_thread(list_driver_infos)
+            return workspace_pb2.ListAgentDriversResponse(drivers=infos)
+
+        return await self._serve(context, "ListAgentDrivers", call)
 
 
 class WorkspaceApp:

@@ -16,18 +16,23 @@ import re
 import secrets
 import shutil
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 
+from agentgate.common.branches import branch_for, branch_pattern_problem
 from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.github import clone_url, git_auth_env, split_repo
 from agentgate.common.messages import from_json, to_json
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.errors import FailedPrecondition, NotFound, Unimplemented
+from agentgate.workspace.errors import FailedPrecondition, NotFound
 from agentgate.workspace.gate_plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ MAX_RULES_BYTES = 64 * 1024
 INITIAL_SNAPSHOT_MESSAGE = "agentgate: initial snapshot"
 DEFAULT_SNAPSHOT_MESSAGE = "agentgate: snapshot"
 NO_GATE_PLAN = "No gate plan found: the gate has nothing to check."
+DEFAULT_LEASE_SECONDS = 3600
 
 MIGRATIONS = [
     """
@@ -55,6 +61,15 @@ MIGRATIONS = [
         updated_at TEXT NOT NULL
     );
     CREATE INDEX workspaces_run_id ON workspaces (run_id);
+    """,
+    # Leases that expire (see leases.py). Workspaces leased before get the default lease
+    # from the moment of migration.
+    f"""
+    ALTER TABLE workspaces ADD COLUMN lease_expires REAL NOT NULL DEFAULT 0;
+    ALTER TABLE workspaces ADD COLUMN lease_holder TEXT NOT NULL DEFAULT '';
+    UPDATE workspaces SET lease_expires = CAST(strftime('%s', 'now') AS REAL) + {DEFAULT_LEASE_SECONDS},
+                          lease_holder = run_id
+     WHERE leased = 1;
     """,
 ]
 
@@ -77,9 +92,45 @@ def run_id_violations(run_id: str, field: str = "run_id") -> list[FieldViolation
     return []
 
 
-def branch_name(run_id: str) -> str:
-    """The branch a run works on."""
-    return f"agentgate/{run_id}"
+def source_violations(source: common_pb2.WorkspaceSource) -> list[FieldViolation]:
+    """Problems with a workspace source (fields named `source.*`)."""
+    violations: list[FieldViolation] = []
+    kind = source.WhichOneof("kind")
+    # No process argument or path can hold a NUL byte.
+    for name in ("local_path", "git_url", "github_repo", "ref"):
+        if "\x00" in getattr(source, name):
+            violations.append(FieldViolation(f"source.{name}", "must not contain a NUL byte"))
+    if violations:
+        return violations
+    if kind is None:
+        violations.append(
+            FieldViolation("source", "a workspace source is required: local_path, git_url or github_repo")
+        )
+    elif kind == "local_path":
+        if not Path(source.local_path).is_absolute():
+            violations.append(
+                FieldViolation("source.local_path", f"{source.local_path!r} must be an absolute path")
+            )
+        if source.ref:
+            violations.append(FieldViolation("source.ref", "ref applies to git_url and github_repo sources only"))
+    elif kind == "git_url":
+        if not source.git_url.strip() or source.git_url.startswith("-"):
+            violations.append(FieldViolation("source.git_url", f"{source.git_url!r} is not a git URL"))
+        if source.ref.startswith("-") or any(c.isspace() for c in source.ref):
+            violations.append(FieldViolation("source.ref", f"{source.ref!r} is not a branch, tag or commit"))
+    elif kind == "github_repo":
+        try:
+            split_repo(source.github_repo)
+        except ValueError:
+            violations.append(FieldViolation("source.github_repo", f"{source.github_repo!r} is not owner/name"))
+        if source.ref.startswith("-") or any(c.isspace() for c in source.ref):
+            violations.append(FieldViolation("source.ref", f"{source.ref!r} is not a branch, tag or commit"))
+    return violations
+
+
+def branch_name(run_id: str, pattern: str = "") -> str:
+    """The branch a run works on (default agentgate/{run_id})."""
+    return branch_for(run_id, pattern)
 
 
 @dataclass(frozen=True)
@@ -93,11 +144,16 @@ class WorkspaceRecord:
     source: common_pb2.WorkspaceSource
     base_commit: str
     last_snapshot: str
+    #: Whether a lease holds now (taken and not expired).
     leased: bool
+    #: Unix seconds when the lease ends (0 = never leased).
+    lease_expires: float = 0.0
+    lease_holder: str = ""
+    created_at: str = ""
 
     def to_proto(self) -> workspace_pb2.Workspace:
         """The wire form."""
-        return workspace_pb2.Workspace(
+        workspace = workspace_pb2.Workspace(
             id=self.id,
             run_id=self.run_id,
             path=str(self.path),
@@ -106,6 +162,12 @@ class WorkspaceRecord:
             base_commit=self.base_commit,
             leased=self.leased,
         )
+        if self.leased:
+            workspace.lease_holder = self.lease_holder
+            workspace.lease_expires_at.FromDatetime(datetime.fromtimestamp(self.lease_expires, UTC))
+        if self.created_at:
+            workspace.created_at.FromDatetime(datetime.fromisoformat(self.created_at))
+        return workspace
 
 
 @dataclass(frozen=True)
@@ -216,7 +278,11 @@ def summarize_gate_plan(root: Path, inline_yaml: str) -> str:
     else:
         found = find_gate_plan_file(root)
         if found is None:
-            return NO_GATE_PLAN
+            # The gate detects a plan from the project's CI or tooling; tell the agent which.
+            from agentgate.workspace.plan_detection import detect_gate_plan
+
+            detected = detect_gate_plan(root)
+            return NO_GATE_PLAN if detected is None else gate_plan_summary(detected.plan, detected.describe())
         source = found.relative_to(root).as_posix()
         text = found.read_text(encoding="utf-8", errors="replace")
     try:
@@ -234,6 +300,8 @@ class WorkspaceManager:
         self.database_path = home / "workspace.db"
         self._db: aiosqlite.Connection | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Unix seconds now; leases expire by it (tests replace it).
+        self.clock: Callable[[], float] = time.time
 
     # --- lifecycle ---
 
@@ -270,29 +338,39 @@ class WorkspaceManager:
         """A workspace by id; NotFound when unknown."""
         if not workspace_id:
             raise InvalidArgument([FieldViolation("workspace_id", "a workspace id is required")])
-        path = self.path_of(workspace_id)
+        self.path_of(workspace_id)  # refuses ids that are not ours
         async with self.db.execute("SELECT * FROM workspaces WHERE id = ?", (workspace_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             raise NotFound(f"workspace {workspace_id!r} not found")
+        return self.record_from_row(row)
+
+    def record_from_row(self, row: aiosqlite.Row) -> WorkspaceRecord:
+        """A row of the `workspaces` table as a record."""
         source = common_pb2.WorkspaceSource()
         from_json(row["source_json"], source)
         return WorkspaceRecord(
             id=row["id"],
             run_id=row["run_id"],
-            path=path,
+            path=self.workspaces_root / row["id"],
             branch=row["branch"],
             source=source,
             base_commit=row["base_commit"],
             last_snapshot=row["last_snapshot"],
-            leased=bool(row["leased"]),
+            # A lease that was not renewed has expired: the workspace is free again.
+            leased=bool(row["leased"]) and row["lease_expires"] > self.clock(),
+            lease_expires=row["lease_expires"],
+            lease_holder=row["lease_holder"],
+            created_at=row["created_at"],
         )
 
     async def get_leased(self, workspace_id: str) -> WorkspaceRecord:
         """A workspace that must still be leased (agents and snapshots need the lease)."""
         record = await self.get(workspace_id)
         if not record.leased:
-            raise FailedPrecondition(f"workspace {workspace_id} was released; prepare a new one for the run")
+            expired = record.lease_expires and record.lease_expires <= self.clock()
+            why = "its lease expired" if expired else "it was released"
+            raise FailedPrecondition(f"workspace {workspace_id} is not leased ({why}); prepare a new one for the run")
         if not record.path.is_dir():
             raise FailedPrecondition(f"the folder of workspace {workspace_id} is gone: {record.path}")
         return record
@@ -300,46 +378,31 @@ class WorkspaceManager:
     # --- commands ---
 
     async def prepare_for_run(
-        self, run_id: str, source: common_pb2.WorkspaceSource, gate_plan_yaml: str = ""
+        self,
+        run_id: str,
+        source: common_pb2.WorkspaceSource,
+        gate_plan_yaml: str = "",
+        branch_pattern: str = "",
+        lease_seconds: int = 0,
     ) -> PreparedWorkspace:
-        """Makes a fresh leased workspace for `run_id` from `source`.
+        """Makes a fresh workspace for `run_id` from `source`, leased to the run for
+        `lease_seconds` (0 = the default, 3600).
 
         On any failure the partial workspace is deleted; a bad source (missing path,
         failed clone, unknown ref) is FailedPrecondition with git's message.
         """
-        violations = run_id_violations(run_id)
-        kind = source.WhichOneof("kind")
-        if kind is None:
-            violations.append(
-                FieldViolation("source", "a workspace source is required: local_path, git_url or github_repo")
-            )
-        elif kind == "local_path":
-            if not Path(source.local_path).is_absolute():
-                violations.append(
-                    FieldViolation("source.local_path", f"{source.local_path!r} must be an absolute path")
-                )
-            if source.ref:
-                violations.append(FieldViolation("source.ref", "ref applies to git_url and github_repo sources only"))
-        elif kind == "git_url":
-            if not source.git_url.strip() or source.git_url.startswith("-"):
-                violations.append(FieldViolation("source.git_url", f"{source.git_url!r} is not a git URL"))
-            if source.ref.startswith("-") or any(c.isspace() for c in source.ref):
-                violations.append(FieldViolation("source.ref", f"{source.ref!r} is not a branch, tag or commit"))
+        violations = run_id_violations(run_id) + source_violations(source)
+        if problem := branch_pattern_problem(branch_pattern):
+            violations.append(FieldViolation("branch_pattern", f"{branch_pattern!r} {problem}"))
         if violations:
             raise InvalidArgument(violations)
-        if kind == "github_repo":
-            raise Unimplemented("github_repo sources are not supported yet")
 
         workspace_id = f"ws-{secrets.token_hex(8)}"
         path = self.workspaces_root / workspace_id
-        branch = branch_name(run_id)
+        branch = branch_name(run_id, branch_pattern)
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         try:
-            if kind == "local_path":
-                await self._copy_local(Path(source.local_path), path)
-                start_point = ""
-            else:
-                start_point = await self._clone(source.git_url, source.ref, path)
+            start_point = await self.fetch_source(source, path)
             checkout = ["checkout", "-q", "-B", branch] + ([start_point] if start_point else [])
             await gitops.git(*checkout, cwd=path)
             await gitops.git("add", "-A", cwd=path)
@@ -350,8 +413,11 @@ class WorkspaceManager:
             now = utcnow().isoformat()
             await self.db.execute(
                 "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
-                (workspace_id, run_id, branch, to_json(source), base_commit, base_commit, now, now),
+                " lease_expires, lease_holder, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                (
+                    workspace_id, run_id, branch, to_json(source), base_commit, base_commit,
+                    self.clock() + (lease_seconds or DEFAULT_LEASE_SECONDS), run_id, now, now,
+                ),
             )
             await self.db.commit()
         except gitops.GitError as exc:
@@ -365,6 +431,16 @@ class WorkspaceManager:
         log.info("prepared workspace %s for run %s at %s", workspace_id, run_id, path)
         return PreparedWorkspace(workspace=record, rules=rules, gate_plan_summary=summary)
 
+    async def fetch_source(self, source: common_pb2.WorkspaceSource, path: Path) -> str:
+        """Fills `path` from a (validated) source: a copy of a local directory or a clone.
+        Returns the commit to start from ('' = what is checked out)."""
+        kind = source.WhichOneof("kind")
+        if kind == "local_path":
+            await self._copy_local(Path(source.local_path), path)
+            return ""
+        url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
+        return await self._clone(url, source.ref, path)
+
     async def _copy_local(self, source: Path, destination: Path) -> None:
         """Copies a local directory (with its .git, so history is kept) and makes it a repo."""
         if await asyncio.to_thread(_copy_local_tree, source, destination):
@@ -373,7 +449,11 @@ class WorkspaceManager:
     async def _clone(self, url: str, ref: str, destination: Path) -> str:
         """Clones `url`; returns the commit of `ref` ('' = the default branch)."""
         # --no-hardlinks: a local clone would otherwise share object files with the source.
-        await gitops.git("clone", "-q", "--no-hardlinks", "--", url, str(destination), cwd=self.workspaces_root)
+        # A GitHub URL gets the token as a header through the environment (never on disk).
+        await gitops.git(
+            "clone", "-q", "--no-hardlinks", "--", url, str(destination), cwd=self.workspaces_root,
+            env=git_auth_env(url),
+        )
         if not ref:
             return ""
         for candidate in (ref, f"origin/{ref}"):
@@ -423,7 +503,7 @@ class WorkspaceManager:
             raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
         if not snapshot_id:
             return await gitops.head_commit(record.path)
-        if snapshot_id.startswith("-") or any(c.isspace() for c in snapshot_id):
+        if snapshot_id.startswith("-") or any(c.isspace() or c == "\x00" for c in snapshot_id):
             raise InvalidArgument([FieldViolation("snapshot_id", f"{snapshot_id[:80]!r} is not a commit id")])
         commit = await gitops.resolve_commit(record.path, snapshot_id)
         if commit is None:

@@ -14,6 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentgate.client.cli_delivery import (
+    AgentTimeoutOpt,
+    DraftPrOpt,
+    GitHubModeOpt,
+    GitHubOpt,
+    GitModeOpt,
+    MaxAttemptsOpt,
+    RetryPresetOpt,
+    delivery_flags,
+    delivery_json,
+)
 from agentgate.client.demo import DEMO_PROMPT, make_demo_project
 from agentgate.client.render import (
     event_line,
@@ -23,9 +34,9 @@ from agentgate.client.render import (
     work_order_summary,
 )
 from agentgate.client.spec_builder import UsageError, build_spec
-from agentgate.client.supervisor import START_ORDER, STOP_ORDER, Supervisor, check_health
+from agentgate.client.supervisor import Supervisor, check_health, queue_limits
 from agentgate.client.sync_client import AgentGateClient, SubmitError
-from agentgate.common.config import SERVICES, ConfigError, agentgate_home, service_address
+from agentgate.common.config import ConfigError, agentgate_home, service_address
 from agentgate.common.messages import to_dict
 from agentgate.v1 import common_pb2
 
@@ -52,6 +63,8 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 
 def _unreachable(exc: grpc.RpcError) -> typer.Exit:
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+        return _fail(f"UNAUTHENTICATED: {exc.details()} — set AGENTGATE_TOKEN to the suite's token", EXIT_UNREACHABLE)  # type: ignore[attr-defined]
     return _fail(
         f"{exc.code().name}: {exc.details()} — is the suite running? (agentgate up --detach)",  # type: ignore[attr-defined]
         EXIT_UNREACHABLE,
@@ -72,12 +85,34 @@ def _client() -> AgentGateClient:
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the services running and return.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to serve.")] = 30.0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Orchestrator processes (default: as last time, else 1).")
+    ] = None,
+    max_concurrent_runs: Annotated[
+        int | None, typer.Option("--max-concurrent-runs", min=1, help="Runs at once per worker (default 2).")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", min=1, help="Runs at once across all workers (default 2).")
+    ] = None,
+    max_queue_size: Annotated[
+        int | None, typer.Option("--max-queue-size", min=1, help="Waiting work orders at most (default 1000).")
+    ] = None,
 ) -> None:
-    """Start the four services as separate processes and wait until all answer SERVING.
+    """Start the services as processes (--workers orchestrators) and wait until all serve.
 
-    Services already running are left alone, so `up --detach` is idempotent."""
+    Queue, workspace, persistence and one orchestrator per worker. Services already
+    running are left alone and only missing ones start, so `up --detach` is idempotent
+    and brings back one that died, with the settings of the last `up`."""
     supervisor = Supervisor()
+    supervisor.configure(
+        workers=workers,
+        max_concurrent_runs=max_concurrent_runs,
+        max_concurrent=max_concurrent,
+        max_queue_size=max_queue_size,
+    )
     started = _start_missing(supervisor, timeout)
+    if "queue" not in started and (max_concurrent or max_queue_size):
+        _warn_running_queue_limits(max_concurrent, max_queue_size)
     if detach:
         return
     console.print("Services running; Ctrl-C stops them.")
@@ -91,66 +126,86 @@ def up(
     # Supervise: a service that dies is started again.
     while not stop["now"]:
         time.sleep(0.5)
-        for name in START_ORDER:
+        for name in supervisor.instance_names():
             if not stop["now"] and supervisor.read_pid(name) is None:
                 err_console.print(f"[yellow]{name} exited; restarting it[/yellow]")
                 supervisor.start(name)
                 started.append(name)
-    for name in STOP_ORDER:
+    for name in supervisor.stop_order(supervisor.known_instances()):
         supervisor.stop(name)
 
 
 def _start_missing(supervisor: Supervisor, timeout: float) -> list[str]:
-    """Starts the services that are not serving; returns their names. Exits on failure."""
+    """Starts the instances that are not serving (and stops workers above `--workers`);
+    returns the names started. Exits on failure."""
     try:
-        addresses = {name: service_address(name) for name in SERVICES}
+        names = supervisor.instance_names()
+        for name in names:
+            supervisor.address(name)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    for name in supervisor.stop_order(supervisor.surplus_workers()):
+        supervisor.stop(name)
+        console.print(f"{name:<16} stopped (above --workers)")
     started: list[str] = []
-    for name in START_ORDER:
-        if check_health(addresses[name], timeout=1.0) == "SERVING":
+    for name in names:
+        if check_health(supervisor.address(name), timeout=1.0) == "SERVING":
             continue
         if supervisor.read_pid(name) is not None:
             supervisor.stop(name)  # alive but not serving: a stale process
         supervisor.start(name)
         started.append(name)
-    health = supervisor.wait_serving(list(SERVICES), timeout=timeout)
-    for name in SERVICES:
+    health = supervisor.wait_serving(names, timeout=timeout)
+    for name in supervisor.display_order(names):
         mark = "[green]SERVING[/green]" if health[name] == "SERVING" else f"[red]{health[name]}[/red]"
-        console.print(f"{name:<13} {addresses[name]:<22} {mark}")
+        console.print(f"{name:<16} {supervisor.address(name) or '-':<22} {mark}")
     bad = [name for name, value in health.items() if value != "SERVING"]
     if bad:
-        for name in started:
+        for name in supervisor.stop_order(started):
             supervisor.stop(name)
         raise _fail(f"not serving: {', '.join(bad)}; see {supervisor.log_dir}/<service>.log")
     return started
+
+
+def _warn_running_queue_limits(max_concurrent: int | None, max_queue_size: int | None) -> None:
+    """The queue was already running: say so when its limits differ from those asked for."""
+    limits = queue_limits(service_address("queue"))
+    if limits is None:
+        return
+    asked = (max_concurrent or limits[0], max_queue_size or limits[1])
+    if asked != limits:
+        err_console.print(
+            f"[yellow]the queue already runs with max_concurrent {limits[0]}, max_queue_size {limits[1]}; "
+            "it keeps them until it restarts (agentgate down, then up)[/yellow]"
+        )
 
 
 @app.command()
 def down() -> None:
     """Stop the services started by `agentgate up --detach`."""
     supervisor = Supervisor()
-    for name in STOP_ORDER:
+    for name in supervisor.stop_order(supervisor.known_instances()):
         stopped = supervisor.stop(name)
-        console.print(f"{name:<13} {'stopped' if stopped else 'not running'}")
+        console.print(f"{name:<16} {'stopped' if stopped else 'not running'}")
+    supervisor.forget_config()
 
 
 @app.command()
 def health(json_output: JsonFlag = False) -> None:
-    """Check every service's health; exit 1 unless all are SERVING."""
-    states = {name: check_health(service_address(name)) for name in SERVICES}
+    """Check every service's health (each orchestrator worker too); exit 1 unless all are SERVING."""
+    rows = Supervisor().status()
     if json_output:
-        print(json.dumps({name: {"address": service_address(name), "status": s} for name, s in states.items()}))
+        print(json.dumps({row.name: {"address": row.address, "status": row.health} for row in rows}))
     else:
-        for name, state in states.items():
-            console.print(f"{name:<13} {service_address(name):<22} {state}")
-    if any(state != "SERVING" for state in states.values()):
+        for row in rows:
+            console.print(f"{row.name:<16} {row.address:<22} {row.health}")
+    if any(row.health != "SERVING" for row in rows):
         raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
 def ps(json_output: JsonFlag = False) -> None:
-    """List each service with its pid, address and health."""
+    """List each service (each orchestrator worker apart) with its pid, address and health."""
     rows = Supervisor().status()
     if json_output:
         print(json.dumps([row.__dict__ for row in rows]))
@@ -165,7 +220,7 @@ def ps(json_output: JsonFlag = False) -> None:
 
 PathOpt = Annotated[Path | None, typer.Option("--path", help="Local directory to work on (copied, never written).")]
 GitUrlOpt = Annotated[str | None, typer.Option("--git-url", help="Git URL to clone instead of --path.")]
-RefOpt = Annotated[str | None, typer.Option("--ref", help="Branch, tag or commit of --git-url.")]
+RefOpt = Annotated[str | None, typer.Option("--ref", help="Branch, tag or commit of --git-url or --github.")]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="The task.")]
 PromptFileOpt = Annotated[Path | None, typer.Option("--prompt-file", help="Read the task from a file.")]
 AgentOpt = Annotated[str, typer.Option("--agent", help="Agent driver: command, scripted, ...")]
@@ -173,6 +228,8 @@ AgentOptionOpt = Annotated[
     list[str] | None, typer.Option("--agent-option", help="Driver option KEY=VALUE (repeatable).")
 ]
 MaxIterOpt = Annotated[int | None, typer.Option("--max-iterations", help="Iterations at most.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Harness profile: default, fast, reliable, ...")]
+LoopStrategyOpt = Annotated[str | None, typer.Option("--loop-strategy", help="Loop strategy: fixed, hybrid or ralph.")]
 PriorityOpt = Annotated[int, typer.Option("--priority", help="Higher runs first.")]
 MaxWaitOpt = Annotated[int, typer.Option("--max-wait", help="Seconds it may wait in the queue (0 = no limit).")]
 
@@ -189,6 +246,9 @@ def _submit(client: AgentGateClient, **flags: object) -> common_pb2.WorkOrder:
             err_console.print(f"[red]invalid[/red] {violation.field}: {violation.description}")
         raise _fail(f"work order refused ({exc.code.name}): {exc}", EXIT_USAGE) from None
     except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+            # e.g. the agent's CLI is not installed where the services run.
+            raise _fail(f"work order refused (FAILED_PRECONDITION): {exc.details()}", EXIT_USAGE) from None  # type: ignore[attr-defined]
         raise _unreachable(exc) from None
     return work_order
 
@@ -196,6 +256,8 @@ def _submit(client: AgentGateClient, **flags: object) -> common_pb2.WorkOrder:
 def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> dict[str, object]:
     out: dict[str, object] = work_order_summary(work_order)
     run = client.run(work_order.run_id)
+    if work_order.trace_id:  # known from submit on, before any run exists
+        out["trace_id"] = work_order.trace_id
     if work_order.error:
         out["error"] = work_order.error
     if run is not None:
@@ -207,8 +269,9 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
             build_error=to_dict(run.build_error) if run.HasField("build_error") else None,
             branch=run.branch_name,
             workspace=run.workspace_path,
-            trace_id=run.trace_id,
+            trace_id=run.trace_id or work_order.trace_id,
         )
+        out.update(delivery_json(run))
     out["run_dir"] = str(agentgate_home() / "runs" / work_order.run_id)
     return out
 
@@ -225,6 +288,15 @@ def submit(
     max_iterations: MaxIterOpt = None,
     priority: PriorityOpt = 0,
     max_wait: MaxWaitOpt = 0,
+    github: GitHubOpt = None,
+    git_mode: GitModeOpt = None,
+    github_mode: GitHubModeOpt = None,
+    draft_pr: DraftPrOpt = False,
+    retry_preset: RetryPresetOpt = None,
+    max_attempts: MaxAttemptsOpt = None,
+    agent_timeout: AgentTimeoutOpt = None,
+    profile: ProfileOpt = None,
+    loop_strategy: LoopStrategyOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Submit a work order and return at once."""
@@ -232,6 +304,8 @@ def submit(
         work_order = _submit(
             client, prompt=prompt, prompt_file=prompt_file, path=path, git_url=git_url, ref=ref, agent=agent,
             agent_options=agent_option or [], max_iterations=max_iterations, priority=priority, max_wait=max_wait,
+            **delivery_flags(github, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout),
+            profile=profile, loop_strategy=loop_strategy,
         )
         if json_output:
             print(json.dumps(work_order_summary(work_order)))
@@ -281,6 +355,15 @@ def exec_(
     max_iterations: MaxIterOpt = None,
     priority: PriorityOpt = 0,
     max_wait: MaxWaitOpt = 0,
+    github: GitHubOpt = None,
+    git_mode: GitModeOpt = None,
+    github_mode: GitHubModeOpt = None,
+    draft_pr: DraftPrOpt = False,
+    retry_preset: RetryPresetOpt = None,
+    max_attempts: MaxAttemptsOpt = None,
+    agent_timeout: AgentTimeoutOpt = None,
+    profile: ProfileOpt = None,
+    loop_strategy: LoopStrategyOpt = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Submit a work order and follow it to the end; exit 0 only when it succeeded."""
@@ -288,6 +371,8 @@ def exec_(
         work_order = _submit(
             client, prompt=prompt, prompt_file=prompt_file, path=path, git_url=git_url, ref=ref, agent=agent,
             agent_options=agent_option or [], max_iterations=max_iterations, priority=priority, max_wait=max_wait,
+            **delivery_flags(github, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout),
+            profile=profile, loop_strategy=loop_strategy,
         )
         if not json_output:
             console.print(f"submitted [bold]{work_order.id}[/bold] (run {work_order.run_id})")
@@ -436,11 +521,19 @@ def demo(
             succeeded = final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
     finally:
         if not keep:
-            for name in STOP_ORDER:
-                if name in started:
-                    supervisor.stop(name)
+            for name in supervisor.stop_order(started):
+                supervisor.stop(name)
     if not succeeded:
         raise typer.Exit(EXIT_FAILED)
+
+
+# Sub-command modules register themselves on `app` when imported (after it exists).
+from agentgate.client import (  # noqa: E402
+    cli_agents,  # noqa: F401 - registers `agents`
+    cli_profiles,  # noqa: F401 - registers `profiles list|show|validate`
+    cli_queue,  # noqa: F401 - registers `queue stats|position`
+    cli_runs,  # noqa: F401 - registers `runs show|iterations|agent|verification|list`, `logs`
+)
 
 
 def main() -> None:

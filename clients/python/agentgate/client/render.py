@@ -31,6 +31,8 @@ def describe(event: events_pb2.RunEvent) -> str:
     t = event.type
     if t == ev.WORK_ORDER_QUEUED:
         return f"position {p.position}, priority {p.priority}: {p.task_summary}"
+    if t == ev.WORK_ORDER_POSITION:
+        return f"position {p.position} ({p.ahead} ahead)"
     if t == ev.RUN_STARTED:
         return f"agent {p.agent}, up to {p.max_iterations} iterations"
     if t == ev.ITERATION_STARTED:
@@ -63,6 +65,18 @@ def describe(event: events_pb2.RunEvent) -> str:
         return p.reason
     if t == ev.PERSISTENCE_WARNING:
         return p.message
+    if t == ev.RETRY_ATTEMPT:
+        kind = common_pb2.BuildErrorType.Name(p.error_type).removeprefix("BUILD_ERROR_TYPE_").lower()
+        outcome = "ok" if p.success else f"{kind}: {p.error}"
+        then = f"; retry in {p.next_retry_ms / 1000:.1f}s" if p.will_retry else ""
+        return f"{p.operation} attempt {p.attempt} ({p.duration_seconds:.1f}s) {outcome}{then}"
+    if t == ev.GITHUB_OPERATION:
+        if p.skipped:
+            return f"{p.operation} skipped"
+        done = f"ok {p.url}".rstrip() if p.success else f"FAILED: {p.error}"
+        return f"{p.operation} {done}" + (f" (after {p.retries} retries)" if p.retries else "")
+    if t == ev.PR_CREATED:
+        return f"#{p.number} {p.url}" + (" (draft)" if p.draft else "")
     return ""
 
 

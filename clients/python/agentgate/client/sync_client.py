@@ -7,9 +7,18 @@ from collections.abc import Iterator
 
 import grpc
 
+from agentgate.client.shared import (
+    RPC_TIMEOUT_SECONDS,
+    SubmitError,
+    WorkOrderStatus,
+    is_run_id,
+    reconnect_delay,
+    should_reconnect,
+)
 from agentgate.common.channels import sync_channel
 from agentgate.common.config import service_address
-from agentgate.common.errors import FieldViolation, field_violations
+from agentgate.common.errors import field_violations
+from agentgate.common.telemetry import trace_metadata
 from agentgate.v1 import (
     common_pb2,
     events_pb2,
@@ -19,18 +28,7 @@ from agentgate.v1 import (
     queue_pb2_grpc,
 )
 
-RPC_TIMEOUT_SECONDS = 30.0
-# Codes after which a follower reconnects from its last seq instead of giving up.
-_RECONNECT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-class SubmitError(Exception):
-    """The queue refused a work order; `violations` name the wrong fields."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, violations: list[FieldViolation]):
-        super().__init__(message)
-        self.code = code
-        self.violations = violations
+__all__ = ["AgentGateClient", "SubmitError", "WorkOrderStatus"]
 
 
 class AgentGateClient:
@@ -56,7 +54,10 @@ class AgentGateClient:
     def submit(self, spec: common_pb2.WorkOrderSpec) -> tuple[common_pb2.WorkOrder, int]:
         """Submits a work order; returns it and its queue position. Raises SubmitError."""
         try:
-            response = self.queue.Submit(queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS)
+            # The work order's trace starts here (or continues the caller's): SPEC §12.
+            response = self.queue.Submit(
+                queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
+            )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):  # type: ignore[attr-defined]
                 raise SubmitError(exc.code(), exc.details(), field_violations(exc)) from exc  # type: ignore[attr-defined]
@@ -101,6 +102,87 @@ class AgentGateClient:
         request = queue_pb2.CancelWorkOrderRequest(work_order_id=work_order_id, reason=reason)
         return self.queue.CancelWorkOrder(request, timeout=RPC_TIMEOUT_SECONDS).work_order
 
+    def position(self, work_order_id: str) -> queue_pb2.GetPositionResponse:
+        """Where a work order stands in the queue (position 1 = next, 0 = running or ended)."""
+        request = queue_pb2.GetPositionRequest(work_order_id=work_order_id)
+        return self.queue.GetPosition(request, timeout=RPC_TIMEOUT_SECONDS)
+
+    def watch_position(self, work_order_id: str) -> Iterator[queue_pb2.GetPositionResponse]:
+        """The position on every change, until the work order starts or ends."""
+        for response in self.queue.WatchPosition(queue_pb2.WatchPositionRequest(work_order_id=work_order_id)):
+            yield response.position
+
+    def queue_stats(self) -> queue_pb2.GetQueueStatsResponse:
+        """Waiting and running counts, the limits, and whether the queue accepts work."""
+        return self.queue.GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=RPC_TIMEOUT_SECONDS)
+
+    def runs(self, work_order_id: str = "", limit: int = 50) -> list[common_pb2.Run]:
+        """The newest runs, of one work order or of all."""
+        found: list[common_pb2.Run] = []
+        token = ""
+        while len(found) < limit:
+            request = persistence_pb2.ListRunsRequest(
+                work_order_id=work_order_id, page_size=min(limit - len(found), 1000), page_token=token
+            )
+            response = self.persistence.ListRuns(request, timeout=RPC_TIMEOUT_SECONDS)
+            found.extend(response.runs)
+            token = response.next_page_token
+            if not token:
+                break
+        return found
+
+    def status(self, ident: str) -> WorkOrderStatus:
+        """A work order (by its id or its run's id) with its run."""
+        work_order_id = ident
+        if is_run_id(ident):
+            run = self.run(ident)
+            if run is None:
+                raise LookupError(f"no run {ident}")
+            work_order_id = run.work_order_id
+        work_order = self.work_order(work_order_id)
+        return WorkOrderStatus(work_order=work_order, run=self.run(work_order.run_id))
+
+    def wait(self, work_order_id: str, timeout: float | None = None, poll: float = 0.2) -> WorkOrderStatus:
+        """Waits until the work order ended; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(work_order_id)
+            if status.done:
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{work_order_id} still {common_pb2.WorkOrderStatus.Name(status.work_order.status)}")
+            time.sleep(poll)
+
+    def agent_result(self, run_id: str, iteration: int) -> common_pb2.AgentResult:
+        """The full agent result of one iteration (agent-N.json); NOT_FOUND when absent."""
+        request = persistence_pb2.GetAgentResultRequest(run_id=run_id, iteration=iteration)
+        return self.persistence.GetAgentResult(request, timeout=RPC_TIMEOUT_SECONDS).result
+
+    def agent_results(self, run_id: str) -> list[common_pb2.AgentResult]:
+        """The agent results of a run, by iteration."""
+        request = persistence_pb2.ListAgentResultsRequest(run_id=run_id)
+        return list(self.persistence.ListAgentResults(request, timeout=RPC_TIMEOUT_SECONDS).results)
+
+    def verification_report(self, run_id: str, iteration: int) -> common_pb2.VerificationReport:
+        """The verification report of one iteration (verification-N.json); NOT_FOUND when absent."""
+        request = persistence_pb2.GetVerificationReportRequest(run_id=run_id, iteration=iteration)
+        return self.persistence.GetVerificationReport(request, timeout=RPC_TIMEOUT_SECONDS).report
+
+    def verification_reports(self, run_id: str) -> list[common_pb2.VerificationReport]:
+        """The verification reports of a run, by iteration."""
+        request = persistence_pb2.ListVerificationReportsRequest(run_id=run_id)
+        return list(self.persistence.ListVerificationReports(request, timeout=RPC_TIMEOUT_SECONDS).reports)
+
+    def iteration(self, run_id: str, iteration: int) -> common_pb2.IterationData:
+        """One iteration (iteration-N.json); NOT_FOUND when absent."""
+        request = persistence_pb2.GetIterationRequest(run_id=run_id, iteration=iteration)
+        return self.persistence.GetIteration(request, timeout=RPC_TIMEOUT_SECONDS).iteration
+
+    def iterations(self, run_id: str) -> list[common_pb2.IterationData]:
+        """The iterations of a run, in order."""
+        request = persistence_pb2.ListIterationsRequest(run_id=run_id)
+        return list(self.persistence.ListIterations(request, timeout=RPC_TIMEOUT_SECONDS).iterations)
+
     def events(
         self, work_order_id: str = "", run_id: str = "", after_seq: int = 0, follow: bool = True
     ) -> Iterator[events_pb2.RunEvent]:
@@ -122,7 +204,7 @@ class AgentGateClient:
                     yield event
                 return
             except grpc.RpcError as exc:
-                if exc.code() not in _RECONNECT_CODES or retries >= 30:  # type: ignore[attr-defined]
-                    raise
                 retries += 1
-                time.sleep(min(0.2 * retries, 2.0))
+                if not should_reconnect(exc, retries):
+                    raise
+                time.sleep(reconnect_delay(retries))

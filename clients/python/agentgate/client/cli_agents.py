@@ -1,0 +1,55 @@
+"""`agentgate agents [--json]`: the agent drivers and whether each can run where the
+workspace service runs (asked of the workspace service, whose PATH is the one that counts).
+
+Registered on the main `app` when `agentgate.client.cli` imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from rich.table import Table
+
+from agentgate.client.cli import JsonFlag, _unreachable, app, console
+from agentgate.common.channels import sync_channel
+from agentgate.common.config import service_address
+from agentgate.v1 import workspace_pb2, workspace_pb2_grpc
+
+RPC_TIMEOUT_SECONDS = 10.0
+
+
+def drivers_json(drivers: list[workspace_pb2.AgentDriverInfo]) -> list[dict[str, object]]:
+    """`agents --json`: one object per driver."""
+    return [
+        {"name": d.name, "description": d.description, "available": d.available, "missing": d.missing}
+        for d in drivers
+    ]
+
+
+def list_drivers(address: str | None = None) -> list[workspace_pb2.AgentDriverInfo]:
+    """The drivers as the workspace service reports them."""
+    channel = sync_channel(service_address("workspace", address))
+    try:
+        stub = workspace_pb2_grpc.WorkspaceServiceStub(channel)
+        response = stub.ListAgentDrivers(workspace_pb2.ListAgentDriversRequest(), timeout=RPC_TIMEOUT_SECONDS)
+        return list(response.drivers)
+    finally:
+        channel.close()
+
+
+@app.command()
+def agents(json_output: JsonFlag = False) -> None:
+    """List the agent drivers and whether each is available where the services run."""
+    try:
+        drivers = list_drivers()
+    except grpc.RpcError as exc:
+        raise _unreachable(exc) from None
+    if json_output:
+        print(json.dumps(drivers_json(drivers)))
+        return
+    table = Table("driver", "available", "description")
+    for driver in drivers:
+        state = "[green]yes[/green]" if driver.available else f"[red]no[/red]: {driver.missing}"
+        table.add_row(driver.name, state, driver.description)
+    console.print(table)

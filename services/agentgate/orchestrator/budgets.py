@@ -1,0 +1,72 @@
+"""Token and cost budgets of a run (SPEC §14 `limits`): totals over every agent execution,
+and the stop they force once exceeded.
+
+A budget is checked after each iteration, once its agent's usage is known (an agent
+reports tokens and cost when it ends, so a budget cannot cut an agent short). The
+iteration's verification still runs: a change that passes the gate is delivered even if
+it crossed the budget, because the tokens are spent either way; what the budget prevents
+is the next iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agentgate.v1 import common_pb2
+
+BUDGET_RULES = ("token_budget", "cost_budget")
+
+
+@dataclass
+class RunBudget:
+    """Usage so far against the limits (0 = no limit)."""
+
+    max_total_tokens: int = 0
+    max_cost_usd: float = 0.0
+    tokens: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
+    cost_usd: float = 0.0
+
+    @classmethod
+    def from_limits(cls, limits: common_pb2.LimitsSettings) -> RunBudget:
+        """The budget a harness's limits set."""
+        return cls(max_total_tokens=max(limits.max_total_tokens, 0), max_cost_usd=max(limits.max_cost_usd, 0.0))
+
+    def add(self, result: common_pb2.AgentResult) -> None:
+        """Counts one agent execution (every attempt costs, so every attempt counts)."""
+        used = result.tokens
+        self.tokens.input += used.input
+        self.tokens.output += used.output
+        self.tokens.total += used.total or used.input + used.output
+        self.cost_usd += result.cost_usd
+
+    def exceeded(self) -> tuple[str, str]:
+        """(rule, reason) of the first budget exceeded, or ('', '')."""
+        if self.max_total_tokens and self.tokens.total > self.max_total_tokens:
+            return (
+                "token_budget",
+                f"Token budget exceeded: {self.tokens.total:,} tokens used, max_total_tokens is "
+                f"{self.max_total_tokens:,}",
+            )
+        if self.max_cost_usd and self.cost_usd > self.max_cost_usd:
+            return (
+                "cost_budget",
+                f"Cost budget exceeded: ${self.cost_usd:.4f} spent, max_cost_usd is ${self.max_cost_usd:.4f}",
+            )
+        return "", ""
+
+
+def enforce(decision: common_pb2.LoopDecision, budget: RunBudget, passed: bool) -> common_pb2.LoopDecision:
+    """The decision, or a stop (strategy_stop, with the budget as reason) when the loop
+    would go on but a budget is exceeded. A stopping decision keeps its own reason."""
+    rule, reason = budget.exceeded()
+    if passed or not decision.should_continue or not rule:
+        return decision
+    metadata = dict(decision.metadata)
+    metadata.update(
+        rule=rule,
+        loop_result="strategy_stop",
+        strategy_reason=decision.reason,
+        tokens_used=str(budget.tokens.total),
+        cost_usd=f"{budget.cost_usd:.4f}",
+    )
+    return common_pb2.LoopDecision(should_continue=False, reason=reason, metadata=metadata)

@@ -1,0 +1,294 @@
+"""Retry of transient failures (SPEC §6): one policy type, three presets, one executor.
+
+The executor wraps agent execution, workspace preparation and every GitHub operation. It
+records each try as a `RetryAttempt`, waits between tries through an injectable clock (so
+tests of backoff take no real time) and draws jitter from an injectable random source.
+
+What is retried is decided by the failure's `BuildErrorType` against the policy's
+`retryable_errors`; a failure can also say it is permanent (a 404 from GitHub will not
+turn into a 201 by asking again) or that it was a timeout (retried only when the policy's
+`retry_on_timeout` allows). A failing test is never retried: that is the loop's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random as _random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from agentgate.v1 import common_pb2
+
+T = common_pb2.BuildErrorType
+V = TypeVar("V")
+
+#: Jitter adds up to this fraction of the delay.
+JITTER_FRACTION = 0.25
+
+DEFAULT_PRESET = "default"
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """A resolved retry policy: every number known."""
+
+    max_attempts: int
+    initial_backoff: float
+    backoff_multiplier: float
+    max_backoff: float
+    jitter: bool
+    retryable_errors: frozenset[int]
+    retry_on_timeout: bool
+
+    def delay(self, retry: int, random_value: float = 0.0) -> float:
+        """Seconds to wait before retry `retry` (1 = the second attempt):
+        `min(initial × multiplier^(retry-1), max)`, plus up to 25% with jitter, never above max."""
+        base = min(self.initial_backoff * self.backoff_multiplier ** (retry - 1), self.max_backoff)
+        if self.jitter:
+            base = min(base * (1 + JITTER_FRACTION * random_value), self.max_backoff)
+        return max(base, 0.0)
+
+    def allows(self, failure: Failure) -> bool:
+        """Whether this failure may be tried again (attempts left aside)."""
+        if failure.permanent or failure.error.type not in self.retryable_errors:
+            return False
+        return not (failure.timed_out and not self.retry_on_timeout)
+
+    def to_proto(self, preset: str = "") -> common_pb2.RetryPolicy:
+        """The wire form with every field set."""
+        return common_pb2.RetryPolicy(
+            preset=preset,
+            max_attempts=self.max_attempts,
+            initial_backoff_seconds=self.initial_backoff,
+            backoff_multiplier=self.backoff_multiplier,
+            max_backoff_seconds=self.max_backoff,
+            jitter=self.jitter,
+            retryable_errors=sorted(self.retryable_errors),
+            retry_on_timeout=self.retry_on_timeout,
+        )
+
+
+_DEFAULT_RETRYABLE = frozenset(
+    {T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, T.BUILD_ERROR_TYPE_SYSTEM_ERROR, T.BUILD_ERROR_TYPE_GITHUB_ERROR}
+)
+
+#: SPEC §6's presets.
+PRESETS: dict[str, RetrySettings] = {
+    "default": RetrySettings(
+        max_attempts=3,
+        initial_backoff=5.0,
+        backoff_multiplier=2.0,
+        max_backoff=30.0,
+        jitter=True,
+        retryable_errors=_DEFAULT_RETRYABLE,
+        retry_on_timeout=True,
+    ),
+    "aggressive": RetrySettings(
+        max_attempts=6,
+        initial_backoff=1.0,
+        backoff_multiplier=1.5,
+        max_backoff=60.0,
+        jitter=True,
+        retryable_errors=_DEFAULT_RETRYABLE
+        | {T.BUILD_ERROR_TYPE_AGENT_CRASH, T.BUILD_ERROR_TYPE_WORKSPACE_ERROR},
+        retry_on_timeout=True,
+    ),
+    # One attempt; the other numbers only matter if max_attempts is raised explicitly.
+    "none": RetrySettings(
+        max_attempts=1,
+        initial_backoff=5.0,
+        backoff_multiplier=2.0,
+        max_backoff=30.0,
+        jitter=True,
+        retryable_errors=_DEFAULT_RETRYABLE,
+        retry_on_timeout=True,
+    ),
+}
+
+
+def resolve_policy(requested: common_pb2.RetryPolicy) -> common_pb2.RetryPolicy:
+    """The policy with its preset's values in every unset field (the form stored with a run).
+
+    The queue refuses unknown preset names at submit; should one get here anyway it takes
+    the default preset's values rather than failing a run over a name.
+    """
+    name = requested.preset or DEFAULT_PRESET
+    resolved = PRESETS.get(name, PRESETS[DEFAULT_PRESET]).to_proto(name)
+    for field_name in (
+        "max_attempts",
+        "initial_backoff_seconds",
+        "backoff_multiplier",
+        "max_backoff_seconds",
+        "jitter",
+        "retry_on_timeout",
+    ):
+        if requested.HasField(field_name):
+            setattr(resolved, field_name, getattr(requested, field_name))
+    if requested.retryable_errors:
+        del resolved.retryable_errors[:]
+        resolved.retryable_errors.extend(requested.retryable_errors)
+    return resolved
+
+
+def settings_from_policy(policy: common_pb2.RetryPolicy) -> RetrySettings:
+    """The executor's settings for a (possibly partial) policy."""
+    resolved = resolve_policy(policy)
+    return RetrySettings(
+        max_attempts=max(resolved.max_attempts, 1),
+        initial_backoff=max(resolved.initial_backoff_seconds, 0.0),
+        backoff_multiplier=max(resolved.backoff_multiplier, 1.0),
+        max_backoff=max(resolved.max_backoff_seconds, 0.0),
+        jitter=resolved.jitter,
+        retryable_errors=frozenset(resolved.retryable_errors),
+        retry_on_timeout=resolved.retry_on_timeout,
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed try: the structured error, and what it says about trying again."""
+
+    error: common_pb2.BuildError
+    #: The same request will fail again (bad credentials, not found, bad input).
+    permanent: bool = False
+    #: The try ran out of time (retried only when the policy's retry_on_timeout allows).
+    timed_out: bool = False
+
+
+class OperationFailed(Exception):
+    """Raised by a retried call to report a failed try."""
+
+    def __init__(self, error: common_pb2.BuildError, *, permanent: bool = False, timed_out: bool = False):
+        super().__init__(error.message)
+        self.failure = Failure(error, permanent=permanent, timed_out=timed_out)
+
+
+class Clock(Protocol):
+    """Time as the executor sees it."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic clock."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Waits `seconds`."""
+        ...
+
+
+class SystemClock:
+    """The real monotonic clock and asyncio.sleep."""
+
+    def now(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """asyncio.sleep (cancellable)."""
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class RetryResult(Generic[V]):
+    """What a retried operation came to."""
+
+    #: The last try's value (None when the last try raised).
+    value: V | None
+    attempts: list[common_pb2.RetryAttempt] = field(default_factory=list)
+    #: The final failure, or None on success. After more than one try its message reads
+    #: `Failed after N retries: ...`.
+    error: common_pb2.BuildError | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the last try succeeded."""
+        return self.error is None
+
+    @property
+    def retries(self) -> int:
+        """Tries after the first."""
+        return max(len(self.attempts) - 1, 0)
+
+
+def retries_message(retries: int, message: str) -> str:
+    """The final error text after `retries` retries (SPEC §6)."""
+    return f"Failed after {retries} retries: {message}" if retries else message
+
+
+AttemptCallback = Callable[[common_pb2.RetryAttempt], None]
+
+
+class RetryExecutor:
+    """Runs an operation up to `max_attempts` times per a policy, recording every try."""
+
+    def __init__(
+        self,
+        settings: RetrySettings,
+        *,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+        on_attempt: AttemptCallback | None = None,
+    ):
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.random = random or _random.random
+        self.on_attempt = on_attempt
+
+    async def run(
+        self,
+        operation: str,
+        call: Callable[[int], Awaitable[V]],
+        failure_of: Callable[[V], Failure | None] | None = None,
+        on_attempt: AttemptCallback | None = None,
+    ) -> RetryResult[V]:
+        """Calls `call(attempt)` (attempt from 1) until it succeeds, fails for good, or the
+        attempts run out.
+
+        A try fails when `call` raises OperationFailed, or when `failure_of(value)` returns a
+        Failure (for operations whose failure is a value, like an agent's result). Any other
+        exception is a bug and propagates at once. Never raises for a failed operation:
+        the result carries the final error.
+        """
+        result: RetryResult[V] = RetryResult(value=None)
+        attempt = 0
+        while True:
+            attempt += 1
+            started = self.clock.now()
+            value: V | None = None
+            try:
+                value = await call(attempt)
+                failure = failure_of(value) if failure_of is not None else None
+            except OperationFailed as exc:
+                failure = exc.failure
+            duration = self.clock.now() - started
+            will_retry = (
+                failure is not None and attempt < self.settings.max_attempts and self.settings.allows(failure)
+            )
+            delay = self.settings.delay(attempt, self.random()) if will_retry else 0.0
+            record = common_pb2.RetryAttempt(
+                operation=operation,
+                attempt=attempt,
+                success=failure is None,
+                duration_seconds=duration,
+                will_retry=will_retry,
+                next_retry_ms=round(delay * 1000),
+            )
+            if failure is not None:
+                record.error_type = failure.error.type
+                record.error = failure.error.message
+            result.attempts.append(record)
+            result.value = value
+            for callback in (self.on_attempt, on_attempt):
+                if callback is not None:
+                    callback(record)
+            if failure is None:
+                return result
+            if not will_retry:
+                final = common_pb2.BuildError()
+                final.CopyFrom(failure.error)
+                final.message = retries_message(attempt - 1, failure.error.message)
+                final.context["attempts"] = str(attempt)
+                result.error = final
+                return result
+            await self.clock.sleep(delay)

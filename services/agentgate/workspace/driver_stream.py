@@ -1,0 +1,253 @@
+"""What the drivers of model CLIs that print a JSON-lines event stream share
+(`claude-code`, `codex`): start the CLI with the prompt on stdin, parse its stdout line by
+line while it runs, stream a readable line per event, and fill the AgentResult from what
+the stream said (tool calls, tokens, cost, model, session id).
+
+A line that is not JSON, or an event of an unexpected shape, is counted and passed on as
+it is: it never fails the run by itself. A CLI that dies mid-stream keeps what it had
+printed (the session id, the tool calls so far) and fails as a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf import struct_pb2
+
+from agentgate.common.errors import FieldViolation
+from agentgate.v1 import common_pb2
+from agentgate.workspace.driver_api import (
+    AgentInvocation,
+    OutputCallback,
+    env_options,
+    option_field,
+    result_from_process,
+)
+from agentgate.workspace.processes import MAX_LINE_CHARS, STDOUT, run_process
+
+#: Characters of a tool's input or output shown in a streamed output line.
+SHOWN_CHARS = 160
+#: Characters of a tool's output kept in its ToolCall.
+TOOL_OUTPUT_CHARS = 64 * 1024
+#: Variables every model CLI needs to reach its API through a proxy.
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+EXIT_NOT_FOUND = 127
+#: An event longer than this is not reassembled (it is counted as malformed).
+MAX_EVENT_CHARS = 16 * 1024 * 1024
+
+
+def short(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """`value` on one line, cut to `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def to_struct(value: Any) -> struct_pb2.Struct:
+    """A JSON object as a Struct (anything else is wrapped as {"value": ...})."""
+    struct = struct_pb2.Struct()
+    data = value if isinstance(value, dict) else {"value": value}
+    try:
+        struct.update(json.loads(json.dumps(data, default=str)))
+    except (TypeError, ValueError):
+        struct.update({"value": short(data, TOOL_OUTPUT_CHARS)})
+    return struct
+
+
+class StreamParser(Protocol):
+    """Turns the events of one CLI's stream into AgentResult fields."""
+
+    def feed(self, event: dict[str, Any], now: float) -> str | None:
+        """Takes one event; returns the line to stream for it (None = the raw line)."""
+        ...
+
+    def apply(self, result: common_pb2.AgentResult, now: float) -> str:
+        """Fills `result` from everything seen; returns why the run failed by the stream's
+        own account ('' when it did not)."""
+        ...
+
+
+class StreamReader:
+    """Feeds a parser line by line and counts what it could not use."""
+
+    def __init__(self, parser: StreamParser, cli: str):
+        self.parser = parser
+        self.cli = cli
+        self.lines = 0
+        self.malformed: list[int] = []
+        self.first_problem = ""
+        self._partial: list[str] = []
+        self._partial_chars = 0
+
+    def piece(self, text: str) -> str | None:
+        """One piece of stdout as the process reader delivers it: a whole line, or a piece of
+        exactly MAX_LINE_CHARS of a longer one (an event with a big tool result). Pieces are
+        joined back into their line; returns the line to stream, or None while incomplete."""
+        if len(text) == MAX_LINE_CHARS and self._partial_chars < MAX_EVENT_CHARS:
+            self._partial.append(text)
+            self._partial_chars += len(text)
+            return None
+        if self._partial:
+            text = "".join(self._partial) + text
+            self._partial, self._partial_chars = [], 0
+        return self.line(text)
+
+    def flush(self) -> None:
+        """Parses what is left of an unfinished line (the CLI died in the middle of it)."""
+        if self._partial:
+            self.line("".join(self._partial))
+            self._partial, self._partial_chars = [], 0
+
+    def line(self, text: str) -> str:
+        """One stdout line; returns the line to stream."""
+        self.lines += 1
+        if not text.strip():
+            return text
+        try:
+            event = json.loads(text)
+            if not isinstance(event, dict):
+                raise ValueError("not a JSON object")
+            shown = self.parser.feed(event, time.monotonic())
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A CLI may print a warning on stdout, or be killed in the middle of a line.
+            self.malformed.append(self.lines)
+            self.first_problem = self.first_problem or f"line {self.lines}: {type(exc).__name__}: {exc}"
+            return text
+        return text if shown is None else shown
+
+    def note(self) -> str:
+        """A line for stderr about the malformed lines, or ''."""
+        if not self.malformed:
+            return ""
+        where = ", ".join(map(str, self.malformed[:10])) + (" ..." if len(self.malformed) > 10 else "")
+        return (
+            f"[agentgate] {len(self.malformed)} line(s) of the {self.cli} stream could not be used "
+            f"(line {where}); first: {self.first_problem}"
+        )
+
+
+def _append(text: str, line: str) -> str:
+    if not line:
+        return text
+    return (text if not text or text.endswith("\n") else text + "\n") + line + "\n"
+
+
+async def run_stream_cli(
+    invocation: AgentInvocation,
+    on_output: OutputCallback,
+    *,
+    driver: str,
+    cli: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    parser: StreamParser,
+) -> common_pb2.AgentResult:
+    """Runs a stream-printing CLI in the workspace with the prompt on stdin and returns the
+    AgentResult: success = exit 0 within the timeout and a stream that says it succeeded."""
+    prompt_file = invocation.prompt_dir / f"prompt-{invocation.iteration}.md"
+    await asyncio.to_thread(_write_text, prompt_file, invocation.prompt)
+    full_env = invocation.base_env()
+    full_env["AGENTGATE_PROMPT_FILE"] = str(prompt_file)
+    full_env.update(env)
+    executable = shutil.which(argv[0], path=full_env.get("PATH") or os.environ.get("PATH", os.defpath))
+    if executable is None:
+        # Not a crash of the agent: nothing ran. Said plainly, with the usual "not found" code.
+        result = common_pb2.AgentResult(
+            run_id=invocation.run_id,
+            iteration=invocation.iteration,
+            attempt=invocation.attempt,
+            driver=driver,
+            success=False,
+            exit_code=EXIT_NOT_FOUND,
+            stderr=f"the {argv[0]} executable is not on PATH: the {driver} driver cannot run here\n",
+        )
+        await _deliver(on_output, "stderr", result.stderr.rstrip("\n"))
+        return result
+    reader = StreamReader(parser, cli)
+
+    async def forward(stream: str, line: str) -> None:
+        shown = reader.piece(line) if stream == STDOUT else line
+        if shown is not None:
+            await _deliver(on_output, stream, shown)
+
+    process = await run_process(
+        [executable, *argv[1:]],
+        cwd=invocation.workspace,
+        env=full_env,
+        stdin=invocation.prompt.encode("utf-8"),
+        on_output=forward,
+        timeout=invocation.timeout_seconds,
+        kill_grace=invocation.kill_grace_seconds,
+    )
+    reader.flush()
+    result = result_from_process(invocation, driver, process)
+    failure = parser.apply(result, time.monotonic())
+    result.stderr = _append(result.stderr, reader.note())
+    if failure:
+        result.success = False
+        result.stderr = _append(result.stderr, f"[agentgate] {failure}")
+    return result
+
+
+async def _deliver(callback: OutputCallback, stream: str, line: str) -> None:
+    outcome = callback(stream, line)
+    if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+        await outcome
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# --- options shared by the CLI drivers ------------------------------------------------------
+
+BOOLEAN_VALUES = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def boolean_option(options: Mapping[str, str], key: str, default: bool) -> bool:
+    """A true/false option (validated by `check_options`)."""
+    return BOOLEAN_VALUES.get(options.get(key, "").strip().lower(), default)
+
+
+def check_options(
+    options: Mapping[str, str],
+    known: Mapping[str, str],
+    *,
+    integers: Mapping[str, tuple[int, int]] | None = None,
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+    booleans: tuple[str, ...] = (),
+    prefixes: tuple[str, ...] = ("env.",),
+) -> list[FieldViolation]:
+    """Violations of a CLI driver's options: unknown keys (the message lists the known
+    ones), integers out of range, values not among their choices, bad booleans, bad env
+    names."""
+    integers = integers or {}
+    choices = choices or {}
+    violations: list[FieldViolation] = []
+    listing = ", ".join([*known, *(f"{p}NAME" for p in prefixes)])
+    for key, value in options.items():
+        if key in known:
+            if key in integers:
+                low, high = integers[key]
+                if not value.strip().isdigit() or not low <= int(value) <= high:
+                    violations.append(FieldViolation(option_field(key), f"must be a whole number {low}-{high}"))
+            elif key in choices and value not in choices[key]:
+                violations.append(
+                    FieldViolation(option_field(key), f"must be one of {', '.join(choices[key])}, got {value!r}")
+                )
+            elif key in booleans and value.strip().lower() not in BOOLEAN_VALUES:
+                violations.append(FieldViolation(option_field(key), f"must be true or false, got {value!r}"))
+            elif not value.strip() and key not in booleans:
+                violations.append(FieldViolation(option_field(key), "must not be empty"))
+        elif not any(key.startswith(prefix) and len(key) > len(prefix) for prefix in prefixes):
+            violations.append(FieldViolation(option_field(key), f"unknown option (known: {listing})"))
+    _, env_violations = env_options(options)
+    return violations + env_violations

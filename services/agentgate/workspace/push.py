@@ -1,0 +1,111 @@
+"""Pushing a workspace's branch to its git remote (any URL git can push to).
+
+The remote is the workspace's own: the repository it was cloned from (git_url,
+github_repo), or the `origin` a copied local repository already had. The user's working
+tree is never touched: the push goes from the managed copy to the remote. A GitHub remote
+gets the token as a header through the environment (see agentgate.common.github).
+
+A failure that asking again may cure (network, server error, timeout) is UNAVAILABLE; one
+that it will not (no remote, refused credentials, rejected update) is FAILED_PRECONDITION,
+so the orchestrator's retry policy can tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+
+import grpc
+
+from agentgate.common.branches import branch_problem
+from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.github import git_auth_env, strip_credentials
+from agentgate.workspace import git as gitops
+from agentgate.workspace.errors import FailedPrecondition, WorkspaceServiceError
+from agentgate.workspace.workspaces import WorkspaceManager
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REMOTE = "origin"
+PUSH_TIMEOUT_SECONDS = 300.0
+REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+#: git's words for failures of the network or the server rather than of the request.
+_TRANSIENT = re.compile(
+    r"could not resolve host|connection refused|connection timed out|connection reset|failed to connect"
+    r"|operation timed out|timed out after|the remote end hung up unexpectedly|early eof|rpc failed"
+    r"|returned error: 5\d\d|http 5\d\d|temporary failure|network is unreachable|could not read from remote",
+    re.IGNORECASE,
+)
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_AUTH = re.compile(r"returned error: 40[13]|authentication failed|permission denied|could not read username", re.I)
+
+
+class RemoteUnavailable(WorkspaceServiceError):
+    """The remote could not be reached or failed on its side; trying again may help."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What was pushed where."""
+
+    branch: str
+    commit: str
+    #: The remote's URL with any credentials removed.
+    remote_url: str
+
+
+def classify_push_error(exc: gitops.GitError, remote_url: str) -> WorkspaceServiceError:
+    """The service error of a failed push: transient → RemoteUnavailable, else FailedPrecondition."""
+    detail = (exc.stderr.strip() or exc.stdout.strip() or f"exit code {exc.returncode}").splitlines()
+    # A remote configured as https://user:secret@host keeps its secret out of the message.
+    text = _CREDENTIALS.sub(r"\1", " ".join(line.strip() for line in detail[-6:]))
+    message = f"git push to {remote_url} failed: {text}"
+    if _AUTH.search(text):
+        return FailedPrecondition(message + " (the remote refused the credentials; for GitHub set "
+                                  "AGENTGATE_GITHUB_TOKEN to a token with write access)")
+    if _TRANSIENT.search(text):
+        return RemoteUnavailable(message)
+    return FailedPrecondition(message)
+
+
+async def push_branch(manager: WorkspaceManager, workspace_id: str, branch: str = "", remote: str = "") -> PushResult:
+    """Pushes `branch` (default: the workspace's run branch) of a workspace to `remote`
+    (default origin), creating or fast-forwarding the branch of the same name there."""
+    violations: list[FieldViolation] = []
+    if remote and not REMOTE_NAME.match(remote):
+        violations.append(FieldViolation("remote", f"{remote[:80]!r} is not a git remote name"))
+    if branch and (problem := branch_problem(branch)):
+        violations.append(FieldViolation("branch", f"{branch[:80]!r} {problem}"))
+    if violations:
+        raise InvalidArgument(violations)
+    record = await manager.get(workspace_id)
+    remote = remote or DEFAULT_REMOTE
+    branch = branch or record.branch
+    async with manager.lock(workspace_id):
+        if not await asyncio.to_thread(record.path.is_dir):
+            raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
+        found = await gitops.git("remote", "get-url", remote, cwd=record.path, check=False)
+        url = found.stdout.strip()
+        if found.returncode != 0 or not url:
+            raise FailedPrecondition(
+                f"workspace {record.id} has no git remote {remote!r}: its source has nowhere to push to "
+                "(use a git_url or github_repo source, or a local repository that has an origin remote)"
+            )
+        commit = await gitops.resolve_commit(record.path, f"refs/heads/{branch}")
+        if commit is None:
+            raise FailedPrecondition(f"workspace {record.id} has no branch {branch!r}")
+        shown = strip_credentials(url)
+        try:
+            await gitops.git(
+                "push", "--porcelain", remote, f"refs/heads/{branch}:refs/heads/{branch}",
+                cwd=record.path, env=git_auth_env(url), timeout=PUSH_TIMEOUT_SECONDS,
+            )
+        except gitops.GitError as exc:
+            raise classify_push_error(exc, shown) from None
+    log.info("pushed %s of workspace %s (%s) to %s", branch, record.id, commit[:12], shown)
+    return PushResult(branch=branch, commit=commit, remote_url=shown)

@@ -1,0 +1,119 @@
+"""Snapshots of a workspace beyond creating them (SPEC §9): restore, list, diff.
+
+A snapshot is a commit of the workspace's repository. The snapshots of a workspace are its
+initial snapshot (`base_commit`) and every commit made on top of it: the ones CreateSnapshot
+and RestoreSnapshot make, and any the agent made itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.timeutil import to_timestamp, utcnow
+from agentgate.v1 import workspace_pb2
+from agentgate.workspace import git as gitops
+from agentgate.workspace.errors import FailedPrecondition
+from agentgate.workspace.workspaces import WorkspaceManager, WorkspaceRecord
+
+#: A diff above this is cut (on a character boundary) and flagged `truncated`; the whole
+#: of it is always in the workspace's repository.
+MAX_DIFF_BYTES = 4 * 1024 * 1024
+RESTORE_MESSAGE = "agentgate: restore snapshot {short}"
+_FIELD_SEP = "\x1f"
+_RECORD_SEP = "\x1e"
+
+
+def _check_commit_id(value: str, field: str) -> None:
+    """A snapshot id must name a commit, not pass options to git."""
+    if value.startswith("-") or any(c.isspace() or c == "\x00" for c in value) or len(value) > 256:
+        raise InvalidArgument([FieldViolation(field, f"{value[:80]!r} is not a snapshot (commit) id")])
+
+
+async def _resolve(manager: WorkspaceManager, record: WorkspaceRecord, snapshot_id: str, field: str) -> str:
+    _check_commit_id(snapshot_id, field)
+    commit = await gitops.resolve_commit(record.path, snapshot_id)
+    if commit is None:
+        raise FailedPrecondition(f"{field}: {snapshot_id!r} is not a snapshot of workspace {record.id}")
+    return commit
+
+
+async def restore_snapshot(manager: WorkspaceManager, workspace_id: str, snapshot_id: str) -> str:
+    """Makes the workspace's files equal those of a snapshot and returns the commit that
+    records it (a new commit on top, so history is kept; HEAD when the files already match).
+
+    An empty `snapshot_id` means the workspace's last snapshot: everything changed since
+    is discarded (what a retried agent attempt starts from). Uncommitted changes are lost;
+    files ignored by git are left alone (they are in no snapshot). Needs the lease.
+    """
+    async with manager.lock(workspace_id):
+        record = await manager.get_leased(workspace_id)
+        path = record.path
+        target = await _resolve(manager, record, snapshot_id or record.last_snapshot, "snapshot_id")
+        # Staging everything first makes files created since the snapshot tracked, so that
+        # read-tree removes them along with the rest of the differences.
+        await gitops.git("add", "-A", cwd=path)
+        await gitops.git("read-tree", "-u", "--reset", target, cwd=path)
+        differs = (await gitops.git("diff", "--cached", "--quiet", "HEAD", cwd=path, check=False)).returncode != 0
+        if differs:
+            await gitops.git("commit", "-q", "--no-verify", "-m", RESTORE_MESSAGE.format(short=target[:12]), cwd=path)
+        head = await gitops.head_commit(path)
+        await manager.db.execute(
+            "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
+            (head, utcnow().isoformat(), workspace_id),
+        )
+        await manager.db.commit()
+        return head
+
+
+async def list_snapshots(manager: WorkspaceManager, workspace_id: str) -> list[workspace_pb2.Snapshot]:
+    """The snapshots of a workspace, newest first (the initial snapshot last)."""
+    record = await manager.get(workspace_id)
+    if not record.path.is_dir():
+        raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
+    fmt = _FIELD_SEP.join(("%H", "%cI", "%s")) + _RECORD_SEP
+    out = (
+        await gitops.git(
+            "log", "--topo-order", f"--format={fmt}", f"{record.base_commit}..HEAD", "--", cwd=record.path
+        )
+    ).stdout
+    snapshots = [_snapshot(entry) for entry in out.split(_RECORD_SEP) if entry.strip()]
+    base = (
+        await gitops.git("log", "-1", f"--format={fmt}", record.base_commit, "--", cwd=record.path)
+    ).stdout.split(_RECORD_SEP)[0]
+    if base.strip():
+        snapshots.append(_snapshot(base))
+    return snapshots
+
+
+def _snapshot(entry: str) -> workspace_pb2.Snapshot:
+    commit, committed, subject = entry.strip("\n").split(_FIELD_SEP, 2)
+    snapshot = workspace_pb2.Snapshot(id=commit, message=subject)
+    snapshot.created_at.CopyFrom(to_timestamp(datetime.fromisoformat(committed)))
+    return snapshot
+
+
+async def get_diff(
+    manager: WorkspaceManager, workspace_id: str, from_snapshot_id: str = "", to_snapshot_id: str = ""
+) -> workspace_pb2.GetDiffResponse:
+    """The unified diff between two snapshots: from the initial snapshot and to the last
+    one when not given. Cut at `MAX_DIFF_BYTES` (`truncated`)."""
+    record = await manager.get(workspace_id)
+    if not record.path.is_dir():
+        raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
+    old = await _resolve(manager, record, from_snapshot_id or record.base_commit, "from_snapshot_id")
+    new = await _resolve(manager, record, to_snapshot_id or record.last_snapshot, "to_snapshot_id")
+    diff = (
+        await gitops.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", old, new, "--", cwd=record.path)
+    ).stdout
+    changed = await gitops.changed_files(record.path, old, new)
+    text, truncated = _cut(diff, MAX_DIFF_BYTES)
+    return workspace_pb2.GetDiffResponse(diff=text, changed_files=changed, truncated=truncated)
+
+
+def _cut(text: str, limit: int) -> tuple[str, bool]:
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", errors="ignore"), True
