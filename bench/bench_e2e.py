@@ -13,14 +13,15 @@ own duration (AgentResult.duration_seconds) - the check processes' own durations
 (CheckResult.duration_seconds), split by phase from the run's event timestamps:
 
   queue     work_order:queued -> run:started: Submit commit, Lease wake-up, outbox flush, run start
-  prepare   run:started -> workspace:acquired: CreateRun, PrepareForRun (copy, git init/add/commit), UpdateRun
-  agent     workspace:acquired -> agent:complete, minus the agent's own time: UpdateRun, RunAgent
+  prepare   run:started -> workspace:acquired: PrepareForRun (copy, git init/add/commit);
+            CreateRun and UpdateRun run behind the run (background, in order)
+  agent     workspace:acquired -> agent:complete, minus the agent's own time: RunAgent
             spawn and output streaming, SaveAgentResult
-  snapshot  agent:complete -> snapshot:created: git add/diff/commit/rev-parse
-  verify    snapshot:created -> verification:complete, minus the checks' own time: clean room,
-            gate plan, SaveVerificationReport
-  finish    verification:complete -> the work order's finished_at: SaveIteration, ReleaseLease,
-            UpdateRun, event flush, Complete
+  snapshot  agent:complete -> snapshot:created: git add + commit (which finds nothing to commit)
+  verify    snapshot:created -> verification:complete, minus the checks' own time: clean room
+            (one read-tree), gate plan, SaveVerificationReport
+  finish    verification:complete -> the work order's finished_at: ReleaseLease overlapping the
+            remaining run saves (SaveIteration, final UpdateRun), event flush, Complete
 """
 
 from __future__ import annotations
@@ -184,23 +185,24 @@ def git_floor(root: Path, repeats: int = 10) -> dict[str, float]:
         room = root / f"floor-room-{i}"
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         index_env = {**env, "GIT_INDEX_FILE": str(root / f".floor-index-{i}")}
+        # prepare: init on the run's branch + the initial snapshot; snapshot without change:
+        # add + a commit that finds nothing (HEAD then read from the ref file); verify: the
+        # clean room by one read-tree into it (the snapshot id is the one just recorded).
         commands = [
-            (["init", "-q"], env),
-            (["checkout", "-q", "-B", "agentgate/run-floor"], env),
+            (["init", "-q", "--template=", "--initial-branch", "agentgate/run-floor"], env),
             (["add", "-A"], env),
             (["commit", "-q", "--no-verify", "--allow-empty", "-m", "agentgate: initial snapshot"], env),
-            (["rev-parse", "--verify", "HEAD^{commit}"], env),
             (["add", "-A"], env),
-            (["diff", "--cached", "--name-only", "-z"], env),
-            (["rev-parse", "--verify", "HEAD^{commit}"], env),
-            (["rev-parse", "--verify", "--quiet", "--end-of-options", "HEAD^{commit}"], env),
-            (["read-tree", "HEAD"], index_env),
-            (["checkout-index", "--all", "--force", f"--prefix={room}/"], index_env),
+            (["commit", "-q", "--no-verify", "-m", "agentgate: iteration 1"], env),
+            ([f"--work-tree={room}", "read-tree", "-u", "--reset", "HEAD"], index_env),
         ]
         t0 = time.perf_counter()
         shutil.copytree(project, ws)
+        room.mkdir()
         for args, cmd_env in commands:
-            subprocess.run([*base, *args], cwd=ws, env=cmd_env, capture_output=True, check=True)
+            # The no-change commit exits 1 ("nothing to commit"): that is its answer.
+            no_change_commit = args[0] == "commit" and "--allow-empty" not in args
+            subprocess.run([*base, *args], cwd=ws, env=cmd_env, capture_output=True, check=not no_change_commit)
         shutil.rmtree(room)
         times.append(time.perf_counter() - t0)
         count = len(commands)

@@ -38,6 +38,7 @@ _KEY_BLOCK_END = r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
 KEY_BLOCK_BEGIN = re.compile(_KEY_BLOCK_BEGIN)
 KEY_BLOCK_END = re.compile(_KEY_BLOCK_END)
 
+
 def _word_start(match: re.Match[str]) -> bool:
     """True when the match does not continue a word ("risk-…" is not an `sk-` key)."""
     start = match.start()
@@ -46,13 +47,21 @@ def _word_start(match: re.Match[str]) -> bool:
 
 @dataclass(frozen=True)
 class _Rule:
-    """One secret shape. `triggers` (lowercase) must occur in the lowercased text for the
-    pattern to be tried at all: most output holds none, and a regex without a literal start
-    (case-insensitive ones) scans slowly. `replacement` keeps what names the secret (the
+    """One secret shape, with a cheap test that must pass for the pattern to be tried at
+    all: most output holds no secret, and a regex without a literal start (the
+    case-insensitive ones) scans megabytes slowly.
+
+    The test is, in order of preference: `probe` (a case-sensitive regex with a literal
+    start, which `re` scans for as fast as a substring search: one pass instead of one per
+    trigger), or `triggers` found in the text as it is, or `folded_triggers` (lowercase)
+    found in the lowercased text. Each is implied by the pattern, so skipping a rule whose
+    test fails never misses a secret. `replacement` keeps what names the secret (the
     header, the variable) so a reader still sees what was there."""
 
     pattern: re.Pattern[str]
-    triggers: tuple[str, ...]
+    triggers: tuple[str, ...] = ()
+    folded_triggers: tuple[str, ...] = ()
+    probe: re.Pattern[str] | None = None
     replacement: str = REDACTED
     word_start: bool = False
 
@@ -68,32 +77,38 @@ class _Rule:
 
 _RULES: tuple[_Rule, ...] = (
     # A whole key block; a block cut before its END line is redacted to the end of the text.
-    _Rule(re.compile(_KEY_BLOCK_BEGIN + r".*?(?:" + _KEY_BLOCK_END + r"|\Z)", re.S), ("private key",)),
+    _Rule(re.compile(_KEY_BLOCK_BEGIN + r".*?(?:" + _KEY_BLOCK_END + r"|\Z)", re.S), triggers=("PRIVATE KEY",)),
     # Specific enough to match even glued to other text.
-    _Rule(re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"), ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
-    _Rule(re.compile(r"github_pat_[A-Za-z0-9_]{20,}"), ("github_pat_",)),
+    _Rule(re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"), probe=re.compile(r"gh[pousr]_")),
+    _Rule(re.compile(r"github_pat_[A-Za-z0-9_]{20,}"), triggers=("github_pat_",)),
     # `sk-` continues ordinary words ("risk-assessment-…"): a key starts a word, holds a digit.
-    _Rule(re.compile(r"sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9][A-Za-z0-9_-]{19,}"), ("sk-",), word_start=True),
+    _Rule(re.compile(r"sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9][A-Za-z0-9_-]{19,}"), triggers=("sk-",), word_start=True),
     _Rule(
         re.compile(r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-        ("akia", "asia", "abia", "acca", "agpa", "aida", "aipa", "anpa", "anva", "aroa", "apka"),
+        # One scan for the 11 prefixes (they share the "A"), not 11 substring searches.
+        probe=re.compile(r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|ROA|PKA)"),
         word_start=True,
     ),
     _Rule(
         re.compile(r"(?i)(aws_?secret_?access_?key|aws_?session_?token)([\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{16,}"),
-        ("aws",),
-        r"\1\2" + REDACTED,
+        folded_triggers=("aws",),
+        replacement=r"\1\2" + REDACTED,
     ),
     # Header values: HTTP, gRPC metadata, JSON or a Python dict; the scheme stays visible.
     _Rule(
         re.compile(
             r"(?i)((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',}]+"
         ),
-        ("authorization",),
-        r"\1" + REDACTED,
+        folded_triggers=("authorization",),
+        replacement=r"\1" + REDACTED,
         word_start=True,
     ),
-    _Rule(re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), ("bearer",), r"\1" + REDACTED, word_start=True),
+    _Rule(
+        re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+        folded_triggers=("bearer",),
+        replacement=r"\1" + REDACTED,
+        word_start=True,
+    ),
 )
 
 
@@ -120,6 +135,7 @@ class Redactor:
         values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
         # Longest first, so a token that contains another is hidden whole.
         self._values = re.compile("|".join(re.escape(v) for v in values)) if values else None
+        self._value_list = tuple(values)
         self.secret_count = len(values)
 
     @classmethod
@@ -128,15 +144,36 @@ class Redactor:
         return cls([*configured_secrets(environ), *extra])
 
     def redact_text(self, text: str) -> str:
-        """`text` with every secret replaced by [REDACTED]."""
+        """`text` with every secret replaced by [REDACTED].
+
+        Cost on text without secrets (the common case, megabytes of agent output): one
+        substring search per configured value, one scan per rule (see `_Rule`) and one
+        lowercased copy for the case-insensitive rules, made only when reached."""
         if not text:
             return text
         if self._values is not None:
-            text = self._values.sub(REDACTED, text)
-        lower = text.lower()
+            # A long literal is found much faster than the alternation of all of them scans.
+            present = [value for value in self._value_list if value in text]
+            if len(present) == 1:
+                text = text.replace(present[0], REDACTED)
+            elif present:
+                text = self._values.sub(REDACTED, text)
+        folded: str | None = None
         for rule in _RULES:
-            if any(trigger in lower for trigger in rule.triggers):
-                text = rule.apply(text)
+            if rule.probe is not None:
+                if rule.probe.search(text) is None:
+                    continue
+            elif rule.triggers:
+                if not any(trigger in text for trigger in rule.triggers):
+                    continue
+            else:
+                # Rules only remove text or add "[REDACTED]", so a trigger (letters only)
+                # absent from an earlier lowercased copy cannot have appeared since.
+                if folded is None:
+                    folded = text.lower()
+                if not any(trigger in folded for trigger in rule.folded_triggers):
+                    continue
+            text = rule.apply(text)
         return text
 
     def redact_message(self, message: Message) -> int:

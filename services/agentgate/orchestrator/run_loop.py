@@ -25,6 +25,7 @@ from agentgate.orchestrator import budgets, build_errors
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.harness import HarnessError, resolve_harness
+from agentgate.orchestrator.ordered_saves import OrderedSaves
 from agentgate.orchestrator.prompt import assemble_prompt
 from agentgate.orchestrator.retry import (
     AttemptCallback,
@@ -145,6 +146,8 @@ class RunExecutor:
         self._agent_attempts: list[common_pb2.RetryAttempt] = []
         # Iterations whose agent failed after retries: their error says how many.
         self._agent_retries: dict[int, int] = {}
+        #: run.json saves run behind the run, in order (the next step does not wait for them).
+        self._saves = OrderedSaves(f"run {work_order.run_id}")
 
     # -- persistence, never fatal ------------------------------------------------
 
@@ -178,17 +181,35 @@ class RunExecutor:
         return getattr(response, "file", "")
 
     async def _save_run(self) -> None:
+        """Hands a save of the run as it is now to the background saves (see ordered_saves):
+        the run goes on at once; `_finish` waits for them before the terminal event."""
+        run = self._run_copy()
+        self._saves.submit(lambda: self._update_run(run))
+
+    def _run_copy(self) -> common_pb2.Run:
         self.run.persistence_warnings = self.persistence_warnings
+        run = common_pb2.Run()
+        run.CopyFrom(self.run)
+        return run
+
+    async def _update_run(self, run: common_pb2.Run) -> None:
+        # Warnings counted since the copy was taken (by earlier saves) belong in it too.
+        run.persistence_warnings = max(run.persistence_warnings, self.persistence_warnings)
         # Each save replaces the whole run, so the last one must land: when persistence is
         # restarting, wait for it (bounded by the deadline) rather than keep a stale state.
         await self._persist(
-            "run.json", self._persistence.UpdateRun, persistence_pb2.UpdateRunRequest(run=self.run), wait_for_ready=True
+            "run.json", self._persistence.UpdateRun, persistence_pb2.UpdateRunRequest(run=run), wait_for_ready=True
         )
 
     async def _create_run(self) -> None:
+        """Creates the run record in the background, first of the run's saves."""
+        run = self._run_copy()
+        self._saves.submit(lambda: self._create_run_now(run), replaceable=False)
+
+    async def _create_run_now(self, run: common_pb2.Run) -> None:
         try:
             pending = self._persistence.CreateRun(
-                persistence_pb2.CreateRunRequest(run=self.run), timeout=RPC_TIMEOUT_SECONDS
+                persistence_pb2.CreateRunRequest(run=run), timeout=RPC_TIMEOUT_SECONDS
             )
             await pending
             file_problem = warning_from_metadata(await pending.trailing_metadata())
@@ -199,7 +220,7 @@ class RunExecutor:
                 self._warn_persistence("run.json", exc)
                 return
             # A new lease of the same work order after a lost worker: same run, new attempt.
-            await self._save_run()
+            await self._update_run(run)
 
     def _set_state(self, state: int) -> None:
         transition(self.run, state)
@@ -443,11 +464,14 @@ class RunExecutor:
         data.state = self.run.state
         data.finished_at.CopyFrom(now_timestamp())
         data.duration_seconds = time.monotonic() - started
-        await self._persist(
-            f"iteration-{iteration}.json",
-            self._persistence.SaveIteration,
-            persistence_pb2.SaveIterationRequest(iteration=data),
-        )
+        # Nothing waits for the iteration record: it is saved behind the run, in order with
+        # the run's saves (flushed before the terminal event).
+        request = persistence_pb2.SaveIterationRequest(iteration=data)
+
+        async def save_iteration() -> None:
+            await self._persist(f"iteration-{iteration}.json", self._persistence.SaveIteration, request)
+
+        self._saves.submit(save_iteration, replaceable=False)
         self.emitter.emit(
             ev.ITERATION_COMPLETE,
             iteration,
@@ -702,24 +726,30 @@ class RunExecutor:
         self._terminal_event = ev.RUN_CANCELED
         return RunOutcome(W.WORK_ORDER_STATUS_CANCELED, self.run.error)
 
+    async def _release_workspace(self) -> None:
+        if not self._workspace_id:
+            return
+        try:
+            await self._workspace.ReleaseLease(
+                workspace_pb2.ReleaseLeaseRequest(workspace_id=self._workspace_id), timeout=RPC_TIMEOUT_SECONDS
+            )
+            self.emitter.emit(
+                ev.WORKSPACE_RELEASED,
+                self.iteration,
+                workspace_changed=events_pb2.WorkspaceChanged(
+                    workspace_id=self._workspace_id, path=self.run.workspace_path, branch=self.run.branch_name
+                ),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("run %s: could not release workspace: %s", self.run.id, exc.details())
+
     async def _finish(self) -> None:
         """Releases the workspace, saves the final run, emits the terminal event and flushes."""
-        if self._workspace_id:
-            try:
-                await self._workspace.ReleaseLease(
-                    workspace_pb2.ReleaseLeaseRequest(workspace_id=self._workspace_id), timeout=RPC_TIMEOUT_SECONDS
-                )
-                self.emitter.emit(
-                    ev.WORKSPACE_RELEASED,
-                    self.iteration,
-                    workspace_changed=events_pb2.WorkspaceChanged(
-                        workspace_id=self._workspace_id, path=self.run.workspace_path, branch=self.run.branch_name
-                    ),
-                )
-            except grpc.aio.AioRpcError as exc:
-                log.warning("run %s: could not release workspace: %s", self.run.id, exc.details())
         self.run.finished_at.CopyFrom(now_timestamp())
+        # The final save queues behind the earlier ones (whose warnings it counts when it
+        # runs) and overlaps the release; the terminal event waits for both.
         await self._save_run()
+        await asyncio.gather(self._release_workspace(), self._saves.flush())
         if self._terminal_event:
             self.emitter.emit(self._terminal_event, self.iteration, run_ended=self._ended_payload(self.run.result))
         await self.emitter.close()

@@ -50,6 +50,7 @@ from agentgate.persistence.settings import max_output_bytes as max_output_bytes_
 from agentgate.persistence.store import PersistenceStore
 from agentgate.persistence.streaming import stream_events
 from agentgate.persistence.tasks import run_to_completion
+from agentgate.persistence.wire import WireCache, add_persistence_service
 from agentgate.v1 import persistence_pb2, persistence_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self.event_log = event_log
         self.preparer = preparer or RecordPreparer(Redactor(), DEFAULT_MAX_OUTPUT_BYTES)
         self.reader = RunReader(store, files)
+        # StreamEvents sends each event's serialized response to every follower (see wire).
+        self.wire = WireCache()
         # One writer of run-level records at a time, so that for every run.json /
         # agent-N.json the file on disk is the version the index holds, even when two
         # updates of one run race.
@@ -404,11 +407,14 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
 
     async def StreamEvents(
         self, request: persistence_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[persistence_pb2.StreamEventsResponse]:
+    ) -> AsyncIterator[bytes]:
         """Replays the events with seq > after_seq of a work order (or of one run), then,
         with follow, streams new ones until a terminal event (run:complete, ...) was sent.
         A follower that falls more than the buffer behind ends with RESOURCE_EXHAUSTED
-        and the after_seq to reconnect with; shutdown ends followers with UNAVAILABLE."""
+        and the after_seq to reconnect with; shutdown ends followers with UNAVAILABLE.
+
+        Yields serialized `StreamEventsResponse`s, shared by every follower (registered
+        without a response serializer by `wire.add_persistence_service`)."""
         last_sent = request.after_seq
         try:
             work_order_id = await self._stream_target(request)
@@ -417,7 +423,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             )
             async with contextlib.aclosing(events):
                 async for event in events:
-                    yield persistence_pb2.StreamEventsResponse(event=event)
+                    yield self.wire.response_bytes(event)
                     last_sent = event.seq
         except grpc.aio.AbortError:
             raise
@@ -485,7 +491,7 @@ class PersistenceApp:
         self.servicer = PersistenceServicer(
             self.store, self.files, self.event_log, RecordPreparer(self.redactor, self.max_output_bytes)
         )
-        persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(self.servicer, server)
+        add_persistence_service(self.servicer, server)
 
     async def closing(self) -> None:
         """Ends live streams (UNAVAILABLE, with the seq to resume from) before shutdown."""

@@ -10,10 +10,10 @@ place.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentgate.common import events as event_names
 from agentgate.common.storage import open_database
 from agentgate.queue import outbox
+from agentgate.queue.pending import PendingIndex
 from agentgate.v1 import common_pb2, events_pb2
 
 Status = common_pb2.WorkOrderStatus
@@ -231,7 +232,14 @@ def status_name(status: int) -> str:
 
 class QueueStore:
     """The queue's durable state. One instance per database file; every method is safe to
-    call from concurrent tasks (writes are serialized and each is one transaction)."""
+    call from concurrent tasks.
+
+    Every transaction (and every read) is ONE plain function run on the database thread
+    of the aiosqlite connection: one hand-off between the event loop and that thread per
+    call, instead of two or three per SQL statement. The thread runs one function at a
+    time, so transactions never interleave, and the in-memory `PendingIndex` (waiting
+    count and positions) is only touched there, always matching what was committed.
+    """
 
     def __init__(
         self,
@@ -242,32 +250,43 @@ class QueueStore:
         self._db = db
         self.max_lease_attempts = max_lease_attempts
         self._clock = clock
-        # One connection is shared by every task: the lock keeps one task's transaction
-        # from interleaving with another's statements.
-        self._lock = asyncio.Lock()
+        # Per-transaction flags, set by the transaction's functions on the database thread.
         self._events_added = False
+        self._work_changed = False
+        self._order_changed = False
+        self._index_touched = False
+        self._new_events: list[tuple[str, int]] = []
+        self._delivered_up_to: int | None = None
+        #: The waiting work orders in lease order (built by `open`).
+        self._pending = PendingIndex()
+        #: work_order_id -> id of its newest undelivered outbox event, in ascending id
+        #: order (an entry is moved to the end when it gets a newer event), so delivery
+        #: prunes it from the front. Lease waits for delivery only when its work order is
+        #: here.
+        self._undelivered: dict[str, int] = {}
         #: Called after a commit that added outbox events (wakes the forwarder).
         self.on_events: Callable[[], None] | None = None
         #: Called after a commit that may let a Lease succeed: a work order became
         #: PENDING or a run slot was freed (wakes lease long polls). Called from the
         #: committing task itself, so a caller that hangs up cannot swallow the wake-up.
         self.on_work_changed: Callable[[], None] | None = None
-        self._work_changed = False
         #: Called after a commit that changed the waiting work orders or their order
         #: (submit, lease, cancel, requeue, timeout): wakes WatchPosition streams.
         self.on_order_changed: Callable[[], None] | None = None
-        self._order_changed = False
 
     @classmethod
     async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
-        """Opens (creating or migrating) the queue database at `path`."""
+        """Opens (creating or migrating) the queue database at `path` and builds the
+        in-memory index of waiting work orders and undelivered events from it."""
         db = await open_database(path, MIGRATIONS)
-        return cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
+        store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
+        await store._run(store._load_memory)
+        return store
 
     async def close(self) -> None:
-        """Closes the database after any transaction in progress."""
-        async with self._lock:
-            await self._db.close()
+        """Closes the database after any transaction in progress (the thread runs queued
+        functions in order, so the close comes after them)."""
+        await self._db.close()
 
     def now_us(self) -> int:
         """Now, in epoch microseconds, from the store's clock."""
@@ -275,33 +294,31 @@ class QueueStore:
 
     # -- transactions -------------------------------------------------------------
 
-    async def _write(self, body: Callable[[aiosqlite.Connection, int], Awaitable[T]]) -> T:
-        # Shielded: a client that hangs up mid-request must not leave a transaction half
-        # done on the shared connection; the change completes (or rolls back) regardless.
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        # aiosqlite 0.22 (pinned) runs `fn(*args)` on its connection thread and resolves
+        # the future on this loop: one hand-off for the whole function.
+        return await self._db._execute(fn, *args)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        # Only valid on the database thread.
+        return self._db._conn
+
+    def _load_memory(self) -> None:
+        conn = self._conn
+        self._pending = PendingIndex.load(conn, PENDING)
+        rows = conn.execute(
+            "SELECT work_order_id, MAX(id) AS last FROM outbox GROUP BY work_order_id ORDER BY last"
+        ).fetchall()
+        self._undelivered = {row[0]: row[1] for row in rows}
+
+    async def _write(self, body: Callable[[sqlite3.Connection, int], T]) -> T:
+        # Shielded: a client that hangs up mid-request must not lose the wake-ups of a
+        # change that commits regardless (the function runs on the thread to its end).
         return await asyncio.shield(self._write_now(body))
 
-    async def _write_now(self, body: Callable[[aiosqlite.Connection, int], Awaitable[T]]) -> T:
-        async with self._lock:
-            if self._db.in_transaction:
-                await self._db.rollback()
-            self._events_added = False
-            self._work_changed = False
-            self._order_changed = False
-            await self._db.execute("BEGIN IMMEDIATE")
-            carried: Exception | None = None
-            now = self.now_us()
-            try:
-                try:
-                    result = await body(self._db, now)
-                except _Committed as committed:
-                    carried = committed.error
-                if self._order_changed:
-                    await self._report_positions(self._db, now)
-            except BaseException:
-                await self._db.rollback()
-                raise
-            await self._db.commit()
-            added, work_changed, order_changed = self._events_added, self._work_changed, self._order_changed
+    async def _write_now(self, body: Callable[[sqlite3.Connection, int], T]) -> T:
+        result, carried, added, work_changed, order_changed = await self._run(self._transaction, body)
         if added and self.on_events is not None:
             self.on_events()
         if work_changed and self.on_work_changed is not None:
@@ -312,19 +329,62 @@ class QueueStore:
             raise carried
         return result
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            yield self._db
+    def _transaction(
+        self, body: Callable[[sqlite3.Connection, int], T]
+    ) -> tuple[T | None, Exception | None, bool, bool, bool]:
+        """Runs `body` in one IMMEDIATE transaction on the database thread."""
+        conn = self._conn
+        if conn.in_transaction:
+            conn.rollback()
+        self._events_added = False
+        self._work_changed = False
+        self._order_changed = False
+        self._index_touched = False
+        self._new_events = []
+        self._delivered_up_to = None
+        conn.execute("BEGIN IMMEDIATE")
+        carried: Exception | None = None
+        result: T | None = None
+        now = self.now_us()
+        try:
+            try:
+                result = body(conn, now)
+            except _Committed as committed:
+                carried = committed.error
+            if self._order_changed:
+                self._report_positions(conn, now)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            if self._index_touched:
+                # The index took changes the database just dropped: read it again.
+                self._pending = PendingIndex.load(conn, PENDING)
+            raise
+        if self._delivered_up_to is not None:
+            self._forget_delivered(self._delivered_up_to)
+        for work_order_id, outbox_id in self._new_events:
+            self._undelivered.pop(work_order_id, None)
+            self._undelivered[work_order_id] = outbox_id
+        return result, carried, self._events_added, self._work_changed, self._order_changed
 
-    async def _add_event(self, db: aiosqlite.Connection, event: events_pb2.RunEvent, now: int) -> None:
-        await db.execute(
+    def _add_event(self, db: sqlite3.Connection, event: events_pb2.RunEvent, now: int) -> None:
+        cursor = db.execute(
             "INSERT INTO outbox (work_order_id, event, created_at) VALUES (?, ?, ?)",
             (event.work_order_id, event.SerializeToString(), now),
         )
+        assert cursor.lastrowid is not None
+        self._new_events.append((event.work_order_id, cursor.lastrowid))
         self._events_added = True
 
-    async def _report_positions(self, db: aiosqlite.Connection, now: int) -> None:
+    def _index_add(self, row: sqlite3.Row, enqueued_at: int) -> int:
+        self._index_touched = True
+        return self._pending.add(row["id"], row["priority"], row["seq"], enqueued_at)
+
+    def _index_remove(self, work_order_id: str) -> None:
+        self._index_touched = True
+        self._pending.remove(work_order_id)
+
+    def _report_positions(self, db: sqlite3.Connection, now: int) -> None:
         """Records `work_order:position` for each of the first POSITION_EVENT_PLACES
         waiting work orders whose place differs from the one last recorded for it.
 
@@ -335,17 +395,20 @@ class QueueStore:
         pushed back by a higher priority). Further back, GetPosition/WatchPosition tell
         the exact place at any time.
         """
-        async with db.execute(
-            """SELECT id, run_id, trace_id, reported_position FROM work_orders WHERE status = ?
-                   ORDER BY priority DESC, seq ASC LIMIT ?""",
-            (PENDING, POSITION_EVENT_PLACES),
-        ) as cur:
-            rows = list(await cur.fetchall())
-        for place, row in enumerate(rows, start=1):
+        ids = self._pending.first_ids(POSITION_EVENT_PLACES)
+        if not ids:
+            return
+        marks = ", ".join("?" * len(ids))
+        rows = db.execute(
+            f"SELECT id, run_id, trace_id, reported_position FROM work_orders WHERE id IN ({marks})", ids
+        ).fetchall()
+        by_id = {row["id"]: row for row in rows}
+        for place, work_order_id in enumerate(ids, start=1):
+            row = by_id[work_order_id]
             if row["reported_position"] == place:
                 continue
-            await db.execute("UPDATE work_orders SET reported_position = ? WHERE id = ?", (place, row["id"]))
-            await self._add_event(db, outbox.position_event(row["id"], row["run_id"], row["trace_id"], place), now)
+            db.execute("UPDATE work_orders SET reported_position = ? WHERE id = ?", (place, work_order_id))
+            self._add_event(db, outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place), now)
 
     # -- work orders --------------------------------------------------------------
 
@@ -358,17 +421,19 @@ class QueueStore:
     ) -> tuple[common_pb2.WorkOrder, int]:
         """Stores a validated spec as a PENDING work order, records `work_order:queued`,
         and returns it with its position. Raises QueueFull when `max_queue_size` wait."""
+        spec_bytes = spec.SerializeToString()
 
-        async def body(db: aiosqlite.Connection, now: int) -> tuple[common_pb2.WorkOrder, int]:
-            waiting = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (PENDING,))
+        def body(db: sqlite3.Connection, now: int) -> tuple[common_pb2.WorkOrder, int]:
+            waiting = len(self._pending)
             if waiting >= max_queue_size:
                 raise QueueFull(f"the queue is full: {waiting} work orders waiting (max_queue_size {max_queue_size})")
-            seq = await _scalar(db, "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders", ())
+            seq = _scalar(db, "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders", ())
             work_order_id = new_work_order_id()
-            await db.execute(
+            position = self._pending.position_for(spec.priority, seq)
+            db.execute(
                 """INSERT INTO work_orders (id, run_id, status, priority, seq, created_at, enqueued_at,
-                       max_queue_wait_seconds, spec, traceparent, trace_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     work_order_id,
                     new_run_id(),
@@ -378,20 +443,18 @@ class QueueStore:
                     now,
                     now,
                     spec.max_queue_wait_seconds,
-                    spec.SerializeToString(),
+                    spec_bytes,
                     traceparent,
                     trace_id,
+                    position,
+                    position,
                 ),
             )
-            row = await _row(db, work_order_id)
+            row = _row(db, work_order_id)
             assert row is not None
             work_order = _to_work_order(row)
-            position = await _position_of(db, row)
-            await db.execute(
-                "UPDATE work_orders SET queued_position = ?, reported_position = ? WHERE id = ?",
-                (position, position, work_order_id),
-            )
-            await self._add_event(db, outbox.queued_event(work_order, position), now)
+            self._index_add(row, now)
+            self._add_event(db, outbox.queued_event(work_order, position), now)
             self._work_changed = True
             self._order_changed = True
             return work_order, position
@@ -400,8 +463,7 @@ class QueueStore:
 
     async def get(self, work_order_id: str) -> common_pb2.WorkOrder:
         """One work order; NotFound when unknown."""
-        async with self._read() as db:
-            row = await _row(db, work_order_id)
+        row = await self._run(lambda: _row(self._conn, work_order_id))
         if row is None:
             raise NotFound(f"work order {work_order_id!r} not found")
         return _to_work_order(row)
@@ -419,11 +481,12 @@ class QueueStore:
             clauses.append("seq < ?")
             params.append(before_seq)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._read() as db:
-            async with db.execute(
-                f"SELECT * FROM work_orders {where} ORDER BY seq DESC LIMIT ?", (*params, page_size + 1)
-            ) as cur:
-                rows = list(await cur.fetchall())
+
+        def read() -> list[sqlite3.Row]:
+            sql = f"SELECT * FROM work_orders {where} ORDER BY seq DESC LIMIT ?"
+            return self._conn.execute(sql, (*params, page_size + 1)).fetchall()
+
+        rows = await self._run(read)
         next_seq = rows[page_size - 1]["seq"] if len(rows) > page_size else None
         return [_to_work_order(row) for row in rows[:page_size]], next_seq
 
@@ -431,35 +494,37 @@ class QueueStore:
         """A waiting work order ends CANCELED (with `work_order:canceled`); a running one is
         flagged for its worker. FailedPrecondition when it already ended."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> common_pb2.WorkOrder:
-            row = await _row(db, work_order_id)
+        def body(db: sqlite3.Connection, now: int) -> common_pb2.WorkOrder:
+            row = _row(db, work_order_id)
             if row is None:
                 raise NotFound(f"work order {work_order_id!r} not found")
             status = row["status"]
             if status in TERMINAL_STATUSES:
                 raise FailedPrecondition(f"work order {work_order_id} already {status_name(status)}")
             if status == RUNNING:
-                await db.execute(
+                db.execute(
                     "UPDATE work_orders SET cancel_requested = 1, cancel_reason = ? WHERE id = ?",
                     (reason, work_order_id),
                 )
             else:
-                await self._end(db, row, CANCELED, _cancel_error(reason), now)
-                ended = await _load(db, work_order_id)
-                await self._add_event(
+                self._end(db, row, CANCELED, _cancel_error(reason), now)
+                ended = _load(db, work_order_id)
+                self._add_event(
                     db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, reason or "canceled"), now
                 )
                 self._order_changed = True
-            return await _load(db, work_order_id)
+            return _load(db, work_order_id)
 
         return await self._write(body)
 
-    async def _end(self, db: aiosqlite.Connection, row: aiosqlite.Row, status: int, error: str, now: int) -> None:
-        await db.execute(
+    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, status: int, error: str, now: int) -> None:
+        db.execute(
             """UPDATE work_orders SET status = ?, error = ?, finished_at = ?, lease_id = NULL,
                    lease_expires_at = NULL WHERE id = ?""",
             (status, error, now, row["id"]),
         )
+        if row["status"] == PENDING:
+            self._index_remove(row["id"])
 
     # -- leases -------------------------------------------------------------------
 
@@ -467,32 +532,32 @@ class QueueStore:
         """Hands the next PENDING work order (priority, then submission order) to
         `worker_id`, unless none waits or `max_concurrent` already run."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> Lease | None:
-            running = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
+        def body(db: sqlite3.Connection, now: int) -> Lease | None:
+            first = self._pending.first()
+            if first is None:
+                return None
+            running = _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
             if running >= max_concurrent:
                 return None
-            async with db.execute(
-                "SELECT * FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC LIMIT 1", (PENDING,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
+            row = _row(db, first)
+            assert row is not None and row["status"] == PENDING, first
             lease_id = str(uuid.uuid4())
             expires = now + lease_seconds * 1_000_000
             attempt = row["attempts"] + 1
-            await db.execute(
+            db.execute(
                 """UPDATE work_orders SET status = ?, attempts = ?, lease_id = ?, worker_id = ?,
                        lease_expires_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?""",
                 (RUNNING, attempt, lease_id, worker_id, expires, now, row["id"]),
             )
-            await db.execute(
+            db.execute(
                 """INSERT INTO leases (lease_id, work_order_id, worker_id, attempt, granted_at, waited_us,
                        queued_position) VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 (lease_id, row["id"], worker_id, attempt, now, max(now - row["enqueued_at"], 0),
                  row["queued_position"]),
             )
+            self._index_remove(row["id"])
             self._order_changed = True
-            return Lease(await _load(db, row["id"]), lease_id, expires)
+            return Lease(_load(db, row["id"]), lease_id, expires)
 
         return await self._write(body)
 
@@ -504,9 +569,13 @@ class QueueStore:
         while a lease still has more than two thirds of its time left, the answer comes
         from a read and nothing is written."""
         now = self.now_us()
-        async with self._read() as db:
-            lease = await _lease_row(db, lease_id)
-            row = await _row(db, lease["work_order_id"]) if lease is not None else None
+
+        def read() -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+            lease = _lease_row(self._conn, lease_id)
+            row = _row(self._conn, lease["work_order_id"]) if lease is not None else None
+            return lease, row
+
+        lease, row = await self._run(read)
         if (
             lease is not None
             and row is not None
@@ -517,10 +586,10 @@ class QueueStore:
         ):
             return bool(row["cancel_requested"]), row["lease_expires_at"]
 
-        async def body(db: aiosqlite.Connection, now: int) -> tuple[bool, int]:
-            row = await self._live_lease(db, lease_id, now)
+        def body(db: sqlite3.Connection, now: int) -> tuple[bool, int]:
+            row = self._live_lease(db, lease_id, now)
             expires = now + lease_seconds * 1_000_000
-            await db.execute("UPDATE work_orders SET lease_expires_at = ? WHERE id = ?", (expires, row["id"]))
+            db.execute("UPDATE work_orders SET lease_expires_at = ? WHERE id = ?", (expires, row["id"]))
             return bool(row["cancel_requested"]), expires
 
         return await self._write(body)
@@ -532,75 +601,71 @@ class QueueStore:
         if status not in COMPLETION_STATUSES:
             raise ValueError(f"status {status} is not a completion status")
 
-        async def body(db: aiosqlite.Connection, now: int) -> common_pb2.WorkOrder:
-            lease = await _lease_row(db, lease_id)
+        def body(db: sqlite3.Connection, now: int) -> common_pb2.WorkOrder:
+            lease = _lease_row(db, lease_id)
             if lease is not None and lease["outcome"] == LEASE_COMPLETED:
-                row = await _row(db, lease["work_order_id"])
+                row = _row(db, lease["work_order_id"])
                 if row["status"] == status:
                     return _to_work_order(row)
                 raise FailedPrecondition(f"work order {row['id']} already {status_name(row['status'])} by this lease")
-            row = await self._live_lease(db, lease_id, now)
+            row = self._live_lease(db, lease_id, now)
             reason = error
             if status == CANCELED and not reason:
                 reason = _cancel_error(row["cancel_reason"])
-            await self._end(db, row, status, reason, now)
-            await db.execute(
+            self._end(db, row, status, reason, now)
+            db.execute(
                 "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_COMPLETED, now, lease_id)
             )
             self._work_changed = True
-            return await _load(db, row["id"])
+            return _load(db, row["id"])
 
         return await self._write(body)
 
-    async def _live_lease(self, db: aiosqlite.Connection, lease_id: str, now: int) -> aiosqlite.Row:
+    def _live_lease(self, db: sqlite3.Connection, lease_id: str, now: int) -> sqlite3.Row:
         """The RUNNING work order holding `lease_id`. A lease past its expiry is reaped
         here, in this transaction, so a late worker and the reaper agree on the outcome."""
-        lease = await _lease_row(db, lease_id)
+        lease = _lease_row(db, lease_id)
         if lease is None:
             raise NotFound(f"lease {lease_id!r} not found")
         if lease["outcome"] == LEASE_EXPIRED:
             raise LeaseExpired(f"lease {lease_id} expired")
         if lease["outcome"] != LEASE_ACTIVE:
             raise NotFound(f"lease {lease_id} already ended ({lease['outcome']})")
-        row = await _row(db, lease["work_order_id"])
+        row = _row(db, lease["work_order_id"])
         if row is None or row["lease_id"] != lease_id or row["status"] != RUNNING:
             raise NotFound(f"lease {lease_id} no longer holds its work order")
         if row["lease_expires_at"] < now:
-            await self._expire(db, row, now)
+            self._expire(db, row, now)
             # The reap must be committed even though the caller gets an error.
             raise _Committed(LeaseExpired(f"lease {lease_id} expired"))
         return row
 
-    async def _expire(self, db: aiosqlite.Connection, row: aiosqlite.Row, now: int) -> str:
+    def _expire(self, db: sqlite3.Connection, row: sqlite3.Row, now: int) -> str:
         """An expired lease: requeue at the old place, or end the work order when it was
         canceled or has used up its attempts. Returns what happened."""
-        await db.execute(
+        db.execute(
             "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_EXPIRED, now, row["lease_id"])
         )
         # Whatever happens next, the run slot is free.
         self._work_changed = True
         if row["cancel_requested"]:
             # The worker died before it could honour the cancel: the user still wants it gone.
-            await self._end(db, row, CANCELED, _cancel_error(row["cancel_reason"]), now)
-            ended = await _load(db, row["id"])
-            await self._add_event(
+            self._end(db, row, CANCELED, _cancel_error(row["cancel_reason"]), now)
+            ended = _load(db, row["id"])
+            self._add_event(
                 db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, row["cancel_reason"] or "canceled"), now
             )
             return "canceled"
         if row["attempts"] >= self.max_lease_attempts:
             error = f"system_error: lease expired {row['attempts']} times (worker lost)"
-            await self._end(db, row, FAILED, error, now)
-            await self._add_event(db, outbox.worker_lost_event(await _load(db, row["id"])), now)
+            self._end(db, row, FAILED, error, now)
+            self._add_event(db, outbox.worker_lost_event(_load(db, row["id"])), now)
             return "failed"
-        await db.execute(
+        position = self._index_add(row, now)
+        db.execute(
             """UPDATE work_orders SET status = ?, lease_id = NULL, lease_expires_at = NULL,
-                   worker_id = '', enqueued_at = ?, reported_position = 0 WHERE id = ?""",
-            (PENDING, now, row["id"]),
-        )
-        requeued = await _row(db, row["id"])
-        assert requeued is not None
-        await db.execute(
-            "UPDATE work_orders SET queued_position = ? WHERE id = ?", (await _position_of(db, requeued), row["id"])
+                   worker_id = '', enqueued_at = ?, reported_position = 0, queued_position = ? WHERE id = ?""",
+            (PENDING, now, position, row["id"]),
         )
         self._order_changed = True
         return "requeued"
@@ -612,8 +677,8 @@ class QueueStore:
         heartbeat, so a lease that lapsed meanwhile says nothing about its worker. A
         worker that really died is still found out `lease_seconds` later."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> int:
-            cursor = await db.execute(
+        def body(db: sqlite3.Connection, now: int) -> int:
+            cursor = db.execute(
                 "UPDATE work_orders SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
                 (now + lease_seconds * 1_000_000, RUNNING),
             )
@@ -625,21 +690,22 @@ class QueueStore:
         """Expires leases past their time and times out work orders that waited longer
         than their `max_queue_wait_seconds`."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> ReapResult:
+        def body(db: sqlite3.Connection, now: int) -> ReapResult:
             counts = {"requeued": 0, "failed": 0, "canceled": 0, "timed_out": 0}
-            async with db.execute(
+            expired = db.execute(
                 "SELECT * FROM work_orders WHERE status = ? AND lease_expires_at < ? ORDER BY seq", (RUNNING, now)
-            ) as cur:
-                expired = list(await cur.fetchall())
+            ).fetchall()
             for row in expired:
-                counts[await self._expire(db, row, now)] += 1
-            async with db.execute(f"SELECT * FROM {_WITH_WAIT_LIMIT} AND {_WAIT_DEADLINE} < ?", (now,)) as cur:
-                overdue = sorted(await cur.fetchall(), key=lambda row: row["seq"])
+                counts[self._expire(db, row, now)] += 1
+            overdue = sorted(
+                db.execute(f"SELECT * FROM {_WITH_WAIT_LIMIT} AND {_WAIT_DEADLINE} < ?", (now,)).fetchall(),
+                key=lambda row: row["seq"],
+            )
             for row in overdue:
                 reason = f"waited longer than max_queue_wait_seconds={row['max_queue_wait_seconds']} in the queue"
-                await self._end(db, row, TIMED_OUT, f"queue_timeout: {reason}", now)
-                ended = await _load(db, row["id"])
-                await self._add_event(db, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason), now)
+                self._end(db, row, TIMED_OUT, f"queue_timeout: {reason}", now)
+                ended = _load(db, row["id"])
+                self._add_event(db, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason), now)
                 counts["timed_out"] += 1
                 self._order_changed = True
             return ReapResult(**counts)
@@ -650,85 +716,117 @@ class QueueStore:
 
     async def position(self, work_order_id: str) -> Position:
         """Where the work order stands in lease order, with its estimated wait."""
-        async with self._read() as db:
-            row = await _row(db, work_order_id)
+
+        def read() -> Position:
+            place = self._pending.position(work_order_id)
+            if place is not None:
+                enqueued_at = self._pending.enqueued_at(work_order_id)
+                assert enqueued_at is not None
+                stats = _wait_stats(self._conn)
+                return Position(place, place - 1, "waiting", enqueued_at, stats.estimate(place))
+            row = _row(self._conn, work_order_id)
             if row is None:
                 raise NotFound(f"work order {work_order_id!r} not found")
-            if row["status"] == PENDING:
-                position = await _position_of(db, row)
-                stats = await _wait_stats(db)
-                return Position(position, position - 1, "waiting", row["enqueued_at"], stats.estimate(position))
-        return ended_position(row["status"], row["enqueued_at"])
+            return ended_position(row["status"], row["enqueued_at"])
+
+        return await self._run(read)
 
     async def next_deadline_us(self) -> int | None:
         """The earliest lease expiry or wait limit still ahead of the reaper (None: none)."""
-        async with self._read() as db:
-            lease_due = await _scalar(db, "SELECT MIN(lease_expires_at) FROM work_orders WHERE status = ?", (RUNNING,))
-            wait_due = await _scalar(db, f"SELECT MIN({_WAIT_DEADLINE}) FROM {_WITH_WAIT_LIMIT}", ())
-        found = [due for due in (lease_due, wait_due) if due is not None]
-        return min(found) if found else None
+
+        def read() -> int | None:
+            conn = self._conn
+            lease_due = _scalar(conn, "SELECT MIN(lease_expires_at) FROM work_orders WHERE status = ?", (RUNNING,))
+            wait_due = _scalar(conn, f"SELECT MIN({_WAIT_DEADLINE}) FROM {_WITH_WAIT_LIMIT}", ())
+            found = [due for due in (lease_due, wait_due) if due is not None]
+            return min(found) if found else None
+
+        return await self._run(read)
 
     async def waiting_order(self) -> list[tuple[str, int]]:
         """(id, enqueued_at) of every waiting work order, next first."""
-        async with self._read() as db:
-            async with db.execute(
-                "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC", (PENDING,)
-            ) as cur:
-                rows = await cur.fetchall()
-        return [(row["id"], row["enqueued_at"]) for row in rows]
+        return await self._run(lambda: self._pending.order())
 
     async def wait_stats(self) -> WaitStats:
         """Average wait and seconds per place of the latest RECENT_WAITS leases."""
-        async with self._read() as db:
-            return await _wait_stats(db)
+        return await self._run(lambda: _wait_stats(self._conn))
 
     async def counts(self) -> tuple[int, int]:
         """(waiting, running)."""
-        async with self._read() as db:
-            waiting = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (PENDING,))
-            running = await _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
-        return waiting, running
+
+        def read() -> tuple[int, int]:
+            running = _scalar(self._conn, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
+            return len(self._pending), running
+
+        return await self._run(read)
+
+    async def scan_waiting_order(self) -> list[tuple[str, int]]:
+        """The waiting order read from SQLite itself (no index): what the in-memory index
+        must always equal. For tests and diagnostics."""
+
+        def read() -> list[tuple[str, int]]:
+            rows = self._conn.execute(
+                "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC", (PENDING,)
+            ).fetchall()
+            return [(row["id"], row["enqueued_at"]) for row in rows]
+
+        return await self._run(read)
 
     # -- outbox -------------------------------------------------------------------
 
+    def undelivered_last_id(self, work_order_id: str) -> int | None:
+        """Id of the newest undelivered event of a work order, None when all are
+        delivered. From memory: no database call."""
+        return self._undelivered.get(work_order_id)
+
     async def outbox_batch(self, limit: int) -> list[tuple[int, events_pb2.RunEvent]]:
         """The oldest `limit` undelivered events, oldest first."""
-        async with self._read() as db:
-            async with db.execute("SELECT id, event FROM outbox ORDER BY id LIMIT ?", (limit,)) as cur:
-                rows = await cur.fetchall()
+        rows = await self._run(
+            lambda: self._conn.execute("SELECT id, event FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+        )
         return [(row["id"], events_pb2.RunEvent.FromString(row["event"])) for row in rows]
 
     async def outbox_last_id(self, work_order_id: str) -> int | None:
         """Id of the newest undelivered event of a work order, None when all are delivered."""
-        async with self._read() as db:
-            value = await _scalar(db, "SELECT MAX(id) FROM outbox WHERE work_order_id = ?", (work_order_id,))
-        return value
+        return self.undelivered_last_id(work_order_id)
+
+    def _forget_delivered(self, up_to_id: int) -> None:
+        # Delivery is in id order: every entry at or below `up_to_id` was delivered.
+        undelivered = self._undelivered
+        while undelivered:
+            work_order_id = next(iter(undelivered))
+            if undelivered[work_order_id] > up_to_id:
+                break
+            del undelivered[work_order_id]
 
     async def outbox_delete(self, ids: list[int]) -> None:
         """Removes delivered events."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> None:
-            await db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        def body(db: sqlite3.Connection, now: int) -> None:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+            if ids:
+                self._delivered_up_to = max(ids)
 
         await self._write(body)
 
     async def outbox_dead_letter(self, outbox_id: int, error: str) -> None:
         """Moves an event persistence refused to `outbox_dead`."""
 
-        async def body(db: aiosqlite.Connection, now: int) -> None:
-            await db.execute(
+        def body(db: sqlite3.Connection, now: int) -> None:
+            db.execute(
                 """INSERT INTO outbox_dead (id, work_order_id, event, created_at, failed_at, error)
                    SELECT id, work_order_id, event, created_at, ?, ? FROM outbox WHERE id = ?""",
                 (now, error, outbox_id),
             )
-            await db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+            db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
+            self._delivered_up_to = outbox_id
 
         await self._write(body)
 
     async def outbox_size(self) -> int:
         """How many events wait for delivery."""
-        async with self._read() as db:
-            return await _scalar(db, "SELECT COUNT(*) FROM outbox", ())
+        return await self._run(lambda: _scalar(self._conn, "SELECT COUNT(*) FROM outbox", ()))
 
 
 class _Committed(Exception):
@@ -739,36 +837,24 @@ class _Committed(Exception):
         self.error = error
 
 
-async def _scalar(db: aiosqlite.Connection, sql: str, params: tuple[object, ...]) -> int:
-    async with db.execute(sql, params) as cur:
-        row = await cur.fetchone()
+def _scalar(db: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
+    row = db.execute(sql, params).fetchone()
     return row[0] if row else 0
 
 
-async def _row(db: aiosqlite.Connection, work_order_id: str) -> aiosqlite.Row | None:
-    async with db.execute("SELECT * FROM work_orders WHERE id = ?", (work_order_id,)) as cur:
-        return await cur.fetchone()
+def _row(db: sqlite3.Connection, work_order_id: str) -> sqlite3.Row | None:
+    return db.execute("SELECT * FROM work_orders WHERE id = ?", (work_order_id,)).fetchone()
 
 
-async def _load(db: aiosqlite.Connection, work_order_id: str) -> common_pb2.WorkOrder:
+def _load(db: sqlite3.Connection, work_order_id: str) -> common_pb2.WorkOrder:
     """A work order known to exist (read back inside the transaction that changed it)."""
-    row = await _row(db, work_order_id)
+    row = _row(db, work_order_id)
     assert row is not None, work_order_id
     return _to_work_order(row)
 
 
-async def _lease_row(db: aiosqlite.Connection, lease_id: str) -> aiosqlite.Row | None:
-    async with db.execute("SELECT * FROM leases WHERE lease_id = ?", (lease_id,)) as cur:
-        return await cur.fetchone()
-
-
-async def _position_of(db: aiosqlite.Connection, row: aiosqlite.Row) -> int:
-    ahead = await _scalar(
-        db,
-        "SELECT COUNT(*) FROM work_orders WHERE status = ? AND (priority > ? OR (priority = ? AND seq < ?))",
-        (PENDING, row["priority"], row["priority"], row["seq"]),
-    )
-    return ahead + 1
+def _lease_row(db: sqlite3.Connection, lease_id: str) -> sqlite3.Row | None:
+    return db.execute("SELECT * FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
 
 
 def ended_position(status: int, enqueued_at_us: int) -> Position:
@@ -777,13 +863,12 @@ def ended_position(status: int, enqueued_at_us: int) -> Position:
     return Position(0, 0, state, enqueued_at_us)
 
 
-async def _wait_stats(db: aiosqlite.Connection) -> WaitStats:
-    async with db.execute(
+def _wait_stats(db: sqlite3.Connection) -> WaitStats:
+    rows = db.execute(
         """SELECT waited_us, queued_position FROM leases WHERE waited_us IS NOT NULL
                ORDER BY granted_at DESC, rowid DESC LIMIT ?""",
         (RECENT_WAITS,),
-    ) as cur:
-        rows = list(await cur.fetchall())
+    ).fetchall()
     if not rows:
         return WaitStats()
     total_wait = sum(row["waited_us"] for row in rows) / 1_000_000
@@ -797,7 +882,7 @@ def _cancel_error(reason: str) -> str:
     return f"canceled: {reason}" if reason else "canceled"
 
 
-def _to_work_order(row: aiosqlite.Row) -> common_pb2.WorkOrder:
+def _to_work_order(row: sqlite3.Row) -> common_pb2.WorkOrder:
     work_order = common_pb2.WorkOrder(
         id=row["id"],
         run_id=row["run_id"],

@@ -505,8 +505,8 @@ async def run_gate(
     """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
-    loaded = await asyncio.to_thread(load_plan, room, settings)
-    files = await asyncio.to_thread(_file_sizes, room)
+    # One hand-off to a thread for both (each hop costs a loop wake-up under load).
+    loaded, files = await asyncio.to_thread(lambda: (load_plan(room, settings), _file_sizes(room)))
     levels = {level: _Level(level) for level in LEVELS}
 
     if loaded.error is not None:

@@ -31,6 +31,10 @@ GIT_CONFIG = (
     "init.defaultBranch=main",
     "advice.detachedHead=false",
     "protocol.ext.allow=never",
+    # A commit would otherwise start `git maintenance run --auto` (one more process per
+    # snapshot) to decide that these small, short-lived repositories need no gc.
+    "maintenance.auto=false",
+    "gc.auto=0",
 )
 
 #: GIT_* variables kept from the service's environment (transport settings). Others, such
@@ -151,3 +155,46 @@ async def changed_files(cwd: Path, old: str, new: str) -> list[str]:
     """Paths that differ between two commits (renames as delete + add)."""
     out = (await git("diff", "--name-only", "--no-renames", "-z", old, new, cwd=cwd)).stdout
     return [name for name in out.split("\0") if name]
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _object_id(text: str) -> str | None:
+    """`text` when it is a full object id (SHA-1 or SHA-256), else None."""
+    text = text.strip()
+    return text if len(text) in (40, 64) and set(text) <= _HEX else None
+
+
+def read_head_ref(cwd: Path) -> str | None:
+    """The commit id HEAD names, read from `.git` without running git; None when it cannot
+    be read that simply (packed or reftable refs, a `.git` file, an unborn branch).
+
+    Only for repositories this service manages, right after it committed (the commit
+    writes the branch's loose ref): it saves a `rev-parse` process per snapshot. The files
+    are a few bytes in the page cache, so reading them on the event loop costs less than a
+    hand-off to a thread. Callers fall back to `head_commit` on None.
+    """
+    git_dir = cwd / ".git"
+    try:
+        head = (git_dir / "HEAD").read_text(encoding="ascii", errors="replace").strip()
+        if not head.startswith("ref: "):
+            return _object_id(head)  # detached HEAD holds the id itself
+        ref = head[5:].strip()
+        if not ref.startswith("refs/heads/") or ".." in ref.split("/"):
+            return None
+        return _object_id((git_dir / ref).read_text(encoding="ascii", errors="replace"))
+    except (OSError, ValueError):
+        return None
+
+
+async def head_commit_fast(cwd: Path) -> str:
+    """The commit id of HEAD: read from the ref file when possible, else `rev-parse`."""
+    return read_head_ref(cwd) or await head_commit(cwd)
+
+
+def nothing_to_commit(result: GitResult) -> bool:
+    """Whether a failed `git commit` failed only because nothing was staged (LC_ALL=C)."""
+    return result.returncode == 1 and (
+        "nothing to commit" in result.stdout or "nothing added to commit" in result.stdout
+    )

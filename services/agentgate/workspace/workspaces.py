@@ -402,12 +402,13 @@ class WorkspaceManager:
         branch = branch_name(run_id, branch_pattern)
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         try:
-            start_point = await self.fetch_source(source, path)
-            checkout = ["checkout", "-q", "-B", branch] + ([start_point] if start_point else [])
-            await gitops.git(*checkout, cwd=path)
+            start_point, on_branch = await self._fetch(source, path, initial_branch=branch)
+            if not on_branch:
+                checkout = ["checkout", "-q", "-B", branch] + ([start_point] if start_point else [])
+                await gitops.git(*checkout, cwd=path)
             await gitops.git("add", "-A", cwd=path)
             await gitops.git("commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE, cwd=path)
-            base_commit = await gitops.head_commit(path)
+            base_commit = await gitops.head_commit_fast(path)
             rules = await asyncio.to_thread(_read_rules, path)
             summary = await asyncio.to_thread(summarize_gate_plan, path, gate_plan_yaml)
             now = utcnow().isoformat()
@@ -434,17 +435,31 @@ class WorkspaceManager:
     async def fetch_source(self, source: common_pb2.WorkspaceSource, path: Path) -> str:
         """Fills `path` from a (validated) source: a copy of a local directory or a clone.
         Returns the commit to start from ('' = what is checked out)."""
+        start_point, _ = await self._fetch(source, path)
+        return start_point
+
+    async def _fetch(
+        self, source: common_pb2.WorkspaceSource, path: Path, initial_branch: str = ""
+    ) -> tuple[str, bool]:
+        """`fetch_source`, and whether the repository is already on `initial_branch` (a
+        copy that needed `git init` starts on it: no `checkout -B` process afterwards)."""
         kind = source.WhichOneof("kind")
         if kind == "local_path":
-            await self._copy_local(Path(source.local_path), path)
-            return ""
+            initialized = await self._copy_local(Path(source.local_path), path, initial_branch)
+            return "", initialized and bool(initial_branch)
         url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
-        return await self._clone(url, source.ref, path)
+        return await self._clone(url, source.ref, path), False
 
-    async def _copy_local(self, source: Path, destination: Path) -> None:
-        """Copies a local directory (with its .git, so history is kept) and makes it a repo."""
+    async def _copy_local(self, source: Path, destination: Path, initial_branch: str = "") -> bool:
+        """Copies a local directory (with its .git, so history is kept) and makes it a repo.
+        Returns True when it ran `git init` (on `initial_branch` when given)."""
         if await asyncio.to_thread(_copy_local_tree, source, destination):
-            await gitops.git("init", "-q", cwd=destination)
+            branch = ["--initial-branch", initial_branch] if initial_branch else []
+            # No template: copying git's sample hooks and info files made up most of the
+            # cost of init, and hooks never run here (core.hooksPath=/dev/null).
+            await gitops.git("init", "-q", "--template=", *branch, cwd=destination)
+            return True
+        return False
 
     async def _clone(self, url: str, ref: str, destination: Path) -> str:
         """Clones `url`; returns the commit of `ref` ('' = the default branch)."""
@@ -477,15 +492,22 @@ class WorkspaceManager:
         When nothing changed since the last snapshot, no commit is made and HEAD comes back
         with has_changes False.
         """
+        if "\x00" in message:
+            # It becomes an argument of `git commit`, which no process argument can carry.
+            raise InvalidArgument([FieldViolation("message", "must not contain a NUL byte")])
         async with self.lock(workspace_id):
             # Read inside the lock: a concurrent snapshot may just have moved last_snapshot.
             record = await self.get_leased(workspace_id)
             path = record.path
             await gitops.git("add", "-A", cwd=path)
-            staged = (await gitops.git("diff", "--cached", "--name-only", "-z", cwd=path)).stdout
-            if staged.strip("\0"):
-                await gitops.git("commit", "-q", "--no-verify", "-m", message or DEFAULT_SNAPSHOT_MESSAGE, cwd=path)
-            head = await gitops.head_commit(path)
+            # Commit straight away instead of asking `diff --cached` first: with nothing
+            # staged git refuses ("nothing to commit"), which is the no-change answer. One
+            # process less per snapshot; HEAD is then read from the ref file (no rev-parse).
+            args = ("commit", "-q", "--no-verify", "-m", message or DEFAULT_SNAPSHOT_MESSAGE)
+            committed = await gitops.git(*args, cwd=path, check=False)
+            if committed.returncode != 0 and not gitops.nothing_to_commit(committed):
+                raise gitops.GitError(args, committed.returncode, committed.stderr, committed.stdout)
+            head = await gitops.head_commit_fast(path)
             if head == record.last_snapshot:
                 return Snapshot(commit=head, changed_files=[], has_changes=False)
             # Diff against the last snapshot, not HEAD~1: the agent may have committed itself.
@@ -503,6 +525,10 @@ class WorkspaceManager:
             raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
         if not snapshot_id:
             return await gitops.head_commit(record.path)
+        if snapshot_id == record.last_snapshot:
+            # The commit this service recorded itself (what the orchestrator verifies after
+            # each snapshot): known to exist, so no rev-parse process.
+            return snapshot_id
         if snapshot_id.startswith("-") or any(c.isspace() or c == "\x00" for c in snapshot_id):
             raise InvalidArgument([FieldViolation("snapshot_id", f"{snapshot_id[:80]!r} is not a commit id")])
         commit = await gitops.resolve_commit(record.path, snapshot_id)

@@ -1,0 +1,153 @@
+"""The git shortcuts of the workspace: HEAD read from the ref files, `nothing to commit`
+recognised, a clean room made by one read-tree, a workspace started on its branch."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentgate.v1 import common_pb2
+from agentgate.workspace import cleanroom
+from agentgate.workspace import git as gitops
+from agentgate.workspace.workspaces import WorkspaceManager
+
+
+def _git(repo: Path, *args: str) -> str:
+    base = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    return subprocess.run([*base, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("a\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "one")
+    return repo
+
+
+async def test_read_head_ref_matches_rev_parse_on_a_branch_and_detached(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    assert gitops.read_head_ref(repo) == _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", "--detach")
+    assert gitops.read_head_ref(repo) == _git(repo, "rev-parse", "HEAD")
+    assert await gitops.head_commit_fast(repo) == _git(repo, "rev-parse", "HEAD")
+
+
+async def test_read_head_ref_gives_up_on_packed_refs_and_the_fallback_still_answers(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    _git(repo, "pack-refs", "--all")
+    assert gitops.read_head_ref(repo) is None
+    assert await gitops.head_commit_fast(repo) == _git(repo, "rev-parse", "HEAD")
+
+
+def test_read_head_ref_refuses_a_ref_outside_refs_heads(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    commit = _git(repo, "rev-parse", "HEAD")
+    (tmp_path / "outside").write_text(commit)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/../../../outside\n")
+    assert gitops.read_head_ref(repo) is None
+    (repo / ".git" / "HEAD").write_text("ref: refs/tags/x\n")
+    assert gitops.read_head_ref(repo) is None
+    assert gitops.read_head_ref(tmp_path / "no-repo") is None
+
+
+async def test_nothing_to_commit_is_told_apart_from_a_failed_commit(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    clean = await gitops.git("commit", "-q", "-m", "x", cwd=repo, check=False)
+    assert gitops.nothing_to_commit(clean)
+    (repo / ".git" / "index.lock").write_text("")
+    (repo / "b.txt").write_text("b\n")
+    locked = await gitops.git("commit", "-q", "-a", "-m", "x", cwd=repo, check=False)
+    assert locked.returncode != 0 and not gitops.nothing_to_commit(locked)
+
+
+async def test_clean_room_holds_exactly_the_tracked_files_of_the_snapshot(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    (repo / "tests").mkdir()
+    (repo / "tests" / "t.txt").write_text("t\n")
+    (repo / ".gitattributes").write_text("tests export-ignore\n")
+    (repo / ".gitignore").write_text("ignored\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "two")
+    commit = _git(repo, "rev-parse", "HEAD")
+    (repo / "ignored").write_text("not in the snapshot\n")
+    (repo / "a.txt").write_text("changed after the snapshot\n")
+    room = await cleanroom.create_clean_room(repo, commit, tmp_path / "rooms", "run-1", 1)
+    files = sorted(p.relative_to(room).as_posix() for p in room.rglob("*") if p.is_file())
+    assert files == [".gitattributes", ".gitignore", "a.txt", "tests/t.txt"]
+    assert (room / "a.txt").read_text() == "a\n"
+    assert _git(repo, "status", "--porcelain") == "M a.txt"  # the workspace's index untouched
+    assert [p.name for p in (tmp_path / "rooms").iterdir()] == [room.name]  # no index left behind
+
+
+async def test_clean_room_of_an_empty_snapshot_is_empty(tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
+    room = await cleanroom.create_clean_room(repo, _git(repo, "rev-parse", "HEAD"), tmp_path / "rooms", "r", 1)
+    assert list(room.iterdir()) == []
+
+
+@pytest.fixture
+async def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
+    manager = WorkspaceManager(tmp_path / "home")
+    await manager.open()
+    yield manager
+    await manager.close()
+
+
+async def test_prepared_copy_starts_on_its_branch_and_snapshots_without_changes(
+    manager: WorkspaceManager, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("hi\n")
+    prepared = await manager.prepare_for_run("run-1", common_pb2.WorkspaceSource(local_path=str(project)))
+    path = prepared.workspace.path
+    assert _git(path, "symbolic-ref", "HEAD") == "refs/heads/agentgate/run-1"
+    assert _git(path, "branch", "--list") == "* agentgate/run-1"  # no stray default branch
+    assert prepared.workspace.base_commit == _git(path, "rev-parse", "HEAD")
+    assert not (path / ".git" / "hooks").exists()  # no template copied
+
+    same = await manager.create_snapshot(prepared.workspace.id, "nothing")
+    assert (same.commit, same.has_changes, same.changed_files) == (prepared.workspace.base_commit, False, [])
+
+    (path / "new.txt").write_text("new\n")
+    changed = await manager.create_snapshot(prepared.workspace.id, "one file")
+    assert changed.has_changes and changed.changed_files == ["new.txt"]
+    assert changed.commit == _git(path, "rev-parse", "HEAD") != same.commit
+    record = await manager.get(prepared.workspace.id)
+    assert await manager.resolve_snapshot(record, changed.commit) == changed.commit
+    with pytest.raises(Exception, match="not a commit"):
+        await manager.resolve_snapshot(record, "0" * 40)
+
+
+async def test_a_failing_snapshot_commit_is_an_error_not_no_change(manager: WorkspaceManager, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("hi\n")
+    prepared = await manager.prepare_for_run("run-2", common_pb2.WorkspaceSource(local_path=str(project)))
+    path = prepared.workspace.path
+    (path / "x.txt").write_text("x\n")
+    # `git add` works, but the commit cannot move the branch: a real failure, not "no change".
+    (path / ".git" / "refs" / "heads" / "agentgate" / "run-2.lock").write_text("")
+    with pytest.raises(gitops.GitError, match="commit"):
+        await manager.create_snapshot(prepared.workspace.id, "x")
+
+
+async def test_a_snapshot_message_with_a_nul_byte_is_refused_naming_the_field(
+    manager: WorkspaceManager, tmp_path: Path
+) -> None:
+    from agentgate.common.errors import InvalidArgument
+
+    project = tmp_path / "project"
+    project.mkdir()
+    prepared = await manager.prepare_for_run("run-3", common_pb2.WorkspaceSource(local_path=str(project)))
+    with pytest.raises(InvalidArgument) as caught:
+        await manager.create_snapshot(prepared.workspace.id, "a\x00b")
+    assert [v.field for v in caught.value.violations] == ["message"]
