@@ -321,10 +321,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.GetAgentResultRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetAgentResultResponse:
         """Iteration N's agent result. NOT_FOUND when the run or the result is absent."""
-        _require(validation.check_record_request(request.run_id, request.iteration))
-        found = await self.reader.record(AGENT_RESULTS, request.run_id, request.iteration)
-        if found is None:
-            raise await self._absent(request.run_id, agent_result_file(request.iteration))
+        found = await self._get_record(AGENT_RESULTS, request.run_id, request.iteration, agent_result_file)
         return persistence_pb2.GetAgentResultResponse(result=found)
 
     @unary_rpc
@@ -332,11 +329,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.ListAgentResultsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListAgentResultsResponse:
         """Every agent result of a run, by iteration. NOT_FOUND when the run is unknown."""
-        _require(validation.check_run_id(request.run_id))
-        found = await self.reader.records(AGENT_RESULTS, request.run_id)
-        if found is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
-        _require_fits(found, request.run_id, "GetAgentResult")
+        found = await self._list_records(AGENT_RESULTS, request.run_id, "GetAgentResult")
         return persistence_pb2.ListAgentResultsResponse(results=found)
 
     @unary_rpc
@@ -345,10 +338,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     ) -> persistence_pb2.GetVerificationReportResponse:
         """Iteration N's verification report. NOT_FOUND when the run or the report is absent
         (e.g. the agent failed, so nothing was verified)."""
-        _require(validation.check_record_request(request.run_id, request.iteration))
-        found = await self.reader.record(VERIFICATION_REPORTS, request.run_id, request.iteration)
-        if found is None:
-            raise await self._absent(request.run_id, verification_file(request.iteration))
+        found = await self._get_record(VERIFICATION_REPORTS, request.run_id, request.iteration, verification_file)
         return persistence_pb2.GetVerificationReportResponse(report=found)
 
     @unary_rpc
@@ -356,11 +346,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.ListVerificationReportsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListVerificationReportsResponse:
         """Every verification report of a run, by iteration. NOT_FOUND when the run is unknown."""
-        _require(validation.check_run_id(request.run_id))
-        found = await self.reader.records(VERIFICATION_REPORTS, request.run_id)
-        if found is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
-        _require_fits(found, request.run_id, "GetVerificationReport")
+        found = await self._list_records(VERIFICATION_REPORTS, request.run_id, "GetVerificationReport")
         return persistence_pb2.ListVerificationReportsResponse(reports=found)
 
     @unary_rpc
@@ -368,10 +354,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.GetIterationRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetIterationResponse:
         """Iteration N's data. NOT_FOUND when the run or the iteration is absent."""
-        _require(validation.check_record_request(request.run_id, request.iteration))
-        found = await self.reader.record(ITERATIONS, request.run_id, request.iteration)
-        if found is None:
-            raise await self._absent(request.run_id, iteration_file(request.iteration))
+        found = await self._get_record(ITERATIONS, request.run_id, request.iteration, iteration_file)
         return persistence_pb2.GetIterationResponse(iteration=found)
 
     @unary_rpc
@@ -379,12 +362,26 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.ListIterationsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListIterationsResponse:
         """Every iteration of a run, in order. NOT_FOUND when the run is unknown."""
-        _require(validation.check_run_id(request.run_id))
-        found = await self.reader.records(ITERATIONS, request.run_id)
-        if found is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
-        _require_fits(found, request.run_id, "GetIteration")
+        found = await self._list_records(ITERATIONS, request.run_id, "GetIteration")
         return persistence_pb2.ListIterationsResponse(iterations=found)
+
+    async def _get_record(self, kind, run_id: str, iteration: int, file_name):  # type: ignore[no-untyped-def]
+        """One record of a run by iteration; NOT_FOUND naming what is missing."""
+        _require(validation.check_record_request(run_id, iteration))
+        found = await self.reader.record(kind, run_id, iteration)
+        if found is None:
+            raise await self._absent(run_id, file_name(iteration))
+        return found
+
+    async def _list_records(self, kind, run_id: str, get_rpc: str):  # type: ignore[no-untyped-def]
+        """Every record of a kind for a run; NOT_FOUND when the run is unknown, and
+        RESOURCE_EXHAUSTED (pointing at `get_rpc`) when they do not fit one message."""
+        _require(validation.check_run_id(run_id))
+        found = await self.reader.records(kind, run_id)
+        if found is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+        _require_fits(found, run_id, get_rpc)
+        return found
 
     async def _absent(self, run_id: str, file: str) -> RpcFailure:
         """NOT_FOUND saying whether the run or only this record is missing."""
