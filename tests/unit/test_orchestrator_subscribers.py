@@ -305,3 +305,20 @@ async def test_worker_subscribers_write_the_audit_log_under_home(tmp_path: Path)
     assert (tmp_path / "audit" / "audit.jsonl").read_text().count("\n") == 1
     assert subscribers.channel("metrics").delivered == 1
     assert subscribers.channel("audit").capacity == 100
+
+
+def test_append_chunks_keep_order_and_stay_under_the_limit():
+    from agentgate.orchestrator.emitter import append_chunks
+    from agentgate.v1 import events_pb2
+
+    events = [
+        events_pb2.RunEvent(type="agent:output", agent_output=events_pb2.AgentOutput(text=str(i) * 60_000))
+        for i in range(10)
+    ]
+    chunks = append_chunks(events, limit=200_000)
+    assert [e for chunk in chunks for e in chunk] == events
+    assert len(chunks) == 4
+    assert all(sum(e.ByteSize() for e in chunk) <= 200_000 for chunk in chunks)
+    big = events_pb2.RunEvent(agent_output=events_pb2.AgentOutput(text="x" * 300_000))
+    assert append_chunks([big, events[0]], limit=200_000) == [[big], [events[0]]]
+    assert append_chunks([]) == []

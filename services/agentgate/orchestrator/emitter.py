@@ -34,8 +34,28 @@ log = logging.getLogger(__name__)
 
 MAX_BUFFERED_EVENTS = 10_000
 MAX_BATCH = 200
+#: A batch is sent as several AppendEvents calls when its events would not fit one message
+#: comfortably (200 agent:output lines of 64 KiB would pass the 16 MiB message limit).
+MAX_APPEND_BYTES = 4 * 1024 * 1024
 APPEND_TIMEOUT_SECONDS = 10.0
 APPEND_ATTEMPTS = 5
+
+
+def append_chunks(
+    events: Sequence[events_pb2.RunEvent], limit: int = MAX_APPEND_BYTES
+) -> list[list[events_pb2.RunEvent]]:
+    """Splits events, in order, into runs whose serialized size stays under `limit` (an
+    event larger than `limit` goes alone)."""
+    chunks: list[list[events_pb2.RunEvent]] = []
+    size = 0
+    for event in events:
+        n = event.ByteSize()
+        if not chunks or (chunks[-1] and size + n > limit):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(event)
+        size += n
+    return chunks
 
 
 class AppendFailed(RuntimeError):
@@ -52,9 +72,15 @@ class PersistenceSubscriber:
         self.run_id = run_id
 
     async def handle(self, batch: Sequence[EmittedEvent]) -> None:
-        """Appends the batch; retries while persistence is UNAVAILABLE (restarting), since
-        an event lost here is a gap a user would notice in `watch`."""
-        request = persistence_pb2.AppendEventsRequest(events=[item.event for item in batch])
+        """Appends the batch, in order, in calls of at most MAX_APPEND_BYTES."""
+        for chunk in append_chunks([item.event for item in batch]):
+            await self._append(chunk)
+
+    async def _append(self, events: list[events_pb2.RunEvent]) -> None:
+        """One AppendEvents call; retried while persistence is UNAVAILABLE (restarting),
+        since an event lost here is a gap a user would notice in `watch`."""
+        request = persistence_pb2.AppendEventsRequest(events=events)
+        batch = events
         for attempt in range(APPEND_ATTEMPTS):
             try:
                 await self._persistence.AppendEvents(request, timeout=APPEND_TIMEOUT_SECONDS)
