@@ -8,7 +8,7 @@ BUF := tools/node_modules/.bin/buf
 NODE_CLIENT := clients/node/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast protos check-protos lint buf coverage clean
+.PHONY: demo test test-fast protos check-protos lint buf venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(BUF): tools/package.json
-	cd tools && npm install --no-audit --no-fund --silent
+$(BUF): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --silent
 	touch $(BUF)
 
 $(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
