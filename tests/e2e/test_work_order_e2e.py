@@ -109,6 +109,8 @@ def test_agent_that_never_fixes_fails_after_max_iterations(suite: Suite, tmp_pat
     assert out["iterations"] == 2
     assert out["error"] == "Test execution failed (1 failed). Details: agent-2.json, verification-2.json"
     assert out["build_error"]["type"] == "BUILD_ERROR_TYPE_TEST_FAILED"
+    assert out["loop_result"] == "MAX_ITERATIONS"
+    assert "max iterations (2)" in out["stop_reason"]
     status_code, status = suite.cli_json("status", out["work_order_id"])
     assert status_code == 0 and status["status"] == "FAILED" and status["run_id"] == out["run_id"]
 

@@ -270,6 +270,12 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
             branch=run.branch_name,
             workspace=run.workspace_path,
             trace_id=run.trace_id or work_order.trace_id,
+            loop_result=common_pb2.LoopResult.Name(run.loop_result).removeprefix("LOOP_RESULT_")
+            if run.loop_result
+            else "",
+            stop_reason=run.stop_reason,
+            tokens=run.tokens.total,
+            cost_usd=run.cost_usd,
         )
         out.update(delivery_json(run))
     out["run_dir"] = str(agentgate_home() / "runs" / work_order.run_id)
