@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -61,15 +62,22 @@ def suite_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    """`agentgate up --detach` on free ports and a fresh home; `agentgate down` after."""
-    home = tmp_path_factory.mktemp("suite-home")
-    running = Suite(home=home, env=suite_env(home))
-    up = running.cli("up", "--detach", timeout=60)
+@contextlib.contextmanager
+def running_suite(home: Path, env: dict[str, str], up_timeout: float = 60) -> Iterator[Suite]:
+    """`agentgate up --detach` with this home and environment; `agentgate down` after."""
+    running = Suite(home=home, env=env)
+    up = running.cli("up", "--detach", timeout=up_timeout)
     if up.returncode != 0:
         running.cli("down")
         raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
     yield running
     down = running.cli("down", timeout=60)
     assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    """`agentgate up --detach` on free ports and a fresh home; `agentgate down` after."""
+    home = tmp_path_factory.mktemp("suite-home")
+    with running_suite(home, suite_env(home)) as running:
+        yield running

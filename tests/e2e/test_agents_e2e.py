@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ..agent_standin import install_standin, invocations, stream
-from .conftest import Suite, suite_env
+from .conftest import Suite, running_suite, suite_env
 from .helpers import make_project
 
 pytestmark = pytest.mark.slow
@@ -32,14 +32,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     install_standin(bin_dir, "claude")
     env = suite_env(home)
     env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
-    running = Suite(home=home, env=env)
-    up = running.cli("up", "--detach", timeout=90)
-    if up.returncode != 0:
-        running.cli("down")
-        raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
-    yield running
-    down = running.cli("down", timeout=60)
-    assert down.returncode == 0, down.stderr
+    with running_suite(home, env, up_timeout=90) as running:
+        yield running
 
 
 def test_agents_lists_drivers_and_availability(suite: Suite) -> None:

@@ -13,7 +13,7 @@ import pytest
 from agentgate.common.github import secret_forms
 
 from ..fake_github import FakeGitHost, FakeGitHubApi, git, grep_tree, make_remote_and_clone, tree_digest
-from .conftest import Suite, suite_env
+from .conftest import Suite, running_suite, suite_env
 from .helpers import FIXED, make_project
 
 pytestmark = pytest.mark.slow
@@ -42,13 +42,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory, github) -> Iterator[Suite]:
     home = tmp_path_factory.mktemp("delivery-home")
     env = suite_env(home)
     env.update(AGENTGATE_GITHUB_API_URL=api.url, AGENTGATE_GITHUB_GIT_URL=host.url, AGENTGATE_GITHUB_TOKEN=TOKEN)
-    running = Suite(home=home, env=env)
-    up = running.cli("up", "--detach", timeout=60)
-    if up.returncode != 0:
-        running.cli("down")
-        raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
-    yield running
-    assert running.cli("down", timeout=60).returncode == 0
+    with running_suite(home, env) as running:
+        yield running
 
 
 def events(suite: Suite, run_id: str) -> list[dict]:

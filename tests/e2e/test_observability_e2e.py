@@ -23,7 +23,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from .conftest import AGENTGATE, Suite, suite_env
+from .conftest import AGENTGATE, Suite, running_suite, suite_env
 from .helpers import make_project
 
 pytestmark = pytest.mark.slow
@@ -99,14 +99,8 @@ def traced_suite(tmp_path_factory: pytest.TempPathFactory, collectors) -> Iterat
         OTEL_BSP_SCHEDULE_DELAY="200",
         OTEL_METRIC_EXPORT_INTERVAL="500",
     )
-    running = Suite(home=home, env=env)
-    up = running.cli("up", "--detach", timeout=60)
-    if up.returncode != 0:
-        running.cli("down")
-        raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
-    yield running
-    down = running.cli("down", timeout=60)
-    assert down.returncode == 0, down.stderr
+    with running_suite(home, env) as running:
+        yield running
 
 
 def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

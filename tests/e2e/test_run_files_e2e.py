@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Suite, suite_env
+from .conftest import Suite, running_suite, suite_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +41,8 @@ def secret_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     home = tmp_path_factory.mktemp("secrets-home")
     env = suite_env(home)
     env[CONFIGURED_ENV] = CONFIGURED
-    running = Suite(home=home, env=env)
-    up = running.cli("up", "--detach", timeout=60)
-    if up.returncode != 0:
-        running.cli("down")
-        raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
-    yield running
-    assert running.cli("down", timeout=60).returncode == 0
+    with running_suite(home, env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

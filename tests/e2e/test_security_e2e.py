@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import AGENTGATE, Suite, free_port, suite_env
+from .conftest import AGENTGATE, Suite, free_port, running_suite, suite_env
 from .helpers import fixing_script, make_project
 
 pytestmark = pytest.mark.slow
@@ -27,13 +27,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     home = tmp_path_factory.mktemp("secured-home")
     env = suite_env(home)
     env["AGENTGATE_TOKEN"] = TOKEN
-    running = Suite(home=home, env=env)
-    up = running.cli("up", "--detach", timeout=60)
-    if up.returncode != 0:
-        running.cli("down")
-        raise AssertionError(f"agentgate up failed:\n{up.stdout}\n{up.stderr}\n{running.logs()}")
-    yield running
-    assert running.cli("down", timeout=60).returncode == 0
+    with running_suite(home, env) as running:
+        yield running
 
 
 def without_token(suite: Suite, token: str | None = None) -> dict[str, str]:

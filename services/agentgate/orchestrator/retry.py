@@ -16,7 +16,7 @@ import asyncio
 import random as _random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
 from agentgate.v1 import common_pb2
@@ -95,17 +95,9 @@ PRESETS: dict[str, RetrySettings] = {
         | {T.BUILD_ERROR_TYPE_AGENT_CRASH, T.BUILD_ERROR_TYPE_WORKSPACE_ERROR},
         retry_on_timeout=True,
     ),
-    # One attempt; the other numbers only matter if max_attempts is raised explicitly.
-    "none": RetrySettings(
-        max_attempts=1,
-        initial_backoff=5.0,
-        backoff_multiplier=2.0,
-        max_backoff=30.0,
-        jitter=True,
-        retryable_errors=_DEFAULT_RETRYABLE,
-        retry_on_timeout=True,
-    ),
 }
+# One attempt; the other numbers (default's) only matter if max_attempts is raised explicitly.
+PRESETS["none"] = replace(PRESETS["default"], max_attempts=1)
 
 
 def resolve_policy(requested: common_pb2.RetryPolicy) -> common_pb2.RetryPolicy:

@@ -116,6 +116,13 @@ def passthrough_env(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> d
     }
 
 
+def agent_env(options: Mapping[str, str], names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """A model CLI's environment: the service's variables it needs plus the `env.NAME` options."""
+    env = passthrough_env(names, prefixes)
+    env.update(env_options(options)[0])
+    return env
+
+
 def executable_problem(executable: str, what: str) -> str:
     """'' when `executable` (a name on PATH or a path) can be run here, else what is missing."""
     if shutil.which(executable) is not None:

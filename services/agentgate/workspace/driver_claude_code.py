@@ -42,9 +42,8 @@ from agentgate.v1 import common_pb2
 from agentgate.workspace.driver_api import (
     AgentInvocation,
     OutputCallback,
-    env_options,
+    agent_env,
     executable_problem,
-    passthrough_env,
 )
 from agentgate.workspace.driver_stream import (
     PROXY_ENV,
@@ -242,15 +241,12 @@ class ClaudeCodeDriver:
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Runs claude with the prompt on stdin and parses its stream."""
         options = invocation.options
-        env = passthrough_env(ENV_NAMES, ENV_PREFIXES)
-        extra, _ = env_options(options)
-        env.update(extra)
         return await run_stream_cli(
             invocation,
             on_output,
             driver=self.name,
             cli="claude",
             argv=claude_argv(options, invocation.resume_session_id),
-            env=env,
+            env=agent_env(options, ENV_NAMES, ENV_PREFIXES),
             parser=ClaudeStreamParser(),
         )
