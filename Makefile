@@ -39,8 +39,8 @@ protos: $(STAMP)
 ## Fail when the committed stubs differ from what the protos generate.
 check-protos: $(STAMP)
 	@tmp=$$(mktemp -d); scripts/gen_protos.sh $$tmp >/dev/null; \
-	if diff -r $$tmp/agentgate generated/agentgate >/dev/null; then echo "stubs up to date"; rm -rf $$tmp; \
-	else diff -r $$tmp/agentgate generated/agentgate | head -20; rm -rf $$tmp; \
+	if diff -r -x __pycache__ $$tmp/agentgate generated/agentgate >/dev/null; then echo "stubs up to date"; rm -rf $$tmp; \
+	else diff -r -x __pycache__ $$tmp/agentgate generated/agentgate | head -20; rm -rf $$tmp; \
 	echo "generated/ is stale: run 'make protos'"; exit 1; fi
 
 lint: $(STAMP) $(BUF)
