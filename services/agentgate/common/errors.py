@@ -1,13 +1,27 @@
-"""Errors that cross the wire: gRPC statuses with rich details (google.rpc.Status)."""
+"""The one error vocabulary of the services, and how each error reads as a gRPC status.
+
+Logic modules raise these as plain exceptions; none of them needs to know about gRPC. The
+request guard (`agentgate.common.request_guard`), which every server runs, turns a raised
+`ServiceError` into its status: the code its class names, its message, and rich details
+(`google.rpc.Status`): `BadRequest` field violations for `InvalidArgument`, an `ErrorInfo`
+reason for an error class that sets one (e.g. the queue's QUEUE_FULL). Anything else a
+servicer lets escape is INTERNAL. See docs/architecture.md, "Errors".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+#: The `ErrorInfo.domain` of every reason AgentGate sends.
+ERROR_DOMAIN = "agentgate"
 
 
 @dataclass(frozen=True)
@@ -18,37 +32,91 @@ class FieldViolation:
     description: str
 
 
-class InvalidArgument(Exception):
-    """Raised by plain logic when a request is invalid; the gRPC edge turns it into
-    INVALID_ARGUMENT with BadRequest details."""
+class ServiceError(Exception):
+    """A request the service cannot honour, for a reason the caller should know.
 
-    def __init__(self, violations: list[FieldViolation]):
-        self.violations = violations
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+    A subclass names the gRPC status `code` it becomes; one may also set `reason`, sent as
+    an `ErrorInfo` so that a client can tell this failure from others of the same code."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    reason: ClassVar[str] = ""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> list[Message]:
+        """The rich details the status carries (none unless the class sets a `reason`)."""
+        if not self.reason:
+            return []
+        return [error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)]
+
+    def status(self) -> grpc.Status:
+        """This error as a status with its details, for `context.abort_with_status`."""
+        packed = []
+        for detail in self.details():
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        return rpc_status.to_status(status_pb2.Status(code=self.code.value[0], message=self.message, details=packed))
 
 
-def invalid_argument_status(violations: list[FieldViolation]) -> grpc.Status:
-    """An INVALID_ARGUMENT status naming every wrong field, with BadRequest details."""
-    bad_request = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in violations
+class InvalidArgument(ServiceError):
+    """The request itself is wrong: INVALID_ARGUMENT with a `BadRequest` naming every wrong
+    field. `message` defaults to the violations joined; a request too broken to name a
+    field (bytes that are not a message) has a message and no violations."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Sequence[FieldViolation], message: str = ""):
+        self.violations = list(violations)
+        super().__init__(message or "; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    def details(self) -> list[Message]:
+        """A `BadRequest` with the field violations (none when there are none)."""
+        if not self.violations:
+            return []
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in self.violations
+                ]
+            )
         ]
-    )
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    message = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
-    )
 
 
-def status_with_reason(code: grpc.StatusCode, message: str, reason: str, domain: str = "agentgate") -> grpc.Status:
-    """A status carrying an ErrorInfo reason (e.g. QUEUE_FULL) in its details."""
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=domain)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
+class NotFound(ServiceError):
+    """Something the request names does not exist (a run, a work order, a lease ...)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    """What the request would create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    """The request is well formed but the state does not allow it; asking again as is will
+    not help (a work order that already ended, a workspace leased by another holder)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    """A limit was reached (a full queue, an answer too big for one message, a follower
+    too slow for the stream's buffer)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """Failed for a passing reason (an unreachable remote, a service shutting down): the
+    same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:

@@ -1,14 +1,18 @@
-"""A server interceptor that makes every call end with a proper status (SPEC §13: bad input
-never crashes a service).
+"""The one place where an exception becomes a gRPC status: a server interceptor every
+service runs (see `agentgate.common.server.start_server`), so servicers raise and never
+abort by hand. Bad input never crashes a service (docs/architecture.md, "Errors").
 
-gRPC's own handling answers UNKNOWN in two cases that are the caller's fault or ours, and
-both say nothing useful:
-- a request whose bytes are not a valid message (DecodeError while deserializing): here it
-  is INVALID_ARGUMENT naming the method;
-- an exception no servicer caught: here it is INTERNAL with the exception's type (logged
-  with its traceback), and NotImplementedError stays UNIMPLEMENTED.
+- A `ServiceError` of the vocabulary (`agentgate.common.errors`) becomes its status, with
+  its rich details (`BadRequest` field violations, an `ErrorInfo` reason).
+- A request whose bytes are not a valid message (DecodeError while deserializing) is
+  INVALID_ARGUMENT naming the method; gRPC's own answer would be an empty UNKNOWN.
+- NotImplementedError (a generated servicer's default) stays UNIMPLEMENTED.
+- Anything else is a bug: INTERNAL with the exception's type and message, its traceback
+  logged, and the server keeps serving. While the server shuts down it is UNAVAILABLE
+  instead: closing stores make in-flight calls fail, and the caller should simply retry.
 
-Every service's servicer already maps its own errors; this is the net under them.
+Unary and response-streaming RPCs are covered alike; an error raised after some messages
+of a stream were sent ends the stream with its status.
 """
 
 from __future__ import annotations
@@ -21,13 +25,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from agentgate.common.errors import InvalidArgument, ServiceError
+
 log = logging.getLogger(__name__)
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-
-
-class MalformedRequest(Exception):
-    """The request's bytes are not a valid message of the method's request type."""
 
 
 def _decoder(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
@@ -37,24 +39,21 @@ def _decoder(deserializer: Callable[[bytes], Any] | None, method: str) -> Callab
         try:
             return deserializer(raw)
         except (DecodeError, ValueError, TypeError) as exc:
-            raise MalformedRequest(f"{method}: the request is not a valid message ({exc})") from None
+            raise InvalidArgument([], f"{method}: the request is not a valid message ({exc})") from None
 
     return decode
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
-    """Aborts with the status `exc` stands for (always raises AbortError)."""
-    if isinstance(exc, MalformedRequest):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, NotImplementedError):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
-    log.error("%s raised an unhandled exception", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}")
-
-
 class RequestGuard(grpc.aio.ServerInterceptor):
-    """Wraps every handler: its own request decoding (malformed → INVALID_ARGUMENT) and a
-    last catch of unhandled exceptions (→ INTERNAL)."""
+    """Wraps every handler: its own request decoding (malformed → INVALID_ARGUMENT) and the
+    mapping of whatever the handler raises to a status (see the module docstring).
+
+    `service` names the service in the UNAVAILABLE message sent while it shuts down."""
+
+    def __init__(self, service: str | None = None):
+        self.service = service
+        #: Set by `RunningServer.stop` before the app closes its resources.
+        self.shutting_down = False
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -76,48 +75,63 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
-                    await _fail(context, method, exc)
+                    await self._abort(context, method, exc)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serializer)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, decode, method), response_serializer=serializer
+                self._streaming(handler.unary_stream, decode, method), response_serializer=serializer
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, lambda requests: _decoded(requests, decode), method),
+                self._streaming(handler.stream_stream, lambda requests: _decoded(requests, decode), method),
                 response_serializer=serializer,
             )
         # No AgentGate RPC streams requests into one answer: left as it is.
         return handler
 
+    async def _abort(self, context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+        """Aborts with the status `exc` stands for (always raises AbortError)."""
+        if isinstance(exc, ServiceError):
+            # Without details a plain abort, so the call carries no empty details trailer.
+            if exc.details():
+                await context.abort_with_status(exc.status())
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
+        if self.shutting_down:
+            log.info("%s failed while shutting down: %s: %s", method, type(exc).__name__, exc)
+            name = f"the {self.service} service" if self.service else "the service"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{name} is shutting down")
+        log.error("%s raised an unhandled exception", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}")
 
-def _streaming(inner: Callable[..., Any], prepare: Callable[[Any], Any], method: str) -> Callable[..., Any]:
-    """`inner` (a response-streaming behavior) behind the guard, of the same kind: an async
-    generator stays one, a coroutine that writes through `context.write` stays a coroutine
-    (gRPC refuses to mix the two)."""
-    if inspect.isasyncgenfunction(inner):
+    def _streaming(self, inner: Callable[..., Any], prepare: Callable[[Any], Any], method: str) -> Callable[..., Any]:
+        """`inner` (a response-streaming behavior) behind the guard, of the same kind: an
+        async generator stays one, a coroutine that writes through `context.write` stays a
+        coroutine (gRPC refuses to mix the two)."""
+        if inspect.isasyncgenfunction(inner):
 
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner(prepare(request), context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._abort(context, method, exc)
+
+            return generator
+
+        async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> None:
             try:
-                async for item in inner(prepare(request), context):
-                    yield item
+                await inner(prepare(request), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _fail(context, method, exc)
+                await self._abort(context, method, exc)
 
-        return generator
-
-    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> None:
-        try:
-            await inner(prepare(request), context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _fail(context, method, exc)
-
-    return coroutine
+        return coroutine
 
 
 async def _decoded(requests: AsyncIterator[bytes], decode: Callable[[bytes], Any]) -> AsyncIterator[Any]:

@@ -60,12 +60,14 @@ class RunningServer:
     port: int
     app: ServiceApp
     health: health.aio.HealthServicer
+    guard: RequestGuard
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Reports NOT_SERVING, ends long-lived calls, lets in-flight calls finish (up to
-        `grace`), then closes the app."""
+        `grace`; from now on an unexpected failure answers UNAVAILABLE), then closes the app."""
         for name in (*self.app.service_names, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.guard.shutting_down = True
         closing = getattr(self.app, "closing", None)
         if closing is not None:
             await closing()
@@ -81,14 +83,15 @@ async def start_server(app: ServiceApp, address: str, security: ServerSecurity |
     service = getattr(getattr(app, "settings", None), "name", None)
     # `security` (token, TLS, the loopback rule; none by default) is checked before anything
     # starts. The token check comes first, so a refused call is never even decoded; then the
-    # request guard: whatever fails inside it (decoding, instrumentation, the servicer) still
-    # ends with a proper status, never UNKNOWN.
+    # request guard, the one mapping of errors to statuses: whatever fails inside it
+    # (decoding, instrumentation, the servicer) still ends with a proper status, never UNKNOWN.
     security = security or ServerSecurity()
     security.check_bind(address)
     credentials = security.credentials()
+    guard = RequestGuard(service)
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
-        interceptors=[*security.interceptors(), RequestGuard(), *telemetry.server_interceptors(service)],
+        interceptors=[*security.interceptors(), guard, *telemetry.server_interceptors(service)],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -104,7 +107,7 @@ async def start_server(app: ServiceApp, address: str, security: ServerSecurity |
     await server.start()
     for name in (*app.service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, app=app, health=health_servicer)
+    return RunningServer(server=server, port=port, app=app, health=health_servicer, guard=guard)
 
 
 async def serve_until_signal(

@@ -1,4 +1,7 @@
-"""The orchestrator's gRPC edge and its process: a worker plus a small status API."""
+"""The orchestrator's gRPC edge and its process: a worker plus a small status API.
+
+As on every server, errors become statuses in the request guard (`agentgate.common.request_guard`).
+"""
 
 from __future__ import annotations
 

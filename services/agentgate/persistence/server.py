@@ -1,9 +1,9 @@
 """The gRPC edge of the persistence service: PersistenceService on top of the SQLite index
 (store), the run files and the event log.
 
-Every RPC turns expected failures into their status (INVALID_ARGUMENT with field
-violations, NOT_FOUND, ALREADY_EXISTS, RESOURCE_EXHAUSTED) and anything unexpected into
-INTERNAL, so no request can take the service down.
+Expected failures are raised as the errors of `agentgate.common.errors` (InvalidArgument
+with field violations, NotFound, AlreadyExists, ResourceExhausted, Unavailable); the request
+guard every server runs turns them, and anything unexpected (INTERNAL), into statuses.
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
-from agentgate.common.errors import FieldViolation, InvalidArgument, invalid_argument_status
+from agentgate.common.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from agentgate.common.persistence_warnings import warning_metadata
 from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
@@ -57,45 +65,20 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE_ENV = "AGENTGATE_PERSISTENCE_SUBSCRIBER_QUEUE"
 
-Req = TypeVar("Req")
+Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
 
 
-class RpcFailure(Exception):
-    """An expected failure of a request, sent to the client as `code` with `message`."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
-    """Aborts the call with the status `exc` stands for (always raises)."""
-    if isinstance(exc, InvalidArgument):
-        await context.abort_with_status(invalid_argument_status(exc.violations))
-    if isinstance(exc, RpcFailure):
-        await context.abort(exc.code, exc.message)
-    log.exception("%s failed", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(exc).__name__}: {exc}")
-
-
-def unary_rpc(
+def representable(
     method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Maps the exceptions of a unary RPC to statuses (see the module docstring)."""
+    """Refuses a request that JSON cannot hold (INVALID_ARGUMENT naming the fields) before
+    `method` runs: what is stored goes into JSON files."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            # What is stored goes into JSON files: refuse what JSON cannot hold, up front.
-            _require(unrepresentable(request))  # type: ignore[arg-type]
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # the service must answer, whatever happened
-            await _abort_for(exc, context, method.__name__)
-            raise  # unreachable: abort raises
+        _require(unrepresentable(request))
+        return await method(self, request, context)
 
     return wrapper
 
@@ -114,8 +97,7 @@ def _require_fits(records: list[Any], run_id: str, getter: str) -> None:
     RESOURCE_EXHAUSTED naming the per-iteration call to use instead, never a broken stream."""
     total = sum(record.ByteSize() for record in records)
     if total > LIST_BUDGET_BYTES:
-        raise RpcFailure(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        raise ResourceExhausted(
             f"the {len(records)} records of run {run_id!r} total {total} bytes, over the "
             f"{LIST_BUDGET_BYTES}-byte message budget; read them one by one with {getter}",
         )
@@ -157,7 +139,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         # updates of one run race.
         self._record_lock = asyncio.Lock()
 
-    @unary_rpc
+    @representable
     async def CreateRun(
         self, request: persistence_pb2.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.CreateRunResponse:
@@ -171,13 +153,13 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         async def create() -> WriteOutcome:
             async with self._record_lock:
                 if not await self.store.insert_run(run):
-                    raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS, f"run {run.id!r} already exists")
+                    raise AlreadyExists(f"run {run.id!r} already exists")
                 return await self.files.write_run(run)
 
         _report_file_failure(context, await run_to_completion(create()))
         return persistence_pb2.CreateRunResponse(run=run)
 
-    @unary_rpc
+    @representable
     async def UpdateRun(
         self, request: persistence_pb2.UpdateRunRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.UpdateRunResponse:
@@ -191,7 +173,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             async with self._record_lock:
                 stored = await self.store.get_run(run.id)
                 if stored is None:
-                    raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run.id!r} not found")
+                    raise NotFound(f"run {run.id!r} not found")
                 if not run.work_order_id:
                     run.work_order_id = stored.work_order_id
                 elif run.work_order_id != stored.work_order_id:
@@ -205,13 +187,13 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 if not run.HasField("created_at"):
                     run.created_at.CopyFrom(stored.created_at)
                 if not await self.store.replace_run(run):
-                    raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run.id!r} not found")
+                    raise NotFound(f"run {run.id!r} not found")
                 return await self.files.write_run(run)
 
         _report_file_failure(context, await run_to_completion(update()))
         return persistence_pb2.UpdateRunResponse(run=run)
 
-    @unary_rpc
+    @representable
     async def GetRun(
         self, request: persistence_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetRunResponse:
@@ -219,10 +201,10 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _require(validation.check_run_id(request.run_id))
         run = await self.reader.run(request.run_id)
         if run is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+            raise NotFound(f"run {request.run_id!r} not found")
         return persistence_pb2.GetRunResponse(run=run)
 
-    @unary_rpc
+    @representable
     async def ListRuns(
         self, request: persistence_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListRunsResponse:
@@ -243,7 +225,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         token = encode_page_token(next_cursor) if next_cursor is not None else ""
         return persistence_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
-    @unary_rpc
+    @representable
     async def SaveAgentResult(
         self, request: persistence_pb2.SaveAgentResultRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveAgentResultResponse:
@@ -261,7 +243,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _report_file_failure(context, outcome)
         return persistence_pb2.SaveAgentResultResponse(file=file)
 
-    @unary_rpc
+    @representable
     async def SaveVerificationReport(
         self, request: persistence_pb2.SaveVerificationReportRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveVerificationReportResponse:
@@ -279,7 +261,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _report_file_failure(context, outcome)
         return persistence_pb2.SaveVerificationReportResponse(file=file)
 
-    @unary_rpc
+    @representable
     async def SaveIteration(
         self, request: persistence_pb2.SaveIterationRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.SaveIterationResponse:
@@ -309,14 +291,14 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         async def save() -> WriteOutcome:
             async with self._record_lock:
                 if not await index:
-                    raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+                    raise NotFound(f"run {run_id!r} not found")
                 return await write_file(message)
 
         return await run_to_completion(save())
 
     # -- reading iteration records -----------------------------------------------------
 
-    @unary_rpc
+    @representable
     async def GetAgentResult(
         self, request: persistence_pb2.GetAgentResultRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetAgentResultResponse:
@@ -324,7 +306,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._get_record(AGENT_RESULTS, request.run_id, request.iteration, agent_result_file)
         return persistence_pb2.GetAgentResultResponse(result=found)
 
-    @unary_rpc
+    @representable
     async def ListAgentResults(
         self, request: persistence_pb2.ListAgentResultsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListAgentResultsResponse:
@@ -332,7 +314,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._list_records(AGENT_RESULTS, request.run_id, "GetAgentResult")
         return persistence_pb2.ListAgentResultsResponse(results=found)
 
-    @unary_rpc
+    @representable
     async def GetVerificationReport(
         self, request: persistence_pb2.GetVerificationReportRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetVerificationReportResponse:
@@ -341,7 +323,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._get_record(VERIFICATION_REPORTS, request.run_id, request.iteration, verification_file)
         return persistence_pb2.GetVerificationReportResponse(report=found)
 
-    @unary_rpc
+    @representable
     async def ListVerificationReports(
         self, request: persistence_pb2.ListVerificationReportsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListVerificationReportsResponse:
@@ -349,7 +331,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._list_records(VERIFICATION_REPORTS, request.run_id, "GetVerificationReport")
         return persistence_pb2.ListVerificationReportsResponse(reports=found)
 
-    @unary_rpc
+    @representable
     async def GetIteration(
         self, request: persistence_pb2.GetIterationRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.GetIterationResponse:
@@ -357,7 +339,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._get_record(ITERATIONS, request.run_id, request.iteration, iteration_file)
         return persistence_pb2.GetIterationResponse(iteration=found)
 
-    @unary_rpc
+    @representable
     async def ListIterations(
         self, request: persistence_pb2.ListIterationsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.ListIterationsResponse:
@@ -379,17 +361,17 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _require(validation.check_run_id(run_id))
         found = await self.reader.records(kind, run_id)
         if found is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+            raise NotFound(f"run {run_id!r} not found")
         _require_fits(found, run_id, get_rpc)
         return found
 
-    async def _absent(self, run_id: str, file: str) -> RpcFailure:
+    async def _absent(self, run_id: str, file: str) -> NotFound:
         """NOT_FOUND saying whether the run or only this record is missing."""
         if not await self.reader.run_known(run_id):
-            return RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
-        return RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} has no {file}")
+            return NotFound(f"run {run_id!r} not found")
+        return NotFound(f"run {run_id!r} has no {file}")
 
-    @unary_rpc
+    @representable
     async def AppendEvents(
         self, request: persistence_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext
     ) -> persistence_pb2.AppendEventsResponse:
@@ -422,18 +404,10 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 async for event in events:
                     yield self.wire.response_bytes(event)
                     last_sent = event.seq
-        except grpc.aio.AbortError:
-            raise
         except SubscriberTooSlow:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"subscriber too slow; reconnect with after_seq={last_sent}"
-            )
+            raise ResourceExhausted(f"subscriber too slow; reconnect with after_seq={last_sent}") from None
         except EventLogClosed:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"persistence is shutting down; reconnect with after_seq={last_sent}"
-            )
-        except Exception as exc:  # the service must answer, whatever happened
-            await _abort_for(exc, context, "StreamEvents")
+            raise Unavailable(f"persistence is shutting down; reconnect with after_seq={last_sent}") from None
 
     async def _stream_target(self, request: persistence_pb2.StreamEventsRequest) -> str:
         """The work order to stream. A run id is resolved through the event log or the runs
@@ -442,11 +416,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _require(validation.check_stream_request(request.work_order_id, request.run_id))
         if request.work_order_id:
             if not request.follow and not await self.store.work_order_known(request.work_order_id):
-                raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"work order {request.work_order_id!r} not found")
+                raise NotFound(f"work order {request.work_order_id!r} not found")
             return request.work_order_id
         work_order_id = await self.store.work_order_of_run(request.run_id)
         if work_order_id is None:
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+            raise NotFound(f"run {request.run_id!r} not found")
         return work_order_id
 
 

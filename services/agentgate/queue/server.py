@@ -2,8 +2,9 @@
 
 The rules live in plain modules: `validation` (what a work order may say), `store` (state,
 order, leases, all durable) and `outbox` (events to persistence). This module turns
-requests into calls on them, errors into gRPC statuses, and runs the two background
-tasks: the lease reaper and the outbox forwarder.
+requests into calls on them and runs the two background tasks: the lease reaper and the
+outbox forwarder. Their errors become gRPC statuses in the request guard that every
+server runs (`agentgate.common.request_guard`).
 """
 
 from __future__ import annotations
@@ -12,36 +13,21 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
 from agentgate.common import telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
-from agentgate.common.errors import (
-    FieldViolation,
-    InvalidArgument,
-    invalid_argument_status,
-    status_with_reason,
-)
+from agentgate.common.errors import FieldViolation, InvalidArgument, Unavailable
 from agentgate.queue.outbox import OutboxForwarder
 from agentgate.queue.positions import PositionBoard
-from agentgate.queue.store import (
-    COMPLETION_STATUSES,
-    FailedPrecondition,
-    NotFound,
-    Position,
-    QueueFull,
-    QueueStore,
-    timestamp_from_us,
-)
+from agentgate.queue.store import COMPLETION_STATUSES, Position, QueueStore, timestamp_from_us
 from agentgate.queue.validation import AgentCheck, validate_spec
 from agentgate.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
@@ -58,9 +44,6 @@ MAX_TRACEPARENT_CHARS = 512
 MAX_ERROR_CHARS = 64 * 1024
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
-
 
 def trace_id_from_traceparent(traceparent: str) -> str:
     """The 32-hex trace id of a valid W3C `traceparent`, else ''."""
@@ -119,36 +102,6 @@ class WorkSignal:
         self._event = asyncio.Event()
 
 
-def rpc(method: Handler) -> Handler:
-    """Maps the queue's errors to gRPC statuses; anything unexpected becomes INTERNAL
-    (logged with its traceback) instead of killing the call without a message."""
-
-    @functools.wraps(method)
-    async def wrapper(self: QueueServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        name = method.__name__
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except InvalidArgument as err:
-            await context.abort_with_status(invalid_argument_status(err.violations))
-        except NotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except FailedPrecondition as err:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        except QueueFull as err:
-            await context.abort_with_status(
-                status_with_reason(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), reason="QUEUE_FULL")
-            )
-        except Exception as err:
-            if self.closing:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the queue service is shutting down")
-            log.exception("%s failed", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{name} failed: {type(err).__name__}: {err}")
-
-    return wrapper  # type: ignore[return-value]
-
-
 class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
     """`agentgate.v1.QueueService` over a `QueueStore`."""
 
@@ -175,10 +128,9 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         self._lease_flush_timeout = lease_flush_timeout
         self._agent_check = agent_check
         self._profiles_dir = profiles_dir
-        #: Set while the app stops: failures then answer UNAVAILABLE, long polls end.
+        #: Set while the app stops: long polls and position watches end.
         self.closing = False
 
-    @rpc
     async def Submit(
         self, request: queue_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.SubmitResponse:
@@ -198,7 +150,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         log.info("queued %s (run %s) at position %d", work_order.id, work_order.run_id, position)
         return queue_pb2.SubmitResponse(work_order=work_order, position=position)
 
-    @rpc
     async def GetWorkOrder(
         self, request: queue_pb2.GetWorkOrderRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetWorkOrderResponse:
@@ -206,7 +157,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         _require_id(request.work_order_id)
         return queue_pb2.GetWorkOrderResponse(work_order=await self._store.get(request.work_order_id))
 
-    @rpc
     async def ListWorkOrders(
         self, request: queue_pb2.ListWorkOrdersRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.ListWorkOrdersResponse:
@@ -228,7 +178,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             work_orders=work_orders, next_page_token=encode_page_token(next_seq) if next_seq else ""
         )
 
-    @rpc
     async def CancelWorkOrder(
         self, request: queue_pb2.CancelWorkOrderRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.CancelWorkOrderResponse:
@@ -239,7 +188,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         log.info("cancel of %s: now %s", work_order.id, common_pb2.WorkOrderStatus.Name(work_order.status))
         return queue_pb2.CancelWorkOrderResponse(work_order=work_order)
 
-    @rpc
     async def Lease(
         self, request: queue_pb2.LeaseRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.LeaseResponse:
@@ -282,7 +230,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             leased=True, work_order=lease.work_order, lease_id=lease.lease_id, lease_seconds=self.lease_seconds
         )
 
-    @rpc
     async def Heartbeat(
         self, request: queue_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.HeartbeatResponse:
@@ -295,7 +242,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             cancel_requested=cancel_requested, lease_expires_at=timestamp_from_us(expires_us)
         )
 
-    @rpc
     async def Complete(
         self, request: queue_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.CompleteResponse:
@@ -318,7 +264,6 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         log.info("%s completed %s", work_order.id, common_pb2.WorkOrderStatus.Name(work_order.status))
         return queue_pb2.CompleteResponse(work_order=work_order)
 
-    @rpc
     async def GetPosition(
         self, request: queue_pb2.GetPositionRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetPositionResponse:
@@ -335,25 +280,12 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         ends after the message that says the work order is running or ended.
         NOT_FOUND for an unknown work order; UNAVAILABLE when the queue shuts down (the
         client reconnects and gets the current position first)."""
-        try:
-            _require_id(request.work_order_id)
-            async for where in self._board.watch(request.work_order_id):
-                yield queue_pb2.WatchPositionResponse(position=position_response(request.work_order_id, where))
-        except InvalidArgument as err:
-            await context.abort_with_status(invalid_argument_status(err.violations))
-        except NotFound as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as err:
-            if self.closing:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the queue service is shutting down")
-            log.exception("WatchPosition failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"WatchPosition failed: {type(err).__name__}: {err}")
+        _require_id(request.work_order_id)
+        async for where in self._board.watch(request.work_order_id):
+            yield queue_pb2.WatchPositionResponse(position=position_response(request.work_order_id, where))
         if self.closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the queue service is shutting down")
+            raise Unavailable("the queue service is shutting down")
 
-    @rpc
     async def GetQueueStats(
         self, request: queue_pb2.GetQueueStatsRequest, context: grpc.aio.ServicerContext
     ) -> queue_pb2.GetQueueStatsResponse:

@@ -22,6 +22,7 @@ import aiosqlite
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentgate.common import events as event_names
+from agentgate.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from agentgate.common.storage import open_database
 from agentgate.queue import outbox
 from agentgate.queue.pending import PendingIndex
@@ -135,24 +136,14 @@ LEASE_EXPIRED = "expired"
 T = TypeVar("T")
 
 
-class QueueError(Exception):
-    """A request the queue state cannot honour; the gRPC edge maps each kind to a code."""
-
-
-class NotFound(QueueError):
-    """Unknown work order or lease."""
-
-
 class LeaseExpired(NotFound):
     """The lease existed but expired; its work order went back to the queue (or failed)."""
 
 
-class FailedPrecondition(QueueError):
-    """The work order is in a state that does not allow the request."""
-
-
-class QueueFull(QueueError):
+class QueueFull(ResourceExhausted):
     """`max_queue_size` work orders are already waiting."""
+
+    reason = "QUEUE_FULL"
 
 
 @dataclass(frozen=True)

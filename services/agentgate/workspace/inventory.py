@@ -16,12 +16,11 @@ import re
 import secrets
 from pathlib import Path
 
-from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.errors import FailedPrecondition
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
     INITIAL_SNAPSHOT_MESSAGE,

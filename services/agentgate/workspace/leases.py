@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import workspace_pb2
-from agentgate.workspace.errors import FailedPrecondition
 from agentgate.workspace.workspaces import DEFAULT_LEASE_SECONDS, WorkspaceManager, WorkspaceRecord
 
 #: A week: longer than any run may take; a longer lease would be a forgotten one.

@@ -17,13 +17,10 @@ import logging
 import re
 from dataclasses import dataclass
 
-import grpc
-
 from agentgate.common.branches import branch_problem
-from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ServiceError, Unavailable
 from agentgate.common.github import git_auth_env, strip_credentials
 from agentgate.workspace import git as gitops
-from agentgate.workspace.errors import FailedPrecondition, WorkspaceServiceError
 from agentgate.workspace.workspaces import WorkspaceManager
 
 log = logging.getLogger(__name__)
@@ -43,12 +40,6 @@ _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _AUTH = re.compile(r"returned error: 40[13]|authentication failed|permission denied|could not read username", re.I)
 
 
-class RemoteUnavailable(WorkspaceServiceError):
-    """The remote could not be reached or failed on its side; trying again may help."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 @dataclass(frozen=True)
 class PushResult:
     """What was pushed where."""
@@ -59,8 +50,8 @@ class PushResult:
     remote_url: str
 
 
-def classify_push_error(exc: gitops.GitError, remote_url: str) -> WorkspaceServiceError:
-    """The service error of a failed push: transient → RemoteUnavailable, else FailedPrecondition."""
+def classify_push_error(exc: gitops.GitError, remote_url: str) -> ServiceError:
+    """The service error of a failed push: transient → Unavailable, else FailedPrecondition."""
     detail = (exc.stderr.strip() or exc.stdout.strip() or f"exit code {exc.returncode}").splitlines()
     # A remote configured as https://user:secret@host keeps its secret out of the message.
     text = _CREDENTIALS.sub(r"\1", " ".join(line.strip() for line in detail[-6:]))
@@ -69,7 +60,7 @@ def classify_push_error(exc: gitops.GitError, remote_url: str) -> WorkspaceServi
         return FailedPrecondition(message + " (the remote refused the credentials; for GitHub set "
                                   "AGENTGATE_GITHUB_TOKEN to a token with write access)")
     if _TRANSIENT.search(text):
-        return RemoteUnavailable(message)
+        return Unavailable(message)
     return FailedPrecondition(message)
 
 

@@ -1,9 +1,10 @@
 """The gRPC edge of the workspace service (WorkspaceService).
 
-Each RPC converts the request, calls the logic (workspaces, drivers, gate), and turns known
-failures into status codes: InvalidArgument → INVALID_ARGUMENT with field violations,
-NotFound, FailedPrecondition, Unimplemented; anything unexpected → INTERNAL (logged). The
-service never crashes on a request.
+Each RPC converts the request and calls the logic (workspaces, drivers, gate). The logic
+raises the errors of `agentgate.common.errors` (InvalidArgument, NotFound,
+FailedPrecondition, Unavailable); the request guard every server runs turns them, and
+anything unexpected (INTERNAL, logged), into statuses. The service never crashes on a
+request.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 
 from agentgate.common.config import ServiceSettings, env_int
-from agentgate.common.errors import FieldViolation, InvalidArgument, invalid_argument_status
+from agentgate.common.errors import FieldViolation, InvalidArgument
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
 from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos, validate_agent
-from agentgate.workspace.errors import WorkspaceServiceError
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
@@ -34,9 +33,6 @@ SERVICE_NAME = "agentgate.v1.WorkspaceService"
 DEFAULT_AGENT_TIMEOUT_SECONDS = 300
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 
-T = TypeVar("T")
-
-
 class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     """WorkspaceService over a WorkspaceManager."""
 
@@ -44,48 +40,31 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self.manager = manager
         self.kill_grace_seconds = kill_grace_seconds
 
-    async def _serve(self, context: grpc.aio.ServicerContext, rpc: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Runs `call`, aborting the RPC with the status its failure maps to."""
-        try:
-            return await call()
-        except InvalidArgument as exc:
-            await context.abort_with_status(invalid_argument_status(exc.violations))
-        except WorkspaceServiceError as exc:
-            await context.abort(exc.code, exc.message)
-        except Exception as exc:
-            log.exception("%s failed", rpc)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {type(exc).__name__}: {exc}")
-        raise AssertionError("unreachable: abort raises")
-
     async def PrepareForRun(
         self, request: workspace_pb2.PrepareForRunRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.PrepareForRunResponse:
         """Makes a fresh workspace for a run from its source, on branch agentgate/{run_id},
         with an initial snapshot, and leases it. Nothing is left behind when a step fails."""
-
-        async def call() -> workspace_pb2.PrepareForRunResponse:
-            lease_seconds = leases.lease_seconds_or_default(request.lease_seconds)
-            prepared = await self.manager.prepare_for_run(
-                request.run_id,
-                request.source,
-                request.gate_plan_yaml,
-                branch_pattern=request.branch_pattern,
-                lease_seconds=lease_seconds,
-            )
-            return workspace_pb2.PrepareForRunResponse(
-                workspace=prepared.workspace.to_proto(),
-                rules=prepared.rules,
-                gate_plan_summary=prepared.gate_plan_summary,
-            )
-
-        return await self._serve(context, "PrepareForRun", call)
+        lease_seconds = leases.lease_seconds_or_default(request.lease_seconds)
+        prepared = await self.manager.prepare_for_run(
+            request.run_id,
+            request.source,
+            request.gate_plan_yaml,
+            branch_pattern=request.branch_pattern,
+            lease_seconds=lease_seconds,
+        )
+        return workspace_pb2.PrepareForRunResponse(
+            workspace=prepared.workspace.to_proto(),
+            rules=prepared.rules,
+            gate_plan_summary=prepared.gate_plan_summary,
+        )
 
     async def RunAgent(
         self, request: workspace_pb2.RunAgentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[workspace_pb2.RunAgentResponse]:
         """Runs the agent in the workspace: streams each output line while it runs, then
         one result. If the client goes away, the agent's process group is killed."""
-        invocation = await self._serve(context, "RunAgent", lambda: self._invocation(request))
+        invocation = await self._invocation(request)
         driver = get_driver(request.agent.name)
         assert driver is not None  # checked by _invocation
         queue: asyncio.Queue[workspace_pb2.RunAgentResponse | None] = asyncio.Queue()
@@ -100,7 +79,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         try:
             while (item := await queue.get()) is not None:
                 yield item
-            result = await self._serve(context, "RunAgent", lambda: task)
+            result = await task
             yield workspace_pb2.RunAgentResponse(result=result)
         finally:
             if not task.done():
@@ -152,79 +131,63 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.CreateSnapshotResponse:
         """Commits the workspace; the snapshot id is the commit. Without changes since the
         last snapshot, returns HEAD with has_changes false."""
-
-        async def call() -> workspace_pb2.CreateSnapshotResponse:
-            snapshot = await self.manager.create_snapshot(request.workspace_id, request.message)
-            return workspace_pb2.CreateSnapshotResponse(
-                snapshot_id=snapshot.commit, changed_files=snapshot.changed_files, has_changes=snapshot.has_changes
-            )
-
-        return await self._serve(context, "CreateSnapshot", call)
+        snapshot = await self.manager.create_snapshot(request.workspace_id, request.message)
+        return workspace_pb2.CreateSnapshotResponse(
+            snapshot_id=snapshot.commit, changed_files=snapshot.changed_files, has_changes=snapshot.has_changes
+        )
 
     async def Verify(
         self, request: workspace_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.VerifyResponse:
         """Runs the gate plan on a snapshot in a fresh clean-room copy of its tracked files."""
-
-        async def call() -> workspace_pb2.VerifyResponse:
-            violations: list[FieldViolation] = []
-            if request.run_id:
-                violations += run_id_violations(request.run_id)
-            if request.iteration < 0:
-                violations.append(FieldViolation("iteration", "must not be negative"))
-            _, bad_levels = gate.normalize_skip_levels(request.settings.skip_levels)
-            if bad_levels:
-                violations.append(
-                    FieldViolation("settings.skip_levels", f"unknown level(s) {', '.join(bad_levels)} (known: L0-L3)")
-                )
-            violations += gate.plan_source_violations(request.settings)
-            if violations:
-                raise InvalidArgument(violations)
-            record = await self.manager.get(request.workspace_id)
-            commit = await self.manager.resolve_snapshot(record, request.snapshot_id)
-            run_id = request.run_id or record.run_id
-            room = await cleanroom.create_clean_room(
-                record.path, commit, self.manager.home / "cleanrooms", run_id, request.iteration
+        violations: list[FieldViolation] = []
+        if request.run_id:
+            violations += run_id_violations(request.run_id)
+        if request.iteration < 0:
+            violations.append(FieldViolation("iteration", "must not be negative"))
+        _, bad_levels = gate.normalize_skip_levels(request.settings.skip_levels)
+        if bad_levels:
+            violations.append(
+                FieldViolation("settings.skip_levels", f"unknown level(s) {', '.join(bad_levels)} (known: L0-L3)")
             )
-            try:
-                report = await gate.run_gate(
-                    room,
-                    request.settings,
-                    run_id=run_id,
-                    iteration=request.iteration,
-                    snapshot_commit=commit,
-                    kill_grace=self.kill_grace_seconds,
-                    # The security scan looks at what the run changed since its first snapshot.
-                    repo=record.path,
-                    base_commit=record.base_commit,
-                )
-            finally:
-                await cleanroom.remove_clean_room(room)
-            return workspace_pb2.VerifyResponse(report=report)
-
-        return await self._serve(context, "Verify", call)
+        violations += gate.plan_source_violations(request.settings)
+        if violations:
+            raise InvalidArgument(violations)
+        record = await self.manager.get(request.workspace_id)
+        commit = await self.manager.resolve_snapshot(record, request.snapshot_id)
+        run_id = request.run_id or record.run_id
+        room = await cleanroom.create_clean_room(
+            record.path, commit, self.manager.home / "cleanrooms", run_id, request.iteration
+        )
+        try:
+            report = await gate.run_gate(
+                room,
+                request.settings,
+                run_id=run_id,
+                iteration=request.iteration,
+                snapshot_commit=commit,
+                kill_grace=self.kill_grace_seconds,
+                # The security scan looks at what the run changed since its first snapshot.
+                repo=record.path,
+                base_commit=record.base_commit,
+            )
+        finally:
+            await cleanroom.remove_clean_room(room)
+        return workspace_pb2.VerifyResponse(report=report)
 
     async def GetWorkspace(
         self, request: workspace_pb2.GetWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.GetWorkspaceResponse:
         """Returns a workspace; NOT_FOUND when unknown."""
-
-        async def call() -> workspace_pb2.GetWorkspaceResponse:
-            record = await self.manager.get(request.workspace_id)
-            return workspace_pb2.GetWorkspaceResponse(workspace=record.to_proto())
-
-        return await self._serve(context, "GetWorkspace", call)
+        record = await self.manager.get(request.workspace_id)
+        return workspace_pb2.GetWorkspaceResponse(workspace=record.to_proto())
 
     async def ReleaseLease(
         self, request: workspace_pb2.ReleaseLeaseRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ReleaseLeaseResponse:
         """Releases the lease on a workspace; its files stay for inspection."""
-
-        async def call() -> workspace_pb2.ReleaseLeaseResponse:
-            record = await self.manager.release(request.workspace_id)
-            return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto())
-
-        return await self._serve(context, "ReleaseLease", call)
+        record = await self.manager.release(request.workspace_id)
+        return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto())
 
     # --- the rest of the facade (logic in leases, snapshots and inventory) ---
 
@@ -234,12 +197,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         """Makes a workspace from a source without a run: no agentgate branch, no lease, an
         initial snapshot. INVALID_ARGUMENT for a bad source, FAILED_PRECONDITION when it
         cannot be copied or cloned."""
-
-        async def call() -> workspace_pb2.CreateWorkspaceResponse:
-            record = await inventory.create_workspace(self.manager, request.source)
-            return workspace_pb2.CreateWorkspaceResponse(workspace=record.to_proto())
-
-        return await self._serve(context, "CreateWorkspace", call)
+        record = await inventory.create_workspace(self.manager, request.source)
+        return workspace_pb2.CreateWorkspaceResponse(workspace=record.to_proto())
 
     async def AcquireLease(
         self, request: workspace_pb2.AcquireLeaseRequest, context: grpc.aio.ServicerContext
@@ -247,14 +206,10 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         """Takes the lease for `holder` (or renews it when `holder` has it) for
         `lease_seconds` (default 3600). FAILED_PRECONDITION while another holder's lease
         has not expired."""
-
-        async def call() -> workspace_pb2.AcquireLeaseResponse:
-            workspace = await leases.acquire_lease(
-                self.manager, request.workspace_id, request.lease_seconds, request.holder
-            )
-            return workspace_pb2.AcquireLeaseResponse(workspace=workspace)
-
-        return await self._serve(context, "AcquireLease", call)
+        workspace = await leases.acquire_lease(
+            self.manager, request.workspace_id, request.lease_seconds, request.holder
+        )
+        return workspace_pb2.AcquireLeaseResponse(workspace=workspace)
 
     async def RestoreSnapshot(
         self, request: workspace_pb2.RestoreSnapshotRequest, context: grpc.aio.ServicerContext
@@ -262,71 +217,47 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         """Resets the workspace's files to a snapshot with a new commit on top (history
         kept); an empty snapshot_id means the last snapshot, discarding every change since.
         Needs the lease (FAILED_PRECONDITION otherwise, or for a commit the workspace lacks)."""
-
-        async def call() -> workspace_pb2.RestoreSnapshotResponse:
-            commit = await snapshots.restore_snapshot(self.manager, request.workspace_id, request.snapshot_id)
-            return workspace_pb2.RestoreSnapshotResponse(snapshot_id=commit)
-
-        return await self._serve(context, "RestoreSnapshot", call)
+        commit = await snapshots.restore_snapshot(self.manager, request.workspace_id, request.snapshot_id)
+        return workspace_pb2.RestoreSnapshotResponse(snapshot_id=commit)
 
     async def ListSnapshots(
         self, request: workspace_pb2.ListSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ListSnapshotsResponse:
         """The snapshots of a workspace, newest first; the initial snapshot is the last."""
-
-        async def call() -> workspace_pb2.ListSnapshotsResponse:
-            found = await snapshots.list_snapshots(self.manager, request.workspace_id)
-            return workspace_pb2.ListSnapshotsResponse(snapshots=found)
-
-        return await self._serve(context, "ListSnapshots", call)
+        found = await snapshots.list_snapshots(self.manager, request.workspace_id)
+        return workspace_pb2.ListSnapshotsResponse(snapshots=found)
 
     async def GetDiff(
         self, request: workspace_pb2.GetDiffRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.GetDiffResponse:
         """The unified diff between two snapshots (default: the initial snapshot to the
         last one); cut at 4 MiB with `truncated` set."""
-
-        async def call() -> workspace_pb2.GetDiffResponse:
-            return await snapshots.get_diff(
-                self.manager, request.workspace_id, request.from_snapshot_id, request.to_snapshot_id
-            )
-
-        return await self._serve(context, "GetDiff", call)
+        return await snapshots.get_diff(
+            self.manager, request.workspace_id, request.from_snapshot_id, request.to_snapshot_id
+        )
 
     async def CleanupRun(
         self, request: workspace_pb2.CleanupRunRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.CleanupRunResponse:
         """Deletes the workspaces, clean rooms and agent files of a run (none for an
         unknown run). FAILED_PRECONDITION, deleting nothing, while one is still leased."""
-
-        async def call() -> workspace_pb2.CleanupRunResponse:
-            deleted = await inventory.cleanup_run(self.manager, request.run_id)
-            return workspace_pb2.CleanupRunResponse(deleted_workspace_ids=deleted)
-
-        return await self._serve(context, "CleanupRun", call)
+        deleted = await inventory.cleanup_run(self.manager, request.run_id)
+        return workspace_pb2.CleanupRunResponse(deleted_workspace_ids=deleted)
 
     async def ListWorkspaces(
         self, request: workspace_pb2.ListWorkspacesRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ListWorkspacesResponse:
         """All workspaces, newest first; `page_size` default 50, at most 1000."""
-
-        async def call() -> workspace_pb2.ListWorkspacesResponse:
-            records, token = await inventory.list_workspaces(self.manager, request.page_size, request.page_token)
-            return inventory.to_list_response(records, token)
-
-        return await self._serve(context, "ListWorkspaces", call)
+        records, token = await inventory.list_workspaces(self.manager, request.page_size, request.page_token)
+        return inventory.to_list_response(records, token)
 
     async def DeleteWorkspace(
         self, request: workspace_pb2.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.DeleteWorkspaceResponse:
         """Deletes a workspace with its files. FAILED_PRECONDITION while it is leased,
         unless `force`."""
-
-        async def call() -> workspace_pb2.DeleteWorkspaceResponse:
-            await inventory.delete_workspace(self.manager, request.workspace_id, request.force)
-            return workspace_pb2.DeleteWorkspaceResponse()
-
-        return await self._serve(context, "DeleteWorkspace", call)
+        await inventory.delete_workspace(self.manager, request.workspace_id, request.force)
+        return workspace_pb2.DeleteWorkspaceResponse()
 
     async def Push(
         self, request: workspace_pb2.PushRequest, context: grpc.aio.ServicerContext
@@ -334,12 +265,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         """Pushes the workspace's branch (or `branch`) to its remote (`remote`, default origin).
         UNAVAILABLE when the remote could not be reached (worth retrying), FAILED_PRECONDITION
         when the push cannot succeed as asked (no remote, refused credentials, rejected)."""
-
-        async def call() -> workspace_pb2.PushResponse:
-            pushed = await push_branch(self.manager, request.workspace_id, request.branch, request.remote)
-            return workspace_pb2.PushResponse(branch=pushed.branch, commit=pushed.commit, remote_url=pushed.remote_url)
-
-        return await self._serve(context, "Push", call)
+        pushed = await push_branch(self.manager, request.workspace_id, request.branch, request.remote)
+        return workspace_pb2.PushResponse(branch=pushed.branch, commit=pushed.commit, remote_url=pushed.remote_url)
 
 
     async def ListAgentDrivers(
@@ -347,12 +274,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.ListAgentDriversResponse:
         """The registered agent drivers, and whether each can run on this machine (and if
         not, what is missing, e.g. "the claude executable is not on PATH")."""
-
-        async def call() -> workspace_pb2.ListAgentDriversResponse:
-            infos = await asyncio.to_thread(list_driver_infos)
-            return workspace_pb2.ListAgentDriversResponse(drivers=infos)
-
-        return await self._serve(context, "ListAgentDrivers", call)
+        infos = await asyncio.to_thread(list_driver_infos)
+        return workspace_pb2.ListAgentDriversResponse(drivers=infos)
 
 
 class WorkspaceApp:

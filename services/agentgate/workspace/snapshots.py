@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from agentgate.common.timeutil import to_timestamp, utcnow
 from agentgate.v1 import workspace_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.errors import FailedPrecondition
 from agentgate.workspace.workspaces import WorkspaceManager, WorkspaceRecord
 
 #: A diff above this is cut (on a character boundary) and flagged `truncated`; the whole

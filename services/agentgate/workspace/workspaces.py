@@ -25,14 +25,13 @@ from pathlib import Path
 import aiosqlite
 
 from agentgate.common.branches import branch_for, branch_pattern_problem
-from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from agentgate.common.github import clone_url, git_auth_env, split_repo
 from agentgate.common.messages import from_json, to_json
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.errors import FailedPrecondition, NotFound
 from agentgate.workspace.gate_plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
