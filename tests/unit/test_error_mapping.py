@@ -153,7 +153,7 @@ async def test_an_unexpected_exception_is_internal_logged_and_the_server_keeps_s
     with caplog.at_level(logging.ERROR, logger="agentgate.common.request_guard"):
         error = await call(channel, "bug")
     assert error.code() == grpc.StatusCode.INTERNAL
-    assert error.details() == f"/{SERVICE}/Unary failed: KeyError: 'wo-1'"
+    assert error.details() == "Unary failed: KeyError: 'wo-1'"
     logged = [record for record in caplog.records if record.exc_info]
     assert logged and logged[0].exc_info[0] is KeyError
     assert await channel.unary_unary(f"/{SERVICE}/Unary")(b"ok", timeout=5) == b"fine"

@@ -104,7 +104,9 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             name = f"the {self.service} service" if self.service else "the service"
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{name} is shutting down")
         log.error("%s raised an unhandled exception", method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}")
+        # The RPC's own name: this message often ends up inside a caller's error message.
+        rpc = method.rpartition("/")[2]
+        await context.abort(grpc.StatusCode.INTERNAL, f"{rpc} failed: {type(exc).__name__}: {exc}")
 
     def _streaming(self, inner: Callable[..., Any], prepare: Callable[[Any], Any], method: str) -> Callable[..., Any]:
         """`inner` (a response-streaming behavior) behind the guard, of the same kind: an
