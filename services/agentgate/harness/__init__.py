@@ -7,6 +7,8 @@ workspace and the client (see docs/harness.md).
 - `loop_parameters`: the loop strategies' parameter defaults and bounds;
 - `retry`: the retry presets and bounds;
 - `verification`: which gate plan a verification uses;
+- `drivers`: the agent drivers' names and option schemas, as data;
+- `scripted_script`: the script format of the scripted agent;
 - `statuses`: facts about work-order statuses.
 
 Layers: `agentgate.common` < `agentgate.harness` < services < clients. Nothing here imports

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agentgate.common.errors import FieldViolation
 from agentgate.common.github import split_repo
-from agentgate.harness import profiles
+from agentgate.harness import drivers, profiles
 from agentgate.harness.resolution import resolve
 from agentgate.v1 import common_pb2
 
@@ -23,24 +23,18 @@ AgentCheck = Callable[[common_pb2.AgentSpec], list[FieldViolation]]
 
 
 def default_agent_check(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
-    """Checks the agent against the workspace service's driver registry (driver name and
-    its options).
+    """Checks the agent against the drivers' schemas (driver name and its options).
 
-    Imported at call time: the registry lives with the workspace service, and importing
-    the queue (e.g. for its validation rules alone) should not load every driver.
-
-    The answer depends only on the AgentSpec's content (the drivers' option checks read
-    no files), so it is cached by the spec's bytes: a scripted agent's YAML is parsed
-    once, not on every Submit (it was ~2/3 of validate_spec's time).
+    The answer depends only on the AgentSpec's content (the option checks read no files),
+    so it is cached by the spec's bytes: a scripted agent's YAML is parsed once, not on
+    every Submit (it was ~2/3 of validate_spec's time).
     """
     return list(_cached_agent_check(agent.SerializeToString(deterministic=True)))
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_agent_check(agent_bytes: bytes) -> tuple[FieldViolation, ...]:
-    from agentgate.workspace.agent_drivers import validate_agent
-
-    return tuple(validate_agent(common_pb2.AgentSpec.FromString(agent_bytes)))
+    return tuple(drivers.validate_agent(common_pb2.AgentSpec.FromString(agent_bytes)))
 
 
 def validate_spec(
@@ -48,7 +42,7 @@ def validate_spec(
 ) -> list[FieldViolation]:
     """Every violation of `spec`, in field order; empty when the spec is acceptable.
 
-    `agent_check` validates `spec.agent` (default: the workspace driver registry); it is a
+    `agent_check` validates `spec.agent` (default: the drivers' schemas); it is a
     parameter so the rules here can be tested without the drivers. `profiles_dir` holds
     the profile files (default $AGENTGATE_HOME/profiles). A valid spec whose agent cannot
     run on this machine raises FailedPrecondition (`check_agent_available`).
@@ -81,14 +75,13 @@ def check_agent_available(agent: common_pb2.AgentSpec) -> None:
     """Raises FailedPrecondition (FAILED_PRECONDITION at the edge) when the agent's driver
     cannot run on this machine, saying what is missing (e.g. the `claude` executable is not
     on PATH). The queue and the workers of `agentgate up` share one machine and one PATH,
-    so the registry's own check (`shutil.which`) answers for them; AGENTGATE_CHECK_AGENT_
+    so looking up the driver's executable here answers for them; AGENTGATE_CHECK_AGENT_
     AVAILABILITY=0 turns it off for deployments where that is not so."""
     if os.environ.get(AVAILABILITY_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return
     from agentgate.queue.store import FailedPrecondition
-    from agentgate.workspace.agent_drivers import agent_unavailable
 
-    missing = agent_unavailable(agent)
+    missing = drivers.agent_unavailable(agent)
     if missing:
         raise FailedPrecondition(f"spec.agent.name: {missing}")
 

@@ -20,10 +20,11 @@ import grpc
 
 from agentgate.common.config import ServiceSettings, env_int
 from agentgate.common.errors import FieldViolation, InvalidArgument, invalid_argument_status
+from agentgate.harness.drivers import validate_agent
 from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
-from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos, validate_agent
+from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos
 from agentgate.workspace.errors import WorkspaceServiceError
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
