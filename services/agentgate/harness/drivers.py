@@ -59,11 +59,11 @@ class DriverSchema:
 
     def option(self, name: str) -> AgentOption:
         """The option called `name` (a KeyError for an unknown one is a bug)."""
-        return next(option for option in self.options if option.name == name)
+        return {option.name: option for option in self.options}[name]
 
 
 _MODEL_CLI_COMMON = (
-    AgentOption("resume", "boolean", default="true"),
+    AgentOption("resume", "boolean"),
     AgentOption("executable"),
 )
 
