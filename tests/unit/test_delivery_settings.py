@@ -19,8 +19,8 @@ from agentgate.common.github import (
     split_repo,
     strip_credentials,
 )
+from agentgate.harness.resolution import resolve_harness
 from agentgate.orchestrator.delivery import pr_body, pr_title
-from agentgate.orchestrator.harness import resolve_harness
 from agentgate.queue.validation import validate_spec
 from agentgate.v1 import common_pb2
 
@@ -166,8 +166,8 @@ def test_admission_of_git_ops_and_retry(tmp_path: Path, home: Path) -> None:
     spec.harness.retry.retryable_errors.append(0)
     assert _fields(spec) == [
         "spec.harness.git_ops.mode",
-        "spec.harness.git_ops.github_mode",
         "spec.harness.git_ops.branch_pattern",
+        "spec.harness.git_ops.github_mode",
         "spec.harness.retry.preset",
         "spec.harness.retry.max_attempts",
         "spec.harness.retry.initial_backoff_seconds",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agentgate.harness.resolution import resolve_harness
 from agentgate.orchestrator import build_errors
 from agentgate.orchestrator.feedback import MAX_FEEDBACK_BYTES, agent_failure_feedback, verification_feedback
-from agentgate.orchestrator.harness import resolve_harness
 from agentgate.orchestrator.prompt import assemble_prompt
 from agentgate.orchestrator.run_state import IllegalTransition, check_transition, transition
 from agentgate.orchestrator.strategies import FixedStrategy, IterationCompleteEvent, strategy_for

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from agentgate.harness.retry import PRESETS, resolve_policy
 from agentgate.orchestrator.retry import (
-    PRESETS,
     Failure,
     OperationFailed,
     RetryExecutor,
     RetrySettings,
-    resolve_policy,
     settings_from_policy,
 )
 from agentgate.v1 import common_pb2
@@ -31,6 +30,10 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.time += seconds
+
+
+def preset(name: str) -> RetrySettings:
+    return settings_from_policy(common_pb2.RetryPolicy(preset=name))
 
 
 def error(error_type: int, message: str = "boom") -> common_pb2.BuildError:
@@ -54,7 +57,7 @@ def failing(*failures: Failure | None, clock: FakeClock | None = None, took: flo
 
 
 def test_presets_have_the_spec_numbers() -> None:
-    default, aggressive, none = PRESETS["default"], PRESETS["aggressive"], PRESETS["none"]
+    default, aggressive, none = preset("default"), preset("aggressive"), preset("none")
     assert (default.max_attempts, default.initial_backoff, default.backoff_multiplier, default.max_backoff) == (
         3, 5.0, 2.0, 30.0)
     assert default.jitter and default.retry_on_timeout
@@ -96,7 +99,7 @@ def test_resolve_policy_fills_the_preset_and_keeps_explicit_fields() -> None:
 async def test_agent_timeout_then_success_records_both_attempts_with_the_policy_delay() -> None:
     clock = FakeClock()
     recorded: list[common_pb2.RetryAttempt] = []
-    executor = RetryExecutor(PRESETS["default"], clock=clock, random=lambda: 0.4, on_attempt=recorded.append)
+    executor = RetryExecutor(preset("default"), clock=clock, random=lambda: 0.4, on_attempt=recorded.append)
     call, seen = failing(
         Failure(error(T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, "Agent timed out after 1s"), timed_out=True),
         None, clock=clock, took=1.5,
@@ -115,7 +118,7 @@ async def test_agent_timeout_then_success_records_both_attempts_with_the_policy_
 
 async def test_exhausted_attempts_say_failed_after_n_retries() -> None:
     clock = FakeClock()
-    executor = RetryExecutor(PRESETS["default"], clock=clock, random=lambda: 0.0)
+    executor = RetryExecutor(preset("default"), clock=clock, random=lambda: 0.0)
     call, seen = failing(Failure(error(T.BUILD_ERROR_TYPE_GITHUB_ERROR, "GitHub server error 500")))
     result = await executor.run("create_pr", call)
     assert not result.succeeded and seen == [1, 2, 3]
@@ -130,7 +133,7 @@ async def test_exhausted_attempts_say_failed_after_n_retries() -> None:
 async def test_a_failing_test_is_never_retried_under_any_preset() -> None:
     for name in PRESETS:
         clock = FakeClock()
-        executor = RetryExecutor(PRESETS[name], clock=clock)
+        executor = RetryExecutor(preset(name), clock=clock)
         call, seen = failing(Failure(error(T.BUILD_ERROR_TYPE_TEST_FAILED, "Test execution failed")))
         result = await executor.run("agent", call)
         assert seen == [1] and clock.sleeps == [], name
@@ -140,7 +143,7 @@ async def test_a_failing_test_is_never_retried_under_any_preset() -> None:
 async def test_workspace_error_is_retried_under_aggressive_only() -> None:
     for name, expected_tries in (("default", 1), ("none", 1), ("aggressive", 6)):
         clock = FakeClock()
-        executor = RetryExecutor(PRESETS[name], clock=clock, random=lambda: 0.0)
+        executor = RetryExecutor(preset(name), clock=clock, random=lambda: 0.0)
         call, seen = failing(Failure(error(T.BUILD_ERROR_TYPE_WORKSPACE_ERROR)))
         await executor.run("prepare_workspace", call)
         assert len(seen) == expected_tries, name
@@ -149,7 +152,7 @@ async def test_workspace_error_is_retried_under_aggressive_only() -> None:
 
 
 async def test_permanent_failures_and_timeouts_without_retry_on_timeout_fail_at_once() -> None:
-    executor = RetryExecutor(PRESETS["aggressive"], clock=FakeClock())
+    executor = RetryExecutor(preset("aggressive"), clock=FakeClock())
     call, seen = failing(Failure(error(T.BUILD_ERROR_TYPE_GITHUB_ERROR, "404"), permanent=True))
     result = await executor.run("create_pr", call)
     assert seen == [1] and result.error is not None and result.error.message == "404"
@@ -180,7 +183,7 @@ async def test_value_failures_are_classified_by_failure_of_and_keep_the_last_val
 
 
 async def test_other_exceptions_are_bugs_and_propagate() -> None:
-    executor = RetryExecutor(PRESETS["aggressive"], clock=FakeClock())
+    executor = RetryExecutor(preset("aggressive"), clock=FakeClock())
 
     async def call(attempt: int) -> None:
         raise KeyError("bug")

@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from agentgate.common import profiles
+from agentgate.harness import loop_parameters
 from agentgate.orchestrator import budgets
 from agentgate.orchestrator.strategies import (
     FixedStrategy,
@@ -349,7 +349,7 @@ class TestStrategyFor:
     def test_constructor_defaults_are_the_resolved_defaults(self, cls, mode):
         defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-        assert defaults == profiles.STRATEGY_DEFAULTS[mode]
+        assert defaults == loop_parameters.STRATEGY_DEFAULTS[mode]
 
 
 class TestBudgets:

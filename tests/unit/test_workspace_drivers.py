@@ -6,9 +6,10 @@ import textwrap
 
 import pytest
 
+from agentgate.harness.drivers import validate_agent
+from agentgate.harness.scripted_script import ScriptError, parse_script
 from agentgate.v1 import common_pb2
-from agentgate.workspace.agent_drivers import driver_names, get_driver, validate_agent
-from agentgate.workspace.scripted_agent import ScriptError, parse_script
+from agentgate.workspace.agent_drivers import driver_names, get_driver
 
 GOOD_SCRIPT = textwrap.dedent(
     """\

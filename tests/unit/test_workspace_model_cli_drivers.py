@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from agentgate.harness.drivers import DRIVERS, agent_unavailable, validate_agent
 from agentgate.v1 import common_pb2
-from agentgate.workspace.agent_drivers import agent_unavailable, get_driver, validate_agent
 from agentgate.workspace.driver_claude_code import ClaudeStreamParser, claude_argv
 from agentgate.workspace.driver_codex import CodexStreamParser, codex_argv
 from agentgate.workspace.driver_stream import StreamReader
@@ -158,5 +158,4 @@ def test_availability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "claude").write_text("#!/bin/sh\n")
     (tmp_path / "claude").chmod(0o755)
     assert agent_unavailable(claude) == ""
-    driver = get_driver("claude-code")
-    assert driver is not None and driver.description  # type: ignore[attr-defined]
+    assert DRIVERS["claude-code"].description

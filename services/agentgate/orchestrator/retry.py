@@ -1,4 +1,5 @@
-"""Retry of transient failures (SPEC §6): one policy type, three presets, one executor.
+"""Retry of transient failures (docs/harness.md): one policy type, one executor; the
+presets and bounds of a policy are `agentgate.harness.retry`'s.
 
 The executor wraps agent execution, workspace preparation and every GitHub operation. It
 records each try as a `RetryAttempt`, waits between tries through an injectable clock (so
@@ -16,18 +17,16 @@ import asyncio
 import random as _random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from agentgate.harness.retry import resolve_policy
 from agentgate.v1 import common_pb2
 
-T = common_pb2.BuildErrorType
 V = TypeVar("V")
 
 #: Jitter adds up to this fraction of the delay.
 JITTER_FRACTION = 0.25
-
-DEFAULT_PRESET = "default"
 
 
 @dataclass(frozen=True)
@@ -56,76 +55,10 @@ class RetrySettings:
             return False
         return not (failure.timed_out and not self.retry_on_timeout)
 
-    def to_proto(self, preset: str = "") -> common_pb2.RetryPolicy:
-        """The wire form with every field set."""
-        return common_pb2.RetryPolicy(
-            preset=preset,
-            max_attempts=self.max_attempts,
-            initial_backoff_seconds=self.initial_backoff,
-            backoff_multiplier=self.backoff_multiplier,
-            max_backoff_seconds=self.max_backoff,
-            jitter=self.jitter,
-            retryable_errors=sorted(self.retryable_errors),
-            retry_on_timeout=self.retry_on_timeout,
-        )
-
-
-_DEFAULT_RETRYABLE = frozenset(
-    {T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, T.BUILD_ERROR_TYPE_SYSTEM_ERROR, T.BUILD_ERROR_TYPE_GITHUB_ERROR}
-)
-
-#: SPEC §6's presets.
-PRESETS: dict[str, RetrySettings] = {
-    "default": RetrySettings(
-        max_attempts=3,
-        initial_backoff=5.0,
-        backoff_multiplier=2.0,
-        max_backoff=30.0,
-        jitter=True,
-        retryable_errors=_DEFAULT_RETRYABLE,
-        retry_on_timeout=True,
-    ),
-    "aggressive": RetrySettings(
-        max_attempts=6,
-        initial_backoff=1.0,
-        backoff_multiplier=1.5,
-        max_backoff=60.0,
-        jitter=True,
-        retryable_errors=_DEFAULT_RETRYABLE
-        | {T.BUILD_ERROR_TYPE_AGENT_CRASH, T.BUILD_ERROR_TYPE_WORKSPACE_ERROR},
-        retry_on_timeout=True,
-    ),
-}
-# One attempt; the other numbers (default's) only matter if max_attempts is raised explicitly.
-PRESETS["none"] = replace(PRESETS["default"], max_attempts=1)
-
-
-def resolve_policy(requested: common_pb2.RetryPolicy) -> common_pb2.RetryPolicy:
-    """The policy with its preset's values in every unset field (the form stored with a run).
-
-    The queue refuses unknown preset names at submit; should one get here anyway it takes
-    the default preset's values rather than failing a run over a name.
-    """
-    name = requested.preset or DEFAULT_PRESET
-    resolved = PRESETS.get(name, PRESETS[DEFAULT_PRESET]).to_proto(name)
-    for field_name in (
-        "max_attempts",
-        "initial_backoff_seconds",
-        "backoff_multiplier",
-        "max_backoff_seconds",
-        "jitter",
-        "retry_on_timeout",
-    ):
-        if requested.HasField(field_name):
-            setattr(resolved, field_name, getattr(requested, field_name))
-    if requested.retryable_errors:
-        del resolved.retryable_errors[:]
-        resolved.retryable_errors.extend(requested.retryable_errors)
-    return resolved
-
 
 def settings_from_policy(policy: common_pb2.RetryPolicy) -> RetrySettings:
-    """The executor's settings for a (possibly partial) policy."""
+    """The executor's settings for a (possibly partial) policy, its preset filling what it
+    leaves unset."""
     resolved = resolve_policy(policy)
     return RetrySettings(
         max_attempts=max(resolved.max_attempts, 1),

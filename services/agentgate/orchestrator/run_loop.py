@@ -21,10 +21,10 @@ from agentgate.common import telemetry
 from agentgate.common.persistence_warnings import warning_from_metadata
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
+from agentgate.harness.resolution import HarnessError, resolve_harness
 from agentgate.orchestrator import budgets, build_errors
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
-from agentgate.orchestrator.harness import HarnessError, resolve_harness
 from agentgate.orchestrator.ordered_saves import OrderedSaves
 from agentgate.orchestrator.prompt import assemble_prompt
 from agentgate.orchestrator.retry import (

@@ -32,10 +32,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentgate.harness.loop_parameters import DEFAULT_NO_CHANGE_LIMIT, STRATEGY_DEFAULTS, check_parameters
 from agentgate.orchestrator.feedback import MAX_FEEDBACK_BYTES, agent_failure_feedback, verification_feedback
 from agentgate.v1 import common_pb2
 
 M = common_pb2.LoopStrategyMode
+FIXED = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_FIXED]
+HYBRID = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_HYBRID]
+RALPH = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_RALPH]
 
 #: LoopDecision.metadata["loop_result"] values -> LoopResult.
 LOOP_RESULTS = {
@@ -215,11 +219,10 @@ class BaseStrategy:
 
     name = "base"
 
-    def __init__(self, no_change_limit: int = 2, completion_signals: tuple[str, ...] | list[str] = ()):
-        if no_change_limit < 0:
-            raise ValueError("no_change_limit must be 0 (off) or more")
-        if any(not signal.strip() for signal in completion_signals):
-            raise ValueError("completion signals must not be blank")
+    def __init__(
+        self, no_change_limit: int = DEFAULT_NO_CHANGE_LIMIT, completion_signals: tuple[str, ...] | list[str] = ()
+    ):
+        check_parameters(None, no_change_limit=no_change_limit, completion_signals=completion_signals)
         self.no_change_limit = no_change_limit
         self.completion_signals = tuple(completion_signals)
         self.loop_result: int | None = None
@@ -302,10 +305,9 @@ class FixedStrategy(BaseStrategy):
 
     name = "fixed"
 
-    def __init__(self, max_iterations: int = 3, **shared):
+    def __init__(self, max_iterations: int = FIXED["max_iterations"], **shared):
         super().__init__(**shared)
-        if max_iterations < 1:
-            raise ValueError("max_iterations must be at least 1")
+        check_parameters(M.LOOP_STRATEGY_MODE_FIXED, max_iterations=max_iterations)
         self.max_iterations = max_iterations
 
     def _decide(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
@@ -340,18 +342,18 @@ class HybridStrategy(BaseStrategy):
 
     def __init__(
         self,
-        base_iterations: int = 3,
-        max_bonus_iterations: int = 2,
-        progress_threshold: float = 0.1,
+        base_iterations: int = HYBRID["base_iterations"],
+        max_bonus_iterations: int = HYBRID["max_bonus_iterations"],
+        progress_threshold: float = HYBRID["progress_threshold"],
         **shared,
     ):
         super().__init__(**shared)
-        if base_iterations < 1:
-            raise ValueError("base_iterations must be at least 1")
-        if max_bonus_iterations < 0:
-            raise ValueError("max_bonus_iterations must be 0 or more")
-        if not 0 < progress_threshold <= 1:
-            raise ValueError("progress_threshold must be greater than 0 and at most 1")
+        check_parameters(
+            M.LOOP_STRATEGY_MODE_HYBRID,
+            base_iterations=base_iterations,
+            max_bonus_iterations=max_bonus_iterations,
+            progress_threshold=progress_threshold,
+        )
         self.base_iterations = base_iterations
         self.max_bonus_iterations = max_bonus_iterations
         self.progress_threshold = progress_threshold
@@ -438,19 +440,20 @@ class RalphStrategy(BaseStrategy):
 
     def __init__(
         self,
-        min_iterations: int = 2,
-        max_iterations: int = 10,
-        window_size: int = 3,
-        convergence_threshold: float = 0.95,
+        min_iterations: int = RALPH["min_iterations"],
+        max_iterations: int = RALPH["max_iterations"],
+        window_size: int = RALPH["window_size"],
+        convergence_threshold: float = RALPH["convergence_threshold"],
         **shared,
     ):
         super().__init__(**shared)
-        if not 1 <= min_iterations <= max_iterations:
-            raise ValueError("min_iterations must be at least 1 and at most max_iterations")
-        if not 2 <= window_size <= max_iterations:
-            raise ValueError("window_size must be at least 2 and at most max_iterations")
-        if not 0 < convergence_threshold <= 1:
-            raise ValueError("convergence_threshold must be greater than 0 and at most 1")
+        check_parameters(
+            M.LOOP_STRATEGY_MODE_RALPH,
+            min_iterations=min_iterations,
+            max_iterations=max_iterations,
+            window_size=window_size,
+            convergence_threshold=convergence_threshold,
+        )
         self.min_iterations = min_iterations
         self.max_iterations = max_iterations
         self.window_size = window_size

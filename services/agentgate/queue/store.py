@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentgate.common import events as event_names
 from agentgate.common.errors import FailedPrecondition, NotFound, ResourceExhausted
 from agentgate.common.storage import open_database
+from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.queue import outbox
 from agentgate.queue.pending import PendingIndex
 from agentgate.v1 import common_pb2, events_pb2
@@ -36,7 +37,6 @@ FAILED = common_pb2.WORK_ORDER_STATUS_FAILED
 CANCELED = common_pb2.WORK_ORDER_STATUS_CANCELED
 TIMED_OUT = common_pb2.WORK_ORDER_STATUS_TIMED_OUT
 
-TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELED, TIMED_OUT})
 #: What a worker may report in Complete.
 COMPLETION_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELED})
 

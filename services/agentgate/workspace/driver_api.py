@@ -7,25 +7,18 @@ Kept apart from the registry (`agent_drivers`) so drivers can import it without 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agentgate.common.errors import FieldViolation
 from agentgate.common.timeutil import now_timestamp
+from agentgate.harness.drivers import ENV_NAME, ENV_PREFIX
 from agentgate.v1 import common_pb2
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult
 
 #: Called with ("stdout" | "stderr", line) for each line of output while the agent runs.
 OutputCallback = Callable[[str, str], "Awaitable[None] | None"]
-
-#: Where option violations point, as the queue sees a work order (`spec.agent...`).
-OPTIONS_FIELD = "spec.agent.options"
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -64,46 +57,24 @@ class AgentInvocation:
 
 
 class AgentDriver(Protocol):
-    """An agent driver: checks its options, runs the agent.
+    """An agent driver: runs the agent. Its name, description, options and what it needs
+    to run are its schema in `agentgate.harness.drivers`, which checks the options."""
 
-    Drivers may also define `description: str` (one line for `agentgate agents`) and
-    `availability(options) -> str` (what is missing on this machine, '' when it can run);
-    the registry treats a driver without them as always available.
-    """
-
-    #: Registry name (AgentSpec.name).
+    #: Registry name (AgentSpec.name), that of its schema.
     name: str
-
-    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
-        """Problems with the options, as violations on `spec.agent.options.<key>`.
-
-        Must be cheap: the queue calls it at submit.
-        """
-        ...
 
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Runs the agent in `invocation.workspace`, streaming output lines to `on_output`."""
         ...
 
 
-def option_field(key: str) -> str:
-    """The field path of an option, e.g. spec.agent.options.command."""
-    return f"{OPTIONS_FIELD}.{key}"
-
-
-def env_options(options: Mapping[str, str]) -> tuple[dict[str, str], list[FieldViolation]]:
-    """`env.NAME=value` options as variables, with violations for bad names."""
-    env: dict[str, str] = {}
-    violations: list[FieldViolation] = []
-    for key, value in options.items():
-        if not key.startswith("env."):
-            continue
-        name = key[len("env.") :]
-        if not ENV_NAME.match(name):
-            violations.append(FieldViolation(option_field(key), f"{name!r} is not a valid variable name"))
-        else:
-            env[name] = value
-    return env, violations
+def env_options(options: Mapping[str, str]) -> dict[str, str]:
+    """`env.NAME=value` options as variables (a bad name was refused with the options)."""
+    return {
+        key[len(ENV_PREFIX) :]: value
+        for key, value in options.items()
+        if key.startswith(ENV_PREFIX) and ENV_NAME.match(key[len(ENV_PREFIX) :])
+    }
 
 
 def passthrough_env(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
@@ -119,17 +90,8 @@ def passthrough_env(names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> d
 def agent_env(options: Mapping[str, str], names: tuple[str, ...], prefixes: tuple[str, ...] = ()) -> dict[str, str]:
     """A model CLI's environment: the service's variables it needs plus the `env.NAME` options."""
     env = passthrough_env(names, prefixes)
-    env.update(env_options(options)[0])
+    env.update(env_options(options))
     return env
-
-
-def executable_problem(executable: str, what: str) -> str:
-    """'' when `executable` (a name on PATH or a path) can be run here, else what is missing."""
-    if shutil.which(executable) is not None:
-        return ""
-    if "/" in executable:
-        return f"{executable} (the {what} executable) does not exist or is not executable"
-    return f"the {executable} executable is not on PATH"
 
 
 def result_from_process(invocation: AgentInvocation, driver: str, process: ProcessResult) -> common_pb2.AgentResult:

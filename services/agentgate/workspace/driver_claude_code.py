@@ -37,36 +37,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentgate.common.errors import FieldViolation
+from agentgate.harness.drivers import DRIVERS
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import (
-    AgentInvocation,
-    OutputCallback,
-    agent_env,
-    executable_problem,
-)
+from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, agent_env
 from agentgate.workspace.driver_stream import (
     PROXY_ENV,
     TOOL_OUTPUT_CHARS,
     boolean_option,
-    check_options,
     run_stream_cli,
     short,
     to_struct,
 )
 
-DEFAULT_EXECUTABLE = "claude"
-DEFAULT_PERMISSION_MODE = "acceptEdits"
-PERMISSION_MODES = ("acceptEdits", "bypassPermissions", "default", "plan", "dontAsk")
-OPTIONS = {
+SCHEMA = DRIVERS["claude-code"]
+DEFAULT_EXECUTABLE = SCHEMA.executable
+DEFAULT_PERMISSION_MODE = SCHEMA.option("permission_mode").default
+#: The options passed on as the CLI's flags, in this order (`--permission-mode` always).
+FLAGS = {
     "model": "--model",
     "allowed_tools": "--allowedTools",
     "disallowed_tools": "--disallowedTools",
     "max_turns": "--max-turns",
     "append_system_prompt": "--append-system-prompt",
-    "permission_mode": "--permission-mode",
-    "resume": "",
-    "executable": "",
 }
 ENV_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 ENV_NAMES = ("CLAUDE_CONFIG_DIR", *PROXY_ENV)
@@ -75,8 +67,8 @@ ENV_NAMES = ("CLAUDE_CONFIG_DIR", *PROXY_ENV)
 def claude_argv(options: Mapping[str, str], resume_session_id: str = "") -> list[str]:
     """The command line for the options; the prompt goes on stdin."""
     argv = [options.get("executable") or DEFAULT_EXECUTABLE, "-p", "--output-format", "stream-json", "--verbose"]
-    for key, flag in OPTIONS.items():
-        if flag and key != "permission_mode" and options.get(key, "").strip():
+    for key, flag in FLAGS.items():
+        if options.get(key, "").strip():
             argv += [flag, options[key]]
     argv += ["--permission-mode", options.get("permission_mode") or DEFAULT_PERMISSION_MODE]
     if resume_session_id and boolean_option(options, "resume", True):
@@ -222,21 +214,6 @@ class ClaudeCodeDriver:
     """Runs Claude Code (`claude -p`) as the agent."""
 
     name = "claude-code"
-    description = "Claude Code CLI (claude -p, stream-json): tool calls, tokens, cost, session resume"
-
-    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
-        """Known keys only; max_turns 1-1000; permission_mode one of the CLI's modes."""
-        return check_options(
-            options,
-            OPTIONS,
-            integers={"max_turns": (1, 1000)},
-            choices={"permission_mode": PERMISSION_MODES},
-            booleans=("resume",),
-        )
-
-    def availability(self, options: Mapping[str, str]) -> str:
-        """What is missing to run claude here ('' = nothing)."""
-        return executable_problem(options.get("executable") or DEFAULT_EXECUTABLE, "Claude Code")
 
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Runs claude with the prompt on stdin and parses its stream."""

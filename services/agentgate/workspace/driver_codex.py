@@ -36,28 +36,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentgate.common.errors import FieldViolation
+from agentgate.harness.drivers import DRIVERS
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import (
-    AgentInvocation,
-    OutputCallback,
-    agent_env,
-    executable_problem,
-)
+from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, agent_env
 from agentgate.workspace.driver_stream import (
     PROXY_ENV,
     TOOL_OUTPUT_CHARS,
     boolean_option,
-    check_options,
     run_stream_cli,
     short,
     to_struct,
 )
 
-DEFAULT_EXECUTABLE = "codex"
-DEFAULT_SANDBOX = "workspace-write"
-SANDBOXES = ("read-only", "workspace-write", "danger-full-access")
-OPTIONS = {"model": "--model", "sandbox": "--sandbox", "profile": "--profile", "resume": "", "executable": ""}
+SCHEMA = DRIVERS["codex"]
+DEFAULT_EXECUTABLE = SCHEMA.executable
+DEFAULT_SANDBOX = SCHEMA.option("sandbox").default
+#: The options passed on as the CLI's flags (`--sandbox` always).
+FLAGS = {"model": "--model", "profile": "--profile"}
 ENV_PREFIXES = ("OPENAI_", "CODEX_")
 ENV_NAMES = PROXY_ENV
 TOOL_ITEMS = ("command_execution", "file_change", "mcp_tool_call", "web_search")
@@ -67,9 +62,9 @@ def codex_argv(options: Mapping[str, str], resume_session_id: str = "") -> list[
     """The command line for the options; `-` makes codex read the prompt from stdin."""
     argv = [options.get("executable") or DEFAULT_EXECUTABLE, "exec", "--json"]
     argv += ["--sandbox", options.get("sandbox") or DEFAULT_SANDBOX]
-    for key in ("model", "profile"):
+    for key, flag in FLAGS.items():
         if options.get(key, "").strip():
-            argv += [OPTIONS[key], options[key]]
+            argv += [flag, options[key]]
     for key in sorted(options):
         if key.startswith("config."):
             argv += ["-c", f"{key[len('config.'):]}={options[key]}"]
@@ -224,21 +219,6 @@ class CodexDriver:
     """Runs the Codex CLI (`codex exec --json`) as the agent."""
 
     name = "codex"
-    description = "OpenAI Codex CLI (codex exec --json): tool calls, tokens, session resume"
-
-    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
-        """Known keys only; sandbox one of codex's modes; config.KEY overrides."""
-        return check_options(
-            options,
-            OPTIONS,
-            choices={"sandbox": SANDBOXES},
-            booleans=("resume",),
-            prefixes=("env.", "config."),
-        )
-
-    def availability(self, options: Mapping[str, str]) -> str:
-        """What is missing to run codex here ('' = nothing)."""
-        return executable_problem(options.get("executable") or DEFAULT_EXECUTABLE, "Codex")
 
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Runs codex with the prompt on stdin and parses its stream."""

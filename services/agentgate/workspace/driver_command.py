@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from collections.abc import Mapping
 from pathlib import Path
 
-from agentgate.common.errors import FieldViolation
 from agentgate.v1 import common_pb2
 from agentgate.workspace.driver_api import (
     AgentInvocation,
     OutputCallback,
     env_options,
-    option_field,
     result_from_process,
 )
 from agentgate.workspace.processes import run_process
-
-PROMPT_VIA = ("stdin", "file")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -52,24 +47,6 @@ class CommandDriver:
     """Runs a command template as the agent."""
 
     name = "command"
-    description = "Any CLI from a command template ({prompt_file}, {workspace}, {iteration}) or prompt on stdin"
-
-    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
-        """`command` required and non-empty; `prompt_via` stdin|file; `env.NAME` names valid."""
-        violations: list[FieldViolation] = []
-        if not options.get("command", "").strip():
-            violations.append(FieldViolation(option_field("command"), "the command driver needs a command"))
-        via = options.get("prompt_via")
-        if via is not None and via not in PROMPT_VIA:
-            violations.append(FieldViolation(option_field("prompt_via"), f"must be stdin or file, got {via!r}"))
-        _, env_violations = env_options(options)
-        violations.extend(env_violations)
-        for key in options:
-            if key not in ("command", "prompt_via") and not key.startswith("env."):
-                violations.append(
-                    FieldViolation(option_field(key), "unknown option (known: command, prompt_via, env.NAME)")
-                )
-        return violations
 
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Writes the prompt file, runs the command, returns its result."""
@@ -80,8 +57,7 @@ class CommandDriver:
         await asyncio.to_thread(_write_text, prompt_file, invocation.prompt)
         env = invocation.base_env()
         env["AGENTGATE_PROMPT_FILE"] = str(prompt_file)
-        extra, _ = env_options(options)
-        env.update(extra)
+        env.update(env_options(options))
         command = render_command(template, prompt_file, invocation.workspace, invocation.iteration)
         process = await run_process(
             ["/bin/sh", "-c", command],

@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agentgate.common.errors import FieldViolation
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, option_field, result_from_process
+from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, result_from_process
 from agentgate.workspace.processes import run_process
-from agentgate.workspace.scripted_agent import ScriptError, parse_script
 
 
 def _prepare_files(script_file: Path, report_file: Path, script: str) -> None:
@@ -41,23 +38,6 @@ class ScriptedDriver:
     """Plays a YAML script as the agent."""
 
     name = "scripted"
-    description = "Deterministic YAML script of per-iteration steps, for demos and tests"
-
-    def validate_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
-        """`script` required and a valid script; no other option."""
-        violations: list[FieldViolation] = []
-        script = options.get("script", "")
-        if not script.strip():
-            violations.append(FieldViolation(option_field("script"), "the scripted driver needs a script"))
-        else:
-            try:
-                parse_script(script)
-            except ScriptError as exc:
-                violations.append(FieldViolation(option_field("script"), f"invalid script: {exc}"))
-        for key in options:
-            if key != "script":
-                violations.append(FieldViolation(option_field(key), "unknown option (known: script)"))
-        return violations
 
     async def run(self, invocation: AgentInvocation, on_output: OutputCallback) -> common_pb2.AgentResult:
         """Runs the scripted agent process and reads its report into the result."""

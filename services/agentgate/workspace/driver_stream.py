@@ -21,15 +21,9 @@ from typing import Any, Protocol
 
 from google.protobuf import struct_pb2
 
-from agentgate.common.errors import FieldViolation
+from agentgate.harness.drivers import BOOLEAN_VALUES
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import (
-    AgentInvocation,
-    OutputCallback,
-    env_options,
-    option_field,
-    result_from_process,
-)
+from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, result_from_process
 from agentgate.workspace.processes import MAX_LINE_CHARS, STDOUT, run_process
 
 #: Characters of a tool's input or output shown in a streamed output line.
@@ -209,45 +203,7 @@ def _write_text(path: Path, text: str) -> None:
 
 # --- options shared by the CLI drivers ------------------------------------------------------
 
-BOOLEAN_VALUES = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-
 
 def boolean_option(options: Mapping[str, str], key: str, default: bool) -> bool:
-    """A true/false option (validated by `check_options`)."""
+    """A true/false option (checked with the options, `agentgate.harness.drivers`)."""
     return BOOLEAN_VALUES.get(options.get(key, "").strip().lower(), default)
-
-
-def check_options(
-    options: Mapping[str, str],
-    known: Mapping[str, str],
-    *,
-    integers: Mapping[str, tuple[int, int]] | None = None,
-    choices: Mapping[str, tuple[str, ...]] | None = None,
-    booleans: tuple[str, ...] = (),
-    prefixes: tuple[str, ...] = ("env.",),
-) -> list[FieldViolation]:
-    """Violations of a CLI driver's options: unknown keys (the message lists the known
-    ones), integers out of range, values not among their choices, bad booleans, bad env
-    names."""
-    integers = integers or {}
-    choices = choices or {}
-    violations: list[FieldViolation] = []
-    listing = ", ".join([*known, *(f"{p}NAME" for p in prefixes)])
-    for key, value in options.items():
-        if key in known:
-            if key in integers:
-                low, high = integers[key]
-                if not value.strip().isdigit() or not low <= int(value) <= high:
-                    violations.append(FieldViolation(option_field(key), f"must be a whole number {low}-{high}"))
-            elif key in choices and value not in choices[key]:
-                violations.append(
-                    FieldViolation(option_field(key), f"must be one of {', '.join(choices[key])}, got {value!r}")
-                )
-            elif key in booleans and value.strip().lower() not in BOOLEAN_VALUES:
-                violations.append(FieldViolation(option_field(key), f"must be true or false, got {value!r}"))
-            elif not value.strip() and key not in booleans:
-                violations.append(FieldViolation(option_field(key), "must not be empty"))
-        elif not any(key.startswith(prefix) and len(key) > len(prefix) for prefix in prefixes):
-            violations.append(FieldViolation(option_field(key), f"unknown option (known: {listing})"))
-    _, env_violations = env_options(options)
-    return violations + env_violations

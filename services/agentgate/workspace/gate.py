@@ -30,6 +30,7 @@ import yaml
 
 from agentgate.common.errors import FieldViolation
 from agentgate.common.timeutil import now_timestamp
+from agentgate.harness.verification import gate_plan_source_problem, uses_inline_plan
 from agentgate.v1 import common_pb2
 from agentgate.workspace import git as gitops
 from agentgate.workspace.blackbox import run_blackbox
@@ -62,8 +63,6 @@ CHECK_ENV = {"CI": "true"}
 #: Timeout of one setup command when the plan sets no policy.max_runtime.
 DEFAULT_SETUP_TIMEOUT_SECONDS = 600.0
 MAX_RUNTIME_USED_UP = "not run: the gate plan's policy.max_runtime was used up"
-
-SOURCE_AUTO = (common_pb2.GATE_PLAN_SOURCE_UNSPECIFIED, common_pb2.GATE_PLAN_SOURCE_AUTO)
 
 NAMING_PATTERNS = {
     "kebab-case": re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$"),
@@ -101,15 +100,8 @@ def plan_source_violations(
     source = settings.gate_plan_source
     if source not in common_pb2.GatePlanSource.DESCRIPTOR.values_by_number:
         return [FieldViolation(f"{prefix}.gate_plan_source", f"unknown value {source}")]
-    if source == common_pb2.GATE_PLAN_SOURCE_FILE and settings.gate_plan_yaml.strip():
-        return [
-            FieldViolation(
-                f"{prefix}.gate_plan_yaml",
-                "an inline plan is given but gate_plan_source is FILE (the workspace's verify.yaml only)",
-            )
-        ]
-    if source == common_pb2.GATE_PLAN_SOURCE_INLINE and not settings.gate_plan_yaml.strip():
-        return [FieldViolation(f"{prefix}.gate_plan_yaml", "is required when gate_plan_source is INLINE")]
+    if problem := gate_plan_source_problem(settings):
+        return [FieldViolation(f"{prefix}.gate_plan_yaml", problem)]
     return []
 
 
@@ -131,7 +123,7 @@ def load_plan(room: Path, settings: common_pb2.VerificationSettings | str) -> Lo
     if isinstance(settings, str):
         settings = common_pb2.VerificationSettings(gate_plan_yaml=settings)
     mode, inline = settings.gate_plan_source, settings.gate_plan_yaml
-    if mode == common_pb2.GATE_PLAN_SOURCE_INLINE or (mode in SOURCE_AUTO and inline.strip()):
+    if uses_inline_plan(settings):
         if not inline.strip():
             problem = "gate_plan_source is inline but the harness gives no gate_plan_yaml"
             return LoadedPlan(source="inline", error=GatePlanError(problem, None, "harness"))

@@ -16,10 +16,12 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from agentgate.harness.verification import VERIFICATION_LEVELS
+
 #: Where a workspace keeps its own plan, in the order they are looked for.
 GATE_PLAN_FILES = ("verify.yaml", ".agentgate/verify.yaml")
 
-LEVELS = ("L0", "L1", "L2", "L3")
+LEVELS = VERIFICATION_LEVELS
 LEVEL_NAMES = {"L0": "contracts", "L1": "tests", "L2": "blackbox", "L3": "sanity"}
 
 DEFAULT_TEST_TIMEOUT_SECONDS = 600.0

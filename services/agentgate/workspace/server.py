@@ -20,9 +20,11 @@ import grpc
 
 from agentgate.common.config import ServiceSettings, env_int
 from agentgate.common.errors import FieldViolation, InvalidArgument
+from agentgate.harness.drivers import validate_agent
+from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
-from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos, validate_agent
+from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
@@ -30,7 +32,6 @@ from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "agentgate.v1.WorkspaceService"
-DEFAULT_AGENT_TIMEOUT_SECONDS = 300
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 
 class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):

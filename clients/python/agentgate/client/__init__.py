@@ -21,7 +21,8 @@ arguments the CLI takes.
 """
 
 from agentgate.client.async_client import AsyncAgentGateClient
-from agentgate.client.shared import TERMINAL_STATUSES, SubmitError, WorkOrderStatus
+from agentgate.client.shared import SubmitError, WorkOrderStatus
 from agentgate.client.sync_client import AgentGateClient
+from agentgate.harness.statuses import TERMINAL_STATUSES
 
 __all__ = ["AgentGateClient", "AsyncAgentGateClient", "SubmitError", "TERMINAL_STATUSES", "WorkOrderStatus"]

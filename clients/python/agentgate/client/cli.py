@@ -38,6 +38,7 @@ from agentgate.client.supervisor import Supervisor, check_health, queue_limits
 from agentgate.client.sync_client import AgentGateClient, SubmitError
 from agentgate.common.config import ConfigError, agentgate_home, service_address
 from agentgate.common.messages import to_dict
+from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.v1 import common_pb2
 
 app = typer.Typer(help="AgentGate: run AI coding agents safely.", no_args_is_help=True, add_completion=False)
@@ -49,12 +50,6 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-TERMINAL_STATUSES = {
-    common_pb2.WORK_ORDER_STATUS_SUCCEEDED,
-    common_pb2.WORK_ORDER_STATUS_FAILED,
-    common_pb2.WORK_ORDER_STATUS_CANCELED,
-    common_pb2.WORK_ORDER_STATUS_TIMED_OUT,
-}
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

@@ -19,9 +19,9 @@ import yaml
 from rich.table import Table
 
 from agentgate.client.cli import EXIT_USAGE, JsonFlag, _fail, app, console, err_console
-from agentgate.common import profiles
-from agentgate.common.profiles import Profile, ProfileError
-from agentgate.orchestrator.harness import HarnessError, resolve_harness
+from agentgate.harness import profiles
+from agentgate.harness.profiles import Profile, ProfileError
+from agentgate.harness.resolution import HarnessError, resolve, resolve_harness
 from agentgate.v1 import common_pb2
 
 profiles_app = typer.Typer(
@@ -44,7 +44,7 @@ def profile_row(name: str, directory: Path) -> dict[str, Any]:
         description=profile.description,
         overrides_builtin=not profile.builtin and name in profiles.BUILTIN_PROFILES,
     )
-    resolution = profiles.resolve(common_pb2.HarnessSettings(), directory, prefix="harness", top=profile)
+    resolution = resolve(common_pb2.HarnessSettings(), directory, prefix="harness", top=profile)
     if resolution.violations:
         row.update(valid=False, error="; ".join(v.description for v in resolution.violations))
     return row
@@ -78,7 +78,7 @@ def show(
 ) -> None:
     """The resolved harness of a profile (built-in default < its extends chain), as profile keys."""
     directory = profiles.profiles_dir()
-    resolution = profiles.resolve(common_pb2.HarnessSettings(profile=name), directory, prefix="harness")
+    resolution = resolve(common_pb2.HarnessSettings(profile=name), directory, prefix="harness")
     if resolution.violations:
         for violation in resolution.violations:
             err_console.print(f"[red]invalid[/red] {violation.description}")
@@ -124,7 +124,7 @@ def validate(
     except ProfileError as exc:
         problems = [f"{key}: {message}" if key else message for key, message in exc.problems]
     else:
-        resolution = profiles.resolve(common_pb2.HarnessSettings(), directory, prefix="harness", top=profile)
+        resolution = resolve(common_pb2.HarnessSettings(), directory, prefix="harness", top=profile)
         problems = [v.description for v in resolution.violations]
         chain = resolution.chain
     if json_output:

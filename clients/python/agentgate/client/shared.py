@@ -1,5 +1,5 @@
-"""What the blocking and the asyncio clients share: answers, terminal statuses and the
-reconnect policy of an event follower."""
+"""What the blocking and the asyncio clients share: answers and the reconnect policy of an
+event follower."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from agentgate.common.errors import FieldViolation
+from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.v1 import common_pb2
 
 #: Deadline of every unary call a client makes.
@@ -20,15 +21,6 @@ RECONNECT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUST
 
 #: Reconnects in a row (without an event in between) before a follower gives up.
 MAX_RECONNECTS = 30
-
-TERMINAL_STATUSES = frozenset(
-    {
-        common_pb2.WORK_ORDER_STATUS_SUCCEEDED,
-        common_pb2.WORK_ORDER_STATUS_FAILED,
-        common_pb2.WORK_ORDER_STATUS_CANCELED,
-        common_pb2.WORK_ORDER_STATUS_TIMED_OUT,
-    }
-)
 
 
 class SubmitError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agentgate.harness.retry import RETRY_PRESETS
 from agentgate.v1 import common_pb2
 
 GIT_MODES = {"local": common_pb2.GIT_MODE_LOCAL, "push": common_pb2.GIT_MODE_PUSH, "pr": common_pb2.GIT_MODE_PR}
@@ -12,7 +13,6 @@ GITHUB_MODES = {
     "best_effort": common_pb2.GIT_HUB_MODE_BEST_EFFORT,
     "disabled": common_pb2.GIT_HUB_MODE_DISABLED,
 }
-RETRY_PRESETS = ("default", "aggressive", "none")
 LOOP_STRATEGIES = {
     "fixed": common_pb2.LOOP_STRATEGY_MODE_FIXED,
     "hybrid": common_pb2.LOOP_STRATEGY_MODE_HYBRID,

@@ -1,5 +1,5 @@
-"""Harness profiles (SPEC §14): named, reusable harness settings, and how a work order's
-harness is resolved from them.
+"""Harness profiles (docs/profiles.md): named, reusable harness settings, the keys they
+hold, and how layers of settings merge.
 
 A profile is one of the built-ins (`default`, `fast`, `reliable`) or a YAML file
 `$AGENTGATE_HOME/profiles/{name}.yaml`; a file with a built-in's name takes its place.
@@ -28,9 +28,9 @@ parent means nothing to hybrid), and one that changes the retry `preset` starts 
 numbers afresh. Then each strategy's defaults fill what is still unset, and the result is
 checked as a whole (e.g. ralph's `min_iterations` <= `max_iterations`).
 
-Plain Python (files are small and read synchronously): the queue uses it to refuse bad
-work orders at submit, the orchestrator to resolve the harness stored with the run, the
-CLI for `agentgate profiles`.
+Plain Python (files are small and read synchronously); `agentgate.harness.resolution`
+resolves a work order's harness from them, for the queue at submit, the orchestrator for
+the run, and the CLI for `agentgate profiles`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,9 @@ from google.protobuf.message import Message
 
 from agentgate.common.branches import branch_pattern_problem
 from agentgate.common.config import agentgate_home
-from agentgate.common.errors import FieldViolation
+from agentgate.harness import loop_parameters, retry
+from agentgate.harness.checks import between, not_negative, positive
+from agentgate.harness.verification import VERIFICATION_LEVELS
 from agentgate.v1 import common_pb2
 
 M = common_pb2.LoopStrategyMode
@@ -62,33 +64,8 @@ MAX_PROFILE_BYTES = 64 * 1024
 #: Longer `extends` chains than this are refused (a cycle is reported as such before).
 MAX_CHAIN_LENGTH = 16
 
-MAX_ITERATIONS_LIMIT = 100
-VERIFICATION_LEVELS = ("L0", "L1", "L2", "L3")
-RETRY_PRESETS = ("default", "aggressive", "none")
-MAX_COMPLETION_SIGNALS = 20
-# The same bounds as the queue's checks of inline retry settings.
-MAX_RETRY_ATTEMPTS = 20
-MAX_BACKOFF_SECONDS = 3600.0
-MAX_BACKOFF_MULTIPLIER = 10.0
-
-#: SPEC §10's defaults of each strategy's parameters.
-STRATEGY_DEFAULTS: dict[int, dict[str, int | float]] = {
-    M.LOOP_STRATEGY_MODE_FIXED: {"max_iterations": 3},
-    M.LOOP_STRATEGY_MODE_HYBRID: {"base_iterations": 3, "max_bonus_iterations": 2, "progress_threshold": 0.1},
-    M.LOOP_STRATEGY_MODE_RALPH: {
-        "min_iterations": 2,
-        "max_iterations": 10,
-        "window_size": 3,
-        "convergence_threshold": 0.95,
-    },
-}
-#: Loop detection: stop after this many iterations in a row without changes.
-DEFAULT_NO_CHANGE_LIMIT = 2
 DEFAULT_MAX_WALL_CLOCK_SECONDS = 3600
 DEFAULT_AGENT_TIMEOUT_SECONDS = 300
-
-#: Parameters every strategy uses; the others belong to the modes in STRATEGY_DEFAULTS.
-COMMON_LOOP_PARAMETERS = ("no_change_limit", "completion_signals")
 
 
 class ProfileError(ValueError):
@@ -134,7 +111,7 @@ BASE_LAYER = _layer(
         max_wall_clock_seconds=DEFAULT_MAX_WALL_CLOCK_SECONDS,
         agent_timeout_seconds=DEFAULT_AGENT_TIMEOUT_SECONDS,
     ),
-    retry=common_pb2.RetryPolicy(preset="default"),
+    retry=common_pb2.RetryPolicy(preset=retry.DEFAULT_PRESET),
 )
 
 BUILTIN_PROFILES: dict[str, Profile] = {
@@ -168,37 +145,10 @@ BUILTIN_PROFILES: dict[str, Profile] = {
 # -- the keys a profile may hold ------------------------------------------------------
 
 
-def _positive(value: float) -> str | None:
-    return None if value > 0 else f"must be greater than 0, got {value:g}"
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 else f"must be 0 or more, got {value:g}"
-
-
-def _between(low: float, high: float) -> Callable[[float], str | None]:
-    def check(value: float) -> str | None:
-        return None if low <= value <= high else f"must be between {low:g} and {high:g}, got {value:g}"
-
-    return check
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"must be greater than 0 and at most 1, got {value:g}"
-
-
 def _levels(values: list[str]) -> str | None:
     bad = [v for v in values if v not in VERIFICATION_LEVELS]
     if bad:
         return f"unknown level(s) {', '.join(repr(v) for v in bad)}; expected {', '.join(VERIFICATION_LEVELS)}"
-    return None
-
-
-def _signals(values: list[str]) -> str | None:
-    if any(not v.strip() for v in values):
-        return "a completion signal must not be blank"
-    if len(values) > MAX_COMPLETION_SIGNALS:
-        return f"at most {MAX_COMPLETION_SIGNALS} completion signals, got {len(values)}"
     return None
 
 
@@ -208,7 +158,8 @@ def _branch_pattern(value: str) -> str | None:
 
 
 def _preset(value: str) -> str | None:
-    return None if value in RETRY_PRESETS else f"unknown preset {value!r} (expected {', '.join(RETRY_PRESETS)})"
+    presets = retry.RETRY_PRESETS
+    return None if value in presets else f"unknown preset {value!r} (expected {', '.join(presets)})"
 
 
 @dataclass(frozen=True)
@@ -234,25 +185,17 @@ def _enum(name: str, descriptor: EnumDescriptor, prefix: str, kind: str = "enum"
     return Key(name, kind, enum=descriptor, enum_prefix=prefix)
 
 
-#: section -> its keys, in the order checks are reported (that of the SPEC).
+#: section -> its keys, in the order checks are reported (that of docs/profiles.md).
 SECTIONS: dict[str, tuple[Key, ...]] = {
     "loop_strategy": (
         _enum("mode", common_pb2.LoopStrategyMode.DESCRIPTOR, "LOOP_STRATEGY_MODE_"),
-        Key("max_iterations", "int", check=_between(1, MAX_ITERATIONS_LIMIT)),
-        Key("base_iterations", "int", check=_between(1, MAX_ITERATIONS_LIMIT)),
-        Key("max_bonus_iterations", "int", check=_between(0, MAX_ITERATIONS_LIMIT)),
-        Key("progress_threshold", "float", check=_fraction),
-        Key("min_iterations", "int", check=_between(1, MAX_ITERATIONS_LIMIT)),
-        Key("window_size", "int", check=_between(2, MAX_ITERATIONS_LIMIT)),
-        Key("convergence_threshold", "float", check=_fraction),
-        Key("no_change_limit", "int", check=_between(0, MAX_ITERATIONS_LIMIT)),
-        Key("completion_signals", "strs", check=_signals),
+        *(Key(p.name, p.kind, check=p.check) for p in loop_parameters.PARAMETERS),
     ),
     "limits": (
-        Key("max_wall_clock_seconds", "int", check=_positive),
-        Key("agent_timeout_seconds", "int", check=_positive),
-        Key("max_total_tokens", "int", check=_not_negative),
-        Key("max_cost_usd", "float", check=_not_negative),
+        Key("max_wall_clock_seconds", "int", check=positive),
+        Key("agent_timeout_seconds", "int", check=positive),
+        Key("max_total_tokens", "int", check=not_negative),
+        Key("max_cost_usd", "float", check=not_negative),
         Key("network_allowed", "bool"),
     ),
     "verification": (
@@ -268,19 +211,16 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
     ),
     "retry": (
         Key("preset", "str", check=_preset),
-        Key("max_attempts", "int", check=_between(1, MAX_RETRY_ATTEMPTS)),
-        Key("initial_backoff", "float", "initial_backoff_seconds", check=_between(0, MAX_BACKOFF_SECONDS)),
-        Key("backoff_multiplier", "float", check=_between(1, MAX_BACKOFF_MULTIPLIER)),
-        Key("max_backoff", "float", "max_backoff_seconds", check=_between(0, MAX_BACKOFF_SECONDS)),
+        Key("max_attempts", "int", check=between(1, retry.MAX_RETRY_ATTEMPTS)),
+        Key("initial_backoff", "float", "initial_backoff_seconds", check=between(0, retry.MAX_BACKOFF_SECONDS)),
+        Key("backoff_multiplier", "float", check=between(1, retry.MAX_BACKOFF_MULTIPLIER)),
+        Key("max_backoff", "float", "max_backoff_seconds", check=between(0, retry.MAX_BACKOFF_SECONDS)),
         Key("jitter", "bool"),
         _enum("retryable_errors", common_pb2.BuildErrorType.DESCRIPTOR, "BUILD_ERROR_TYPE_", kind="enums"),
         Key("retry_on_timeout", "bool"),
     ),
 }
 TOP_LEVEL_KEYS = ("extends", "description", *SECTIONS)
-
-#: Which modes use a mode-specific loop parameter.
-MODE_PARAMETERS: dict[int, tuple[str, ...]] = {mode: tuple(defaults) for mode, defaults in STRATEGY_DEFAULTS.items()}
 
 
 def mode_name(mode: int) -> str:
@@ -397,7 +337,7 @@ def check_layer(harness: common_pb2.HarnessSettings, sections: Iterable[str] | N
         if section not in wanted:
             continue
         message = getattr(harness, section)
-        present = _set_fields(message)
+        present = set_fields(message)
         if not present:
             continue
         for key in keys:
@@ -419,7 +359,7 @@ def check_layer(harness: common_pb2.HarnessSettings, sections: Iterable[str] | N
     return problems
 
 
-def _set_fields(message: Message) -> set[str]:
+def set_fields(message: Message) -> set[str]:
     """The fields a layer sets: presence for optional fields, non-empty for lists, a
     non-default value for the others (proto3 cannot tell an explicit default) — which is
     what ListFields reports."""
@@ -591,171 +531,6 @@ def merge_layers(base: common_pb2.HarnessSettings, overlay: common_pb2.HarnessSe
     return merged
 
 
-def fill_strategy_defaults(loop: common_pb2.LoopStrategySettings) -> None:
-    """Sets each unset parameter of the loop's mode to its default; hybrid's
-    `max_iterations` is derived (base + bonus), as the cap the run loop uses."""
-    if not loop.HasField("no_change_limit"):
-        loop.no_change_limit = DEFAULT_NO_CHANGE_LIMIT
-    for name, value in STRATEGY_DEFAULTS.get(loop.mode, {}).items():
-        if not loop.HasField(name):
-            setattr(loop, name, value)
-    if loop.mode == M.LOOP_STRATEGY_MODE_HYBRID:
-        loop.max_iterations = loop.base_iterations + loop.max_bonus_iterations
-
-
-def _misplaced_loop_parameters(layer: common_pb2.HarnessSettings, mode: int) -> list[tuple[str, str]]:
-    """Mode-specific parameters a layer sets that the effective mode does not use."""
-    if mode not in MODE_PARAMETERS:
-        return []
-    problems = []
-    used = MODE_PARAMETERS[mode]
-    present = _set_fields(layer.loop_strategy) - {"mode", *COMMON_LOOP_PARAMETERS, *used}
-    if not present:
-        return []
-    for key in SECTIONS["loop_strategy"]:
-        name = key.name
-        if name == "mode" or name in COMMON_LOOP_PARAMETERS or name in used:
-            continue
-        if name in present:
-            users = [mode_name(m) for m, params in MODE_PARAMETERS.items() if name in params]
-            problems.append(
-                (
-                    f"loop_strategy.{name}",
-                    f"is a parameter of {' and '.join(users)}, but the loop strategy is {mode_name(mode)}",
-                )
-            )
-    return problems
-
-
-def _cross_checks(harness: common_pb2.HarnessSettings) -> list[tuple[str, str]]:
-    """Checks between fields of the resolved harness."""
-    problems: list[tuple[str, str]] = []
-    loop = harness.loop_strategy
-    if loop.mode == M.LOOP_STRATEGY_MODE_HYBRID:
-        total = loop.base_iterations + loop.max_bonus_iterations
-        if total > MAX_ITERATIONS_LIMIT:
-            problems.append(
-                (
-                    "loop_strategy.max_bonus_iterations",
-                    f"base_iterations + max_bonus_iterations is {total}; at most {MAX_ITERATIONS_LIMIT}",
-                )
-            )
-    if loop.mode == M.LOOP_STRATEGY_MODE_RALPH:
-        if loop.min_iterations > loop.max_iterations:
-            problems.append(
-                (
-                    "loop_strategy.min_iterations",
-                    f"{loop.min_iterations} is more than max_iterations ({loop.max_iterations})",
-                )
-            )
-        if loop.window_size > loop.max_iterations:
-            problems.append(
-                (
-                    "loop_strategy.window_size",
-                    f"{loop.window_size} is more than max_iterations ({loop.max_iterations}): it could never converge",
-                )
-            )
-    verification = harness.verification
-    if verification.gate_plan_source == common_pb2.GATE_PLAN_SOURCE_INLINE and not verification.gate_plan_yaml:
-        problems.append(
-            ("verification.gate_plan_source", "inline needs the work order's inline gate plan (gate_plan_yaml)")
-        )
-    if verification.gate_plan_source == common_pb2.GATE_PLAN_SOURCE_FILE and verification.gate_plan_yaml:
-        problems.append(
-            (
-                "verification.gate_plan_source",
-                "file uses only the workspace's verify.yaml, but an inline gate plan is given",
-            )
-        )
-    retry = harness.retry
-    if (
-        retry.HasField("initial_backoff_seconds")
-        and retry.HasField("max_backoff_seconds")
-        and retry.max_backoff_seconds < retry.initial_backoff_seconds
-    ):
-        problems.append(
-            (
-                "retry.max_backoff",
-                f"{retry.max_backoff_seconds:g} is less than initial_backoff ({retry.initial_backoff_seconds:g})",
-            )
-        )
-    return problems
-
-
-@dataclass
-class Resolution:
-    """A resolved harness, the profiles it came from, and what is wrong with it."""
-
-    harness: common_pb2.HarnessSettings
-    chain: list[Profile] = field(default_factory=list)
-    violations: list[FieldViolation] = field(default_factory=list)
-
-
-def _set_keys(layer: common_pb2.HarnessSettings) -> set[str]:
-    keys = set()
-    for section, section_keys in SECTIONS.items():
-        present = _set_fields(getattr(layer, section))
-        keys.update(f"{section}.{key.name}" for key in section_keys if key.field_name in present)
-    if layer.verification.gate_plan_yaml:
-        keys.add("verification.gate_plan_source")
-    return keys
-
-
-def resolve(
-    inline: common_pb2.HarnessSettings,
-    directory: Path | None,
-    *,
-    prefix: str = "spec.harness",
-    top: Profile | None = None,
-    inline_sections: Iterable[str] | None = None,
-) -> Resolution:
-    """Built-in default < profile chain < `inline`, with defaults filled and every problem
-    as a FieldViolation: a problem of the inline settings names its field
-    (`spec.harness.loop_strategy.window_size`), one of a profile names
-    `spec.harness.profile` and says which profile, file and key.
-
-    `top` resolves a given profile (e.g. a file being validated) instead of the one
-    `inline.profile` names. `inline_sections` limits the value checks of the inline
-    settings to those sections, for a caller that checks the others itself.
-    """
-    violations: list[FieldViolation] = []
-    profile_field = f"{prefix}.profile"
-
-    def inline_problem(key: str, message: str) -> None:
-        violations.append(FieldViolation(f"{prefix}.{key}", message))
-
-    name = top.name if top is not None else (inline.profile or DEFAULT_PROFILE)
-    try:
-        chain = profile_chain(top or find_profile(name, directory), directory)
-    except ProfileError as exc:
-        violations.append(FieldViolation(profile_field, str(exc)))
-        chain = []
-    for key, message in check_layer(inline, inline_sections):
-        inline_problem(key, message)
-
-    merged = common_pb2.HarnessSettings()
-    merged.CopyFrom(BASE_LAYER)
-    for profile in chain:
-        merged = merge_layers(merged, profile.harness)
-        misplaced = _misplaced_loop_parameters(profile.harness, merged.loop_strategy.mode)
-        if misplaced:
-            violations.append(FieldViolation(profile_field, str(ProfileError(profile.name, profile.source, misplaced))))
-    merged = merge_layers(merged, inline)
-    for key, message in _misplaced_loop_parameters(inline, merged.loop_strategy.mode):
-        inline_problem(key, message)
-    fill_strategy_defaults(merged.loop_strategy)
-    merged.profile = name
-
-    if chain and not violations:
-        inline_keys = _set_keys(inline)
-        for key, message in _cross_checks(merged):
-            if key in inline_keys:
-                inline_problem(key, message)
-            else:
-                violations.append(FieldViolation(profile_field, f"profile {name!r}: {key}: {message}"))
-    return Resolution(merged, chain, violations)
-
-
 # -- writing a harness back as profile keys -------------------------------------------
 
 
@@ -765,7 +540,7 @@ def harness_to_dict(harness: common_pb2.HarnessSettings) -> dict[str, Any]:
     for section, keys in SECTIONS.items():
         message = getattr(harness, section)
         body: dict[str, Any] = {}
-        present = _set_fields(message)
+        present = set_fields(message)
         for key in keys:
             if key.field_name not in present:
                 continue

@@ -1,0 +1,223 @@
+"""The agent drivers' names and option schemas, as data (docs/agents.md).
+
+The queue checks a work order's agent against these schemas at submit without loading a
+driver; the workspace service runs the drivers and checks a RunAgent request against the
+same schemas. A new driver, or a new option of one, is described here first.
+
+Whether a driver can run on a machine is a fact of that machine: a model CLI driver needs
+its executable on PATH (or at the path its `executable` option gives), which
+`driver_availability` looks up.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agentgate.common.errors import FieldViolation
+from agentgate.harness.scripted_script import ScriptError, parse_script
+from agentgate.v1 import common_pb2
+
+#: Where option violations point, as the queue sees a work order (`spec.agent...`).
+AGENT_FIELD = "spec.agent"
+ENV_PREFIX = "env."
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BOOLEAN_VALUES = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+@dataclass(frozen=True)
+class AgentOption:
+    """One option of a driver (`--agent-option NAME=VALUE`)."""
+
+    name: str
+    #: text (not empty), choice (one of `choices`), integer (`low`-`high`), boolean, script
+    #: (a scripted agent's script).
+    kind: str = "text"
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    low: int = 0
+    high: int = 0
+    #: What the driver uses when the option is not given ('' = nothing).
+    default: str = ""
+
+
+@dataclass(frozen=True)
+class DriverSchema:
+    """A driver as the contract sees it: its name, its options, what it needs to run."""
+
+    name: str
+    description: str
+    options: tuple[AgentOption, ...]
+    #: Prefixes of option families (`env.NAME`: a variable for the agent).
+    prefixes: tuple[str, ...] = (ENV_PREFIX,)
+    #: The CLI the driver runs unless the `executable` option names another ('' = the
+    #: driver needs nothing beyond AgentGate), and the CLI's name in messages.
+    executable: str = ""
+    product: str = ""
+
+    def option(self, name: str) -> AgentOption:
+        """The option called `name` (a KeyError for an unknown one is a bug)."""
+        return {option.name: option for option in self.options}[name]
+
+
+_MODEL_CLI_COMMON = (
+    AgentOption("resume", "boolean"),
+    AgentOption("executable"),
+)
+
+#: Every driver, by name.
+DRIVERS: dict[str, DriverSchema] = {
+    schema.name: schema
+    for schema in (
+        DriverSchema(
+            "command",
+            "Any CLI from a command template ({prompt_file}, {workspace}, {iteration}) or prompt on stdin",
+            (AgentOption("command", required=True), AgentOption("prompt_via", "choice", choices=("stdin", "file"))),
+        ),
+        DriverSchema(
+            "scripted",
+            "Deterministic YAML script of per-iteration steps, for demos and tests",
+            (AgentOption("script", "script", required=True),),
+            prefixes=(),
+        ),
+        DriverSchema(
+            "claude-code",
+            "Claude Code CLI (claude -p, stream-json): tool calls, tokens, cost, session resume",
+            (
+                AgentOption("model"),
+                AgentOption("allowed_tools"),
+                AgentOption("disallowed_tools"),
+                AgentOption("max_turns", "integer", low=1, high=1000),
+                AgentOption("append_system_prompt"),
+                AgentOption(
+                    "permission_mode",
+                    "choice",
+                    choices=("acceptEdits", "bypassPermissions", "default", "plan", "dontAsk"),
+                    # The agent must be able to edit files without a person to approve.
+                    default="acceptEdits",
+                ),
+                *_MODEL_CLI_COMMON,
+            ),
+            executable="claude",
+            product="Claude Code",
+        ),
+        DriverSchema(
+            "codex",
+            "OpenAI Codex CLI (codex exec --json): tool calls, tokens, session resume",
+            (
+                AgentOption("model"),
+                AgentOption(
+                    "sandbox",
+                    "choice",
+                    choices=("read-only", "workspace-write", "danger-full-access"),
+                    # The agent must be able to edit the workspace.
+                    default="workspace-write",
+                ),
+                AgentOption("profile"),
+                *_MODEL_CLI_COMMON,
+            ),
+            prefixes=(ENV_PREFIX, "config."),
+            executable="codex",
+            product="Codex",
+        ),
+    )
+}
+
+
+def driver_names() -> list[str]:
+    """Names of the drivers, sorted."""
+    return sorted(DRIVERS)
+
+
+def _value_problem(schema: DriverSchema, option: AgentOption, value: str) -> str:
+    if option.kind == "script":
+        if not value.strip():
+            return f"the {schema.name} driver needs a {option.name}"
+        try:
+            parse_script(value)
+        except ScriptError as exc:
+            return f"invalid script: {exc}"
+        return ""
+    if option.required and not value.strip():
+        return f"the {schema.name} driver needs a {option.name}"
+    if option.kind == "integer":
+        if not value.strip().isdigit() or not option.low <= int(value) <= option.high:
+            return f"must be a whole number {option.low}-{option.high}"
+    elif option.kind == "choice":
+        if value not in option.choices:
+            return f"must be one of {', '.join(option.choices)}, got {value!r}"
+    elif option.kind == "boolean":
+        if value.strip().lower() not in BOOLEAN_VALUES:
+            return f"must be true or false, got {value!r}"
+    elif not value.strip():
+        return "must not be empty"
+    return ""
+
+
+def option_problems(schema: DriverSchema, options: Mapping[str, str]) -> list[tuple[str, str]]:
+    """What is wrong with a driver's options, as (option, message): required options
+    missing, unknown keys (the message lists the known ones), values out of their kind,
+    bad variable names."""
+    known = {option.name: option for option in schema.options}
+    problems = [
+        (option.name, f"the {schema.name} driver needs a {option.name}")
+        for option in schema.options
+        if option.required and option.name not in options
+    ]
+    listing = ", ".join([*known, *(f"{prefix}NAME" for prefix in schema.prefixes)])
+    for key, value in options.items():
+        option = known.get(key)
+        if option is not None:
+            if problem := _value_problem(schema, option, value):
+                problems.append((key, problem))
+        elif not any(key.startswith(prefix) and len(key) > len(prefix) for prefix in schema.prefixes):
+            problems.append((key, f"unknown option (known: {listing})"))
+        elif key.startswith(ENV_PREFIX) and not ENV_NAME.match(key[len(ENV_PREFIX) :]):
+            problems.append((key, f"{key[len(ENV_PREFIX) :]!r} is not a valid variable name"))
+    return problems
+
+
+def validate_agent(agent: common_pb2.AgentSpec, field_prefix: str = AGENT_FIELD) -> list[FieldViolation]:
+    """Problems with an AgentSpec: unknown or empty driver name, or bad options.
+
+    Field paths start with `field_prefix` (`spec.agent` for a work order, `agent` for a
+    RunAgent request).
+    """
+    known = ", ".join(driver_names())
+    if not agent.name:
+        return [FieldViolation(f"{field_prefix}.name", f"an agent driver is required (known drivers: {known})")]
+    schema = DRIVERS.get(agent.name)
+    if schema is None:
+        return [FieldViolation(f"{field_prefix}.name", f"unknown agent driver {agent.name!r} (known drivers: {known})")]
+    return [
+        FieldViolation(f"{field_prefix}.options.{key}", message)
+        for key, message in option_problems(schema, dict(agent.options))
+    ]
+
+
+def executable_problem(executable: str, what: str) -> str:
+    """'' when `executable` (a name on PATH or a path) can be run here, else what is missing."""
+    if shutil.which(executable) is not None:
+        return ""
+    if "/" in executable:
+        return f"{executable} (the {what} executable) does not exist or is not executable"
+    return f"the {executable} executable is not on PATH"
+
+
+def driver_availability(schema: DriverSchema, options: Mapping[str, str] | None = None) -> str:
+    """What the driver is missing on this machine ('' = it can run; looks at PATH)."""
+    if not schema.executable:
+        return ""
+    return executable_problem((options or {}).get("executable") or schema.executable, schema.product)
+
+
+def agent_unavailable(agent: common_pb2.AgentSpec) -> str:
+    """Why the agent of a valid AgentSpec cannot run here ('' = it can; unknown drivers are
+    `validate_agent`'s business)."""
+    schema = DRIVERS.get(agent.name)
+    if schema is None:
+        return ""
+    missing = driver_availability(schema, agent.options)
+    return f"agent driver {agent.name!r} is not available here: {missing}" if missing else ""
