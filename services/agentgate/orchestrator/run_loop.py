@@ -22,6 +22,7 @@ from agentgate.common.persistence_warnings import warning_from_metadata
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.orchestrator import budgets, build_errors
+from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.harness import HarnessError, resolve_harness
@@ -36,7 +37,7 @@ from agentgate.orchestrator.retry import (
     settings_from_policy,
 )
 from agentgate.orchestrator.run_state import transition
-from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, loop_result_of, strategy_for
+from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, strategy_for
 from agentgate.orchestrator.subscribers import SubscriberChannel
 from agentgate.orchestrator.workspace_facade import discard_failed_attempt, workspace_lease_seconds
 from agentgate.v1 import (
@@ -86,7 +87,7 @@ class IterationOutcome:
     agent_file: str
     report: common_pb2.VerificationReport | None
     report_file: str
-    decision: common_pb2.LoopDecision
+    decision: LoopDecision
 
 
 class RunExecutor:
@@ -323,11 +324,10 @@ class RunExecutor:
             assert last.report is not None
             error = build_errors.from_verification_report(last.report, last.report_file, last.agent_file)
             result = R.RUN_RESULT_FAILED_VERIFICATION
-        loop_result = loop_result_of(last.decision)
-        if loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP:
+        if last.decision.outcome is LoopOutcome.STRATEGY_STOP:
             # Why the loop stopped early (no progress, loop detected, budget) leads the error.
             error.message = f"{last.decision.reason}. Last iteration: {error.message}"
-        return await self._fail(result, error, loop_result)
+        return await self._fail(result, error, last.decision.loop_result)
 
     async def _prepare(self) -> workspace_pb2.PrepareForRunResponse:
         async def prepare_once(attempt: int) -> workspace_pb2.PrepareForRunResponse:
@@ -442,7 +442,7 @@ class RunExecutor:
         self.emitter.emit(
             ev.STRATEGY_DECISION,
             iteration,
-            strategy_decision=events_pb2.StrategyDecision(strategy=self.strategy.name, decision=decision),
+            strategy_decision=events_pb2.StrategyDecision(strategy=self.strategy.name, decision=decision.to_proto()),
         )
         history.append(
             IterationSummary(
@@ -460,7 +460,7 @@ class RunExecutor:
             data.error_message = iteration_error.message
             data.error_details.update(build_errors.error_details(iteration_error))
         data.feedback_generated = bool(decision.feedback)
-        data.decision.CopyFrom(decision)
+        data.decision.CopyFrom(decision.to_proto())
         data.state = self.run.state
         data.finished_at.CopyFrom(now_timestamp())
         data.duration_seconds = time.monotonic() - started
