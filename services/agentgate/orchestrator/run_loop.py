@@ -58,6 +58,23 @@ class RunOutcome:
 
 
 @dataclass(frozen=True)
+class AgentStep:
+    """The agent step of an iteration: the last attempt's result and file, and every attempt."""
+
+    result: common_pb2.AgentResult
+    file: str
+    attempts: list[common_pb2.RetryAttempt]
+    #: Retries spent on an agent that still failed (0 when it succeeded).
+    retries: int
+
+    def error(self) -> common_pb2.BuildError:
+        """The error of a failed agent, saying how often it was retried."""
+        error = build_errors.from_agent_result(self.result, self.file)
+        error.message = retries_message(self.retries, error.message)
+        return error
+
+
+@dataclass(frozen=True)
 class IterationOutcome:
     """What one iteration came to, for the loop."""
 
@@ -131,9 +148,6 @@ class RunExecutor:
         self._terminal_event = ""
         #: One retry executor (docs/profiles.md) for the agent, workspace preparation and delivery.
         self.retry = RetryExecutor(settings_from_policy(self.harness.retry))
-        self._agent_attempts: list[common_pb2.RetryAttempt] = []
-        # Iterations whose agent failed after retries: their error says how many.
-        self._agent_retries: dict[int, int] = {}
         #: run.json saves run behind the run, in order (the next step does not wait for them).
         self._saves = OrderedSaves(f"run {work_order.run_id}")
 
@@ -330,10 +344,11 @@ class RunExecutor:
             feedback=feedback,
             extra_instructions=self.harness.extra_instructions,
         )
-        agent, agent_file = await self._run_agent(iteration, prompt)
-        data.attempts.extend(self._agent_attempts)
+        step = await self._run_agent(iteration, prompt)
+        agent = step.result
+        data.attempts.extend(step.attempts)
         data.agent_session_id = agent.session_id
-        data.agent_result_file = agent_file
+        data.agent_result_file = step.file
         data.agent_duration_seconds = agent.duration_seconds
         data.agent_success = agent.success
         data.model = agent.model
@@ -360,9 +375,9 @@ class RunExecutor:
         decision = self._decide(iteration, agent, report, snapshot.has_changes, history, started)
         error: common_pb2.BuildError | None = None
         if not agent.success:
-            error = self._agent_error(iteration, agent, agent_file)
+            error = step.error()
         elif report is not None and not report.passed:
-            error = build_errors.from_verification_report(report, report_file, agent_file)
+            error = build_errors.from_verification_report(report, report_file, step.file)
         self._record_iteration(data, decision, error, started)
         return IterationOutcome(agent, report, decision, error)
 
@@ -449,16 +464,10 @@ class RunExecutor:
 
         return on_attempt
 
-    def _agent_error(self, iteration: int, agent: common_pb2.AgentResult, agent_file: str) -> common_pb2.BuildError:
-        """The error of a failed agent result, saying how often it was retried."""
-        error = build_errors.from_agent_result(agent, agent_file)
-        error.message = retries_message(self._agent_retries.get(iteration, 0), error.message)
-        return error
-
-    async def _run_agent(self, iteration: int, prompt: str) -> tuple[common_pb2.AgentResult, str]:
+    async def _run_agent(self, iteration: int, prompt: str) -> AgentStep:
         """Runs the agent under the retry policy (docs/profiles.md): a timeout or crash the
         policy names is tried again with the attempt number passed on; every try is recorded."""
-        self._agent_attempts = []
+        attempts: list[common_pb2.RetryAttempt] = []
 
         def failure_of(outcome: tuple[common_pb2.AgentResult, str]) -> Failure | None:
             result = outcome[0]
@@ -467,19 +476,18 @@ class RunExecutor:
             error = build_errors.from_agent_result(result)
             return Failure(error, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
 
-        attempts = await self.retry.run(
+        tried = await self.retry.run(
             "agent",
             lambda attempt: self._run_agent_once(iteration, prompt, attempt),
             failure_of,
-            on_attempt=self._retry_event(iteration, self._agent_attempts),
+            on_attempt=self._retry_event(iteration, attempts),
         )
-        if attempts.value is None:
+        if tried.value is None:
             # The last try could not run the agent at all (the workspace service failed).
-            raise OperationFailed(attempts.error or build_errors.from_exception(RuntimeError("no agent result")))
-        if attempts.error is not None:
-            self._agent_retries[iteration] = attempts.retries
-        self._last_session_id = attempts.value[0].session_id or self._last_session_id
-        return attempts.value
+            raise OperationFailed(tried.error or build_errors.from_exception(RuntimeError("no agent result")))
+        result, file = tried.value
+        self._last_session_id = result.session_id or self._last_session_id
+        return AgentStep(result, file, attempts, tried.retries if tried.error is not None else 0)
 
     async def _run_agent_once(self, iteration: int, prompt: str, attempt: int) -> tuple[common_pb2.AgentResult, str]:
         if attempt > 1:  # a retry starts from the iteration's snapshot, not from a half-done attempt
