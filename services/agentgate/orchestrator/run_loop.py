@@ -622,10 +622,15 @@ class RunExecutor:
         self.run.pr_url = outcome.summary.pr_url
         return outcome.failure
 
-    def _fail(self, result: int, error: common_pb2.BuildError, loop_result: int) -> RunOutcome:
+    def _fail(
+        self,
+        result: common_pb2.RunResult.ValueType,
+        error: common_pb2.BuildError,
+        loop_result: common_pb2.LoopResult.ValueType,
+    ) -> RunOutcome:
         self._set_state(S.RUN_STATE_FAILED)
-        self.run.result = result  # type: ignore[assignment]
-        self.run.loop_result = loop_result  # type: ignore[assignment]
+        self.run.result = result
+        self.run.loop_result = loop_result
         self.run.build_error.CopyFrom(error)
         self.run.error = build_errors.error_string(error)
         if not self.run.stop_reason:

@@ -97,7 +97,7 @@ def feedback_for(event: IterationCompleteEvent) -> str:
     return ""
 
 
-def _decision(outcome: LoopOutcome, reason: str, rule: str, feedback: str = "", **figures: object) -> LoopDecision:
+def _decision(outcome: LoopOutcome, reason: str, rule: str, feedback: str = "", /, **figures: object) -> LoopDecision:
     return LoopDecision(outcome, reason, rule, feedback, figures={k: str(v) for k, v in figures.items()})
 
 
