@@ -11,7 +11,9 @@ import grpc
 import pytest
 
 from agentgate.common.errors import field_violations
+from agentgate.orchestrator.persistence_port import GrpcPersistence
 from agentgate.orchestrator.run_loop import RunExecutor
+from agentgate.orchestrator.workspace_port import GrpcWorkspace
 from agentgate.v1 import common_pb2, queue_pb2, workspace_pb2_grpc
 
 from .inprocess_suite import InProcessSuite
@@ -218,8 +220,8 @@ async def test_a_profile_broken_after_submit_fails_the_run_with_the_reason(suite
     work_order.spec.harness.profile = "team"
     executor = RunExecutor(
         work_order,
-        workspace_pb2_grpc.WorkspaceServiceStub(suite._channel("workspace")),
-        suite.persistence,
+        GrpcWorkspace(workspace_pb2_grpc.WorkspaceServiceStub(suite._channel("workspace"))),
+        GrpcPersistence(suite.persistence),
         profiles_dir=profiles_dir,
     )
     outcome = await executor.execute()

@@ -37,6 +37,11 @@ class Recording:
         self.closed = True
 
 
+def dropped(emitter: RunEventEmitter) -> int:
+    """Events of the emitter's run that some subscriber dropped (buffer full)."""
+    return sum(emitter.tally.dropped.values())
+
+
 class Stuck(Recording):
     """Never finishes handling until released."""
 
@@ -136,7 +141,7 @@ async def test_emitter_reports_losses_before_the_terminal_event_and_the_run_is_n
     stuck = Stuck("audit")
     failing = Failing(failures=100, name="metrics")
     shared = [SubscriberChannel(stuck, capacity=5, max_batch=1), SubscriberChannel(failing, max_batch=1)]
-    emitter = RunEventEmitter(None, "wo-1", "run-1", trace_id="ab" * 16, subscribers=shared, own_subscriber=own)
+    emitter = RunEventEmitter(own, "wo-1", "run-1", trace_id="ab" * 16, subscribers=shared)
     started = time.monotonic()
     emitter.emit(ev.RUN_STARTED, run_started=events_pb2.RunStarted(agent="scripted"))
     for n in range(19):
@@ -154,25 +159,25 @@ async def test_emitter_reports_losses_before_the_terminal_event_and_the_run_is_n
     assert "audit: 15 dropped (buffer full)" in warning
     assert "metrics: 20 failed" in warning
     assert {e.trace_id for e in own.events} == {"ab" * 16}
-    assert emitter.dropped == 15  # the report and the terminal event are forced in
+    assert dropped(emitter) == 15  # the report and the terminal event are forced in
     stuck.release.set()
     for channel in shared:
         await channel.close(1.0)
 
 
-async def test_emitter_without_losses_sends_no_warning_and_counts_appends() -> None:
+async def test_emitter_without_losses_sends_no_warning() -> None:
     own = Recording("persistence")
-    emitter = RunEventEmitter(None, "wo-1", "run-1", own_subscriber=own)
+    emitter = RunEventEmitter(own, "wo-1", "run-1")
     emitter.emit(ev.RUN_STARTED)
     emitter.emit(ev.RUN_FAILED, run_ended=events_pb2.RunEnded(result=common_pb2.RUN_RESULT_FAILED_BUILD))
     await emitter.close()
     assert [e.type for e in own.events] == [ev.RUN_STARTED, ev.RUN_FAILED]
-    assert emitter.emitted == 2 and emitter.dropped == 0 and emitter.failed_appends == 0
+    assert dropped(emitter) == 0 and emitter.tally.failed[own.name] == 0
 
 
 async def test_a_full_own_buffer_still_takes_the_terminal_event() -> None:
     stuck = Stuck("persistence")
-    emitter = RunEventEmitter(None, "wo-1", "run-1", own_subscriber=stuck)
+    emitter = RunEventEmitter(stuck, "wo-1", "run-1")
     for _ in range(10_050):
         emitter.emit(ev.AGENT_OUTPUT, 1, agent_output=events_pb2.AgentOutput(text="x"))
     emitter.emit(ev.RUN_COMPLETE, 1, run_ended=events_pb2.RunEnded())
@@ -190,8 +195,7 @@ async def test_audit_log_writes_one_redacted_line_per_event(tmp_path: Path) -> N
     path = audit_path(tmp_path)
     audit = AuditLog(path)
     channel = SubscriberChannel(audit)
-    emitter = RunEventEmitter(None, "wo-1", "run-1", trace_id="cd" * 16, subscribers=[channel],
-                              own_subscriber=Recording())
+    emitter = RunEventEmitter(Recording(), "wo-1", "run-1", trace_id="cd" * 16, subscribers=[channel])
     emitter.emit(ev.RUN_STARTED, run_started=events_pb2.RunStarted(agent="scripted", worker_id="w1"))
     emitter.emit(ev.AGENT_OUTPUT, 1, agent_output=events_pb2.AgentOutput(text="token ghp_" + "a" * 36))
     error = common_pb2.BuildError(
@@ -231,7 +235,7 @@ async def test_an_unwritable_audit_log_fails_without_stopping_the_others(tmp_pat
     blocker.write_text("a file where the folder should be")
     audit_channel = SubscriberChannel(AuditLog(audit_path(tmp_path)))
     own = Recording("persistence")
-    emitter = RunEventEmitter(None, "wo-1", "run-1", subscribers=[audit_channel], own_subscriber=own)
+    emitter = RunEventEmitter(own, "wo-1", "run-1", subscribers=[audit_channel])
     emitter.emit(ev.RUN_STARTED)
     assert await audit_channel.flush(2.0)
     emitter.emit(ev.RUN_COMPLETE, run_ended=events_pb2.RunEnded())
@@ -260,7 +264,7 @@ async def test_metrics_from_events() -> None:
     provider = MeterProvider(metric_readers=[reader])
     run_metrics = RunMetrics(provider.get_meter("test"))
     channel = SubscriberChannel(run_metrics)
-    emitter = RunEventEmitter(None, "wo-1", "run-1", subscribers=[channel], own_subscriber=Recording())
+    emitter = RunEventEmitter(Recording(), "wo-1", "run-1", subscribers=[channel])
     emitter.emit(ev.RUN_STARTED, run_started=events_pb2.RunStarted(agent="scripted"))
     emitter.emit(
         ev.AGENT_COMPLETE, 1,
@@ -298,7 +302,7 @@ async def test_metrics_from_events() -> None:
 
 async def test_worker_subscribers_write_the_audit_log_under_home(tmp_path: Path) -> None:
     subscribers = WorkerSubscribers.create(tmp_path, MeterProvider().get_meter("test"), capacity=100)
-    emitter = RunEventEmitter(None, "wo-1", "run-1", subscribers=subscribers.channels, own_subscriber=Recording())
+    emitter = RunEventEmitter(Recording(), "wo-1", "run-1", subscribers=subscribers.channels)
     emitter.emit(ev.RUN_STARTED)
     await emitter.close()
     await subscribers.close()
@@ -308,7 +312,7 @@ async def test_worker_subscribers_write_the_audit_log_under_home(tmp_path: Path)
 
 
 def test_append_chunks_keep_order_and_stay_under_the_limit():
-    from agentgate.orchestrator.emitter import append_chunks
+    from agentgate.orchestrator.persistence_port import append_chunks
     from agentgate.v1 import events_pb2
 
     events = [

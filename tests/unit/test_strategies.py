@@ -9,12 +9,12 @@ import pytest
 
 from agentgate.harness import loop_parameters
 from agentgate.orchestrator import budgets
+from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.strategies import (
     FixedStrategy,
     HybridStrategy,
     IterationCompleteEvent,
     RalphStrategy,
-    loop_result_of,
     similarity,
     strategy_for,
 )
@@ -68,17 +68,26 @@ class TestFixed:
         assert first.reason == "Verification failed; iteration 1 of 3, trying again"
         assert second.reason == "Verification failed; iteration 2 of 3, trying again"
         assert third.reason == "Reached max iterations (3) without passing verification"
-        assert [d.metadata["loop_result"] for d in (first, second, third)] == ["continue", "continue", "max_iterations"]
-        assert loop_result_of(third) == common_pb2.LOOP_RESULT_MAX_ITERATIONS
+        assert [d.outcome for d in (first, second, third)] == ["continue", "continue", "max_iterations"]
+        assert third.loop_result == common_pb2.LOOP_RESULT_MAX_ITERATIONS
         assert first.feedback.startswith("## Verification failed — iteration 1")
-        assert third.metadata["strategy"] == "fixed"
+        assert third.strategy == "fixed"
+
+    def test_the_wire_form_carries_rule_outcome_strategy_and_figures(self):
+        decision = FixedStrategy(3).on_iteration_complete(event(1))
+        wire = decision.to_proto()
+        assert (wire.should_continue, wire.reason, wire.feedback) == (True, decision.reason, decision.feedback)
+        assert dict(wire.metadata) == {
+            "rule": "iterations_left", "loop_result": "continue", "strategy": "fixed", "max_iterations": "3",
+            "no_change_streak": "0",
+        }
 
     def test_stops_at_once_on_a_pass(self):
         decision = FixedStrategy(3).on_iteration_complete(event(1, passing()))
         assert not decision.should_continue
         assert decision.reason == "Verification passed"
-        assert decision.metadata["rule"] == "passed"
-        assert loop_result_of(decision) == common_pb2.LOOP_RESULT_SUCCESS
+        assert decision.rule == "passed"
+        assert decision.loop_result == common_pb2.LOOP_RESULT_SUCCESS
 
     def test_agent_failure_is_named_and_fed_back(self):
         decision = FixedStrategy(3).on_iteration_complete(event(1, agent_ok=False))
@@ -104,8 +113,8 @@ class TestHybrid:
             "Progress: failed checks fell from 3/4 (75%) to 2/4 (50%) (threshold 10%); bonus iteration 2 of 2"
         )
         assert decisions[3].reason == "Reached max iterations (2 base + 2 bonus) without passing verification"
-        assert [d.metadata["rule"] for d in decisions] == ["base_iteration", "progress", "progress", "max_iterations"]
-        assert decisions[1].metadata["failed_checks"] == "3/4 (75%)"
+        assert [d.rule for d in decisions] == ["base_iteration", "progress", "progress", "max_iterations"]
+        assert decisions[1].figures["failed_checks"] == "3/4 (75%)"
 
     def test_stops_on_no_progress_after_the_base(self):
         strategy = HybridStrategy(base_iterations=2, max_bonus_iterations=2)
@@ -117,7 +126,7 @@ class TestHybrid:
             "No progress: failed checks went from 3/4 (75%) to 3/4 (75%), a fall below the threshold of 10%, "
             "and no level newly passed; stopping after 2 iteration(s) (2 base + 0 bonus)"
         )
-        assert loop_result_of(second) == common_pb2.LOOP_RESULT_STRATEGY_STOP
+        assert second.loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP
 
     def test_progress_then_stall_stops_in_the_bonus(self):
         strategy = HybridStrategy(base_iterations=2, max_bonus_iterations=2)
@@ -177,8 +186,8 @@ class TestRalph:
             "Converged: the last 3 iterations failed the same checks (L1/check0) with outputs at least 95% "
             "similar (lowest 100%)"
         )
-        assert decisions[2].metadata["rule"] == "converged"
-        assert loop_result_of(decisions[2]) == common_pb2.LOOP_RESULT_STRATEGY_STOP
+        assert decisions[2].rule == "converged"
+        assert decisions[2].loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP
 
     def test_changing_outputs_do_not_converge_and_run_to_max(self):
         strategy = RalphStrategy(min_iterations=2, max_iterations=5, window_size=3)
@@ -186,7 +195,7 @@ class TestRalph:
                    "ZeroDivisionError: division by zero", "KeyError: 'total'"]
         decisions = [strategy.on_iteration_complete(event(i, report(1, 1, out))) for i, out in enumerate(outputs, 1)]
         assert [d.should_continue for d in decisions] == [True, True, True, True, False]
-        assert decisions[2].metadata["rule"] == "not_converged"
+        assert decisions[2].rule == "not_converged"
         assert "not converged over the last 3 iterations (outputs only" in decisions[2].reason
         assert decisions[4].reason == "Reached max iterations (5) without passing verification or converging"
 
@@ -200,7 +209,7 @@ class TestRalph:
         strategy = RalphStrategy(min_iterations=4, max_iterations=10, window_size=3)
         same = [strategy.on_iteration_complete(event(i, report(1, 1, "same"))) for i in (1, 2, 3, 4)]
         assert [d.should_continue for d in same] == [True, True, True, False]
-        assert same[2].metadata["rule"] == "min_iterations"
+        assert same[2].rule == "min_iterations"
         # 'abcdefghij' vs 'abcdefghiX' are 90% alike: converged at 0.9, not at 0.95.
         lenient = RalphStrategy(min_iterations=1, max_iterations=10, window_size=2, convergence_threshold=0.9)
         strict = RalphStrategy(min_iterations=1, max_iterations=10, window_size=2, convergence_threshold=0.95)
@@ -240,14 +249,14 @@ class TestLoopDetection:
     def test_every_strategy_stops_after_two_iterations_without_changes(self, strategy):
         first = strategy.on_iteration_complete(event(1, report(1, 2), has_changes=False))
         second = strategy.on_iteration_complete(event(2, report(1, 2), has_changes=False))
-        assert first.should_continue and first.metadata["no_change_streak"] == "1"
+        assert first.should_continue and first.figures["no_change_streak"] == "1"
         assert not second.should_continue
         assert second.reason == (
             "Loop detected: the agent changed nothing in the workspace for 2 iteration(s) in a row "
             "(iterations 1-2; no_change_limit 2)"
         )
-        assert second.metadata["rule"] == "no_changes"
-        assert loop_result_of(second) == common_pb2.LOOP_RESULT_STRATEGY_STOP
+        assert second.rule == "no_changes"
+        assert second.loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP
 
     def test_a_change_resets_the_streak(self):
         strategy = FixedStrategy(5)
@@ -268,8 +277,8 @@ class TestLoopDetection:
         strategy.on_iteration_complete(event(1, has_changes=False))
         last = strategy.on_iteration_complete(event(2, has_changes=False))
         assert last.reason == "Reached max iterations (2) without passing verification"
-        assert loop_result_of(last) == common_pb2.LOOP_RESULT_MAX_ITERATIONS
-        assert last.metadata["no_change_streak"] == "2"
+        assert last.loop_result == common_pb2.LOOP_RESULT_MAX_ITERATIONS
+        assert last.figures["no_change_streak"] == "2"
 
     def test_a_pass_wins(self):
         strategy = FixedStrategy(5, no_change_limit=1)
@@ -288,15 +297,15 @@ class TestCompletionSignals:
         )
         assert first.feedback.startswith("Note: you reported the task complete ('TASK COMPLETE')")
         assert "## Verification failed — iteration 1" in first.feedback
-        assert first.metadata["completion_signal"] == "TASK COMPLETE"
+        assert first.figures["completion_signal"] == "TASK COMPLETE"
         second = strategy.on_iteration_complete(event(2, stdout="TASK COMPLETE"))
         assert not second.should_continue
         assert second.reason == (
             "The agent signalled completion ('TASK COMPLETE') in iterations 1 and 2, but the gate still fails "
             "(verification failed)"
         )
-        assert second.metadata["rule"] == "completion_claimed"
-        assert loop_result_of(second) == common_pb2.LOOP_RESULT_STRATEGY_STOP
+        assert second.rule == "completion_claimed"
+        assert second.loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP
 
     def test_claims_must_be_consecutive(self):
         strategy = FixedStrategy(5, completion_signals=["DONE"])
@@ -306,11 +315,11 @@ class TestCompletionSignals:
     def test_a_claim_with_a_passing_gate_succeeds(self):
         decision = FixedStrategy(5, completion_signals=["DONE"]).on_iteration_complete(event(1, passing(), stdout="DONE"))
         assert decision.reason == "Verification passed (the agent signalled completion: 'DONE')"
-        assert loop_result_of(decision) == common_pb2.LOOP_RESULT_SUCCESS
+        assert decision.loop_result == common_pb2.LOOP_RESULT_SUCCESS
 
     def test_no_signal_configured_means_no_claim(self):
         decision = FixedStrategy(5).on_iteration_complete(event(1, stdout="DONE"))
-        assert "completion_signal" not in decision.metadata
+        assert "completion_signal" not in decision.figures
 
     def test_blank_signal_refused(self):
         with pytest.raises(ValueError, match="blank"):
@@ -377,13 +386,14 @@ class TestBudgets:
     def test_enforce_stops_a_failing_run_but_never_a_passed_one(self):
         budget = budgets.RunBudget(max_total_tokens=10)
         budget.add(common_pb2.AgentResult(tokens=common_pb2.TokenUsage(total=11)))
-        going_on = common_pb2.LoopDecision(should_continue=True, reason="iteration 1 of 3", metadata={"strategy": "fixed"})
+        going_on = LoopDecision(LoopOutcome.CONTINUE, "iteration 1 of 3", "iterations_left", "feedback", "fixed")
         stopped = budgets.enforce(going_on, budget, passed=False)
         assert not stopped.should_continue
         assert stopped.reason == "Token budget exceeded: 11 tokens used, max_total_tokens is 10"
-        assert stopped.metadata["rule"] == "token_budget" and stopped.metadata["strategy_reason"] == "iteration 1 of 3"
-        assert loop_result_of(stopped) == common_pb2.LOOP_RESULT_STRATEGY_STOP
-        passed = common_pb2.LoopDecision(should_continue=False, reason="Verification passed")
+        assert stopped.rule == "token_budget" and stopped.figures["strategy_reason"] == "iteration 1 of 3"
+        assert stopped.strategy == "fixed" and not stopped.feedback
+        assert stopped.loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP
+        passed = LoopDecision(LoopOutcome.SUCCESS, "Verification passed", "passed")
         assert budgets.enforce(passed, budget, passed=True) is passed
-        at_the_cap = common_pb2.LoopDecision(should_continue=False, reason="Reached max iterations (3)")
+        at_the_cap = LoopDecision(LoopOutcome.MAX_ITERATIONS, "Reached max iterations (3)", "max_iterations")
         assert budgets.enforce(at_the_cap, budget, passed=False) is at_the_cap

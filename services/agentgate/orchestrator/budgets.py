@@ -10,8 +10,9 @@ is the next iteration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.v1 import common_pb2
 
 BUDGET_RULES = ("token_budget", "cost_budget")
@@ -55,18 +56,17 @@ class RunBudget:
         return "", ""
 
 
-def enforce(decision: common_pb2.LoopDecision, budget: RunBudget, passed: bool) -> common_pb2.LoopDecision:
-    """The decision, or a stop (strategy_stop, with the budget as reason) when the loop
-    would go on but a budget is exceeded. A stopping decision keeps its own reason."""
+def enforce(decision: LoopDecision, budget: RunBudget, passed: bool) -> LoopDecision:
+    """The decision, or a stop (strategy_stop, with the budget as rule and reason) when the
+    loop would go on but a budget is exceeded. A stopping decision keeps its own reason."""
     rule, reason = budget.exceeded()
     if passed or not decision.should_continue or not rule:
         return decision
-    metadata = dict(decision.metadata)
-    metadata.update(
-        rule=rule,
-        loop_result="strategy_stop",
-        strategy_reason=decision.reason,
-        tokens_used=str(budget.tokens.total),
-        cost_usd=f"{budget.cost_usd:.4f}",
-    )
-    return common_pb2.LoopDecision(should_continue=False, reason=reason, metadata=metadata)
+    figures = {
+        **decision.figures,
+        "strategy_reason": decision.reason,
+        "tokens_used": str(budget.tokens.total),
+        "cost_usd": f"{budget.cost_usd:.4f}",
+    }
+    # No feedback: no iteration follows to read it.
+    return replace(decision, outcome=LoopOutcome.STRATEGY_STOP, reason=reason, rule=rule, feedback="", figures=figures)

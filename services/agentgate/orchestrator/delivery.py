@@ -4,8 +4,9 @@ run's branch to the workspace's remote (`push`), or push and open a pull request
 `github_mode` says what a failed operation does: `fail_fast` fails the run (FAILED_GITHUB,
 `Push failed: ...` / `PR creation failed: ...`), `best_effort` logs and records it and the
 run still succeeds, `disabled` attempts nothing and records each operation as skipped.
-Every operation goes through the retry executor and ends up in the run's `GitHubSummary`
-and a `github:operation` event; a new pull request also gets a `pr:created` event.
+Every operation (the push through the workspace port) goes through the retry executor and
+ends up in the run's `GitHubSummary` and a `github:operation` event; a new pull request
+also gets a `pr:created` event.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
 from agentgate.common import events as ev
 from agentgate.common.github import repo_of_remote, split_repo
 from agentgate.common.timeutil import now_timestamp
 from agentgate.orchestrator.github_client import GitHubClient, GitHubConfig, GitHubError, PullRequest
 from agentgate.orchestrator.retry import AttemptCallback, OperationFailed, RetryExecutor
-from agentgate.v1 import common_pb2, events_pb2, workspace_pb2, workspace_pb2_grpc
+from agentgate.orchestrator.workspace_port import WorkspacePort
+from agentgate.v1 import common_pb2, events_pb2, workspace_pb2
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ M = common_pb2.GitHubMode
 PUSH = "push"
 CREATE_PR = "create_pr"
 ADD_COMMENT = "add_comment"
-PUSH_RPC_TIMEOUT_SECONDS = 330.0
 
 #: What each git mode does, in order.
 STEPS: dict[int, tuple[str, ...]] = {
@@ -37,15 +36,6 @@ STEPS: dict[int, tuple[str, ...]] = {
     common_pb2.GIT_MODE_PUSH: (PUSH,),
     common_pb2.GIT_MODE_PR: (PUSH, CREATE_PR),
 }
-#: Workspace answers to a push that asking again may cure.
-_TRANSIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-    }
-)
 #: Lines of the task quoted in a pull request's body.
 TASK_QUOTE_LINES = 30
 
@@ -115,7 +105,7 @@ class Delivery:
 
     def __init__(
         self,
-        workspace: workspace_pb2_grpc.WorkspaceServiceStub,
+        workspace: WorkspacePort,
         retry: RetryExecutor,
         emit: Emit,
         github: GitHubConfig | None = None,
@@ -163,17 +153,7 @@ class Delivery:
         self, request: DeliveryRequest, summary: common_pb2.GitHubSummary
     ) -> tuple[workspace_pb2.PushResponse | None, common_pb2.BuildError | None]:
         async def call(attempt: int) -> workspace_pb2.PushResponse:
-            try:
-                return await self._workspace.Push(
-                    workspace_pb2.PushRequest(workspace_id=request.workspace_id, branch=request.run.branch_name),
-                    timeout=PUSH_RPC_TIMEOUT_SECONDS,
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise OperationFailed(
-                    github_error(f"{exc.details()} ({exc.code().name})", PUSH),
-                    permanent=exc.code() not in _TRANSIENT_CODES,
-                    timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
-                ) from None
+            return await self._workspace.push(request.workspace_id, request.run.branch_name)
 
         result = await self._retry.run(PUSH, call, on_attempt=self._on_attempt)
         operation = common_pb2.GitHubOperation(operation=PUSH, success=result.succeeded, retries=result.retries)

@@ -1,8 +1,9 @@
 """One run of a work order: prepare the workspace, then iterate agent -> snapshot ->
-verify -> strategy decision until the strategy stops, and record everything.
+verify -> strategy decision until the strategy stops, deliver, and record everything.
 
-Files, git and processes are reached only through the workspace service; everything
-worth keeping goes to the persistence service. A persistence failure never fails a run.
+Files, git and processes are reached only through the workspace port; everything worth
+keeping goes through the persistence port (workspace_port.py, persistence_port.py). A
+persistence failure never fails a run.
 """
 
 from __future__ import annotations
@@ -10,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from agentgate.common import events as ev
 from agentgate.common import telemetry
-from agentgate.common.persistence_warnings import warning_from_metadata
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.resolution import HarnessError, resolve_harness
 from agentgate.orchestrator import budgets, build_errors
+from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.ordered_saves import OrderedSaves
+from agentgate.orchestrator.persistence_port import PersistencePort, Saved
 from agentgate.orchestrator.prompt import assemble_prompt
 from agentgate.orchestrator.retry import (
     AttemptCallback,
@@ -36,38 +36,17 @@ from agentgate.orchestrator.retry import (
     settings_from_policy,
 )
 from agentgate.orchestrator.run_state import transition
-from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, loop_result_of, strategy_for
+from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, strategy_for
 from agentgate.orchestrator.subscribers import SubscriberChannel
-from agentgate.orchestrator.workspace_facade import discard_failed_attempt, workspace_lease_seconds
-from agentgate.v1 import (
-    common_pb2,
-    events_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    workspace_pb2,
-    workspace_pb2_grpc,
-)
+from agentgate.orchestrator.workspace_port import WorkspacePort
+from agentgate.v1 import common_pb2, events_pb2, workspace_pb2
 
 log = logging.getLogger(__name__)
 
 S = common_pb2.RunState
 R = common_pb2.RunResult
 W = common_pb2.WorkOrderStatus
-E = common_pb2.IterationErrorType
-
-RPC_TIMEOUT_SECONDS = 30.0
-PREPARE_TIMEOUT_SECONDS = 600.0
-# The gate has its own limits per check; this only bounds a stuck call.
-VERIFY_TIMEOUT_SECONDS = 3600.0
-
-
-class StepFailed(Exception):
-    """A step of the run failed in a way that ends it; carries the structured error."""
-
-    def __init__(self, error: common_pb2.BuildError, result: int = R.RUN_RESULT_FAILED_SYSTEM):
-        super().__init__(error.message)
-        self.error = error
-        self.result = result
+T = common_pb2.BuildErrorType
 
 
 @dataclass
@@ -78,15 +57,37 @@ class RunOutcome:
     error: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
+class AgentStep:
+    """The agent step of an iteration: the last attempt's result and file, and every attempt."""
+
+    result: common_pb2.AgentResult
+    file: str
+    attempts: list[common_pb2.RetryAttempt]
+    #: Retries spent on an agent that still failed (0 when it succeeded).
+    retries: int
+
+    def error(self) -> common_pb2.BuildError:
+        """The error of a failed agent, saying how often it was retried."""
+        error = build_errors.from_agent_result(self.result, self.file)
+        error.message = retries_message(self.retries, error.message)
+        return error
+
+
+@dataclass(frozen=True)
 class IterationOutcome:
-    """What one iteration produced, for the strategy and the run record."""
+    """What one iteration came to, for the loop."""
 
     agent: common_pb2.AgentResult
-    agent_file: str
     report: common_pb2.VerificationReport | None
-    report_file: str
-    decision: common_pb2.LoopDecision
+    decision: LoopDecision
+    #: Why the iteration failed (None when its gate passed).
+    error: common_pb2.BuildError | None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the iteration's gate passed."""
+        return self.report is not None and self.report.passed
 
 
 class RunExecutor:
@@ -95,8 +96,8 @@ class RunExecutor:
     def __init__(
         self,
         work_order: common_pb2.WorkOrder,
-        workspace: workspace_pb2_grpc.WorkspaceServiceStub,
-        persistence: persistence_pb2_grpc.PersistenceServiceStub,
+        workspace: WorkspacePort,
+        persistence: PersistencePort,
         worker_id: str = "",
         subscribers: Sequence[SubscriberChannel] = (),
         profiles_dir: Path | None = None,
@@ -127,9 +128,13 @@ class RunExecutor:
             task_prompt=spec.task_prompt,
             agent=spec.agent,
         )
-        # `subscribers`: the worker's shared ones (metrics, audit); persistence is the emitter's own.
+        # `subscribers`: the worker's shared ones (metrics, audit); the event log is the emitter's own.
         self.emitter = RunEventEmitter(
-            persistence, work_order.id, work_order.run_id, work_order.trace_id, subscribers=subscribers
+            persistence.event_subscriber(work_order.run_id),
+            work_order.id,
+            work_order.run_id,
+            work_order.trace_id,
+            subscribers=subscribers,
         )
         self.iteration = 0
         self.persistence_warnings = 0
@@ -141,50 +146,37 @@ class RunExecutor:
         self._last_session_id = ""
         # Emitted last, after the workspace is released: followers stop at it.
         self._terminal_event = ""
-        #: One retry executor (SPEC §6) for the agent, workspace preparation and delivery.
+        #: One retry executor (docs/profiles.md) for the agent, workspace preparation and delivery.
         self.retry = RetryExecutor(settings_from_policy(self.harness.retry))
-        self._agent_attempts: list[common_pb2.RetryAttempt] = []
-        # Iterations whose agent failed after retries: their error says how many.
-        self._agent_retries: dict[int, int] = {}
         #: run.json saves run behind the run, in order (the next step does not wait for them).
         self._saves = OrderedSaves(f"run {work_order.run_id}")
 
     # -- persistence, never fatal ------------------------------------------------
 
-    def _warn_persistence(self, what: str, exc: grpc.aio.AioRpcError | str) -> None:
-        """A failed save (an RPC error, or a file the service could not write, `exc` then
-        being its reason) is logged, counted and emitted, never fatal."""
-        self.persistence_warnings += 1
-        reason = exc if isinstance(exc, str) else f"{exc.code().name}: {exc.details()}"
-        message = f"could not save {what}: {reason}"
-        log.warning("run %s: %s", self.run.id, message)
-        self.emitter.emit(
-            ev.PERSISTENCE_WARNING,
-            self.iteration,
-            persistence_warning=events_pb2.PersistenceWarning(message=message),
-        )
+    def _saved(self, what: str, saved: Saved) -> str:
+        """The file a save wrote. A save that failed, or whose file the service could not
+        write, is logged, counted and emitted as a warning, never fatal."""
+        if saved.problem:
+            self.persistence_warnings += 1
+            message = f"could not save {what}: {saved.problem}"
+            log.warning("run %s: %s", self.run.id, message)
+            self.emitter.emit(
+                ev.PERSISTENCE_WARNING,
+                self.iteration,
+                persistence_warning=events_pb2.PersistenceWarning(message=message),
+            )
+        return saved.file
 
-    async def _persist(self, what: str, call, request, wait_for_ready: bool = False) -> str:  # type: ignore[no-untyped-def]
-        """Calls a persistence Save*/Update RPC and returns the file it names ('' on failure).
-        A record kept in the index whose file could not be written comes back OK with the
-        reason in the trailing metadata: that is a warning too. `wait_for_ready` waits (up
-        to the call's deadline) for persistence to be reachable instead of failing at once."""
-        try:
-            pending = call(request, timeout=RPC_TIMEOUT_SECONDS, wait_for_ready=wait_for_ready)
-            response = await pending
-            file_problem = warning_from_metadata(await pending.trailing_metadata())
-        except grpc.aio.AioRpcError as exc:
-            self._warn_persistence(what, exc)
-            return ""
-        if file_problem:
-            self._warn_persistence(what, file_problem)
-        return getattr(response, "file", "")
-
-    async def _save_run(self) -> None:
+    def _save_run(self) -> None:
         """Hands a save of the run as it is now to the background saves (see ordered_saves):
         the run goes on at once; `_finish` waits for them before the terminal event."""
         run = self._run_copy()
-        self._saves.submit(lambda: self._update_run(run))
+        self._saves.submit(lambda: self._store_run(self._persistence.update_run, run))
+
+    def _create_run(self) -> None:
+        """Creates the run record in the background, first of the run's saves."""
+        run = self._run_copy()
+        self._saves.submit(lambda: self._store_run(self._persistence.create_run, run), replaceable=False)
 
     def _run_copy(self) -> common_pb2.Run:
         self.run.persistence_warnings = self.persistence_warnings
@@ -192,35 +184,10 @@ class RunExecutor:
         run.CopyFrom(self.run)
         return run
 
-    async def _update_run(self, run: common_pb2.Run) -> None:
+    async def _store_run(self, save: Callable[[common_pb2.Run], Awaitable[Saved]], run: common_pb2.Run) -> None:
         # Warnings counted since the copy was taken (by earlier saves) belong in it too.
         run.persistence_warnings = max(run.persistence_warnings, self.persistence_warnings)
-        # Each save replaces the whole run, so the last one must land: when persistence is
-        # restarting, wait for it (bounded by the deadline) rather than keep a stale state.
-        await self._persist(
-            "run.json", self._persistence.UpdateRun, persistence_pb2.UpdateRunRequest(run=run), wait_for_ready=True
-        )
-
-    async def _create_run(self) -> None:
-        """Creates the run record in the background, first of the run's saves."""
-        run = self._run_copy()
-        self._saves.submit(lambda: self._create_run_now(run), replaceable=False)
-
-    async def _create_run_now(self, run: common_pb2.Run) -> None:
-        try:
-            pending = self._persistence.CreateRun(
-                persistence_pb2.CreateRunRequest(run=run), timeout=RPC_TIMEOUT_SECONDS
-            )
-            await pending
-            file_problem = warning_from_metadata(await pending.trailing_metadata())
-            if file_problem:
-                self._warn_persistence("run.json", file_problem)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                self._warn_persistence("run.json", exc)
-                return
-            # A new lease of the same work order after a lost worker: same run, new attempt.
-            await self._update_run(run)
+        self._saved("run.json", await save(run))
 
     def _set_state(self, state: int) -> None:
         transition(self.run, state)
@@ -229,8 +196,9 @@ class RunExecutor:
 
     async def execute(self) -> RunOutcome:
         """Runs the work order inside its `run` span, which continues the trace stored with
-        the work order at submit (SPEC §12): every call the run makes (workspace,
-        persistence) is part of that one trace, and its id is on the run and every event."""
+        the work order at submit (docs/observability.md): every call the run makes
+        (workspace, persistence) is part of that one trace, and its id is on the run and
+        every event."""
         attributes = {"agentgate.work_order_id": self.work_order.id, "agentgate.run_id": self.run.id}
         with telemetry.span_continuing(
             telemetry.tracer("orchestrator"), "run", self.work_order.traceparent, attributes
@@ -250,7 +218,7 @@ class RunExecutor:
         """
         self._set_state(S.RUN_STATE_PREPARING)
         self.run.started_at.CopyFrom(now_timestamp())
-        await self._create_run()
+        self._create_run()
         self.emitter.emit(
             ev.RUN_STARTED,
             run_started=events_pb2.RunStarted(
@@ -265,17 +233,18 @@ class RunExecutor:
                 async with asyncio.timeout(self.harness.limits.max_wall_clock_seconds):
                     outcome = await self._loop()
             except TimeoutError:
-                error = common_pb2.BuildError(
-                    type=common_pb2.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
-                    message=f"Run exceeded its wall-clock limit of {self.harness.limits.max_wall_clock_seconds}s",
-                    failed_at=now_timestamp(),
+                error = build_errors.from_step(
+                    T.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
+                    f"Run exceeded its wall-clock limit of {self.harness.limits.max_wall_clock_seconds}s",
                 )
-                outcome = await self._fail(R.RUN_RESULT_FAILED_TIMEOUT, error, common_pb2.LOOP_RESULT_TIMEOUT)
-            except StepFailed as exc:
-                outcome = await self._fail(exc.result, exc.error, common_pb2.LOOP_RESULT_ERROR)
+                outcome = self._fail(R.RUN_RESULT_FAILED_TIMEOUT, error, common_pb2.LOOP_RESULT_TIMEOUT)
+            except OperationFailed as exc:
+                # A step failed for good: one no retry covers (snapshot, verification), or
+                # one whose retries ran out.
+                outcome = self._fail(R.RUN_RESULT_FAILED_SYSTEM, exc.failure.error, common_pb2.LOOP_RESULT_ERROR)
             except asyncio.CancelledError:
                 if self.cancel_requested:
-                    await asyncio.shield(self._cancel())
+                    self._cancel()
                 else:
                     # Worker shutdown: no terminal event; the lease expires and the work
                     # order goes back to the queue for another attempt of this run.
@@ -283,7 +252,7 @@ class RunExecutor:
                 raise
             except Exception as exc:  # noqa: BLE001 - any bug must still end the run cleanly
                 log.exception("run %s failed with an internal error", self.run.id)
-                outcome = await self._fail(
+                outcome = self._fail(
                     R.RUN_RESULT_FAILED_SYSTEM, build_errors.from_exception(exc), common_pb2.LOOP_RESULT_ERROR
                 )
         finally:
@@ -291,12 +260,12 @@ class RunExecutor:
         return outcome
 
     async def _loop(self) -> RunOutcome:
+        """prepare -> iterations until the strategy stops -> deliver, or the run's failure."""
         if self._harness_error:
-            raise StepFailed(
-                common_pb2.BuildError(
-                    type=common_pb2.BUILD_ERROR_TYPE_SYSTEM_ERROR,
-                    message=f"The work order's harness cannot be resolved: {self._harness_error}",
-                    failed_at=now_timestamp(),
+            raise OperationFailed(
+                build_errors.from_step(
+                    T.BUILD_ERROR_TYPE_SYSTEM_ERROR,
+                    f"The work order's harness cannot be resolved: {self._harness_error}",
                 )
             )
         prepared = await self._prepare()
@@ -314,57 +283,34 @@ class RunExecutor:
             feedback = default_redactor().redact_text(last.decision.feedback)
         assert last is not None
         self.run.stop_reason = last.decision.reason
-        if last.report is not None and last.report.passed:
+        if last.passed:
             return await self._succeed()
-        if not last.agent.success:
-            error = self._agent_error(self.iteration, last.agent, last.agent_file)
-            result = R.RUN_RESULT_FAILED_BUILD
-        else:
-            assert last.report is not None
-            error = build_errors.from_verification_report(last.report, last.report_file, last.agent_file)
-            result = R.RUN_RESULT_FAILED_VERIFICATION
-        loop_result = loop_result_of(last.decision)
-        if loop_result == common_pb2.LOOP_RESULT_STRATEGY_STOP:
+        assert last.error is not None  # every iteration that did not pass has its error
+        error = common_pb2.BuildError()
+        error.CopyFrom(last.error)
+        if last.decision.outcome is LoopOutcome.STRATEGY_STOP:
             # Why the loop stopped early (no progress, loop detected, budget) leads the error.
             error.message = f"{last.decision.reason}. Last iteration: {error.message}"
-        return await self._fail(result, error, loop_result)
+        result = R.RUN_RESULT_FAILED_VERIFICATION if last.agent.success else R.RUN_RESULT_FAILED_BUILD
+        return self._fail(result, error, last.decision.loop_result)
 
     async def _prepare(self) -> workspace_pb2.PrepareForRunResponse:
-        async def prepare_once(attempt: int) -> workspace_pb2.PrepareForRunResponse:
-            try:
-                return await self._workspace.PrepareForRun(
-                    workspace_pb2.PrepareForRunRequest(
-                        run_id=self.run.id,
-                        source=self.work_order.spec.source,
-                        gate_plan_yaml=self.harness.verification.gate_plan_yaml,
-                        branch_pattern=self.harness.git_ops.branch_pattern,
-                        lease_seconds=workspace_lease_seconds(self.harness.limits.max_wall_clock_seconds),
-                    ),
-                    timeout=PREPARE_TIMEOUT_SECONDS,
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise OperationFailed(
-                    common_pb2.BuildError(
-                        type=common_pb2.BUILD_ERROR_TYPE_WORKSPACE_ERROR,
-                        message=f"Workspace preparation failed: {exc.details()}",
-                        context={"code": exc.code().name},
-                        failed_at=now_timestamp(),
-                    ),
-                    # The same request is refused the same way every time.
-                    permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT,
-                    timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
-                ) from exc
-
-        attempts = await self.retry.run("prepare_workspace", prepare_once, on_attempt=self._retry_event(0))
+        """A workspace for the run, under the retry policy."""
+        source = self.work_order.spec.source
+        attempts = await self.retry.run(
+            "prepare_workspace",
+            lambda attempt: self._workspace.prepare(self.run.id, source, self.harness),
+            on_attempt=self._retry_event(0),
+        )
         if attempts.error is not None or attempts.value is None:
-            raise StepFailed(attempts.error or build_errors.from_exception(RuntimeError("no workspace")))
+            raise OperationFailed(attempts.error or build_errors.from_exception(RuntimeError("no workspace")))
         prepared = attempts.value
         ws = prepared.workspace
         self._workspace_id = ws.id
         self.run.workspace_id = ws.id
         self.run.workspace_path = ws.path
         self.run.branch_name = ws.branch
-        await self._save_run()
+        self._save_run()
         self.emitter.emit(
             ev.WORKSPACE_ACQUIRED,
             workspace_changed=events_pb2.WorkspaceChanged(workspace_id=ws.id, path=ws.path, branch=ws.branch),
@@ -378,11 +324,12 @@ class RunExecutor:
         feedback: str,
         history: list[IterationSummary],
     ) -> IterationOutcome:
+        """agent (with retry) -> snapshot -> verify (when the agent succeeded) -> decision."""
         started = time.monotonic()
         data = common_pb2.IterationData(run_id=self.run.id, iteration=iteration, started_at=now_timestamp())
         self._set_state(S.RUN_STATE_BUILDING)
         self.run.iteration_count = iteration
-        await self._save_run()
+        self._save_run()
         self.emitter.emit(
             ev.ITERATION_STARTED,
             iteration,
@@ -397,10 +344,11 @@ class RunExecutor:
             feedback=feedback,
             extra_instructions=self.harness.extra_instructions,
         )
-        agent, agent_file = await self._run_agent(iteration, prompt)
-        data.attempts.extend(self._agent_attempts)
+        step = await self._run_agent(iteration, prompt)
+        agent = step.result
+        data.attempts.extend(step.attempts)
         data.agent_session_id = agent.session_id
-        data.agent_result_file = agent_file
+        data.agent_result_file = step.file
         data.agent_duration_seconds = agent.duration_seconds
         data.agent_success = agent.success
         data.model = agent.model
@@ -424,6 +372,26 @@ class RunExecutor:
             data.levels_run.extend(report.levels_run)
             data.verification_duration_seconds = report.duration_seconds
 
+        decision = self._decide(iteration, agent, report, snapshot.has_changes, history, started)
+        error: common_pb2.BuildError | None = None
+        if not agent.success:
+            error = step.error()
+        elif report is not None and not report.passed:
+            error = build_errors.from_verification_report(report, report_file, step.file)
+        self._record_iteration(data, decision, error, started)
+        return IterationOutcome(agent, report, decision, error)
+
+    def _decide(
+        self,
+        iteration: int,
+        agent: common_pb2.AgentResult,
+        report: common_pb2.VerificationReport | None,
+        has_changes: bool,
+        history: list[IterationSummary],
+        started: float,
+    ) -> LoopDecision:
+        """The strategy's decision, with the budgets applied; emitted, and the iteration
+        added to `history`."""
         passed = report is not None and report.passed
         event = IterationCompleteEvent(
             iteration=iteration,
@@ -436,53 +404,55 @@ class RunExecutor:
             run_id=self.run.id,
             work_order_id=self.run.work_order_id,
             previous=list(history),
-            has_changes=snapshot.has_changes,
+            has_changes=has_changes,
         )
         decision = budgets.enforce(self.strategy.on_iteration_complete(event), self.budget, passed)
         self.emitter.emit(
             ev.STRATEGY_DECISION,
             iteration,
-            strategy_decision=events_pb2.StrategyDecision(strategy=self.strategy.name, decision=decision),
+            strategy_decision=events_pb2.StrategyDecision(strategy=self.strategy.name, decision=decision.to_proto()),
         )
         history.append(
             IterationSummary(
-                iteration, agent.success, passed, time.monotonic() - started, agent.tokens.total, snapshot.has_changes
+                iteration, agent.success, passed, time.monotonic() - started, agent.tokens.total, has_changes
             )
         )
+        return decision
 
-        iteration_error: common_pb2.BuildError | None = None
-        if not agent.success:
-            iteration_error = self._agent_error(iteration, agent, agent_file)
-        elif not passed and report is not None:
-            iteration_error = build_errors.from_verification_report(report, report_file, agent_file)
-        data.error_type = build_errors.iteration_error_type(iteration_error)  # type: ignore[assignment]
-        if iteration_error is not None:
-            data.error_message = iteration_error.message
-            data.error_details.update(build_errors.error_details(iteration_error))
+    def _record_iteration(
+        self,
+        data: common_pb2.IterationData,
+        decision: LoopDecision,
+        error: common_pb2.BuildError | None,
+        started: float,
+    ) -> None:
+        """Completes the iteration's record, saves it and emits iteration:complete."""
+        data.error_type = build_errors.iteration_error_type(error)  # type: ignore[assignment]
+        if error is not None:
+            data.error_message = error.message
+            data.error_details.update(build_errors.error_details(error))
         data.feedback_generated = bool(decision.feedback)
-        data.decision.CopyFrom(decision)
+        data.decision.CopyFrom(decision.to_proto())
         data.state = self.run.state
         data.finished_at.CopyFrom(now_timestamp())
         data.duration_seconds = time.monotonic() - started
+
         # Nothing waits for the iteration record: it is saved behind the run, in order with
         # the run's saves (flushed before the terminal event).
-        request = persistence_pb2.SaveIterationRequest(iteration=data)
-
         async def save_iteration() -> None:
-            await self._persist(f"iteration-{iteration}.json", self._persistence.SaveIteration, request)
+            self._saved(f"iteration-{data.iteration}.json", await self._persistence.save_iteration(data))
 
         self._saves.submit(save_iteration, replaceable=False)
         self.emitter.emit(
             ev.ITERATION_COMPLETE,
-            iteration,
+            data.iteration,
             iteration_complete=events_pb2.IterationComplete(
-                agent_success=agent.success,
-                verification_passed=passed,
+                agent_success=data.agent_success,
+                verification_passed=data.verification_passed,
                 duration_seconds=data.duration_seconds,
                 error_type=data.error_type,
             ),
         )
-        return IterationOutcome(agent, agent_file, report, report_file, decision)
 
     def _retry_event(self, iteration: int, sink: list[common_pb2.RetryAttempt] | None = None) -> AttemptCallback:
         """A callback that records a retry attempt (in `sink`) and emits it as retry:attempt."""
@@ -494,41 +464,38 @@ class RunExecutor:
 
         return on_attempt
 
-    def _agent_error(self, iteration: int, agent: common_pb2.AgentResult, agent_file: str) -> common_pb2.BuildError:
-        """The error of a failed agent result, saying how often it was retried."""
-        error = build_errors.from_agent_result(agent, agent_file)
-        error.message = retries_message(self._agent_retries.get(iteration, 0), error.message)
-        return error
-
-    async def _run_agent(self, iteration: int, prompt: str) -> tuple[common_pb2.AgentResult, str]:
-        """Runs the agent under the retry policy (SPEC §6): a timeout or crash the policy
-        names is tried again with the attempt number passed on; every try is recorded."""
-        self._agent_attempts = []
+    async def _run_agent(self, iteration: int, prompt: str) -> AgentStep:
+        """Runs the agent under the retry policy (docs/profiles.md): a timeout or crash the
+        policy names is tried again with the attempt number passed on; every try is recorded."""
+        attempts: list[common_pb2.RetryAttempt] = []
 
         def failure_of(outcome: tuple[common_pb2.AgentResult, str]) -> Failure | None:
             result = outcome[0]
             if result.success:
                 return None
             error = build_errors.from_agent_result(result)
-            return Failure(error, timed_out=error.type == common_pb2.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
+            return Failure(error, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
 
-        attempts = await self.retry.run(
+        tried = await self.retry.run(
             "agent",
             lambda attempt: self._run_agent_once(iteration, prompt, attempt),
             failure_of,
-            on_attempt=self._retry_event(iteration, self._agent_attempts),
+            on_attempt=self._retry_event(iteration, attempts),
         )
-        if attempts.value is None:
+        if tried.value is None:
             # The last try could not run the agent at all (the workspace service failed).
-            raise StepFailed(attempts.error or build_errors.from_exception(RuntimeError("no agent result")))
-        if attempts.error is not None:
-            self._agent_retries[iteration] = attempts.retries
-        self._last_session_id = attempts.value[0].session_id or self._last_session_id
-        return attempts.value
+            raise OperationFailed(tried.error or build_errors.from_exception(RuntimeError("no agent result")))
+        result, file = tried.value
+        self._last_session_id = result.session_id or self._last_session_id
+        return AgentStep(result, file, attempts, tried.retries if tried.error is not None else 0)
 
     async def _run_agent_once(self, iteration: int, prompt: str, attempt: int) -> tuple[common_pb2.AgentResult, str]:
         if attempt > 1:  # a retry starts from the iteration's snapshot, not from a half-done attempt
-            await discard_failed_attempt(self._workspace, self.emitter, self._workspace_id, iteration)
+            commit = await self._workspace.restore_snapshot(self._workspace_id)
+            if commit:
+                self.emitter.emit(
+                    ev.SNAPSHOT_RESTORED, iteration, snapshot_restored=events_pb2.SnapshotRestored(commit=commit)
+                )
         spec = self.work_order.spec.agent
         self.emitter.emit(
             ev.AGENT_STARTED,
@@ -537,41 +504,19 @@ class RunExecutor:
                 driver=spec.name, prompt_bytes=len(prompt.encode()), attempt=attempt
             ),
         )
-        timeout = self.harness.limits.agent_timeout_seconds
-        result: common_pb2.AgentResult | None = None
-        try:
-            call = self._workspace.RunAgent(
-                workspace_pb2.RunAgentRequest(
-                    workspace_id=self._workspace_id,
-                    run_id=self.run.id,
-                    iteration=iteration,
-                    attempt=attempt,
-                    agent=spec,
-                    prompt=prompt,
-                    timeout_seconds=timeout,
-                    resume_session_id=self._last_session_id,
-                ),
-                # The workspace enforces the agent timeout; this only bounds a lost call.
-                timeout=timeout + 60,
-            )
-            async for item in call:
-                if item.HasField("output"):
-                    self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=item.output)
-                elif item.HasField("result"):
-                    result = item.result
-        except grpc.aio.AioRpcError as exc:
-            raise OperationFailed(
-                build_errors.from_exception(RuntimeError(f"RunAgent failed: {exc.code().name}: {exc.details()}")),
-                permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT,
-            ) from exc
-        if result is None:
-            raise OperationFailed(build_errors.from_exception(RuntimeError("RunAgent ended without a result")))
-        self._count_usage(result)
-        agent_file = await self._persist(
-            f"agent-{iteration}.json",
-            self._persistence.SaveAgentResult,
-            persistence_pb2.SaveAgentResultRequest(result=result),
+        result = await self._workspace.run_agent(
+            workspace_id=self._workspace_id,
+            run_id=self.run.id,
+            iteration=iteration,
+            attempt=attempt,
+            agent=spec,
+            prompt=prompt,
+            timeout_seconds=self.harness.limits.agent_timeout_seconds,
+            resume_session_id=self._last_session_id,
+            on_output=lambda output: self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=output),
         )
+        self._count_usage(result)
+        agent_file = self._saved(f"agent-{iteration}.json", await self._persistence.save_agent_result(result))
         ended = events_pb2.AgentEnded(
             success=result.success,
             exit_code=result.exit_code,
@@ -594,21 +539,7 @@ class RunExecutor:
         self.run.cost_usd = self.budget.cost_usd
 
     async def _snapshot(self, iteration: int) -> workspace_pb2.CreateSnapshotResponse:
-        try:
-            snapshot = await self._workspace.CreateSnapshot(
-                workspace_pb2.CreateSnapshotRequest(
-                    workspace_id=self._workspace_id, message=f"agentgate: iteration {iteration}"
-                ),
-                timeout=RPC_TIMEOUT_SECONDS * 4,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise StepFailed(
-                common_pb2.BuildError(
-                    type=common_pb2.BUILD_ERROR_TYPE_SNAPSHOT_ERROR,
-                    message=f"Snapshot failed: {exc.details()}",
-                    failed_at=now_timestamp(),
-                )
-            ) from exc
+        snapshot = await self._workspace.snapshot(self._workspace_id, f"agentgate: iteration {iteration}")
         self.emitter.emit(
             ev.SNAPSHOT_CREATED,
             iteration,
@@ -624,26 +555,11 @@ class RunExecutor:
             iteration,
             verification_started=events_pb2.VerificationStarted(snapshot_commit=snapshot_id),
         )
-        try:
-            response = await self._workspace.Verify(
-                workspace_pb2.VerifyRequest(
-                    workspace_id=self._workspace_id,
-                    snapshot_id=snapshot_id,
-                    run_id=self.run.id,
-                    iteration=iteration,
-                    settings=self.harness.verification,
-                ),
-                timeout=VERIFY_TIMEOUT_SECONDS,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise StepFailed(
-                build_errors.from_exception(RuntimeError(f"Verify failed: {exc.code().name}: {exc.details()}"))
-            ) from exc
-        report = response.report
-        report_file = await self._persist(
-            f"verification-{iteration}.json",
-            self._persistence.SaveVerificationReport,
-            persistence_pb2.SaveVerificationReportRequest(report=report),
+        report = await self._workspace.verify(
+            self._workspace_id, snapshot_id, self.run.id, iteration, self.harness.verification
+        )
+        report_file = self._saved(
+            f"verification-{iteration}.json", await self._persistence.save_verification_report(report)
         )
         self.emitter.emit(
             ev.VERIFICATION_COMPLETE,
@@ -674,10 +590,10 @@ class RunExecutor:
 
     async def _succeed(self) -> RunOutcome:
         self._set_state(S.RUN_STATE_DELIVERING)
-        await self._save_run()
+        self._save_run()
         failure = await self._deliver()
         if failure is not None:
-            return await self._fail(R.RUN_RESULT_FAILED_GITHUB, failure, common_pb2.LOOP_RESULT_SUCCESS)
+            return self._fail(R.RUN_RESULT_FAILED_GITHUB, failure, common_pb2.LOOP_RESULT_SUCCESS)
         self._set_state(S.RUN_STATE_SUCCEEDED)
         self.run.result = R.RUN_RESULT_SUCCEEDED
         self.run.loop_result = common_pb2.LOOP_RESULT_SUCCESS
@@ -686,8 +602,8 @@ class RunExecutor:
         return RunOutcome(W.WORK_ORDER_STATUS_SUCCEEDED)
 
     async def _deliver(self) -> common_pb2.BuildError | None:
-        """Delivery per git_ops (SPEC §7); records the GitHub summary and PR URL on the run and
-        returns the error that fails it (github_mode fail_fast), if any."""
+        """Delivery per git_ops (docs/delivery.md); records the GitHub summary and PR URL on
+        the run and returns the error that fails it (github_mode fail_fast), if any."""
         delivery = Delivery(
             self._workspace,
             self.retry,
@@ -706,10 +622,15 @@ class RunExecutor:
         self.run.pr_url = outcome.summary.pr_url
         return outcome.failure
 
-    async def _fail(self, result: int, error: common_pb2.BuildError, loop_result: int) -> RunOutcome:
+    def _fail(
+        self,
+        result: common_pb2.RunResult.ValueType,
+        error: common_pb2.BuildError,
+        loop_result: common_pb2.LoopResult.ValueType,
+    ) -> RunOutcome:
         self._set_state(S.RUN_STATE_FAILED)
-        self.run.result = result  # type: ignore[assignment]
-        self.run.loop_result = loop_result  # type: ignore[assignment]
+        self.run.result = result
+        self.run.loop_result = loop_result
         self.run.build_error.CopyFrom(error)
         self.run.error = build_errors.error_string(error)
         if not self.run.stop_reason:
@@ -718,21 +639,15 @@ class RunExecutor:
         self._terminal_event = ev.RUN_FAILED
         return RunOutcome(W.WORK_ORDER_STATUS_FAILED, self.run.error)
 
-    async def _cancel(self) -> RunOutcome:
+    def _cancel(self) -> None:
         self._set_state(S.RUN_STATE_CANCELED)
         self.run.result = R.RUN_RESULT_CANCELED
         self.run.error = "Canceled by request"
         self.run.stop_reason = "canceled"
         self._terminal_event = ev.RUN_CANCELED
-        return RunOutcome(W.WORK_ORDER_STATUS_CANCELED, self.run.error)
 
     async def _release_workspace(self) -> None:
-        if not self._workspace_id:
-            return
-        try:
-            await self._workspace.ReleaseLease(
-                workspace_pb2.ReleaseLeaseRequest(workspace_id=self._workspace_id), timeout=RPC_TIMEOUT_SECONDS
-            )
+        if self._workspace_id and await self._workspace.release(self._workspace_id):
             self.emitter.emit(
                 ev.WORKSPACE_RELEASED,
                 self.iteration,
@@ -740,15 +655,13 @@ class RunExecutor:
                     workspace_id=self._workspace_id, path=self.run.workspace_path, branch=self.run.branch_name
                 ),
             )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("run %s: could not release workspace: %s", self.run.id, exc.details())
 
     async def _finish(self) -> None:
         """Releases the workspace, saves the final run, emits the terminal event and flushes."""
         self.run.finished_at.CopyFrom(now_timestamp())
         # The final save queues behind the earlier ones (whose warnings it counts when it
         # runs) and overlaps the release; the terminal event waits for both.
-        await self._save_run()
+        self._save_run()
         await asyncio.gather(self._release_workspace(), self._saves.flush())
         if self._terminal_event:
             self.emitter.emit(self._terminal_event, self.iteration, run_ended=self._ended_payload(self.run.result))

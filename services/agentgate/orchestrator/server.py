@@ -14,7 +14,9 @@ from agentgate.common import telemetry
 from agentgate.common.channels import SERVICE_CHANNEL_OPTIONS, aio_channel
 from agentgate.common.config import ServiceSettings, service_address
 from agentgate.orchestrator.event_subscribers import WorkerSubscribers
+from agentgate.orchestrator.persistence_port import GrpcPersistence
 from agentgate.orchestrator.worker import Worker
+from agentgate.orchestrator.workspace_port import GrpcWorkspace
 from agentgate.v1 import (
     orchestrator_pb2,
     orchestrator_pb2_grpc,
@@ -91,8 +93,8 @@ class OrchestratorApp:
         self.worker = Worker(
             self.worker_id,
             queue_pb2_grpc.QueueServiceStub(channels["queue"]),
-            workspace_pb2_grpc.WorkspaceServiceStub(channels["workspace"]),
-            persistence_pb2_grpc.PersistenceServiceStub(channels["persistence"]),
+            GrpcWorkspace(workspace_pb2_grpc.WorkspaceServiceStub(channels["workspace"])),
+            GrpcPersistence(persistence_pb2_grpc.PersistenceServiceStub(channels["persistence"])),
             max_concurrent_runs=self.max_concurrent_runs,
             subscribers=self.subscribers.channels,
             profiles_dir=self.settings.home / "profiles",

@@ -4,11 +4,11 @@ A strategy is one callback, `on_iteration_complete(event) -> LoopDecision`, plus
 optional `on_loop_end(result)`. Strategies are plain Python: no network, no files. One
 strategy object serves one run and remembers what it needs of earlier iterations.
 
-Every decision has a reason (text for people) and metadata for programs: `strategy`,
-`rule` (which rule decided: passed, max_iterations, base_iteration, progress,
-no_progress, min_iterations, converged, not_converged, no_changes, completion_claimed,
-...), `loop_result` (continue, success, max_iterations, strategy_stop) and the figures
-the rule looked at.
+Every decision (a typed `LoopDecision`, see decisions.py) has a reason (text for people)
+and, for programs, the `strategy`, the `rule` that decided (passed, max_iterations,
+base_iteration, progress, no_progress, min_iterations, converged, not_converged,
+no_changes, completion_claimed, ...), its outcome (continue, success, max_iterations,
+strategy_stop) and the figures the rule looked at.
 
 Verification passed -> stop, success, whatever the strategy. Otherwise the strategy's own
 rules decide; when they would go on, two rules shared by every strategy may stop the loop
@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agentgate.harness.loop_parameters import DEFAULT_NO_CHANGE_LIMIT, STRATEGY_DEFAULTS, check_parameters
+from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.feedback import MAX_FEEDBACK_BYTES, agent_failure_feedback, verification_feedback
 from agentgate.v1 import common_pb2
 
@@ -40,16 +41,6 @@ M = common_pb2.LoopStrategyMode
 FIXED = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_FIXED]
 HYBRID = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_HYBRID]
 RALPH = STRATEGY_DEFAULTS[M.LOOP_STRATEGY_MODE_RALPH]
-
-#: LoopDecision.metadata["loop_result"] values -> LoopResult.
-LOOP_RESULTS = {
-    "success": common_pb2.LOOP_RESULT_SUCCESS,
-    "max_iterations": common_pb2.LOOP_RESULT_MAX_ITERATIONS,
-    "strategy_stop": common_pb2.LOOP_RESULT_STRATEGY_STOP,
-    "timeout": common_pb2.LOOP_RESULT_TIMEOUT,
-    "error": common_pb2.LOOP_RESULT_ERROR,
-}
-CONTINUE = "continue"
 
 #: Only the end of a check's output is compared for convergence (it holds the verdict,
 #: and it bounds the cost of the comparison).
@@ -94,7 +85,7 @@ class LoopStrategy(Protocol):
 
     name: str
 
-    def on_iteration_complete(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
+    def on_iteration_complete(self, event: IterationCompleteEvent) -> LoopDecision:
         """Decides whether to run another iteration, with a reason and feedback."""
 
     def on_loop_end(self, result: int) -> None:
@@ -110,16 +101,8 @@ def feedback_for(event: IterationCompleteEvent) -> str:
     return ""
 
 
-def loop_result_of(decision: common_pb2.LoopDecision) -> int:
-    """The LoopResult a stopping decision stands for (a `continue` that ended the loop, at
-    the run loop's own cap, counts as max_iterations)."""
-    return LOOP_RESULTS.get(decision.metadata.get("loop_result", ""), common_pb2.LOOP_RESULT_MAX_ITERATIONS)
-
-
-def _decision(should_continue: bool, reason: str, rule: str, loop_result: str, feedback: str = "", **figures: object):
-    metadata = {"rule": rule, "loop_result": loop_result}
-    metadata.update({k: str(v) for k, v in figures.items()})
-    return common_pb2.LoopDecision(should_continue=should_continue, reason=reason, feedback=feedback, metadata=metadata)
+def _decision(outcome: LoopOutcome, reason: str, rule: str, feedback: str = "", /, **figures: object) -> LoopDecision:
+    return LoopDecision(outcome, reason, rule, feedback, figures={k: str(v) for k, v in figures.items()})
 
 
 def _what_failed(event: IterationCompleteEvent) -> str:
@@ -234,8 +217,8 @@ class BaseStrategy:
         stdout = event.agent_result.stdout
         return next((signal for signal in self.completion_signals if signal in stdout), "")
 
-    def on_iteration_complete(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
-        """The shared rules, then the strategy's own; the decision's metadata says which."""
+    def on_iteration_complete(self, event: IterationCompleteEvent) -> LoopDecision:
+        """The shared rules, then the strategy's own; the decision's rule says which."""
         self._no_change_streak = 0 if event.has_changes else self._no_change_streak + 1
         signal = self.completion_signal(event)
         claim_rejected_before = self._claim_rejected_last
@@ -246,53 +229,52 @@ class BaseStrategy:
             reason = "Verification passed"
             if signal:
                 reason += f" (the agent signalled completion: {signal!r})"
-            decision = _decision(False, reason, "passed", "success")
+            decision = _decision(LoopOutcome.SUCCESS, reason, "passed")
         elif not own.should_continue:
             decision = own
         else:
             decision = self._early_stop(event, signal, claim_rejected_before) or own
         if signal and decision.should_continue:
-            decision.reason += (
-                f"; the agent signalled completion ({signal!r}) but the gate did not pass, so the claim is rejected"
+            decision = replace(
+                decision,
+                reason=f"{decision.reason}; the agent signalled completion ({signal!r}) but the gate did not "
+                "pass, so the claim is rejected",
+                feedback=_with_note(
+                    f"Note: you reported the task complete ({signal!r}), but the verification gate did not pass. "
+                    "The task is complete only when every check passes; if you report completion again while "
+                    "checks still fail, the run stops as failed.",
+                    decision.feedback,
+                ),
             )
-            decision.feedback = _with_note(
-                f"Note: you reported the task complete ({signal!r}), but the verification gate did not pass. "
-                "The task is complete only when every check passes; if you report completion again while "
-                "checks still fail, the run stops as failed.",
-                decision.feedback,
-            )
-        decision.metadata["strategy"] = self.name
-        decision.metadata["no_change_streak"] = str(self._no_change_streak)
+        figures = {**decision.figures, "no_change_streak": str(self._no_change_streak)}
         if signal:
-            decision.metadata["completion_signal"] = signal
-        return decision
+            figures["completion_signal"] = signal
+        return replace(decision, strategy=self.name, figures=figures)
 
     def _early_stop(
         self, event: IterationCompleteEvent, signal: str, claim_rejected_before: bool
-    ) -> common_pb2.LoopDecision | None:
+    ) -> LoopDecision | None:
         """Loop detection and repeated completion claims, for a loop that would go on."""
         if self.no_change_limit and self._no_change_streak >= self.no_change_limit:
             first = event.iteration - self._no_change_streak + 1
             span = f"iteration {first}" if first == event.iteration else f"iterations {first}-{event.iteration}"
             return _decision(
-                False,
+                LoopOutcome.STRATEGY_STOP,
                 f"Loop detected: the agent changed nothing in the workspace for {self._no_change_streak} "
                 f"iteration(s) in a row ({span}; no_change_limit {self.no_change_limit})",
                 "no_changes",
-                "strategy_stop",
                 no_change_limit=self.no_change_limit,
             )
         if signal and claim_rejected_before:
             return _decision(
-                False,
+                LoopOutcome.STRATEGY_STOP,
                 f"The agent signalled completion ({signal!r}) in iterations {event.iteration - 1} and "
                 f"{event.iteration}, but the gate still fails ({_what_failed(event)})",
                 "completion_claimed",
-                "strategy_stop",
             )
         return None
 
-    def _decide(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
+    def _decide(self, event: IterationCompleteEvent) -> LoopDecision:
         raise NotImplementedError
 
     def on_loop_end(self, result: int) -> None:
@@ -310,22 +292,20 @@ class FixedStrategy(BaseStrategy):
         check_parameters(M.LOOP_STRATEGY_MODE_FIXED, max_iterations=max_iterations)
         self.max_iterations = max_iterations
 
-    def _decide(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
+    def _decide(self, event: IterationCompleteEvent) -> LoopDecision:
         """Continue while verification fails and iterations remain."""
         if event.iteration >= self.max_iterations:
             return _decision(
-                False,
+                LoopOutcome.MAX_ITERATIONS,
                 f"Reached max iterations ({self.max_iterations}) without passing verification",
-                "max_iterations",
                 "max_iterations",
                 max_iterations=self.max_iterations,
             )
         what = _what_failed(event).capitalize()
         return _decision(
-            True,
+            LoopOutcome.CONTINUE,
             f"{what}; iteration {event.iteration} of {self.max_iterations}, trying again",
             "iterations_left",
-            CONTINUE,
             feedback_for(event),
             max_iterations=self.max_iterations,
         )
@@ -364,7 +344,7 @@ class HybridStrategy(BaseStrategy):
         """base + bonus."""
         return self.base_iterations + self.max_bonus_iterations
 
-    def _decide(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
+    def _decide(self, event: IterationCompleteEvent) -> LoopDecision:
         previous, current = self._last, gate_figures(event)
         self._last = current
         figures = {
@@ -375,30 +355,27 @@ class HybridStrategy(BaseStrategy):
         what = _what_failed(event).capitalize()
         if event.iteration >= self.max_iterations:
             return _decision(
-                False,
+                LoopOutcome.MAX_ITERATIONS,
                 f"Reached max iterations ({self.base_iterations} base + {self.max_bonus_iterations} bonus) "
                 "without passing verification",
-                "max_iterations",
                 "max_iterations",
                 **figures,
             )
         if event.iteration < self.base_iterations:
             return _decision(
-                True,
+                LoopOutcome.CONTINUE,
                 f"{what}; base iteration {event.iteration} of {self.base_iterations}, trying again",
                 "base_iteration",
-                CONTINUE,
                 feedback_for(event),
                 **figures,
             )
         bonus = event.iteration - self.base_iterations + 1  # the bonus iteration that would come next
         if previous is None:
             return _decision(
-                False,
+                LoopOutcome.STRATEGY_STOP,
                 f"No progress measurable after {event.iteration} iteration(s): there is no earlier iteration "
                 "to compare with, so no bonus iteration",
                 "no_progress",
-                "strategy_stop",
                 **figures,
             )
         drop = previous.fraction - current.fraction
@@ -411,21 +388,19 @@ class HybridStrategy(BaseStrategy):
                 else f"level(s) {', '.join(newly_passed)} passed after failing before"
             )
             return _decision(
-                True,
+                LoopOutcome.CONTINUE,
                 f"Progress: {why} (threshold {_percent(self.progress_threshold)}); "
                 f"bonus iteration {bonus} of {self.max_bonus_iterations}",
                 "progress",
-                CONTINUE,
                 feedback_for(event),
                 **figures,
             )
         return _decision(
-            False,
+            LoopOutcome.STRATEGY_STOP,
             f"No progress: failed checks went from {previous.text()} to {current.text()}, a fall below the "
             f"threshold of {_percent(self.progress_threshold)}, and no level newly passed; stopping after "
             f"{event.iteration} iteration(s) ({self.base_iterations} base + {bonus - 1} bonus)",
             "no_progress",
-            "strategy_stop",
             **figures,
         )
 
@@ -474,7 +449,7 @@ class RalphStrategy(BaseStrategy):
             return False, f"outputs only {_percent(lowest)} similar", lowest
         return True, "", lowest
 
-    def _decide(self, event: IterationCompleteEvent) -> common_pb2.LoopDecision:
+    def _decide(self, event: IterationCompleteEvent) -> LoopDecision:
         self._signatures.append(failure_signature(event))
         what = _what_failed(event).capitalize()
         figures: dict[str, object] = {
@@ -484,28 +459,25 @@ class RalphStrategy(BaseStrategy):
         }
         if event.iteration >= self.max_iterations:
             return _decision(
-                False,
+                LoopOutcome.MAX_ITERATIONS,
                 f"Reached max iterations ({self.max_iterations}) without passing verification or converging",
-                "max_iterations",
                 "max_iterations",
                 **figures,
             )
         if event.iteration < self.min_iterations:
             return _decision(
-                True,
+                LoopOutcome.CONTINUE,
                 f"{what}; iteration {event.iteration} of at least {self.min_iterations}, trying again",
                 "min_iterations",
-                CONTINUE,
                 feedback_for(event),
                 **figures,
             )
         if len(self._signatures) < self.window_size:
             return _decision(
-                True,
+                LoopOutcome.CONTINUE,
                 f"{what}; {len(self._signatures)} of the {self.window_size} iterations needed to judge "
                 f"convergence; iteration {event.iteration} of at most {self.max_iterations}",
                 "window_filling",
-                CONTINUE,
                 feedback_for(event),
                 **figures,
             )
@@ -514,19 +486,17 @@ class RalphStrategy(BaseStrategy):
         if done:
             checks = ", ".join(sorted(self._signatures[-1])) or "none"
             return _decision(
-                False,
+                LoopOutcome.STRATEGY_STOP,
                 f"Converged: the last {self.window_size} iterations failed the same checks ({checks}) with outputs "
                 f"at least {_percent(self.convergence_threshold)} similar (lowest {_percent(lowest)})",
                 "converged",
-                "strategy_stop",
                 **figures,
             )
         return _decision(
-            True,
+            LoopOutcome.CONTINUE,
             f"{what}, not converged over the last {self.window_size} iterations ({why_not}); "
             f"iteration {event.iteration} of at most {self.max_iterations}",
             "not_converged",
-            CONTINUE,
             feedback_for(event),
             **figures,
         )

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import grpc
 
+from agentgate.orchestrator.persistence_port import PersistencePort
 from agentgate.orchestrator.run_loop import RunExecutor
 from agentgate.orchestrator.subscribers import SubscriberChannel
-from agentgate.v1 import (
-    common_pb2,
-    persistence_pb2_grpc,
-    queue_pb2,
-    queue_pb2_grpc,
-    workspace_pb2_grpc,
-)
+from agentgate.orchestrator.workspace_port import WorkspacePort
+from agentgate.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +50,8 @@ class Worker:
         self,
         worker_id: str,
         queue: queue_pb2_grpc.QueueServiceStub,
-        workspace: workspace_pb2_grpc.WorkspaceServiceStub,
-        persistence: persistence_pb2_grpc.PersistenceServiceStub,
+        workspace: WorkspacePort,
+        persistence: PersistencePort,
         max_concurrent_runs: int = 2,
         subscribers: Sequence[SubscriberChannel] = (),
         profiles_dir: Path | None = None,

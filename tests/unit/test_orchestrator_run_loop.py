@@ -1,0 +1,186 @@
+"""The run loop on in-memory ports: the order of its steps, what it records, and how each
+kind of ending reads. The same loop against the real services is in
+tests/integration/test_orchestrator_run.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from agentgate.common import events as ev
+from agentgate.orchestrator.persistence_port import Saved
+from agentgate.orchestrator.retry import OperationFailed
+from agentgate.orchestrator.run_loop import RunExecutor
+from agentgate.orchestrator.subscribers import EmittedEvent
+from agentgate.orchestrator.workspace_port import OutputCallback
+from agentgate.v1 import common_pb2, events_pb2, workspace_pb2
+
+# The harness is resolved against $AGENTGATE_HOME/profiles.
+pytestmark = pytest.mark.usefixtures("home")
+
+R = common_pb2.RunResult
+T = common_pb2.BuildErrorType
+
+
+def gate(passed: bool) -> common_pb2.VerificationReport:
+    level = common_pb2.LevelResult(level="L1", name="tests", ran=True, passed=passed)
+    level.checks.add(name="unit", kind="test", command="pytest -q", passed=passed, exit_code=0 if passed else 1,
+                     output="ok" if passed else "1 failed in 0.1s")
+    return common_pb2.VerificationReport(passed=passed, summary="gate", levels=[level])
+
+
+class MemoryWorkspace:
+    """A workspace port whose gate answers from a script, one report per iteration."""
+
+    def __init__(self, gates: Sequence[bool], snapshot_fails: bool = False):
+        self.gates = list(gates)
+        self.snapshot_fails = snapshot_fails
+        self.calls: list[str] = []
+        self.prompts: list[str] = []
+
+    async def prepare(self, run_id, source, harness) -> workspace_pb2.PrepareForRunResponse:
+        self.calls.append("prepare")
+        return workspace_pb2.PrepareForRunResponse(
+            workspace=workspace_pb2.Workspace(id="ws-1", path="/ws/1", branch="agentgate/run-1"), rules="be tidy"
+        )
+
+    async def run_agent(self, *, prompt: str, iteration: int, on_output: OutputCallback, **_) -> common_pb2.AgentResult:
+        self.calls.append(f"agent {iteration}")
+        self.prompts.append(prompt)
+        on_output(events_pb2.AgentOutput(text=f"working on {iteration}"))
+        return common_pb2.AgentResult(success=True, tokens=common_pb2.TokenUsage(total=10), cost_usd=0.01)
+
+    async def restore_snapshot(self, workspace_id: str) -> str:
+        self.calls.append("restore")
+        return "c0"
+
+    async def snapshot(self, workspace_id: str, message: str) -> workspace_pb2.CreateSnapshotResponse:
+        self.calls.append("snapshot")
+        if self.snapshot_fails:
+            raise OperationFailed(common_pb2.BuildError(type=T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR,
+                                                        message="Snapshot failed: disk full"))
+        return workspace_pb2.CreateSnapshotResponse(snapshot_id=f"c{len(self.calls)}", has_changes=True)
+
+    async def verify(self, workspace_id, snapshot_id, run_id, iteration, settings) -> common_pb2.VerificationReport:
+        self.calls.append(f"verify {iteration}")
+        return gate(self.gates.pop(0))
+
+    async def push(self, workspace_id: str, branch: str) -> workspace_pb2.PushResponse:
+        raise AssertionError("a local run pushes nothing")
+
+    async def release(self, workspace_id: str) -> bool:
+        self.calls.append("release")
+        return True
+
+
+class MemoryPersistence:
+    """A persistence port that keeps everything; the saves named in `failing` fail."""
+
+    def __init__(self, failing: Sequence[str] = ()):
+        self.failing = set(failing)
+        self.runs: list[common_pb2.Run] = []
+        self.iterations: list[common_pb2.IterationData] = []
+        self.events: list[events_pb2.RunEvent] = []
+
+    def _saved(self, kind: str, file: str) -> Saved:
+        return Saved(problem="UNAVAILABLE: down") if kind in self.failing else Saved(file)
+
+    async def create_run(self, run: common_pb2.Run) -> Saved:
+        self.runs.append(run)
+        return self._saved("run", "run.json")
+
+    async def update_run(self, run: common_pb2.Run) -> Saved:
+        self.runs.append(run)
+        return self._saved("run", "run.json")
+
+    async def save_iteration(self, iteration: common_pb2.IterationData) -> Saved:
+        self.iterations.append(iteration)
+        return self._saved("iteration", f"iteration-{iteration.iteration}.json")
+
+    async def save_agent_result(self, result: common_pb2.AgentResult) -> Saved:
+        return self._saved("agent", "agent.json")
+
+    async def save_verification_report(self, report: common_pb2.VerificationReport) -> Saved:
+        return self._saved("verification", "verification.json")
+
+    def event_subscriber(self, run_id: str) -> MemoryPersistence:
+        return self
+
+    name = "persistence"
+
+    async def handle(self, batch: Sequence[EmittedEvent]) -> None:
+        self.events.extend(item.event for item in batch)
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
+    def types(self) -> list[str]:
+        return [event.type for event in self.events]
+
+
+def work_order(max_iterations: int = 3) -> common_pb2.WorkOrder:
+    spec = common_pb2.WorkOrderSpec(task_prompt="Fix the bug", agent=common_pb2.AgentSpec(name="scripted"))
+    spec.harness.loop_strategy.max_iterations = max_iterations
+    return common_pb2.WorkOrder(id="wo-1", run_id="run-1", spec=spec)
+
+
+async def test_a_run_that_passes_on_its_second_iteration() -> None:
+    workspace, persistence = MemoryWorkspace([False, True]), MemoryPersistence()
+    outcome = await RunExecutor(work_order(), workspace, persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+    assert workspace.calls == ["prepare", "agent 1", "snapshot", "verify 1", "agent 2", "snapshot", "verify 2",
+                               "release"]
+    assert "Verification failed — iteration 1" in workspace.prompts[1]  # the feedback reached the next prompt
+    run = persistence.runs[-1]
+    assert (run.result, run.loop_result, run.stop_reason) == (
+        R.RUN_RESULT_SUCCEEDED, common_pb2.LOOP_RESULT_SUCCESS, "Verification passed"
+    )
+    assert run.tokens.total == 20 and run.persistence_warnings == 0
+    first, second = persistence.iterations
+    assert dict(first.decision.metadata)["loop_result"] == "continue" and first.feedback_generated
+    assert first.error_type == common_pb2.ITERATION_ERROR_TYPE_VERIFICATION_FAILED
+    assert dict(second.decision.metadata)["rule"] == "passed"
+    types = persistence.types()
+    assert types[:4] == [ev.RUN_STARTED, ev.RETRY_ATTEMPT, ev.WORKSPACE_ACQUIRED, ev.ITERATION_STARTED]
+    assert types[-2:] == [ev.WORKSPACE_RELEASED, ev.RUN_COMPLETE]
+    assert types.count(ev.AGENT_OUTPUT) == 2 and types.count(ev.STRATEGY_DECISION) == 2
+
+
+async def test_a_failed_last_iteration_is_the_run_error() -> None:
+    persistence = MemoryPersistence()
+    outcome = await RunExecutor(work_order(max_iterations=2), MemoryWorkspace([False, False]), persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    run = persistence.runs[-1]
+    assert run.result == R.RUN_RESULT_FAILED_VERIFICATION
+    assert run.loop_result == common_pb2.LOOP_RESULT_MAX_ITERATIONS
+    assert run.build_error.type == T.BUILD_ERROR_TYPE_TEST_FAILED
+    assert run.build_error.message == persistence.iterations[-1].error_message == "Test execution failed (1 failed)"
+    assert run.error == "Test execution failed (1 failed). Details: agent.json, verification.json"
+    assert run.stop_reason == "Reached max iterations (2) without passing verification"
+
+
+async def test_a_failed_snapshot_ends_the_run_and_still_releases_the_workspace() -> None:
+    workspace, persistence = MemoryWorkspace([True], snapshot_fails=True), MemoryPersistence()
+    outcome = await RunExecutor(work_order(), workspace, persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    assert workspace.calls == ["prepare", "agent 1", "snapshot", "release"]
+    run = persistence.runs[-1]
+    assert (run.result, run.loop_result) == (R.RUN_RESULT_FAILED_SYSTEM, common_pb2.LOOP_RESULT_ERROR)
+    assert run.build_error.type == T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR
+    assert run.stop_reason == "Snapshot failed: disk full"
+    assert persistence.types()[-1] == ev.RUN_FAILED
+
+
+async def test_a_failed_save_is_a_warning_not_a_failure() -> None:
+    persistence = MemoryPersistence(failing=["agent"])
+    outcome = await RunExecutor(work_order(), MemoryWorkspace([True]), persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+    warnings = [e.persistence_warning.message for e in persistence.events if e.type == ev.PERSISTENCE_WARNING]
+    assert warnings == ["could not save agent-1.json: UNAVAILABLE: down"]
+    assert persistence.runs[-1].persistence_warnings == 1
+    assert persistence.iterations[0].agent_result_file == ""
