@@ -57,7 +57,8 @@ async def restore_snapshot(manager: WorkspaceManager, workspace_id: str, snapsho
         await gitops.work(git_dir, path, "read-tree", "-u", "--reset", target)
         differs = (await gitops.work(git_dir, path, "diff", "--cached", "--quiet", "HEAD", check=False)).returncode
         if differs:
-            await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "-m", RESTORE_MESSAGE.format(short=target[:12]))
+            message = RESTORE_MESSAGE.format(short=target[:12])
+            await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "-m", message)
         head = await gitops.head_commit(git_dir)
         await manager.db.execute(
             "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",

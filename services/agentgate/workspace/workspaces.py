@@ -490,7 +490,9 @@ class WorkspaceManager:
         # The agent's own repository: a copy (never hard links: what the agent writes there
         # must not reach our objects) that we never read again.
         agent_git = path / ".git"
-        await gitops.git("clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home)
+        await gitops.git(
+            "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home
+        )
         await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
         symbolic = await gitops.work(git_dir, path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
         return base_commit, symbolic.stdout.strip() if symbolic.returncode == 0 else ""
