@@ -108,7 +108,7 @@ def copy_plain_tree(source: Path, destination: Path) -> None:
             files.append(name)
         for name in files:
             if not copy_entry(Path(root) / name, target / name):
-                log.info("%s disappeared while it was copied; left out", Path(root) / name)
+                log.info("%s is gone, or not a file or link; left out", Path(root) / name)
 
 
 def copy_changes(source: Path, destination: Path, names: list[str]) -> None:
