@@ -70,11 +70,14 @@ class Target:
         return snapshot
 
     def pushed_to(self, repo: Path) -> bool:
-        found = subprocess.run(
-            ["git", "rev-parse", "--verify", "-q", f"refs/heads/{self.workspace.branch}"],
-            cwd=repo, capture_output=True, text=True,
-        )
-        return found.returncode == 0
+        return has_branch(repo, self.workspace.branch)
+
+
+def has_branch(repo: Path, branch: str) -> bool:
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", f"refs/heads/{branch}"], cwd=repo, capture_output=True, text=True
+    )
+    return found.returncode == 0
 
 
 @pytest.fixture
@@ -243,3 +246,54 @@ async def test_git_processes_of_the_service_get_no_service_secret(target: Target
     assert env["GIT_CONFIG_GLOBAL"] == "/dev/null" and env["GIT_CONFIG_NOSYSTEM"] == "1"
     with pytest.raises(grpc.aio.AioRpcError):  # a workspace that is not there is refused, nothing runs
         await target.stub.Push(workspace_pb2.PushRequest(workspace_id="ws-0000000000000000"))
+
+
+async def test_a_work_order_whose_agent_attacks_every_git_command_is_delivered_where_we_resolved(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole suite: a work order in push mode whose agent fixes the code and sets a
+    clean filter, a post-commit hook and a pushurl to another repository."""
+    from ..integration.inprocess_suite import InProcessSuite
+
+    monkeypatch.setenv("AGENTGATE_GITHUB_TOKEN", SERVICE_SECRET)
+    verify = 'version: "1"\ntests:\n  - {name: unit, kind: test, command: "grep -q fixed app.py"}\n'
+    remote, clone = make_remote_and_clone(tmp_path / "user", {"app.py": "broken\n", "verify.yaml": verify})
+    elsewhere = tmp_path / "elsewhere.git"
+    git("init", "-q", "--bare", str(elsewhere), cwd=tmp_path)
+    marker = tmp_path / "pwned"
+    script = f"""
+        git config filter.x.clean "sh -c 'env > {marker}; cat'"
+        git config filter.x.smudge "sh -c 'env > {marker}; cat'"
+        mkdir -p .git/info .git/hooks && echo '* filter=x' > .git/info/attributes
+        printf '#!/bin/sh\\nenv > {marker}\\n' > .git/hooks/post-commit && chmod +x .git/hooks/post-commit
+        git remote add origin {remote}
+        git config remote.origin.pushurl {elsewhere}
+        echo fixed > app.py
+    """
+    spec = common_pb2.WorkOrderSpec(
+        task_prompt="Fix app.py", agent=common_pb2.AgentSpec(name="command", options={"command": textwrap.dedent(script)})
+    )
+    spec.source.local_path = str(clone)
+    spec.harness.loop_strategy.max_iterations = 1
+    spec.harness.git_ops.mode = common_pb2.GIT_MODE_PUSH  # type: ignore[assignment]
+    suite = await InProcessSuite.start(home)
+    try:
+        work_order = await suite.submit(spec)
+        final = await suite.wait_terminal(work_order.id, timeout=120)
+        run = await suite.run(work_order.run_id)
+    finally:
+        await suite.stop()
+    assert final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED, run.error
+    assert not marker.exists(), "a git command of the services ran the agent's filter or hook"
+    branch = f"agentgate/{run.id}"
+    assert git("rev-parse", branch, cwd=remote).strip() == run.final_commit
+    assert [(op.operation, op.success, op.url) for op in run.github_summary.operations] == [("push", True, str(remote))]
+    assert not has_branch(elsewhere, branch)
+
+    # The same repository, used the way the services used it before: the attack works.
+    workspace = next(iter((home / "workspaces").iterdir()))
+    plain_git(workspace, "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
+    assert has_branch(elsewhere, branch)
+    (workspace / "app.py").write_text("fixed again\n")
+    await gitops.git("add", "-A", cwd=workspace)
+    assert marker.exists()
