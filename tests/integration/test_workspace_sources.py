@@ -273,3 +273,20 @@ def test_copy_entry_keeps_links_and_modes(tmp_path: Path) -> None:
     assert os.readlink(tmp_path / "d" / "link") == "run.sh"
     assert not sources.copy_entry(source / "missing", tmp_path / "d" / "missing")
 
+
+
+async def test_the_push_url_is_the_users_resolved_at_preparation(stub, home: Path, tmp_path: Path) -> None:
+    """A relative origin is read from the source's top; the user's own pushurl counts."""
+    fetch_remote = tmp_path / "fetch.git"
+    push_remote = tmp_path / "push.git"
+    for bare in (fetch_remote, push_remote):
+        git("init", "-q", "--bare", str(bare), cwd=tmp_path)
+    source = make_repo(tmp_path / "src", {"a.txt": "a\n"})
+    git("remote", "add", "origin", "../fetch.git", cwd=source)
+    git("config", "remote.origin.pushurl", "../push.git", cwd=source)
+    workspace = await prepare(stub, source)
+    (Path(workspace.path) / "a.txt").write_text("changed\n")
+    await stub.CreateSnapshot(workspace_pb2.CreateSnapshotRequest(workspace_id=workspace.id))
+    pushed = await stub.Push(workspace_pb2.PushRequest(workspace_id=workspace.id), timeout=60)
+    assert pushed.remote_url == str(push_remote)
+    assert git("rev-parse", f"refs/heads/{workspace.branch}", cwd=push_remote).strip() == pushed.commit

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ MAX_COPY_ATTEMPTS = 5
 #: Reads of the source must not take git's optional locks (an index refresh written back
 #: into the user's `.git`): the user's directory is only ever read.
 SOURCE_ENV = {"GIT_OPTIONAL_LOCKS": "0"}
+#: `host:path` (scp-like ssh), as git tells it from a local path: a colon before any slash.
+_SCP_LIKE = re.compile(r"^[^/]+:")
 
 
 class SourceChanged(FailedPrecondition):
@@ -161,10 +164,18 @@ async def read_git_source(source: Path, git_dir: Path, include_ignored: bool) ->
     others = await _in_source(source, *untracked)
     # A nested repository is listed as "dir/": its files are its own repository's business.
     changed += [name for name in others.stdout.split("\0") if name and not name.endswith("/")]
-    origin = await _in_source(source, "remote", "get-url", "origin", check=False, user_config=True)
+    # Where the user pushes (their pushurl and insteadOf rules applied): resolved now, from
+    # the user's repository, and never again from anything the agent can write.
+    origin = await _in_source(source, "remote", "get-url", "--push", "origin", check=False, user_config=True)
     return GitSource(
         commit=commit,
         branch=branch,
         changed=changed,
-        origin_url=origin.stdout.strip() if origin.returncode == 0 else "",
+        origin_url=_absolute_url(origin.stdout.strip(), source) if origin.returncode == 0 else "",
     )
+
+
+def _absolute_url(url: str, source: Path) -> str:
+    """`url`, with a relative path (git reads it from the source's top) made absolute."""
+    is_path = url and "://" not in url and not _SCP_LIKE.match(url)
+    return str((source / url).resolve()) if is_path and not os.path.isabs(url) else url
