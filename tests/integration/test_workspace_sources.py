@@ -290,3 +290,10 @@ async def test_the_push_url_is_the_users_resolved_at_preparation(stub, home: Pat
     pushed = await stub.Push(workspace_pb2.PushRequest(workspace_id=workspace.id), timeout=60)
     assert pushed.remote_url == str(push_remote)
     assert git("rev-parse", f"refs/heads/{workspace.branch}", cwd=push_remote).strip() == pushed.commit
+
+
+async def test_deleting_a_workspace_deletes_its_trusted_git_directory(stub, home: Path, tmp_path: Path) -> None:
+    workspace = await prepare(stub, make_repo(tmp_path / "src", {"a.txt": "a\n"}))
+    assert trusted(home, workspace).is_dir()
+    await stub.DeleteWorkspace(workspace_pb2.DeleteWorkspaceRequest(workspace_id=workspace.id, force=True))
+    assert not trusted(home, workspace).exists() and not Path(workspace.path).exists()
