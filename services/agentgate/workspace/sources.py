@@ -53,7 +53,7 @@ class GitSource:
     #: Paths (relative, '/'-separated) that differ from `commit` in the source's work tree:
     #: changed, deleted, untracked; copied (or removed) on top of the commit's files.
     changed: list[str]
-    #: The source's `origin` URL ('' when it has none): where delivery pushes.
+    #: Where the user's `origin` pushes ('' when it has none): where delivery pushes.
     origin_url: str
 
 
