@@ -64,6 +64,10 @@ def trusted(home: Path, workspace: workspace_pb2.Workspace) -> Path:
     return home / "gitdirs" / f"{workspace.id}.git"
 
 
+def folder_exists(path: str) -> bool:
+    return Path(path).exists()
+
+
 def files_of(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): p.read_text()
@@ -296,4 +300,4 @@ async def test_deleting_a_workspace_deletes_its_trusted_git_directory(stub, home
     workspace = await prepare(stub, make_repo(tmp_path / "src", {"a.txt": "a\n"}))
     assert trusted(home, workspace).is_dir()
     await stub.DeleteWorkspace(workspace_pb2.DeleteWorkspaceRequest(workspace_id=workspace.id, force=True))
-    assert not trusted(home, workspace).exists() and not Path(workspace.path).exists()
+    assert not trusted(home, workspace).exists() and not folder_exists(workspace.path)
