@@ -70,7 +70,9 @@ async def test_a_retried_attempt_starts_from_the_snapshot_and_the_events_say_so(
     created = events[types.index("snapshot:created")].snapshot_created
     assert list(created.changed_files) == ["calc.py"], "the timed-out attempt's file leaked into the snapshot"
     assert not (Path(acquired.path) / "half-done.txt").exists()
-    assert git(acquired.path, "show", "--stat", "--format=", created.commit).startswith("calc.py")
+    # Snapshots live in the workspace's trusted git directory (docs/security.md, "Git").
+    trusted = suite.home / "gitdirs" / f"{acquired.workspace_id}.git"
+    assert git(str(trusted), "show", "--stat", "--format=", created.commit).startswith("calc.py")
     assert not workspace.leased, "the run released its workspace"
     released = events[types.index("workspace:released")].workspace_changed
     assert released.workspace_id == acquired.workspace_id

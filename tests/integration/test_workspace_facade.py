@@ -291,8 +291,10 @@ async def test_snapshots_list_diff_and_restore(facade: Facade, project: Path) ->
         await facade.stub.RestoreSnapshot(W.RestoreSnapshotRequest(workspace_id=workspace.id, snapshot_id=s1))
     ).snapshot_id
     assert restored not in (s1, s2)
-    assert git(path, "rev-parse", "HEAD") == restored
-    assert git(path, "rev-parse", f"{restored}^{{tree}}") == git(path, "rev-parse", f"{s1}^{{tree}}")
+    # Snapshots live in the workspace's trusted git directory, not in the agent's `.git`.
+    trusted = path.parent.parent / "gitdirs" / f"{workspace.id}.git"
+    assert git(trusted, "rev-parse", "HEAD") == restored
+    assert git(trusted, "rev-parse", f"{restored}^{{tree}}") == git(trusted, "rev-parse", f"{s1}^{{tree}}")
     assert {k: v for k, v in files_of(path).items() if not k.startswith("build/")} == state1
     assert (path / "build" / "out.bin").exists(), "files ignored by git are left alone"
     listed = (await facade.stub.ListSnapshots(W.ListSnapshotsRequest(workspace_id=workspace.id))).snapshots

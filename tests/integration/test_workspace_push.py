@@ -95,10 +95,13 @@ async def test_push_errors_say_what_is_wrong(stub, tmp_path: Path):
         await stub.Push(workspace_pb2.PushRequest(workspace_id="ws-0000000000000000"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
-    # A remote that does not answer: worth retrying, so UNAVAILABLE.
-    git("remote", "add", "origin", "http://127.0.0.1:9/octo/proj.git", cwd=Path(ws.path))
+    # A remote that does not answer: worth retrying, so UNAVAILABLE. The remote is the
+    # source's origin, resolved when the workspace was made.
+    git("init", "-q", cwd=plain)
+    git("remote", "add", "origin", "http://127.0.0.1:9/octo/proj.git", cwd=plain)
+    unreachable = await prepare(stub, common_pb2.WorkspaceSource(local_path=str(plain)), run_id="run-push-9")
     with pytest.raises(grpc.aio.AioRpcError) as down:
-        await stub.Push(workspace_pb2.PushRequest(workspace_id=ws.id), timeout=60)
+        await stub.Push(workspace_pb2.PushRequest(workspace_id=unreachable.id), timeout=60)
     assert down.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "git push to http://127.0.0.1:9/octo/proj.git failed" in down.value.details()
 

@@ -208,11 +208,19 @@ async def test_prepare_from_local_dir_copies_and_never_writes_the_source(service
     assert git(path, "rev-parse", "HEAD~1") == user_head
     assert git(path, "log", "-1", "--format=%s") == "agentgate: initial snapshot"
     assert git(path, "log", "-1", "--format=%an <%ae>") == "AgentGate <agentgate@localhost>"
-    # Uncommitted and untracked work is in the snapshot; ignored files are copied, not committed.
+    # Uncommitted and untracked work is in the snapshot; ignored files are not copied (the
+    # clean room never sees them either) unless asked for, and then not committed.
     assert git(path, "status", "--porcelain") == ""
     assert (path / "README.md").read_text() == "untracked\n"
-    assert (path / "ignored.txt").exists()
-    assert "ignored.txt" not in git(path, "ls-files")
+    assert not (path / "ignored.txt").exists()
+    with_ignored = await service.stub.PrepareForRun(
+        workspace_pb2.PrepareForRunRequest(
+            run_id="run-1b", source=common_pb2.WorkspaceSource(local_path=str(project), include_ignored=True)
+        )
+    )
+    assert tree_digest(project) == before, "the user's directory was modified"
+    assert (Path(with_ignored.workspace.path) / "ignored.txt").read_text() == "build output\n"
+    assert "ignored.txt" not in git(Path(with_ignored.workspace.path), "ls-files")
     assert (path / "link-to-calc").is_symlink()
     assert response.rules == "Keep functions small.\nWrite tests.\n"
     assert 'Gate plan "calc" (verify.yaml)' in response.gate_plan_summary
@@ -538,14 +546,16 @@ async def test_create_snapshot_with_and_without_changes(service: Service, projec
     )
     assert changed.has_changes
     assert sorted(changed.changed_files) == ["calc.py", "new.txt"]
-    assert changed.snapshot_id == git(path, "rev-parse", "HEAD")
-    assert git(path, "log", "-1", "--format=%s") == "fix add"
+    # Snapshots live in the workspace's trusted git directory, not in the agent's `.git`.
+    trusted = service.home / "gitdirs" / f"{workspace.id}.git"
+    assert changed.snapshot_id == git(trusted, "rev-parse", "HEAD")
+    assert git(trusted, "log", "-1", "--format=%s") == "fix add"
     again = await service.stub.CreateSnapshot(request)
     assert (again.has_changes, again.snapshot_id) == (False, changed.snapshot_id)
     (path / "new.txt").unlink()
     default_message = await service.stub.CreateSnapshot(request)
     assert list(default_message.changed_files) == ["new.txt"]
-    assert git(path, "log", "-1", "--format=%s") == "agentgate: snapshot"
+    assert git(trusted, "log", "-1", "--format=%s") == "agentgate: snapshot"
 
 
 async def test_release_lease_keeps_files_and_ends_agent_runs(service: Service, project: Path) -> None:
@@ -581,7 +591,7 @@ async def verify(
 async def test_verify_fails_then_passes_in_a_clean_room(service: Service, project: Path) -> None:
     workspace = (await service.prepare(project)).workspace
     path = Path(workspace.path)
-    assert (path / "ignored.txt").exists()  # present in the workspace, absent from the snapshot
+    (path / "ignored.txt").write_text("agent's build output\n")  # in the workspace, not in the snapshot
 
     failing = await verify(service, workspace.id, workspace.base_commit)
     assert not failing.passed

@@ -58,3 +58,10 @@ def test_prompt_file_and_git_and_iterations(tmp_path):
     assert built.source.git_url == "file:///repo" and built.source.ref == "v1"
     assert built.harness.loop_strategy.max_iterations == 4
     assert not spec().harness.loop_strategy.HasField("max_iterations")
+
+
+def test_include_ignored_goes_with_path_only(tmp_path):
+    assert spec(path=tmp_path, include_ignored=True).source.include_ignored
+    assert not spec(path=tmp_path).source.include_ignored
+    with pytest.raises(UsageError, match="--include-ignored"):
+        spec(git_url="https://example.com/x.git", include_ignored=True)

@@ -103,6 +103,9 @@ def test_git_url_and_github_repo(tmp_path: Path) -> None:
     spec.source.github_repo = "not a repo"
     [violation] = validate_spec(spec, agent_check=check_agent)
     assert violation == FieldViolation("spec.source.github_repo", "must be owner/name, got 'not a repo'")
+    spec.source.github_repo = "octo/repo"
+    spec.source.include_ignored = True
+    assert fields(spec) == ["spec.source.include_ignored"]
 
 
 def test_agent_violations_come_from_the_agent_check(tmp_path: Path) -> None:

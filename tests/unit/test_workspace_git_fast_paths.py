@@ -31,17 +31,17 @@ def _repo(tmp_path: Path) -> Path:
 
 async def test_read_head_ref_matches_rev_parse_on_a_branch_and_detached(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    assert gitops.read_head_ref(repo) == _git(repo, "rev-parse", "HEAD")
+    assert gitops.read_head_ref(repo / ".git") == _git(repo, "rev-parse", "HEAD")
     _git(repo, "checkout", "-q", "--detach")
-    assert gitops.read_head_ref(repo) == _git(repo, "rev-parse", "HEAD")
-    assert await gitops.head_commit_fast(repo) == _git(repo, "rev-parse", "HEAD")
+    assert gitops.read_head_ref(repo / ".git") == _git(repo, "rev-parse", "HEAD")
+    assert await gitops.head_commit_fast(repo / ".git") == _git(repo, "rev-parse", "HEAD")
 
 
 async def test_read_head_ref_gives_up_on_packed_refs_and_the_fallback_still_answers(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     _git(repo, "pack-refs", "--all")
-    assert gitops.read_head_ref(repo) is None
-    assert await gitops.head_commit_fast(repo) == _git(repo, "rev-parse", "HEAD")
+    assert gitops.read_head_ref(repo / ".git") is None
+    assert await gitops.head_commit_fast(repo / ".git") == _git(repo, "rev-parse", "HEAD")
 
 
 def test_read_head_ref_refuses_a_ref_outside_refs_heads(tmp_path: Path) -> None:
@@ -49,9 +49,9 @@ def test_read_head_ref_refuses_a_ref_outside_refs_heads(tmp_path: Path) -> None:
     commit = _git(repo, "rev-parse", "HEAD")
     (tmp_path / "outside").write_text(commit)
     (repo / ".git" / "HEAD").write_text("ref: refs/heads/../../../outside\n")
-    assert gitops.read_head_ref(repo) is None
+    assert gitops.read_head_ref(repo / ".git") is None
     (repo / ".git" / "HEAD").write_text("ref: refs/tags/x\n")
-    assert gitops.read_head_ref(repo) is None
+    assert gitops.read_head_ref(repo / ".git") is None
     assert gitops.read_head_ref(tmp_path / "no-repo") is None
 
 
@@ -76,7 +76,7 @@ async def test_clean_room_holds_exactly_the_tracked_files_of_the_snapshot(tmp_pa
     commit = _git(repo, "rev-parse", "HEAD")
     (repo / "ignored").write_text("not in the snapshot\n")
     (repo / "a.txt").write_text("changed after the snapshot\n")
-    room = await cleanroom.create_clean_room(repo, commit, tmp_path / "rooms", "run-1", 1)
+    room = await cleanroom.create_clean_room(repo / ".git", commit, tmp_path / "rooms", "run-1", 1)
     files = sorted(p.relative_to(room).as_posix() for p in room.rglob("*") if p.is_file())
     assert files == [".gitattributes", ".gitignore", "a.txt", "tests/t.txt"]
     assert (room / "a.txt").read_text() == "a\n"
@@ -89,7 +89,7 @@ async def test_clean_room_of_an_empty_snapshot_is_empty(tmp_path: Path) -> None:
     repo.mkdir()
     _git(repo, "init", "-q")
     _git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
-    room = await cleanroom.create_clean_room(repo, _git(repo, "rev-parse", "HEAD"), tmp_path / "rooms", "r", 1)
+    room = await cleanroom.create_clean_room(repo / ".git", _git(repo, "rev-parse", "HEAD"), tmp_path / "rooms", "r", 1)
     assert list(room.iterdir()) == []
 
 
@@ -120,7 +120,9 @@ async def test_prepared_copy_starts_on_its_branch_and_snapshots_without_changes(
     (path / "new.txt").write_text("new\n")
     changed = await manager.create_snapshot(prepared.workspace.id, "one file")
     assert changed.has_changes and changed.changed_files == ["new.txt"]
-    assert changed.commit == _git(path, "rev-parse", "HEAD") != same.commit
+    # The snapshot is in the trusted git directory; the agent's own `.git` stays as it was.
+    assert changed.commit == _git(prepared.workspace.git_dir, "rev-parse", "HEAD") != same.commit
+    assert _git(path, "rev-parse", "HEAD") == same.commit
     record = await manager.get(prepared.workspace.id)
     assert await manager.resolve_snapshot(record, changed.commit) == changed.commit
     with pytest.raises(Exception, match="not a commit"):
@@ -135,7 +137,7 @@ async def test_a_failing_snapshot_commit_is_an_error_not_no_change(manager: Work
     path = prepared.workspace.path
     (path / "x.txt").write_text("x\n")
     # `git add` works, but the commit cannot move the branch: a real failure, not "no change".
-    (path / ".git" / "refs" / "heads" / "agentgate" / "run-2.lock").write_text("")
+    (prepared.workspace.git_dir / "refs" / "heads" / "agentgate" / "run-2.lock").write_text("")
     with pytest.raises(gitops.GitError, match="commit"):
         await manager.create_snapshot(prepared.workspace.id, "x")
 

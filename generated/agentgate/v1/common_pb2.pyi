@@ -323,6 +323,7 @@ class WorkspaceSource(_message.Message):
     GIT_URL_FIELD_NUMBER: _builtins.int
     GITHUB_REPO_FIELD_NUMBER: _builtins.int
     REF_FIELD_NUMBER: _builtins.int
+    INCLUDE_IGNORED_FIELD_NUMBER: _builtins.int
     local_path: _builtins.str
     """An existing directory; copied, never written."""
     git_url: _builtins.str
@@ -331,6 +332,10 @@ class WorkspaceSource(_message.Message):
     """owner/name on GitHub."""
     ref: _builtins.str
     """Branch, tag or commit to check out (git_url and github_repo only)."""
+    include_ignored: _builtins.bool
+    """local_path that is a git repository only: also copy the files git ignores
+    (node_modules, .venv, build output). Off by default: the clean room never sees them.
+    """
     def __init__(
         self,
         *,
@@ -338,10 +343,11 @@ class WorkspaceSource(_message.Message):
         git_url: _builtins.str = ...,
         github_repo: _builtins.str = ...,
         ref: _builtins.str = ...,
+        include_ignored: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["git_url", b"git_url", "github_repo", b"github_repo", "kind", b"kind", "local_path", b"local_path"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["git_url", b"git_url", "github_repo", b"github_repo", "kind", b"kind", "local_path", b"local_path", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["git_url", b"git_url", "github_repo", b"github_repo", "include_ignored", b"include_ignored", "kind", b"kind", "local_path", b"local_path", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["local_path", "git_url", "github_repo"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015

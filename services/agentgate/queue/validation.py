@@ -118,7 +118,9 @@ def _check_source(spec: common_pb2.WorkOrderSpec) -> list[FieldViolation]:
         if source.ref:
             # A local directory is copied as it is; a ref would silently do nothing.
             found.append(FieldViolation("spec.source.ref", "only applies to git_url and github_repo sources"))
-    elif kind == "git_url":
+    elif source.include_ignored:
+        found.append(FieldViolation("spec.source.include_ignored", "only applies to local_path sources"))
+    if kind == "git_url":
         if not source.git_url.strip():
             found.append(FieldViolation("spec.source.git_url", "is empty"))
     elif kind == "github_repo":

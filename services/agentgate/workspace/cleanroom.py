@@ -14,15 +14,18 @@ from agentgate.workspace import git as gitops
 from agentgate.workspace.workspaces import remove_tree
 
 
-async def create_clean_room(workspace: Path, commit: str, root: Path, run_id: str, iteration: int) -> Path:
-    """Makes `root/{run_id}-{iteration}-{random}` with the files of `commit` and returns it.
+async def create_clean_room(git_dir: Path, commit: str, root: Path, run_id: str, iteration: int) -> Path:
+    """Makes `root/{run_id}-{iteration}-{random}` with the files of `commit` of the
+    workspace's trusted git directory `git_dir` and returns it.
 
     The files are written from the commit's tree through a temporary index outside the
     workspace, by one `git --work-tree=ROOM read-tree -u --reset` (reading the tree into
     the empty index and checking out every entry into the room: one process instead of
     `read-tree` + `checkout-index`): the workspace's own index and files are not touched,
     no `.git` is placed in the clean room, and unlike `git archive` no file is dropped by
-    an `export-ignore` attribute (test folders often carry one).
+    an `export-ignore` attribute (test folders often carry one). The snapshot's
+    `.gitattributes` may name a filter, but no filter is configured where this git looks
+    (docs/security.md, "Git"), so none runs.
     """
     name = f"{run_id}-{iteration}-{secrets.token_hex(4)}"
     room = root / name
@@ -30,7 +33,7 @@ async def create_clean_room(workspace: Path, commit: str, root: Path, run_id: st
     index = root / f".{name}.index"
     env = {"GIT_INDEX_FILE": str(index)}
     try:
-        await gitops.git(f"--work-tree={room}", "read-tree", "-u", "--reset", commit, cwd=workspace, env=env)
+        await gitops.git("read-tree", "-u", "--reset", commit, cwd=room, git_dir=git_dir, work_tree=room, env=env)
     except BaseException:
         await asyncio.to_thread(remove_tree, room)
         raise

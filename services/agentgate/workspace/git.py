@@ -1,6 +1,11 @@
 """A small async git helper: asyncio subprocesses, a fixed identity, no prompts, no hooks.
 
-Errors carry git's own stderr, so a failed clone or checkout says why.
+Every call runs isolated from configuration nobody chose for it: no system or global git
+configuration (filters, diff drivers, credential helpers of the host), no attributes file of
+the user, hooks and fsmonitor off. The repository data the service trusts lives in a git
+directory outside the agent's reach (see docs/security.md, "Git"); callers name it with
+`git_dir` and the files with `work_tree`. Errors carry git's own stderr, so a failed clone
+or checkout says why.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ GIT_CONFIG = (
     f"user.email={GIT_EMAIL}",
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
+    # Attributes come only from the tree (and name no command: no filter or diff driver is
+    # configured anywhere git looks); the user's global attributes file is not read.
+    "core.attributesFile=/dev/null",
     "commit.gpgSign=false",
     "tag.gpgSign=false",
     "core.quotePath=false",
@@ -43,6 +51,11 @@ GIT_CONFIG = (
 _KEPT_GIT_VARS = frozenset(
     {"GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "GIT_PROXY_COMMAND", "GIT_SSL_CAINFO", "GIT_SSL_NO_VERIFY"}
 )
+
+#: Variables no git process of ours needs: the service's own credentials. A process gets a
+#: token only when the operation needs it, through `extra` (see agentgate.common.github).
+_SECRET_PREFIXES = ("AGENTGATE_",)
+_SECRET_SUFFIXES = ("_TOKEN", "_API_KEY", "_SECRET", "_SECRET_KEY", "_ACCESS_KEY", "_PASSWORD")
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
@@ -68,10 +81,28 @@ class GitResult:
     stderr: str
 
 
-def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a git call: the service's, without GIT_* overrides, no prompts."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _KEPT_GIT_VARS}
+def git_env(extra: Mapping[str, str] | None = None, user_config: bool = False) -> dict[str, str]:
+    """The environment of a git call: the service's, without GIT_* overrides, without the
+    service's secrets, no prompts, and (unless `user_config`) without the system and global
+    git configuration.
+
+    `user_config` is for network operations only (a clone of a URL, a push): the user's
+    global configuration may hold what reaching their remote needs (a credential helper,
+    `url.*.insteadOf`, a proxy), and those operations touch no work tree, so no filter of it
+    runs.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("GIT_") or k in _KEPT_GIT_VARS)
+        and not k.startswith(_SECRET_PREFIXES)
+        and not k.upper().endswith(_SECRET_SUFFIXES)
+    }
     env["GIT_TERMINAL_PROMPT"] = "0"
+    if not user_config:
+        env["GIT_CONFIG_NOSYSTEM"] = "1"
+        env["GIT_CONFIG_GLOBAL"] = os.devnull
+        env["GIT_ATTR_NOSYSTEM"] = "1"
     # A prompt for an ssh passphrase or host key would hang the service.
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     env["LC_ALL"] = "C"
@@ -86,15 +117,24 @@ async def git(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+    git_dir: Path | None = None,
+    work_tree: Path | None = None,
+    user_config: bool = False,
 ) -> GitResult:
     """Runs `git <args>` in `cwd` and returns its output.
 
-    Raises GitError when git exits non-zero (unless `check` is False) or runs longer than
-    `timeout`. Cancelling the awaiting task kills git.
+    `git_dir` and `work_tree` name the repository explicitly (`--git-dir`, `--work-tree`),
+    so nothing found in `cwd` (say a `.git` the agent wrote) is used. `user_config`: see
+    `git_env`. Raises GitError when git exits non-zero (unless `check` is False) or runs
+    longer than `timeout`. Cancelling the awaiting task kills git.
     """
     argv = ["git"]
     for item in GIT_CONFIG:
         argv += ["-c", item]
+    if git_dir is not None:
+        argv.append(f"--git-dir={git_dir}")
+    if work_tree is not None:
+        argv.append(f"--work-tree={work_tree}")
     argv += list(args)
     if any("\x00" in arg for arg in argv):
         # A request value that reached git unchecked: a failed command, not a crash.
@@ -102,7 +142,7 @@ async def git(
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd),
-        env=git_env(env),
+        env=git_env(env, user_config),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -128,32 +168,42 @@ async def git(
     return result
 
 
+async def work(
+    git_dir: Path, work_tree: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> GitResult:
+    """`git <args>` on a workspace: its trusted git directory and its files."""
+    return await git(*args, cwd=work_tree, git_dir=git_dir, work_tree=work_tree, check=check, env=env)
+
+
 def _kill(process: asyncio.subprocess.Process) -> None:
     # git may have started helpers (ssh, remote-https) in its group.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
 
 
-async def head_commit(cwd: Path) -> str:
-    """The commit id of HEAD."""
-    return (await git("rev-parse", "--verify", "HEAD^{commit}", cwd=cwd)).stdout.strip()
+async def head_commit(git_dir: Path) -> str:
+    """The commit id of HEAD of the git directory `git_dir`."""
+    return (await git("rev-parse", "--verify", "HEAD^{commit}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
 
 
-async def resolve_commit(cwd: Path, ref: str) -> str | None:
-    """The commit id `ref` names in the repository at `cwd`, or None when it names none."""
+async def resolve_commit(git_dir: Path, ref: str) -> str | None:
+    """The commit id `ref` names in the git directory `git_dir`, or None when it names none."""
     if not ref or ref.startswith("-"):
         return None
     result = await git(
-        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", cwd=cwd, check=False
+        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
+        cwd=git_dir, git_dir=git_dir, check=False,
     )
     if result.returncode != 0:
         return None
     return result.stdout.strip() or None
 
 
-async def changed_files(cwd: Path, old: str, new: str) -> list[str]:
-    """Paths that differ between two commits (renames as delete + add)."""
-    out = (await git("diff", "--name-only", "--no-renames", "-z", old, new, cwd=cwd)).stdout
+async def changed_files(git_dir: Path, old: str, new: str) -> list[str]:
+    """Paths that differ between two commits of `git_dir` (renames as delete + add)."""
+    out = (
+        await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new, cwd=git_dir, git_dir=git_dir)
+    ).stdout
     return [name for name in out.split("\0") if name]
 
 
@@ -166,16 +216,15 @@ def _object_id(text: str) -> str | None:
     return text if len(text) in (40, 64) and set(text) <= _HEX else None
 
 
-def read_head_ref(cwd: Path) -> str | None:
-    """The commit id HEAD names, read from `.git` without running git; None when it cannot
-    be read that simply (packed or reftable refs, a `.git` file, an unborn branch).
+def read_head_ref(git_dir: Path) -> str | None:
+    """The commit id HEAD names, read from the git directory without running git; None when
+    it cannot be read that simply (packed or reftable refs, an unborn branch).
 
     Only for repositories this service manages, right after it committed (the commit
     writes the branch's loose ref): it saves a `rev-parse` process per snapshot. The files
     are a few bytes in the page cache, so reading them on the event loop costs less than a
     hand-off to a thread. Callers fall back to `head_commit` on None.
     """
-    git_dir = cwd / ".git"
     try:
         head = (git_dir / "HEAD").read_text(encoding="ascii", errors="replace").strip()
         if not head.startswith("ref: "):
@@ -188,9 +237,9 @@ def read_head_ref(cwd: Path) -> str | None:
         return None
 
 
-async def head_commit_fast(cwd: Path) -> str:
+async def head_commit_fast(git_dir: Path) -> str:
     """The commit id of HEAD: read from the ref file when possible, else `rev-parse`."""
-    return read_head_ref(cwd) or await head_commit(cwd)
+    return read_head_ref(git_dir) or await head_commit(git_dir)
 
 
 def nothing_to_commit(result: GitResult) -> bool:

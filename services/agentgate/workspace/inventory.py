@@ -2,7 +2,7 @@
 everything a run left behind.
 
 Everything deleted lives under `$AGENTGATE_HOME` at paths built from ids this service made
-(`workspaces/{id}`, `agent-files/{id}`, `prompts/{id}`, `cleanrooms/{run_id}-{iteration}-{hex}`),
+(`workspaces/{id}`, `gitdirs/{id}.git`, `agent-files/{id}`, `prompts/{id}`, `cleanrooms/{run_id}-{iteration}-{hex}`),
 so no request can reach a path outside it.
 """
 
@@ -20,10 +20,8 @@ from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidA
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
-from agentgate.workspace import git as gitops
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
-    INITIAL_SNAPSHOT_MESSAGE,
     WorkspaceManager,
     WorkspaceRecord,
     remove_tree,
@@ -46,17 +44,9 @@ async def create_workspace(manager: WorkspaceManager, source: common_pb2.Workspa
     if violations:
         raise InvalidArgument(violations)
     workspace_id = f"ws-{secrets.token_hex(8)}"
-    path = manager.workspaces_root / workspace_id
-    manager.workspaces_root.mkdir(parents=True, exist_ok=True)
+    path = manager.path_of(workspace_id)
     try:
-        start_point = await manager.fetch_source(source, path)
-        if start_point:
-            await gitops.git("checkout", "-q", "--detach", start_point, cwd=path)
-        await gitops.git("add", "-A", cwd=path)
-        await gitops.git("commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE, cwd=path)
-        base_commit = await gitops.head_commit(path)
-        symbolic = await gitops.git("symbolic-ref", "-q", "--short", "HEAD", cwd=path, check=False)
-        branch = symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+        base_commit, branch = await manager.materialize(workspace_id, source)
         now = utcnow().isoformat()
         await manager.db.execute(
             "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"
@@ -64,11 +54,8 @@ async def create_workspace(manager: WorkspaceManager, source: common_pb2.Workspa
             (workspace_id, branch, to_json(source), base_commit, base_commit, now, now),
         )
         await manager.db.commit()
-    except gitops.GitError as exc:
-        await asyncio.to_thread(remove_tree, path)
-        raise FailedPrecondition(f"cannot create the workspace: {exc}") from None
     except BaseException:
-        await asyncio.to_thread(remove_tree, path)
+        await manager.remove_files(workspace_id)
         raise
     log.info("created workspace %s at %s", workspace_id, path)
     return await manager.get(workspace_id)
@@ -118,7 +105,12 @@ async def list_workspaces(
 def _files_of(manager: WorkspaceManager, workspace_id: str) -> list[Path]:
     """Every folder that belongs to a workspace."""
     home = manager.home
-    return [manager.path_of(workspace_id), home / "agent-files" / workspace_id, home / "prompts" / workspace_id]
+    return [
+        manager.path_of(workspace_id),
+        manager.git_dir_of(workspace_id),
+        home / "agent-files" / workspace_id,
+        home / "prompts" / workspace_id,
+    ]
 
 
 async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> None:

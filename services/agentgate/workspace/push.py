@@ -1,9 +1,13 @@
 """Pushing a workspace's branch to its git remote (any URL git can push to).
 
-The remote is the workspace's own: the repository it was cloned from (git_url,
-github_repo), or the `origin` a copied local repository already had. The user's working
-tree is never touched: the push goes from the managed copy to the remote. A GitHub remote
-gets the token as a header through the environment (see agentgate.common.github).
+The remote is the one the service resolved when it made the workspace: the repository it
+was cloned from (git_url, github_repo), or the `origin` URL of the user's local repository,
+recorded in the workspace's trusted git directory (outside the agent's reach, see
+docs/security.md, "Git"). The push names that URL explicitly, so no remote setting the agent
+could write (`pushurl`, `receivepack`, `insteadOf` in its own `.git/config`) is consulted,
+and the reported URL is the one pushed to. The user's working tree is never touched. A
+GitHub remote gets the token as a header through this one process's environment (see
+agentgate.common.github).
 
 A failure that asking again may cure (network, server error, timeout) is UNAVAILABLE; one
 that it will not (no remote, refused credentials, rejected update) is FAILED_PRECONDITION,
@@ -80,21 +84,24 @@ async def push_branch(manager: WorkspaceManager, workspace_id: str, branch: str 
     async with manager.lock(workspace_id):
         if not await asyncio.to_thread(record.path.is_dir):
             raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
-        found = await gitops.git("remote", "get-url", remote, cwd=record.path, check=False)
+        git_dir = record.git_dir
+        found = await gitops.git("config", "--get", f"remote.{remote}.url", cwd=git_dir, git_dir=git_dir, check=False)
         url = found.stdout.strip()
         if found.returncode != 0 or not url:
             raise FailedPrecondition(
                 f"workspace {record.id} has no git remote {remote!r}: its source has nowhere to push to "
                 "(use a git_url or github_repo source, or a local repository that has an origin remote)"
             )
-        commit = await gitops.resolve_commit(record.path, f"refs/heads/{branch}")
+        commit = await gitops.resolve_commit(git_dir, f"refs/heads/{branch}")
         if commit is None:
             raise FailedPrecondition(f"workspace {record.id} has no branch {branch!r}")
         shown = strip_credentials(url)
         try:
+            # `--` then the URL: a URL, never a remote name, so nothing configured for a
+            # remote applies.
             await gitops.git(
-                "push", "--porcelain", remote, f"refs/heads/{branch}:refs/heads/{branch}",
-                cwd=record.path, env=git_auth_env(url), timeout=PUSH_TIMEOUT_SECONDS,
+                "push", "--porcelain", "--no-verify", "--", url, f"refs/heads/{branch}:refs/heads/{branch}",
+                cwd=git_dir, git_dir=git_dir, env=git_auth_env(url), timeout=PUSH_TIMEOUT_SECONDS, user_config=True,
             )
         except gitops.GitError as exc:
             raise classify_push_error(exc, shown) from None

@@ -158,7 +158,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         commit = await self.manager.resolve_snapshot(record, request.snapshot_id)
         run_id = request.run_id or record.run_id
         room = await cleanroom.create_clean_room(
-            record.path, commit, self.manager.home / "cleanrooms", run_id, request.iteration
+            record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration
         )
         try:
             report = await gate.run_gate(
@@ -169,7 +169,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 snapshot_commit=commit,
                 kill_grace=self.kill_grace_seconds,
                 # The security scan looks at what the run changed since its first snapshot.
-                repo=record.path,
+                repo=record.git_dir,
                 base_commit=record.base_commit,
             )
         finally:

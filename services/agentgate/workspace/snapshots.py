@@ -1,8 +1,9 @@
 """Snapshots of a workspace beyond creating them (SPEC §9): restore, list, diff.
 
-A snapshot is a commit of the workspace's repository. The snapshots of a workspace are its
-initial snapshot (`base_commit`) and every commit made on top of it: the ones CreateSnapshot
-and RestoreSnapshot make, and any the agent made itself.
+A snapshot is a commit of the workspace's trusted git directory (outside the workspace; see
+docs/security.md, "Git"). The snapshots of a workspace are its initial snapshot
+(`base_commit`) and every commit made on top of it by CreateSnapshot and RestoreSnapshot.
+Commits the agent makes in its own `.git` are not read: a snapshot records the files.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _check_commit_id(value: str, field: str) -> None:
 
 async def _resolve(manager: WorkspaceManager, record: WorkspaceRecord, snapshot_id: str, field: str) -> str:
     _check_commit_id(snapshot_id, field)
-    commit = await gitops.resolve_commit(record.path, snapshot_id)
+    commit = await gitops.resolve_commit(record.git_dir, snapshot_id)
     if commit is None:
         raise FailedPrecondition(f"{field}: {snapshot_id!r} is not a snapshot of workspace {record.id}")
     return commit
@@ -47,16 +48,17 @@ async def restore_snapshot(manager: WorkspaceManager, workspace_id: str, snapsho
     """
     async with manager.lock(workspace_id):
         record = await manager.get_leased(workspace_id)
-        path = record.path
+        path, git_dir = record.path, record.git_dir
         target = await _resolve(manager, record, snapshot_id or record.last_snapshot, "snapshot_id")
         # Staging everything first makes files created since the snapshot tracked, so that
         # read-tree removes them along with the rest of the differences.
-        await gitops.git("add", "-A", cwd=path)
-        await gitops.git("read-tree", "-u", "--reset", target, cwd=path)
-        differs = (await gitops.git("diff", "--cached", "--quiet", "HEAD", cwd=path, check=False)).returncode != 0
+        await gitops.work(git_dir, path, "add", "-A")
+        await gitops.work(git_dir, path, "read-tree", "-u", "--reset", target)
+        differs = (await gitops.work(git_dir, path, "diff", "--cached", "--quiet", "HEAD", check=False)).returncode
         if differs:
-            await gitops.git("commit", "-q", "--no-verify", "-m", RESTORE_MESSAGE.format(short=target[:12]), cwd=path)
-        head = await gitops.head_commit(path)
+            message = RESTORE_MESSAGE.format(short=target[:12])
+            await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "-m", message)
+        head = await gitops.head_commit(git_dir)
         await manager.db.execute(
             "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
             (head, utcnow().isoformat(), workspace_id),
@@ -71,14 +73,15 @@ async def list_snapshots(manager: WorkspaceManager, workspace_id: str) -> list[w
     if not record.path.is_dir():
         raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
     fmt = _FIELD_SEP.join(("%H", "%cI", "%s")) + _RECORD_SEP
+    git_dir = record.git_dir
     out = (
         await gitops.git(
-            "log", "--topo-order", f"--format={fmt}", f"{record.base_commit}..HEAD", "--", cwd=record.path
+            "log", "--topo-order", f"--format={fmt}", f"{record.base_commit}..HEAD", "--", cwd=git_dir, git_dir=git_dir
         )
     ).stdout
     snapshots = [_snapshot(entry) for entry in out.split(_RECORD_SEP) if entry.strip()]
     base = (
-        await gitops.git("log", "-1", f"--format={fmt}", record.base_commit, "--", cwd=record.path)
+        await gitops.git("log", "-1", f"--format={fmt}", record.base_commit, "--", cwd=git_dir, git_dir=git_dir)
     ).stdout.split(_RECORD_SEP)[0]
     if base.strip():
         snapshots.append(_snapshot(base))
@@ -102,10 +105,13 @@ async def get_diff(
         raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
     old = await _resolve(manager, record, from_snapshot_id or record.base_commit, "from_snapshot_id")
     new = await _resolve(manager, record, to_snapshot_id or record.last_snapshot, "to_snapshot_id")
+    git_dir = record.git_dir
     diff = (
-        await gitops.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", old, new, "--", cwd=record.path)
+        await gitops.git(
+            "diff", "--no-color", "--no-ext-diff", "--no-textconv", old, new, "--", cwd=git_dir, git_dir=git_dir
+        )
     ).stdout
-    changed = await gitops.changed_files(record.path, old, new)
+    changed = await gitops.changed_files(git_dir, old, new)
     text, truncated = _cut(diff, MAX_DIFF_BYTES)
     return workspace_pb2.GetDiffResponse(diff=text, changed_files=changed, truncated=truncated)
 

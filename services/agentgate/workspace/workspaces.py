@@ -1,10 +1,18 @@
 """Managed workspaces: directories under `$AGENTGATE_HOME/workspaces/{id}`, indexed in
 `$AGENTGATE_HOME/workspace.db`.
 
-A workspace is made for one run from its source (a copy of a local directory, or a clone
-of a git URL), on branch `agentgate/{run_id}`, with an initial snapshot, and leased. The
-user's own directory is only ever read. Paths are built from ids this module generates, so
-no request can name a path outside the workspaces folder.
+A workspace is made for one run from its source (a consistent copy of a local directory,
+or a clone of a git URL), on branch `agentgate/{run_id}`, with an initial snapshot, and
+leased. The user's own directory is only ever read. Paths are built from ids this module
+generates, so no request can name a path outside the workspaces folder.
+
+Each workspace has two repositories (see docs/security.md, "Git"):
+
+- the trusted one, `$AGENTGATE_HOME/gitdirs/{id}.git`, outside the workspace: its config,
+  snapshot commits and refs are written by this service only, and every git command of
+  ours names it with `--git-dir` and the workspace with `--work-tree`;
+- the agent's own, `{workspace}/.git`: a copy of the trusted one as of the initial
+  snapshot, which the agent may use (and misconfigure) freely. No command of ours reads it.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import aiosqlite
 
 from agentgate.common.branches import branch_for, branch_pattern_problem
 from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from agentgate.common.github import clone_url, git_auth_env, split_repo
+from agentgate.common.github import clone_url, git_auth_env, split_repo, strip_credentials
 from agentgate.common.messages import from_json, to_json
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
+from agentgate.workspace import sources
 from agentgate.workspace.gate_plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
@@ -112,7 +121,9 @@ def source_violations(source: common_pb2.WorkspaceSource) -> list[FieldViolation
             )
         if source.ref:
             violations.append(FieldViolation("source.ref", "ref applies to git_url and github_repo sources only"))
-    elif kind == "git_url":
+    elif source.include_ignored:
+        violations.append(FieldViolation("source.include_ignored", "applies to local_path sources only"))
+    if kind == "git_url":
         if not source.git_url.strip() or source.git_url.startswith("-"):
             violations.append(FieldViolation("source.git_url", f"{source.git_url!r} is not a git URL"))
         if source.ref.startswith("-") or any(c.isspace() for c in source.ref):
@@ -139,6 +150,8 @@ class WorkspaceRecord:
     id: str
     run_id: str
     path: Path
+    #: The trusted git directory (outside `path`): snapshots, refs and config we rely on.
+    git_dir: Path
     branch: str
     source: common_pb2.WorkspaceSource
     base_commit: str
@@ -206,52 +219,35 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
-def _skip_special_files(directory: str, names: list[str]) -> set[str]:
-    """copytree ignore hook: sockets, pipes and devices are skipped (reading a pipe blocks)."""
-    skipped = set()
-    for name in names:
-        try:
-            mode = os.lstat(os.path.join(directory, name)).st_mode
-        except OSError:
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-            skipped.add(name)
-    return skipped
-
-
-def _copy_source(source: Path, destination: Path) -> None:
-    """Copies the user's directory (blocking; call off-loop). Only reads `source`."""
-    try:
-        shutil.copytree(source, destination, symlinks=True, ignore=_skip_special_files)
-    except shutil.Error as exc:
-        problems = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
-        first = problems[0][2] if problems else str(exc)
-        raise FailedPrecondition(f"cannot copy {source}: {len(problems) or 1} file(s) failed, e.g. {first}") from None
-
-
-def _copy_local_tree(source: Path, destination: Path) -> bool:
-    """Copies the user's directory into `destination` (blocking; call off-loop).
-
-    Returns True when the copy still needs `git init` (it is not a repository of its own).
-    """
+def _check_local_source(source: Path, workspaces_root: Path) -> None:
+    """A local source must be an existing directory that does not hold our workspaces."""
     if not source.is_dir():
         problem = "is not a directory" if source.exists() else "does not exist"
         raise FailedPrecondition(f"source.local_path: {source} {problem}")
-    if destination.resolve().is_relative_to(source.resolve()):
+    if workspaces_root.resolve().is_relative_to(source.resolve()):
         raise FailedPrecondition(
             f"source.local_path: {source} contains the AgentGate workspaces folder; it cannot be copied into itself"
         )
-    _copy_source(source, destination)
-    dot_git = destination / ".git"
-    if dot_git.is_file() or dot_git.is_symlink():
-        # A linked worktree or submodule: its git data lives in the user's repository,
-        # which must never be written. Start a fresh history instead.
-        dot_git.unlink()
-    # A lock left by a crashed git in the user's tree is stale in our copy by definition.
-    if dot_git.is_dir():
-        (dot_git / "index.lock").unlink(missing_ok=True)
-        return False
-    return True
+
+
+def _agent_repository_config(trusted_config: str) -> str:
+    """The config of the agent's own `.git`: a plain non-bare repository, with no remote (a
+    remote naming our trusted git directory would invite pushing into it), in the object
+    format of the trusted one."""
+    lines = ["[core]", "\trepositoryformatversion = 0", "\tfilemode = true", "\tbare = false"]
+    if "objectformat = sha256" in trusted_config.lower():
+        lines[1] = "\trepositoryformatversion = 1"
+        lines += ["[extensions]", "\tobjectformat = sha256"]
+    return "\n".join(lines) + "\n"
+
+
+def _finish_agent_repository(git_dir: Path, agent_git: Path) -> None:
+    """Makes the bare copy at `agent_git` the agent's work-tree repository, with our index
+    (its stat data fits the workspace's files, so the agent's `git status` is clean and
+    fast) (blocking)."""
+    trusted_config = (git_dir / "config").read_text(encoding="utf-8", errors="replace")
+    (agent_git / "config").write_text(_agent_repository_config(trusted_config), encoding="utf-8")
+    shutil.copyfile(git_dir / "index", agent_git / "index")
 
 
 def _read_rules(root: Path) -> str:
@@ -296,6 +292,7 @@ class WorkspaceManager:
     def __init__(self, home: Path):
         self.home = home
         self.workspaces_root = home / "workspaces"
+        self.git_dirs_root = home / "gitdirs"
         self.database_path = home / "workspace.db"
         self._db: aiosqlite.Connection | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -331,6 +328,11 @@ class WorkspaceManager:
             raise NotFound(f"workspace {workspace_id[:80]!r} not found")
         return self.workspaces_root / workspace_id
 
+    def git_dir_of(self, workspace_id: str) -> Path:
+        """The trusted git directory of a workspace id (outside every workspace)."""
+        self.path_of(workspace_id)  # refuses ids that are not ours
+        return self.git_dirs_root / f"{workspace_id}.git"
+
     # --- queries ---
 
     async def get(self, workspace_id: str) -> WorkspaceRecord:
@@ -352,6 +354,7 @@ class WorkspaceManager:
             id=row["id"],
             run_id=row["run_id"],
             path=self.workspaces_root / row["id"],
+            git_dir=self.git_dirs_root / f"{row['id']}.git",
             branch=row["branch"],
             source=source,
             base_commit=row["base_commit"],
@@ -397,17 +400,10 @@ class WorkspaceManager:
             raise InvalidArgument(violations)
 
         workspace_id = f"ws-{secrets.token_hex(8)}"
-        path = self.workspaces_root / workspace_id
+        path = self.path_of(workspace_id)
         branch = branch_name(run_id, branch_pattern)
-        self.workspaces_root.mkdir(parents=True, exist_ok=True)
         try:
-            start_point, on_branch = await self._fetch(source, path, initial_branch=branch)
-            if not on_branch:
-                checkout = ["checkout", "-q", "-B", branch] + ([start_point] if start_point else [])
-                await gitops.git(*checkout, cwd=path)
-            await gitops.git("add", "-A", cwd=path)
-            await gitops.git("commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE, cwd=path)
-            base_commit = await gitops.head_commit_fast(path)
+            base_commit, _ = await self.materialize(workspace_id, source, branch)
             rules = await asyncio.to_thread(_read_rules, path)
             summary = await asyncio.to_thread(summarize_gate_plan, path, gate_plan_yaml)
             now = utcnow().isoformat()
@@ -420,61 +416,103 @@ class WorkspaceManager:
                 ),
             )
             await self.db.commit()
-        except gitops.GitError as exc:
-            await asyncio.to_thread(remove_tree, path)
-            raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
         except BaseException:
             # Cancellation or any other failure: leave nothing half-made behind.
-            await asyncio.to_thread(remove_tree, path)
+            await self.remove_files(workspace_id)
             raise
         record = await self.get(workspace_id)
         log.info("prepared workspace %s for run %s at %s", workspace_id, run_id, path)
         return PreparedWorkspace(workspace=record, rules=rules, gate_plan_summary=summary)
 
-    async def fetch_source(self, source: common_pb2.WorkspaceSource, path: Path) -> str:
-        """Fills `path` from a (validated) source: a copy of a local directory or a clone.
-        Returns the commit to start from ('' = what is checked out)."""
-        start_point, _ = await self._fetch(source, path)
-        return start_point
+    async def remove_files(self, workspace_id: str) -> None:
+        """Deletes the folder and the trusted git directory of a workspace."""
+        for folder in (self.path_of(workspace_id), self.git_dir_of(workspace_id)):
+            await asyncio.to_thread(remove_tree, folder)
 
-    async def _fetch(
-        self, source: common_pb2.WorkspaceSource, path: Path, initial_branch: str = ""
-    ) -> tuple[str, bool]:
-        """`fetch_source`, and whether the repository is already on `initial_branch` (a
-        copy that needed `git init` starts on it: no `checkout -B` process afterwards)."""
+    async def materialize(
+        self, workspace_id: str, source: common_pb2.WorkspaceSource, branch: str = ""
+    ) -> tuple[str, str]:
+        """Fills the folder and the trusted git directory of `workspace_id` from a
+        (validated) source, commits the initial snapshot and gives the agent its own copy
+        of the repository. Returns the initial snapshot and the branch it is on.
+
+        With `branch` the workspace is on that branch; without, on the source's checked-out
+        branch (on `ref`'s commit, detached, when a ref is given). A git failure is
+        FailedPrecondition with git's message; the caller removes what was made.
+        """
+        path = self.path_of(workspace_id)
+        git_dir = self.git_dir_of(workspace_id)
+        self.git_dirs_root.mkdir(parents=True, exist_ok=True)
+        self.workspaces_root.mkdir(parents=True, exist_ok=True)
+        try:
+            return await self._materialize(path, git_dir, source, branch)
+        except gitops.GitError as exc:
+            raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
+
+    async def _materialize(
+        self, path: Path, git_dir: Path, source: common_pb2.WorkspaceSource, branch: str
+    ) -> tuple[str, str]:
         kind = source.WhichOneof("kind")
+        await asyncio.to_thread(path.mkdir)
+        start, source_branch, push_url, changes = "", "", "", None
         if kind == "local_path":
-            initialized = await self._copy_local(Path(source.local_path), path, initial_branch)
-            return "", initialized and bool(initial_branch)
-        url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
-        return await self._clone(url, source.ref, path), False
-
-    async def _copy_local(self, source: Path, destination: Path, initial_branch: str = "") -> bool:
-        """Copies a local directory (with its .git, so history is kept) and makes it a repo.
-        Returns True when it ran `git init` (on `initial_branch` when given)."""
-        if await asyncio.to_thread(_copy_local_tree, source, destination):
-            branch = ["--initial-branch", initial_branch] if initial_branch else []
-            # No template: copying git's sample hooks and info files made up most of the
-            # cost of init, and hooks never run here (core.hooksPath=/dev/null).
-            await gitops.git("init", "-q", "--template=", *branch, cwd=destination)
-            return True
-        return False
-
-    async def _clone(self, url: str, ref: str, destination: Path) -> str:
-        """Clones `url`; returns the commit of `ref` ('' = the default branch)."""
-        # --no-hardlinks: a local clone would otherwise share object files with the source.
-        # A GitHub URL gets the token as a header through the environment (never on disk).
+            local = Path(source.local_path)
+            await asyncio.to_thread(_check_local_source, local, self.workspaces_root)
+            # No template: git's sample hooks and info files are of no use here.
+            await gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
+            if await asyncio.to_thread(sources.is_git_source, local):
+                found = await sources.read_git_source(local, git_dir, source.include_ignored)
+                start, source_branch, push_url = found.commit, found.branch, found.origin_url
+                changes = (local, found.changed)
+            else:
+                await asyncio.to_thread(sources.copy_plain_tree, local, path)
+        else:
+            push_url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
+            start, source_branch = await self._clone(push_url, source.ref, git_dir)
+        # Without a branch of its own, a workspace is where the source is: on `ref`'s commit
+        # (detached) when one is given, else on the source's branch, or detached as it is.
+        detach = not branch and bool(start) and (bool(source.ref) or not source_branch)
+        branch = branch or source_branch or "main"
+        if start:
+            # The commit's files, written from our own objects into the workspace.
+            switch = ["--detach"] if detach else ["-B", branch]
+            await gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, start)
+        else:
+            await gitops.work(git_dir, path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+        if changes is not None:
+            await asyncio.to_thread(sources.copy_changes, changes[0], path, changes[1])
+        if push_url:
+            await gitops.work(git_dir, path, "config", "remote.origin.url", push_url)
+        await gitops.work(git_dir, path, "add", "-A")
+        await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
+        base_commit = await gitops.head_commit_fast(git_dir)
+        # The agent's own repository: a copy (never hard links: what the agent writes there
+        # must not reach our objects) that we never read again.
+        agent_git = path / ".git"
         await gitops.git(
-            "clone", "-q", "--no-hardlinks", "--", url, str(destination), cwd=self.workspaces_root,
-            env=git_auth_env(url),
+            "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home
         )
-        if not ref:
-            return ""
-        for candidate in (ref, f"origin/{ref}"):
-            commit = await gitops.resolve_commit(destination, candidate)
-            if commit:
-                return commit
-        raise FailedPrecondition(f"source.ref: {ref!r} is not a branch, tag or commit of {url}")
+        await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
+        symbolic = await gitops.work(git_dir, path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+        return base_commit, symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+
+    async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
+        """Clones `url` into the trusted git directory; returns the commit to start from
+        (`ref`'s, else the default branch's) and the default branch."""
+        # --no-local: a local URL is read through git too, not copied or hard-linked as
+        # object files (which races a repack there). A GitHub URL gets the token as a
+        # header through the environment (never on disk); the user's global configuration
+        # may hold what reaching their remote needs.
+        await gitops.git(
+            "clone", "-q", "--bare", "--no-local", "--template=", "--", url, str(git_dir), cwd=self.home,
+            env=git_auth_env(url), user_config=True,
+        )
+        symbolic = await gitops.git("symbolic-ref", "-q", "--short", "HEAD", cwd=git_dir, git_dir=git_dir, check=False)
+        branch = symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+        commit = await gitops.resolve_commit(git_dir, ref or "HEAD")
+        if commit is None and ref:
+            raise FailedPrecondition(f"source.ref: {ref!r} is not a branch, tag or commit of {strip_credentials(url)}")
+        return commit or "", branch
 
     async def release(self, workspace_id: str) -> WorkspaceRecord:
         """Ends the lease; the files stay for inspection."""
@@ -497,20 +535,20 @@ class WorkspaceManager:
         async with self.lock(workspace_id):
             # Read inside the lock: a concurrent snapshot may just have moved last_snapshot.
             record = await self.get_leased(workspace_id)
-            path = record.path
-            await gitops.git("add", "-A", cwd=path)
+            path, git_dir = record.path, record.git_dir
+            await gitops.work(git_dir, path, "add", "-A")
             # Commit straight away instead of asking `diff --cached` first: with nothing
             # staged git refuses ("nothing to commit"), which is the no-change answer. One
             # process less per snapshot; HEAD is then read from the ref file (no rev-parse).
             args = ("commit", "-q", "--no-verify", "-m", message or DEFAULT_SNAPSHOT_MESSAGE)
-            committed = await gitops.git(*args, cwd=path, check=False)
+            committed = await gitops.work(git_dir, path, *args, check=False)
             if committed.returncode != 0 and not gitops.nothing_to_commit(committed):
                 raise gitops.GitError(args, committed.returncode, committed.stderr, committed.stdout)
-            head = await gitops.head_commit_fast(path)
+            head = await gitops.head_commit_fast(git_dir)
             if head == record.last_snapshot:
                 return Snapshot(commit=head, changed_files=[], has_changes=False)
             # Diff against the last snapshot, not HEAD~1: the agent may have committed itself.
-            changed = await gitops.changed_files(path, record.last_snapshot, head)
+            changed = await gitops.changed_files(git_dir, record.last_snapshot, head)
             await self.db.execute(
                 "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
                 (head, utcnow().isoformat(), workspace_id),
@@ -523,14 +561,14 @@ class WorkspaceManager:
         if not await asyncio.to_thread(record.path.is_dir):
             raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
         if not snapshot_id:
-            return await gitops.head_commit(record.path)
+            return await gitops.head_commit(record.git_dir)
         if snapshot_id == record.last_snapshot:
             # The commit this service recorded itself (what the orchestrator verifies after
             # each snapshot): known to exist, so no rev-parse process.
             return snapshot_id
         if snapshot_id.startswith("-") or any(c.isspace() or c == "\x00" for c in snapshot_id):
             raise InvalidArgument([FieldViolation("snapshot_id", f"{snapshot_id[:80]!r} is not a commit id")])
-        commit = await gitops.resolve_commit(record.path, snapshot_id)
+        commit = await gitops.resolve_commit(record.git_dir, snapshot_id)
         if commit is None:
             raise FailedPrecondition(f"snapshot {snapshot_id!r} is not a commit of workspace {record.id}")
         return commit

@@ -216,6 +216,9 @@ def ps(json_output: JsonFlag = False) -> None:
 PathOpt = Annotated[Path | None, typer.Option("--path", help="Local directory to work on (copied, never written).")]
 GitUrlOpt = Annotated[str | None, typer.Option("--git-url", help="Git URL to clone instead of --path.")]
 RefOpt = Annotated[str | None, typer.Option("--ref", help="Branch, tag or commit of --git-url or --github.")]
+IncludeIgnoredOpt = Annotated[
+    bool, typer.Option("--include-ignored", help="With --path: also copy the files git ignores (node_modules, ...).")
+]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="The task.")]
 PromptFileOpt = Annotated[Path | None, typer.Option("--prompt-file", help="Read the task from a file.")]
 AgentOpt = Annotated[str, typer.Option("--agent", help="Agent driver: command, scripted, ...")]
@@ -282,6 +285,7 @@ def submit(
     path: PathOpt = None,
     git_url: GitUrlOpt = None,
     ref: RefOpt = None,
+    include_ignored: IncludeIgnoredOpt = False,
     prompt: PromptOpt = None,
     prompt_file: PromptFileOpt = None,
     agent: AgentOpt = "",
@@ -304,6 +308,7 @@ def submit(
     with _client() as client:
         work_order = _submit(
             client, prompt=prompt, prompt_file=prompt_file, path=path, git_url=git_url, ref=ref, agent=agent,
+            include_ignored=include_ignored,
             agent_options=agent_option or [], max_iterations=max_iterations, priority=priority, max_wait=max_wait,
             **delivery_flags(github, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout),
             profile=profile, loop_strategy=loop_strategy,
@@ -349,6 +354,7 @@ def exec_(
     path: PathOpt = None,
     git_url: GitUrlOpt = None,
     ref: RefOpt = None,
+    include_ignored: IncludeIgnoredOpt = False,
     prompt: PromptOpt = None,
     prompt_file: PromptFileOpt = None,
     agent: AgentOpt = "",
@@ -371,6 +377,7 @@ def exec_(
     with _client() as client:
         work_order = _submit(
             client, prompt=prompt, prompt_file=prompt_file, path=path, git_url=git_url, ref=ref, agent=agent,
+            include_ignored=include_ignored,
             agent_options=agent_option or [], max_iterations=max_iterations, priority=priority, max_wait=max_wait,
             **delivery_flags(github, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout),
             profile=profile, loop_strategy=loop_strategy,

@@ -63,6 +63,7 @@ def build_spec(
     agent_timeout: int | None = None,
     profile: str | None = None,
     loop_strategy: str | None = None,
+    include_ignored: bool = False,
 ) -> common_pb2.WorkOrderSpec:
     """The work order the flags describe. The queue validates it again: this only catches
     what only the CLI can know (unreadable files, conflicting flags)."""
@@ -77,6 +78,8 @@ def build_spec(
         raise UsageError("--path, --git-url and --github: give one of them")
     if ref and not (git_url or github):
         raise UsageError("--ref: only with --git-url or --github")
+    if include_ignored and path is None:
+        raise UsageError("--include-ignored: only with --path")
     spec = common_pb2.WorkOrderSpec(
         task_prompt=prompt or "",
         agent=common_pb2.AgentSpec(name=agent, options=parse_agent_options(agent_options, agent)),
@@ -86,6 +89,7 @@ def build_spec(
     if path is not None:
         # The services may run elsewhere on this machine: send an absolute path.
         spec.source.local_path = str(path.expanduser().resolve())
+        spec.source.include_ignored = include_ignored
     elif git_url:
         spec.source.git_url = git_url
         spec.source.ref = ref or ""

@@ -1,0 +1,181 @@
+"""Reading the user's directory into a workspace as one consistent state, never writing it.
+
+A user's repository is alive while it is read (a background `git gc`, an editor saving, a
+fetch in another terminal), so nothing here copies git's object store as plain files:
+
+- a git repository's history and commit are read through git (`git fetch` from the source
+  into the workspace's trusted git directory: objects travel as a pack that git builds
+  from whatever state its store is in), then the user's uncommitted changes and untracked
+  files that are not ignored are listed by git and copied as files;
+- a plain directory is copied file by file.
+
+A file that changes while it is copied is copied again; one that disappears is left out
+(the directory no longer has it) and logged by name; one that keeps changing fails the
+preparation naming it. Never a half-copied file. See docs/workspaces.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentgate.common.errors import FailedPrecondition
+from agentgate.workspace import git as gitops
+
+log = logging.getLogger(__name__)
+
+#: Attempts at copying one file that keeps changing before the preparation fails.
+MAX_COPY_ATTEMPTS = 5
+#: Reads of the source must not take git's optional locks (an index refresh written back
+#: into the user's `.git`): the user's directory is only ever read.
+SOURCE_ENV = {"GIT_OPTIONAL_LOCKS": "0"}
+#: `host:path` (scp-like ssh), as git tells it from a local path: a colon before any slash.
+_SCP_LIKE = re.compile(r"^[^/]+:")
+
+
+class SourceChanged(FailedPrecondition):
+    """A file of the source kept changing while it was copied."""
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """What a git repository source holds as of one moment."""
+
+    #: The commit checked out in the source ('' for a repository without commits).
+    commit: str
+    #: The branch checked out there ('' when detached or unborn).
+    branch: str
+    #: Paths (relative, '/'-separated) that differ from `commit` in the source's work tree:
+    #: changed, deleted, untracked; copied (or removed) on top of the commit's files.
+    changed: list[str]
+    #: Where the user's `origin` pushes ('' when it has none): where delivery pushes.
+    origin_url: str
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def copy_entry(source: Path, destination: Path) -> bool:
+    """Copies one file or symlink so that the copy equals the source at one moment
+    (blocking). Returns False when `source` is gone (or is not a file or link any more).
+
+    The source's status is compared before and after the copy; a difference means it was
+    written meanwhile, and the copy starts again.
+    """
+    for _ in range(MAX_COPY_ATTEMPTS):
+        try:
+            before = os.lstat(source)
+        except FileNotFoundError:
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_symlink() or destination.is_file():
+            destination.unlink()
+        try:
+            if stat.S_ISLNK(before.st_mode):
+                os.symlink(os.readlink(source), destination)
+            elif stat.S_ISREG(before.st_mode):
+                shutil.copyfile(source, destination, follow_symlinks=False)
+                os.chmod(destination, stat.S_IMODE(before.st_mode))
+            else:
+                return False  # a directory now, a socket, a pipe: nothing to copy as a file
+            after = os.lstat(source)
+        except FileNotFoundError:
+            continue  # deleted mid-copy: the next look says whether it is gone for good
+        if _signature(before) == _signature(after):
+            return True
+    raise SourceChanged(f"{source} kept changing while it was copied ({MAX_COPY_ATTEMPTS} attempts); try again")
+
+
+def copy_plain_tree(source: Path, destination: Path) -> None:
+    """Copies a directory that is not a git repository into `destination` (blocking).
+
+    Sockets, pipes and devices are skipped (reading a pipe blocks); a `.git` at the top is
+    never copied (a repository without commits, or a broken one).
+    """
+    for root, dirs, files in os.walk(source):
+        relative = Path(root).relative_to(source)
+        if relative == Path("."):
+            dirs[:] = [name for name in dirs if name != ".git"]
+            files = [name for name in files if name != ".git"]
+        target = destination / relative
+        target.mkdir(parents=True, exist_ok=True)
+        # Links to directories come back in `dirs`; they are copied as links, not followed.
+        for name in [name for name in dirs if os.path.islink(os.path.join(root, name))]:
+            dirs.remove(name)
+            files.append(name)
+        for name in files:
+            if not copy_entry(Path(root) / name, target / name):
+                log.info("%s is gone, or not a file or link; left out", Path(root) / name)
+
+
+def copy_changes(source: Path, destination: Path, names: list[str]) -> None:
+    """Makes each of `names` in `destination` what it is in `source` now: copied when it
+    exists there, removed when it does not (blocking)."""
+    for name in names:
+        target = destination / name
+        if not copy_entry(source / name, target) and (target.is_symlink() or target.is_file()):
+            target.unlink()
+
+
+def is_git_source(source: Path) -> bool:
+    """Whether `source` is the top of a git work tree (`.git` is a folder, or the file of a
+    linked worktree or submodule)."""
+    return (source / ".git").exists()
+
+
+async def _in_source(source: Path, *args: str, check: bool = True, user_config: bool = False) -> gitops.GitResult:
+    return await gitops.git(*args, cwd=source, env=SOURCE_ENV, check=check, user_config=user_config)
+
+
+async def read_git_source(source: Path, git_dir: Path, include_ignored: bool) -> GitSource:
+    """Fetches the commit checked out in the git repository `source` (with its history)
+    into `git_dir`, and lists what the work tree holds beyond it.
+
+    Only reads `source`: `fetch` runs `upload-pack` there, which packs the objects it
+    needs from whatever state the store is in (a concurrent repack is git's own business),
+    and the listings take no optional lock.
+    """
+    head = await _in_source(source, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    commit = head.stdout.strip() if head.returncode == 0 else ""
+    symbolic = await _in_source(source, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    branch = symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+    changed: list[str] = []
+    if commit:
+        # The commit by id: a branch moving meanwhile does not change what we start from.
+        # A ref under refs/agentgate keeps it reachable in our git directory.
+        await gitops.git(
+            "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", str(source),
+            f"+{commit}:refs/agentgate/source", cwd=git_dir, git_dir=git_dir, env=SOURCE_ENV,
+        )
+        # Work tree against the commit (staged and unstaged alike), without refreshing the
+        # user's index: an entry whose stat data is stale is listed too, and copying an
+        # unchanged file costs nothing but time.
+        diff = await _in_source(
+            source, "diff-index", "--name-only", "-z", "--no-renames", "--ignore-submodules=all", commit
+        )
+        changed += [name for name in diff.stdout.split("\0") if name]
+    untracked = ["ls-files", "-o", "-z"] + ([] if include_ignored else ["--exclude-standard"])
+    others = await _in_source(source, *untracked)
+    # A nested repository is listed as "dir/": its files are its own repository's business.
+    changed += [name for name in others.stdout.split("\0") if name and not name.endswith("/")]
+    # Where the user pushes (their pushurl and insteadOf rules applied): resolved now, from
+    # the user's repository, and never again from anything the agent can write.
+    origin = await _in_source(source, "remote", "get-url", "--push", "origin", check=False, user_config=True)
+    return GitSource(
+        commit=commit,
+        branch=branch,
+        changed=changed,
+        origin_url=_absolute_url(origin.stdout.strip(), source) if origin.returncode == 0 else "",
+    )
+
+
+def _absolute_url(url: str, source: Path) -> str:
+    """`url`, with a relative path (git reads it from the source's top) made absolute."""
+    is_path = url and "://" not in url and not _SCP_LIKE.match(url)
+    return str((source / url).resolve()) if is_path and not os.path.isabs(url) else url
