@@ -199,3 +199,28 @@ async def test_agent_written_schema_bomb_ends_at_max_runtime(home: Path, tmp_pat
         await suite.stop()
     checks = {c["name"]: c.get("output", "") for level in report["levels"] for c in level.get("checks", [])}
     assert "schema:data.json: stopped after" in checks["schema:data.json"]
+
+
+async def test_schema_child_does_not_import_the_agents_code(client: WorkspaceClient, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hijack = f"open({str(marker)!r}, 'w').write('ran')\n"
+    files = {
+        "data.json": "{}",
+        "agentgate/__init__.py": "",
+        "agentgate/workspace/__init__.py": "",
+        "agentgate/workspace/static_checks.py": hijack,
+    }
+    root = repo(tmp_path / "p", files)
+    # The control: started the obvious way, in the room, Python imports the room's module.
+    control = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentgate.workspace.static_checks", cwd=root, stdin=asyncio.subprocess.DEVNULL
+    )
+    await control.wait()
+    assert marker.read_text() == "ran"
+    marker.unlink()
+
+    workspace = await client.prepare(root)
+    plan = "contracts: {required_schemas: [{file: data.json, schema: json, rules: [{has_field: a}]}]}"
+    [check] = failed_checks(await client.verify(workspace, gate_plan_yaml=plan))
+    assert check.name == "schema:data.json" and "field 'a' is missing" in check.output
+    assert not marker.exists()

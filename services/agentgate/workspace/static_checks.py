@@ -108,8 +108,10 @@ async def ask_child(room: Path, request: dict[str, Any], what: str, timeout: flo
     `what`, when it runs out of time or fails."""
     limit = STATIC_CHECK_TIMEOUT_SECONDS if timeout is None else max(timeout, 0.0)
     result = await run_process(
-        [sys.executable, "-m", "agentgate.workspace.static_checks"],
-        cwd=room,
+        # Isolated (-I) and outside the room: with the room as working directory, `-m` would
+        # import an `agentgate` package the agent wrote there instead of ours.
+        [sys.executable, "-I", "-m", "agentgate.workspace.static_checks"],
+        cwd="/",
         stdin=json.dumps(request).encode(),
         timeout=limit,
         kill_grace=kill_grace,
