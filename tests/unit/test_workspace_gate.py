@@ -163,6 +163,7 @@ async def test_malformed_plan_is_one_failed_gate_plan_check(tmp_path: Path) -> N
     [check] = l0.checks
     assert (check.name, check.kind) == ("gate-plan", "contract")
     assert "tests[0].comand" in check.output and "line 3" in check.output
+    assert "read from the base commit" in check.output
     assert "gate plan is invalid" in report.summary
 
 

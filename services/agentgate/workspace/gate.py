@@ -482,7 +482,11 @@ async def run_gate(
 
     if loaded.error is not None:
         # The agent must see why: the plan error is the one failed L0 check.
-        check = _contract_check("gate-plan", False, str(loaded.error), 0.0)
+        output = str(loaded.error)
+        if loaded.source not in ("inline", "none"):
+            # Otherwise the agent would try to fix the file, which changes nothing.
+            output += f"\n({loaded.source} is read from the base commit: editing it in the workspace has no effect)"
+        check = _contract_check("gate-plan", False, output, 0.0)
         levels["L0"] = _Level("L0", ran=True, passed=False, checks=[check])
         for level in LEVELS[1:]:
             levels[level].skip_reason = SKIP_EARLIER_FAILED
