@@ -710,5 +710,8 @@ def gate_plan_summary(plan: GatePlan, source: str = "") -> str:
             "- L0 security: your change must not add secrets (keys, tokens, passwords in URLs, "
             "random-looking strings) or files like .env and private keys"
         )
-    lines.append("Do not edit the gate plan or its fixtures to make checks pass.")
+    lines.append(
+        "Do not edit the gate plan or its fixtures to make checks pass: the plan is read from the commit "
+        "you started from, and a change to verify.yaml, .agentgate/ or CI configuration fails L0."
+    )
     return "\n".join(lines)
