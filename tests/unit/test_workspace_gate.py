@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from agentgate.workspace.gate_plan import parse_gate_plan
 
 def settings(plan: str = "", skip: tuple[str, ...] = ()) -> common_pb2.VerificationSettings:
     return common_pb2.VerificationSettings(gate_plan_yaml=textwrap.dedent(plan), skip_levels=list(skip))
+
+
+def commit_all(root: Path) -> str:
+    """Makes `root` a git repository with one commit of its files: the base a plan is read from."""
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def level(report: common_pb2.VerificationReport, name: str) -> common_pb2.LevelResult:
@@ -144,7 +154,8 @@ async def test_setup_commands_run_before_tests(tmp_path: Path) -> None:
 
 async def test_malformed_plan_is_one_failed_gate_plan_check(tmp_path: Path) -> None:
     (tmp_path / "verify.yaml").write_text("tests:\n  - name: unit\n    comand: pytest\n")
-    report = await run_gate(tmp_path, settings())
+    base = commit_all(tmp_path)
+    report = await run_gate(tmp_path, settings(), repo=tmp_path, base_commit=base, snapshot_commit=base)
     assert not report.passed
     assert report.gate_plan_source == "verify.yaml"
     l0 = level(report, "L0")
@@ -152,26 +163,41 @@ async def test_malformed_plan_is_one_failed_gate_plan_check(tmp_path: Path) -> N
     [check] = l0.checks
     assert (check.name, check.kind) == ("gate-plan", "contract")
     assert "tests[0].comand" in check.output and "line 3" in check.output
+    assert "read from the base commit" in check.output
     assert "gate plan is invalid" in report.summary
 
 
-async def test_no_plan_passes_with_a_clear_summary(tmp_path: Path) -> None:
+async def test_no_plan_fails_as_nothing_verified(tmp_path: Path) -> None:
     report = await run_gate(tmp_path, settings())
-    assert report.passed
-    assert report.summary == "No gate plan found: nothing was verified"
+    assert not report.passed
     assert report.gate_plan_source == "none"
+    [check] = level(report, "L0").checks
+    assert check.name == "nothing-verified" and "allow_unverified" in check.output
+    assert report.summary == "L0 failed: 1 of 1 checks failed (nothing-verified)"
+
+
+async def test_no_plan_passes_when_the_work_order_allows_it(tmp_path: Path) -> None:
+    report = await run_gate(tmp_path, common_pb2.VerificationSettings(allow_unverified=True))
+    assert report.passed
+    assert report.summary == "No gate plan found: nothing was verified (allow_unverified)"
     assert list(report.levels_run) == []
+
+
+async def test_skipping_l0_does_not_skip_nothing_verified(tmp_path: Path) -> None:
+    report = await run_gate(tmp_path, settings(skip=("L0",)))
+    assert not report.passed and [c.name for c in level(report, "L0").checks] == ["nothing-verified"]
 
 
 async def test_workspace_plan_in_agentgate_folder(tmp_path: Path) -> None:
     (tmp_path / ".agentgate").mkdir()
     (tmp_path / ".agentgate" / "verify.yaml").write_text('tests: [{name: t, command: "exit 1"}]\n')
-    report = await run_gate(tmp_path, settings())
+    base = commit_all(tmp_path)
+    report = await run_gate(tmp_path, settings(), repo=tmp_path, base_commit=base, snapshot_commit=base)
     assert report.gate_plan_source == ".agentgate/verify.yaml"
     assert not report.passed
 
 
-def test_contract_checks_forbidden_schema_naming(tmp_path: Path) -> None:
+async def test_contract_checks_forbidden_schema_naming(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "server.pem").write_text("-----BEGIN-----\n")
     (tmp_path / "config.json").write_text(json.dumps({"name": "calc", "port": "80", "nested": {"v": "1.2"}}))
@@ -194,7 +220,7 @@ def test_contract_checks_forbidden_schema_naming(tmp_path: Path) -> None:
             """
         )
     )
-    checks = {c.name: c for c in contract_checks(tmp_path, plan.contracts)}
+    checks = {c.name: c for c in await contract_checks(tmp_path, plan.contracts)}
     assert not checks["forbidden_pattern:**/*.pem"].passed
     assert "keys/server.pem" in checks["forbidden_pattern:**/*.pem"].output
     assert checks["forbidden_pattern:**/.env"].passed

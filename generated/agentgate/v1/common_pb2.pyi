@@ -503,14 +503,29 @@ class VerificationSettings(_message.Message):
     GATE_PLAN_YAML_FIELD_NUMBER: _builtins.int
     GATE_PLAN_SOURCE_FIELD_NUMBER: _builtins.int
     WAIT_FOR_CI_FIELD_NUMBER: _builtins.int
+    PROTECTED_PATHS_FIELD_NUMBER: _builtins.int
+    ALLOW_PROTECTED_CHANGES_FIELD_NUMBER: _builtins.int
+    ALLOW_UNVERIFIED_FIELD_NUMBER: _builtins.int
     gate_plan_yaml: _builtins.str
     """An inline gate plan (verify.yaml content); empty = the workspace's own plan."""
     gate_plan_source: Global___GatePlanSource.ValueType
     wait_for_ci: _builtins.bool
     """After a pull request is opened, wait for its CI checks."""
+    allow_unverified: _builtins.bool
+    """Pass a gate that verified nothing (no plan and none detected) instead of failing it."""
     @_builtins.property
     def skip_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Levels to skip on purpose: L0, L1, L2, L3."""
+
+    @_builtins.property
+    def protected_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Globs of files the agent must not change, on top of the built-in ones (the plan
+        files, .agentgate/, CI configuration); a change to one fails L0 (docs/verify-yaml.md).
+        """
+
+    @_builtins.property
+    def allow_protected_changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Globs of protected files the agent may change after all (e.g. ".github/workflows/")."""
 
     def __init__(
         self,
@@ -519,13 +534,21 @@ class VerificationSettings(_message.Message):
         gate_plan_yaml: _builtins.str = ...,
         gate_plan_source: Global___GatePlanSource.ValueType = ...,
         wait_for_ci: _builtins.bool | None = ...,
+        protected_paths: _abc.Iterable[_builtins.str] | None = ...,
+        allow_protected_changes: _abc.Iterable[_builtins.str] | None = ...,
+        allow_unverified: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_unverified", b"_allow_unverified", "_wait_for_ci", b"_wait_for_ci", "allow_unverified", b"allow_unverified", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci", "gate_plan_source", b"gate_plan_source", "gate_plan_yaml", b"gate_plan_yaml", "skip_levels", b"skip_levels", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_unverified", b"_allow_unverified", "_wait_for_ci", b"_wait_for_ci", "allow_protected_changes", b"allow_protected_changes", "allow_unverified", b"allow_unverified", "gate_plan_source", b"gate_plan_source", "gate_plan_yaml", b"gate_plan_yaml", "protected_paths", b"protected_paths", "skip_levels", b"skip_levels", "wait_for_ci", b"wait_for_ci"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allow_unverified: _TypeAlias = _typing.Literal["allow_unverified"]  # noqa: Y015
+    _WhichOneofArgType__allow_unverified: _TypeAlias = _typing.Literal["_allow_unverified", b"_allow_unverified"]  # noqa: Y015
     _WhichOneofReturnType__wait_for_ci: _TypeAlias = _typing.Literal["wait_for_ci"]  # noqa: Y015
     _WhichOneofArgType__wait_for_ci: _TypeAlias = _typing.Literal["_wait_for_ci", b"_wait_for_ci"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_unverified) -> _WhichOneofReturnType__allow_unverified | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_for_ci) -> _WhichOneofReturnType__wait_for_ci | None: ...
 
 Global___VerificationSettings: _TypeAlias = VerificationSettings  # noqa: Y015

@@ -11,7 +11,8 @@ a file may hold are those of `HarnessSettings` that a profile is about::
     loop_strategy: {mode, max_iterations, base_iterations, max_bonus_iterations,
                     progress_threshold, min_iterations, window_size,
                     convergence_threshold, no_change_limit, completion_signals}
-    verification:  {gate_plan_source, skip_levels, wait_for_ci}
+    verification:  {gate_plan_source, skip_levels, wait_for_ci, protected_paths,
+                    allow_protected_changes, allow_unverified}
     git_ops:       {mode, branch_pattern, draft_pr, github_mode}
     limits:        {max_wall_clock_seconds, agent_timeout_seconds, max_total_tokens,
                     max_cost_usd, network_allowed}
@@ -152,6 +153,10 @@ def _levels(values: list[str]) -> str | None:
     return None
 
 
+def _globs(values: list[str]) -> str | None:
+    return "a glob must not be blank" if any(not v.strip() for v in values) else None
+
+
 def _branch_pattern(value: str) -> str | None:
     problem = branch_pattern_problem(value)
     return f"{value!r} {problem}" if problem else None
@@ -202,6 +207,9 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         _enum("gate_plan_source", common_pb2.GatePlanSource.DESCRIPTOR, "GATE_PLAN_SOURCE_"),
         Key("skip_levels", "strs", check=_levels),
         Key("wait_for_ci", "bool"),
+        Key("protected_paths", "strs", check=_globs),
+        Key("allow_protected_changes", "strs", check=_globs),
+        Key("allow_unverified", "bool"),
     ),
     "git_ops": (
         _enum("mode", common_pb2.GitMode.DESCRIPTOR, "GIT_MODE_"),

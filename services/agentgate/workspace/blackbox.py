@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from agentgate.v1 import common_pb2
 from agentgate.workspace.gate_plan import Assertion, BlackboxTest
 from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult, run_process
+from agentgate.workspace.static_checks import StaticCheckError, ask_child
 
 CHECK_KIND = "blackbox"
 #: Output kept per stream (comparisons see at most this much).
@@ -30,6 +31,9 @@ SHOWN_LINES = 30
 CHECK_ENV = {"CI": "true"}
 #: Characters of a value quoted in an assertion's description.
 QUOTE_CHARS = 200
+#: Assertions that run a plan's regex or JSON Schema: evaluated in a child process that the
+#: gate's time limit can kill (see static_checks); the others are linear in the output.
+UNBOUNDED_ASSERTIONS = ("matches_regex", "json_schema")
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,24 @@ def _read_fixture(room: Path, relative: str) -> bytes | None:
     return target.read_bytes()
 
 
+async def _outcomes(
+    room: Path, test: BlackboxTest, result: ProcessResult, timeout: float | None, kill_grace: float
+) -> list[AssertionOutcome]:
+    if not any(a.type in UNBOUNDED_ASSERTIONS for a in test.assertions):
+        return await asyncio.to_thread(lambda: [evaluate(a, result, room) for a in test.assertions])
+    request = {
+        "task": "assertions",
+        "room": str(room),
+        "assertions": [asdict(a) for a in test.assertions],
+        "result": asdict(result),
+    }
+    try:
+        answer = await ask_child(room, request, f"{test.name}: assertions", timeout, kill_grace)
+    except StaticCheckError as exc:
+        return [AssertionOutcome(False, str(exc))]
+    return [AssertionOutcome(bool(item["passed"]), str(item["description"])) for item in answer]
+
+
 async def run_blackbox(
     room: Path,
     test: BlackboxTest,
@@ -160,7 +182,8 @@ async def run_blackbox(
         kill_grace=kill_grace,
         capture_limit=OUTPUT_BYTES,
     )
-    outcomes = await asyncio.to_thread(lambda: [evaluate(a, result, room) for a in test.assertions])
+    left = None if timeout is None else timeout - result.duration_seconds
+    outcomes = await _outcomes(room, test, result, left, kill_grace)
     if not any(a.type == "exit_code" for a in test.assertions):
         ok = result.exit_code == 0 and not result.timed_out
         implicit = "exit_code == 0 (implicit)" + ("" if ok else f": got {result.exit_code}")

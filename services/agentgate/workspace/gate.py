@@ -8,31 +8,31 @@ run); `skip_levels` skips levels on purpose:
 - L2 blackbox (`blackbox`): run the product, compare its output;
 - L3 sanity (`sanity`): file sizes and debug leftovers.
 
-The plan is the inline one, the snapshot's own verify.yaml, or one detected from the
-project (`plan_detection`), as `VerificationSettings.gate_plan_source` says.
-`policy.max_runtime` bounds every command of the gate together.
+The plan is the inline one, the base commit's verify.yaml, or one detected from the base
+commit's files (`plan_detection`), as `VerificationSettings.gate_plan_source` says; never
+the snapshot's own, which the agent wrote (`base_plan`, docs/verify-yaml.md). L0 also fails
+when the change touches a protected path, and the gate fails when there is no plan and
+none is detected, unless the work order allows it (`allow_unverified`).
+`policy.max_runtime` bounds every command and schema check of the gate together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import json
 import os
 import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from agentgate.common.errors import FieldViolation
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.verification import gate_plan_source_problem, uses_inline_plan
 from agentgate.v1 import common_pb2
 from agentgate.workspace import git as gitops
+from agentgate.workspace.base_plan import committed_plan_file, detect_at_commit, protected_changes
 from agentgate.workspace.blackbox import run_blackbox
 from agentgate.workspace.gate_plan import (
     LEVEL_NAMES,
@@ -41,16 +41,13 @@ from agentgate.workspace.gate_plan import (
     Contracts,
     GatePlan,
     GatePlanError,
-    RequiredSchema,
     TestCommand,
-    find_gate_plan_file,
     parse_gate_plan,
 )
-from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
-from agentgate.workspace.plan_detection import detect_gate_plan
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, run_process
 from agentgate.workspace.sanity import sanity_checks
 from agentgate.workspace.security_scan import Change, load_change, scan_change
+from agentgate.workspace.static_checks import bounded_schema_problems
 
 #: Output kept per check: its tail, where the failure usually is.
 CHECK_OUTPUT_BYTES = 64 * 1024
@@ -70,15 +67,12 @@ NAMING_PATTERNS = {
     "camelCase": re.compile(r"^[a-z][a-zA-Z0-9]*$"),
     "PascalCase": re.compile(r"^[A-Z][a-zA-Z0-9]*$"),
 }
-FIELD_TYPES = {
-    "string": (str,),
-    "number": (int, float),
-    "integer": (int,),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-    "null": (type(None),),
-}
+NOTHING_VERIFIED = "nothing-verified"
+UNVERIFIED = (
+    "nothing was verified: the harness gives no inline plan, the base commit has no verify.yaml or "
+    ".agentgate/verify.yaml, and no plan was detected from its CI or tooling; add a plan, or set "
+    "verification.allow_unverified to accept an unverified change"
+)
 
 
 @dataclass
@@ -112,30 +106,36 @@ def _parse(text: str, source: str) -> LoadedPlan:
         return LoadedPlan(source=source, error=exc)
 
 
-def load_plan(room: Path, settings: common_pb2.VerificationSettings | str) -> LoadedPlan:
-    """The plan of a verification (blocking file reads; call off-loop).
+async def load_plan(settings: common_pb2.VerificationSettings, repo: Path | None, base_commit: str) -> LoadedPlan:
+    """The plan of a verification, from the harness or the base commit (never the snapshot).
 
-    `gate_plan_source` AUTO (the default): the inline plan if given, else the room's
-    verify.yaml, else a detected plan, else none. FILE: the room's verify.yaml only (missing
-    is an error). INLINE: the inline plan only (empty is an error). A string is taken as
-    an inline plan with source AUTO.
+    `gate_plan_source` AUTO (the default): the inline plan if given, else the base commit's
+    verify.yaml, else a plan detected from the base commit's files, else none. FILE: the
+    base commit's verify.yaml only (missing is an error). INLINE: the inline plan only
+    (empty is an error). Without `repo` and `base_commit` only an inline plan exists.
     """
-    if isinstance(settings, str):
-        settings = common_pb2.VerificationSettings(gate_plan_yaml=settings)
     mode, inline = settings.gate_plan_source, settings.gate_plan_yaml
     if uses_inline_plan(settings):
         if not inline.strip():
             problem = "gate_plan_source is inline but the harness gives no gate_plan_yaml"
             return LoadedPlan(source="inline", error=GatePlanError(problem, None, "harness"))
         return _parse(inline, "inline")
-    found = find_gate_plan_file(room)
+    found, detected = None, None
+    if repo is not None and base_commit:
+        try:
+            found = await committed_plan_file(repo, base_commit)
+            if found is None and mode != common_pb2.GATE_PLAN_SOURCE_FILE:
+                detected = await detect_at_commit(repo, base_commit)
+        except gitops.GitError as exc:
+            # Fail closed: with the base commit unreadable there is no trusted plan to run.
+            problem = f"the base commit's plan could not be read: {exc}"
+            return LoadedPlan(source="none", error=GatePlanError(problem, None, "harness"))
     if found is not None:
-        source = found.relative_to(room).as_posix()
-        return _parse(found.read_text(encoding="utf-8", errors="replace"), source)
+        source, text = found
+        return _parse(text, source)
     if mode == common_pb2.GATE_PLAN_SOURCE_FILE:
-        problem = "gate_plan_source is file but the snapshot has no verify.yaml or .agentgate/verify.yaml"
+        problem = "gate_plan_source is file but the base commit has no verify.yaml or .agentgate/verify.yaml"
         return LoadedPlan(source="none", error=GatePlanError(problem, None, "harness"))
-    detected = detect_gate_plan(room)
     if detected is None:
         return LoadedPlan(source="none")
     return LoadedPlan(source="detected", plan=detected.plan, note=detected.describe())
@@ -181,59 +181,26 @@ def _inside(room: Path, relative: str) -> Path | None:
     return target if target.is_relative_to(room.resolve()) else None
 
 
-def _lookup(data: Any, dotted: str) -> tuple[bool, Any]:
-    current = data
-    for part in dotted.split("."):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        else:
-            return False, None
-    return True, current
+async def contract_checks(
+    room: Path,
+    contracts: Contracts,
+    deadline: float | None = None,
+    kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
+) -> list[common_pb2.CheckResult]:
+    """The plan's L0 checks; schema rules run in a child process stopped at `deadline`
+    (a time.monotonic() value) or after STATIC_CHECK_TIMEOUT_SECONDS each."""
+    checks = await asyncio.to_thread(_file_checks, room, contracts)
+    for schema in contracts.required_schemas:
+        started = time.monotonic()
+        remaining = None if deadline is None else deadline - started
+        problems = await bounded_schema_problems(room, schema, remaining, kill_grace)
+        output = "\n".join(problems) if problems else f"{schema.file} satisfies its {len(schema.rules)} rule(s)"
+        checks.append(_contract_check(f"schema:{schema.file}", not problems, output, time.monotonic() - started))
+    return checks
 
 
-def _schema_problems(room: Path, schema: RequiredSchema) -> list[str]:
-    target = _inside(room, schema.file)
-    if target is None or not target.is_file():
-        return [f"{schema.file} is missing"]
-    try:
-        text = target.read_text(encoding="utf-8")
-        data = json.loads(text) if schema.schema == "json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        return [f"{schema.file} is not valid {schema.schema}: {exc}"]
-    problems = []
-    for rule in schema.rules:
-        if rule.kind == "json_schema":
-            problems += _json_schema_problems(room, data, rule.schema if rule.schema is not None else rule.value)
-            continue
-        present, value = _lookup(data, rule.field)
-        if not present:
-            problems.append(f"field {rule.field!r} is missing")
-        elif rule.kind == "field_type":
-            types = FIELD_TYPES.get(rule.value)
-            is_bool = isinstance(value, bool)
-            if types is None:
-                problems.append(f"unknown type {rule.value!r} (known: {', '.join(FIELD_TYPES)})")
-            elif not isinstance(value, types) or (is_bool and rule.value in ("number", "integer")):
-                problems.append(f"field {rule.field!r} is not of type {rule.value}")
-        elif rule.kind == "matches_regex":
-            if not isinstance(value, str) or re.search(rule.value, value) is None:
-                problems.append(f"field {rule.field!r} does not match /{rule.value}/")
-    return problems
-
-
-def _json_schema_problems(room: Path, data: Any, schema: Any) -> list[str]:
-    label = f"json_schema {schema}" if isinstance(schema, str) else "the inline json_schema"
-    try:
-        loaded = load_schema_file(room, schema) if isinstance(schema, str) else schema
-    except SchemaLoadError as exc:
-        return [str(exc)]
-    return [f"{label}: {error}" for error in schema_errors(data, loaded)]
-
-
-def contract_checks(room: Path, contracts: Contracts) -> list[common_pb2.CheckResult]:
-    """L0 checks (blocking file-system work; call off-loop)."""
+def _file_checks(room: Path, contracts: Contracts) -> list[common_pb2.CheckResult]:
+    """Required files, forbidden patterns and naming (blocking file-system work)."""
     checks = []
     files: list[str] | None = None
     for required in contracts.required_files:
@@ -252,11 +219,6 @@ def contract_checks(room: Path, contracts: Contracts) -> list[common_pb2.CheckRe
         else:
             output = f"no file matches {pattern}"
         checks.append(_contract_check(f"forbidden_pattern:{pattern}", not matches, output, time.monotonic() - started))
-    for schema in contracts.required_schemas:
-        started = time.monotonic()
-        problems = _schema_problems(room, schema)
-        output = "\n".join(problems) if problems else f"{schema.file} satisfies its {len(schema.rules)} rule(s)"
-        checks.append(_contract_check(f"schema:{schema.file}", not problems, output, time.monotonic() - started))
     for convention in contracts.naming_conventions:
         started = time.monotonic()
         files = files if files is not None else _files(room)
@@ -402,6 +364,11 @@ class _GateRun:
     files: dict[str, int]
     change: Change | None
     change_error: str = ""
+    #: Failed L0 checks that no plan or skip_levels can remove: protected paths changed,
+    #: nothing verified.
+    guard: list[common_pb2.CheckResult] = field(default_factory=list)
+    #: L0 is in skip_levels: it runs only when `guard` has checks, and only those.
+    skip_l0: bool = False
     setup_done: bool = False
 
     def remaining(self) -> float | None:
@@ -412,16 +379,18 @@ class _GateRun:
 
     def has_checks(self, level: str) -> bool:
         if level == "L0":
-            return self.plan.has_level("L0") or self.security_applies()
+            return bool(self.guard) or (not self.skip_l0 and (self.plan.has_level("L0") or self.security_applies()))
         if level == "L1":
             return self.plan.has_level("L1") or bool(self.plan.environment.setup)
         return self.plan.has_level(level)
 
     async def run_level(self, level: str) -> list[common_pb2.CheckResult]:
         if level == "L0":
-            checks = await asyncio.to_thread(contract_checks, self.room, self.plan.contracts)
-            if self.security_applies():
-                checks.append(await self._security())
+            checks = list(self.guard)
+            if not self.skip_l0:
+                checks += await contract_checks(self.room, self.plan.contracts, self.deadline, self.kill_grace)
+                if self.security_applies():
+                    checks.append(await self._security())
             return checks
         if level == "L1":
             setup = await self._setup()
@@ -491,19 +460,25 @@ async def run_gate(
 ) -> common_pb2.VerificationReport:
     """Runs the gate plan in the clean room `room`.
 
-    `repo` and `base_commit` (the workspace's git repository and the run's first snapshot)
-    let L0 scan the change `base_commit..snapshot_commit` (and L3 look for debugger
-    statements in its added lines); without them there is no scan.
+    `repo` and `base_commit` (the workspace's git repository and the commit the work order
+    started from) give the plan when the harness has none, and let L0 check the change
+    `base_commit..snapshot_commit` for protected paths and secrets (and L3 look for
+    debugger statements in its added lines); without them only an inline plan is used and
+    the change is not checked.
     """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
-    # One hand-off to a thread for both (each hop costs a loop wake-up under load).
-    loaded, files = await asyncio.to_thread(lambda: (load_plan(room, settings), _file_sizes(room)))
+    loaded = await load_plan(settings, repo, base_commit)
+    files = await asyncio.to_thread(_file_sizes, room)
     levels = {level: _Level(level) for level in LEVELS}
 
     if loaded.error is not None:
         # The agent must see why: the plan error is the one failed L0 check.
-        check = _contract_check("gate-plan", False, str(loaded.error), 0.0)
+        output = str(loaded.error)
+        if loaded.source not in ("inline", "none"):
+            # Otherwise the agent would try to fix the file, which changes nothing.
+            output += f"\n({loaded.source} is read from the base commit: editing it in the workspace has no effect)"
+        check = _contract_check("gate-plan", False, output, 0.0)
         levels["L0"] = _Level("L0", ran=True, passed=False, checks=[check])
         for level in LEVELS[1:]:
             levels[level].skip_reason = SKIP_EARLIER_FAILED
@@ -521,11 +496,16 @@ async def run_gate(
             except gitops.GitError as exc:
                 change_error = str(exc)
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
-        gate = _GateRun(room, plan, kill_grace, deadline, files, change, change_error)
+        guard = await _protected_checks(settings, repo, base_commit, snapshot_commit)
+        if loaded.plan is None and not settings.allow_unverified:
+            guard.append(_contract_check(NOTHING_VERIFIED, False, UNVERIFIED, 0.0))
+        gate = _GateRun(
+            room, plan, kill_grace, deadline, files, change, change_error, guard=guard, skip_l0="L0" in skip
+        )
         failed: str | None = None
         for level in LEVELS:
             state = levels[level]
-            if level in skip:
+            if level in skip and not (level == "L0" and guard):
                 state.skip_reason = SKIP_BY_HARNESS
             elif failed is not None:
                 state.skip_reason = SKIP_EARLIER_FAILED
@@ -560,6 +540,33 @@ async def run_gate(
     return report
 
 
+async def _protected_checks(
+    settings: common_pb2.VerificationSettings, repo: Path | None, base_commit: str, snapshot_commit: str
+) -> list[common_pb2.CheckResult]:
+    """One failed check per protected path the change touches (none when it touches none)."""
+    if repo is None or not base_commit or not snapshot_commit:
+        return []
+    started = time.monotonic()
+    try:
+        changed = await gitops.changed_files(repo, base_commit, snapshot_commit)
+    except gitops.GitError as exc:
+        # Fail closed: an unreadable change may hide a rewritten plan.
+        return [_contract_check("protected-paths", False, f"the change could not be read: {exc}", 0.0)]
+    found = protected_changes(changed, settings.protected_paths, settings.allow_protected_changes)
+    duration = time.monotonic() - started
+    return [
+        _contract_check(
+            f"protected:{path}",
+            False,
+            f"the change touches the protected path {path} (protected by {guard}): the gate's plan and the "
+            "project's CI come from the base commit, not from the agent; a profile can allow this with "
+            "verification.allow_protected_changes",
+            duration,
+        )
+        for path, guard in found
+    ]
+
+
 def _summary(levels: dict[str, _Level], failed: str | None, loaded: LoadedPlan) -> str:
     suffix = f" (plan {loaded.note})" if loaded.note else ""
     if failed is not None:
@@ -568,9 +575,10 @@ def _summary(levels: dict[str, _Level], failed: str | None, loaded: LoadedPlan) 
         return f"{failed} failed: {count} of {len(checks)} checks failed ({_failed_names(checks)}){suffix}"
     total = sum(len(state.checks) for state in levels.values())
     if loaded.plan is None:
+        # Only reached when the work order allows an unverified change.
         if total:
-            return "No gate plan found: only the security scan of the change ran, and it passed"
-        return "No gate plan found: nothing was verified"
+            return "No gate plan found: only the security scan of the change ran, and it passed (allow_unverified)"
+        return "No gate plan found: nothing was verified (allow_unverified)"
     if total:
         return f"All {total} checks passed{suffix}"
     if any(state.skip_reason == SKIP_BY_HARNESS for state in levels.values()):

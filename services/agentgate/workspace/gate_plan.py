@@ -25,6 +25,12 @@ LEVELS = VERIFICATION_LEVELS
 LEVEL_NAMES = {"L0": "contracts", "L1": "tests", "L2": "blackbox", "L3": "sanity"}
 
 DEFAULT_TEST_TIMEOUT_SECONDS = 600.0
+#: Values a plan may hold once its aliases are expanded. Anchors and aliases are fine, but
+#: nested ones multiply ("billion laughs": 15 lines, 10^9 values) and every consumer of the
+#: plan (a JSON Schema validator above all) walks the expanded tree.
+MAX_PLAN_VALUES = 100_000
+#: Length of a regular expression in a plan: a long pattern is a sign of a crafted one.
+MAX_REGEX_CHARS = 1_000
 NAMING_RULES = ("kebab-case", "snake_case", "camelCase", "PascalCase")
 ASSERTION_TYPES = {
     # type -> (required keys, optional keys)
@@ -349,8 +355,21 @@ def parse_gate_plan(text: str, source: str = "verify.yaml") -> GatePlan:
         raise GatePlanError(f"not valid YAML: {exc.problem or exc}", line, source) from None
     except yaml.YAMLError as exc:
         raise GatePlanError(f"not valid YAML: {exc}", None, source) from None
+    except RecursionError:
+        raise GatePlanError("nested too deeply", None, source) from None
     if root is None:
         raise GatePlanError("the gate plan is empty", None, source)
+    try:
+        values = _expanded_size(root, {})
+    except RecursionError:
+        raise GatePlanError("nested too deeply", None, source) from None
+    if values > MAX_PLAN_VALUES:
+        raise GatePlanError(
+            f"the plan expands to more than {MAX_PLAN_VALUES} values through its anchors and aliases "
+            "(nested aliases multiply); write the values out or nest fewer aliases",
+            None,
+            source,
+        )
     reader = _Reader(source)
     top = reader.mapping(
         root,
@@ -613,7 +632,24 @@ def _inline_schema(reader: _Reader, node: Node, where: str) -> dict[str, Any]:
     return schema
 
 
+def _expanded_size(node: Node, sizes: dict[int, int]) -> int:
+    """Values under `node` with every alias expanded, counted in linear time (an alias is
+    the same node object, so each node is sized once)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
 def _check_regex(reader: _Reader, node: Node, where: str, pattern: str) -> None:
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise reader.fail(node, f"'{where}' is longer than {MAX_REGEX_CHARS} characters")
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -676,5 +712,8 @@ def gate_plan_summary(plan: GatePlan, source: str = "") -> str:
             "- L0 security: your change must not add secrets (keys, tokens, passwords in URLs, "
             "random-looking strings) or files like .env and private keys"
         )
-    lines.append("Do not edit the gate plan or its fixtures to make checks pass.")
+    lines.append(
+        "Do not edit the gate plan or its fixtures to make checks pass: the plan is read from the commit "
+        "you started from, and a change to verify.yaml, .agentgate/ or CI configuration fails L0."
+    )
     return "\n".join(lines)

@@ -30,6 +30,12 @@ WORKFLOW_DIR = ".github/workflows"
 #: Files larger than this are not read (a workflow or manifest is small).
 MAX_MANIFEST_BYTES = 1024 * 1024
 NPM_DEFAULT_TEST = "no test specified"
+#: Top-level files detection reads (for what they say), and those it only looks for.
+CONTENT_INPUTS = frozenset(
+    {"GNUmakefile", "makefile", "Makefile", "package.json", "pyproject.toml", "pytest.ini", "setup.cfg", "tox.ini"}
+)
+PRESENCE_INPUTS = frozenset({"package-lock.json", "go.mod", "Cargo.toml", "conftest.py"})
+_TEST_FILE = re.compile(r"(?:^|/)(?:test_[^/]*|[^/]*_test)\.py$")
 
 _INSTALL = re.compile(
     r"^\s*(?:pip3? install|python3? -m pip install|npm (?:ci|install|i)\b|yarn(?: install)?\s*$|pnpm install|"
@@ -226,6 +232,21 @@ def _markers(room: Path, detected: DetectedPlan, setup: list[str], tests: list[T
     if marker:
         tests.append(TestCommand(name="pytest", kind="test", command=f"{_python()} -m pytest -q"))
         detected.sources.append(f"{marker} (pytest)")
+
+
+def detection_inputs(path: str) -> str | None:
+    """How detection uses the file at `path` (relative, posix): "content" (it reads it),
+    "presence" (only that it exists), or None (not at all)."""
+    folder, _, name = path.rpartition("/")
+    if folder == WORKFLOW_DIR and name.endswith((".yml", ".yaml")):
+        return "content"
+    if not folder:
+        if name in CONTENT_INPUTS:
+            return "content"
+        if name in PRESENCE_INPUTS or _TEST_FILE.search(name):
+            return "presence"
+        return None
+    return "presence" if (folder == "tests" or folder.startswith("tests/")) and _TEST_FILE.search(path) else None
 
 
 def detect_gate_plan(room: Path) -> DetectedPlan | None:
