@@ -56,7 +56,7 @@ class _Entry:
 
 async def _regular_files(repo: Path, commit: str, paths: Iterable[str] = ()) -> list[_Entry]:
     """The regular files of `commit` (under `paths`, or all), from git's tree objects."""
-    listing = (await gitops.git("ls-tree", "-r", "-z", "-l", commit, "--", *paths, cwd=repo)).stdout
+    listing = (await gitops.git("ls-tree", "-r", "-z", "-l", commit, "--", *paths, cwd=repo, git_dir=repo)).stdout
     entries = []
     for record in listing.split("\0"):
         if not record:
@@ -69,7 +69,7 @@ async def _regular_files(repo: Path, commit: str, paths: Iterable[str] = ()) -> 
 
 
 async def _blob(repo: Path, oid: str) -> str:
-    return (await gitops.git("cat-file", "blob", oid, cwd=repo)).stdout
+    return (await gitops.git("cat-file", "blob", oid, cwd=repo, git_dir=repo)).stdout
 
 
 async def committed_plan_file(repo: Path, commit: str) -> tuple[str, str] | None:
