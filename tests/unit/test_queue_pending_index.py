@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentgate.queue.pending import PendingIndex
-from agentgate.queue.store import PENDING, SUCCEEDED, FailedPrecondition, NotFound, QueueStore
+from agentgate.queue.store import PENDING, SUCCEEDED, FailedPrecondition, NotFound, QueueStore, Transaction
 from agentgate.v1 import common_pb2
 
 
@@ -128,14 +128,15 @@ def test_index_matches_sqlite_after_random_operations(ops: list[tuple[str, int]]
 
 
 async def test_index_is_rebuilt_when_a_transaction_rolls_back(tmp_path: Path) -> None:
-    store = await QueueStore.open(tmp_path / "queue.db")
+    path = tmp_path / "queue.db"
+    store = await QueueStore.open(path)
     try:
         first, _ = await store.submit(common_pb2.WorkOrderSpec(task_prompt="one"), max_queue_size=10)
 
-        def failing_body(db: sqlite3.Connection, now: int) -> None:
+        def failing_body(tx: Transaction) -> None:
             # Touches the index, then fails: the database rolls back, so must the index.
-            row = db.execute("SELECT * FROM work_orders WHERE id = ?", (first.id,)).fetchone()
-            store._end(db, row, SUCCEEDED, "", now)
+            row = tx.conn.execute("SELECT * FROM work_orders WHERE id = ?", (first.id,)).fetchone()
+            store._end(tx, row, SUCCEEDED, "")
             raise RuntimeError("boom")
 
         try:
