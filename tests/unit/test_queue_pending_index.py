@@ -15,6 +15,8 @@ from agentgate.queue.pending import PendingIndex
 from agentgate.queue.store import PENDING, SUCCEEDED, FailedPrecondition, NotFound, QueueStore, Transaction
 from agentgate.v1 import common_pb2
 
+from ..queue_helpers import scan_waiting_order
+
 
 class FakeClock:
     """Epoch seconds that only move when a test says so."""
@@ -57,7 +59,7 @@ OPS = st.lists(
 async def check_consistent(store: QueueStore, path: Path) -> None:
     """Index == scan, positions are ranks, counts match COUNT(*), and a fresh load agrees."""
     in_memory = await store.waiting_order()
-    scanned = await store.scan_waiting_order()
+    scanned = scan_waiting_order(path)
     assert in_memory == scanned
     waiting, _running = await store.counts()
     with sqlite3.connect(path) as conn:
@@ -145,7 +147,7 @@ async def test_index_is_rebuilt_when_a_transaction_rolls_back(tmp_path: Path) ->
             pass
         else:
             raise AssertionError("the body's error must reach the caller")
-        assert await store.waiting_order() == await store.scan_waiting_order()
+        assert await store.waiting_order() == scan_waiting_order(path)
         assert (await store.position(first.id)).position == 1
     finally:
         await store.close()

@@ -619,18 +619,6 @@ class QueueStore:
 
         return await self._db.run(read)
 
-    async def scan_waiting_order(self) -> list[tuple[str, int]]:
-        """The waiting order read from SQLite itself (no index): what the in-memory index
-        must always equal. For tests and diagnostics."""
-
-        def read(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            rows = conn.execute(
-                "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC", (PENDING,)
-            ).fetchall()
-            return [(row["id"], row["enqueued_at"]) for row in rows]
-
-        return await self._db.run(read)
-
     # -- outbox -------------------------------------------------------------------
 
     def undelivered_last_id(self, work_order_id: str) -> int | None:
@@ -642,10 +630,6 @@ class QueueStore:
         """The oldest `limit` undelivered events, oldest first."""
         rows = await self._db.run(lambda conn: conn.execute(sql.OUTBOX_BATCH, (limit,)).fetchall())
         return [(row["id"], events_pb2.RunEvent.FromString(row["event"])) for row in rows]
-
-    async def outbox_last_id(self, work_order_id: str) -> int | None:
-        """Id of the newest undelivered event of a work order, None when all are delivered."""
-        return self.undelivered_last_id(work_order_id)
 
     def _forget_delivered(self, up_to_id: int) -> None:
         # Delivery is in id order: every entry at or below `up_to_id` was delivered.
@@ -675,10 +659,6 @@ class QueueStore:
             tx.delivered_up_to = outbox_id
 
         await self._write(body)
-
-    async def outbox_size(self) -> int:
-        """How many events wait for delivery."""
-        return await self._db.run(lambda conn: _scalar(conn, "SELECT COUNT(*) FROM outbox", ()))
 
 
 def _scalar(db: sqlite3.Connection, query: str, params: tuple[object, ...]) -> int:
