@@ -630,9 +630,8 @@ def _thread_kind(frames: list[str]) -> str:
     joined = ";".join(frames)
     if "_connection_worker_thread" in joined:
         return "sqlite thread (aiosqlite)"
-    # The queue's connection thread is a one-worker executor (common/storage.py: SqliteThread).
-    if "concurrent/futures/thread.py" in joined and "queue/store.py" in joined:
-        return "sqlite thread (queue)"
+    if "_run_jobs (common/storage.py" in joined:
+        return "sqlite thread (SqliteThread)"
     if "concurrent/futures/thread.py" in joined:
         return "thread pool (to_thread)"
     if "Thread._bootstrap" in joined:

@@ -232,7 +232,7 @@ class QueueStore:
 
     async def _write(self, body: Callable[[Transaction], T]) -> T:
         # Shielded: a client that hangs up mid-request must not lose the wake-ups of a
-        # change that commits regardless (nor skip a transaction still queued).
+        # change that commits regardless (the function runs on the thread to its end).
         return await asyncio.shield(self._write_now(body))
 
     async def _write_now(self, body: Callable[[Transaction], T]) -> T:
