@@ -630,6 +630,8 @@ def _thread_kind(frames: list[str]) -> str:
     joined = ";".join(frames)
     if "_connection_worker_thread" in joined:
         return "sqlite thread (aiosqlite)"
+    if "_run_jobs (common/storage.py" in joined:
+        return "sqlite thread (SqliteThread)"
     if "concurrent/futures/thread.py" in joined:
         return "thread pool (to_thread)"
     if "Thread._bootstrap" in joined:

@@ -26,6 +26,8 @@ from agentgate.common.server import RunningServer, start_server
 from agentgate.queue.server import QueueApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
 
+from ..queue_helpers import outbox_size
+
 PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
 RUNNING = common_pb2.WORK_ORDER_STATUS_RUNNING
 SUCCEEDED = common_pb2.WORK_ORDER_STATUS_SUCCEEDED
@@ -582,7 +584,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
     canceled = await submit(queue, tmp_path, "canceled")
     await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=canceled.id))
     await asyncio.sleep(0.3)
-    assert await cluster.app().store.outbox_size() == 4  # type: ignore[union-attr]
+    assert outbox_size(cluster.app().settings.database_path) == 4
 
     fake = await cluster.start_persistence()
     await eventually(lambda: _async(len(fake.events) == 4))
@@ -596,7 +598,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
 
 
 async def _outbox_empty(cluster: Cluster) -> bool:
-    return await cluster.app().store.outbox_size() == 0  # type: ignore[union-attr]
+    return outbox_size(cluster.app().settings.database_path) == 0
 
 
 async def test_lease_flushes_events_once_persistence_is_back(cluster: Cluster, tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentgate.queue.pending import PendingIndex
-from agentgate.queue.store import PENDING, SUCCEEDED, FailedPrecondition, NotFound, QueueStore
+from agentgate.queue.store import PENDING, SUCCEEDED, FailedPrecondition, NotFound, QueueStore, Transaction
 from agentgate.v1 import common_pb2
+
+from ..queue_helpers import scan_waiting_order
 
 
 class FakeClock:
@@ -57,7 +59,7 @@ OPS = st.lists(
 async def check_consistent(store: QueueStore, path: Path) -> None:
     """Index == scan, positions are ranks, counts match COUNT(*), and a fresh load agrees."""
     in_memory = await store.waiting_order()
-    scanned = await store.scan_waiting_order()
+    scanned = scan_waiting_order(path)
     assert in_memory == scanned
     waiting, _running = await store.counts()
     with sqlite3.connect(path) as conn:
@@ -128,14 +130,15 @@ def test_index_matches_sqlite_after_random_operations(ops: list[tuple[str, int]]
 
 
 async def test_index_is_rebuilt_when_a_transaction_rolls_back(tmp_path: Path) -> None:
-    store = await QueueStore.open(tmp_path / "queue.db")
+    path = tmp_path / "queue.db"
+    store = await QueueStore.open(path)
     try:
         first, _ = await store.submit(common_pb2.WorkOrderSpec(task_prompt="one"), max_queue_size=10)
 
-        def failing_body(db: sqlite3.Connection, now: int) -> None:
+        def failing_body(tx: Transaction) -> None:
             # Touches the index, then fails: the database rolls back, so must the index.
-            row = db.execute("SELECT * FROM work_orders WHERE id = ?", (first.id,)).fetchone()
-            store._end(db, row, SUCCEEDED, "", now)
+            row = tx.conn.execute("SELECT * FROM work_orders WHERE id = ?", (first.id,)).fetchone()
+            store._end(tx, row, SUCCEEDED, "")
             raise RuntimeError("boom")
 
         try:
@@ -144,7 +147,7 @@ async def test_index_is_rebuilt_when_a_transaction_rolls_back(tmp_path: Path) ->
             pass
         else:
             raise AssertionError("the body's error must reach the caller")
-        assert await store.waiting_order() == await store.scan_waiting_order()
+        assert await store.waiting_order() == scan_waiting_order(path)
         assert (await store.position(first.id)).position == 1
     finally:
         await store.close()

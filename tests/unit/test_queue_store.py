@@ -22,6 +22,8 @@ from agentgate.queue.store import (
 )
 from agentgate.v1 import common_pb2, events_pb2
 
+from ..queue_helpers import outbox_size
+
 
 class FakeClock:
     """Epoch seconds that only move when a test says so."""
@@ -245,14 +247,14 @@ async def test_list_newest_first_with_filter_and_pages(store: QueueStore) -> Non
     assert [w.id for w in canceled] == [ids[1]]
 
 
-async def test_outbox_delivery_bookkeeping(store: QueueStore) -> None:
+async def test_outbox_delivery_bookkeeping(store: QueueStore, tmp_path: Path) -> None:
     a, _ = await store.submit(spec("a"), max_queue_size=10)
     b, _ = await store.submit(spec("b"), max_queue_size=10)
     batch = await store.outbox_batch(10)
     assert [event.work_order_id for _, event in batch] == [a.id, b.id]
     assert isinstance(batch[0][1], events_pb2.RunEvent)
-    assert await store.outbox_last_id(a.id) == batch[0][0]
+    assert store.undelivered_last_id(a.id) == batch[0][0]
     await store.outbox_delete([batch[0][0]])
-    assert await store.outbox_last_id(a.id) is None
+    assert store.undelivered_last_id(a.id) is None
     await store.outbox_dead_letter(batch[1][0], "refused")
-    assert await store.outbox_size() == 0
+    assert outbox_size(tmp_path / "queue.db") == 0

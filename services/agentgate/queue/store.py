@@ -1,10 +1,10 @@
 """Durable queue state: work orders, leases and the event outbox in one SQLite file.
 
 Every state change is one transaction, and the events it causes are written to the outbox
-in that same transaction (see `agentgate.queue.outbox`). Times are stored as integer
-microseconds since the Unix epoch (UTC). Lease order is `priority DESC, seq ASC`, where
-`seq` is the submission order; a requeued work order keeps both, so it returns to its old
-place.
+in that same transaction (see `agentgate.queue.outbox`). The statements and the schema are
+in `agentgate.queue.sql`. Times are stored as integer microseconds since the Unix epoch
+(UTC). Lease order is `priority DESC, seq ASC`, where `seq` is the submission order; a
+requeued work order keeps both, so it returns to its old place.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import aiosqlite
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentgate.common import events as event_names
-from agentgate.common.errors import FailedPrecondition, NotFound, ResourceExhausted
-from agentgate.common.storage import open_database
+from agentgate.common.errors import FailedPrecondition, NotFound, ResourceExhausted, ServiceError
+from agentgate.common.storage import SqliteThread
 from agentgate.harness.statuses import TERMINAL_STATUSES
-from agentgate.queue import outbox
+from agentgate.queue import outbox, sql
 from agentgate.queue.pending import PendingIndex
 from agentgate.v1 import common_pb2, events_pb2
 
@@ -39,89 +38,6 @@ TIMED_OUT = common_pb2.WORK_ORDER_STATUS_TIMED_OUT
 
 #: What a worker may report in Complete.
 COMPLETION_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELED})
-
-MIGRATIONS = [
-    """
-    CREATE TABLE work_orders (
-        id TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL UNIQUE,
-        status INTEGER NOT NULL,
-        priority INTEGER NOT NULL,
-        seq INTEGER NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL,
-        -- Last time it became PENDING (created_at, or when an expired lease requeued it):
-        -- the queue wait limit counts from here.
-        enqueued_at INTEGER NOT NULL,
-        max_queue_wait_seconds INTEGER NOT NULL DEFAULT 0,
-        spec BLOB NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        lease_id TEXT,
-        worker_id TEXT NOT NULL DEFAULT '',
-        lease_expires_at INTEGER,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        cancel_reason TEXT NOT NULL DEFAULT '',
-        started_at INTEGER,
-        finished_at INTEGER,
-        error TEXT NOT NULL DEFAULT '',
-        traceparent TEXT NOT NULL DEFAULT '',
-        trace_id TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX work_orders_lease_order ON work_orders (status, priority DESC, seq);
-    CREATE UNIQUE INDEX work_orders_lease_id ON work_orders (lease_id) WHERE lease_id IS NOT NULL;
-
-    -- Every lease ever granted, so a late heartbeat can be told "expired" rather than "unknown".
-    CREATE TABLE leases (
-        lease_id TEXT PRIMARY KEY,
-        work_order_id TEXT NOT NULL REFERENCES work_orders (id),
-        worker_id TEXT NOT NULL DEFAULT '',
-        attempt INTEGER NOT NULL,
-        granted_at INTEGER NOT NULL,
-        ended_at INTEGER,
-        outcome TEXT NOT NULL DEFAULT 'active'
-    );
-
-    -- AUTOINCREMENT: ids are never reused, so "delivered up to id N" stays meaningful.
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        work_order_id TEXT NOT NULL,
-        event BLOB NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE INDEX outbox_work_order ON outbox (work_order_id, id);
-
-    -- Events persistence refused as invalid: kept for inspection, never silently dropped.
-    CREATE TABLE outbox_dead (
-        id INTEGER PRIMARY KEY,
-        work_order_id TEXT NOT NULL,
-        event BLOB NOT NULL,
-        created_at INTEGER NOT NULL,
-        failed_at INTEGER NOT NULL,
-        error TEXT NOT NULL
-    );
-    """,
-    """
-    -- Position when it (last) became PENDING: with the wait it had, this gives the
-    -- seconds one place in the queue takes, for estimates.
-    ALTER TABLE work_orders ADD COLUMN queued_position INTEGER NOT NULL DEFAULT 0;
-    -- Last position told to persistence (work_order:queued / work_order:position).
-    ALTER TABLE work_orders ADD COLUMN reported_position INTEGER NOT NULL DEFAULT 0;
-    -- How long the work order waited for this lease, and from which position.
-    ALTER TABLE leases ADD COLUMN waited_us INTEGER;
-    ALTER TABLE leases ADD COLUMN queued_position INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX leases_granted ON leases (granted_at);
-    -- When each waiting work order with a wait limit times out (1 = PENDING): the reaper
-    -- finds the next one without reading every waiting work order.
-    CREATE INDEX work_orders_wait_deadline ON work_orders (enqueued_at + max_queue_wait_seconds * 1000000)
-        WHERE status = 1 AND max_queue_wait_seconds > 0;
-    """,
-]
-
-# The partial index above, as a query must spell it to use it (a literal status, not a
-# bound parameter: SQLite matches a partial index's WHERE at prepare time).
-_WAIT_DEADLINE = "enqueued_at + max_queue_wait_seconds * 1000000"
-_WITH_WAIT_LIMIT = (
-    f"work_orders INDEXED BY work_orders_wait_deadline WHERE status = {PENDING} AND max_queue_wait_seconds > 0"
-)
 
 #: How many of the latest leases the wait average and estimates come from.
 RECENT_WAITS = 20
@@ -221,12 +137,35 @@ def status_name(status: int) -> str:
     return common_pb2.WorkOrderStatus.Name(status).removeprefix("WORK_ORDER_STATUS_").lower()
 
 
+@dataclass
+class Transaction:
+    """One write transaction, as its function sees it on the database thread: the
+    connection, the time it runs at, and what it changed, which the store acts on after
+    the commit (wake-ups, outbox bookkeeping) or after a rollback (the index)."""
+
+    conn: sqlite3.Connection
+    now: int
+    #: A work order became PENDING or a run slot was freed.
+    work_changed: bool = False
+    #: The waiting work orders or their order changed.
+    order_changed: bool = False
+    #: The in-memory `PendingIndex` was changed (a rollback must rebuild it).
+    index_touched: bool = False
+    #: (work_order_id, outbox id) of every event added, in order.
+    new_events: list[tuple[str, int]] = field(default_factory=list)
+    #: Every outbox event up to this id was delivered.
+    delivered_up_to: int | None = None
+    #: The caller's error, raised after the commit: the changes made before it stand
+    #: (a lease found expired is reaped even though the late worker gets an error).
+    error: ServiceError | None = None
+
+
 class QueueStore:
     """The queue's durable state. One instance per database file; every method is safe to
     call from concurrent tasks.
 
-    Every transaction (and every read) is ONE plain function run on the database thread
-    of the aiosqlite connection: one hand-off between the event loop and that thread per
+    Every transaction (and every read) is ONE plain function run on the connection's own
+    thread (`SqliteThread`): one hand-off between the event loop and that thread per
     call, instead of two or three per SQL statement. The thread runs one function at a
     time, so transactions never interleave, and the in-memory `PendingIndex` (waiting
     count and positions) is only touched there, always matching what was committed.
@@ -234,20 +173,13 @@ class QueueStore:
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: SqliteThread,
         max_lease_attempts: int = 3,
         clock: Callable[[], float] = time.time,
     ):
         self._db = db
         self.max_lease_attempts = max_lease_attempts
         self._clock = clock
-        # Per-transaction flags, set by the transaction's functions on the database thread.
-        self._events_added = False
-        self._work_changed = False
-        self._order_changed = False
-        self._index_touched = False
-        self._new_events: list[tuple[str, int]] = []
-        self._delivered_up_to: int | None = None
         #: The waiting work orders in lease order (built by `open`).
         self._pending = PendingIndex()
         #: work_order_id -> id of its newest undelivered outbox event, in ascending id
@@ -269,9 +201,9 @@ class QueueStore:
     async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
         """Opens (creating or migrating) the queue database at `path` and builds the
         in-memory index of waiting work orders and undelivered events from it."""
-        db = await open_database(path, MIGRATIONS)
+        db = await SqliteThread.open(path, sql.MIGRATIONS)
         store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
-        await store._run(store._load_memory)
+        await db.run(store._load_memory)
         return store
 
     async def close(self) -> None:
@@ -285,97 +217,64 @@ class QueueStore:
 
     # -- transactions -------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        # aiosqlite 0.22 (pinned) runs `fn(*args)` on its connection thread and resolves
-        # the future on this loop: one hand-off for the whole function.
-        return await self._db._execute(fn, *args)
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        # Only valid on the database thread.
-        return self._db._conn
-
-    def _load_memory(self) -> None:
-        conn = self._conn
+    def _load_memory(self, conn: sqlite3.Connection) -> None:
         self._pending = PendingIndex.load(conn, PENDING)
-        rows = conn.execute(
-            "SELECT work_order_id, MAX(id) AS last FROM outbox GROUP BY work_order_id ORDER BY last"
-        ).fetchall()
-        self._undelivered = {row[0]: row[1] for row in rows}
+        self._undelivered = {row[0]: row[1] for row in conn.execute(sql.UNDELIVERED)}
 
-    async def _write(self, body: Callable[[sqlite3.Connection, int], T]) -> T:
+    async def _write(self, body: Callable[[Transaction], T]) -> T:
         # Shielded: a client that hangs up mid-request must not lose the wake-ups of a
         # change that commits regardless (the function runs on the thread to its end).
         return await asyncio.shield(self._write_now(body))
 
-    async def _write_now(self, body: Callable[[sqlite3.Connection, int], T]) -> T:
-        result, carried, added, work_changed, order_changed = await self._run(self._transaction, body)
-        if added and self.on_events is not None:
+    async def _write_now(self, body: Callable[[Transaction], T]) -> T:
+        tx, result = await self._db.run(lambda conn: self._transaction(conn, body))
+        if tx.new_events and self.on_events is not None:
             self.on_events()
-        if work_changed and self.on_work_changed is not None:
+        if tx.work_changed and self.on_work_changed is not None:
             self.on_work_changed()
-        if order_changed and self.on_order_changed is not None:
+        if tx.order_changed and self.on_order_changed is not None:
             self.on_order_changed()
-        if carried is not None:
-            raise carried
+        if tx.error is not None:
+            raise tx.error
         return result
 
-    def _transaction(
-        self, body: Callable[[sqlite3.Connection, int], T]
-    ) -> tuple[T | None, Exception | None, bool, bool, bool]:
-        """Runs `body` in one IMMEDIATE transaction on the database thread."""
-        conn = self._conn
-        if conn.in_transaction:
-            conn.rollback()
-        self._events_added = False
-        self._work_changed = False
-        self._order_changed = False
-        self._index_touched = False
-        self._new_events = []
-        self._delivered_up_to = None
+    def _transaction(self, conn: sqlite3.Connection, body: Callable[[Transaction], T]) -> tuple[Transaction, T]:
+        """Runs `body` in one IMMEDIATE transaction on the database thread: committed when
+        it returns, rolled back when it raises."""
+        tx = Transaction(conn, self.now_us())
         conn.execute("BEGIN IMMEDIATE")
-        carried: Exception | None = None
-        result: T | None = None
-        now = self.now_us()
         try:
-            try:
-                result = body(conn, now)
-            except _Committed as committed:
-                carried = committed.error
-            if self._order_changed:
-                self._report_positions(conn, now)
+            result = body(tx)
+            if tx.order_changed:
+                self._report_positions(tx)
             conn.commit()
         except BaseException:
             conn.rollback()
-            if self._index_touched:
+            if tx.index_touched:
                 # The index took changes the database just dropped: read it again.
                 self._pending = PendingIndex.load(conn, PENDING)
             raise
-        if self._delivered_up_to is not None:
-            self._forget_delivered(self._delivered_up_to)
-        for work_order_id, outbox_id in self._new_events:
+        if tx.delivered_up_to is not None:
+            self._forget_delivered(tx.delivered_up_to)
+        for work_order_id, outbox_id in tx.new_events:
             self._undelivered.pop(work_order_id, None)
             self._undelivered[work_order_id] = outbox_id
-        return result, carried, self._events_added, self._work_changed, self._order_changed
+        return tx, result
 
-    def _add_event(self, db: sqlite3.Connection, event: events_pb2.RunEvent, now: int) -> None:
-        cursor = db.execute(
-            "INSERT INTO outbox (work_order_id, event, created_at) VALUES (?, ?, ?)",
-            (event.work_order_id, event.SerializeToString(), now),
-        )
+    def _add_event(self, tx: Transaction, event: events_pb2.RunEvent) -> None:
+        cursor = tx.conn.execute(sql.INSERT_EVENT, (event.work_order_id, event.SerializeToString(), tx.now))
         assert cursor.lastrowid is not None
-        self._new_events.append((event.work_order_id, cursor.lastrowid))
-        self._events_added = True
+        tx.new_events.append((event.work_order_id, cursor.lastrowid))
 
-    def _index_add(self, row: sqlite3.Row, enqueued_at: int) -> int:
-        self._index_touched = True
-        return self._pending.add(row["id"], row["priority"], row["seq"], enqueued_at)
+    def _index_add(self, tx: Transaction, row: sqlite3.Row) -> int:
+        tx.index_touched = True
+        return self._pending.add(row["id"], row["priority"], row["seq"], tx.now)
 
-    def _index_remove(self, work_order_id: str) -> None:
-        self._index_touched = True
+    def _index_remove(self, tx: Transaction, work_order_id: str) -> None:
+        tx.index_touched = True
         self._pending.remove(work_order_id)
 
-    def _report_positions(self, db: sqlite3.Connection, now: int) -> None:
+    def _report_positions(self, tx: Transaction) -> None:
         """Records `work_order:position` for each of the first POSITION_EVENT_PLACES
         waiting work orders whose place differs from the one last recorded for it.
 
@@ -389,17 +288,14 @@ class QueueStore:
         ids = self._pending.first_ids(POSITION_EVENT_PLACES)
         if not ids:
             return
-        marks = ", ".join("?" * len(ids))
-        rows = db.execute(
-            f"SELECT id, run_id, trace_id, reported_position FROM work_orders WHERE id IN ({marks})", ids
-        ).fetchall()
+        rows = tx.conn.execute(sql.reported_positions(len(ids)), ids).fetchall()
         by_id = {row["id"]: row for row in rows}
         for place, work_order_id in enumerate(ids, start=1):
             row = by_id[work_order_id]
             if row["reported_position"] == place:
                 continue
-            db.execute("UPDATE work_orders SET reported_position = ? WHERE id = ?", (place, work_order_id))
-            self._add_event(db, outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place), now)
+            tx.conn.execute(sql.SET_REPORTED_POSITION, (place, work_order_id))
+            self._add_event(tx, outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place))
 
     # -- work orders --------------------------------------------------------------
 
@@ -414,25 +310,23 @@ class QueueStore:
         and returns it with its position. Raises QueueFull when `max_queue_size` wait."""
         spec_bytes = spec.SerializeToString()
 
-        def body(db: sqlite3.Connection, now: int) -> tuple[common_pb2.WorkOrder, int]:
+        def body(tx: Transaction) -> tuple[common_pb2.WorkOrder, int]:
             waiting = len(self._pending)
             if waiting >= max_queue_size:
                 raise QueueFull(f"the queue is full: {waiting} work orders waiting (max_queue_size {max_queue_size})")
-            seq = _scalar(db, "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders", ())
+            seq = _scalar(tx.conn, sql.NEXT_SEQ, ())
             work_order_id = new_work_order_id()
             position = self._pending.position_for(spec.priority, seq)
-            db.execute(
-                """INSERT INTO work_orders (id, run_id, status, priority, seq, created_at, enqueued_at,
-                       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            tx.conn.execute(
+                sql.INSERT_WORK_ORDER,
                 (
                     work_order_id,
                     new_run_id(),
                     PENDING,
                     spec.priority,
                     seq,
-                    now,
-                    now,
+                    tx.now,
+                    tx.now,
                     spec.max_queue_wait_seconds,
                     spec_bytes,
                     traceparent,
@@ -441,20 +335,20 @@ class QueueStore:
                     position,
                 ),
             )
-            row = _row(db, work_order_id)
+            row = _row(tx.conn, work_order_id)
             assert row is not None
             work_order = _to_work_order(row)
-            self._index_add(row, now)
-            self._add_event(db, outbox.queued_event(work_order, position), now)
-            self._work_changed = True
-            self._order_changed = True
+            self._index_add(tx, row)
+            self._add_event(tx, outbox.queued_event(work_order, position))
+            tx.work_changed = True
+            tx.order_changed = True
             return work_order, position
 
         return await self._write(body)
 
     async def get(self, work_order_id: str) -> common_pb2.WorkOrder:
         """One work order; NotFound when unknown."""
-        row = await self._run(lambda: _row(self._conn, work_order_id))
+        row = await self._db.run(lambda conn: _row(conn, work_order_id))
         if row is None:
             raise NotFound(f"work order {work_order_id!r} not found")
         return _to_work_order(row)
@@ -464,20 +358,9 @@ class QueueStore:
     ) -> tuple[list[common_pb2.WorkOrder], int | None]:
         """Work orders newest first (optionally only `statuses`), starting below
         `before_seq`; returns the page and the seq to continue from (None at the end)."""
-        clauses, params = [], []
-        if statuses:
-            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if before_seq is not None:
-            clauses.append("seq < ?")
-            params.append(before_seq)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-
-        def read() -> list[sqlite3.Row]:
-            sql = f"SELECT * FROM work_orders {where} ORDER BY seq DESC LIMIT ?"
-            return self._conn.execute(sql, (*params, page_size + 1)).fetchall()
-
-        rows = await self._run(read)
+        query = sql.list_work_orders(len(statuses), before_seq is not None)
+        params = [*statuses, *([] if before_seq is None else [before_seq]), page_size + 1]
+        rows = await self._db.run(lambda conn: conn.execute(query, params).fetchall())
         next_seq = rows[page_size - 1]["seq"] if len(rows) > page_size else None
         return [_to_work_order(row) for row in rows[:page_size]], next_seq
 
@@ -485,37 +368,28 @@ class QueueStore:
         """A waiting work order ends CANCELED (with `work_order:canceled`); a running one is
         flagged for its worker. FailedPrecondition when it already ended."""
 
-        def body(db: sqlite3.Connection, now: int) -> common_pb2.WorkOrder:
-            row = _row(db, work_order_id)
+        def body(tx: Transaction) -> common_pb2.WorkOrder:
+            row = _row(tx.conn, work_order_id)
             if row is None:
                 raise NotFound(f"work order {work_order_id!r} not found")
             status = row["status"]
             if status in TERMINAL_STATUSES:
                 raise FailedPrecondition(f"work order {work_order_id} already {status_name(status)}")
             if status == RUNNING:
-                db.execute(
-                    "UPDATE work_orders SET cancel_requested = 1, cancel_reason = ? WHERE id = ?",
-                    (reason, work_order_id),
-                )
+                tx.conn.execute(sql.REQUEST_CANCEL, (reason, work_order_id))
             else:
-                self._end(db, row, CANCELED, _cancel_error(reason), now)
-                ended = _load(db, work_order_id)
-                self._add_event(
-                    db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, reason or "canceled"), now
-                )
-                self._order_changed = True
-            return _load(db, work_order_id)
+                self._end(tx, row, CANCELED, _cancel_error(reason))
+                ended = _load(tx.conn, work_order_id)
+                self._add_event(tx, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, reason or "canceled"))
+                tx.order_changed = True
+            return _load(tx.conn, work_order_id)
 
         return await self._write(body)
 
-    def _end(self, db: sqlite3.Connection, row: sqlite3.Row, status: int, error: str, now: int) -> None:
-        db.execute(
-            """UPDATE work_orders SET status = ?, error = ?, finished_at = ?, lease_id = NULL,
-                   lease_expires_at = NULL WHERE id = ?""",
-            (status, error, now, row["id"]),
-        )
+    def _end(self, tx: Transaction, row: sqlite3.Row, status: int, error: str) -> None:
+        tx.conn.execute(sql.END_WORK_ORDER, (status, error, tx.now, row["id"]))
         if row["status"] == PENDING:
-            self._index_remove(row["id"])
+            self._index_remove(tx, row["id"])
 
     # -- leases -------------------------------------------------------------------
 
@@ -523,32 +397,28 @@ class QueueStore:
         """Hands the next PENDING work order (priority, then submission order) to
         `worker_id`, unless none waits or `max_concurrent` already run."""
 
-        def body(db: sqlite3.Connection, now: int) -> Lease | None:
+        def body(tx: Transaction) -> Lease | None:
             first = self._pending.first()
             if first is None:
                 return None
-            running = _scalar(db, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
+            running = _scalar(tx.conn, sql.COUNT_WITH_STATUS, (RUNNING,))
             if running >= max_concurrent:
                 return None
-            row = _row(db, first)
+            row = _row(tx.conn, first)
             assert row is not None and row["status"] == PENDING, first
             lease_id = str(uuid.uuid4())
+            now = tx.now
             expires = now + lease_seconds * 1_000_000
             attempt = row["attempts"] + 1
-            db.execute(
-                """UPDATE work_orders SET status = ?, attempts = ?, lease_id = ?, worker_id = ?,
-                       lease_expires_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?""",
-                (RUNNING, attempt, lease_id, worker_id, expires, now, row["id"]),
-            )
-            db.execute(
-                """INSERT INTO leases (lease_id, work_order_id, worker_id, attempt, granted_at, waited_us,
-                       queued_position) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            tx.conn.execute(sql.START_LEASE, (RUNNING, attempt, lease_id, worker_id, expires, now, row["id"]))
+            tx.conn.execute(
+                sql.INSERT_LEASE,
                 (lease_id, row["id"], worker_id, attempt, now, max(now - row["enqueued_at"], 0),
                  row["queued_position"]),
             )
-            self._index_remove(row["id"])
-            self._order_changed = True
-            return Lease(_load(db, row["id"]), lease_id, expires)
+            self._index_remove(tx, row["id"])
+            tx.order_changed = True
+            return Lease(_load(tx.conn, row["id"]), lease_id, expires)
 
         return await self._write(body)
 
@@ -561,12 +431,12 @@ class QueueStore:
         from a read and nothing is written."""
         now = self.now_us()
 
-        def read() -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
-            lease = _lease_row(self._conn, lease_id)
-            row = _row(self._conn, lease["work_order_id"]) if lease is not None else None
+        def read(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+            lease = _lease_row(conn, lease_id)
+            row = _row(conn, lease["work_order_id"]) if lease is not None else None
             return lease, row
 
-        lease, row = await self._run(read)
+        lease, row = await self._db.run(read)
         if (
             lease is not None
             and row is not None
@@ -577,13 +447,17 @@ class QueueStore:
         ):
             return bool(row["cancel_requested"]), row["lease_expires_at"]
 
-        def body(db: sqlite3.Connection, now: int) -> tuple[bool, int]:
-            row = self._live_lease(db, lease_id, now)
-            expires = now + lease_seconds * 1_000_000
-            db.execute("UPDATE work_orders SET lease_expires_at = ? WHERE id = ?", (expires, row["id"]))
+        def body(tx: Transaction) -> tuple[bool, int] | None:
+            row = self._live_lease(tx, lease_id)
+            if row is None:
+                return None
+            expires = tx.now + lease_seconds * 1_000_000
+            tx.conn.execute(sql.EXTEND_LEASE, (expires, row["id"]))
             return bool(row["cancel_requested"]), expires
 
-        return await self._write(body)
+        extended = await self._write(body)
+        assert extended is not None  # None only with `tx.error`, which `_write` raised
+        return extended
 
     async def complete(self, lease_id: str, status: int, error: str = "") -> common_pb2.WorkOrder:
         """Ends a live lease with the work order's final status (SUCCEEDED, FAILED or
@@ -592,73 +466,70 @@ class QueueStore:
         if status not in COMPLETION_STATUSES:
             raise ValueError(f"status {status} is not a completion status")
 
-        def body(db: sqlite3.Connection, now: int) -> common_pb2.WorkOrder:
-            lease = _lease_row(db, lease_id)
+        def body(tx: Transaction) -> common_pb2.WorkOrder | None:
+            lease = _lease_row(tx.conn, lease_id)
             if lease is not None and lease["outcome"] == LEASE_COMPLETED:
-                row = _row(db, lease["work_order_id"])
+                row = _row(tx.conn, lease["work_order_id"])
                 if row["status"] == status:
                     return _to_work_order(row)
                 raise FailedPrecondition(f"work order {row['id']} already {status_name(row['status'])} by this lease")
-            row = self._live_lease(db, lease_id, now)
+            row = self._live_lease(tx, lease_id)
+            if row is None:
+                return None
             reason = error
             if status == CANCELED and not reason:
                 reason = _cancel_error(row["cancel_reason"])
-            self._end(db, row, status, reason, now)
-            db.execute(
-                "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_COMPLETED, now, lease_id)
-            )
-            self._work_changed = True
-            return _load(db, row["id"])
+            self._end(tx, row, status, reason)
+            tx.conn.execute(sql.END_LEASE, (LEASE_COMPLETED, tx.now, lease_id))
+            tx.work_changed = True
+            return _load(tx.conn, row["id"])
 
-        return await self._write(body)
+        completed = await self._write(body)
+        assert completed is not None  # None only with `tx.error`, which `_write` raised
+        return completed
 
-    def _live_lease(self, db: sqlite3.Connection, lease_id: str, now: int) -> sqlite3.Row:
+    def _live_lease(self, tx: Transaction, lease_id: str) -> sqlite3.Row | None:
         """The RUNNING work order holding `lease_id`. A lease past its expiry is reaped
-        here, in this transaction, so a late worker and the reaper agree on the outcome."""
-        lease = _lease_row(db, lease_id)
+        here, in this transaction, so a late worker and the reaper agree on the outcome:
+        then None, and the caller gets LeaseExpired after the commit (`tx.error`)."""
+        lease = _lease_row(tx.conn, lease_id)
         if lease is None:
             raise NotFound(f"lease {lease_id!r} not found")
         if lease["outcome"] == LEASE_EXPIRED:
             raise LeaseExpired(f"lease {lease_id} expired")
         if lease["outcome"] != LEASE_ACTIVE:
             raise NotFound(f"lease {lease_id} already ended ({lease['outcome']})")
-        row = _row(db, lease["work_order_id"])
+        row = _row(tx.conn, lease["work_order_id"])
         if row is None or row["lease_id"] != lease_id or row["status"] != RUNNING:
             raise NotFound(f"lease {lease_id} no longer holds its work order")
-        if row["lease_expires_at"] < now:
-            self._expire(db, row, now)
-            # The reap must be committed even though the caller gets an error.
-            raise _Committed(LeaseExpired(f"lease {lease_id} expired"))
+        if row["lease_expires_at"] < tx.now:
+            self._expire(tx, row)
+            tx.error = LeaseExpired(f"lease {lease_id} expired")
+            return None
         return row
 
-    def _expire(self, db: sqlite3.Connection, row: sqlite3.Row, now: int) -> str:
+    def _expire(self, tx: Transaction, row: sqlite3.Row) -> str:
         """An expired lease: requeue at the old place, or end the work order when it was
         canceled or has used up its attempts. Returns what happened."""
-        db.execute(
-            "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?", (LEASE_EXPIRED, now, row["lease_id"])
-        )
+        tx.conn.execute(sql.END_LEASE, (LEASE_EXPIRED, tx.now, row["lease_id"]))
         # Whatever happens next, the run slot is free.
-        self._work_changed = True
+        tx.work_changed = True
         if row["cancel_requested"]:
             # The worker died before it could honour the cancel: the user still wants it gone.
-            self._end(db, row, CANCELED, _cancel_error(row["cancel_reason"]), now)
-            ended = _load(db, row["id"])
+            self._end(tx, row, CANCELED, _cancel_error(row["cancel_reason"]))
+            ended = _load(tx.conn, row["id"])
             self._add_event(
-                db, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, row["cancel_reason"] or "canceled"), now
+                tx, outbox.ended_event(event_names.WORK_ORDER_CANCELED, ended, row["cancel_reason"] or "canceled")
             )
             return "canceled"
         if row["attempts"] >= self.max_lease_attempts:
             error = f"system_error: lease expired {row['attempts']} times (worker lost)"
-            self._end(db, row, FAILED, error, now)
-            self._add_event(db, outbox.worker_lost_event(_load(db, row["id"])), now)
+            self._end(tx, row, FAILED, error)
+            self._add_event(tx, outbox.worker_lost_event(_load(tx.conn, row["id"])))
             return "failed"
-        position = self._index_add(row, now)
-        db.execute(
-            """UPDATE work_orders SET status = ?, lease_id = NULL, lease_expires_at = NULL,
-                   worker_id = '', enqueued_at = ?, reported_position = 0, queued_position = ? WHERE id = ?""",
-            (PENDING, now, position, row["id"]),
-        )
-        self._order_changed = True
+        position = self._index_add(tx, row)
+        tx.conn.execute(sql.REQUEUE, (PENDING, tx.now, position, row["id"]))
+        tx.order_changed = True
         return "requeued"
 
     async def renew_running_leases(self, lease_seconds: int) -> int:
@@ -668,12 +539,8 @@ class QueueStore:
         heartbeat, so a lease that lapsed meanwhile says nothing about its worker. A
         worker that really died is still found out `lease_seconds` later."""
 
-        def body(db: sqlite3.Connection, now: int) -> int:
-            cursor = db.execute(
-                "UPDATE work_orders SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
-                (now + lease_seconds * 1_000_000, RUNNING),
-            )
-            return cursor.rowcount
+        def body(tx: Transaction) -> int:
+            return tx.conn.execute(sql.RENEW_LEASES, (tx.now + lease_seconds * 1_000_000, RUNNING)).rowcount
 
         return await self._write(body)
 
@@ -681,24 +548,18 @@ class QueueStore:
         """Expires leases past their time and times out work orders that waited longer
         than their `max_queue_wait_seconds`."""
 
-        def body(db: sqlite3.Connection, now: int) -> ReapResult:
+        def body(tx: Transaction) -> ReapResult:
             counts = {"requeued": 0, "failed": 0, "canceled": 0, "timed_out": 0}
-            expired = db.execute(
-                "SELECT * FROM work_orders WHERE status = ? AND lease_expires_at < ? ORDER BY seq", (RUNNING, now)
-            ).fetchall()
-            for row in expired:
-                counts[self._expire(db, row, now)] += 1
-            overdue = sorted(
-                db.execute(f"SELECT * FROM {_WITH_WAIT_LIMIT} AND {_WAIT_DEADLINE} < ?", (now,)).fetchall(),
-                key=lambda row: row["seq"],
-            )
+            for row in tx.conn.execute(sql.EXPIRED_LEASES, (RUNNING, tx.now)).fetchall():
+                counts[self._expire(tx, row)] += 1
+            overdue = sorted(tx.conn.execute(sql.OVERDUE_WAITS, (tx.now,)).fetchall(), key=lambda row: row["seq"])
             for row in overdue:
                 reason = f"waited longer than max_queue_wait_seconds={row['max_queue_wait_seconds']} in the queue"
-                self._end(db, row, TIMED_OUT, f"queue_timeout: {reason}", now)
-                ended = _load(db, row["id"])
-                self._add_event(db, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason), now)
+                self._end(tx, row, TIMED_OUT, f"queue_timeout: {reason}")
+                ended = _load(tx.conn, row["id"])
+                self._add_event(tx, outbox.ended_event(event_names.WORK_ORDER_TIMED_OUT, ended, reason))
                 counts["timed_out"] += 1
-                self._order_changed = True
+                tx.order_changed = True
             return ReapResult(**counts)
 
         return await self._write(body)
@@ -708,60 +569,46 @@ class QueueStore:
     async def position(self, work_order_id: str) -> Position:
         """Where the work order stands in lease order, with its estimated wait."""
 
-        def read() -> Position:
+        def read(conn: sqlite3.Connection) -> Position:
             place = self._pending.position(work_order_id)
             if place is not None:
                 enqueued_at = self._pending.enqueued_at(work_order_id)
                 assert enqueued_at is not None
-                stats = _wait_stats(self._conn)
+                stats = _wait_stats(conn)
                 return Position(place, place - 1, "waiting", enqueued_at, stats.estimate(place))
-            row = _row(self._conn, work_order_id)
+            row = _row(conn, work_order_id)
             if row is None:
                 raise NotFound(f"work order {work_order_id!r} not found")
             return ended_position(row["status"], row["enqueued_at"])
 
-        return await self._run(read)
+        return await self._db.run(read)
 
     async def next_deadline_us(self) -> int | None:
         """The earliest lease expiry or wait limit still ahead of the reaper (None: none)."""
 
-        def read() -> int | None:
-            conn = self._conn
-            lease_due = _scalar(conn, "SELECT MIN(lease_expires_at) FROM work_orders WHERE status = ?", (RUNNING,))
-            wait_due = _scalar(conn, f"SELECT MIN({_WAIT_DEADLINE}) FROM {_WITH_WAIT_LIMIT}", ())
+        def read(conn: sqlite3.Connection) -> int | None:
+            lease_due = _scalar(conn, sql.NEXT_LEASE_EXPIRY, (RUNNING,))
+            wait_due = _scalar(conn, sql.NEXT_WAIT_DEADLINE, ())
             found = [due for due in (lease_due, wait_due) if due is not None]
             return min(found) if found else None
 
-        return await self._run(read)
+        return await self._db.run(read)
 
     async def waiting_order(self) -> list[tuple[str, int]]:
         """(id, enqueued_at) of every waiting work order, next first."""
-        return await self._run(lambda: self._pending.order())
+        return await self._db.run(lambda conn: self._pending.order())
 
     async def wait_stats(self) -> WaitStats:
         """Average wait and seconds per place of the latest RECENT_WAITS leases."""
-        return await self._run(lambda: _wait_stats(self._conn))
+        return await self._db.run(_wait_stats)
 
     async def counts(self) -> tuple[int, int]:
         """(waiting, running)."""
 
-        def read() -> tuple[int, int]:
-            running = _scalar(self._conn, "SELECT COUNT(*) FROM work_orders WHERE status = ?", (RUNNING,))
-            return len(self._pending), running
+        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+            return len(self._pending), _scalar(conn, sql.COUNT_WITH_STATUS, (RUNNING,))
 
-        return await self._run(read)
-
-    async def scan_waiting_order(self) -> list[tuple[str, int]]:
-        """The waiting order read from SQLite itself (no index): what the in-memory index
-        must always equal. For tests and diagnostics."""
-
-        def read() -> list[tuple[str, int]]:
-            rows = self._conn.execute(
-                "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC", (PENDING,)
-            ).fetchall()
-            return [(row["id"], row["enqueued_at"]) for row in rows]
-
-        return await self._run(read)
+        return await self._db.run(read)
 
     # -- outbox -------------------------------------------------------------------
 
@@ -772,14 +619,8 @@ class QueueStore:
 
     async def outbox_batch(self, limit: int) -> list[tuple[int, events_pb2.RunEvent]]:
         """The oldest `limit` undelivered events, oldest first."""
-        rows = await self._run(
-            lambda: self._conn.execute("SELECT id, event FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
-        )
+        rows = await self._db.run(lambda conn: conn.execute(sql.OUTBOX_BATCH, (limit,)).fetchall())
         return [(row["id"], events_pb2.RunEvent.FromString(row["event"])) for row in rows]
-
-    async def outbox_last_id(self, work_order_id: str) -> int | None:
-        """Id of the newest undelivered event of a work order, None when all are delivered."""
-        return self.undelivered_last_id(work_order_id)
 
     def _forget_delivered(self, up_to_id: int) -> None:
         # Delivery is in id order: every entry at or below `up_to_id` was delivered.
@@ -793,48 +634,31 @@ class QueueStore:
     async def outbox_delete(self, ids: list[int]) -> None:
         """Removes delivered events."""
 
-        def body(db: sqlite3.Connection, now: int) -> None:
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-
+        def body(tx: Transaction) -> None:
+            tx.conn.executemany(sql.DELETE_EVENT, [(i,) for i in ids])
             if ids:
-                self._delivered_up_to = max(ids)
+                tx.delivered_up_to = max(ids)
 
         await self._write(body)
 
     async def outbox_dead_letter(self, outbox_id: int, error: str) -> None:
         """Moves an event persistence refused to `outbox_dead`."""
 
-        def body(db: sqlite3.Connection, now: int) -> None:
-            db.execute(
-                """INSERT INTO outbox_dead (id, work_order_id, event, created_at, failed_at, error)
-                   SELECT id, work_order_id, event, created_at, ?, ? FROM outbox WHERE id = ?""",
-                (now, error, outbox_id),
-            )
-            db.execute("DELETE FROM outbox WHERE id = ?", (outbox_id,))
-            self._delivered_up_to = outbox_id
+        def body(tx: Transaction) -> None:
+            tx.conn.execute(sql.DEAD_LETTER, (tx.now, error, outbox_id))
+            tx.conn.execute(sql.DELETE_EVENT, (outbox_id,))
+            tx.delivered_up_to = outbox_id
 
         await self._write(body)
 
-    async def outbox_size(self) -> int:
-        """How many events wait for delivery."""
-        return await self._run(lambda: _scalar(self._conn, "SELECT COUNT(*) FROM outbox", ()))
 
-
-class _Committed(Exception):
-    """Carries an error out of a transaction whose changes must still be committed."""
-
-    def __init__(self, error: Exception):
-        super().__init__(str(error))
-        self.error = error
-
-
-def _scalar(db: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> int:
-    row = db.execute(sql, params).fetchone()
+def _scalar(db: sqlite3.Connection, query: str, params: tuple[object, ...]) -> int:
+    row = db.execute(query, params).fetchone()
     return row[0] if row else 0
 
 
 def _row(db: sqlite3.Connection, work_order_id: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM work_orders WHERE id = ?", (work_order_id,)).fetchone()
+    return db.execute(sql.WORK_ORDER, (work_order_id,)).fetchone()
 
 
 def _load(db: sqlite3.Connection, work_order_id: str) -> common_pb2.WorkOrder:
@@ -845,7 +669,7 @@ def _load(db: sqlite3.Connection, work_order_id: str) -> common_pb2.WorkOrder:
 
 
 def _lease_row(db: sqlite3.Connection, lease_id: str) -> sqlite3.Row | None:
-    return db.execute("SELECT * FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
+    return db.execute(sql.LEASE, (lease_id,)).fetchone()
 
 
 def ended_position(status: int, enqueued_at_us: int) -> Position:
@@ -855,11 +679,7 @@ def ended_position(status: int, enqueued_at_us: int) -> Position:
 
 
 def _wait_stats(db: sqlite3.Connection) -> WaitStats:
-    rows = db.execute(
-        """SELECT waited_us, queued_position FROM leases WHERE waited_us IS NOT NULL
-               ORDER BY granted_at DESC, rowid DESC LIMIT ?""",
-        (RECENT_WAITS,),
-    ).fetchall()
+    rows = db.execute(sql.LATEST_WAITS, (RECENT_WAITS,)).fetchall()
     if not rows:
         return WaitStats()
     total_wait = sum(row["waited_us"] for row in rows) / 1_000_000
