@@ -155,7 +155,7 @@ async def test_setup_commands_run_before_tests(tmp_path: Path) -> None:
 async def test_malformed_plan_is_one_failed_gate_plan_check(tmp_path: Path) -> None:
     (tmp_path / "verify.yaml").write_text("tests:\n  - name: unit\n    comand: pytest\n")
     base = commit_all(tmp_path)
-    report = await run_gate(tmp_path, settings(), repo=tmp_path, base_commit=base, snapshot_commit=base)
+    report = await run_gate(tmp_path, settings(), repo=tmp_path / ".git", base_commit=base, snapshot_commit=base)
     assert not report.passed
     assert report.gate_plan_source == "verify.yaml"
     l0 = level(report, "L0")
@@ -192,7 +192,7 @@ async def test_workspace_plan_in_agentgate_folder(tmp_path: Path) -> None:
     (tmp_path / ".agentgate").mkdir()
     (tmp_path / ".agentgate" / "verify.yaml").write_text('tests: [{name: t, command: "exit 1"}]\n')
     base = commit_all(tmp_path)
-    report = await run_gate(tmp_path, settings(), repo=tmp_path, base_commit=base, snapshot_commit=base)
+    report = await run_gate(tmp_path, settings(), repo=tmp_path / ".git", base_commit=base, snapshot_commit=base)
     assert report.gate_plan_source == ".agentgate/verify.yaml"
     assert not report.passed
 
