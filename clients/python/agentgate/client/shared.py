@@ -4,11 +4,14 @@ reconnect policy of an event follower."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
-from agentgate.common.errors import FieldViolation
 from agentgate.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from agentgate.common.errors import FieldViolation
 
 #: Deadline of every unary call a client makes.
 RPC_TIMEOUT_SECONDS = 30.0
