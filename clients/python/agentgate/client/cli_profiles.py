@@ -1,4 +1,4 @@
-"""`agentgate profiles list|show NAME|validate FILE`: harness profiles (SPEC §14).
+"""`agentgate profiles list|show NAME|validate FILE`: harness profiles (docs/profiles.md).
 
 Profiles are read where the CLI runs, from $AGENTGATE_HOME/profiles (the folder the
 services read when they share the home, as `agentgate up` arranges), plus the built-ins.

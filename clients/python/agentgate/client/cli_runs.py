@@ -1,6 +1,6 @@
 """`agentgate runs show|iterations|agent|verification|list` and `agentgate logs`: what a run
 did, read through the persistence service (its index, the run files as fallback), so a
-failure can be understood without re-running anything (docs/run-files.md).
+failure can be understood without re-running anything (docs/troubleshooting.md).
 
 The output is shaped by `run_views`; it, grpc and the stubs load inside the commands, so
 other commands do not pay for them at start-up.

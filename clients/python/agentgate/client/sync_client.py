@@ -63,7 +63,7 @@ class AgentGateClient:
         from agentgate.common.telemetry import trace_metadata
 
         try:
-            # The work order's trace starts here (or continues the caller's): SPEC §12.
+            # The work order's trace starts here (or continues the caller's): docs/observability.md.
             response = self.queue.Submit(
                 queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
             )
