@@ -1,4 +1,4 @@
-"""The output of `agentgate runs …` and `agentgate logs`, shaped without a network."""
+"""The output of `agentgate runs …` and `agentgate logs` (`run_views`), shaped without a network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from agentgate.client import cli_runs
+from agentgate.client import run_views
 from agentgate.v1 import common_pb2
 
 
@@ -45,7 +45,7 @@ def failed_run() -> common_pb2.Run:
 
 
 def test_summary_rows_leave_empty_values_out() -> None:
-    rows = dict(cli_runs.summary_rows(failed_run()))
+    rows = dict(run_views.summary_rows(failed_run()))
     assert rows["state"] == "FAILED (FAILED_VERIFICATION)"
     assert rows["iterations"] == "2 of 3"
     assert rows["duration"] == "12.0s"
@@ -56,12 +56,12 @@ def test_summary_rows_leave_empty_values_out() -> None:
 
 
 def test_error_lines_name_the_files_and_the_commands_to_read_them() -> None:
-    lines = cli_runs.error_lines(failed_run(), tail=3)
+    lines = run_views.error_lines(failed_run(), tail=3)
     assert lines[0] == "error: Test execution failed (3 failed). Details: agent-2.json, verification-2.json"
     assert "  type: test_failed" in lines and "  check: unit" in lines
     assert lines[lines.index("  stdout (last 3 lines):") + 1 :][:3] == ["    out 27", "    out 28", "    out 29"]
     assert lines[-2:] == ["  read: agentgate runs agent run-1 -i 2", "  read: agentgate runs verification run-1 -i 2"]
-    assert cli_runs.error_lines(common_pb2.Run(id="run-2")) == []
+    assert run_views.error_lines(common_pb2.Run(id="run-2")) == []
 
 
 def test_iterations_table() -> None:
@@ -83,7 +83,7 @@ def test_iterations_table() -> None:
         has_changes=True,
         error_type=common_pb2.ITERATION_ERROR_TYPE_NONE,
     )
-    text = render(cli_runs.iterations_table([crashed, verified]))
+    text = render(run_views.iterations_table([crashed, verified]))
     assert "failed (exit 3)" in text and "agent_crash: Agent crashed with exit code 3" in text
     assert "passed" in text and "L0,L1" in text and "agent-2.json, verification-2.json" in text
     assert "none" not in text
@@ -96,30 +96,30 @@ def test_agent_rows_tool_calls_and_checks() -> None:
     )
     call = result.tool_calls.add(tool="Bash", output="x" * 200, duration_seconds=0.5)
     call.input.update({"command": "ls"})
-    rows = dict(cli_runs.agent_header_rows(result))
+    rows = dict(run_views.agent_header_rows(result))
     assert rows["iteration"] == "2 (attempt 2)" and rows["timed out"] == "yes"
     assert rows["stdout"].startswith("3145728 bytes (cut")
     assert "cost" not in rows and "model" not in rows
-    tools = render(cli_runs.tool_calls_table(result))
+    tools = render(run_views.tool_calls_table(result))
     assert '{"command": "ls"}' in tools and "…" in tools
     report = common_pb2.VerificationReport(iteration=1)
     level = report.levels.add(level="L1", name="tests", ran=True)
     level.checks.add(name="unit", kind="test", command="pytest", exit_code=1, expected_exit=0, output="a\nb\nc")
     level.checks.add(name="lint", kind="lint", passed=True, output="fine")
     report.levels.add(level="L2", name="blackbox", skip_reason="an earlier level failed")
-    checks = render(cli_runs.checks_table(report))
+    checks = render(run_views.checks_table(report))
     assert "FAILED" in checks and "skipped: an earlier level failed" in checks
-    assert cli_runs.failed_check_outputs(report, 2) == ["--- L1 unit: exit 1 (expected 0), last 2 lines ---", "b", "c"]
-    assert cli_runs.failed_check_outputs(report, 0)[1:] == ["a", "b", "c"]
+    assert run_views.failed_check_outputs(report, 2) == ["--- L1 unit: exit 1 (expected 0), last 2 lines ---", "b", "c"]
+    assert run_views.failed_check_outputs(report, 0)[1:] == ["a", "b", "c"]
 
 
 def test_logs_and_show_json() -> None:
     results = [common_pb2.AgentResult(iteration=1, stderr="e1", stderr_bytes=2), common_pb2.AgentResult(iteration=2)]
-    assert cli_runs.logs_json(results, stderr=True) == [
+    assert run_views.logs_json(results, stderr=True) == [
         {"iteration": 1, "stream": "stderr", "text": "e1", "bytes": 2, "truncated": False},
         {"iteration": 2, "stream": "stderr", "text": "", "bytes": 0, "truncated": False},
     ]
-    shown = cli_runs.show_json(failed_run(), [common_pb2.IterationData(iteration=1)])
+    shown = run_views.show_json(failed_run(), [common_pb2.IterationData(iteration=1)])
     assert shown["run"]["error"].startswith("Test execution failed")
     assert shown["iterations"][0]["iteration"] == 1
-    assert cli_runs.tail_lines("a\nb\nc\n", 2) == "b\nc" and cli_runs.tail_lines("a\nb", 0) == "a\nb"
+    assert run_views.tail_lines("a\nb\nc\n", 2) == "b\nc" and run_views.tail_lines("a\nb", 0) == "a\nb"

@@ -285,8 +285,14 @@ def intercept_sync_channel(channel: Any, service: str | None = None) -> Any:
 
     Streaming calls pass through untouched: the instrumentation would hand back a plain
     generator instead of the call, and followers need the call's `cancel()` and `code()`.
+    With no tracer provider set yet (a CLI process sets none) a span could neither record
+    nor carry a trace context: the channel stays as it is, and the CLI does not spend its
+    start-up loading the instrumentation (docs/benchmarks.md, "CLI start-up").
     """
-    if instrumentation_disabled():
+    untraced = tracer_provider_for(service) is None and isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
+    )
+    if instrumentation_disabled() or untraced:
         return channel
     from opentelemetry.instrumentation.grpc import client_interceptor, grpcext
 

@@ -71,7 +71,7 @@ class AsyncAgentGateClient:
         """Submits a work order; returns it and its queue position (1 = next).
         Raises SubmitError (with the wrong fields) when the queue refuses it."""
         try:
-            # The work order's trace starts here (or continues the caller's): SPEC §12.
+            # The work order's trace starts here (or continues the caller's): docs/observability.md.
             response = await self.queue.Submit(
                 queue_pb2.SubmitRequest(spec=spec), timeout=self.timeout, metadata=trace_metadata()
             )

@@ -1,22 +1,24 @@
 """`agentgate agents [--json]`: the agent drivers and whether each can run where the
 workspace service runs (asked of the workspace service, whose PATH is the one that counts).
 
-Registered on the main `app` when `agentgate.client.cli` imports this module.
+grpc and the workspace stubs load inside the command, so other commands do not pay for them.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import grpc
-from rich.table import Table
+import typer
 
-from agentgate.client.cli import JsonFlag, _unreachable, app, console
-from agentgate.common.channels import sync_channel
-from agentgate.common.config import service_address
-from agentgate.v1 import workspace_pb2, workspace_pb2_grpc
+from agentgate.client.cli_shared import JsonFlag, console, unreachable
+
+if TYPE_CHECKING:
+    from agentgate.v1 import workspace_pb2
 
 RPC_TIMEOUT_SECONDS = 10.0
+
+app = typer.Typer()
 
 
 def drivers_json(drivers: list[workspace_pb2.AgentDriverInfo]) -> list[dict[str, object]]:
@@ -29,6 +31,10 @@ def drivers_json(drivers: list[workspace_pb2.AgentDriverInfo]) -> list[dict[str,
 
 def list_drivers(address: str | None = None) -> list[workspace_pb2.AgentDriverInfo]:
     """The drivers as the workspace service reports them."""
+    from agentgate.common.channels import sync_channel
+    from agentgate.common.config import service_address
+    from agentgate.v1 import workspace_pb2, workspace_pb2_grpc
+
     channel = sync_channel(service_address("workspace", address))
     try:
         stub = workspace_pb2_grpc.WorkspaceServiceStub(channel)
@@ -41,15 +47,19 @@ def list_drivers(address: str | None = None) -> list[workspace_pb2.AgentDriverIn
 @app.command()
 def agents(json_output: JsonFlag = False) -> None:
     """List the agent drivers and whether each is available where the services run."""
+    import grpc
+
     try:
         drivers = list_drivers()
     except grpc.RpcError as exc:
-        raise _unreachable(exc) from None
+        raise unreachable(exc) from None
     if json_output:
         print(json.dumps(drivers_json(drivers)))
         return
+    from rich.table import Table
+
     table = Table("driver", "available", "description")
     for driver in drivers:
         state = "[green]yes[/green]" if driver.available else f"[red]no[/red]: {driver.missing}"
         table.add_row(driver.name, state, driver.description)
-    console.print(table)
+    console().print(table)

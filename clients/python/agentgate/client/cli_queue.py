@@ -1,32 +1,24 @@
 """`agentgate queue stats` and `agentgate queue position ID [--watch]`.
 
-Registered on the main `app` when `agentgate.client.cli` imports this module.
+grpc and the queue stubs load inside the commands, so other commands do not pay for them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
-import grpc
 import typer
 
-from agentgate.client.cli import (
-    JsonFlag,
-    _client,
-    _fail,
-    _resolve_work_order_id,
-    _unreachable,
-    app,
-    console,
-)
-from agentgate.client.shared import reconnect_delay, should_reconnect
-from agentgate.common.timeutil import iso
-from agentgate.v1 import queue_pb2
+from agentgate.client.cli_shared import JsonFlag, console, fail, open_client, resolve_work_order_id, unreachable
 
-queue_app = typer.Typer(help="The queue: its counts and limits, and where a work order stands.", no_args_is_help=True)
-app.add_typer(queue_app, name="queue")
+if TYPE_CHECKING:
+    from agentgate.client.sync_client import AgentGateClient
+    from agentgate.v1 import queue_pb2
+
+app = typer.Typer(help="The queue: its counts and limits, and where a work order stands.", no_args_is_help=True)
 
 
 def stats_json(stats: queue_pb2.GetQueueStatsResponse) -> dict[str, object]:
@@ -46,6 +38,8 @@ def stats_json(stats: queue_pb2.GetQueueStatsResponse) -> dict[str, object]:
 
 def position_json(where: queue_pb2.GetPositionResponse) -> dict[str, object]:
     """`queue position --json`: one position (estimate null when unknown)."""
+    from agentgate.common.timeutil import iso
+
     return {
         "work_order_id": where.work_order_id,
         "position": where.position,
@@ -76,27 +70,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-@queue_app.command()
+@app.command()
 def stats(json_output: JsonFlag = False) -> None:
     """Waiting and running counts, limits, whether submits are accepted, average wait."""
-    with _client() as client:
+    import grpc
+
+    with open_client() as client:
         try:
             found = client.queue_stats()
         except grpc.RpcError as exc:
-            raise _unreachable(exc) from None
+            raise unreachable(exc) from None
     out = stats_json(found)
     if json_output:
         print(json.dumps(out))
         return
     wait = out["average_wait_seconds"]
-    console.print(
+    console().print(
         f"waiting {found.waiting}/{found.max_queue_size}, running {found.running}/{found.max_concurrent}, "
         f"{'accepting' if found.accepting else 'FULL (refusing submits)'}, "
         f"average wait {'unknown' if wait is None else _duration(float(wait))}"  # type: ignore[arg-type]
     )
 
 
-@queue_app.command()
+@app.command()
 def position(
     ident: Annotated[str, typer.Argument(metavar="ID", help="Work order or run id.")],
     watch: Annotated[
@@ -105,29 +101,36 @@ def position(
     json_output: JsonFlag = False,
 ) -> None:
     """Where a work order stands: position 1 = next, 0 = running or ended."""
+    import grpc
 
     def show(where: queue_pb2.GetPositionResponse) -> None:
         if json_output:
             print(json.dumps(position_json(where)), flush=True)
         else:
-            console.print(position_line(where))
+            console().print(position_line(where))
 
-    with _client() as client:
+    with open_client() as client:
         try:
-            work_order_id = _resolve_work_order_id(client, ident)
+            work_order_id = resolve_work_order_id(client, ident)
             if not watch:
                 show(client.position(work_order_id))
                 return
             _watch(client, work_order_id, show)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):  # type: ignore[attr-defined]
-                raise _fail(exc.details()) from None  # type: ignore[attr-defined]
-            raise _unreachable(exc) from None
+                raise fail(exc.details()) from None  # type: ignore[attr-defined]
+            raise unreachable(exc) from None
 
 
-def _watch(client, work_order_id: str, show) -> None:  # type: ignore[no-untyped-def]
+def _watch(
+    client: AgentGateClient, work_order_id: str, show: Callable[[queue_pb2.GetPositionResponse], None]
+) -> None:
     """Streams positions; reconnects when the queue restarts (the first message after a
     reconnect repeats the current position, so an unchanged one is not printed again)."""
+    import grpc
+
+    from agentgate.client.shared import reconnect_delay, should_reconnect
+
     last: tuple[int, int, str] | None = None
     attempt = 0
     while True:

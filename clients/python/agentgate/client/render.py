@@ -1,12 +1,20 @@
-"""Human-readable lines for events and work orders."""
+"""Human-readable lines for events and work orders.
+
+The event vocabulary and rich's Text load in the functions that render events, so a command
+that lists work orders does not pay for them at start-up.
+"""
 
 from __future__ import annotations
 
-from rich.text import Text
+from typing import TYPE_CHECKING
 
-from agentgate.common import events as ev
 from agentgate.common.timeutil import iso
-from agentgate.v1 import common_pb2, events_pb2
+from agentgate.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from agentgate.v1 import events_pb2
 
 
 def status_name(status: int) -> str:
@@ -26,6 +34,8 @@ def run_result_name(result: int) -> str:
 
 def describe(event: events_pb2.RunEvent) -> str:
     """The interesting part of an event's payload, in a few words."""
+    from agentgate.common import events as ev
+
     kind = event.WhichOneof("payload")
     p = getattr(event, kind) if kind else None
     t = event.type
@@ -82,6 +92,10 @@ def describe(event: events_pb2.RunEvent) -> str:
 
 def event_line(event: events_pb2.RunEvent) -> Text:
     """One styled line for an event."""
+    from rich.text import Text
+
+    from agentgate.common import events as ev
+
     style = "dim" if event.type == ev.AGENT_OUTPUT else ""
     if event.type in (ev.RUN_FAILED, ev.AGENT_FAILED) or (
         event.type == ev.VERIFICATION_COMPLETE and not event.verification_complete.passed

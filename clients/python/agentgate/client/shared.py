@@ -1,15 +1,18 @@
-"""What the blocking and the asyncio clients share: answers and the reconnect policy of an
-event follower."""
+"""What the blocking and the asyncio clients share: answers, terminal statuses and the
+reconnect policy of an event follower."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
-from agentgate.common.errors import FieldViolation
 from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from agentgate.common.errors import FieldViolation
 
 #: Deadline of every unary call a client makes.
 RPC_TIMEOUT_SECONDS = 30.0

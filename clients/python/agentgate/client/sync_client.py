@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -17,28 +19,32 @@ from agentgate.client.shared import (
 )
 from agentgate.common.channels import sync_channel
 from agentgate.common.config import service_address
-from agentgate.common.errors import field_violations
-from agentgate.common.telemetry import trace_metadata
-from agentgate.v1 import (
-    common_pb2,
-    events_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    queue_pb2,
-    queue_pb2_grpc,
-)
+from agentgate.v1 import common_pb2, persistence_pb2, queue_pb2, queue_pb2_grpc
+
+if TYPE_CHECKING:
+    from agentgate.v1 import events_pb2, persistence_pb2_grpc
 
 __all__ = ["AgentGateClient", "SubmitError", "WorkOrderStatus"]
 
 
 class AgentGateClient:
-    """Talks to the queue (work orders) and persistence (runs, events)."""
+    """Talks to the queue (work orders) and persistence (runs, events).
+
+    What only some calls need loads on their first use: the persistence stubs, the
+    trace context of Submit, the error details of a refusal. A CLI command that asks the
+    queue alone then starts faster (docs/benchmarks.md, "CLI start-up")."""
 
     def __init__(self, queue_address: str | None = None, persistence_address: str | None = None):
         self._queue_channel = sync_channel(service_address("queue", queue_address))
         self._persistence_channel = sync_channel(service_address("persistence", persistence_address))
         self.queue = queue_pb2_grpc.QueueServiceStub(self._queue_channel)
-        self.persistence = persistence_pb2_grpc.PersistenceServiceStub(self._persistence_channel)
+
+    @functools.cached_property
+    def persistence(self) -> persistence_pb2_grpc.PersistenceServiceStub:
+        """The persistence service's stub (runs, iterations, results, events)."""
+        from agentgate.v1 import persistence_pb2_grpc
+
+        return persistence_pb2_grpc.PersistenceServiceStub(self._persistence_channel)
 
     def close(self) -> None:
         """Closes the channels."""
@@ -53,8 +59,11 @@ class AgentGateClient:
 
     def submit(self, spec: common_pb2.WorkOrderSpec) -> tuple[common_pb2.WorkOrder, int]:
         """Submits a work order; returns it and its queue position. Raises SubmitError."""
+        from agentgate.common.errors import field_violations
+        from agentgate.common.telemetry import trace_metadata
+
         try:
-            # The work order's trace starts here (or continues the caller's): SPEC §12.
+            # The work order's trace starts here (or continues the caller's): docs/observability.md.
             response = self.queue.Submit(
                 queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
             )
