@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentgate.workspace.sandbox import LIMIT_DISK, LIMIT_PIDS, Limits
+from agentgate.workspace.sandbox import LIMIT_DISK, LIMIT_MEMORY, LIMIT_PIDS, Limits
 
 from .conftest import OTHER_RUN_SECRET, SECRET_KEY, Layout, SandboxFactory, pytestmark  # noqa: F401
 
@@ -268,3 +268,17 @@ async def test_nothing_of_the_services_is_visible(make_sandbox: SandboxFactory) 
     assert "nested" not in result.stdout
     assert "agentgate-sandbox" in result.stdout
     assert os.getpid() > 0 and signal.SIGTERM  # (the test process itself is untouched)
+
+
+HOG = "chunks = []\nfor _ in range(32):\n    chunks.append(bytearray(8 * 1024 * 1024))\nprint('allocated', len(chunks) * 8, 'MiB')"
+
+
+@BOTH
+async def test_memory_limit(mode: str, make_sandbox: SandboxFactory) -> None:
+    # 256 MiB against a 64 MiB limit: bounded, harmless without the limit.
+    result = await make_sandbox(mode, Limits(memory_mb=64)).run([PY, "-I", "-c", HOG], timeout=60)
+    if mode == "off":
+        assert "allocated 256 MiB" in result.stdout
+    else:
+        assert "allocated" not in result.stdout and result.exit_code != 0
+        assert LIMIT_MEMORY in result.limits_hit or "MemoryError" in result.stderr

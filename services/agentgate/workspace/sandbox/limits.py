@@ -99,8 +99,12 @@ class Cgroup:
                     counts = dict(line.split() for line in text.splitlines() if line.strip())
                     if int(counts.get("oom_kill", 0)) > 0 or int(counts.get("max", 0)) > 0:
                         hits.append(LIMIT_MEMORY)
-                elif int((self.memory_dir / "memory.failcnt").read_text()) > 0:
-                    hits.append(LIMIT_MEMORY)
+                else:
+                    # oom_control counts the OOM kills; failcnt stays 0 on recent kernels.
+                    words = (self.memory_dir / "memory.oom_control").read_text().split()
+                    counts = dict(zip(words[::2], words[1::2], strict=False))
+                    if int(counts.get("oom_kill", 0)) > 0:
+                        hits.append(LIMIT_MEMORY)
         return hits
 
     def remove(self) -> None:
