@@ -21,7 +21,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from agentgate.workspace.gate_plan import (
     Contracts,
     GatePlan,
     GatePlanError,
+    Policy,
     RequiredSchema,
     TestCommand,
     find_gate_plan_file,
@@ -48,6 +49,7 @@ from agentgate.workspace.gate_plan import (
 from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
 from agentgate.workspace.plan_detection import detect_gate_plan
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, run_process
+from agentgate.workspace.sandbox import Sandbox
 from agentgate.workspace.sanity import sanity_checks
 from agentgate.workspace.security_scan import Change, load_change, scan_change
 
@@ -298,9 +300,10 @@ class CommandSpec:
 
 
 async def run_command_check(
-    room: Path, spec: CommandSpec, kill_grace: float = DEFAULT_KILL_GRACE_SECONDS
+    room: Path, spec: CommandSpec, kill_grace: float = DEFAULT_KILL_GRACE_SECONDS, sandbox: Sandbox | None = None
 ) -> common_pb2.CheckResult:
-    """Runs one command via `sh -c` in the clean room; passed iff it exits as expected in time."""
+    """Runs one command via `sh -c` in the clean room (inside `sandbox` when given); passed
+    iff it exits as expected in time."""
     result = await run_process(
         ["/bin/sh", "-c", spec.command],
         cwd=room,
@@ -310,6 +313,7 @@ async def run_command_check(
         merge_stderr=True,
         capture_limit=CHECK_OUTPUT_BYTES,
         capture_keep="tail",
+        sandbox=sandbox,
     )
     output = result.stdout
     if result.timed_out:
@@ -411,6 +415,7 @@ class _GateRun:
     change: Change | None
     change_error: str = ""
     setup_done: bool = False
+    sandbox: Sandbox | None = None
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -472,7 +477,7 @@ class _GateRun:
                 continue
             if remaining is not None:
                 spec = CommandSpec(spec.name, spec.kind, spec.command, min(spec.timeout, remaining), spec.expected_exit)
-            checks.append(await run_command_check(self.room, spec, self.kill_grace))
+            checks.append(await run_command_check(self.room, spec, self.kill_grace, self.sandbox))
         return checks
 
     async def _blackbox(self, tests: list[BlackboxTest]) -> list[common_pb2.CheckResult]:
@@ -482,7 +487,7 @@ class _GateRun:
             if remaining is not None and remaining <= 0:
                 checks.append(_not_run(test.name, "blackbox", test.command, 0, MAX_RUNTIME_USED_UP))
                 continue
-            checks.append(await run_blackbox(self.room, test, remaining, self.kill_grace))
+            checks.append(await run_blackbox(self.room, test, remaining, self.kill_grace, self.sandbox))
         return checks
 
 
@@ -496,12 +501,14 @@ async def run_gate(
     kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
     repo: Path | None = None,
     base_commit: str = "",
+    sandbox: Callable[[Policy], Sandbox | None] | None = None,
 ) -> common_pb2.VerificationReport:
     """Runs the gate plan in the clean room `room`.
 
     `repo` and `base_commit` (the workspace's git repository and the run's first snapshot)
     let L0 scan the change `base_commit..snapshot_commit` (and L3 look for debugger
-    statements in its added lines); without them there is no scan.
+    statements in its added lines); without them there is no scan. `sandbox(policy)` makes
+    the sandbox every command check runs in, from the plan's policy (docs/sandbox.md).
     """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
@@ -530,6 +537,7 @@ async def run_gate(
                 change_error = str(exc)
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
         gate = _GateRun(room, plan, kill_grace, deadline, files, change, change_error)
+        gate.sandbox = sandbox(plan.policy) if sandbox is not None else None
         failed: str | None = None
         for level in LEVELS:
             state = levels[level]

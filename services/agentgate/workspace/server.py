@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,8 @@ from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_
 from agentgate.workspace.errors import WorkspaceServiceError
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
+from agentgate.workspace.sandbox import Refusal, Sandbox
+from agentgate.workspace.sandbox import service as sandbox_service
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,21 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             kind = events_pb2.OUTPUT_STREAM_STDERR if stream == STDERR else events_pb2.OUTPUT_STREAM_STDOUT
             queue.put_nowait(workspace_pb2.RunAgentResponse(output=events_pb2.AgentOutput(stream=kind, text=line)))
 
+        def on_refused(refusal: Refusal) -> None:
+            # Shown in the agent's output until refusals have an event of their own.
+            on_output(STDERR, f"[agentgate sandbox] refused {refusal.host}:{refusal.port}: {refusal.reason}")
+
+        async def sandbox() -> Sandbox | None:
+            return sandbox_service.agent_sandbox(
+                workspace=invocation.workspace,
+                agentgate_home=self.manager.home,
+                files_dir=invocation.files_dir,
+                prompt_dir=invocation.prompt_dir,
+                driver=request.agent.name,
+                on_refused=on_refused,
+            )
+
+        invocation = dataclasses.replace(invocation, sandbox=await self._serve(context, "RunAgent", sandbox))
         task = asyncio.create_task(driver.run(invocation, on_output))
         # Every output line is queued before the task finishes, so None comes last.
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -197,6 +215,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                     # The security scan looks at what the run changed since its first snapshot.
                     repo=record.path,
                     base_commit=record.base_commit,
+                    sandbox=lambda policy: sandbox_service.check_sandbox(
+                        room=room,
+                        agentgate_home=self.manager.home,
+                        network=policy.network,
+                        max_disk_mb=policy.max_disk_mb,
+                    ),
                 )
             finally:
                 await cleanroom.remove_clean_room(room)

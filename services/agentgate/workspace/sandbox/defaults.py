@@ -107,6 +107,21 @@ MODE_ON = "on"
 MODE_OFF = "off"
 MODES = (MODE_ON, MODE_OFF)
 
+#: The services' switch: AGENTGATE_SANDBOX=on|off (default below), and more read-only
+#: paths for every execution (os.pathsep-separated) until profiles can name them.
+SANDBOX_ENV_VAR = "AGENTGATE_SANDBOX"
+READ_ONLY_ENV_VAR = "AGENTGATE_SANDBOX_READ_ONLY"
+#: "off" until every driver's needs (login folders, hosts) are wired and the end-to-end
+#: suite passes inside the sandbox; then "on" (docs/sandbox.md, "What remains").
+SERVICE_DEFAULT_MODE = MODE_OFF
+
+#: Model API hosts each agent driver reaches through the proxy (profiles add more).
+DRIVER_API_HOSTS: dict[str, tuple[str, ...]] = {
+    "claude-code": ("api.anthropic.com", "statsig.anthropic.com"),
+    "codex": ("api.openai.com", "chatgpt.com", "auth.openai.com"),
+    "api": ("api.anthropic.com", "api.openai.com"),
+}
+
 #: Default limits of one execution. None = no limit.
 DEFAULT_MEMORY_MB: int | None = 4096
 DEFAULT_MAX_PROCESSES: int | None = 512

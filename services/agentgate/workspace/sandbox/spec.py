@@ -29,13 +29,16 @@ class SandboxSpec:
     - `network`: "none" (loopback only), "proxy" (egress through the allowlist proxy to
       `allowed_hosts` on `allowed_ports`; names or `*.domain` patterns) or "host".
     - `extra_read_only`: more paths to show read-only (from the profile), e.g. /work/x/.venv.
+    - `extra_writable`: the caller's own per-execution folders the command must write to
+      (the scripted agent's report), bound read-write like `writable_dir`.
     - `run_dir`: the run's own folder under $AGENTGATE_HOME, shown read-only; everything else
       of `agentgate_home` is hidden.
     - `services_home`: the home of the services' user: HOME inside is a private tmpfs at
       this path, with `home_toolchains` (relative to it) shown read-only.
     - `include_service_python`: show the prefix of the Python running the services (its venv
-      and base install), so checks calling the project's `.venv/bin/pytest` work and the
-      proxy forwarder can run.
+      and base install, and the source folders of an editable install of agentgate), so
+      checks calling the project's `.venv/bin/pytest` work, the scripted agent can run and
+      the proxy forwarder can start.
     """
 
     writable_dir: Path
@@ -43,6 +46,7 @@ class SandboxSpec:
     network: str = defaults.NETWORK_NONE
     limits: Limits = field(default_factory=Limits)
     extra_read_only: tuple[Path, ...] = ()
+    extra_writable: tuple[Path, ...] = ()
     run_dir: Path | None = None
     agentgate_home: Path | None = None
     services_home: Path = field(default_factory=Path.home)
@@ -62,6 +66,10 @@ def service_python_paths() -> list[Path]:
     """The folders of the Python running the services: its venv and its base install."""
     paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     paths.append(os.path.dirname(os.path.realpath(sys.executable)))
+    # An editable install imports agentgate from the source tree, not site-packages.
+    for name, module in list(sys.modules.items()):
+        if name.count(".") == 1 and name.startswith("agentgate.") and hasattr(module, "__path__"):
+            paths += [p for p in module.__path__ if os.path.isabs(p)]
     return [Path(p) for p in dict.fromkeys(os.path.realpath(p) for p in paths)]
 
 
@@ -131,6 +139,9 @@ def bwrap_args(
     if spec.run_dir is not None and spec.run_dir.exists():
         args += ["--ro-bind", str(spec.run_dir), str(spec.run_dir)]
     args += ["--bind", str(spec.writable_dir), str(spec.writable_dir)]
+    for path in spec.extra_writable:
+        if path.is_dir():
+            args += ["--bind", str(path), str(path)]
     if proxy_socket is not None:
         args += ["--ro-bind", str(proxy_socket), defaults.PROXY_SOCKET_IN_SANDBOX]
     # The root is bubblewrap's own tmpfs holding the mount points: read-only, so nothing
