@@ -269,7 +269,6 @@ async def run_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=prepared.preexec_fn if prepared is not None else None,
         )
     except BaseException:
         if prepared is not None:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import secrets
 import signal
 import time
@@ -237,37 +236,38 @@ def _write(path: Path, value: str) -> None:
             raise
 
 
-def make_preexec(cgroup: Cgroup | None, limits: Limits) -> Callable[[], None]:
-    """The function run in the child between fork and exec of bubblewrap.
+#: The launcher of bubblewrap: joins the cgroup, sets the rlimits, then execs. A shell
+#: rather than a preexec_fn: preexec_fn forces a plain fork() of the multi-threaded service
+#: (gRPC warns, and a lock held by another thread at fork time can hang the child), while a
+#: plain exec keeps subprocess's vfork path. Arguments: cgroup.procs files, "--", then
+#: "core fsize_blocks nproc vmem_kib" ("-" = leave as is), then the command.
+_LAUNCHER = r"""
+while [ "$1" != -- ]; do echo 0 > "$1" || { echo "sandbox: cannot join cgroup $1" >&2; exit 125; }; shift; done
+shift
+ulimit -c "$1" || exit 125
+[ "$2" = - ] || ulimit -f "$2" || exit 125
+[ "$3" = - ] || ulimit -u "$3" 2>/dev/null || ulimit -p "$3" || exit 125
+[ "$4" = - ] || ulimit -v "$4" || exit 125
+shift 4
+exec "$@"
+"""
 
-    It joins the cgroup (so every process the execution starts is counted from the very
-    first) and sets rlimits: RLIMIT_FSIZE (no single file larger than max_disk_mb),
-    RLIMIT_NPROC (effective only for a non-root services' user), RLIMIT_AS when there is no
-    memory cgroup, and no core dumps. Only async-signal-safe-enough calls: os.write, setrlimit.
+
+def launcher_argv(cgroup: Cgroup | None, limits: Limits) -> list[str]:
+    """The argv prefix that starts bubblewrap inside the cgroup with the rlimits set.
+
+    Joining the cgroup before exec means every process the execution starts is counted from
+    the very first. Rlimits: RLIMIT_FSIZE (no single file larger than max_disk_mb),
+    RLIMIT_NPROC (effective only for a non-root services' user: the kernel exempts root),
+    RLIMIT_AS when there is no memory cgroup, and no core dumps.
     """
     procs = cgroup.procs_files if cgroup is not None else []
-    rlimits: list[tuple[int, int]] = [(resource.RLIMIT_CORE, 0)]
-    if limits.max_disk_mb is not None:
-        rlimits.append((resource.RLIMIT_FSIZE, limits.max_disk_mb * 1024 * 1024))
-    if limits.max_processes is not None and os.geteuid() != 0:
-        rlimits.append((resource.RLIMIT_NPROC, limits.max_processes))
+    fsize = "-" if limits.max_disk_mb is None else str(limits.max_disk_mb * 2048)  # 512-byte blocks
+    nproc = "-" if limits.max_processes is None or os.geteuid() == 0 else str(limits.max_processes)
+    vmem = "-"
     if limits.memory_mb is not None and (cgroup is None or cgroup.memory_dir is None):
-        rlimits.append((resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024))
-
-    def preexec() -> None:
-        for path in procs:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        for which, value in rlimits:
-            _soft, hard = resource.getrlimit(which)
-            if hard != resource.RLIM_INFINITY and hard < value:
-                value = hard
-            resource.setrlimit(which, (value, value))
-
-    return preexec
+        vmem = str(limits.memory_mb * 1024)
+    return ["/bin/sh", "-c", _LAUNCHER, "sandbox-launcher", *procs, "--", "0", fsize, nproc, vmem]
 
 
 def tree_size(path: Path) -> int:

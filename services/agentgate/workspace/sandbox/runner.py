@@ -15,13 +15,13 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentgate.workspace.sandbox import defaults
-from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, make_preexec, tree_size, watch_disk
+from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, launcher_argv, tree_size, watch_disk
 from agentgate.workspace.sandbox.proxy import AllowlistProxy, RefusalCallback
 from agentgate.workspace.sandbox.spec import SandboxSpec, SandboxUnavailable, bwrap_args
 
@@ -92,12 +92,13 @@ def _descendants(pid: int) -> list[int]:
 
 @dataclass
 class Prepared:
-    """One execution, ready to spawn: `argv`, `env` and `preexec_fn` for the child, and the
-    hooks `started`, `signal` and `finish` that `run_process` calls around it."""
+    """One execution, ready to spawn: `argv` and `env` for the child, and the hooks
+    `started`, `signal` and `finish` that `run_process` calls around it. `sandboxed` is
+    False for the opt-out (the command runs as it is)."""
 
     argv: list[str]
     env: dict[str, str]
-    preexec_fn: Callable[[], None] | None = None
+    sandboxed: bool = False
     cgroup: Cgroup | None = None
     proxy: AllowlistProxy | None = None
     private_dir: Path | None = None
@@ -127,7 +128,7 @@ class Prepared:
         itself. Any other signal goes to the processes inside (bubblewrap itself would die
         at once and take the sandbox with it, leaving the command no grace); the /proc scan
         this takes is short and happens only on a timeout or a cancel."""
-        if sig == signal.SIGKILL or not self._sandboxed:
+        if sig == signal.SIGKILL or not self.sandboxed:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, sig)
             if self.cgroup is not None and sig == signal.SIGKILL:
@@ -136,10 +137,6 @@ class Prepared:
         for child in _descendants(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(child, sig)
-
-    @property
-    def _sandboxed(self) -> bool:
-        return self.preexec_fn is not None
 
     async def finish(self) -> list[str]:
         """After the execution: stops the watcher and the proxy, removes the cgroup (killing
@@ -231,8 +228,8 @@ class Sandbox:
                 prepared.watched_dir = spec.writable_dir
                 prepared.watched_start = await asyncio.to_thread(tree_size, spec.writable_dir)
                 prepared.allowed_growth = spec.limits.max_disk_mb * 1024 * 1024
-            prepared.preexec_fn = make_preexec(prepared.cgroup, spec.limits)
-            prepared.argv = [self.bwrap, *options, "--", *command]
+            prepared.argv = [*launcher_argv(prepared.cgroup, spec.limits), self.bwrap, *options, "--", *command]
+            prepared.sandboxed = True
         except BaseException:
             await prepared.finish()
             raise
