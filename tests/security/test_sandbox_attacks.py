@@ -282,3 +282,43 @@ async def test_memory_limit(mode: str, make_sandbox: SandboxFactory) -> None:
     else:
         assert "allocated" not in result.stdout and result.exit_code != 0
         assert LIMIT_MEMORY in result.limits_hit or "MemoryError" in result.stderr
+
+
+SERVICE = """
+import asyncio, sys
+from pathlib import Path
+from agentgate.workspace.sandbox import Sandbox, SandboxSpec
+writable, home, mode, script = sys.argv[1:5]
+spec = SandboxSpec(writable_dir=Path(writable), mode=mode, services_home=Path(home))
+asyncio.run(Sandbox(spec).run(["sh", "-c", script]))
+"""
+
+
+def _start_service(layout: Layout, mode: str, script: str) -> subprocess.Popen[bytes]:
+    """A stand-in for the workspace service, running one execution."""
+    args = [PY, "-c", SERVICE, str(layout.writable), str(layout.services_home), mode, script]
+    return subprocess.Popen(args)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
+
+
+@BOTH
+async def test_an_execution_does_not_outlive_a_crashed_service(mode: str, layout: Layout, make_sandbox: SandboxFactory) -> None:
+    stop = layout.outside / "stop"
+    log = layout.writable / "orphan.log"
+    service = _start_service(layout, mode, f"while [ ! -e {stop} ]; do echo x >> {log}; sleep 0.1; done")
+    try:
+        for _ in range(100):
+            if _size(log) > 0:
+                break
+            await asyncio.sleep(0.1)
+        assert _size(log) > 0
+        _kill(service)  # the service dies without cleaning up
+        await asyncio.sleep(0.3)
+        assert await _still_writing(log) == (mode == "off")
+    finally:
+        stop.touch()
+        _kill(service)

@@ -163,6 +163,7 @@ class CgroupFactory:
                         if self._enable_v2(base, wanted):
                             self._v2_parent = base
                             self.version = 2
+                            self.sweep()
                             return
             return
         for name in ("pids", "memory"):
@@ -176,6 +177,19 @@ class CgroupFactory:
                     self._v1[name] = base
         if self._v1:
             self.version = 1
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Removes cgroups left by services that died (named after their pid), killing any
+        process still in them: a crashed service cannot clean up after itself."""
+        bases = [self._v2_parent] if self._v2_parent is not None else list(self._v1.values())
+        for base in bases:
+            assert base is not None
+            with contextlib.suppress(OSError):
+                for entry in base.iterdir():
+                    owner = entry.name.partition("-")[0]
+                    if entry.is_dir() and owner.isdigit() and not _alive(int(owner)):
+                        Cgroup(self.version, None, None, [entry]).remove()
 
     @staticmethod
     def _enable_v2(parent: Path, wanted: set[str]) -> bool:
@@ -223,6 +237,16 @@ class CgroupFactory:
         except OSError as error:
             log.warning("cannot make a cgroup for a sandbox: %s", error)
         return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, value: str) -> None:
