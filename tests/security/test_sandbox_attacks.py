@@ -322,3 +322,13 @@ async def test_an_execution_does_not_outlive_a_crashed_service(mode: str, layout
     finally:
         stop.touch()
         _kill(service)
+
+
+@BOTH
+async def test_writing_a_host_sysctl(mode: str, make_sandbox: SandboxFactory) -> None:
+    # Writes kernel.panic's current value back: harmless, and proves the write is possible.
+    result = await make_sandbox(mode).run(sh("v=$(cat /proc/sys/kernel/panic); echo $v > /proc/sys/kernel/panic && echo wrote"))
+    if mode == "off":
+        assert "wrote" in result.stdout
+    else:
+        assert "wrote" not in result.stdout and "Read-only file system" in result.stderr

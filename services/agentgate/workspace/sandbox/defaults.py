@@ -38,6 +38,10 @@ HIDDEN_SYSTEM_PATHS: tuple[str, ...] = (
     "/etc/agentgate",
 )
 
+#: Parts of the sandbox's /proc made read-only (sysctls, the magic SysRq key, IRQ and bus
+#: settings): host-wide knobs that a uid 0 without capabilities could otherwise write.
+PROC_READ_ONLY: tuple[str, ...] = ("sys", "sysrq-trigger", "irq", "bus")
+
 #: Toolchain folders of the services' user's home, mounted read-only (those that exist), so
 #: a check calling `~/.pyenv/shims/pytest` or `~/.cargo/bin/cargo` keeps working. Not all of
 #: ~/.local: ~/.local/share holds keyrings and some tools' tokens; only its code folders.

@@ -108,7 +108,15 @@ def bwrap_args(
         elif path.is_dir():
             args += ["--ro-bind", raw, raw]
             visible.append(path)
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc"]
+    # bubblewrap means to cover these read-only but skips a folder that is not itself
+    # writable (/proc/sys is 0555), while the files inside are writable by uid 0: the
+    # sandbox's root is the host's root without capabilities, and sysctls such as
+    # kernel.panic check only the uid. Covered here, read-only, whatever bubblewrap does.
+    for name in defaults.PROC_READ_ONLY:
+        if os.path.exists(f"/proc/{name}"):
+            args += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    args += ["--dev", "/dev"]
     size = [] if spec.limits.max_disk_mb is None else ["--size", str(spec.limits.max_disk_mb * 1024 * 1024)]
     args += [*size, "--tmpfs", "/tmp", "--symlink", "/tmp", "/var/tmp"]
     home = spec.services_home
