@@ -256,6 +256,11 @@ def test_missing_bubblewrap_says_how_to_install(layout: Layout, make_sandbox: Sa
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
         make_sandbox("on")
     assert not make_sandbox("off").enabled  # the explicit opt-out needs nothing
+    old = layout.outside / "bwrap"
+    old.write_text("#!/bin/sh\necho bubblewrap 0.4.1\n")
+    old.chmod(0o755)
+    with pytest.raises(SandboxUnavailable, match="0.8.0 or later.*found 0.4.1"):
+        make_sandbox("on")
 
 
 async def test_nothing_of_the_services_is_visible(make_sandbox: SandboxFactory) -> None:

@@ -148,5 +148,9 @@ DISK_POLL_SECONDS = 0.5
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PREFIX = "agentgate-sandbox"
 
+#: The oldest bubblewrap with every option used here (--disable-userns, --size: 0.8.0,
+#: Debian 12).
+MIN_BWRAP_VERSION: tuple[int, ...] = (0, 8, 0)
+
 #: bubblewrap's install hint, shown when it is missing.
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`) or opt out with `sandbox: off`"

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,29 @@ def find_bwrap() -> str:
         raise SandboxUnavailable(
             f"the sandbox needs bubblewrap (`bwrap`), which is not installed: {defaults.INSTALL_HINT}"
         )
+    version = _bwrap_version(path)
+    if version < defaults.MIN_BWRAP_VERSION:
+        wanted = ".".join(map(str, defaults.MIN_BWRAP_VERSION))
+        found = ".".join(map(str, version)) or "unknown"
+        raise SandboxUnavailable(
+            f"the sandbox needs bubblewrap {wanted} or later (for --disable-userns and --size), found {found} "
+            f"at {path}: {defaults.INSTALL_HINT}"
+        )
     return path
+
+
+@functools.cache
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    # Once per process and path (a few ms): the version cannot change under a running service.
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    digits = out.split()[-1] if out.split() else ""
+    try:
+        return tuple(int(part) for part in digits.split("."))
+    except ValueError:
+        return ()
 
 
 @functools.cache

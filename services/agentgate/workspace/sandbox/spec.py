@@ -120,7 +120,10 @@ def bwrap_args(
     size = [] if spec.limits.max_disk_mb is None else ["--size", str(spec.limits.max_disk_mb * 1024 * 1024)]
     args += [*size, "--tmpfs", "/tmp", "--symlink", "/tmp", "/var/tmp"]
     home = spec.services_home
-    args += [*size, "--tmpfs", str(home)]
+    # A home at / or inside a system folder (HOME=/ for some service managers) would cover
+    # the system with an empty tmpfs: then HOME stays what the system shows, read-only.
+    if home != Path("/") and not _under(home, visible):
+        args += [*size, "--tmpfs", str(home)]
     for rel in spec.home_toolchains:
         path = home / rel
         if path.exists():
