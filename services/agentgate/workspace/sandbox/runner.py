@@ -171,10 +171,16 @@ class Prepared:
         if self.proxy is not None:
             await self.proxy.close()
         if self.cgroup is not None:
-            for hit in self.cgroup.hit():
+            cgroup = self.cgroup
+
+            def read_and_remove() -> list[str]:
+                hits = cgroup.hit()
+                cgroup.remove()
+                return hits
+
+            for hit in await asyncio.to_thread(read_and_remove):
                 if hit not in self.limits_hit:
                     self.limits_hit.append(hit)
-            await asyncio.to_thread(self.cgroup.remove)
         if self.private_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self.private_dir, True)
         return list(self.limits_hit)
@@ -224,15 +230,34 @@ class Sandbox:
         child_env["HOME"] = str(spec.services_home)
         child_env["TMPDIR"] = defaults.SANDBOX_TMPDIR
         prepared = Prepared([], child_env)
-        try:
-            command = list(argv)
+        proxied = spec.network == defaults.NETWORK_PROXY
+
+        def setup() -> list[str]:
+            # Every blocking step in one hop to a thread (each hop costs a loop wake-up).
             socket_path: Path | None = None
-            if spec.network == defaults.NETWORK_PROXY:
+            if proxied:
                 # A private 0700 folder for the socket: no other local user can use our proxy.
                 prepared.private_dir = Path(tempfile.mkdtemp(prefix="agsb-"))
                 socket_path = prepared.private_dir / "proxy.sock"
+            passwd, group = _identity_files()
+            options = bwrap_args(spec, cwd=Path(cwd), passwd_file=passwd, group_file=group, proxy_socket=socket_path)
+            prepared.cgroup = _cgroups(self._cgroup_root).create(spec.limits)
+            if spec.limits.max_disk_mb is not None:
+                prepared.watched_dir = spec.writable_dir
+                prepared.watched_start = tree_size(spec.writable_dir)
+                prepared.allowed_growth = spec.limits.max_disk_mb * 1024 * 1024
+            return options
+
+        try:
+            options = await asyncio.to_thread(setup)
+            command = list(argv)
+            if proxied:
+                assert prepared.private_dir is not None
                 prepared.proxy = AllowlistProxy(
-                    socket_path, spec.allowed_hosts, allowed_ports=spec.allowed_ports, on_refused=self.on_refused
+                    prepared.private_dir / "proxy.sock",
+                    spec.allowed_hosts,
+                    allowed_ports=spec.allowed_ports,
+                    on_refused=self.on_refused,
                 )
                 await prepared.proxy.start()
                 url = f"http://127.0.0.1:{defaults.PROXY_PORT_IN_SANDBOX}"
@@ -243,14 +268,6 @@ class Sandbox:
                     _PYTHON, "-I", "-S", "-c", _FORWARDER_SOURCE,
                     str(defaults.PROXY_PORT_IN_SANDBOX), defaults.PROXY_SOCKET_IN_SANDBOX, "--", *command,
                 ]
-            passwd, group = _identity_files()
-            options = bwrap_args(spec, cwd=Path(cwd), passwd_file=passwd, group_file=group, proxy_socket=socket_path)
-            factory = await asyncio.to_thread(_cgroups, self._cgroup_root)
-            prepared.cgroup = await asyncio.to_thread(factory.create, spec.limits)
-            if spec.limits.max_disk_mb is not None:
-                prepared.watched_dir = spec.writable_dir
-                prepared.watched_start = await asyncio.to_thread(tree_size, spec.writable_dir)
-                prepared.allowed_growth = spec.limits.max_disk_mb * 1024 * 1024
             prepared.argv = [*launcher_argv(prepared.cgroup, spec.limits), self.bwrap, *options, "--", *command]
             prepared.sandboxed = True
         except BaseException:
