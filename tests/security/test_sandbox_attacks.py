@@ -337,3 +337,20 @@ async def test_writing_a_host_sysctl(mode: str, make_sandbox: SandboxFactory) ->
         assert "wrote" in result.stdout
     else:
         assert "wrote" not in result.stdout and "Read-only file system" in result.stderr
+
+
+async def test_toolchains_checks_call_keep_working(layout: Layout, make_sandbox: SandboxFactory) -> None:
+    # The services' venv (this repository's .venv/bin/pytest) is shown by default ...
+    pytest_bin = Path(sys.prefix) / "bin" / "pytest"
+    result = await make_sandbox("on").run([str(pytest_bin), "--version"])
+    assert result.exit_code == 0, result.stderr
+    # ... and a profile's extra read-only path, here a venv elsewhere, when named.
+    tool = layout.outside / "venv" / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho extra-ok\n")
+    tool.chmod(0o755)
+    hidden = await make_sandbox("on").run([str(tool)])
+    shown = await make_sandbox("on", extra_read_only=(layout.outside / "venv",)).run([str(tool)])
+    assert hidden.exit_code != 0 and "extra-ok" in shown.stdout
+    denied = await make_sandbox("on", extra_read_only=(layout.outside / "venv",)).run(sh(f"echo x > {tool}"))
+    assert denied.exit_code != 0 and "Read-only" in denied.stderr
