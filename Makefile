@@ -8,7 +8,7 @@ BUF := tools/node_modules/.bin/buf
 NODE_CLIENT := clients/node/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast protos check-protos lint buf venv bench clean
+.PHONY: demo test test-fast protos check-protos lint buf venv bench clean sandbox-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,18 @@ $(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
 
 venv: $(STAMP)
 
+## bubblewrap, the sandbox of agents and checks (docs/sandbox.md): installed when missing
+## (CI runs as root on a fresh Debian machine, whose package lists may be empty).
+sandbox-deps:
+	@command -v bwrap >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; \
+		else echo "bubblewrap (bwrap) is missing: install it with 'sudo apt-get install bubblewrap'" >&2; exit 1; fi; }
+
 buf: $(BUF)
 
 ## Run the demo: a buggy project fixed by a scripted agent in 2 iterations.
-demo: $(STAMP)
+demo: $(STAMP) sandbox-deps
 	$(VENV)/bin/agentgate demo
 
 ## Regenerate the Python stubs from protos/.
@@ -48,20 +56,20 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 
 ## The whole suite (unit, integration, end-to-end) with coverage of the service processes.
-test: $(STAMP) $(BUF) $(NODE_CLIENT) check-protos lint
+test: $(STAMP) $(BUF) $(NODE_CLIENT) sandbox-deps check-protos lint
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/tools/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
 
 ## Unit and integration tests only (no end-to-end).
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-deps
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
 ## flags (--quick, --profile DIR); each run also appends its figures as JSON to BENCH_JSON.
-BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli
+BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox
 BENCH_JSON ?= $(VENV)/bench-results.jsonl
 .PHONY: bench
-bench: $(STAMP)
+bench: $(STAMP) sandbox-deps
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@set -e; for name in $(BENCH_SCRIPTS); do \
 		$(PY) bench/bench_$$name.py --json $(BENCH_JSON) $(BENCH_ARGS); \

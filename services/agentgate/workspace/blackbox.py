@@ -20,6 +20,7 @@ from agentgate.v1 import common_pb2
 from agentgate.workspace.gate_plan import Assertion, BlackboxTest
 from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult, run_process
+from agentgate.workspace.sandbox import Sandbox
 from agentgate.workspace.static_checks import StaticCheckError, ask_child
 
 CHECK_KIND = "blackbox"
@@ -159,8 +160,10 @@ async def run_blackbox(
     test: BlackboxTest,
     timeout: float | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
+    sandbox: Sandbox | None = None,
 ) -> common_pb2.CheckResult:
-    """Runs one blackbox test in `room`; `timeout` (if given) caps the test's own timeout."""
+    """Runs one blackbox test in `room` (inside `sandbox` when given); `timeout` (if given)
+    caps the test's own timeout."""
     limit = test.timeout if timeout is None else min(test.timeout, timeout)
     expected_exit = next((a.params["expected"] for a in test.assertions if a.type == "exit_code"), 0)
     check = common_pb2.CheckResult(name=test.name, kind=CHECK_KIND, command=test.command, expected_exit=expected_exit)
@@ -181,6 +184,7 @@ async def run_blackbox(
         timeout=limit,
         kill_grace=kill_grace,
         capture_limit=OUTPUT_BYTES,
+        sandbox=sandbox,
     )
     left = None if timeout is None else timeout - result.duration_seconds
     outcomes = await _outcomes(room, test, result, left, kill_grace)

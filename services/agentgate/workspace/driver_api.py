@@ -16,6 +16,7 @@ from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.drivers import ENV_NAME, ENV_PREFIX
 from agentgate.v1 import common_pb2
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult
+from agentgate.workspace.sandbox import Sandbox
 
 #: Called with ("stdout" | "stderr", line) for each line of output while the agent runs.
 OutputCallback = Callable[[str, str], "Awaitable[None] | None"]
@@ -43,6 +44,8 @@ class AgentInvocation:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     #: Session of the previous iteration, for drivers that can resume one ('' = new session).
     resume_session_id: str = ""
+    #: Where the agent's process runs (docs/sandbox.md); None = unconfined (`sandbox: off`).
+    sandbox: Sandbox | None = None
 
     def base_env(self) -> dict[str, str]:
         """Variables every agent gets, describing the run (no secrets)."""

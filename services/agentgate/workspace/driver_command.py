@@ -67,5 +67,6 @@ class CommandDriver:
             on_output=on_output,
             timeout=invocation.timeout_seconds,
             kill_grace=invocation.kill_grace_seconds,
+            sandbox=invocation.sandbox,
         )
         return result_from_process(invocation, self.name, process)

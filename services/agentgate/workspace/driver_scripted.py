@@ -65,6 +65,7 @@ class ScriptedDriver:
             on_output=on_output,
             timeout=invocation.timeout_seconds,
             kill_grace=invocation.kill_grace_seconds,
+            sandbox=invocation.sandbox,
         )
         result = result_from_process(invocation, self.name, process)
         report = await asyncio.to_thread(_read_report, report_file)

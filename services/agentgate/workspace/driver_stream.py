@@ -179,6 +179,7 @@ async def run_stream_cli(
         on_output=forward,
         timeout=invocation.timeout_seconds,
         kill_grace=invocation.kill_grace_seconds,
+        sandbox=invocation.sandbox,
     )
     reader.flush()
     result = result_from_process(invocation, driver, process)

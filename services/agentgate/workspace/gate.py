@@ -23,7 +23,7 @@ import fnmatch
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +41,12 @@ from agentgate.workspace.gate_plan import (
     Contracts,
     GatePlan,
     GatePlanError,
+    Policy,
     TestCommand,
     parse_gate_plan,
 )
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, run_process
+from agentgate.workspace.sandbox import Sandbox
 from agentgate.workspace.sanity import sanity_checks
 from agentgate.workspace.security_scan import Change, load_change, scan_change
 from agentgate.workspace.static_checks import bounded_schema_problems
@@ -252,9 +254,10 @@ class CommandSpec:
 
 
 async def run_command_check(
-    room: Path, spec: CommandSpec, kill_grace: float = DEFAULT_KILL_GRACE_SECONDS
+    room: Path, spec: CommandSpec, kill_grace: float = DEFAULT_KILL_GRACE_SECONDS, sandbox: Sandbox | None = None
 ) -> common_pb2.CheckResult:
-    """Runs one command via `sh -c` in the clean room; passed iff it exits as expected in time."""
+    """Runs one command via `sh -c` in the clean room (inside `sandbox` when given); passed
+    iff it exits as expected in time."""
     result = await run_process(
         ["/bin/sh", "-c", spec.command],
         cwd=room,
@@ -264,6 +267,7 @@ async def run_command_check(
         merge_stderr=True,
         capture_limit=CHECK_OUTPUT_BYTES,
         capture_keep="tail",
+        sandbox=sandbox,
     )
     output = result.stdout
     if result.timed_out:
@@ -370,6 +374,7 @@ class _GateRun:
     #: L0 is in skip_levels: it runs only when `guard` has checks, and only those.
     skip_l0: bool = False
     setup_done: bool = False
+    sandbox: Sandbox | None = None
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -433,7 +438,7 @@ class _GateRun:
                 continue
             if remaining is not None:
                 spec = CommandSpec(spec.name, spec.kind, spec.command, min(spec.timeout, remaining), spec.expected_exit)
-            checks.append(await run_command_check(self.room, spec, self.kill_grace))
+            checks.append(await run_command_check(self.room, spec, self.kill_grace, self.sandbox))
         return checks
 
     async def _blackbox(self, tests: list[BlackboxTest]) -> list[common_pb2.CheckResult]:
@@ -443,7 +448,7 @@ class _GateRun:
             if remaining is not None and remaining <= 0:
                 checks.append(_not_run(test.name, "blackbox", test.command, 0, MAX_RUNTIME_USED_UP))
                 continue
-            checks.append(await run_blackbox(self.room, test, remaining, self.kill_grace))
+            checks.append(await run_blackbox(self.room, test, remaining, self.kill_grace, self.sandbox))
         return checks
 
 
@@ -457,6 +462,7 @@ async def run_gate(
     kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
     repo: Path | None = None,
     base_commit: str = "",
+    sandbox: Callable[[Policy], Sandbox | None] | None = None,
 ) -> common_pb2.VerificationReport:
     """Runs the gate plan in the clean room `room`.
 
@@ -465,6 +471,8 @@ async def run_gate(
     `base_commit..snapshot_commit` for protected paths and secrets (and L3 look for
     debugger statements in its added lines); without them only an inline plan is used and
     the change is not checked.
+    `sandbox(policy)` makes the sandbox every command check runs in, from the plan's policy
+    (docs/sandbox.md).
     """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
@@ -502,6 +510,7 @@ async def run_gate(
         gate = _GateRun(
             room, plan, kill_grace, deadline, files, change, change_error, guard=guard, skip_l0="L0" in skip
         )
+        gate.sandbox = sandbox(plan.policy) if sandbox is not None else None
         failed: str | None = None
         for level in LEVELS:
             state = levels[level]

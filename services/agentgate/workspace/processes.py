@@ -16,6 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentgate.workspace.sandbox import Sandbox
 
 STDOUT = "stdout"
 STDERR = "stderr"
@@ -53,6 +57,8 @@ class ProcessResult:
     stderr_bytes: int = 0
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    #: Sandbox limits the child ran into ("processes", "memory", "disk"; see docs/sandbox.md).
+    limits_hit: tuple[str, ...] = ()
 
 
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -230,6 +236,7 @@ async def run_process(
     merge_stderr: bool = False,
     capture_limit: int = DEFAULT_CAPTURE_BYTES,
     capture_keep: str = "head",
+    sandbox: Sandbox | None = None,
 ) -> ProcessResult:
     """Runs `argv` in `cwd` as the leader of a new process group and waits for it.
 
@@ -240,21 +247,42 @@ async def run_process(
     - `timeout`: seconds; then SIGTERM to the whole group, SIGKILL after `kill_grace`.
     - `merge_stderr`: stderr goes into stdout (exact interleaving; `stderr` is then "").
     - `capture_limit` / `capture_keep`: how much of each stream the result keeps.
+    - `sandbox`: run `argv` inside it (bubblewrap, see docs/sandbox.md); every process of
+      the execution ends with it, and `limits_hit` says which of its limits were reached.
 
     When the leader exits, anything it left running in its group is killed: leftovers
     would hold the pipes open and outlive the run. If the awaiting task is cancelled, the
     group is killed before the cancellation propagates.
     """
     started = time.monotonic()
-    process, exited = await _spawn(
-        argv,
-        cwd=str(cwd),
-        env=scrubbed_env(env),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    child_env = scrubbed_env(env)
+    prepared = None
+    if sandbox is not None:
+        prepared = await sandbox.prepare(argv, cwd=cwd, env=child_env)
+        argv, child_env = prepared.argv, prepared.env
+    try:
+        process, exited = await _spawn(
+            argv,
+            cwd=str(cwd),
+            env=child_env,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except BaseException:
+        if prepared is not None:
+            await prepared.finish()
+        raise
+
+    def signal_child(sig: int) -> None:
+        if prepared is not None:
+            prepared.signal(process.pid, sig)
+        else:
+            _signal_group(process.pid, sig)
+
+    if prepared is not None:
+        prepared.started(process.pid)
     out_capture = OutputCapture(capture_limit, capture_keep)
     err_capture = OutputCapture(capture_limit, capture_keep)
     helpers: list[asyncio.Task[None]] = []
@@ -270,11 +298,11 @@ async def run_process(
     try:
         if not await _wait_for_exit(process, timeout, exited):
             timed_out = True
-            _signal_group(process.pid, signal.SIGTERM)
+            signal_child(signal.SIGTERM)
             if not await _wait_for_exit(process, kill_grace, exited):
-                _signal_group(process.pid, signal.SIGKILL)
+                signal_child(signal.SIGKILL)
                 await _wait_for_exit(process, None, exited)
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_child(signal.SIGKILL)
         # The pipes reach EOF once every writer is gone; a process that escaped the group
         # could keep them open forever, so the wait is bounded.
         _, still_reading = await asyncio.wait(helpers, timeout=_DRAIN_SECONDS)
@@ -285,13 +313,14 @@ async def run_process(
                 raise task.exception()  # type: ignore[misc]
     except BaseException:
         # Cancellation (or any failure) must not leave the agent running.
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_child(signal.SIGKILL)
         for task in helpers:
             task.cancel()
         raise
     finally:
         if feeder is not None and not feeder.done():
             feeder.cancel()
+        limits_hit = await prepared.finish() if prepared is not None else []
 
     assert process.returncode is not None
     return ProcessResult(
@@ -304,4 +333,5 @@ async def run_process(
         stderr_bytes=err_capture.total,
         stdout_truncated=out_capture.total > out_capture.limit,
         stderr_truncated=err_capture.total > err_capture.limit,
+        limits_hit=tuple(limits_hit),
     )

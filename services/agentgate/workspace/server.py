@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
 from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
+from agentgate.workspace.sandbox import Refusal
+from agentgate.workspace.sandbox import service as sandbox_service
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,19 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             kind = events_pb2.OUTPUT_STREAM_STDERR if stream == STDERR else events_pb2.OUTPUT_STREAM_STDOUT
             queue.put_nowait(workspace_pb2.RunAgentResponse(output=events_pb2.AgentOutput(stream=kind, text=line)))
 
+        def on_refused(refusal: Refusal) -> None:
+            # Shown in the agent's output until refusals have an event of their own.
+            on_output(STDERR, f"[agentgate sandbox] refused {refusal.host}:{refusal.port}: {refusal.reason}")
+
+        sandbox = sandbox_service.agent_sandbox(
+            workspace=invocation.workspace,
+            agentgate_home=self.manager.home,
+            files_dir=invocation.files_dir,
+            prompt_dir=invocation.prompt_dir,
+            driver=request.agent.name,
+            on_refused=on_refused,
+        )
+        invocation = dataclasses.replace(invocation, sandbox=sandbox)
         task = asyncio.create_task(driver.run(invocation, on_output))
         # Every output line is queued before the task finishes, so None comes last.
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -171,6 +187,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 # The security scan looks at what the run changed since its first snapshot.
                 repo=record.git_dir,
                 base_commit=record.base_commit,
+                sandbox=lambda policy: sandbox_service.check_sandbox(
+                    room=room,
+                    agentgate_home=self.manager.home,
+                    network=policy.network,
+                    max_disk_mb=policy.max_disk_mb,
+                ),
             )
         finally:
             await cleanroom.remove_clean_room(room)
