@@ -16,7 +16,7 @@ import pytest
 from agentgate.common.errors import field_violations
 from agentgate.orchestrator import build_errors
 from agentgate.v1 import common_pb2, workspace_pb2
-from agentgate.workspace.driver_stream import TOOL_OUTPUT_CHARS
+from agentgate.workspace.drivers.stream import TOOL_OUTPUT_CHARS
 from agentgate.workspace.processes import MAX_LINE_CHARS
 
 from ..agent_standin import install_standin, invocations, stream

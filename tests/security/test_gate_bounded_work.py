@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.gate_plan import MAX_REGEX_CHARS
+from agentgate.workspace.gate.plan import MAX_REGEX_CHARS
 from tests.integration.inprocess_suite import InProcessSuite
 from tests.integration.workspace_client import WorkspaceClient, failed_checks, git, workspace_service, write_files
 
@@ -75,8 +75,8 @@ def test_the_unbounded_checks_would_run_on() -> None:
     # in a thread, re is what it used for a plan's regex.
     schema_bomb = (
         "import pathlib, tempfile\n"
-        "from agentgate.workspace.static_checks import schema_problems\n"
-        "from agentgate.workspace.gate_plan import RequiredSchema, SchemaRule\n"
+        "from agentgate.workspace.gate.static_checks import schema_problems\n"
+        "from agentgate.workspace.gate.plan import RequiredSchema, SchemaRule\n"
         "room = pathlib.Path(tempfile.mkdtemp())\n"
         f"(room / 'schema.yaml').write_text({bomb(7)!r})\n"
         "(room / 'data.json').write_text('{\"v\": 5}')\n"
@@ -165,7 +165,7 @@ def _static_check_children() -> list[int]:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == os.getpid() and b"agentgate.workspace.static_checks" in cmdline:
+        if ppid == os.getpid() and b"agentgate.workspace.gate.static_checks" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -208,12 +208,12 @@ async def test_schema_child_does_not_import_the_agents_code(client: WorkspaceCli
         "data.json": "{}",
         "agentgate/__init__.py": "",
         "agentgate/workspace/__init__.py": "",
-        "agentgate/workspace/static_checks.py": hijack,
+        "agentgate/workspace/gate/static_checks.py": hijack,
     }
     root = repo(tmp_path / "p", files)
     # The control: started the obvious way, in the room, Python imports the room's module.
     control = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentgate.workspace.static_checks", cwd=root, stdin=asyncio.subprocess.DEVNULL
+        sys.executable, "-m", "agentgate.workspace.gate.static_checks", cwd=root, stdin=asyncio.subprocess.DEVNULL
     )
     await control.wait()
     assert marker.read_text() == "ran"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agentgate.workspace.base_plan import path_matches, protected_changes
-from agentgate.workspace.gate_plan import MAX_PLAN_VALUES, GatePlanError, parse_gate_plan
-from agentgate.workspace.plan_detection import detection_inputs
+from agentgate.workspace.gate.base_plan import path_matches, protected_changes
+from agentgate.workspace.gate.detection import detection_inputs
+from agentgate.workspace.gate.plan import MAX_PLAN_VALUES, GatePlanError, parse_gate_plan
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from agentgate.harness.drivers import validate_agent
 from agentgate.harness.scripted_script import ScriptError, parse_script
 from agentgate.v1 import common_pb2
-from agentgate.workspace.agent_drivers import driver_names, get_driver
+from agentgate.workspace.drivers.registry import driver_names, get_driver
 
 GOOD_SCRIPT = textwrap.dedent(
     """\

@@ -8,8 +8,8 @@ import textwrap
 from pathlib import Path
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.gate import contract_checks, glob_match, run_gate
-from agentgate.workspace.gate_plan import parse_gate_plan
+from agentgate.workspace.gate.plan import parse_gate_plan
+from agentgate.workspace.gate.runner import contract_checks, glob_match, run_gate
 
 
 def settings(plan: str = "", skip: tuple[str, ...] = ()) -> common_pb2.VerificationSettings:

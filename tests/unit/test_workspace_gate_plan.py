@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentgate.workspace.gate_plan import (
+from agentgate.workspace.gate.plan import (
     GatePlanError,
     find_gate_plan_file,
     gate_plan_summary,

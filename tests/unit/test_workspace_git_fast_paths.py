@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace import cleanroom
 from agentgate.workspace import git as gitops
+from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.workspaces import WorkspaceManager
 
 

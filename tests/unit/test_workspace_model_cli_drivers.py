@@ -10,9 +10,9 @@ import pytest
 
 from agentgate.harness.drivers import DRIVERS, agent_unavailable, validate_agent
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_claude_code import ClaudeStreamParser, claude_argv
-from agentgate.workspace.driver_codex import CodexStreamParser, codex_argv
-from agentgate.workspace.driver_stream import StreamReader
+from agentgate.workspace.drivers.claude_code import ClaudeStreamParser, claude_argv
+from agentgate.workspace.drivers.codex import CodexStreamParser, codex_argv
+from agentgate.workspace.drivers.stream import StreamReader
 from agentgate.workspace.processes import MAX_LINE_CHARS
 
 from ..agent_standin import stream

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agentgate.workspace.driver_api import AgentInvocation, result_from_process
+from agentgate.workspace.drivers.api import AgentInvocation, result_from_process
 from agentgate.workspace.processes import run_process
 
 

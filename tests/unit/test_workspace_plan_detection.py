@@ -6,7 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from agentgate.workspace.plan_detection import classify_step, detect_gate_plan
+from agentgate.workspace.gate.detection import classify_step, detect_gate_plan
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agentgate.workspace.blackbox import evaluate, run_blackbox
-from agentgate.workspace.gate_plan import Assertion, BlackboxTest, Sanity
+from agentgate.workspace.gate.blackbox import evaluate, run_blackbox
+from agentgate.workspace.gate.plan import Assertion, BlackboxTest, Sanity
+from agentgate.workspace.gate.sanity import debug_statement, is_debug_file, sanity_checks
 from agentgate.workspace.processes import ProcessResult
-from agentgate.workspace.sanity import debug_statement, is_debug_file, sanity_checks
 
 
 def test_max_file_mb_lists_the_big_files_biggest_first() -> None:

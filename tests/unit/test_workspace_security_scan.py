@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentgate.workspace.gate_plan import AllowEntry, Security
-from agentgate.workspace.security_scan import (
+from agentgate.workspace.gate.plan import AllowEntry, Security
+from agentgate.workspace.gate.security_scan import (
     Change,
     added_lines,
     forbidden_file_findings,
@@ -60,7 +60,7 @@ def test_each_rule_finds_its_secret(line: str, rule: str, secret: str) -> None:
         "def test_something_with_a_very_long_descriptive_name():",
         "commit = '4b825dc642cb6eb9a060e54bf8d69288fbee4904'",  # a hash, no secret word near it
         "import os; KEY = os.environ['AWS_SECRET_ACCESS_KEY']",
-        "path = 'src/agentgate/workspace/security_scan.py'",
+        "path = 'src/agentgate/workspace/gate/security_scan.py'",
     ],
 )
 def test_ordinary_lines_are_not_findings(line: str) -> None:

@@ -24,8 +24,10 @@ from agentgate.common.errors import FieldViolation, InvalidArgument
 from agentgate.harness.drivers import validate_agent
 from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
-from agentgate.workspace import cleanroom, gate, inventory, leases, snapshots
-from agentgate.workspace.agent_drivers import AgentInvocation, get_driver, list_driver_infos
+from agentgate.workspace import inventory, leases, snapshots
+from agentgate.workspace.drivers.registry import AgentInvocation, get_driver, list_driver_infos
+from agentgate.workspace.gate import cleanroom
+from agentgate.workspace.gate import runner as gate
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
 from agentgate.workspace.sandbox import Refusal

@@ -41,7 +41,7 @@ from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
 from agentgate.workspace import sources
-from agentgate.workspace.gate_plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
+from agentgate.workspace.gate.plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def summarize_gate_plan(root: Path, inline_yaml: str) -> str:
         found = find_gate_plan_file(root)
         if found is None:
             # The gate detects a plan from the project's CI or tooling; tell the agent which.
-            from agentgate.workspace.plan_detection import detect_gate_plan
+            from agentgate.workspace.gate.detection import detect_gate_plan
 
             detected = detect_gate_plan(root)
             return NO_GATE_PLAN if detected is None else gate_plan_summary(detected.plan, detected.describe())

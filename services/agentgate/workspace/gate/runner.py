@@ -32,9 +32,9 @@ from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.verification import gate_plan_source_problem, uses_inline_plan
 from agentgate.v1 import common_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.base_plan import committed_plan_file, detect_at_commit, protected_changes
-from agentgate.workspace.blackbox import run_blackbox
-from agentgate.workspace.gate_plan import (
+from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit, protected_changes
+from agentgate.workspace.gate.blackbox import run_blackbox
+from agentgate.workspace.gate.plan import (
     LEVEL_NAMES,
     LEVELS,
     BlackboxTest,
@@ -45,11 +45,11 @@ from agentgate.workspace.gate_plan import (
     TestCommand,
     parse_gate_plan,
 )
+from agentgate.workspace.gate.sanity import sanity_checks
+from agentgate.workspace.gate.security_scan import Change, load_change, scan_change
+from agentgate.workspace.gate.static_checks import bounded_schema_problems
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, run_process
 from agentgate.workspace.sandbox import Sandbox
-from agentgate.workspace.sanity import sanity_checks
-from agentgate.workspace.security_scan import Change, load_change, scan_change
-from agentgate.workspace.static_checks import bounded_schema_problems
 
 #: Output kept per check: its tail, where the failure usually is.
 CHECK_OUTPUT_BYTES = 64 * 1024

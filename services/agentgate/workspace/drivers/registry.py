@@ -10,11 +10,11 @@ from __future__ import annotations
 from agentgate.harness.drivers import DRIVERS as SCHEMAS
 from agentgate.harness.drivers import driver_availability
 from agentgate.v1 import workspace_pb2
-from agentgate.workspace.driver_api import AgentDriver, AgentInvocation, OutputCallback
-from agentgate.workspace.driver_claude_code import ClaudeCodeDriver
-from agentgate.workspace.driver_codex import CodexDriver
-from agentgate.workspace.driver_command import CommandDriver
-from agentgate.workspace.driver_scripted import ScriptedDriver
+from agentgate.workspace.drivers.api import AgentDriver, AgentInvocation, OutputCallback
+from agentgate.workspace.drivers.claude_code import ClaudeCodeDriver
+from agentgate.workspace.drivers.codex import CodexDriver
+from agentgate.workspace.drivers.command import CommandDriver
+from agentgate.workspace.drivers.scripted import ScriptedDriver
 
 __all__ = [
     "DRIVERS",

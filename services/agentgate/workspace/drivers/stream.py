@@ -23,7 +23,7 @@ from google.protobuf import struct_pb2
 
 from agentgate.harness.drivers import BOOLEAN_VALUES
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, result_from_process
+from agentgate.workspace.drivers.api import AgentInvocation, OutputCallback, result_from_process
 from agentgate.workspace.processes import MAX_LINE_CHARS, STDOUT, run_process
 
 #: Characters of a tool's input or output shown in a streamed output line.

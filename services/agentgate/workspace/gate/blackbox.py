@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.gate_plan import Assertion, BlackboxTest
-from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
+from agentgate.workspace.gate.json_schema import SchemaLoadError, load_schema_file, schema_errors
+from agentgate.workspace.gate.plan import Assertion, BlackboxTest
+from agentgate.workspace.gate.static_checks import StaticCheckError, ask_child
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult, run_process
 from agentgate.workspace.sandbox import Sandbox
-from agentgate.workspace.static_checks import StaticCheckError, ask_child
 
 CHECK_KIND = "blackbox"
 #: Output kept per stream (comparisons see at most this much).

@@ -1,6 +1,6 @@
 """The scripted agent: a real process that follows a YAML script, for demos and tests.
 
-    python -m agentgate.workspace.scripted_agent --script FILE --iteration N --attempt A --report FILE
+    python -m agentgate.workspace.drivers.scripted_agent --script FILE --iteration N --attempt A --report FILE
 
 It runs in the workspace (its working directory) and plays the steps of iteration N
 (attempt A) from the script: print, write files, run commands, record tool calls and

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from agentgate.workspace.gate_plan import Assertion, RequiredSchema, SchemaRule
-from agentgate.workspace.json_schema_check import SchemaLoadError, load_schema_file, schema_errors
+from agentgate.workspace.gate.json_schema import SchemaLoadError, load_schema_file, schema_errors
+from agentgate.workspace.gate.plan import Assertion, RequiredSchema, SchemaRule
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult, run_process
 
 #: Time one call may take when the plan sets no policy.max_runtime.
@@ -110,7 +110,7 @@ async def ask_child(room: Path, request: dict[str, Any], what: str, timeout: flo
     result = await run_process(
         # Isolated (-I) and outside the room: with the room as working directory, `-m` would
         # import an `agentgate` package the agent wrote there instead of ours.
-        [sys.executable, "-I", "-m", "agentgate.workspace.static_checks"],
+        [sys.executable, "-I", "-m", "agentgate.workspace.gate.static_checks"],
         cwd="/",
         stdin=json.dumps(request).encode(),
         timeout=limit,
@@ -143,7 +143,7 @@ def _answer(request: dict[str, Any]) -> Any:
         rules = [SchemaRule(**rule) for rule in raw["rules"]]
         return schema_problems(room, RequiredSchema(file=raw["file"], schema=raw["schema"], rules=rules))
     # Imported here, in the child only: blackbox imports this module.
-    from agentgate.workspace.blackbox import evaluate
+    from agentgate.workspace.gate.blackbox import evaluate
 
     result = ProcessResult(**request["result"])
     assertions = [Assertion(type=a["type"], params=a["params"]) for a in request["assertions"]]

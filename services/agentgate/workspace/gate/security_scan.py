@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agentgate.v1 import common_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.gate_plan import AllowEntry, Security
+from agentgate.workspace.gate.plan import AllowEntry, Security
 
 CHECK_NAME = "security-scan"
 CHECK_KIND = "security"
@@ -252,7 +252,7 @@ def added_lines(diff: str) -> Iterator[tuple[str, int, str]]:
 
 def is_allowed(finding: Finding, allowlist: Iterable[AllowEntry]) -> bool:
     """True when an allowlist entry matches every part it gives."""
-    from agentgate.workspace.gate import glob_match
+    from agentgate.workspace.gate.runner import glob_match
 
     for entry in allowlist:
         if entry.path and not glob_match(finding.path, entry.path):

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agentgate.workspace.gate_plan import Environment, GatePlan, TestCommand
+from agentgate.workspace.gate.plan import Environment, GatePlan, TestCommand
 
 WORKFLOW_DIR = ".github/workflows"
 #: Files larger than this are not read (a workflow or manifest is small).

@@ -2,7 +2,7 @@
 
 Option `script` holds the script's YAML text (the CLI reads the user's file and sends its
 content). Running it starts a real process,
-`python -m agentgate.workspace.scripted_agent`, in the workspace; the script and the report
+`python -m agentgate.workspace.drivers.scripted_agent`, in the workspace; the script and the report
 file live outside the workspace.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, result_from_process
+from agentgate.workspace.drivers.api import AgentInvocation, OutputCallback, result_from_process
 from agentgate.workspace.processes import run_process
 
 
@@ -48,7 +48,7 @@ class ScriptedDriver:
         argv = [
             sys.executable,
             "-m",
-            "agentgate.workspace.scripted_agent",
+            "agentgate.workspace.drivers.scripted_agent",
             "--script",
             str(script_file),
             "--iteration",

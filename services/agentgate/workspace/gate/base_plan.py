@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentgate.workspace import git as gitops
-from agentgate.workspace.gate_plan import GATE_PLAN_FILES
-from agentgate.workspace.plan_detection import (
+from agentgate.workspace.gate.detection import (
     MAX_MANIFEST_BYTES,
     WORKFLOW_DIR,
     DetectedPlan,
     detect_gate_plan,
     detection_inputs,
 )
+from agentgate.workspace.gate.plan import GATE_PLAN_FILES
 
 #: Paths protected whatever the profile says (it can allow them with
 #: `allow_protected_changes`): the plan files, AgentGate's folder, CI configuration.

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.gate_plan import Sanity
+from agentgate.workspace.gate.plan import Sanity
 
 CHECK_KIND = "sanity"
 MAX_LISTED = 20

@@ -38,8 +38,8 @@ from typing import Any
 
 from agentgate.harness.drivers import DRIVERS
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import AgentInvocation, OutputCallback, agent_env
-from agentgate.workspace.driver_stream import (
+from agentgate.workspace.drivers.api import AgentInvocation, OutputCallback, agent_env
+from agentgate.workspace.drivers.stream import (
     PROXY_ENV,
     TOOL_OUTPUT_CHARS,
     boolean_option,

@@ -20,7 +20,7 @@ import shlex
 from pathlib import Path
 
 from agentgate.v1 import common_pb2
-from agentgate.workspace.driver_api import (
+from agentgate.workspace.drivers.api import (
     AgentInvocation,
     OutputCallback,
     env_options,
