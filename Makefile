@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 BUF := tools/node_modules/.bin/buf
 # The Node.js client's dependencies (its end-to-end test runs it).
 NODE_CLIENT := clients/node/node_modules/.installed
+# The real agent CLIs (claude, codex) the tests run against a fake model server.
+AGENT_CLIS := tools/agents/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast protos check-protos lint buf venv bench clean sandbox-deps
+.PHONY: demo test test-fast protos check-protos lint buf venv bench clean sandbox-deps agent-clis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,12 @@ $(BUF): tools/package.json tools/package-lock.json
 $(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
 	cd clients/node && npm ci --no-audit --no-fund --silent
 	touch $(NODE_CLIENT)
+
+$(AGENT_CLIS): tools/agents/package.json tools/agents/package-lock.json
+	cd tools/agents && npm ci --no-audit --no-fund --silent
+	touch $(AGENT_CLIS)
+
+agent-clis: $(AGENT_CLIS)
 
 venv: $(STAMP)
 
@@ -56,12 +64,12 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 
 ## The whole suite (unit, integration, end-to-end) with coverage of the service processes.
-test: $(STAMP) $(BUF) $(NODE_CLIENT) sandbox-deps check-protos lint
+test: $(STAMP) $(BUF) $(NODE_CLIENT) $(AGENT_CLIS) sandbox-deps check-protos lint
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/tools/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
 
 ## Unit and integration tests only (no end-to-end).
-test-fast: $(STAMP) sandbox-deps
+test-fast: $(STAMP) $(AGENT_CLIS) sandbox-deps
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
@@ -76,4 +84,4 @@ bench: $(STAMP) sandbox-deps
 	done
 
 clean:
-	rm -rf $(VENV) tools/node_modules clients/node/node_modules .coverage .coverage.* htmlcov
+	rm -rf $(VENV) tools/node_modules tools/agents/node_modules clients/node/node_modules .coverage .coverage.* htmlcov
