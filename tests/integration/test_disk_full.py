@@ -1,5 +1,6 @@
 """A full disk ends the run clearly (docs/troubleshooting.md, "Disk full"): the four real
-services in one loop, persistence's home on a real 2 MiB tmpfs that the agent's output fills.
+services in one loop, with persistence's home, or the whole $AGENTGATE_HOME of the suite, on
+a real small tmpfs that the agent's output fills.
 
 The run must end FAILED as a SYSTEM_ERROR saying "no space left on device while writing
 <file>", the work order FAILED, the agent (which would otherwise run on) stopped, and what
@@ -24,19 +25,21 @@ from .inprocess_suite import InProcessSuite
 
 R = common_pb2.RunResult
 T = common_pb2.BuildErrorType
-SMALL_DISK = "2m"
+#: Persistence alone: its database, its reserve and a little room. The whole suite: the
+#: three databases, two reserves, the workspace (a copy of the project and its git data).
+DISK_SIZES = {"persistence": "2m", "suite": "4m"}
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> AsyncIterator[Path]:
-    """A 2 MiB tmpfs, unmounted afterwards. Mounting needs root (CAP_SYS_ADMIN); without
+@pytest.fixture(params=["persistence", "suite"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Path]:
+    """A small tmpfs, unmounted afterwards. Mounting needs root (CAP_SYS_ADMIN); without
     it the test is skipped, saying so (CI runs as root)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root: run as root (CI does) to test a full disk")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZES[request.param]}", "tmpfs", str(mount_point)],
         capture_output=True,
         text=True,
     )
@@ -49,8 +52,11 @@ def small_disk(tmp_path: Path) -> AsyncIterator[Path]:
 
 
 @pytest.fixture
-async def suite(home: Path, small_disk: Path) -> AsyncIterator[InProcessSuite]:
-    running = await InProcessSuite.start(home, homes={"persistence": small_disk})
+async def suite(home: Path, small_disk: Path, request: pytest.FixtureRequest) -> AsyncIterator[InProcessSuite]:
+    if request.node.callspec.params["small_disk"] == "suite":
+        running = await InProcessSuite.start(small_disk)
+    else:
+        running = await InProcessSuite.start(home, homes={"persistence": small_disk})
     yield running
     await running.stop()
 
@@ -62,13 +68,13 @@ def project(root: Path) -> Path:
     return root
 
 
-# Quiet work first (so the run, its first events and files are written), then 4 MB of
-# output (4000 lines of 1000 bytes, made by a command: the script itself is stored with the
-# run) on a 2 MiB disk, then a long sleep: an agent the run must stop.
+# Quiet work first (so the run, its first events and files are written), then 8 MB of
+# output (8000 lines of 1000 bytes, made by a command: the script itself is stored with the
+# run) on a disk of 2 or 4 MiB, then a long sleep: an agent the run must stop.
 SCRIPT = """default:
   - print: before the disk filled
   - sleep: 1
-  - run: yes "$(head -c 1000 /dev/zero | tr '\\0' y)" | head -n 4000
+  - run: yes "$(head -c 1000 /dev/zero | tr '\\0' y)" | head -n 8000
   - sleep: 60
 """
 
@@ -78,7 +84,7 @@ async def test_a_full_disk_fails_the_run_and_its_work_order_and_keeps_what_was_w
 ) -> None:
     script = tmp_path / "fill-the-disk.yaml"
     script.write_text(SCRIPT)
-    env = {**os.environ, "AGENTGATE_HOME": str(home)}
+    env = {**os.environ, "AGENTGATE_HOME": str(suite.home)}
     env.update({f"AGENTGATE_{name.upper()}_ADDR": address for name, address in suite.addresses.items()})
     # `agentgate exec` as a user runs it: it follows the run's events to its end.
     cli = await asyncio.create_subprocess_exec(
@@ -110,7 +116,7 @@ async def test_a_full_disk_fails_the_run_and_its_work_order_and_keeps_what_was_w
     assert any(e.agent_output.text == "before the disk filled" for e in events)
 
     # What was written before the disk filled is intact: whole JSON lines and files.
-    folder = small_disk / "runs" / out["run_id"]
+    folder = small_disk / "runs" / out["run_id"]  # persistence's home in both cases
     parsed = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line]
     assert "run:started" in [e["type"] for e in parsed]
     assert any(e.get("agent_output", {}).get("text") == "before the disk filled" for e in parsed), parsed[:5]
@@ -119,7 +125,7 @@ async def test_a_full_disk_fails_the_run_and_its_work_order_and_keeps_what_was_w
     # The agent is gone (its command line names its script under this test's home).
     await asyncio.sleep(0.5)
     pgrep = await asyncio.create_subprocess_exec(
-        "pgrep", "-f", str(home / "agent-files"), stdout=asyncio.subprocess.PIPE
+        "pgrep", "-f", str(suite.home / "agent-files"), stdout=asyncio.subprocess.PIPE
     )
     survivors, _ = await pgrep.communicate()
     assert survivors.strip() == b"", survivors

@@ -145,7 +145,7 @@ async def test_a_full_disk_names_the_file_the_same_way_everywhere(
 async def test_the_disk_reserve_is_released_once_and_put_back_only_with_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agentgate.persistence.disk_reserve import DiskReserve
+    from agentgate.common.disk_reserve import DiskReserve
 
     reserve = DiskReserve(tmp_path / "persistence.reserve", size=4096)
     assert await reserve.ensure() and reserve.path.stat().st_size == 4096

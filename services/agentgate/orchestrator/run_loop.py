@@ -184,7 +184,7 @@ class RunExecutor:
         the step in progress is cancelled (see `_loop_until_disk_full`) and the run fails
         as a SYSTEM_ERROR naming the file. Going on would lose every later record and event
         while the agent kept running; the final writes use the room persistence keeps
-        aside for them (persistence/disk_reserve.py)."""
+        aside for them (common/disk_reserve.py)."""
         excerpt = disk_full_excerpt(problem)
         if not excerpt or self._disk_error is not None:
             return

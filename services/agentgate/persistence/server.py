@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import Message
 
 from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
+from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import (
     AlreadyExists,
     DiskFull,
@@ -34,7 +35,6 @@ from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.common.wellformed import unrepresentable
 from agentgate.persistence import validation
-from agentgate.persistence.disk_reserve import RESERVE_FILE, DiskReserve
 from agentgate.persistence.event_log import (
     DEFAULT_SUBSCRIBER_QUEUE,
     EventLog,
@@ -139,7 +139,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self.store = store
         self.files = files
         self.event_log = event_log
-        #: Room for the final writes of runs on a full disk (see disk_reserve); None: no reserve.
+        #: Room for the final writes of runs on a full disk (see common/disk_reserve.py); None: no reserve.
         self.reserve = reserve
         self.preparer = preparer or RecordPreparer(Redactor(), DEFAULT_MAX_OUTPUT_BYTES)
         self.reader = RunReader(store, files)
@@ -314,7 +314,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         """Runs `write` (an index write, then its file; repeatable) to completion. A `final`
         write (a run's last state) that meets a full disk is tried once more after the
         disk reserve is released, so the run does not read BUILDING forever; another write
-        is refused while the reserve is spent and cannot be put back (see disk_reserve)."""
+        is refused while the reserve is spent and cannot be put back (see common/disk_reserve.py)."""
         if self.reserve is None:
             return await run_to_completion(write())
         if not final:
@@ -511,7 +511,7 @@ class PersistenceApp:
         """Opens the index and registers the servicer on `server`."""
         self.store = await PersistenceStore.open(self.settings.database_path)
         self.event_log = EventLog(self.store, self.files, self.subscriber_queue_size, self.redactor)
-        reserve = DiskReserve(self.settings.home / RESERVE_FILE)
+        reserve = DiskReserve(reserve_path(self.settings.home, "persistence"))
         if not await reserve.ensure():
             log.warning("disk full at start: no room for the %d-byte reserve %s", reserve.size, reserve.path)
         self.servicer = PersistenceServicer(

@@ -1,12 +1,14 @@
-"""Room kept aside under $AGENTGATE_HOME so that a run can still be ended on a full disk.
+"""Room kept aside under $AGENTGATE_HOME so that work can still be ended on a full disk.
 
-When the disk fills, the writes that matter most are the last ones of a run: its final
-state (FAILED, with the disk message) and its terminal event. Without room for them the run
-would read BUILDING forever (docs/troubleshooting.md, "Disk full"). The persistence service
-keeps a file of `RESERVE_BYTES` written at start; the first terminal write that meets a full
-disk deletes it and tries again. Once it was spent, other writes first try to put it back,
-and fail as disk-full while it cannot be, so that what was freed stays for the runs still to
-end; when room came back (files deleted), the reserve is rewritten and writes go on.
+When the disk fills, the writes that matter most are the last ones: a run's final state
+(FAILED, with the disk message) and its terminal event in persistence, the work order's
+completion in the queue. Without room for them the run would read BUILDING and the work
+order RUNNING forever (docs/troubleshooting.md, "Disk full"). Persistence and the queue each
+keep a file of `RESERVE_BYTES` written at start; the first final write that meets a full
+disk deletes it and tries again. Once it was spent, persistence's other writes first try to
+put it back, and fail as disk-full while there is no room for it, so that what was freed
+stays for the runs still to end; when room came back (files deleted), the reserve is
+rewritten and writes go on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ log = logging.getLogger(__name__)
 
 #: Enough for a few final run records, run.json files and terminal events.
 RESERVE_BYTES = 512 * 1024
-RESERVE_FILE = "persistence.reserve"
+
+
+def reserve_path(home: Path, service: str) -> Path:
+    """Where `service` keeps its reserve: `$AGENTGATE_HOME/{service}.reserve`."""
+    return home / f"{service}.reserve"
 
 
 class DiskReserve:
