@@ -286,3 +286,41 @@ Author: Dev <dev@example.com>
 def test_ordinary_logs_are_left_alone_with_a_configured_value(text: str) -> None:
     with_values = Redactor([KNOWN, "another-secret-value-1234"])
     assert with_values.redact_text(text) == text
+
+
+def _stream(redactor_: Redactor, lines: list[str]) -> list[str]:
+    events = EventRedactor(redactor_)
+    out = []
+    for text in lines:
+        event = _line(text)
+        events.redact(event)
+        out.append(event.agent_output.text)
+    return out
+
+
+def test_a_known_value_split_over_output_events_is_redacted_in_each() -> None:
+    assert _stream(known, ["before", f"token={KNOWN[:9]}", f"{KNOWN[9:]} after", "next"]) == [
+        "before", f"token={REDACTED}", f"{REDACTED} after", "next",
+    ]
+    # Over three lines, the middle one all secret; a short first piece is caught by the rest.
+    assert _stream(known, [f"x {KNOWN[:8]}", KNOWN[8:14], f"{KNOWN[14:]}!"]) == [
+        f"x {REDACTED}", REDACTED, f"{REDACTED}!",
+    ]
+    assert _stream(known, [f"{KNOWN[:3]}", f"{KNOWN[3:]} end"]) == [KNOWN[:3], f"{REDACTED} end"]
+
+
+def test_base64_wrapped_over_output_events_is_redacted() -> None:
+    import base64
+    import textwrap
+
+    secret = "a-configured-token-of-some-length-0123456789"
+    encoded = base64.b64encode(f"user:{secret}".encode()).decode()
+    lines = textwrap.wrap(encoded, 20)
+    out = _stream(Redactor([secret]), lines)
+    own = encoded[8:-4]  # the characters made from the secret's bytes alone
+    assert not any(own[i : i + 8] in "\n".join(out) for i in range(len(own) - 7)), out
+
+
+def test_output_events_with_no_configured_value_stay() -> None:
+    lines = PYTEST_LOG.splitlines() + GIT_LOG.splitlines()
+    assert _stream(Redactor([KNOWN, "another-secret-value-1234"]), lines) == lines

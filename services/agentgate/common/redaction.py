@@ -245,6 +245,36 @@ class Redactor:
             text = rule.apply(text)
         return text
 
+    def split_edges(self, line: str) -> tuple[int, int, str]:
+        """Pieces of configured values (and their encoded forms) at the edges of `line`, one
+        line of an output that arrives line by line: `(head, tail, rest)`.
+
+        `head` is the length of the longest start of `line` that is the end of a value
+        (the second piece of a value split over lines); `tail` the length of the longest end
+        of `line` that is the start of one, and `rest` what of that value is still to come.
+        A piece counts from MIN_SECRET_LENGTH characters, like a value (0 and '' when none):
+        the start of a value that ends a line is most of a secret whether or not the rest
+        follows."""
+        head = tail = 0
+        rest = ""
+        n = MIN_SECRET_LENGTH
+        for value in self._value_list:
+            if len(value) <= n or len(line) < n:
+                continue
+            start = line[:n]
+            j = value.find(start, 1)
+            while j > 0:
+                if len(value) - j > head and line.startswith(value[j:]):
+                    head = len(value) - j
+                j = value.find(start, j + 1)
+            probe = value[:n]
+            i = line.find(probe, max(0, len(line) - len(value) + 1))
+            while i >= 0:
+                if len(line) - i > tail and value.startswith(line[i:]):
+                    tail, rest = len(line) - i, value[len(line) - i :]
+                i = line.find(probe, i + 1)
+        return head, tail, rest
+
     def _redact_values(self, text: str) -> str:
         """Replaces the configured values and their encoded forms, also where line breaks
         split them: they are searched in `text` without its line breaks, and each match is
