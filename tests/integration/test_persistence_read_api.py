@@ -191,7 +191,8 @@ async def test_secret_variants_are_redacted_in_files_database_and_streams(svc: S
         pb.AppendEventsRequest(
             events=[
                 make_event(AGENT_OUTPUT, "wo-1", "run-1", iteration=1, agent_output=events_pb2.AgentOutput(text=text))
-                for text in variants
+                # The last two: a value split over two lines, one event each.
+                for text in [*variants, f"key {SECRET[:12]}", f"{SECRET[12:]} done"]
             ]
         )
     )
@@ -203,12 +204,14 @@ async def test_secret_variants_are_redacted_in_files_database_and_streams(svc: S
         f"glued{REDACTED}glued",
         f"{REDACTED}\n{REDACTED}",
         f"hex {REDACTED}",
+        f"key {REDACTED}",
+        f"{REDACTED} done",
     ]
     # Only the characters the encoding shares with the bytes around the secret are left.
     assert texts[4].startswith(f"echo {b64[:2]}{REDACTED}") and len(texts[4]) <= len(f"echo xx{REDACTED}xxxxxx | base64 -d")
     agent = (await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))).result
     run = (await svc.stub.GetRun(pb.GetRunRequest(run_id="run-1"))).run
-    assert agent.stdout == "\n".join(e.agent_output.text for e in streamed)
+    assert agent.stdout == "\n".join(texts[: len(variants)])
     assert run.error == f"{REDACTED}\n{REDACTED}" and REDACTED in run.task_prompt
     await shutdown(svc)  # checkpoints the WAL, so the database file holds everything
     leaks = [aws_id, anthropic, SECRET, SECRET[:9], SECRET[9:], b64[2:-6], SECRET.encode().hex()]
