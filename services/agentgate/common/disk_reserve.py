@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 from pathlib import Path
@@ -44,7 +45,7 @@ class DiskReserve:
         self.spent = False
 
     async def ensure(self) -> bool:
-        """Puts the reserve in place (written out, not sparse, so the blocks are really
+        """Puts the reserve in place (allocated, not sparse, so the blocks are really
         taken); False when the disk has no room for it (nothing is left behind)."""
         if self.held:
             return True
@@ -91,15 +92,22 @@ class DiskReserve:
         return stat.f_bavail * stat.f_frsize >= 2 * self.size
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with open(self.path, "wb") as handle:
+            try:
+                # Allocates the blocks without writing them (and without an fsync, which
+                # would cost a service's start tens of milliseconds).
+                os.posix_fallocate(fd, 0, self.size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                # A file system without fallocate: zeros, which take the blocks too.
                 left = self.size
                 while left > 0:
-                    left -= handle.write(b"\0" * min(left, 65536))
-                handle.flush()
-                os.fsync(handle.fileno())
+                    left -= os.write(fd, b"\0" * min(left, 65536))
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             raise
+        os.close(fd)
