@@ -209,6 +209,8 @@ class Redactor:
         values = sorted((form for form in forms if len(form) >= MIN_SECRET_LENGTH), key=len, reverse=True)
         # Longest first, so a token that contains another is hidden whole.
         self._value_list = tuple(values)
+        # One string to look a line's first or last characters up in (see `split_edges`).
+        self._joined_values = "\n".join(values)
         self.secret_count = len({s for s in secrets if len(s) >= MIN_SECRET_LENGTH})
 
     @classmethod
@@ -258,17 +260,25 @@ class Redactor:
         head = tail = 0
         rest = ""
         n = MIN_SECRET_LENGTH
+        if len(line) < n:
+            return head, tail, rest
+        # A piece at the start holds the line's first n characters, one at the end its last
+        # n: two substring searches rule out almost every line.
+        start = line[:n]
+        check_head = start in self._joined_values
+        check_tail = line[-n:] in self._joined_values
+        if not (check_head or check_tail):
+            return head, tail, rest
         for value in self._value_list:
-            if len(value) <= n or len(line) < n:
+            if len(value) <= n:
                 continue
-            start = line[:n]
-            j = value.find(start, 1)
+            j = value.find(start, 1) if check_head else -1
             while j > 0:
                 if len(value) - j > head and line.startswith(value[j:]):
                     head = len(value) - j
                 j = value.find(start, j + 1)
             probe = value[:n]
-            i = line.find(probe, max(0, len(line) - len(value) + 1))
+            i = line.find(probe, max(0, len(line) - len(value) + 1)) if check_tail else -1
             while i >= 0:
                 if len(line) - i > tail and value.startswith(line[i:]):
                     tail, rest = len(line) - i, value[len(line) - i :]
