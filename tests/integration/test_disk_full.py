@@ -129,3 +129,23 @@ async def test_a_full_disk_fails_the_run_and_its_work_order_and_keeps_what_was_w
     )
     survivors, _ = await pgrep.communicate()
     assert survivors.strip() == b"", survivors
+
+
+@pytest.mark.parametrize("small_disk", ["suite"], indirect=True)
+async def test_a_workspace_that_fills_the_disk_fails_the_run_with_the_disk_message(
+    suite: InProcessSuite, tmp_path: Path
+) -> None:
+    # The agent's file fits the workspace; git's copy of it for the snapshot does not.
+    script = "default:\n  - run: head -c 1500000 /dev/urandom > big.bin\n"
+    spec = common_pb2.WorkOrderSpec(
+        task_prompt="fill the disk", agent=common_pb2.AgentSpec(name="scripted", options={"script": script})
+    )
+    spec.source.local_path = str(project(tmp_path / "project"))
+    work_order = await suite.submit(spec)
+    final = await suite.wait_terminal(work_order.id, timeout=45)
+    assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    assert final.error.startswith("No space left on device while writing the snapshot: "), final.error
+    run = await suite.run(work_order.run_id)
+    assert (run.state, run.result) == (common_pb2.RUN_STATE_FAILED, R.RUN_RESULT_FAILED_SYSTEM)
+    assert run.build_error.type == T.BUILD_ERROR_TYPE_SYSTEM_ERROR
+    assert (await suite.events(work_order.id))[-1].type == "run:failed"
