@@ -52,12 +52,16 @@ class InProcessSuite:
     addresses: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    async def start(cls, home: Path, lease_seconds: int = 3, max_concurrent: int = 2) -> InProcessSuite:
+    async def start(
+        cls, home: Path, lease_seconds: int = 3, max_concurrent: int = 2, homes: dict[str, Path] | None = None
+    ) -> InProcessSuite:
+        """`homes` gives some services a home of their own (e.g. persistence on a small
+        disk); the others use `home`."""
         suite = cls(home=home)
         suite.addresses = {name: free_address() for name in ("queue", "orchestrator", "workspace", "persistence")}
 
         def settings(name: str) -> ServiceSettings:
-            return ServiceSettings(name=name, address=suite.addresses[name], home=home)
+            return ServiceSettings(name=name, address=suite.addresses[name], home=(homes or {}).get(name, home))
 
         a = suite.addresses
         for app, name in [

@@ -164,6 +164,65 @@ async def test_secrets_never_reach_files_database_or_streams(svc: Service) -> No
     assert (svc.home / "runs" / "run-1" / "agent-1.json").exists()
 
 
+async def test_secret_variants_are_redacted_in_files_database_and_streams(svc: Service) -> None:
+    """Glued, split over lines, base64 and hex of a configured value, and glued token
+    shapes (issue 22): none reaches events.jsonl, agent-1.json, run.json, the database or a
+    stream."""
+    import base64
+
+    aws_id = "AKIA" + "IOSFODNN7EXAMPLE"
+    anthropic = "sk-ant-api03-" + "Q1w2E3r4" * 5
+    b64 = base64.b64encode(b"x" + SECRET.encode() + b"\n").decode()
+    variants = [
+        f"x{aws_id}X",
+        f"my_{anthropic}",
+        f"glued{SECRET}glued",
+        f"{SECRET[:9]}\n{SECRET[9:]}",
+        f"echo {b64} | base64 -d",
+        f"hex {SECRET.encode().hex()}",
+    ]
+    await create(svc.stub, error=variants[3], task_prompt=variants[4])
+    await svc.stub.SaveAgentResult(
+        pb.SaveAgentResultRequest(
+            result=common_pb2.AgentResult(run_id="run-1", iteration=1, stdout="\n".join(variants), stderr=variants[0])
+        )
+    )
+    await svc.stub.AppendEvents(
+        pb.AppendEventsRequest(
+            events=[
+                make_event(AGENT_OUTPUT, "wo-1", "run-1", iteration=1, agent_output=events_pb2.AgentOutput(text=text))
+                # The last two: a value split over two lines, one event each.
+                for text in [*variants, f"key {SECRET[:12]}", f"{SECRET[12:]} done"]
+            ]
+        )
+    )
+    streamed = [r.event async for r in svc.stub.StreamEvents(pb.StreamEventsRequest(work_order_id="wo-1"))]
+    texts = [e.agent_output.text for e in streamed]
+    assert texts[:4] + texts[5:] == [
+        f"x{REDACTED}X",
+        f"my_{REDACTED}",
+        f"glued{REDACTED}glued",
+        f"{REDACTED}\n{REDACTED}",
+        f"hex {REDACTED}",
+        f"key {REDACTED}",
+        f"{REDACTED} done",
+    ]
+    # Only the characters the encoding shares with the bytes around the secret are left.
+    assert texts[4].startswith(f"echo {b64[:2]}{REDACTED}") and len(texts[4]) <= len(f"echo xx{REDACTED}xxxxxx | base64 -d")
+    agent = (await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))).result
+    run = (await svc.stub.GetRun(pb.GetRunRequest(run_id="run-1"))).run
+    assert agent.stdout == "\n".join(texts[: len(variants)])
+    assert run.error == f"{REDACTED}\n{REDACTED}" and REDACTED in run.task_prompt
+    await shutdown(svc)  # checkpoints the WAL, so the database file holds everything
+    leaks = [aws_id, anthropic, SECRET, SECRET[:9], SECRET[9:], b64[2:-6], SECRET.encode().hex()]
+    files = [path for path in svc.home.rglob("*") if path.is_file()]
+    assert {"events.jsonl", "agent-1.json", "run.json"} <= {path.name for path in files}
+    for path in files:
+        data = path.read_bytes()
+        for leak in leaks:
+            assert leak.encode() not in data, (path, leak)
+
+
 async def test_output_is_cut_at_the_configured_size(svc: Service) -> None:
     await create(svc.stub)
     stdout = "x" + "€" * 1500  # 4501 bytes; the 2048-byte cut falls inside a character

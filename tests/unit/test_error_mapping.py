@@ -201,3 +201,22 @@ def test_invalid_argument_without_violations_has_no_bad_request() -> None:
     error = InvalidArgument([], "/x.Y/Z: the request is not a valid message")
     assert error.details() == []
     assert error.message == "/x.Y/Z: the request is not a valid message"
+
+
+def test_disk_full_is_recognised_from_oserrors_and_sqlite() -> None:
+    import errno
+    import sqlite3
+
+    from agentgate.common.errors import DiskFull, disk_full_excerpt, is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EFBIG, "File too large"))  # RLIMIT_FSIZE
+    assert is_disk_full(sqlite3.OperationalError("database or disk is full"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not is_disk_full(ValueError("no space left on device"))
+    error = DiskFull("persistence.db")
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.message == "no space left on device while writing persistence.db"
+    warning = "run.json not written (no space left on device while writing runs/r/run.json); kept in the index"
+    assert disk_full_excerpt(warning) == "no space left on device while writing runs/r/run.json"
+    assert disk_full_excerpt("UNAVAILABLE: down") == ""

@@ -4,6 +4,7 @@ tests/integration/test_orchestrator_run.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import pytest
@@ -77,14 +78,15 @@ class MemoryWorkspace:
 class MemoryPersistence:
     """A persistence port that keeps everything; the saves named in `failing` fail."""
 
-    def __init__(self, failing: Sequence[str] = ()):
+    def __init__(self, failing: Sequence[str] = (), problem: str = "UNAVAILABLE: down"):
         self.failing = set(failing)
+        self.problem = problem
         self.runs: list[common_pb2.Run] = []
         self.iterations: list[common_pb2.IterationData] = []
         self.events: list[events_pb2.RunEvent] = []
 
     def _saved(self, kind: str, file: str) -> Saved:
-        return Saved(problem="UNAVAILABLE: down") if kind in self.failing else Saved(file)
+        return Saved(problem=self.problem) if kind in self.failing else Saved(file)
 
     async def create_run(self, run: common_pb2.Run) -> Saved:
         self.runs.append(run)
@@ -184,3 +186,68 @@ async def test_a_failed_save_is_a_warning_not_a_failure() -> None:
     assert warnings == ["could not save agent-1.json: UNAVAILABLE: down"]
     assert persistence.runs[-1].persistence_warnings == 1
     assert persistence.iterations[0].agent_result_file == ""
+
+
+DISK_FULL = (
+    "agent-1.json not written (no space left on device while writing runs/run-1/agent-1.json); "
+    "the record is kept in the index"
+)
+
+
+async def test_a_full_disk_ends_the_run_failed_with_the_disk_message() -> None:
+    workspace, persistence = MemoryWorkspace([True, True]), MemoryPersistence(["agent"], problem=DISK_FULL)
+    outcome = await RunExecutor(work_order(), workspace, persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    assert outcome.error.startswith("No space left on device while writing runs/run-1/agent-1.json")
+    # Nothing runs after the failed save: no snapshot, no verification, no second iteration.
+    assert workspace.calls == ["prepare", "agent 1", "release"]
+    run = persistence.runs[-1]
+    assert (run.state, run.result) == (common_pb2.RUN_STATE_FAILED, R.RUN_RESULT_FAILED_SYSTEM)
+    assert run.build_error.type == T.BUILD_ERROR_TYPE_SYSTEM_ERROR
+    assert run.build_error.message == "No space left on device while writing runs/run-1/agent-1.json"
+    assert persistence.types()[-1] == ev.RUN_FAILED
+
+
+class StuckAgentWorkspace(MemoryWorkspace):
+    """An agent that prints one line, then runs until cancelled."""
+
+    cancelled = False
+
+    async def run_agent(self, *, on_output: OutputCallback, **_) -> common_pb2.AgentResult:
+        self.calls.append("agent")
+        on_output(events_pb2.AgentOutput(text="filling the disk"))
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("never reached")
+
+
+async def test_events_that_find_the_disk_full_stop_the_agent_in_progress() -> None:
+    from agentgate.orchestrator.persistence_port import PersistenceSubscriber
+
+    class FullDiskEvents(PersistenceSubscriber):
+        """The run's event log, full after the first batch."""
+
+        def __init__(self, persistence: MemoryPersistence) -> None:
+            super().__init__(None, "run-1")  # type: ignore[arg-type]
+            self.persistence = persistence
+
+        async def handle(self, batch: Sequence[EmittedEvent]) -> None:
+            if any(item.event.type == ev.AGENT_OUTPUT for item in batch) and self.on_disk_full is not None:
+                self.on_disk_full("no space left on device while writing persistence.db")
+                raise RuntimeError("RESOURCE_EXHAUSTED")
+            await self.persistence.handle(batch)
+
+    persistence = MemoryPersistence()
+    persistence.event_subscriber = lambda run_id: FullDiskEvents(persistence)  # type: ignore[method-assign]
+    workspace = StuckAgentWorkspace([True])
+    outcome = await asyncio.wait_for(RunExecutor(work_order(), workspace, persistence).execute(), 10)
+
+    assert workspace.cancelled and workspace.calls == ["prepare", "agent", "release"]
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    run = persistence.runs[-1]
+    assert run.build_error.message == "No space left on device while writing persistence.db (saving events)"
+    assert persistence.types()[-1] == ev.RUN_FAILED

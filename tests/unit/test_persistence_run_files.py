@@ -108,3 +108,51 @@ async def test_unsafe_run_id_never_escapes_the_home(tmp_path: Path) -> None:
     assert not await files.write_run(common_pb2.Run(id="../outside", work_order_id="wo"))
     assert files.write_failures == 1
     assert not (tmp_path / "outside").exists()
+
+
+def test_an_append_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    target = tmp_path / "events.jsonl"
+    run_files.append_lines(target, ['{"seq": 1}'])
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 4:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_files.os, "write", half_then_full)
+    with pytest.raises(OSError):
+        run_files.append_lines(target, ['{"seq": 2, "text": "a longer line"}'])
+    assert target.read_text() == '{"seq": 1}\n'  # whole lines only
+
+
+async def test_a_full_disk_names_the_file_the_same_way_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = RunFiles(tmp_path)
+
+    def full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_files, "atomic_write_text", full)
+    outcome = await files.write_run(common_pb2.Run(id="run-1"))
+    assert not outcome and outcome.disk_full
+    assert outcome.error == "no space left on device while writing runs/run-1/run.json"
+
+
+async def test_the_disk_reserve_is_released_once_and_put_back_only_with_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentgate.common.disk_reserve import DiskReserve
+
+    reserve = DiskReserve(tmp_path / "persistence.reserve", size=4096)
+    assert await reserve.ensure() and reserve.path.stat().st_size == 4096
+    assert await reserve.allow_write()
+    assert await reserve.release() and not reserve.path.exists()
+    assert not await reserve.release()  # nothing left to free
+    monkeypatch.setattr(reserve, "_has_room", lambda: False)
+    assert not await reserve.allow_write()  # spent, and no room to put it back
+    monkeypatch.setattr(reserve, "_has_room", lambda: True)
+    assert await reserve.allow_write() and reserve.path.exists()

@@ -258,3 +258,34 @@ async def test_outbox_delivery_bookkeeping(store: QueueStore, tmp_path: Path) ->
     assert store.undelivered_last_id(a.id) is None
     await store.outbox_dead_letter(batch[1][0], "refused")
     assert outbox_size(tmp_path / "queue.db") == 0
+
+
+async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
+    store: QueueStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from agentgate.common.disk_reserve import DiskReserve
+    from agentgate.common.errors import DiskFull
+
+    await store.submit(spec("x"), max_queue_size=10)
+    lease = await store.lease_next("w", max_concurrent=1, lease_seconds=10)
+    assert lease is not None
+    run = store._db.run
+    full_writes = []
+
+    async def full_once(fn):  # type: ignore[no-untyped-def]
+        if not full_writes:
+            full_writes.append(fn)
+            raise sqlite3.OperationalError("database or disk is full")
+        return await run(fn)
+
+    monkeypatch.setattr(store._db, "run", full_once)
+    with pytest.raises(DiskFull, match="^no space left on device while writing queue.db$"):
+        await store.complete(lease.lease_id, FAILED, "disk")  # no reserve: the error, named
+    full_writes.clear()
+    store.reserve = DiskReserve(tmp_path / "queue.reserve", size=4096)
+    assert await store.reserve.ensure()
+    done = await store.complete(lease.lease_id, FAILED, "disk")
+    assert done.status == FAILED and len(full_writes) == 1
+    assert not store.reserve.path.exists()  # spent on this completion

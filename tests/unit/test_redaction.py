@@ -178,3 +178,149 @@ def test_default_redactor_follows_the_environment(monkeypatch: pytest.MonkeyPatc
     assert default_redactor() is default_redactor()  # cached while nothing changed
     monkeypatch.setenv("LATE_API_KEY", "late-value-123")
     assert default_redactor().redact_text("late-value-123") == REDACTED
+
+
+# -- variants an agent can print to get a secret past redaction (issue 22) -------------
+
+KNOWN = "Zq9xK2LmP0aB7cDe4FgH"  # a configured token value
+known = Redactor([KNOWN])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"x{KNOWN}X",  # glued on both sides
+        f"my_{KNOWN}",
+        f"prefix{KNOWN[:7]}\n{KNOWN[7:]}suffix",  # split over one line break
+        f"{KNOWN[:3]}\r\n{KNOWN[3:12]}\n{KNOWN[12:]}",  # over several, CRLF too
+    ],
+)
+def test_a_known_value_is_found_glued_and_split_over_lines(text: str) -> None:
+    clean = known.redact_text(text)
+    assert REDACTED in clean
+    assert KNOWN not in _without_breaks(clean)
+    # No piece of it stays on any line.
+    for piece in (KNOWN[:7], KNOWN[7:], KNOWN[12:]):
+        assert piece not in clean
+
+
+def _without_breaks(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "")
+
+
+def test_split_lines_keep_their_breaks_and_other_text() -> None:
+    text = f"line one\ntoken: {KNOWN[:10]}\n{KNOWN[10:]} rest\nlast"
+    assert known.redact_text(text) == f"line one\ntoken: {REDACTED}\n{REDACTED} rest\nlast"
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+@pytest.mark.parametrize("urlsafe", [False, True])
+def test_base64_of_a_known_value_at_every_alignment(shift: int, urlsafe: bool) -> None:
+    import base64
+
+    secret = "s3cr3t/value+with?odd>bytes"  # encodes to + and / in standard base64
+    raw = b"ab"[:shift] + secret.encode() + b"--tail"
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    encoded = encode(raw).decode()
+    clean = Redactor([secret]).redact_text(f"echo {encoded} | base64 -d")
+    assert REDACTED in clean
+    # What is left of the encoding is at most the characters shared with the neighbours:
+    # no 8 characters made from the secret's bits alone remain.
+    first, last = -(-8 * shift // 6), 8 * (shift + len(secret)) // 6
+    own = encoded[first:last]
+    assert not any(own[i : i + 8] in clean for i in range(len(own) - 7))
+
+
+def test_base64_wrapped_over_lines_and_hex_of_a_known_value() -> None:
+    import base64
+
+    encoded = base64.b64encode(KNOWN.encode() * 3).decode()
+    wrapped = "\n".join(encoded[i : i + 16] for i in range(0, len(encoded), 16))
+    clean = known.redact_text(wrapped)
+    assert base64.b64encode(KNOWN.encode()).decode()[:16] not in clean
+    assert known.redact_text(f"hex {KNOWN.encode().hex()}!") == f"hex {REDACTED}!"
+    assert known.redact_text(f"HEX {KNOWN.encode().hex().upper()}") == f"HEX {REDACTED}"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (f"x{AWS_ID}X", AWS_ID),
+        (f"id:{AWS_ID}ABC", AWS_ID),
+        (f"my_{ANTHROPIC}", ANTHROPIC),
+        (f"key{ANTHROPIC}", ANTHROPIC),
+        (f"x{SK}", SK),
+        (f"my_sk-{'A1b2C3d4' * 4}", "sk-" + "A1b2C3d4" * 4),
+        (f"xx{GHP}yy", GHP[:30]),
+        (f"url=https://x:{PAT}@github.com", PAT),
+    ],
+)
+def test_token_shapes_glued_to_other_text(text: str, secret: str) -> None:
+    clean = redactor.redact_text(text)
+    assert secret not in clean and REDACTED in clean
+
+
+PYTEST_LOG = """\
+============================= test session starts ==============================
+platform linux -- Python 3.11.7, pytest-8.3.4, pluggy-1.5.0
+rootdir: /home/user/project
+collected 214 items
+
+tests/test_calc.py ........................................            [ 18%]
+tests/test_task_runner.py::test_task-1234567890abcdefghijklmn PASSED     [ 19%]
+FAILED tests/test_disk.py::test_disk-0123456789abcdef0123 - AssertionError
+E       assert 'ASIA' == 'AKIAPACIFIC'
+=========== 1 failed, 213 passed, 2 warnings in 3.52s ===========
+"""
+GIT_LOG = """\
+commit 3f92e04b1c9d7a6e5f4b3a2c1d0e9f8a7b6c5d4e
+Merge: 0a932b6 ad801d0
+Author: Dev <dev@example.com>
+    risk-assessment-for-the-whole-project; the-sk-assessment-for-everyone
+ src/AKIA_notes.md | 3 ++-
+ sha256: E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855
+"""
+
+
+@pytest.mark.parametrize("text", [PYTEST_LOG, GIT_LOG])
+def test_ordinary_logs_are_left_alone_with_a_configured_value(text: str) -> None:
+    with_values = Redactor([KNOWN, "another-secret-value-1234"])
+    assert with_values.redact_text(text) == text
+
+
+def _stream(redactor_: Redactor, lines: list[str]) -> list[str]:
+    events = EventRedactor(redactor_)
+    out = []
+    for text in lines:
+        event = _line(text)
+        events.redact(event)
+        out.append(event.agent_output.text)
+    return out
+
+
+def test_a_known_value_split_over_output_events_is_redacted_in_each() -> None:
+    assert _stream(known, ["before", f"token={KNOWN[:9]}", f"{KNOWN[9:]} after", "next"]) == [
+        "before", f"token={REDACTED}", f"{REDACTED} after", "next",
+    ]
+    # Over three lines, the middle one all secret; a short first piece is caught by the rest.
+    assert _stream(known, [f"x {KNOWN[:8]}", KNOWN[8:14], f"{KNOWN[14:]}!"]) == [
+        f"x {REDACTED}", REDACTED, f"{REDACTED}!",
+    ]
+    assert _stream(known, [f"{KNOWN[:3]}", f"{KNOWN[3:]} end"]) == [KNOWN[:3], f"{REDACTED} end"]
+
+
+def test_base64_wrapped_over_output_events_is_redacted() -> None:
+    import base64
+    import textwrap
+
+    secret = "a-configured-token-of-some-length-0123456789"
+    encoded = base64.b64encode(f"user:{secret}".encode()).decode()
+    lines = textwrap.wrap(encoded, 20)
+    out = _stream(Redactor([secret]), lines)
+    own = encoded[8:-4]  # the characters made from the secret's bytes alone
+    assert not any(own[i : i + 8] in "\n".join(out) for i in range(len(own) - 7)), out
+
+
+def test_output_events_with_no_configured_value_stay() -> None:
+    lines = PYTEST_LOG.splitlines() + GIT_LOG.splitlines()
+    assert _stream(Redactor([KNOWN, "another-secret-value-1234"]), lines) == lines

@@ -10,6 +10,8 @@ servicer lets escape is INTERNAL. See docs/architecture.md, "Errors".
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -110,6 +112,57 @@ class ResourceExhausted(ServiceError):
     too slow for the stream's buffer)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+#: How every disk-full failure reads, whichever service or file met it (docs/troubleshooting.md).
+DISK_FULL_MESSAGE = "no space left on device"
+#: The errnos that mean "no room to write": the device, a quota, or a file size limit
+#: (RLIMIT_FSIZE) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFull(ResourceExhausted):
+    """A write failed because the disk (a quota, a file size limit) is full. The message
+    names the file: "no space left on device while writing runs/run-1/agent-1.json"."""
+
+    reason = "DISK_FULL"
+
+    def __init__(self, file: str):
+        super().__init__(disk_full_message(file))
+        self.file = file
+
+
+def disk_full_message(file: str) -> str:
+    """The one wording of a disk-full failure while writing `file`."""
+    return f"{DISK_FULL_MESSAGE} while writing {file}"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` says there is no room to write: an OSError with a disk-full errno,
+    or SQLite's SQLITE_FULL ("database or disk is full")."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        # The primary result code is the low byte of the extended one.
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
+
+
+def is_disk_full_message(text: str) -> bool:
+    """True when a status message or warning (from another service) reports a full disk."""
+    return DISK_FULL_MESSAGE in text
+
+
+def disk_full_excerpt(text: str) -> str:
+    """The disk-full wording inside a longer message ("no space left on device while
+    writing runs/r/agent-1.json"), or '' when it has none."""
+    start = text.find(DISK_FULL_MESSAGE)
+    if start < 0:
+        return ""
+    end = start + len(DISK_FULL_MESSAGE)
+    while end < len(text) and text[end] not in ");\n":
+        end += 1
+    return text[start:end].rstrip()
 
 
 class Unavailable(ServiceError):

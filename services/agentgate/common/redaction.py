@@ -1,14 +1,20 @@
 """Secrets never reach a file, a database or an event (SPEC §3): they become `[REDACTED]`.
 
-What is redacted:
+What is redacted (docs/security.md, "Redaction", says the same for users):
 - well-known token shapes: GitHub (`ghp_…`, `gho_…`, `ghu_…`, `ghs_…`, `ghr_…`,
   `github_pat_…`), `sk-…` API keys (OpenAI, Anthropic), AWS access key ids (`AKIA…`, …) and
   secret keys given by name (`aws_secret_access_key=…`), private key blocks
   (`-----BEGIN … PRIVATE KEY-----` to its END line), `Authorization:` header values and
-  `Bearer …` tokens;
+  `Bearer …` tokens. The shapes with a distinctive prefix (GitHub, `sk-ant-`/`sk-proj-`,
+  AWS ids) match even glued to other text (`xAKIA…X`, `my_sk-ant-…`): an agent that wants a
+  secret through only has to add a character to break a word boundary;
 - every configured token value: `AGENTGATE_TOKEN`, `AGENTGATE_GITHUB_TOKEN` and any variable
   whose name ends in one of `SECRET_ENV_SUFFIXES`, when its value has at least
-  `MIN_SECRET_LENGTH` characters (shorter values would redact ordinary words).
+  `MIN_SECRET_LENGTH` characters (shorter values would redact ordinary words). A value is
+  found anywhere in the text (glued to other characters), split over line breaks within one
+  text (`"abc\ndef"`; each piece becomes [REDACTED], the lines stay), and as its base64
+  (standard and URL-safe, at each of the three byte alignments it can take inside a longer
+  encoded string) or hex (lower and upper case) encoding.
 
 `redact_message` walks any protobuf message generically (strings, repeated strings, maps,
 nested messages, `google.protobuf.Struct`), so a field added to a proto later is covered
@@ -17,9 +23,11 @@ without touching this module.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -45,6 +53,16 @@ def _word_start(match: re.Match[str]) -> bool:
     return start == 0 or not (match.string[start - 1].isalnum() or match.string[start - 1] == "_")
 
 
+def _sk_key_start(match: re.Match[str]) -> bool:
+    """An `sk-` key: a vendor prefix (`sk-ant-`, `sk-proj-` ...) is specific enough anywhere;
+    a bare `sk-` must not continue a word of letters or digits ("task-…", "disk-…"), though
+    an underscore may come before it (`my_sk-…` is a name glued to a key)."""
+    if match.group("vendor"):
+        return True
+    start = match.start()
+    return start == 0 or not match.string[start - 1].isalnum()
+
+
 @dataclass(frozen=True)
 class _Rule:
     """One secret shape, with a cheap test that must pass for the pattern to be tried at
@@ -63,14 +81,16 @@ class _Rule:
     folded_triggers: tuple[str, ...] = ()
     probe: re.Pattern[str] | None = None
     replacement: str = REDACTED
-    word_start: bool = False
+    #: A match is redacted only when this says so (None: every match).
+    accept: Callable[[re.Match[str]], bool] | None = None
 
     def apply(self, text: str) -> str:
-        if not self.word_start:
+        accept = self.accept
+        if accept is None:
             return self.pattern.sub(self.replacement, text)
 
         def replace(match: re.Match[str]) -> str:
-            return match.expand(self.replacement) if _word_start(match) else match.group(0)
+            return match.expand(self.replacement) if accept(match) else match.group(0)
 
         return self.pattern.sub(replace, text)
 
@@ -81,13 +101,24 @@ _RULES: tuple[_Rule, ...] = (
     # Specific enough to match even glued to other text.
     _Rule(re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"), probe=re.compile(r"gh[pousr]_")),
     _Rule(re.compile(r"github_pat_[A-Za-z0-9_]{20,}"), triggers=("github_pat_",)),
-    # `sk-` continues ordinary words ("risk-assessment-…"): a key starts a word, holds a digit.
-    _Rule(re.compile(r"sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9][A-Za-z0-9_-]{19,}"), triggers=("sk-",), word_start=True),
+    # `sk-` continues ordinary words ("risk-assessment-…"): a bare `sk-` key starts a word and
+    # holds a digit; a vendor's prefix (Anthropic, OpenAI project/service/admin keys) matches
+    # anywhere (see `_sk_key_start`).
     _Rule(
-        re.compile(r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+        re.compile(
+            r"sk-(?:(?P<vendor>(?:ant|proj|svcacct|admin)-)[A-Za-z0-9_-]{20,}"
+            r"|(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9][A-Za-z0-9_-]{19,})"
+        ),
+        triggers=("sk-",),
+        accept=_sk_key_start,
+    ),
+    # No word boundary on either side: "xAKIAIOSFODNN7EXAMPLEX" is still a key id. Ordinary
+    # text seldom has one of these prefixes followed by 16 capitals or digits (git hashes
+    # are lower case).
+    _Rule(
+        re.compile(r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z0-9]{16}"),
         # One scan for the 11 prefixes (they share the "A"), not 11 substring searches.
         probe=re.compile(r"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|ROA|PKA)"),
-        word_start=True,
     ),
     _Rule(
         re.compile(r"(?i)(aws_?secret_?access_?key|aws_?session_?token)([\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{16,}"),
@@ -101,13 +132,13 @@ _RULES: tuple[_Rule, ...] = (
         ),
         folded_triggers=("authorization",),
         replacement=r"\1" + REDACTED,
-        word_start=True,
+        accept=_word_start,
     ),
     _Rule(
         re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
         folded_triggers=("bearer",),
         replacement=r"\1" + REDACTED,
-        word_start=True,
+        accept=_word_start,
     ),
 )
 
@@ -125,18 +156,62 @@ def configured_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
     return sorted(found)
 
 
+_LINE_BREAKS = re.compile(r"[\r\n]")
+_NOT_LINE_BREAKS = re.compile(r"[^\r\n]+")
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _without_line_breaks(text: str) -> str:
+    if "\r" in text:
+        text = text.replace("\r", "")
+    return text.replace("\n", "")
+
+
+def encoded_forms(value: str) -> set[str]:
+    """`value` and the encodings of it that redaction also looks for: base64 (standard and
+    URL-safe) at each of the three alignments it can take inside a longer encoded string,
+    and hex (lower and upper case).
+
+    Inside base64 of `prefix + value + suffix`, only the characters made from the value's
+    bits alone are the same whatever surrounds it: the first one or two characters (which
+    share bits with the prefix) and the last one (shared with the suffix or the padding)
+    are left out. Forms shorter than MIN_SECRET_LENGTH are dropped (they would match
+    ordinary text)."""
+    raw = value.encode("utf-8")
+    forms = {value, raw.hex(), raw.hex().upper()}
+    for shift in range(3):
+        # Zero bytes stand for whatever precedes or follows; the slice keeps only
+        # characters all of whose 6 bits come from `raw`.
+        encoded = base64.b64encode(b"\0" * shift + raw + b"\0\0").decode("ascii")
+        start = -(-8 * shift // 6)
+        end = 8 * (shift + len(raw)) // 6
+        core = encoded[start:end]
+        forms.add(core)
+        forms.add(core.translate(_URLSAFE))
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
 class Redactor:
     """Replaces secrets in text and in protobuf messages.
 
-    `secrets` are exact values to hide (configured tokens), on top of the token patterns.
+    `secrets` are exact values to hide (configured tokens), on top of the token patterns;
+    each is also looked for split over line breaks and in its encoded forms
+    (`encoded_forms`).
     """
 
     def __init__(self, secrets: Iterable[str] = ()):
-        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        forms: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET_LENGTH:
+                # Looked for in text whose line breaks are removed (see `_redact_values`),
+                # so a value holding a line break is looked for without it too.
+                forms.update(_without_line_breaks(form) for form in encoded_forms(secret))
+        values = sorted((form for form in forms if len(form) >= MIN_SECRET_LENGTH), key=len, reverse=True)
         # Longest first, so a token that contains another is hidden whole.
-        self._values = re.compile("|".join(re.escape(v) for v in values)) if values else None
         self._value_list = tuple(values)
-        self.secret_count = len(values)
+        # One string to look a line's first or last characters up in (see `split_edges`).
+        self._joined_values = "\n".join(values)
+        self.secret_count = len({s for s in secrets if len(s) >= MIN_SECRET_LENGTH})
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> Redactor:
@@ -147,17 +222,13 @@ class Redactor:
         """`text` with every secret replaced by [REDACTED].
 
         Cost on text without secrets (the common case, megabytes of agent output): one
-        substring search per configured value, one scan per rule (see `_Rule`) and one
-        lowercased copy for the case-insensitive rules, made only when reached."""
+        substring search per configured value and encoded form (on a copy without line
+        breaks when the text has any), one scan per rule (see `_Rule`) and one lowercased
+        copy for the case-insensitive rules, made only when reached."""
         if not text:
             return text
-        if self._values is not None:
-            # A long literal is found much faster than the alternation of all of them scans.
-            present = [value for value in self._value_list if value in text]
-            if len(present) == 1:
-                text = text.replace(present[0], REDACTED)
-            elif present:
-                text = self._values.sub(REDACTED, text)
+        if self._value_list:
+            text = self._redact_values(text)
         folded: str | None = None
         for rule in _RULES:
             if rule.probe is not None:
@@ -175,6 +246,73 @@ class Redactor:
                     continue
             text = rule.apply(text)
         return text
+
+    def split_edges(self, line: str) -> tuple[int, int, str]:
+        """Pieces of configured values (and their encoded forms) at the edges of `line`, one
+        line of an output that arrives line by line: `(head, tail, rest)`.
+
+        `head` is the length of the longest start of `line` that is the end of a value
+        (the second piece of a value split over lines); `tail` the length of the longest end
+        of `line` that is the start of one, and `rest` what of that value is still to come.
+        A piece counts from MIN_SECRET_LENGTH characters, like a value (0 and '' when none):
+        the start of a value that ends a line is most of a secret whether or not the rest
+        follows."""
+        head = tail = 0
+        rest = ""
+        n = MIN_SECRET_LENGTH
+        if len(line) < n:
+            return head, tail, rest
+        # A piece at the start holds the line's first n characters, one at the end its last
+        # n: two substring searches rule out almost every line.
+        start = line[:n]
+        check_head = start in self._joined_values
+        check_tail = line[-n:] in self._joined_values
+        if not (check_head or check_tail):
+            return head, tail, rest
+        for value in self._value_list:
+            if len(value) <= n:
+                continue
+            j = value.find(start, 1) if check_head else -1
+            while j > 0:
+                if len(value) - j > head and line.startswith(value[j:]):
+                    head = len(value) - j
+                j = value.find(start, j + 1)
+            probe = value[:n]
+            i = line.find(probe, max(0, len(line) - len(value) + 1)) if check_tail else -1
+            while i >= 0:
+                if len(line) - i > tail and value.startswith(line[i:]):
+                    tail, rest = len(line) - i, value[len(line) - i :]
+                i = line.find(probe, i + 1)
+        return head, tail, rest
+
+    def _redact_values(self, text: str) -> str:
+        """Replaces the configured values and their encoded forms, also where line breaks
+        split them: they are searched in `text` without its line breaks, and each match is
+        mapped back to the pieces of `text` it came from."""
+        joined = _without_line_breaks(text) if ("\n" in text or "\r" in text) else text
+        # A long literal is found much faster than the alternation of all of them scans.
+        present = [value for value in self._value_list if value in joined]
+        if not present:
+            return text
+        if joined is text:
+            if len(present) == 1:
+                return text.replace(present[0], REDACTED)
+            return re.compile("|".join(re.escape(v) for v in present)).sub(REDACTED, text)
+        # Where each removed break sat in `joined`: a joined index j is index
+        # j + bisect_right(shifts, j) of `text`.
+        shifts = [match.start() - n for n, match in enumerate(_LINE_BREAKS.finditer(text))]
+        pieces: list[str] = []
+        done = 0
+        for match in re.finditer("|".join(re.escape(v) for v in present), joined):
+            start = match.start() + bisect_right(shifts, match.start())
+            last = match.end() - 1
+            end = last + bisect_right(shifts, last) + 1
+            pieces.append(text[done:start])
+            # Every piece of the secret becomes [REDACTED]; the line breaks between stay.
+            pieces.append(_NOT_LINE_BREAKS.sub(REDACTED, text[start:end]))
+            done = end
+        pieces.append(text[done:])
+        return "".join(pieces)
 
     def redact_message(self, message: Message) -> int:
         """Redacts every string of `message` in place, recursively; returns how many

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import Message
 
+from agentgate.common.errors import is_disk_full_message
+from agentgate.common.events import AGENT_OUTPUT
 from agentgate.common.persistence_warnings import warning_from_metadata
 from agentgate.orchestrator.subscribers import EmittedEvent, EventSubscriber
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
@@ -153,10 +155,19 @@ class PersistenceSubscriber:
     def __init__(self, persistence: persistence_pb2_grpc.PersistenceServiceStub, run_id: str):
         self._persistence = persistence
         self.run_id = run_id
+        #: Told the status message when a batch found the disk full: the run must end, not
+        #: go on producing events nobody can store (set by the run, see run_loop).
+        self.on_disk_full: Callable[[str], None] | None = None
+        self.disk_full = False
 
     async def handle(self, batch: Sequence[EmittedEvent]) -> None:
-        """Appends the batch, in order, in calls of at most MAX_APPEND_BYTES."""
-        for chunk in append_chunks([item.event for item in batch]):
+        """Appends the batch, in order, in calls of at most MAX_APPEND_BYTES. Once the disk
+        was found full, the agent output still buffered is left out: the room persistence
+        keeps aside is for the run's end (the other events are few and small)."""
+        events = [item.event for item in batch]
+        if self.disk_full:
+            events = [event for event in events if event.type != AGENT_OUTPUT]
+        for chunk in append_chunks(events):
             await self._append(chunk)
 
     async def _append(self, events: list[events_pb2.RunEvent]) -> None:
@@ -170,6 +181,10 @@ class PersistenceSubscriber:
             except grpc.aio.AioRpcError as exc:
                 # Only UNAVAILABLE: after a deadline the batch may have been stored, and
                 # sending it again would duplicate events.
+                if is_disk_full_message(exc.details() or ""):
+                    self.disk_full = True
+                    if self.on_disk_full is not None:
+                        self.on_disk_full(exc.details() or "")
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == APPEND_ATTEMPTS - 1:
                     raise AppendFailed(
                         f"could not persist {len(events)} events of {self.run_id}: {_problem(exc)}"

@@ -3,12 +3,15 @@ verify -> strategy decision until the strategy stops, deliver, and record everyt
 
 Files, git and processes are reached only through the workspace port; everything worth
 keeping goes through the persistence port (workspace_port.py, persistence_port.py). A
-persistence failure never fails a run.
+persistence failure never fails a run, except a full disk: a run whose records and events
+can no longer be kept stops at once and ends FAILED with the disk message
+(docs/troubleshooting.md, "Disk full").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from agentgate.common import events as ev
 from agentgate.common import telemetry
+from agentgate.common.errors import disk_full_excerpt
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.resolution import HarnessError, resolve_harness
@@ -25,7 +29,7 @@ from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
 from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.ordered_saves import OrderedSaves
-from agentgate.orchestrator.persistence_port import PersistencePort, Saved
+from agentgate.orchestrator.persistence_port import PersistencePort, PersistenceSubscriber, Saved
 from agentgate.orchestrator.prompt import assemble_prompt
 from agentgate.orchestrator.retry import (
     AttemptCallback,
@@ -128,9 +132,15 @@ class RunExecutor:
             task_prompt=spec.task_prompt,
             agent=spec.agent,
         )
+        #: Why the run's writes stopped finding room (None while they do): see `_disk_full`.
+        self._disk_error: common_pb2.BuildError | None = None
+        self._disk_full_seen = asyncio.Event()
+        own = persistence.event_subscriber(work_order.run_id)
+        if isinstance(own, PersistenceSubscriber):
+            own.on_disk_full = lambda message: self._disk_full(message, "events")
         # `subscribers`: the worker's shared ones (metrics, audit); the event log is the emitter's own.
         self.emitter = RunEventEmitter(
-            persistence.event_subscriber(work_order.run_id),
+            own,
             work_order.id,
             work_order.run_id,
             work_order.trace_id,
@@ -155,8 +165,10 @@ class RunExecutor:
 
     def _saved(self, what: str, saved: Saved) -> str:
         """The file a save wrote. A save that failed, or whose file the service could not
-        write, is logged, counted and emitted as a warning, never fatal."""
+        write, is logged, counted and emitted as a warning, never fatal, unless the disk is
+        full (see `_disk_full`)."""
         if saved.problem:
+            self._disk_full(saved.problem, what)
             self.persistence_warnings += 1
             message = f"could not save {what}: {saved.problem}"
             log.warning("run %s: %s", self.run.id, message)
@@ -166,6 +178,22 @@ class RunExecutor:
                 persistence_warning=events_pb2.PersistenceWarning(message=message),
             )
         return saved.file
+
+    def _disk_full(self, problem: str, what: str) -> None:
+        """Ends the run when `problem` (a save's or an event batch's) says the disk is full:
+        the step in progress is cancelled (see `_loop_until_disk_full`) and the run fails
+        as a SYSTEM_ERROR naming the file. Going on would lose every later record and event
+        while the agent kept running; the final writes use the room persistence keeps
+        aside for them (common/disk_reserve.py)."""
+        excerpt = disk_full_excerpt(problem)
+        if not excerpt or self._disk_error is not None:
+            return
+        message = excerpt[0].upper() + excerpt[1:]
+        if what and what not in excerpt:
+            message += f" (saving {what})"
+        log.error("run %s: %s", self.run.id, message)
+        self._disk_error = build_errors.from_step(T.BUILD_ERROR_TYPE_SYSTEM_ERROR, message)
+        self._disk_full_seen.set()
 
     def _save_run(self) -> None:
         """Hands a save of the run as it is now to the background saves (see ordered_saves):
@@ -231,7 +259,7 @@ class RunExecutor:
         try:
             try:
                 async with asyncio.timeout(self.harness.limits.max_wall_clock_seconds):
-                    outcome = await self._loop()
+                    outcome = await self._loop_until_disk_full()
             except TimeoutError:
                 error = build_errors.from_step(
                     T.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
@@ -258,6 +286,32 @@ class RunExecutor:
         finally:
             await asyncio.shield(self._finish())
         return outcome
+
+    async def _loop_until_disk_full(self) -> RunOutcome:
+        """`_loop`, stopped as soon as a write of the run finds the disk full: the step in
+        progress is cancelled (an agent or check process group is killed by the workspace
+        service when its call is cancelled), and the run fails with the disk message
+        rather than run on with nothing kept. Steps that do not wait long enough for the
+        cancel to land check at their end (`_check_disk`)."""
+        loop = asyncio.create_task(self._loop())
+        full = asyncio.create_task(self._disk_full_seen.wait())
+        try:
+            await asyncio.wait({loop, full}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            full.cancel()
+            if not loop.done():
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+        if self._disk_error is not None and (loop.cancelled() or loop.exception() is not None):
+            raise OperationFailed(self._disk_error)
+        return loop.result()
+
+    def _check_disk(self) -> None:
+        """Stops the run here when its writes found the disk full (see `_disk_full`)."""
+        if self._disk_error is not None:
+            # Permanent: a retry of the agent would write to the same full disk.
+            raise OperationFailed(self._disk_error, permanent=True)
 
     async def _loop(self) -> RunOutcome:
         """prepare -> iterations until the strategy stops -> deliver, or the run's failure."""
@@ -517,6 +571,7 @@ class RunExecutor:
         )
         self._count_usage(result)
         agent_file = self._saved(f"agent-{iteration}.json", await self._persistence.save_agent_result(result))
+        self._check_disk()
         ended = events_pb2.AgentEnded(
             success=result.success,
             exit_code=result.exit_code,
@@ -561,6 +616,7 @@ class RunExecutor:
         report_file = self._saved(
             f"verification-{iteration}.json", await self._persistence.save_verification_report(report)
         )
+        self._check_disk()
         self.emitter.emit(
             ev.VERIFICATION_COMPLETE,
             iteration,
@@ -589,6 +645,7 @@ class RunExecutor:
         )
 
     async def _succeed(self) -> RunOutcome:
+        self._check_disk()  # a background save may have found the disk full: deliver nothing
         self._set_state(S.RUN_STATE_DELIVERING)
         self._save_run()
         failure = await self._deliver()

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import grpc
 
+from agentgate.common.errors import DISK_FULL_MESSAGE
 from agentgate.orchestrator import build_errors
 from agentgate.orchestrator.retry import OperationFailed
 from agentgate.v1 import common_pb2, events_pb2, workspace_pb2, workspace_pb2_grpc
@@ -141,14 +142,16 @@ class GrpcWorkspace:
                 timeout=PREPARE_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
+            disk_full = _disk_full("the workspace", exc)
             raise OperationFailed(
-                build_errors.from_step(
+                disk_full
+                or build_errors.from_step(
                     T.BUILD_ERROR_TYPE_WORKSPACE_ERROR,
                     f"Workspace preparation failed: {exc.details()}",
                     {"code": exc.code().name},
                 ),
                 # The same request is refused the same way every time.
-                permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT,
+                permanent=exc.code() == grpc.StatusCode.INVALID_ARGUMENT or disk_full is not None,
                 timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from exc
 
@@ -216,7 +219,8 @@ class GrpcWorkspace:
             )
         except grpc.aio.AioRpcError as exc:
             raise OperationFailed(
-                build_errors.from_step(T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR, f"Snapshot failed: {exc.details()}")
+                _disk_full("the snapshot", exc)
+                or build_errors.from_step(T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR, f"Snapshot failed: {exc.details()}")
             ) from exc
 
     async def verify(
@@ -240,7 +244,10 @@ class GrpcWorkspace:
                 timeout=VERIFY_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
-            raise OperationFailed(build_errors.from_exception(RuntimeError(f"Verify failed: {_status(exc)}"))) from exc
+            raise OperationFailed(
+                _disk_full("the clean room", exc)
+                or build_errors.from_exception(RuntimeError(f"Verify failed: {_status(exc)}"))
+            ) from exc
         return response.report
 
     async def push(self, workspace_id: str, branch: str) -> workspace_pb2.PushResponse:
@@ -269,3 +276,18 @@ class GrpcWorkspace:
             log.warning("could not release workspace %s: %s", workspace_id, exc.details())
             return False
         return True
+
+
+def _disk_full(what: str, exc: grpc.aio.AioRpcError) -> common_pb2.BuildError | None:
+    """The workspace service reports a full disk in the words of what met it (git's or the
+    system's "No space left on device", SQLite's "database or disk is full"); the run then
+    fails as a SYSTEM_ERROR with the disk message like any other full disk
+    (docs/troubleshooting.md, "Disk full"), the original words kept after it. None when
+    `exc` is about something else."""
+    details = exc.details() or ""
+    folded = details.lower()
+    if DISK_FULL_MESSAGE not in folded and "database or disk is full" not in folded:
+        return None
+    return build_errors.from_step(
+        T.BUILD_ERROR_TYPE_SYSTEM_ERROR, f"No space left on device while writing {what}: {details}"
+    )

@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
+from agentgate.common.errors import DiskFull
 from agentgate.common.events import PERSISTENCE_WARNING, make_event
 from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
@@ -167,7 +168,12 @@ class EventLog:
         if warnings:
             for warning in warnings:
                 self.redactor.redact(warning)
-            self._publish(await self.store.append_events(warnings))
+            try:
+                self._publish(await self.store.append_events(warnings))
+            except DiskFull:
+                # The events themselves are committed: their call must not fail for a
+                # warning about them that found no room (the file's error is logged).
+                log.error("no room to record the warning of %d run(s) about events.jsonl", len(warnings))
 
     def _publish(self, events: Sequence[events_pb2.RunEvent]) -> None:
         for event in events:

@@ -1,9 +1,17 @@
 """Redaction of events before they are stored, written to events.jsonl or streamed.
 
 Every string of an event goes through the `Redactor`. Agent output arrives one line per
-`agent:output` event, so a private key block spans many events: the lines between a
-BEGIN … PRIVATE KEY line and its END line have no pattern of their own. This keeps, per
-run, iteration and stream, whether a block is open and redacts those lines whole.
+`agent:output` event, so what spans lines spans events:
+
+- a private key block: the lines between a BEGIN … PRIVATE KEY line and its END line have
+  no pattern of their own. This keeps, per run, iteration and stream, whether a block is
+  open and redacts those lines whole;
+- a configured value (or its base64) split over lines: a line that ends with the start of
+  one (8 characters or more) has that end redacted, and the rest of the value is expected at
+  the start of the next line(s) of that stream, which is redacted too; a line that starts
+  with the end of one (8 or more) has that start redacted. A line is stored and sent before
+  the next exists, so a piece shorter than 8 characters at the end of a line is not caught
+  (docs/security.md, "Redaction").
 """
 
 from __future__ import annotations
@@ -32,16 +40,53 @@ class EventRedactor:
     def __init__(self, redactor: Redactor):
         self.redactor = redactor
         self._open: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        #: Per stream, the rest of a configured value whose start ended the last line.
+        self._split: OrderedDict[tuple[str, int, int], str] = OrderedDict()
 
     def redact(self, event: events_pb2.RunEvent) -> None:
         """Replaces every secret of `event` by [REDACTED]."""
         if event.HasField("agent_output"):
+            self._follow_split_values(event)
             self._follow_key_blocks(event)
         elif event.type == ev.AGENT_STARTED or event.type in ev.TERMINAL_EVENT_TYPES:
             # A new execution (or the end) closes whatever the last one left open.
-            for key in [k for k in self._open if k[0] == event.run_id]:
-                del self._open[key]
+            for state in (self._open, self._split):
+                for key in [k for k in state if k[0] == event.run_id]:
+                    del state[key]
         self.redactor.redact_message(event)
+
+    def _follow_split_values(self, event: events_pb2.RunEvent) -> None:
+        output = event.agent_output
+        key = (event.run_id, event.iteration, int(output.stream))
+        text = output.text
+        expected = self._split.pop(key, "")
+        if expected and text:
+            if text.startswith(expected):
+                text = REDACTED + text[len(expected) :]
+            elif expected.startswith(text):
+                # Split over more than two lines: this one is all secret, more follows.
+                output.text = REDACTED
+                self._remember_split(key, expected[len(text) :])
+                return
+        if not self.redactor.secret_count:
+            output.text = text
+            return
+        head, tail, rest = self.redactor.split_edges(text)
+        if head + tail >= len(text) and (head or tail):
+            text = REDACTED
+        else:
+            if tail:
+                text = text[: len(text) - tail] + REDACTED
+            if head:
+                text = REDACTED + text[head:]
+        if rest:
+            self._remember_split(key, rest)
+        output.text = text
+
+    def _remember_split(self, key: tuple[str, int, int], rest: str) -> None:
+        self._split[key] = rest
+        while len(self._split) > MAX_OPEN_BLOCKS:
+            self._split.popitem(last=False)
 
     def _follow_key_blocks(self, event: events_pb2.RunEvent) -> None:
         output = event.agent_output

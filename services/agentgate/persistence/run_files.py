@@ -3,8 +3,9 @@
 Every JSON file is written atomically (temp file in the same folder, then os.replace), so a
 reader never sees half a file. Writes run in a worker thread to keep the event loop free.
 A failed write is logged and counted, never raised: the SQLite index is the record that
-matters, and a full disk must not fail a run. The outcome of a write says which file and
-why, so the caller can tell the run (a `persistence:warning`).
+matters. The outcome of a write says which file and why, so the caller can tell the run (a
+`persistence:warning`); a full disk reads "no space left on device while writing
+runs/{run_id}/{file}", which ends the run (docs/troubleshooting.md, "Disk full").
 
 Reading is forgiving: a missing file is None, a file from an older version reads with
 defaults for the fields it lacks, and a damaged file is logged and read as None.
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from agentgate.common.errors import disk_full_message, is_disk_full
 from agentgate.common.messages import from_json, to_json
 from agentgate.persistence.ids import is_valid_id
 from agentgate.v1 import common_pb2, events_pb2
@@ -64,6 +66,8 @@ class WriteOutcome:
     run_id: str
     file: str
     error: str = ""
+    #: The write failed for want of room (the error says so too).
+    disk_full: bool = False
 
     def __bool__(self) -> bool:
         return not self.error
@@ -105,11 +109,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def append_lines(path: Path, lines: Sequence[str]) -> None:
-    """Appends whole lines to `path` in one write, so lines of one batch stay together."""
+    """Appends whole lines to `path` in one write, so lines of one batch stay together. A
+    write cut short (a full disk takes what fits) is taken back: the file keeps whole
+    lines, and the lines before stay readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(line + "\n" for line in lines)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(data)
+    data = memoryview("".join(line + "\n" for line in lines).encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class RunFiles:
@@ -164,6 +180,8 @@ class RunFiles:
         except (OSError, ValueError) as exc:
             self.write_failures += 1
             log.error("could not write %s of run %s: %s", name, run_id, exc)
+            if is_disk_full(exc):
+                return WriteOutcome(run_id, name, disk_full_message(f"runs/{run_id}/{name}"), disk_full=True)
             return WriteOutcome(run_id, name, f"{type(exc).__name__}: {exc}")
 
     # -- reading ---------------------------------------------------------------------

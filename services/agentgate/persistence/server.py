@@ -12,21 +12,24 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 
 from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
+from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import (
     AlreadyExists,
+    DiskFull,
     FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
+from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.common.persistence_warnings import warning_metadata
 from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
@@ -59,9 +62,14 @@ from agentgate.persistence.store import PersistenceStore
 from agentgate.persistence.streaming import stream_events
 from agentgate.persistence.tasks import run_to_completion
 from agentgate.persistence.wire import WireCache, add_persistence_service
-from agentgate.v1 import persistence_pb2, persistence_pb2_grpc
+from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+#: A run saved in one of these states is a run's last write, which the disk reserve is for.
+FINAL_RUN_STATES = frozenset(
+    {common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELED}
+)
 
 SUBSCRIBER_QUEUE_ENV = "AGENTGATE_PERSISTENCE_SUBSCRIBER_QUEUE"
 
@@ -126,10 +134,13 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         files: RunFiles,
         event_log: EventLog,
         preparer: RecordPreparer | None = None,
+        reserve: DiskReserve | None = None,
     ):
         self.store = store
         self.files = files
         self.event_log = event_log
+        #: Room for the final writes of runs on a full disk (see common/disk_reserve.py); None: no reserve.
+        self.reserve = reserve
         self.preparer = preparer or RecordPreparer(Redactor(), DEFAULT_MAX_OUTPUT_BYTES)
         self.reader = RunReader(store, files)
         # StreamEvents sends each event's serialized response to every follower (see wire).
@@ -156,7 +167,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                     raise AlreadyExists(f"run {run.id!r} already exists")
                 return await self.files.write_run(run)
 
-        _report_file_failure(context, await run_to_completion(create()))
+        _report_file_failure(context, await self._disk_guarded(create, final=False))
         return persistence_pb2.CreateRunResponse(run=run)
 
     @representable
@@ -190,7 +201,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                     raise NotFound(f"run {run.id!r} not found")
                 return await self.files.write_run(run)
 
-        _report_file_failure(context, await run_to_completion(update()))
+        _report_file_failure(context, await self._disk_guarded(update, final=run.state in FINAL_RUN_STATES))
         return persistence_pb2.UpdateRunResponse(run=run)
 
     @representable
@@ -294,7 +305,31 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                     raise NotFound(f"run {run_id!r} not found")
                 return await write_file(message)
 
+        if self.reserve is not None and not await self.reserve.allow_write():
+            index.close()  # never awaited: nothing was written
+            raise DiskFull(self.store.file)
         return await run_to_completion(save())
+
+    async def _disk_guarded(self, write: Callable[[], Awaitable[WriteOutcome]], final: bool) -> WriteOutcome:
+        """Runs `write` (an index write, then its file; repeatable) to completion. A `final`
+        write (a run's last state) that meets a full disk is tried once more after the
+        disk reserve is released, so the run does not read BUILDING forever; another write
+        is refused while the reserve is spent and cannot be put back (see common/disk_reserve.py)."""
+        if self.reserve is None:
+            return await run_to_completion(write())
+        if not final:
+            if not await self.reserve.allow_write():
+                raise DiskFull(self.store.file)
+            return await run_to_completion(write())
+        try:
+            outcome = await run_to_completion(write())
+        except DiskFull:
+            if not await self.reserve.release():
+                raise
+            return await run_to_completion(write())
+        if outcome.disk_full and await self.reserve.release():
+            return await run_to_completion(write())
+        return outcome
 
     # -- reading iteration records -----------------------------------------------------
 
@@ -381,8 +416,25 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _require(validation.check_events(request.events))
         if not request.events:
             return persistence_pb2.AppendEventsResponse()
-        stored = await self.event_log.append(request.events)
+        stored = await self._append_events(request.events)
         return persistence_pb2.AppendEventsResponse(seqs=[event.seq for event in stored])
+
+    async def _append_events(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
+        """EventLog.append, with the disk reserve: a batch holding a terminal event (the end
+        of a run) that meets a full disk is tried again after the reserve is released; a
+        failed batch was rolled back, so trying again stores nothing twice."""
+        if self.reserve is None:
+            return await self.event_log.append(events)
+        if not any(event.type in TERMINAL_EVENT_TYPES for event in events):
+            if not await self.reserve.allow_write():
+                raise DiskFull(self.store.file)
+            return await self.event_log.append(events)
+        try:
+            return await self.event_log.append(events)
+        except DiskFull:
+            if not await self.reserve.release():
+                raise
+            return await self.event_log.append(events)
 
     async def StreamEvents(
         self, request: persistence_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
@@ -459,8 +511,15 @@ class PersistenceApp:
         """Opens the index and registers the servicer on `server`."""
         self.store = await PersistenceStore.open(self.settings.database_path)
         self.event_log = EventLog(self.store, self.files, self.subscriber_queue_size, self.redactor)
+        reserve = DiskReserve(reserve_path(self.settings.home, "persistence"))
+        if not await reserve.ensure():
+            log.warning("disk full at start: no room for the %d-byte reserve %s", reserve.size, reserve.path)
         self.servicer = PersistenceServicer(
-            self.store, self.files, self.event_log, RecordPreparer(self.redactor, self.max_output_bytes)
+            self.store,
+            self.files,
+            self.event_log,
+            RecordPreparer(self.redactor, self.max_output_bytes),
+            reserve,
         )
         add_persistence_service(self.servicer, server)
 

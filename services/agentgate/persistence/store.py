@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from agentgate.common.errors import DiskFull, is_disk_full
 from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
@@ -96,10 +97,12 @@ def created_ns(run: common_pb2.Run) -> int:
 class PersistenceStore:
     """Async access to persistence.db. Create with `await PersistenceStore.open(path)`."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, file: str = "persistence.db"):
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        #: The database's file name, for the disk-full message.
+        self.file = file
 
     @classmethod
     async def open(cls, path: Path) -> PersistenceStore:
@@ -110,7 +113,7 @@ class PersistenceStore:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader)
+        return cls(writer, reader, path.name)
 
     async def close(self) -> None:
         """Closes both connections, after any write in progress has finished."""
@@ -124,8 +127,11 @@ class PersistenceStore:
             try:
                 yield self._writer
                 await self._writer.commit()
-            except BaseException:
+            except BaseException as exc:
                 await self._writer.rollback()
+                if is_disk_full(exc):
+                    # SQLite rolled the transaction back: nothing of it is stored.
+                    raise DiskFull(self.file) from exc
                 raise
 
     async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:

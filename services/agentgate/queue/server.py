@@ -24,6 +24,7 @@ import grpc
 
 from agentgate.common import telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
+from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import FieldViolation, InvalidArgument, Unavailable
 from agentgate.queue.outbox import OutboxForwarder
 from agentgate.queue.positions import PositionBoard
@@ -376,6 +377,9 @@ class QueueApp:
         store = await QueueStore.open(
             self.settings.database_path, max_lease_attempts=self.max_lease_attempts, clock=self._clock
         )
+        store.reserve = DiskReserve(reserve_path(self.settings.home, "queue"))
+        if not await store.reserve.ensure():
+            log.warning("disk full at start: no room for the reserve %s", store.reserve.path)
         renewed = await store.renew_running_leases(self.lease_seconds)
         if renewed:
             log.info("renewed the leases of %d running work order(s) after the restart", renewed)

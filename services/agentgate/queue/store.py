@@ -21,7 +21,15 @@ from typing import TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentgate.common import events as event_names
-from agentgate.common.errors import FailedPrecondition, NotFound, ResourceExhausted, ServiceError
+from agentgate.common.disk_reserve import DiskReserve
+from agentgate.common.errors import (
+    DiskFull,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    is_disk_full,
+)
 from agentgate.common.storage import SqliteThread
 from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.queue import outbox, sql
@@ -196,6 +204,10 @@ class QueueStore:
         #: Called after a commit that changed the waiting work orders or their order
         #: (submit, lease, cancel, requeue, timeout): wakes WatchPosition streams.
         self.on_order_changed: Callable[[], None] | None = None
+        #: Room released for a completion that finds the disk full (common/disk_reserve.py).
+        self.reserve: DiskReserve | None = None
+        #: The database's file name, for the disk-full message.
+        self.file = "queue.db"
 
     @classmethod
     async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
@@ -203,6 +215,7 @@ class QueueStore:
         in-memory index of waiting work orders and undelivered events from it."""
         db = await SqliteThread.open(path, sql.MIGRATIONS)
         store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
+        store.file = path.name
         await db.run(store._load_memory)
         return store
 
@@ -227,7 +240,13 @@ class QueueStore:
         return await asyncio.shield(self._write_now(body))
 
     async def _write_now(self, body: Callable[[Transaction], T]) -> T:
-        tx, result = await self._db.run(lambda conn: self._transaction(conn, body))
+        try:
+            tx, result = await self._db.run(lambda conn: self._transaction(conn, body))
+        except (sqlite3.Error, OSError) as exc:
+            if is_disk_full(exc):
+                # Rolled back: nothing of it is stored.
+                raise DiskFull(self.file) from exc
+            raise
         if tx.new_events and self.on_events is not None:
             self.on_events()
         if tx.work_changed and self.on_work_changed is not None:
@@ -484,7 +503,14 @@ class QueueStore:
             tx.work_changed = True
             return _load(tx.conn, row["id"])
 
-        completed = await self._write(body)
+        try:
+            completed = await self._write(body)
+        except DiskFull:
+            # The end of a work order is what the reserve is for: without it the work
+            # order would read RUNNING, and `exec` wait, until its lease ran out.
+            if self.reserve is None or not await self.reserve.release():
+                raise
+            completed = await self._write(body)
         assert completed is not None  # None only with `tx.error`, which `_write` raised
         return completed
 
