@@ -47,3 +47,19 @@ def test_python_m_has_the_same_commands_as_the_script() -> None:
     script = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
     for group in ("profiles", "queue", "runs", "logs", "agents", "submit", "list"):
         assert f" {group} " in out and f" {group} " in script
+
+
+def test_a_command_with_options_does_not_load_pydantic() -> None:
+    """typer 0.29 coerces every non-bool option through a pydantic TypeAdapter (~70 ms at
+    every command); the pin is 0.28. `--help` of a command parses its options' types."""
+    code = (
+        "import json, sys\n"
+        "from typer.testing import CliRunner\n"
+        "from agentgate.client.cli import app\n"
+        "result = CliRunner().invoke(app, ['list', '--limit', 'x'])\n"
+        "print(json.dumps([result.exit_code, sorted(sys.modules)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    exit_code, loaded = json.loads(out.splitlines()[-1])
+    assert exit_code == 2  # --limit x: a usage error, found by typer's own int conversion
+    assert [name for name in loaded if name == "pydantic" or name.startswith("pydantic.")] == []

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import tempfile
 import time
 import typing
 from collections.abc import Callable
@@ -404,6 +403,8 @@ def demo(
 ) -> None:
     """Run a scripted agent on a small buggy project: it fails verification in iteration 1 and
     fixes the bug in iteration 2."""
+    import tempfile
+
     from agentgate.client.cli_suite import start_missing
     from agentgate.client.demo import DEMO_PROMPT, make_demo_project
     from agentgate.client.supervisor import Supervisor
