@@ -194,6 +194,7 @@ class Redactor:
                         setattr(message, field.name, clean)
                         changed += 1
             elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                assert field.message_type is not None  # set on every message field
                 if field.message_type.GetOptions().map_entry:
                     changed += self._redact_map(field, value)
                 elif field.is_repeated:
@@ -205,6 +206,7 @@ class Redactor:
 
     def _redact_map(self, field: FieldDescriptor, mapping: object) -> int:
         changed = 0
+        assert field.message_type is not None  # a map field's entry message
         key_is_text = field.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
         value_field = field.message_type.fields_by_name["value"]
         for key in list(mapping):  # type: ignore[call-overload]

@@ -384,7 +384,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         stored = await self.event_log.append(request.events)
         return persistence_pb2.AppendEventsResponse(seqs=[event.seq for event in stored])
 
-    async def StreamEvents(
+    async def StreamEvents(  # type: ignore[override]  # yields pre-serialized bytes (see wire.py)
         self, request: persistence_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Replays the events with seq > after_seq of a work order (or of one run), then,
