@@ -1,4 +1,4 @@
-"""Secrets never reach a file, a database or an event (SPEC §3): they become `[REDACTED]`.
+"""Secrets never reach a file, a database or an event (docs/troubleshooting.md): they become `[REDACTED]`.
 
 What is redacted:
 - well-known token shapes: GitHub (`ghp_…`, `gho_…`, `ghu_…`, `ghs_…`, `ghr_…`,

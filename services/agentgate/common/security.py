@@ -1,4 +1,4 @@
-"""Token auth, TLS and the loopback rule (SPEC §13), for servers and for the clients that
+"""Token auth, TLS and the loopback rule (docs/security.md), for servers and for the clients that
 call them (CLI, client library, services calling each other).
 
 Servers:

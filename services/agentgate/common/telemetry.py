@@ -1,4 +1,4 @@
-"""OpenTelemetry for the four services (SPEC §12): one TracerProvider and MeterProvider per
+"""OpenTelemetry for the four services (docs/observability.md): one TracerProvider and MeterProvider per
 service, the gRPC instrumentation on every server and channel, and W3C `traceparent` helpers.
 
 - `service.name` is `agentgate-{service}` (`agentgate-queue`, `agentgate-orchestrator`, ...).

@@ -1,4 +1,4 @@
-"""Structured errors (SPEC §3): one place builds every `BuildError`.
+"""Structured errors (docs/troubleshooting.md): one place builds every `BuildError`.
 
 From an agent result, a verification report, a failed step (workspace, snapshot, GitHub,
 queue), or a system exception; the run's plain `error` string is the message plus the files
@@ -102,7 +102,7 @@ _ITERATION_TYPES = {
 
 
 def type_name(error_type: int) -> str:
-    """BUILD_ERROR_TYPE_TEST_FAILED -> test_failed (the SPEC's spelling)."""
+    """BUILD_ERROR_TYPE_TEST_FAILED -> test_failed (as docs/troubleshooting.md spells it)."""
     return common_pb2.BuildErrorType.Name(error_type).removeprefix("BUILD_ERROR_TYPE_").lower()  # type: ignore[arg-type]
 
 

@@ -1,4 +1,4 @@
-"""The metrics subscriber: OpenTelemetry metrics recorded from the run events (SPEC §11).
+"""The metrics subscriber: OpenTelemetry metrics recorded from the run events (docs/observability.md).
 
 | instrument | kind | unit | attributes |
 |---|---|---|---|

@@ -1,4 +1,4 @@
-"""The run state machine (SPEC §2): every state change of a run goes through here."""
+"""The run state machine (docs/architecture.md, "Run states"): every state change of a run goes through here."""
 
 from __future__ import annotations
 

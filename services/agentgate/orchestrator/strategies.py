@@ -1,4 +1,4 @@
-"""Loop strategies (SPEC §10): after each iteration, decide whether the run goes on.
+"""Loop strategies (docs/strategies.md): after each iteration, decide whether the run goes on.
 
 A strategy is one callback, `on_iteration_complete(event) -> LoopDecision`, plus an
 optional `on_loop_end(result)`. Strategies are plain Python: no network, no files. One

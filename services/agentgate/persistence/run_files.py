@@ -1,4 +1,4 @@
-"""The files of a run under $AGENTGATE_HOME/runs/{run_id}/ (SPEC §3).
+"""The files of a run under $AGENTGATE_HOME/runs/{run_id}/ (docs/troubleshooting.md).
 
 Every JSON file is written atomically (temp file in the same folder, then os.replace), so a
 reader never sees half a file. Writes run in a worker thread to keep the event loop free.

@@ -113,7 +113,7 @@ def _report_file_failure(context: grpc.aio.ServicerContext, outcome: WriteOutcom
 
 
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
-    """PersistenceService: runs, iteration records and the event log (SPEC §3, §11).
+    """PersistenceService: runs, iteration records and the event log (docs/troubleshooting.md, docs/observability.md).
 
     Every record is prepared before it is stored: secrets redacted, agent output cut to
     the configured size (see `records`). Reads come from the SQLite index, the source of
