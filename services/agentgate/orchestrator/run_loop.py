@@ -427,7 +427,7 @@ class RunExecutor:
         started: float,
     ) -> None:
         """Completes the iteration's record, saves it and emits iteration:complete."""
-        data.error_type = build_errors.iteration_error_type(error)  # type: ignore[assignment]
+        data.error_type = build_errors.iteration_error_type(error)
         if error is not None:
             data.error_message = error.message
             data.error_details.update(build_errors.error_details(error))

@@ -510,7 +510,7 @@ def strategy_for(harness: common_pb2.HarnessSettings) -> LoopStrategy:
     # Keyword arguments by parameter name (Any: each constructor checks its own with
     # check_parameters); HasField by a run-time name, which mypy-protobuf types as a Literal.
     def given(name: str) -> dict[str, Any]:
-        return {name: getattr(loop, name)} if loop.HasField(name) else {}  # type: ignore[arg-type]
+        return {name: getattr(loop, name)} if loop.HasField(name) else {}  # type: ignore[arg-type]  # see above
 
     shared: dict[str, Any] = {"completion_signals": tuple(loop.completion_signals), **given("no_change_limit")}
     if loop.mode in (M.LOOP_STRATEGY_MODE_FIXED, M.LOOP_STRATEGY_MODE_UNSPECIFIED):

@@ -212,7 +212,7 @@ def _load(path: Path, message_type: type[M]) -> M:
         text = handle.read()
     if not text.lstrip().startswith("{"):
         raise ValueError("not a JSON object")
-    return from_json(text, message_type())  # type: ignore[return-value]
+    return from_json(text, message_type())
 
 
 def _iterations_in(folder: Path, prefix: str) -> list[int]:

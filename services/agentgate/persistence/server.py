@@ -45,7 +45,7 @@ from agentgate.persistence.pagination import (
     effective_page_size,
     encode_page_token,
 )
-from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, RunReader
+from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, M, RecordKind, RunReader
 from agentgate.persistence.records import RecordPreparer
 from agentgate.persistence.run_files import (
     RunFiles,
@@ -347,7 +347,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._list_records(ITERATIONS, request.run_id, "GetIteration")
         return persistence_pb2.ListIterationsResponse(iterations=found)
 
-    async def _get_record(self, kind, run_id: str, iteration: int, file_name):  # type: ignore[no-untyped-def]
+    async def _get_record(
+        self, kind: RecordKind[M], run_id: str, iteration: int, file_name: Callable[[int], str]
+    ) -> M:
         """One record of a run by iteration; NOT_FOUND naming what is missing."""
         _require(validation.check_record_request(run_id, iteration))
         found = await self.reader.record(kind, run_id, iteration)
@@ -355,7 +357,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             raise await self._absent(run_id, file_name(iteration))
         return found
 
-    async def _list_records(self, kind, run_id: str, get_rpc: str):  # type: ignore[no-untyped-def]
+    async def _list_records(self, kind: RecordKind[M], run_id: str, get_rpc: str) -> list[M]:
         """Every record of a kind for a run; NOT_FOUND when the run is unknown, and
         RESOURCE_EXHAUSTED (pointing at `get_rpc`) when they do not fit one message."""
         _require(validation.check_run_id(run_id))
