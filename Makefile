@@ -61,6 +61,7 @@ check-protos: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(VENV)/bin/ruff check services clients tests bench
+	$(VENV)/bin/mypy
 	$(BUF) lint
 
 ## The whole suite (unit, integration, end-to-end) with coverage of the service processes.

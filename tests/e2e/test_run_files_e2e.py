@@ -1,6 +1,6 @@
 """Secrets an agent prints never reach a file under $AGENTGATE_HOME (run files, SQLite files,
 logs, prompts, audit), nor the streamed events; and `agentgate runs …` / `agentgate logs`
-show what a failed run did. The four services run as real processes (SPEC §3, §15)."""
+show what a failed run did. The four services run as real processes (docs/troubleshooting.md, docs/clients.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input (SPEC §13), property-based: random, malformed, hostile, boundary and oversized
+"""Bad input (docs/security.md), property-based: random, malformed, hostile, boundary and oversized
 requests to every RPC of the four real services (one event loop, in a thread of its own).
 
 Each call must end with a proper status — never UNKNOWN, never INTERNAL (an exception that

@@ -1,4 +1,4 @@
-"""Retry (SPEC §6) and delivery (SPEC §7) in whole runs: the four real services in one event
+"""Retry (docs/delivery.md) and delivery (docs/delivery.md) in whole runs: the four real services in one event
 loop, a fake GitHub REST API and a fake GitHub git host (real HTTP servers), and real bare
 repositories as remotes."""
 

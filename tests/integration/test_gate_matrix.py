@@ -1,4 +1,4 @@
-"""The whole gate through the workspace service (SPEC §5), with real processes and git.
+"""The whole gate through the workspace service (docs/verify-yaml.md), with real processes and git.
 
 The matrix: every contract rule, every blackbox assertion type, a test timeout, a wrong
 exit code, setup, policy.max_runtime, each sanity rule and a security finding — each first

@@ -1,4 +1,4 @@
-"""StreamEvents for many (SPEC §11) on the four services in one event loop: 20 followers of
+"""StreamEvents for many (docs/observability.md) on the four services in one event loop: 20 followers of
 one run each receive the identical, complete sequence, while a follower that never reads is
 cut off with RESOURCE_EXHAUSTED and does not delay the end of the run.
 

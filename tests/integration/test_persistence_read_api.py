@@ -1,5 +1,5 @@
 """The persistence read API, redaction, output limits and file-write warnings, through a
-real grpc.aio server (SPEC §3)."""
+real grpc.aio server (docs/troubleshooting.md)."""
 
 from __future__ import annotations
 

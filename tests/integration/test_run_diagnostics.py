@@ -1,4 +1,4 @@
-"""Never lose diagnostic information (SPEC §3), through the four real services in one loop:
+"""Never lose diagnostic information (docs/troubleshooting.md), through the four real services in one loop:
 whole agent output in agent-N.json, each check's output in verification-N.json, iteration
 files naming both, the run's error pointing at them; output cut at 1 MiB on a character
 boundary; and a run whose folder becomes unwritable still ending, with warnings naming what

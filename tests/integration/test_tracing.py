@@ -1,4 +1,4 @@
-"""One trace per work order across the four services (SPEC §12), in one event loop: each
+"""One trace per work order across the four services (docs/observability.md), in one event loop: each
 service gets its own TracerProvider (not the global one) with an in-memory exporter, which
 `start_server` and the orchestrator's channels pick up by service name.
 

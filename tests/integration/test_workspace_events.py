@@ -1,4 +1,4 @@
-"""The workspace:* and snapshot:* events of a run (SPEC §9, §11), on the four services in one
+"""The workspace:* and snapshot:* events of a run (docs/workspaces.md, docs/observability.md), on the four services in one
 event loop: a retried agent attempt starts from the iteration's snapshot (snapshot:restored),
 so what a timed-out attempt left behind never reaches the next one."""
 

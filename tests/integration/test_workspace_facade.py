@@ -1,4 +1,4 @@
-"""The rest of the workspace facade (SPEC §9) through its stub, on a real grpc.aio server and
+"""The rest of the workspace facade (docs/workspaces.md) through its stub, on a real grpc.aio server and
 real git: CreateWorkspace, AcquireLease and lease expiry, RestoreSnapshot, ListSnapshots,
 GetDiff, CleanupRun, ListWorkspaces, DeleteWorkspace.
 

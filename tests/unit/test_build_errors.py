@@ -1,4 +1,4 @@
-"""Classification of failures into BuildErrorType (SPEC §3): every type the classifier can
+"""Classification of failures into BuildErrorType (docs/troubleshooting.md): every type the classifier can
 produce, the counts parsed from tool output, and what an iteration and a run record."""
 
 from __future__ import annotations

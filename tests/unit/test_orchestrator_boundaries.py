@@ -1,5 +1,5 @@
 """The orchestrator reaches files, git and processes only through the workspace service
-(SPEC §9); the one file it writes itself is the audit log. Checked on the source."""
+(docs/workspaces.md); the one file it writes itself is the audit log. Checked on the source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feedback for the next iteration (SPEC §5): its exact content, and the 4 KB budget."""
+"""Feedback for the next iteration (docs/verify-yaml.md): its exact content, and the 4 KB budget."""
 
 from __future__ import annotations
 

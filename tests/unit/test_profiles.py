@@ -1,4 +1,4 @@
-"""Harness profiles (SPEC §14): built-ins, YAML files with `extends`, resolution order,
+"""Harness profiles (docs/profiles.md): built-ins, YAML files with `extends`, resolution order,
 and every bad key or value refused with the key named."""
 
 from __future__ import annotations

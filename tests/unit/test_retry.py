@@ -1,4 +1,4 @@
-"""The retry policy and executor (SPEC §6), with an injected clock and random source."""
+"""The retry policy and executor (docs/delivery.md), with an injected clock and random source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loop strategies (SPEC §10): fixed, hybrid, ralph, loop detection, completion signals,
+"""Loop strategies (docs/strategies.md): fixed, hybrid, ralph, loop detection, completion signals,
 and the budgets that can stop a loop. Every decision's reason is asserted."""
 
 from __future__ import annotations

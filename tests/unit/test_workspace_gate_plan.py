@@ -1,4 +1,4 @@
-"""Gate plan parsing (verify.yaml): the SPEC §5 shape, strict errors naming key and line."""
+"""Gate plan parsing (verify.yaml): the shape of docs/verify-yaml.md, strict errors naming key and line."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The workspace reports how many bytes an agent wrote to each stream, before any cut, so
-persistence can record it (SPEC §3)."""
+persistence can record it (docs/troubleshooting.md)."""
 
 from __future__ import annotations
 

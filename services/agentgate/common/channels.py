@@ -8,6 +8,8 @@ AGENTGATE_TOKEN and use TLS when AGENTGATE_TLS_CA is set (see `agentgate.common.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from agentgate.common import security, telemetry
@@ -29,7 +31,7 @@ SERVICE_CHANNEL_OPTIONS = [
 
 
 def aio_channel(
-    address: str, service: str | None = None, options: list[tuple[str, object]] | None = None
+    address: str, service: str | None = None, options: Sequence[tuple[str, object]] | None = None
 ) -> grpc.aio.Channel:
     """An asyncio channel to `address`; it belongs to the running event loop. `service`
     names the AgentGate service that calls through it (whose tracer makes the client
@@ -39,7 +41,7 @@ def aio_channel(
     interceptors = [*security.aio_client_interceptors(), *telemetry.client_interceptors(service)]
     credentials = security.client_credentials()
     if credentials is not None:
-        tls_options = options + security.client_options()
+        tls_options = [*options, *security.client_options()]
         return grpc.aio.secure_channel(address, credentials, options=tls_options, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 

@@ -174,7 +174,7 @@ class Unavailable(ServiceError):
 
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """The field violations carried by an INVALID_ARGUMENT error (client side)."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]  # a client's RpcError is also its Call
     found: list[FieldViolation] = []
     if status is None:
         return found

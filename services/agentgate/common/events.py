@@ -1,4 +1,4 @@
-"""Event type names (SPEC §11) and helpers to build `RunEvent` envelopes."""
+"""Event type names (docs/observability.md) and helpers to build `RunEvent` envelopes."""
 
 from __future__ import annotations
 

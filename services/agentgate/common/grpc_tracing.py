@@ -33,18 +33,22 @@ async def _finish_when_done(call: grpc.aio.Call, span: Span, response_hook: Any)
 class _ReturnsCallAtOnce:
     """Mixin replacing `_wrap_unary_response` of the instrumentation's unary interceptors."""
 
+    # Provided by the instrumentation's interceptor this is mixed into.
+    add_error_details_to_span: Any
+    _call_response_hook: Any
+
     async def _wrap_unary_response(self, continuation: Any, span: Span) -> Any:
         try:
             call = await continuation()
         except grpc.aio.AioRpcError as exc:
-            self.add_error_details_to_span(span, exc)  # type: ignore[attr-defined]
+            self.add_error_details_to_span(span, exc)
             span.end()
             raise
         if not span.is_recording():
             span.end()  # nothing to record: no task needed
             return call
         task = asyncio.get_running_loop().create_task(
-            _finish_when_done(call, span, self._call_response_hook)  # type: ignore[attr-defined]
+            _finish_when_done(call, span, self._call_response_hook)
         )
         _pending.add(task)
         task.add_done_callback(_pending.discard)

@@ -22,12 +22,12 @@ def check(address: str, service: str = "", timeout: float = 2.0) -> str:
     """SERVING, NOT_SERVING, SERVICE_UNKNOWN ... or UNREACHABLE (with the gRPC code)."""
     channel = sync_channel(address)
     try:
-        response = health_pb2_grpc.HealthStub(channel).Check(
+        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]  # types-grpcio-health-checking: HealthStub has no methods
             health_pb2.HealthCheckRequest(service=service), timeout=timeout
         )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     except grpc.RpcError as exc:
-        return f"UNREACHABLE ({exc.code().name})"  # type: ignore[attr-defined]
+        return f"UNREACHABLE ({exc.code().name})"
     finally:
         channel.close()
 

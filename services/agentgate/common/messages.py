@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+_M = TypeVar("_M", bound=Message)
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -23,6 +25,6 @@ def to_json(message: Message, indent: int | None = None) -> str:
     return json.dumps(to_dict(message), indent=indent, ensure_ascii=False)
 
 
-def from_json(text: str | bytes, message: Message) -> Message:
+def from_json(text: str | bytes, message: _M) -> _M:
     """Parses JSON text into `message` (unknown fields ignored, so older files still read)."""
     return json_format.Parse(text, message, ignore_unknown_fields=True)

@@ -1,4 +1,4 @@
-"""Secrets never reach a file, a database or an event (SPEC §3): they become `[REDACTED]`.
+"""Secrets never reach a file, a database or an event (docs/troubleshooting.md): they become `[REDACTED]`.
 
 What is redacted (docs/security.md, "Redaction", says the same for users):
 - well-known token shapes: GitHub (`ghp_…`, `gho_…`, `ghu_…`, `ghs_…`, `ghr_…`,
@@ -27,8 +27,9 @@ import base64
 import os
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -332,6 +333,7 @@ class Redactor:
                         setattr(message, field.name, clean)
                         changed += 1
             elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                assert field.message_type is not None  # set on every message field
                 if field.message_type.GetOptions().map_entry:
                     changed += self._redact_map(field, value)
                 elif field.is_repeated:
@@ -341,27 +343,28 @@ class Redactor:
                     changed += self.redact_message(value)
         return changed
 
-    def _redact_map(self, field: FieldDescriptor, mapping: object) -> int:
+    def _redact_map(self, field: FieldDescriptor, mapping: MutableMapping[Any, Any]) -> int:
         changed = 0
+        assert field.message_type is not None  # a map field's entry message
         key_is_text = field.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
         value_field = field.message_type.fields_by_name["value"]
-        for key in list(mapping):  # type: ignore[call-overload]
+        for key in list(mapping):
             if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                changed += self.redact_message(mapping[key])  # type: ignore[index]
+                changed += self.redact_message(mapping[key])
             elif value_field.type == FieldDescriptor.TYPE_STRING:
-                clean = self.redact_text(mapping[key])  # type: ignore[index]
-                if clean != mapping[key]:  # type: ignore[index]
-                    mapping[key] = clean  # type: ignore[index]
+                clean = self.redact_text(mapping[key])
+                if clean != mapping[key]:
+                    mapping[key] = clean
                     changed += 1
             if key_is_text:
                 clean_key = self.redact_text(key)
                 if clean_key != key:
                     # A map key cannot be changed in place: move the entry.
                     if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                        mapping[clean_key].CopyFrom(mapping[key])  # type: ignore[index]
+                        mapping[clean_key].CopyFrom(mapping[key])
                     else:
-                        mapping[clean_key] = mapping[key]  # type: ignore[index]
-                    del mapping[key]  # type: ignore[attr-defined]
+                        mapping[clean_key] = mapping[key]
+                    del mapping[key]
                     changed += 1
         return changed
 

@@ -70,7 +70,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
 
             async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    result = inner(decode(raw), context)
+                    result = inner(decode(raw), context)  # type: ignore[arg-type]  # types-grpcio: handlers take the sync context
                     return await result if inspect.isawaitable(result) else result
                 except grpc.aio.AbortError:
                     raise

@@ -1,4 +1,4 @@
-"""Token auth, TLS and the loopback rule (SPEC §13), for servers and for the clients that
+"""Token auth, TLS and the loopback rule (docs/security.md), for servers and for the clients that
 call them (CLI, client library, services calling each other).
 
 Servers:
@@ -132,6 +132,7 @@ class ServerSecurity:
         cert = _read(self.tls_cert, "--tls-cert")
         key = _read(self.tls_key, "--tls-key")
         client_ca = _read(self.tls_client_ca, "--tls-client-ca")
+        assert cert is not None and key is not None  # tls: from_env requires the pair
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
         )

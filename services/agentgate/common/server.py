@@ -39,8 +39,10 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 class ServiceApp(Protocol):
     """What a service provides to the bootstrap."""
 
-    #: Full gRPC service names it serves (for health and reflection).
-    service_names: tuple[str, ...]
+    #: Full gRPC service names it serves (for health and reflection); read-only, so an app
+    #: may declare a one-name tuple.
+    @property
+    def service_names(self) -> tuple[str, ...]: ...
 
     async def start(self, server: grpc.aio.Server) -> None:
         """Opens resources and registers servicers on `server`."""

@@ -1,4 +1,4 @@
-"""OpenTelemetry for the four services (SPEC §12): one TracerProvider and MeterProvider per
+"""OpenTelemetry for the four services (docs/observability.md): one TracerProvider and MeterProvider per
 service, the gRPC instrumentation on every server and channel, and W3C `traceparent` helpers.
 
 - `service.name` is `agentgate-{service}` (`agentgate-queue`, `agentgate-orchestrator`, ...).
@@ -298,7 +298,7 @@ def intercept_sync_channel(channel: Any, service: str | None = None) -> Any:
 
     instrumented = client_interceptor(tracer_provider=tracer_provider_for(service), filter_=_traced_filter())
 
-    class UnaryOnly(grpcext.UnaryClientInterceptor):  # type: ignore[misc]
+    class UnaryOnly(grpcext.UnaryClientInterceptor):
         def intercept_unary(self, request: Any, metadata: Any, client_info: Any, invoker: Any) -> Any:
             return instrumented.intercept_unary(request, metadata, client_info, invoker)
 

@@ -8,7 +8,9 @@ INVALID_ARGUMENT naming the field, instead of failing half-way through writing i
 from __future__ import annotations
 
 import math
+from typing import cast
 
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from agentgate.common.errors import FieldViolation
@@ -33,17 +35,19 @@ def _path(prefix: str, name: str) -> str:
 def _walk(message: Message, path: str, found: list[FieldViolation]) -> None:
     kind = message.DESCRIPTOR.full_name
     if kind == "google.protobuf.Timestamp":
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        timestamp = cast(timestamp_pb2.Timestamp, message)  # by its full name
+        seconds, nanos = timestamp.seconds, timestamp.nanos
         if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= nanos <= 999_999_999:
             found.append(FieldViolation(path, "is not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)"))
         return
     if kind == "google.protobuf.Duration":
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        duration = cast(duration_pb2.Duration, message)
+        seconds, nanos = duration.seconds, duration.nanos
         if abs(seconds) > MAX_DURATION_SECONDS or abs(nanos) > 999_999_999 or (seconds * nanos < 0):
             found.append(FieldViolation(path, "is not a valid duration"))
         return
     if kind == "google.protobuf.Value" and message.WhichOneof("kind") == "number_value":
-        if not math.isfinite(message.number_value):  # type: ignore[attr-defined]
+        if not math.isfinite(cast(struct_pb2.Value, message).number_value):
             found.append(FieldViolation(path, "must be a finite number"))
         return
     for field, value in message.ListFields():

@@ -354,10 +354,12 @@ def check_layer(harness: common_pb2.HarnessSettings, sections: Iterable[str] | N
             dotted = f"{section}.{key.name}"
             value = getattr(message, key.field_name)
             if key.kind == "enum":
-                if value not in key.enum.values_by_number:  # type: ignore[union-attr]
+                assert key.enum is not None  # every enum key names its enum
+                if value not in key.enum.values_by_number:
                     problems.append((dotted, f"unknown value {value}"))
             elif key.kind == "enums":
-                bad = [v for v in value if v == 0 or v not in key.enum.values_by_number]  # type: ignore[union-attr]
+                assert key.enum is not None
+                bad = [v for v in value if v == 0 or v not in key.enum.values_by_number]
                 if bad:
                     problems.append((dotted, f"unknown value(s) {', '.join(map(str, bad))}"))
             elif key.check is not None:
@@ -554,9 +556,11 @@ def harness_to_dict(harness: common_pb2.HarnessSettings) -> dict[str, Any]:
                 continue
             value = getattr(message, key.field_name)
             if key.kind == "enum":
-                value = _enum_value_name(key.enum, key.enum_prefix, value)  # type: ignore[arg-type]
+                assert key.enum is not None  # every enum key names its enum
+                value = _enum_value_name(key.enum, key.enum_prefix, value)
             elif key.kind == "enums":
-                value = [_enum_value_name(key.enum, key.enum_prefix, v) for v in value]  # type: ignore[arg-type]
+                assert key.enum is not None
+                value = [_enum_value_name(key.enum, key.enum_prefix, v) for v in value]
             elif key.kind == "strs":
                 value = list(value)
             elif key.kind == "float":

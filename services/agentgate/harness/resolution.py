@@ -45,7 +45,7 @@ def fill_strategy_defaults(loop: common_pb2.LoopStrategySettings) -> None:
     if not loop.HasField("no_change_limit"):
         loop.no_change_limit = loop_parameters.DEFAULT_NO_CHANGE_LIMIT
     for name, value in loop_parameters.STRATEGY_DEFAULTS.get(loop.mode, {}).items():
-        if not loop.HasField(name):
+        if not loop.HasField(name):  # type: ignore[arg-type]  # a run-time name; mypy-protobuf types a Literal
             setattr(loop, name, value)
     if loop.mode == M.LOOP_STRATEGY_MODE_HYBRID:
         loop.max_iterations = loop.base_iterations + loop.max_bonus_iterations
@@ -117,7 +117,7 @@ def _cross_checks(harness: common_pb2.HarnessSettings) -> list[tuple[str, str]]:
 
 
 def _set_keys(layer: common_pb2.HarnessSettings) -> set[str]:
-    keys = set()
+    keys: set[str] = set()
     for section, section_keys in profiles.SECTIONS.items():
         present = set_fields(getattr(layer, section))
         keys.update(f"{section}.{key.name}" for key in section_keys if key.field_name in present)

@@ -8,6 +8,8 @@ entry in `PRESETS`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentgate.v1 import common_pb2
 
 T = common_pb2.BuildErrorType
@@ -35,9 +37,9 @@ _DEFAULT = common_pb2.RetryPolicy(
 
 
 def _preset(
-    base: common_pb2.RetryPolicy, more_retryable: tuple[int, ...] = (), **changes: float
+    base: common_pb2.RetryPolicy, more_retryable: tuple[common_pb2.BuildErrorType.ValueType, ...] = (), **changes: Any
 ) -> common_pb2.RetryPolicy:
-    """`base` with some numbers changed and more error types retried."""
+    """`base` with some numbers changed (RetryPolicy fields by name) and more error types retried."""
     policy = common_pb2.RetryPolicy()
     policy.CopyFrom(base)
     policy.MergeFrom(common_pb2.RetryPolicy(**changes))
@@ -85,7 +87,7 @@ def resolve_policy(requested: common_pb2.RetryPolicy) -> common_pb2.RetryPolicy:
     resolved.CopyFrom(PRESETS.get(name, PRESETS[DEFAULT_PRESET]))
     resolved.preset = name
     for field_name in _SCALAR_FIELDS:
-        if requested.HasField(field_name):
+        if requested.HasField(field_name):  # type: ignore[arg-type]  # a run-time name; mypy-protobuf types a Literal
             setattr(resolved, field_name, getattr(requested, field_name))
     if requested.retryable_errors:
         del resolved.retryable_errors[:]

@@ -1,4 +1,4 @@
-"""Token and cost budgets of a run (SPEC §14 `limits`): totals over every agent execution,
+"""Token and cost budgets of a run (`limits`, docs/strategies.md): totals over every agent execution,
 and the stop they force once exceeded.
 
 A budget is checked after each iteration, once its agent's usage is known (an agent

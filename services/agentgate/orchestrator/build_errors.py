@@ -1,4 +1,4 @@
-"""Structured errors (SPEC §3): one place builds every `BuildError`.
+"""Structured errors (docs/troubleshooting.md): one place builds every `BuildError`.
 
 From an agent result, a verification report, a failed step (workspace, snapshot, GitHub,
 queue), or a system exception; the run's plain `error` string is the message plus the files
@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Mapping
+from typing import TypeAlias
 
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.v1 import common_pb2
 
 T = common_pb2.BuildErrorType
+ErrorType: TypeAlias = common_pb2.BuildErrorType.ValueType  # an int at run time
 E = common_pb2.IterationErrorType
 TAIL_LINES = 50
 
@@ -101,12 +103,12 @@ _ITERATION_TYPES = {
 }
 
 
-def type_name(error_type: int) -> str:
-    """BUILD_ERROR_TYPE_TEST_FAILED -> test_failed (the SPEC's spelling)."""
-    return common_pb2.BuildErrorType.Name(error_type).removeprefix("BUILD_ERROR_TYPE_").lower()  # type: ignore[arg-type]
+def type_name(error_type: ErrorType) -> str:
+    """BUILD_ERROR_TYPE_TEST_FAILED -> test_failed (as docs/troubleshooting.md spells it)."""
+    return common_pb2.BuildErrorType.Name(error_type).removeprefix("BUILD_ERROR_TYPE_").lower()
 
 
-def describe(error_type: int) -> str:
+def describe(error_type: ErrorType) -> str:
     """The one-line human description of a type."""
     return DESCRIPTIONS.get(error_type, DESCRIPTIONS[T.BUILD_ERROR_TYPE_UNKNOWN])
 
@@ -120,7 +122,7 @@ def _plural(count: str, word: str) -> str:
     return f"{count} {word}" if count == "1" else f"{count} {word}s"
 
 
-def classify_check(check: common_pb2.CheckResult) -> int:
+def classify_check(check: common_pb2.CheckResult) -> ErrorType:
     """The BuildErrorType of a failed check: its kind, else what its name or command says."""
     kind = check.kind.strip().lower()
     if kind in _KIND_TYPES:
@@ -232,7 +234,7 @@ def from_verification_report(
         error.message = f"Verification failed: {report.summary}" if report.summary else "Verification failed"
         return _redacted(error)
     level, check = failed[0]
-    error.type = classify_check(check)  # type: ignore[assignment]
+    error.type = classify_check(check)
     count = failure_count(check.output)
     message = _KIND_MESSAGES.get(check.kind.strip().lower()) or _MESSAGES.get(error.type, "Verification failed")
     error.message = f"{message} ({count})" if count else message
@@ -249,14 +251,14 @@ def from_verification_report(
 
 
 def from_step(
-    error_type: int, message: str, context: Mapping[str, str] | None = None, exit_code: int = 0
+    error_type: ErrorType, message: str, context: Mapping[str, str] | None = None, exit_code: int = 0
 ) -> common_pb2.BuildError:
     """The error of a step of the run that is not the agent or the gate: the workspace
     (workspace_error), a snapshot (snapshot_error), GitHub (github_error), the queue
     (queue_timeout), a budget or the wall clock."""
     return _redacted(
         common_pb2.BuildError(
-            type=error_type,  # type: ignore[arg-type]
+            type=error_type,
             message=message,
             exit_code=exit_code,
             context=dict(context or {}),
@@ -265,12 +267,14 @@ def from_step(
     )
 
 
-def from_exception(exc: BaseException, error_type: int = T.BUILD_ERROR_TYPE_SYSTEM_ERROR) -> common_pb2.BuildError:
+def from_exception(
+    exc: BaseException, error_type: ErrorType = T.BUILD_ERROR_TYPE_SYSTEM_ERROR
+) -> common_pb2.BuildError:
     """The error of an exception inside AgentGate, with the traceback tail."""
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return _redacted(
         common_pb2.BuildError(
-            type=error_type,  # type: ignore[arg-type]
+            type=error_type,
             message=f"{describe(error_type)}: {exc}",
             stderr_tail=tail(trace),
             context={"exception": type(exc).__name__},
@@ -287,7 +291,7 @@ def error_string(error: common_pb2.BuildError) -> str:
     return f"{error.message}. Details: {', '.join(files)}"
 
 
-def iteration_error_type(error: common_pb2.BuildError | None) -> int:
+def iteration_error_type(error: common_pb2.BuildError | None) -> common_pb2.IterationErrorType.ValueType:
     """The IterationErrorType of an iteration that ended with `error` (None = it passed)."""
     if error is None:
         return E.ITERATION_ERROR_TYPE_NONE

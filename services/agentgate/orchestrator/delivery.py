@@ -1,4 +1,4 @@
-"""Delivery of a successful run (SPEC §7): per `git_ops.mode`, nothing (`local`), push the
+"""Delivery of a successful run (docs/delivery.md): per `git_ops.mode`, nothing (`local`), push the
 run's branch to the workspace's remote (`push`), or push and open a pull request (`pr`).
 
 `github_mode` says what a failed operation does: `fail_fast` fails the run (FAILED_GITHUB,

@@ -1,4 +1,4 @@
-"""Event emission for one run (SPEC §11).
+"""Event emission for one run (docs/observability.md).
 
 `emit()` builds the typed `RunEvent` envelope and offers it to every subscriber without
 waiting: the run's own subscriber (its event log: persistence_port.PersistenceSubscriber

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opentelemetry import metrics
+from opentelemetry.metrics import Meter
 
 from agentgate.common.config import env_int
 from agentgate.orchestrator.audit_log import AuditLog, audit_path
@@ -35,7 +35,7 @@ class WorkerSubscribers:
     poller: QueueDepthPoller | None = field(default=None)
 
     @classmethod
-    def create(cls, home: Path, meter: metrics.Meter, capacity: int | None = None) -> WorkerSubscribers:
+    def create(cls, home: Path, meter: Meter, capacity: int | None = None) -> WorkerSubscribers:
         """The shared subscribers of a worker whose data lives under `home`."""
         capacity = capacity or env_int(BUFFER_ENV, DEFAULT_CAPACITY, minimum=1)
         run_metrics = RunMetrics(meter)
@@ -44,7 +44,7 @@ class WorkerSubscribers:
         return cls(metrics=run_metrics, audit=audit, channels=channels)
 
     def start_queue_polling(
-        self, queue: queue_pb2_grpc.QueueServiceStub, interval: float = DEFAULT_QUEUE_POLL_SECONDS
+        self, queue: queue_pb2_grpc.QueueServiceAsyncStub, interval: float = DEFAULT_QUEUE_POLL_SECONDS
     ) -> None:
         """Starts feeding the queue-depth gauge (only worth it while metrics are exported)."""
         self.poller = QueueDepthPoller(queue, self.metrics, interval)

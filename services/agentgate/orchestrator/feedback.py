@@ -1,4 +1,4 @@
-"""Feedback for the next iteration (SPEC §5): markdown an agent can act on, at most 4 KB.
+"""Feedback for the next iteration (docs/verify-yaml.md): markdown an agent can act on, at most 4 KB.
 
 A failed verification says, in this order: "Verification failed — iteration N"; the failed
 level (and the levels it kept from running); for each failed check its level, name, kind,

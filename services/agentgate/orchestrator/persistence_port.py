@@ -78,7 +78,7 @@ def _problem(exc: grpc.aio.AioRpcError) -> str:
 class GrpcPersistence:
     """`PersistencePort` over the persistence service's gRPC stub."""
 
-    def __init__(self, stub: persistence_pb2_grpc.PersistenceServiceStub):
+    def __init__(self, stub: persistence_pb2_grpc.PersistenceServiceAsyncStub):
         self._stub = stub
 
     async def _save(self, call: Callable[..., Any], request: Message, wait_for_ready: bool = False) -> Saved:
@@ -152,7 +152,7 @@ class PersistenceSubscriber:
 
     name = "persistence"
 
-    def __init__(self, persistence: persistence_pb2_grpc.PersistenceServiceStub, run_id: str):
+    def __init__(self, persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub, run_id: str):
         self._persistence = persistence
         self.run_id = run_id
         #: Told the status message when a batch found the disk full: the run must end, not

@@ -1,4 +1,4 @@
-"""Prompt assembly (SPEC §4), always in the same order."""
+"""Prompt assembly (docs/agents.md, "What every driver gets"), always in the same order."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ class RetryResult(Generic[V]):
 
 
 def retries_message(retries: int, message: str) -> str:
-    """The final error text after `retries` retries (SPEC §6)."""
+    """The final error text after `retries` retries (docs/delivery.md)."""
     return f"Failed after {retries} retries: {message}" if retries else message
 
 

@@ -57,7 +57,7 @@ T = common_pb2.BuildErrorType
 class RunOutcome:
     """How a run ended, in the queue's terms."""
 
-    status: int
+    status: common_pb2.WorkOrderStatus.ValueType
     error: str = ""
 
 
@@ -217,7 +217,7 @@ class RunExecutor:
         run.persistence_warnings = max(run.persistence_warnings, self.persistence_warnings)
         self._saved("run.json", await save(run))
 
-    def _set_state(self, state: int) -> None:
+    def _set_state(self, state: common_pb2.RunState.ValueType) -> None:
         transition(self.run, state)
 
     # -- the run -----------------------------------------------------------------
@@ -481,7 +481,7 @@ class RunExecutor:
         started: float,
     ) -> None:
         """Completes the iteration's record, saves it and emits iteration:complete."""
-        data.error_type = build_errors.iteration_error_type(error)  # type: ignore[assignment]
+        data.error_type = build_errors.iteration_error_type(error)
         if error is not None:
             data.error_message = error.message
             data.error_details.update(build_errors.error_details(error))
@@ -632,7 +632,7 @@ class RunExecutor:
 
     # -- endings -----------------------------------------------------------------
 
-    def _ended_payload(self, result: int) -> events_pb2.RunEnded:
+    def _ended_payload(self, result: common_pb2.RunResult.ValueType) -> events_pb2.RunEnded:
         return events_pb2.RunEnded(
             result=result,
             iterations=self.run.iteration_count,

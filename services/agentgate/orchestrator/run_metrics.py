@@ -1,4 +1,4 @@
-"""The metrics subscriber: OpenTelemetry metrics recorded from the run events (SPEC §11).
+"""The metrics subscriber: OpenTelemetry metrics recorded from the run events (docs/observability.md).
 
 | instrument | kind | unit | attributes |
 |---|---|---|---|
@@ -42,7 +42,7 @@ DEFAULT_QUEUE_POLL_SECONDS = 10.0
 _ENDED = {ev.RUN_COMPLETE, ev.RUN_FAILED, ev.RUN_CANCELED}
 
 
-def _result_name(result: int) -> str:
+def _result_name(result: common_pb2.RunResult.ValueType) -> str:
     name = common_pb2.RunResult.Name(result) if result in common_pb2.RunResult.values() else "RUN_RESULT_UNSPECIFIED"
     return name.removeprefix("RUN_RESULT_").lower()
 
@@ -124,8 +124,8 @@ class RunMetrics:
             if item.cost_usd > 0:
                 self.cost.add(item.cost_usd)
         elif kind == ev.VERIFICATION_COMPLETE:
-            done = event.verification_complete
-            self.verification_duration.record(done.duration_seconds, {"passed": done.passed})
+            verified = event.verification_complete
+            self.verification_duration.record(verified.duration_seconds, {"passed": verified.passed})
 
     async def aclose(self) -> None:
         """The meter belongs to the service's provider: nothing to close here."""
@@ -134,7 +134,7 @@ class RunMetrics:
 class QueueDepthPoller:
     """Asks the queue for its counts every `interval` seconds and hands them to `RunMetrics`."""
 
-    def __init__(self, queue: queue_pb2_grpc.QueueServiceStub, metrics_: RunMetrics,
+    def __init__(self, queue: queue_pb2_grpc.QueueServiceAsyncStub, metrics_: RunMetrics,
                  interval: float = DEFAULT_QUEUE_POLL_SECONDS):
         self._queue = queue
         self._metrics = metrics_

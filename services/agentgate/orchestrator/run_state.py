@@ -1,4 +1,4 @@
-"""The run state machine (SPEC §2): every state change of a run goes through here."""
+"""The run state machine (docs/architecture.md, "Run states"): every state change of a run goes through here."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class IllegalTransition(RuntimeError):
     """A state change the machine does not allow: a bug, never a user error."""
 
 
-def check_transition(current: int, new: int) -> None:
+def check_transition(current: common_pb2.RunState.ValueType, new: common_pb2.RunState.ValueType) -> None:
     """Raises IllegalTransition unless a run may go from `current` to `new`.
 
     FAILED and CANCELED are reachable from every non-terminal state; terminal states
@@ -37,7 +37,7 @@ def check_transition(current: int, new: int) -> None:
         raise IllegalTransition(f"{S.Name(current)} -> {S.Name(new)} is not a legal transition")
 
 
-def transition(run: common_pb2.Run, new: int) -> None:
+def transition(run: common_pb2.Run, new: common_pb2.RunState.ValueType) -> None:
     """Moves `run` to state `new`, checked."""
     check_transition(run.state, new)
-    run.state = new  # type: ignore[assignment]
+    run.state = new

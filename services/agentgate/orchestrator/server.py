@@ -32,7 +32,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, worker: Worker):
         self._worker = worker
 
-    async def GetWorkerStatus(self, request, context):  # noqa: N802 - gRPC method name
+    async def GetWorkerStatus(  # noqa: N802 - gRPC method name
+        self, request: orchestrator_pb2.GetWorkerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.GetWorkerStatusResponse:
         """What this worker is running now."""
         worker = self._worker
         return orchestrator_pb2.GetWorkerStatusResponse(

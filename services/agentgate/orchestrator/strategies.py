@@ -1,4 +1,4 @@
-"""Loop strategies (SPEC §10): after each iteration, decide whether the run goes on.
+"""Loop strategies (docs/strategies.md): after each iteration, decide whether the run goes on.
 
 A strategy is one callback, `on_iteration_complete(event) -> LoopDecision`, plus an
 optional `on_loop_end(result)`. Strategies are plain Python: no network, no files. One
@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from agentgate.harness.loop_parameters import DEFAULT_NO_CHANGE_LIMIT, STRATEGY_DEFAULTS, check_parameters
 from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
@@ -287,7 +287,7 @@ class FixedStrategy(BaseStrategy):
 
     name = "fixed"
 
-    def __init__(self, max_iterations: int = FIXED["max_iterations"], **shared):
+    def __init__(self, max_iterations: int = FIXED["max_iterations"], **shared: Any):
         super().__init__(**shared)
         check_parameters(M.LOOP_STRATEGY_MODE_FIXED, max_iterations=max_iterations)
         self.max_iterations = max_iterations
@@ -325,7 +325,7 @@ class HybridStrategy(BaseStrategy):
         base_iterations: int = HYBRID["base_iterations"],
         max_bonus_iterations: int = HYBRID["max_bonus_iterations"],
         progress_threshold: float = HYBRID["progress_threshold"],
-        **shared,
+        **shared: Any,
     ):
         super().__init__(**shared)
         check_parameters(
@@ -419,7 +419,7 @@ class RalphStrategy(BaseStrategy):
         max_iterations: int = RALPH["max_iterations"],
         window_size: int = RALPH["window_size"],
         convergence_threshold: float = RALPH["convergence_threshold"],
-        **shared,
+        **shared: Any,
     ):
         super().__init__(**shared)
         check_parameters(
@@ -507,15 +507,17 @@ def strategy_for(harness: common_pb2.HarnessSettings) -> LoopStrategy:
     take the strategy's defaults)."""
     loop = harness.loop_strategy
 
-    def given(name: str) -> dict[str, int | float]:
-        return {name: getattr(loop, name)} if loop.HasField(name) else {}
+    # Keyword arguments by parameter name (Any: each constructor checks its own with
+    # check_parameters); HasField by a run-time name, which mypy-protobuf types as a Literal.
+    def given(name: str) -> dict[str, Any]:
+        return {name: getattr(loop, name)} if loop.HasField(name) else {}  # type: ignore[arg-type]  # see above
 
-    shared: dict[str, object] = {"completion_signals": tuple(loop.completion_signals), **given("no_change_limit")}
+    shared: dict[str, Any] = {"completion_signals": tuple(loop.completion_signals), **given("no_change_limit")}
     if loop.mode in (M.LOOP_STRATEGY_MODE_FIXED, M.LOOP_STRATEGY_MODE_UNSPECIFIED):
-        return FixedStrategy(**given("max_iterations"), **shared)  # type: ignore[arg-type]
+        return FixedStrategy(**given("max_iterations"), **shared)
     if loop.mode == M.LOOP_STRATEGY_MODE_HYBRID:
         params = {**given("base_iterations"), **given("max_bonus_iterations"), **given("progress_threshold")}
-        return HybridStrategy(**params, **shared)  # type: ignore[arg-type]
+        return HybridStrategy(**params, **shared)
     if loop.mode == M.LOOP_STRATEGY_MODE_RALPH:
         params = {
             **given("min_iterations"),
@@ -523,5 +525,5 @@ def strategy_for(harness: common_pb2.HarnessSettings) -> LoopStrategy:
             **given("window_size"),
             **given("convergence_threshold"),
         }
-        return RalphStrategy(**params, **shared)  # type: ignore[arg-type]
+        return RalphStrategy(**params, **shared)
     raise ValueError(f"unknown loop strategy mode {loop.mode}")

@@ -1,4 +1,4 @@
-"""Event subscribers inside the orchestrator (SPEC §11), each behind its own bounded buffer.
+"""Event subscribers inside the orchestrator (docs/observability.md), each behind its own bounded buffer.
 
 The run loop emits; every subscriber (persistence, metrics, the audit log) gets each event
 through a `SubscriberChannel`: a bounded in-memory buffer drained by the channel's own task.

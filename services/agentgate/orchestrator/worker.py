@@ -49,7 +49,7 @@ class Worker:
     def __init__(
         self,
         worker_id: str,
-        queue: queue_pb2_grpc.QueueServiceStub,
+        queue: queue_pb2_grpc.QueueServiceAsyncStub,
         workspace: WorkspacePort,
         persistence: PersistencePort,
         max_concurrent_runs: int = 2,
@@ -167,7 +167,7 @@ class Worker:
                 run_task.cancel()
                 return
 
-    async def _complete(self, lease_id: str, status: int, error: str) -> None:
+    async def _complete(self, lease_id: str, status: common_pb2.WorkOrderStatus.ValueType, error: str) -> None:
         # The queue may be restarting; the outcome must reach it, so retry for a while.
         for attempt in range(COMPLETE_ATTEMPTS):
             try:

@@ -80,7 +80,7 @@ class WorkspacePort(Protocol):
         attempt: int,
         agent: common_pb2.AgentSpec,
         prompt: str,
-        timeout_seconds: float,
+        timeout_seconds: int,
         resume_session_id: str,
         on_output: OutputCallback,
     ) -> common_pb2.AgentResult:
@@ -122,7 +122,7 @@ def _status(exc: grpc.aio.AioRpcError) -> str:
 class GrpcWorkspace:
     """`WorkspacePort` over the workspace service's gRPC stub."""
 
-    def __init__(self, stub: workspace_pb2_grpc.WorkspaceServiceStub):
+    def __init__(self, stub: workspace_pb2_grpc.WorkspaceServiceAsyncStub):
         self._stub = stub
 
     async def prepare(
@@ -164,7 +164,7 @@ class GrpcWorkspace:
         attempt: int,
         agent: common_pb2.AgentSpec,
         prompt: str,
-        timeout_seconds: float,
+        timeout_seconds: int,
         resume_session_id: str,
         on_output: OutputCallback,
     ) -> common_pb2.AgentResult:

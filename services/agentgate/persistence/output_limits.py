@@ -1,4 +1,4 @@
-"""Size limits of stored agent output (SPEC §3): stdout and stderr are kept whole up to a
+"""Size limits of stored agent output (docs/troubleshooting.md): stdout and stderr are kept whole up to a
 limit (1 MiB each by default); above it they are cut on a UTF-8 character boundary and end
 with `[TRUNCATED - exceeded N bytes]`, N being the limit. The byte count the agent really
 wrote is kept in `stdout_bytes` / `stderr_bytes`."""

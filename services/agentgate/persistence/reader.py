@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 
@@ -33,6 +33,11 @@ from agentgate.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+
+class _Identified(Protocol):
+    run_id: str
+    iteration: int
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,9 @@ class RunReader:
         if found is None:
             return None
         # An older file may lack the ids; its name and folder say them.
-        if not found.run_id:  # type: ignore[attr-defined]
-            found.run_id = run_id  # type: ignore[attr-defined]
-        if not found.iteration:  # type: ignore[attr-defined]
-            found.iteration = iteration  # type: ignore[attr-defined]
+        ids = cast(_Identified, found)  # every record kind's message has both fields
+        if not ids.run_id:
+            ids.run_id = run_id
+        if not ids.iteration:
+            ids.iteration = iteration
         return found

@@ -1,4 +1,4 @@
-"""The files of a run under $AGENTGATE_HOME/runs/{run_id}/ (SPEC §3).
+"""The files of a run under $AGENTGATE_HOME/runs/{run_id}/ (docs/troubleshooting.md).
 
 Every JSON file is written atomically (temp file in the same folder, then os.replace), so a
 reader never sees half a file. Writes run in a worker thread to keep the event loop free.
@@ -230,7 +230,7 @@ def _load(path: Path, message_type: type[M]) -> M:
         text = handle.read()
     if not text.lstrip().startswith("{"):
         raise ValueError("not a JSON object")
-    return from_json(text, message_type())  # type: ignore[return-value]
+    return from_json(text, message_type())
 
 
 def _iterations_in(folder: Path, prefix: str) -> list[int]:

@@ -48,7 +48,7 @@ from agentgate.persistence.pagination import (
     effective_page_size,
     encode_page_token,
 )
-from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, RunReader
+from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, M, RecordKind, RunReader
 from agentgate.persistence.records import RecordPreparer
 from agentgate.persistence.run_files import (
     RunFiles,
@@ -121,7 +121,7 @@ def _report_file_failure(context: grpc.aio.ServicerContext, outcome: WriteOutcom
 
 
 class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
-    """PersistenceService: runs, iteration records and the event log (SPEC §3, §11).
+    """PersistenceService: runs, iteration records and the event log (docs/troubleshooting.md, docs/observability.md).
 
     Every record is prepared before it is stored: secrets redacted, agent output cut to
     the configured size (see `records`). Reads come from the SQLite index, the source of
@@ -310,7 +310,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             raise DiskFull(self.store.file)
         return await run_to_completion(save())
 
-    async def _disk_guarded(self, write: Callable[[], Awaitable[WriteOutcome]], final: bool) -> WriteOutcome:
+    async def _disk_guarded(self, write: Callable[[], Coroutine[Any, Any, WriteOutcome]], final: bool) -> WriteOutcome:
         """Runs `write` (an index write, then its file; repeatable) to completion. A `final`
         write (a run's last state) that meets a full disk is tried once more after the
         disk reserve is released, so the run does not read BUILDING forever; another write
@@ -382,7 +382,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         found = await self._list_records(ITERATIONS, request.run_id, "GetIteration")
         return persistence_pb2.ListIterationsResponse(iterations=found)
 
-    async def _get_record(self, kind, run_id: str, iteration: int, file_name):  # type: ignore[no-untyped-def]
+    async def _get_record(
+        self, kind: RecordKind[M], run_id: str, iteration: int, file_name: Callable[[int], str]
+    ) -> M:
         """One record of a run by iteration; NOT_FOUND naming what is missing."""
         _require(validation.check_record_request(run_id, iteration))
         found = await self.reader.record(kind, run_id, iteration)
@@ -390,7 +392,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             raise await self._absent(run_id, file_name(iteration))
         return found
 
-    async def _list_records(self, kind, run_id: str, get_rpc: str):  # type: ignore[no-untyped-def]
+    async def _list_records(self, kind: RecordKind[M], run_id: str, get_rpc: str) -> list[M]:
         """Every record of a kind for a run; NOT_FOUND when the run is unknown, and
         RESOURCE_EXHAUSTED (pointing at `get_rpc`) when they do not fit one message."""
         _require(validation.check_run_id(run_id))
@@ -436,7 +438,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
                 raise
             return await self.event_log.append(events)
 
-    async def StreamEvents(
+    async def StreamEvents(  # type: ignore[override]  # yields pre-serialized bytes (see wire.py)
         self, request: persistence_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Replays the events with seq > after_seq of a work order (or of one run), then,

@@ -7,7 +7,7 @@ lose such an event. A client that reconnects with the last seq it saw gets exact
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.persistence.event_log import EventLog, Subscription
@@ -24,7 +24,7 @@ async def stream_events(
     after_seq: int,
     follow: bool,
     run_id: str = "",
-) -> AsyncIterator[events_pb2.RunEvent]:
+) -> AsyncGenerator[events_pb2.RunEvent, None]:
     """Events of a work order with seq > after_seq, in seq order (only those of `run_id`
     when given). With `follow`, continues with live events and ends after the first
     terminal event; a terminal event already in the log (even before after_seq) ends it

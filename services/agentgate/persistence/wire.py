@@ -76,7 +76,7 @@ class _Capture:
 def persistence_handlers(servicer: persistence_pb2_grpc.PersistenceServiceServicer) -> dict[str, Any]:
     """The generated method handlers of `servicer`, StreamEvents sending its bytes as is."""
     capture = _Capture()
-    persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, capture)
+    persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, capture)  # type: ignore[arg-type]  # duck-typed: records handlers
     handlers: dict[str, Any] = dict(capture.handlers)
     # No response_serializer: gRPC writes the handler's bytes unchanged.
     handlers["StreamEvents"] = grpc.unary_stream_rpc_method_handler(

@@ -141,7 +141,7 @@ class OutboxForwarder:
         self._delivered_id = 0
         self._available = True
         self._channel: grpc.aio.Channel | None = None
-        self._stub: persistence_pb2_grpc.PersistenceServiceStub | None = None
+        self._stub: persistence_pb2_grpc.PersistenceServiceAsyncStub | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -58,7 +58,7 @@ def trace_id_from_traceparent(traceparent: str) -> str:
 
 
 def submit_traceparent(explicit: str, context: grpc.aio.ServicerContext) -> str:
-    """The trace context stored with a submitted work order (SPEC §12): the one the request
+    """The trace context stored with a submitted work order (docs/observability.md, "Tracing"): the one the request
     names, else the Submit call's own server span (which continues a `traceparent` the
     client sent as metadata, or starts the trace), else the raw metadata value; '' when
     none is valid. The orchestrator's run span continues it."""

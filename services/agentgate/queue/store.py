@@ -140,7 +140,7 @@ def timestamp_from_us(micros: int | None) -> Timestamp:
     return ts
 
 
-def status_name(status: int) -> str:
+def status_name(status: common_pb2.WorkOrderStatus.ValueType) -> str:
     """`WORK_ORDER_STATUS_TIMED_OUT` -> `timed_out`."""
     return common_pb2.WorkOrderStatus.Name(status).removeprefix("WORK_ORDER_STATUS_").lower()
 
@@ -489,6 +489,7 @@ class QueueStore:
             lease = _lease_row(tx.conn, lease_id)
             if lease is not None and lease["outcome"] == LEASE_COMPLETED:
                 row = _row(tx.conn, lease["work_order_id"])
+                assert row is not None  # a lease's work order is never deleted
                 if row["status"] == status:
                     return _to_work_order(row)
                 raise FailedPrecondition(f"work order {row['id']} already {status_name(row['status'])} by this lease")
@@ -698,7 +699,7 @@ def _lease_row(db: sqlite3.Connection, lease_id: str) -> sqlite3.Row | None:
     return db.execute(sql.LEASE, (lease_id,)).fetchone()
 
 
-def ended_position(status: int, enqueued_at_us: int) -> Position:
+def ended_position(status: common_pb2.WorkOrderStatus.ValueType, enqueued_at_us: int) -> Position:
     """The position of a work order that no longer waits: 0, state running or its end."""
     state = "running" if status == RUNNING else status_name(status)
     return Position(0, 0, state, enqueued_at_us)

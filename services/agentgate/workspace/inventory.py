@@ -1,4 +1,4 @@
-"""Workspaces as an inventory (SPEC §9): create one without a run, list, delete, and clean up
+"""Workspaces as an inventory (docs/workspaces.md): create one without a run, list, delete, and clean up
 everything a run left behind.
 
 Everything deleted lives under `$AGENTGATE_HOME` at paths built from ids this service made

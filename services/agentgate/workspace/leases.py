@@ -1,4 +1,4 @@
-"""Leases on workspaces (SPEC §9): who may change a workspace, and until when.
+"""Leases on workspaces (docs/workspaces.md): who may change a workspace, and until when.
 
 A lease has a holder (a run id, or a client's name) and an expiry. PrepareForRun leases the
 new workspace to its run; `AcquireLease` takes a free or expired lease, or renews the

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentgate.workspace.sandbox import Sandbox
@@ -179,11 +179,11 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 _STREAM_LIMIT = 64 * 1024
 
 
-async def _spawn(argv: Sequence[str], **kwargs: object) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
+async def _spawn(argv: Sequence[str], **kwargs: Any) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
     """`asyncio.create_subprocess_exec`, also returning an event set when the leader exits."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(
-        lambda: _ExitProtocol(_STREAM_LIMIT, loop), *argv, **kwargs  # type: ignore[arg-type]
+        lambda: _ExitProtocol(_STREAM_LIMIT, loop), *argv, **kwargs
     )
     return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
 
@@ -309,8 +309,9 @@ async def run_process(
         for task in still_reading:
             task.cancel()
         for task in helpers:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
     except BaseException:
         # Cancellation (or any failure) must not leave the agent running.
         signal_child(signal.SIGKILL)

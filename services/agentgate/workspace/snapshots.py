@@ -1,4 +1,4 @@
-"""Snapshots of a workspace beyond creating them (SPEC §9): restore, list, diff.
+"""Snapshots of a workspace beyond creating them (docs/workspaces.md): restore, list, diff.
 
 A snapshot is a commit of the workspace's trusted git directory (outside the workspace; see
 docs/security.md, "Git"). The snapshots of a workspace are its initial snapshot

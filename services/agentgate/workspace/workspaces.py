@@ -203,7 +203,7 @@ class Snapshot:
 def remove_tree(path: Path) -> None:
     """Deletes a directory tree, including read-only parts (blocking; call off-loop)."""
 
-    def make_writable_and_retry(function, failed_path, _exc_info):  # type: ignore[no-untyped-def]
+    def make_writable_and_retry(function: Callable[[str], object], failed_path: str, _exc_info: object) -> None:
         try:
             parent = os.path.dirname(failed_path)
             os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)

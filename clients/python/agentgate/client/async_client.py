@@ -86,7 +86,9 @@ class AsyncAgentGateClient:
         request = queue_pb2.GetWorkOrderRequest(work_order_id=work_order_id)
         return (await self.queue.GetWorkOrder(request, timeout=self.timeout)).work_order
 
-    async def work_orders(self, statuses: list[int] | None = None, limit: int = 50) -> list[common_pb2.WorkOrder]:
+    async def work_orders(
+        self, statuses: list[common_pb2.WorkOrderStatus.ValueType] | None = None, limit: int = 50
+    ) -> list[common_pb2.WorkOrder]:
         """The newest work orders, optionally only of some statuses."""
         found: list[common_pb2.WorkOrder] = []
         token = ""

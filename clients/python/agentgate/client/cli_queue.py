@@ -88,7 +88,7 @@ def stats(json_output: JsonFlag = False) -> None:
     console().print(
         f"waiting {found.waiting}/{found.max_queue_size}, running {found.running}/{found.max_concurrent}, "
         f"{'accepting' if found.accepting else 'FULL (refusing submits)'}, "
-        f"average wait {'unknown' if wait is None else _duration(float(wait))}"  # type: ignore[arg-type]
+        f"average wait {_duration(wait) if isinstance(wait, float) else 'unknown'}"
     )
 
 
@@ -117,8 +117,8 @@ def position(
                 return
             _watch(client, work_order_id, show)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):  # type: ignore[attr-defined]
-                raise fail(exc.details()) from None  # type: ignore[attr-defined]
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise fail(exc.details() or exc.code().name) from None
             raise unreachable(exc) from None
 
 

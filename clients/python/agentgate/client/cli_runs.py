@@ -8,6 +8,7 @@ other commands do not pay for them at start-up.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -46,8 +47,8 @@ def _rpc_failure(exc: grpc.RpcError, what: str) -> typer.Exit:
     reached exits 3, anything else (NOT_FOUND, …) says what the service said (1)."""
     import grpc
 
-    code = exc.code()  # type: ignore[attr-defined]
-    details = exc.details()  # type: ignore[attr-defined]
+    code = exc.code()
+    details = exc.details() or code.name
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return fail(details, EXIT_USAGE)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -85,7 +86,7 @@ def _optional(what: str, fetch: Callable[[], R]) -> R | None:
     try:
         return fetch()
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
             return None
         raise _rpc_failure(exc, what) from None
 
@@ -97,12 +98,12 @@ def _per_iteration(
     can be too big for one message), newest only with `last_only`. A run without an
     iteration count (an old folder read from its files) is listed instead."""
     if not run.iteration_count:
-        found = _call(f"run {run.id}", list_all)
-        return found[-1:] if last_only else found
+        every = _call(f"run {run.id}", list_all)
+        return every[-1:] if last_only else every
     numbers = range(run.iteration_count, 0, -1) if last_only else range(1, run.iteration_count + 1)
     found: list[R] = []
     for number in numbers:
-        record = _optional(f"run {run.id}", lambda number=number: get(number))  # type: ignore[misc]
+        record = _optional(f"run {run.id}", functools.partial(get, number))
         if record is not None:
             found.append(record)
             if last_only:
@@ -298,7 +299,7 @@ def list_runs(
     from agentgate.common.timeutil import iso
     from agentgate.v1 import common_pb2, persistence_pb2
 
-    states: list[int] = []
+    states: list[common_pb2.RunState.ValueType] = []
     for name in state or []:
         key = f"RUN_STATE_{name.upper()}"
         if key not in common_pb2.RunState.keys() or key == "RUN_STATE_UNSPECIFIED":
@@ -311,7 +312,7 @@ def list_runs(
             request = persistence_pb2.ListRunsRequest(
                 work_order_id=work_order, states=states, page_size=min(limit - len(found), 1000), page_token=token
             )
-            response = _call("runs", lambda request=request: client.persistence.ListRuns(request, timeout=30))
+            response = _call("runs", functools.partial(client.persistence.ListRuns, request, timeout=30))
             found.extend(response.runs)
             token = response.next_page_token
             if not token:

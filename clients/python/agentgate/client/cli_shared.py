@@ -51,10 +51,10 @@ def unreachable(exc: grpc.RpcError) -> typer.Exit:
     """The exit (3) for a call that could not reach a service or was refused its token."""
     import grpc
 
-    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
-        return fail(f"UNAUTHENTICATED: {exc.details()} — set AGENTGATE_TOKEN to the suite's token", EXIT_UNREACHABLE)  # type: ignore[attr-defined]
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return fail(f"UNAUTHENTICATED: {exc.details()} — set AGENTGATE_TOKEN to the suite's token", EXIT_UNREACHABLE)
     return fail(
-        f"{exc.code().name}: {exc.details()} — is the suite running? (agentgate up --detach)",  # type: ignore[attr-defined]
+        f"{exc.code().name}: {exc.details()} — is the suite running? (agentgate up --detach)",
         EXIT_UNREACHABLE,
     )
 

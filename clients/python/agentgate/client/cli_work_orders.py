@@ -137,7 +137,7 @@ def work_order_command(command: Callable[..., None]) -> Callable[..., None]:
     def registered(**options: Any) -> None:
         command(WorkOrderFlags(**{name: options.pop(name) for name in flag_names}), **options)
 
-    registered.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    registered.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]  # typer reads it
     registered.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
     return registered
 
@@ -159,9 +159,9 @@ def _submit(client: AgentGateClient, flags: WorkOrderFlags) -> common_pb2.WorkOr
             err_console().print(f"[red]invalid[/red] {violation.field}: {violation.description}")
         raise fail(f"work order refused ({exc.code.name}): {exc}", EXIT_USAGE) from None
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             # e.g. the agent's CLI is not installed where the services run.
-            raise fail(f"work order refused (FAILED_PRECONDITION): {exc.details()}", EXIT_USAGE) from None  # type: ignore[attr-defined]
+            raise fail(f"work order refused (FAILED_PRECONDITION): {exc.details()}", EXIT_USAGE) from None
         raise unreachable(exc) from None
     return work_order
 
@@ -182,7 +182,7 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
     from agentgate.common.messages import to_dict
     from agentgate.v1 import common_pb2
 
-    out: dict[str, object] = work_order_summary(work_order)
+    out: dict[str, object] = dict(work_order_summary(work_order))
     run = client.run(work_order.run_id)
     if work_order.trace_id:  # known from submit on, before any run exists
         out["trace_id"] = work_order.trace_id
@@ -307,7 +307,7 @@ def watch(
             work_order_id = resolve_work_order_id(client, ident)
             client.work_order(work_order_id)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise fail(f"no work order {ident}") from None
             raise unreachable(exc) from None
         _follow(client, work_order_id, json_lines=json_output, quiet=False, after_seq=after_seq)
@@ -325,7 +325,7 @@ def status(
         try:
             work_order = client.work_order(resolve_work_order_id(client, ident))
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise fail(f"no work order {ident}") from None
             raise unreachable(exc) from None
         result = _result_json(client, work_order)
@@ -388,8 +388,8 @@ def cancel(
         try:
             work_order = client.cancel(ident, reason="canceled from the CLI")
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):  # type: ignore[attr-defined]
-                raise fail(exc.details()) from None  # type: ignore[attr-defined]
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise fail(exc.details() or exc.code().name) from None
             raise unreachable(exc) from None
     if json_output:
         print(json.dumps(work_order_summary(work_order)))

@@ -6,7 +6,7 @@ that lists work orders does not pay for them at start-up.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentgate.common.timeutil import iso
 from agentgate.v1 import common_pb2
@@ -17,17 +17,17 @@ if TYPE_CHECKING:
     from agentgate.v1 import events_pb2
 
 
-def status_name(status: int) -> str:
+def status_name(status: common_pb2.WorkOrderStatus.ValueType) -> str:
     """WORK_ORDER_STATUS_SUCCEEDED -> SUCCEEDED."""
     return common_pb2.WorkOrderStatus.Name(status).removeprefix("WORK_ORDER_STATUS_")
 
 
-def run_state_name(state: int) -> str:
+def run_state_name(state: common_pb2.RunState.ValueType) -> str:
     """RUN_STATE_VERIFYING -> VERIFYING."""
     return common_pb2.RunState.Name(state).removeprefix("RUN_STATE_")
 
 
-def run_result_name(result: int) -> str:
+def run_result_name(result: common_pb2.RunResult.ValueType) -> str:
     """RUN_RESULT_FAILED_BUILD -> FAILED_BUILD ('' when unset)."""
     return "" if not result else common_pb2.RunResult.Name(result).removeprefix("RUN_RESULT_")
 
@@ -37,7 +37,8 @@ def describe(event: events_pb2.RunEvent) -> str:
     from agentgate.common import events as ev
 
     kind = event.WhichOneof("payload")
-    p = getattr(event, kind) if kind else None
+    # The payload message of the event's type (Any: one of many; None only on a typeless event).
+    p: Any = getattr(event, kind) if kind else None
     t = event.type
     if t == ev.WORK_ORDER_QUEUED:
         return f"position {p.position}, priority {p.priority}: {p.task_summary}"
@@ -76,8 +77,8 @@ def describe(event: events_pb2.RunEvent) -> str:
     if t == ev.PERSISTENCE_WARNING:
         return p.message
     if t == ev.RETRY_ATTEMPT:
-        kind = common_pb2.BuildErrorType.Name(p.error_type).removeprefix("BUILD_ERROR_TYPE_").lower()
-        outcome = "ok" if p.success else f"{kind}: {p.error}"
+        error_kind = common_pb2.BuildErrorType.Name(p.error_type).removeprefix("BUILD_ERROR_TYPE_").lower()
+        outcome = "ok" if p.success else f"{error_kind}: {p.error}"
         then = f"; retry in {p.next_retry_ms / 1000:.1f}s" if p.will_retry else ""
         return f"{p.operation} attempt {p.attempt} ({p.duration_seconds:.1f}s) {outcome}{then}"
     if t == ev.GITHUB_OPERATION:

@@ -16,18 +16,18 @@ from agentgate.common.timeutil import iso
 from agentgate.v1 import common_pb2
 
 
-def build_error_type_name(error_type: int) -> str:
+def build_error_type_name(error_type: common_pb2.BuildErrorType.ValueType) -> str:
     """BUILD_ERROR_TYPE_TEST_FAILED -> test_failed ('' when unset)."""
     if not error_type:
         return ""
-    return common_pb2.BuildErrorType.Name(error_type).removeprefix("BUILD_ERROR_TYPE_").lower()  # type: ignore[arg-type]
+    return common_pb2.BuildErrorType.Name(error_type).removeprefix("BUILD_ERROR_TYPE_").lower()
 
 
-def iteration_error_name(error_type: int) -> str:
+def iteration_error_name(error_type: common_pb2.IterationErrorType.ValueType) -> str:
     """ITERATION_ERROR_TYPE_AGENT_CRASH -> agent_crash ('' when unset)."""
     if not error_type:
         return ""
-    return common_pb2.IterationErrorType.Name(error_type).removeprefix("ITERATION_ERROR_TYPE_").lower()  # type: ignore[arg-type]
+    return common_pb2.IterationErrorType.Name(error_type).removeprefix("ITERATION_ERROR_TYPE_").lower()
 
 
 def tail_lines(text: str, lines: int) -> str:

@@ -61,7 +61,7 @@ def reconnect_delay(attempt: int) -> float:
 
 def should_reconnect(error: grpc.RpcError, attempt: int) -> bool:
     """Whether a follower whose stream failed with `error` tries reconnect `attempt`."""
-    return error.code() in RECONNECT_CODES and attempt <= MAX_RECONNECTS  # type: ignore[attr-defined]
+    return error.code() in RECONNECT_CODES and attempt <= MAX_RECONNECTS
 
 
 def is_run_id(ident: str) -> bool:

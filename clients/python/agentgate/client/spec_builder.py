@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from agentgate.harness.retry import RETRY_PRESETS
 from agentgate.v1 import common_pb2
+
+_Enum = TypeVar("_Enum", bound=int)  # a proto enum's ValueType
 
 GIT_MODES = {"local": common_pb2.GIT_MODE_LOCAL, "push": common_pb2.GIT_MODE_PUSH, "pr": common_pb2.GIT_MODE_PR}
 GITHUB_MODES = {
@@ -102,14 +105,14 @@ def build_spec(
     if profile:
         spec.harness.profile = profile.strip()
     if loop_strategy:
-        spec.harness.loop_strategy.mode = _choice("--loop-strategy", loop_strategy, LOOP_STRATEGIES)  # type: ignore[assignment]
+        spec.harness.loop_strategy.mode = _choice("--loop-strategy", loop_strategy, LOOP_STRATEGIES)
     _apply_delivery_and_retry(
         spec.harness, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout
     )
     return spec
 
 
-def _choice(flag: str, value: str, choices: dict[str, int]) -> int:
+def _choice(flag: str, value: str, choices: dict[str, _Enum]) -> _Enum:
     key = value.strip().lower().replace("-", "_")
     if key not in choices:
         raise UsageError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
@@ -127,9 +130,9 @@ def _apply_delivery_and_retry(
 ) -> None:
     """--git-mode, --github-mode, --draft-pr, --retry-preset, --max-attempts, --agent-timeout."""
     if git_mode:
-        harness.git_ops.mode = _choice("--git-mode", git_mode, GIT_MODES)  # type: ignore[assignment]
+        harness.git_ops.mode = _choice("--git-mode", git_mode, GIT_MODES)
     if github_mode:
-        harness.git_ops.github_mode = _choice("--github-mode", github_mode, GITHUB_MODES)  # type: ignore[assignment]
+        harness.git_ops.github_mode = _choice("--github-mode", github_mode, GITHUB_MODES)
     if draft_pr:
         harness.git_ops.draft_pr = True
     if retry_preset:

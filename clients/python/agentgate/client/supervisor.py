@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -104,7 +105,9 @@ def check_health(address: str | None, timeout: float = 2.0) -> str:
         return "UNREACHABLE"
     channel = sync_channel(address)
     try:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]  # stubs: HealthStub has no methods
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     except grpc.RpcError:
         return "UNREACHABLE"
@@ -249,7 +252,7 @@ class Supervisor:
         """Where an instance's pid and address are recorded."""
         return self.run_dir / f"{instance}.pid"
 
-    def _record(self, instance: str) -> dict[str, object]:
+    def _record(self, instance: str) -> dict[str, Any]:  # parsed JSON: callers check the values
         try:
             info = json.loads(self.pid_file(instance).read_text())
         except (OSError, ValueError):
@@ -259,7 +262,7 @@ class Supervisor:
     def read_pid(self, instance: str) -> int | None:
         """The live pid of an instance started here, or None."""
         try:
-            pid = int(self._record(instance)["pid"])  # type: ignore[arg-type]
+            pid = int(self._record(instance)["pid"])
         except (KeyError, TypeError, ValueError):
             return None
         return pid if _pid_alive(pid) else None

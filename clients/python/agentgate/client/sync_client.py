@@ -68,8 +68,8 @@ class AgentGateClient:
                 queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
             )
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):  # type: ignore[attr-defined]
-                raise SubmitError(exc.code(), exc.details(), field_violations(exc)) from exc  # type: ignore[attr-defined]
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise SubmitError(exc.code(), exc.details() or exc.code().name, field_violations(exc)) from exc
             raise
         return response.work_order, response.position
 
@@ -78,7 +78,9 @@ class AgentGateClient:
         request = queue_pb2.GetWorkOrderRequest(work_order_id=work_order_id)
         return self.queue.GetWorkOrder(request, timeout=RPC_TIMEOUT_SECONDS).work_order
 
-    def work_orders(self, statuses: list[int] | None = None, limit: int = 50) -> list[common_pb2.WorkOrder]:
+    def work_orders(
+        self, statuses: list[common_pb2.WorkOrderStatus.ValueType] | None = None, limit: int = 50
+    ) -> list[common_pb2.WorkOrder]:
         """The newest work orders, optionally of some statuses."""
         found: list[common_pb2.WorkOrder] = []
         token = ""
@@ -102,7 +104,7 @@ class AgentGateClient:
                 persistence_pb2.GetRunRequest(run_id=run_id), timeout=RPC_TIMEOUT_SECONDS
             ).run
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
 

@@ -104,7 +104,7 @@ def _crash() -> None:
     """Dies abnormally, by a signal, like a crashed program.
 
     SIGABRT rather than SIGKILL: exit 137 (SIGKILL) reads as "killed by the timeout" in the
-    error classification (SPEC §3), and a crash must be told apart from a timeout. Core
+    error classification (docs/troubleshooting.md), and a crash must be told apart from a timeout. Core
     dumps are turned off first so nothing lands in the workspace.
     """
     try:

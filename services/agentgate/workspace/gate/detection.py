@@ -1,4 +1,4 @@
-"""A gate plan for a project that has none (SPEC §5): what its own CI or tooling runs.
+"""A gate plan for a project that has none (docs/verify-yaml.md): what its own CI or tooling runs.
 
 In order of preference:
 1. The `run:` steps of `.github/workflows/*.yml` jobs — the project's own CI, the most

@@ -46,7 +46,7 @@ def check_schema(schema: Any, where: str) -> None:
     if not isinstance(schema, dict | bool):
         raise SchemaLoadError(f"{where} is not a JSON Schema (an object or a boolean)")
     try:
-        validator_for(schema).check_schema(schema)
+        validator_for(schema).check_schema(schema)  # type: ignore[arg-type]  # types-jsonschema omits boolean schemas
     except SchemaError as exc:
         raise SchemaLoadError(f"{where} is not a valid JSON Schema: {exc.message}") from None
 

@@ -1,4 +1,4 @@
-"""The gate plan (`verify.yaml`, SPEC §5): parsing into dataclasses, strictly.
+"""The gate plan (`verify.yaml`, docs/verify-yaml.md): parsing into dataclasses, strictly.
 
 Parsing walks yaml's node tree (not the loaded dict) so every error names the key and
 the line: an unknown key or a value of the wrong type is an error, never ignored.

@@ -1,4 +1,4 @@
-"""The security scan of a change (SPEC §5, L0 check of kind `security`).
+"""The security scan of a change (docs/verify-yaml.md, L0 check of kind `security`).
 
 It looks only at what the run changed — the diff between the run's base snapshot and the
 snapshot being verified — so secrets already in the user's history do not fail every run:
