@@ -326,3 +326,12 @@ def test_up_makes_a_private_token_and_keeps_it_out_of_the_services_environment(t
         assert again.returncode == 0 and token_file.read_text().strip().encode() == secrets[0]
     finally:
         subprocess.run([AGENTGATE, "down"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_secrets_read_from_files_are_still_redacted(tmp_path: Path) -> None:
+    from agentgate.common.redaction import default_redactor
+
+    loaded = security.ServerSecurity.load(env={}, home=tmp_path)
+    text = f"token={loaded.token} key={loaded.service_key.decode()}"
+    redacted = default_redactor().redact_text(text)
+    assert loaded.token not in redacted and loaded.service_key.decode() not in redacted

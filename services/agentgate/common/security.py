@@ -47,6 +47,7 @@ from typing import Any
 
 import grpc
 
+from agentgate.common import redaction
 from agentgate.common.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,9 @@ class ServerSecurity:
             allow_insecure_remote=bool(getattr(args, "allow_insecure_remote", False))
             or env.get(ALLOW_INSECURE_REMOTE_ENV, "").strip().lower() in _TRUE,
         )
+        # Read from files, so not in the environment the redactor looks at: register them.
+        redaction.register_secret(security.token)
+        redaction.register_secret(security.service_key.decode())
         if (security.tls_cert is None) != (security.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key: give both or neither")
         if security.tls_client_ca is not None and security.tls_cert is None:
