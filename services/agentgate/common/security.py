@@ -116,6 +116,13 @@ _TRUE = {"1", "true", "yes", "on"}
 # -- secret files ----------------------------------------------------------------------
 
 
+def _home_of(env: Mapping[str, str]) -> Path:
+    """$AGENTGATE_HOME as `env` says (default ~/.agentgate), not as os.environ does."""
+    from agentgate.common.config import agentgate_home
+
+    return agentgate_home(env.get("AGENTGATE_HOME") or str(Path.home() / ".agentgate"))
+
+
 def auth_dir(home: Path) -> Path:
     """`$AGENTGATE_HOME/auth`: the folder of the token and the service key."""
     return home / AUTH_DIR
@@ -276,9 +283,7 @@ class ServerSecurity:
         under `home`/auth (made when missing)."""
         env = os.environ if env is None else env
         if home is None:
-            from agentgate.common.config import agentgate_home
-
-            home = agentgate_home(env.get("AGENTGATE_HOME") or None)
+            home = _home_of(env)
 
         def path(flag: str, key: str) -> Path | None:
             raw = getattr(args, flag, None) or env.get(key, "")
@@ -552,9 +557,7 @@ def client_token(env: Mapping[str, str] | None = None) -> str:
     if named:
         path = Path(named).expanduser()
     else:
-        from agentgate.common.config import agentgate_home
-
-        path = auth_dir(agentgate_home(env.get("AGENTGATE_HOME") or None)) / TOKEN_FILE
+        path = auth_dir(_home_of(env)) / TOKEN_FILE
     try:
         return path.read_text().strip()
     except OSError:
