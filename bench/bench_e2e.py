@@ -75,8 +75,8 @@ async def run_load(suite: benchlib.Suite, total: int, warmup: int, profiler: ben
     project = benchlib.make_project(suite.work / "project")
     spec = benchlib.noop_spec(project)
     async with (
-        grpc.aio.insecure_channel(suite.addresses["queue"]) as qch,
-        grpc.aio.insecure_channel(suite.addresses["persistence"]) as pch,
+        benchlib.aio_insecure_channel(suite.addresses["queue"]) as qch,
+        benchlib.aio_insecure_channel(suite.addresses["persistence"]) as pch,
     ):
         queue = queue_pb2_grpc.QueueServiceStub(qch)
         persistence = persistence_pb2_grpc.PersistenceServiceStub(pch)

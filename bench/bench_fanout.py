@@ -35,7 +35,7 @@ def subscribe(conn: Any, address: str, work_order_id: str, count: int, measure_f
     from agentgate.v1 import persistence_pb2 as pb
 
     async def main() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with benchlib.aio_insecure_channel(address) as channel:
             method = channel.unary_stream("/agentgate.v1.PersistenceService/StreamEvents")
             request = pb.StreamEventsRequest(work_order_id=work_order_id, follow=True).SerializeToString()
             latencies: list[float] = []
@@ -69,7 +69,7 @@ def append_loop(address: str, work_order_id: str, rate: float, warmup: float, du
     fast as possible) for warmup+duration seconds, then run:complete."""
 
     async def main() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with benchlib.aio_insecure_channel(address) as channel:
             stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
             loop = asyncio.get_running_loop()
             start = loop.time()

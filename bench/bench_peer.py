@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-import grpc
 
 WORKERS = 4
 PRODUCERS = 4
@@ -123,7 +122,7 @@ def ag_worker(conn: Any, address: str, count: int) -> None:
         done: dict[str, float] = {}
         lease_s: list[float] = []
         complete_s: list[float] = []
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with benchlib.aio_insecure_channel(address) as channel:
             queue = queue_pb2_grpc.QueueServiceStub(channel)
             await queue.GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=10)
             conn.send("ready")
@@ -160,7 +159,7 @@ def ag_producer(address: str, payload: bytes, count: int) -> dict[str, Any]:
         sent: dict[str, float] = {}
         submit_s: list[float] = []
         request = queue_pb2.SubmitRequest.FromString(payload)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with benchlib.aio_insecure_channel(address) as channel:
             queue = queue_pb2_grpc.QueueServiceStub(channel)
 
             async def producer(n: int) -> None:

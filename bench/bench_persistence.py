@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import benchlib
-import grpc
 
 from agentgate.v1 import common_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
 
@@ -48,7 +47,7 @@ def measure_saves(args: Any, report: benchlib.Report, profiler: benchlib.Profile
         run_id = "run-savebench01"
 
         async def create() -> None:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with benchlib.aio_insecure_channel(address) as channel:
                 stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
                 await stub.CreateRun(
                     persistence_pb2.CreateRunRequest(run=common_pb2.Run(id=run_id, work_order_id="wo-savebench01")),
@@ -139,7 +138,7 @@ def measure_memory(args: Any, report: benchlib.Report) -> None:
         peak = dict.fromkeys(pids, 0.0)
         peak_agents = (0, 0.0)
         max_running = 0
-        channel = grpc.insecure_channel(suite.addresses["queue"])
+        channel = benchlib.insecure_channel(suite.addresses["queue"])
         queue = queue_pb2_grpc.QueueServiceStub(channel)
         try:
             for _ in range(runs):

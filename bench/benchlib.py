@@ -212,12 +212,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def use_credential_of(home: Path) -> None:
+    """Makes the channels of this process (and of the processes it starts after) send a
+    service credential of `home`: auth is on by default, and benchmarks also write run
+    records and lease work, which the client token may not (docs/security.md). Set after
+    the services started: `agentgate up` would store an AGENTGATE_TOKEN as the client token."""
+    from agentgate.common import security
+
+    key = security.load_service_key(home)
+    os.environ[security.TOKEN_ENV] = security.service_credential(key, "service", "bench")
+
+
+def aio_insecure_channel(address: str, **kwargs: Any) -> grpc.aio.Channel:
+    """A plaintext asyncio channel that sends the credential (see `use_credential_of`)."""
+    from agentgate.common import security
+
+    return grpc.aio.insecure_channel(address, interceptors=security.aio_client_interceptors(), **kwargs)
+
+
+def insecure_channel(address: str) -> grpc.Channel:
+    """A plaintext blocking channel that sends the credential (see `use_credential_of`)."""
+    from agentgate.common import security
+
+    return security.intercept_sync_channel(grpc.insecure_channel(address))
+
+
 def wait_serving(address: str, timeout: float = 30.0) -> None:
     """Blocks until the gRPC health check of `address` answers SERVING."""
     deadline = time.monotonic() + timeout
     last = "UNREACHABLE"
     while time.monotonic() < deadline:
-        channel = grpc.insecure_channel(address)
+        channel = insecure_channel(address)
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -250,6 +275,7 @@ class Services:
     def start(self, *names: str, timeout: float = 60.0) -> Services:
         """Starts the named services (in dependency order) and waits until they serve."""
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        use_credential_of(self.home)
         for name in sorted(names, key=START_ORDER.index):
             with open(self.home / "logs" / f"{name}.log", "ab") as log:
                 self.procs[name] = subprocess.Popen(
@@ -328,6 +354,7 @@ class Suite:
             logs = self.logs()
             self.cli("down")
             raise RuntimeError(f"agentgate up failed:\n{result.stdout}\n{result.stderr}\n{logs}")
+        use_credential_of(self.home)
         return self
 
     def pids(self) -> dict[str, int]:
@@ -409,7 +436,7 @@ def unary_load(
     from agentgate.v1 import queue_pb2
 
     async def main() -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with aio_insecure_channel(address) as channel:
             call = channel.unary_unary(method)
             loop = asyncio.get_running_loop()
             start = loop.time()

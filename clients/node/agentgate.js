@@ -3,6 +3,7 @@
 // from protos/ (no generated code), so it always speaks the contract the services speak.
 
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -29,11 +30,25 @@ function loadProtos(protosDir = PROTOS_DIR) {
   return grpc.loadPackageDefinition(definition).agentgate.v1;
 }
 
+/** The client token, found as the Python clients find it: AGENTGATE_TOKEN, else the file
+ * AGENTGATE_TOKEN_FILE names, else $AGENTGATE_HOME/auth/token (what `agentgate up` made),
+ * '' when there is none. */
+function clientToken(env = process.env) {
+  if (env.AGENTGATE_TOKEN && env.AGENTGATE_TOKEN.trim()) return env.AGENTGATE_TOKEN.trim();
+  const home = env.AGENTGATE_HOME || path.join(os.homedir(), '.agentgate');
+  const file = env.AGENTGATE_TOKEN_FILE || path.join(home, 'auth', 'token');
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
 /** Channel credentials: TLS when AGENTGATE_TLS_CA is set (with a client certificate when
- * AGENTGATE_TLS_CLIENT_CERT/KEY are), else plaintext; plus the bearer token of
- * AGENTGATE_TOKEN on every call. */
+ * AGENTGATE_TLS_CLIENT_CERT/KEY are), else plaintext; plus the bearer client token (see
+ * clientToken) on every call. */
 function credentials(env = process.env) {
-  const token = env.AGENTGATE_TOKEN || '';
+  const token = clientToken(env);
   let channel = grpc.credentials.createInsecure();
   if (env.AGENTGATE_TLS_CA) {
     const read = (name) => (env[name] ? fs.readFileSync(env[name]) : null);
@@ -121,4 +136,4 @@ class AgentGate {
   }
 }
 
-module.exports = { AgentGate, loadProtos, credentials, PROTOS_DIR };
+module.exports = { AgentGate, loadProtos, credentials, clientToken, PROTOS_DIR };

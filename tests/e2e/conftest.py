@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+
+from agentgate.common import security
 
 AGENTGATE = str(Path(sys.executable).parent / "agentgate")
 SERVICES = ("queue", "orchestrator", "workspace", "persistence")
@@ -33,6 +36,15 @@ class Suite:
 
     def address(self, service: str) -> str:
         return self.env[f"AGENTGATE_{service.upper()}_ADDR"]
+
+    @property
+    def token(self) -> str:
+        """The client token `agentgate up` made for this suite (auth is on by default)."""
+        return (self.home / "auth" / "token").read_text().strip()
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to `address` that sends this suite's client token."""
+        return security.intercept_sync_channel(grpc.insecure_channel(address), self.token)
 
     def cli(self, *args: str, timeout: float = 180, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Runs `agentgate ARGS` against this suite."""

@@ -53,7 +53,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
 
 @pytest.fixture(scope="module")
 def client(suite: Suite) -> Iterator[AgentGateClient]:
-    with AgentGateClient(suite.address("queue"), suite.address("persistence")) as made:
+    with AgentGateClient(suite.address("queue"), suite.address("persistence"), token=suite.token) as made:
         yield made
 
 

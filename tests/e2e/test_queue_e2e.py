@@ -65,7 +65,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
 
 @pytest.fixture
 def queue(suite: Suite) -> Iterator[queue_pb2_grpc.QueueServiceStub]:
-    channel = grpc.insecure_channel(suite.address("queue"))
+    channel = suite.channel(suite.address("queue"))
     stub = queue_pb2_grpc.QueueServiceStub(channel)
     # Every test starts from an idle queue.
     wait_for(lambda: _idle(stub), timeout=60, what="an idle queue")
@@ -219,7 +219,7 @@ def test_ps_and_health_list_every_worker(suite: Suite) -> None:
     assert {name: value["status"] for name, value in health.items()} == {name: "SERVING" for name in rows}
     # Each worker is its own orchestrator process with the runs-per-worker default.
     for name in ("orchestrator-1", "orchestrator-2"):
-        with grpc.insecure_channel(rows[name]["address"]) as channel:
+        with suite.channel(rows[name]["address"]) as channel:
             status = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetWorkerStatus(
                 orchestrator_pb2.GetWorkerStatusRequest(), timeout=5
             )
@@ -394,7 +394,7 @@ def test_orchestrator_killed_mid_run_its_work_order_runs_again(
     rows = ps(suite)
     holder = None
     for name in ("orchestrator-1", "orchestrator-2"):
-        with grpc.insecure_channel(rows[name]["address"]) as channel:
+        with suite.channel(rows[name]["address"]) as channel:
             status = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).GetWorkerStatus(
                 orchestrator_pb2.GetWorkerStatusRequest(), timeout=5
             )

@@ -1,6 +1,7 @@
-"""`agentgate up` with AGENTGATE_TOKEN set: the four processes refuse callers without the
-token (CLI, buf curl, the Node.js client), accept them with it, keep health and reflection
-open, and call each other with it; a service refuses to listen beyond loopback without one."""
+"""`agentgate up` with AGENTGATE_TOKEN set: it becomes the suite's stored token; the four
+processes refuse callers without it (CLI, buf curl, the Node.js client), accept them with it
+(from the variable or the token file), keep health and reflection open, and call each other
+with their own credentials; a service beyond loopback requires it too (auth is on by default)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,14 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         yield running
 
 
-def without_token(suite: Suite, token: str | None = None) -> dict[str, str]:
+def without_token(suite: Suite, token: str | None = None, file: bool = False) -> dict[str, str]:
+    """The suite's environment without its token: `token` instead, or none at all (not even
+    the token file of the home, unless `file`)."""
     env = {key: value for key, value in suite.env.items() if key != "AGENTGATE_TOKEN"}
     if token is not None:
         env["AGENTGATE_TOKEN"] = token
+    elif not file:
+        env["AGENTGATE_TOKEN_FILE"] = str(suite.home / "no-such-token-file")
     return env
 
 
@@ -52,6 +57,10 @@ def test_cli_with_the_token_runs_a_work_order(secured: Suite, tmp_path: Path):
     assert out["status"] == "SUCCEEDED" and out["iterations"] == 2
     listed = secured.cli("list", "--json", check=True)
     assert out["work_order_id"] in listed.stdout
+    # Without the variable, the CLI finds the token `up` stored under $AGENTGATE_HOME/auth.
+    assert (secured.home / "auth" / "token").read_text().strip() == TOKEN
+    found = cli(without_token(secured, file=True), "list", "--json")
+    assert found.returncode == 0 and out["work_order_id"] in found.stdout, found.stderr
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"], ids=["missing", "wrong"])
@@ -89,17 +98,36 @@ def test_node_client_sends_the_token(secured: Suite, tmp_path: Path):
             "--agent", "scripted", "--agent-option-file", f"script={fixing_script(tmp_path / 'fix.yaml')}"]
     refused = subprocess.run(args, env=without_token(secured), capture_output=True, text=True, timeout=60)
     assert refused.returncode == 3 and "UNAUTHENTICATED" in refused.stderr
-    ran = subprocess.run(args, env=secured.env, capture_output=True, text=True, timeout=120)
-    assert ran.returncode == 0, (ran.stdout, ran.stderr)
-    assert ran.stdout.strip().splitlines()[-1].startswith("SUCCEEDED")
+    # From AGENTGATE_TOKEN, and from the token file of $AGENTGATE_HOME when it is not set.
+    for env in (secured.env, without_token(secured, file=True)):
+        ran = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, (ran.stdout, ran.stderr)
+        assert ran.stdout.strip().splitlines()[-1].startswith("SUCCEEDED")
 
 
-def test_a_service_refuses_a_remote_address_without_a_token(secured: Suite):
-    env = without_token(secured)
+def test_a_service_beyond_loopback_requires_a_token_it_made_itself(secured: Suite):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from agentgate.v1 import queue_pb2, queue_pb2_grpc
+
+    home = secured.home / "other"
     address = f"0.0.0.0:{free_port()}"
-    refused = subprocess.run(
-        [sys.executable, "-m", "agentgate.queue", "--address", address, "--home", str(secured.home / "other")],
-        env=env, capture_output=True, text=True, timeout=60,
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentgate.queue", "--address", address, "--home", str(home)],
+        env=without_token(secured, file=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    assert refused.returncode == 2
-    assert "AGENTGATE_TOKEN" in refused.stderr and "--allow-insecure-remote" in refused.stderr
+    try:
+        local = address.replace("0.0.0.0", "127.0.0.1")
+        with grpc.insecure_channel(local) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                queue_pb2_grpc.QueueServiceStub(channel).GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert oct((home / "auth" / "token").stat().st_mode & 0o777) == "0o600"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

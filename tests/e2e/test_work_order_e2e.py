@@ -152,7 +152,7 @@ def test_invalid_work_orders_are_refused_and_not_stored(suite: Suite, tmp_path: 
 
 
 def test_invalid_submit_over_grpc_names_field_in_details(suite: Suite):
-    channel = grpc.insecure_channel(suite.address("queue"))
+    channel = suite.channel(suite.address("queue"))
     stub = queue_pb2_grpc.QueueServiceStub(channel)
     spec = common_pb2.WorkOrderSpec(task_prompt="", agent=common_pb2.AgentSpec(name="scripted"))
     spec.source.local_path = "/nonexistent"

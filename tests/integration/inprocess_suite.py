@@ -27,6 +27,7 @@ from agentgate.v1 import (
     queue_pb2_grpc,
 )
 from agentgate.workspace.server import WorkspaceApp
+from tests.credentials import service_credential
 
 TERMINAL = {
     common_pb2.WORK_ORDER_STATUS_SUCCEEDED,
@@ -91,10 +92,15 @@ class InProcessSuite:
             suite.servers.append(await start_server(app, a[name]))
         return suite
 
-    def _channel(self, name: str) -> grpc.aio.Channel:
-        channel = aio_channel(self.addresses[name])
+    def _channel(self, name: str, credential: str | None = None) -> grpc.aio.Channel:
+        """A channel with the client token (what users have), or with `credential`."""
+        channel = aio_channel(self.addresses[name], credential=credential)
         self.channels.append(channel)
         return channel
+
+    def service_channel(self, name: str) -> grpc.aio.Channel:
+        """A channel with a service credential, for a test that plays a worker."""
+        return self._channel(name, service_credential(self.home))
 
     @property
     def queue(self) -> queue_pb2_grpc.QueueServiceStub:

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agentgate.common import security
 from agentgate.common.config import MAX_MESSAGE_BYTES
 from agentgate.orchestrator.server import OrchestratorServicer
 from agentgate.persistence.server import PersistenceServicer
@@ -45,6 +46,7 @@ from agentgate.v1 import (
     workspace_pb2_grpc,
 )
 from agentgate.workspace.server import WorkspaceServicer
+from tests.credentials import service_credential
 
 from .inprocess_suite import InProcessSuite
 from .proto_strategies import request_bytes
@@ -258,7 +260,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     suite = _run_in(loop, InProcessSuite.start(home, lease_seconds=3, max_concurrent=1))
     # Bigger than the servers accept, so oversized requests reach them.
     options = [("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", -1)]
-    channels = {name: grpc.insecure_channel(address, options=options) for name, address in suite.addresses.items()}
+    # A service credential: hostile input must reach every RPC, the writes included.
+    credential = service_credential(home)
+    channels = {
+        name: security.intercept_sync_channel(grpc.insecure_channel(address, options=options), credential)
+        for name, address in suite.addresses.items()
+    }
     try:
         spec = common_pb2.WorkOrderSpec(
             task_prompt="Fix add()",

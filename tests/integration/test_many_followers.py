@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from agentgate.common import security
 from agentgate.common.timeutil import iso
 from agentgate.persistence.server import SUBSCRIBER_QUEUE_ENV
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
@@ -76,7 +77,9 @@ async def test_twenty_followers_get_the_same_complete_sequence_and_a_stalled_one
     # channel of its own with a fixed 64 KiB window, so it stops taking data at once.
     followers = [asyncio.create_task(follow(suite.persistence, work_order.id)) for _ in range(FOLLOWERS)]
     stalled_channel = grpc.aio.insecure_channel(
-        suite.addresses["persistence"], options=[("grpc.http2.bdp_probe", 0)]
+        suite.addresses["persistence"],
+        options=[("grpc.http2.bdp_probe", 0)],
+        interceptors=security.aio_client_interceptors(),
     )
     suite.channels.append(stalled_channel)
     stalled = persistence_pb2_grpc.PersistenceServiceStub(stalled_channel).StreamEvents(

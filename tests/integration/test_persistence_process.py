@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentgate.common.channels import aio_channel
 from agentgate.common.events import RUN_STARTED, make_event
 from agentgate.v1 import common_pb2, persistence_pb2, persistence_pb2_grpc
+from tests.credentials import service_credential
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ async def test_process_serves_and_stops_on_sigterm(home: Path) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with aio_channel(address) as channel:
+        async with aio_channel(address, credential=service_credential(home)) as channel:
             await wait_serving(channel, process)
             stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
             await stub.CreateRun(persistence_pb2.CreateRunRequest(run=common_pb2.Run(id="r1", work_order_id="w1")))

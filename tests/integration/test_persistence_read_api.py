@@ -19,6 +19,7 @@ from agentgate.common.redaction import REDACTED, Redactor
 from agentgate.common.server import start_server
 from agentgate.persistence.server import PersistenceApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
+from tests.credentials import service_credential
 
 from .test_persistence_service import Service, expect_error, shutdown, violated_fields
 
@@ -32,7 +33,7 @@ async def launch(home: Path, **app_options: object) -> Service:
     settings = ServiceSettings.load("persistence", "127.0.0.1:0", str(home))
     app = PersistenceApp(settings, **app_options)  # type: ignore[arg-type]
     running = await start_server(app, "127.0.0.1:0")
-    channel = aio_channel(f"127.0.0.1:{running.port}")
+    channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(home))
     return Service(home, app, running, channel, persistence_pb2_grpc.PersistenceServiceStub(channel))
 
 

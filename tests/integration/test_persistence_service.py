@@ -26,6 +26,7 @@ from agentgate.common.events import (
 from agentgate.common.server import RunningServer, start_server
 from agentgate.persistence.server import PersistenceApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
+from tests.credentials import service_credential
 
 pb = persistence_pb2
 
@@ -45,7 +46,7 @@ async def launch(home: Path, subscriber_queue_size: int | None = None) -> Servic
     settings = ServiceSettings.load("persistence", "127.0.0.1:0", str(home))
     app = PersistenceApp(settings, subscriber_queue_size=subscriber_queue_size)
     running = await start_server(app, "127.0.0.1:0")
-    channel = aio_channel(f"127.0.0.1:{running.port}")
+    channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(home))
     return Service(home, app, running, channel, persistence_pb2_grpc.PersistenceServiceStub(channel))
 
 
@@ -420,7 +421,7 @@ async def test_two_followers_with_concurrent_appenders_get_everything(svc: Servi
     await wait_subscribers(svc, "wo-1", 2)
 
     # Two clients (like the queue and the orchestrator) append to one work order at once.
-    second_channel = aio_channel(f"127.0.0.1:{svc.running.port}")
+    second_channel = aio_channel(f"127.0.0.1:{svc.running.port}", credential=service_credential(svc.home))
     other = persistence_pb2_grpc.PersistenceServiceStub(second_channel)
     try:
 

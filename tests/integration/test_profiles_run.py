@@ -14,7 +14,7 @@ from agentgate.common.errors import field_violations
 from agentgate.orchestrator.persistence_port import GrpcPersistence
 from agentgate.orchestrator.run_loop import RunExecutor
 from agentgate.orchestrator.workspace_port import GrpcWorkspace
-from agentgate.v1 import common_pb2, queue_pb2, workspace_pb2_grpc
+from agentgate.v1 import common_pb2, persistence_pb2_grpc, queue_pb2, workspace_pb2_grpc
 
 from .inprocess_suite import InProcessSuite
 
@@ -221,7 +221,7 @@ async def test_a_profile_broken_after_submit_fails_the_run_with_the_reason(suite
     executor = RunExecutor(
         work_order,
         GrpcWorkspace(workspace_pb2_grpc.WorkspaceServiceStub(suite._channel("workspace"))),
-        GrpcPersistence(suite.persistence),
+        GrpcPersistence(persistence_pb2_grpc.PersistenceServiceStub(suite.service_channel("persistence"))),
         profiles_dir=profiles_dir,
     )
     outcome = await executor.execute()

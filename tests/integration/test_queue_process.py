@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentgate.common.channels import aio_channel
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
+from tests.credentials import service_credential
 
 
 def free_port() -> int:
@@ -42,7 +43,7 @@ async def test_queue_process_serves_and_stops_on_sigterm(home: Path) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with aio_channel(f"127.0.0.1:{port}") as channel:
+        async with aio_channel(f"127.0.0.1:{port}", credential=service_credential(home)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             reply = await health.Check(
                 health_pb2.HealthCheckRequest(service="agentgate.v1.QueueService"), timeout=15, wait_for_ready=True

@@ -25,6 +25,7 @@ from agentgate.common.errors import FieldViolation, field_violations
 from agentgate.common.server import RunningServer, start_server
 from agentgate.queue.server import QueueApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
+from tests.credentials import service_credential
 
 from ..queue_helpers import outbox_size
 
@@ -102,7 +103,7 @@ class Cluster:
         options.setdefault("agent_check", check_agent)
         app = QueueApp(ServiceSettings.load("queue", "127.0.0.1:0", str(self.home)), **options)
         running = await start_server(app, "127.0.0.1:0")
-        channel = aio_channel(f"127.0.0.1:{running.port}")
+        channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(self.home))
         self._queues.append((running, channel))
         return queue_pb2_grpc.QueueServiceStub(channel)
 

@@ -32,6 +32,7 @@ from agentgate.common.errors import field_violations
 from agentgate.common.server import start_server
 from agentgate.v1 import common_pb2, events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace.server import WorkspaceApp
+from tests.credentials import service_credential
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -683,7 +684,7 @@ async def test_module_entry_point_serves_and_stops_on_sigterm(tmp_path: Path) ->
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with aio_channel(address) as channel:
+        async with aio_channel(address, credential=service_credential(tmp_path / "h")) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             request = health_pb2.HealthCheckRequest(service="agentgate.v1.WorkspaceService")
             reply = await health.Check(request, wait_for_ready=True, timeout=20)

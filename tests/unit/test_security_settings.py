@@ -11,12 +11,19 @@ import pytest
 from agentgate.common.config import ConfigError
 from agentgate.common.security import (
     ServerSecurity,
+    TokenAuth,
     add_server_flags,
     client_credentials,
     client_options,
     client_token,
     is_loopback,
 )
+
+
+@pytest.fixture(autouse=True)
+def _user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Settings loaded from an empty environment fall back to ~/.agentgate: keep it in tmp.
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
 
 
 @pytest.mark.parametrize(
@@ -64,7 +71,8 @@ def test_flags_win_over_the_environment(tmp_path: Path):
     assert flagged.tls
     assert ServerSecurity.load(parse("--allow-insecure-remote"), {}).allow_insecure_remote
     assert not ServerSecurity.load(parse(), {}).tls
-    assert ServerSecurity.load(parse(), {}).interceptors() == []
+    # Auth is on without any setting: the token and key files of the home are made.
+    assert [type(i) for i in ServerSecurity.load(parse(), {}).interceptors()] == [TokenAuth]
 
 
 @pytest.mark.parametrize(

@@ -232,10 +232,15 @@ class LeaseResponse(_message.Message):
     WORK_ORDER_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     leased: _builtins.bool
     lease_id: _builtins.str
     lease_seconds: _builtins.int
     """The lease expires unless heartbeated within this many seconds."""
+    lease_token: _builtins.str
+    """Proof of the lease, signed by the queue: the worker sends it as `x-agentgate-lease`
+    metadata with each write of the run's records (see docs/security.md).
+    """
     @_builtins.property
     def work_order(self) -> _common_pb2.WorkOrder: ...
     def __init__(
@@ -245,10 +250,11 @@ class LeaseResponse(_message.Message):
         work_order: _common_pb2.WorkOrder | None = ...,
         lease_id: _builtins.str = ...,
         lease_seconds: _builtins.int = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["work_order", b"work_order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "leased", b"leased", "work_order", b"work_order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "lease_seconds", b"lease_seconds", "lease_token", b"lease_token", "leased", b"leased", "work_order", b"work_order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,7 +285,10 @@ class HeartbeatResponse(_message.Message):
 
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     cancel_requested: _builtins.bool
+    lease_token: _builtins.str
+    """The lease token renewed to the new expiry (empty when the worker sent none)."""
     @_builtins.property
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -287,10 +296,11 @@ class HeartbeatResponse(_message.Message):
         *,
         cancel_requested: _builtins.bool = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expires_at", b"lease_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "lease_expires_at", b"lease_expires_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "lease_expires_at", b"lease_expires_at", "lease_token", b"lease_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

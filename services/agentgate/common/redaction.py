@@ -144,10 +144,22 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
+#: Secrets this process read from files (the client token, the service key): they are not in
+#: its environment (agentgate.common.security keeps them out of /proc), yet must be hidden too.
+_registered: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Adds a secret read from elsewhere than the environment to `configured_secrets()`."""
+    if len(value.strip()) >= MIN_SECRET_LENGTH:
+        _registered.add(value.strip())
+
+
 def configured_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The token values configured in `environ` (default: this process's environment)."""
+    """The token values configured in `environ` (default: this process's environment, plus
+    the secrets registered with `register_secret`)."""
     env = os.environ if environ is None else environ
-    found: set[str] = set()
+    found: set[str] = set(_registered) if environ is None else set()
     for name, value in env.items():
         upper = name.upper()
         if upper in TOKEN_ENV_VARS or upper.endswith(SECRET_ENV_SUFFIXES):

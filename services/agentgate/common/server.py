@@ -83,11 +83,14 @@ async def start_server(app: ServiceApp, address: str, security: ServerSecurity |
     Every call gets an OpenTelemetry server span (the gRPC instrumentation), from the
     providers of the app's service when `telemetry.init_telemetry` registered them."""
     service = getattr(getattr(app, "settings", None), "name", None)
-    # `security` (token, TLS, the loopback rule; none by default) is checked before anything
-    # starts. The token check comes first, so a refused call is never even decoded; then the
+    # `security` (credentials, TLS, the loopback rule; by default the credentials of the
+    # app's $AGENTGATE_HOME, so auth is on unless a caller says otherwise) is checked before
+    # anything starts. The token check comes first, so a refused call is never even decoded; then the
     # request guard, the one mapping of errors to statuses: whatever fails inside it
     # (decoding, instrumentation, the servicer) still ends with a proper status, never UNKNOWN.
-    security = security or ServerSecurity()
+    if security is None:
+        home = getattr(getattr(app, "settings", None), "home", None)
+        security = ServerSecurity.load(home=home)
     security.check_bind(address)
     credentials = security.credentials()
     guard = RequestGuard(service)
@@ -118,7 +121,7 @@ async def serve_until_signal(
     """Runs `app` until SIGTERM or SIGINT, then shuts down gracefully. Security comes from
     the flags of `service_arg_parser` in `args` > environment; a bad setting exits with 2."""
     try:
-        running = await start_server(app, settings.address, ServerSecurity.load(args))
+        running = await start_server(app, settings.address, ServerSecurity.load(args, home=settings.home))
     except ConfigError as exc:
         print(f"agentgate-{settings.name}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

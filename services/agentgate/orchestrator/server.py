@@ -10,7 +10,7 @@ import socket
 
 import grpc
 
-from agentgate.common import telemetry
+from agentgate.common import security, telemetry
 from agentgate.common.channels import SERVICE_CHANNEL_OPTIONS, aio_channel
 from agentgate.common.config import ServiceSettings, service_address
 from agentgate.orchestrator.event_subscribers import WorkerSubscribers
@@ -81,8 +81,13 @@ class OrchestratorApp:
 
     async def start(self, server: grpc.aio.Server) -> None:
         """Connects to the other services, registers the servicer and starts leasing."""
+        # The worker's own credential, not the client token: only workers may lease work and
+        # write run records, each write with the lease token of its run (docs/security.md).
+        credential = security.service_credential(
+            security.load_service_key(self.settings.home), "worker", self.worker_id
+        )
         channels = {
-            name: aio_channel(addr, service="orchestrator", options=SERVICE_CHANNEL_OPTIONS)
+            name: aio_channel(addr, service="orchestrator", options=SERVICE_CHANNEL_OPTIONS, credential=credential)
             for name, addr in self._addresses.items()
         }
         self._channels = list(channels.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from agentgate.common.security import LeaseHolder, current_lease
 from agentgate.orchestrator.persistence_port import PersistencePort
 from agentgate.orchestrator.run_loop import RunExecutor
 from agentgate.orchestrator.subscribers import SubscriberChannel
@@ -40,6 +42,9 @@ class ActiveRun:
     executor: RunExecutor
     lease_id: str
     lease_seconds: int
+    #: The queue's signed proof of the lease, renewed by each heartbeat; every call made for
+    #: the run sends it (see `current_lease`).
+    lease: LeaseHolder
     task: asyncio.Task[object] | None = None
 
 
@@ -120,9 +125,17 @@ class Worker:
             subscribers=self.subscribers,
             profiles_dir=self.profiles_dir,
         )
-        active = ActiveRun(executor=executor, lease_id=lease.lease_id, lease_seconds=lease.lease_seconds or 30)
+        active = ActiveRun(
+            executor=executor,
+            lease_id=lease.lease_id,
+            lease_seconds=lease.lease_seconds or 30,
+            lease=LeaseHolder(lease.lease_token),
+        )
         self.active[work_order.id] = active
-        active.task = asyncio.create_task(self._drive(active), name=f"run-{work_order.run_id}")
+        # The run's tasks (and the tasks they start) inherit this context, hence its lease.
+        context = contextvars.copy_context()
+        context.run(current_lease.set, active.lease)
+        active.task = asyncio.create_task(self._drive(active), name=f"run-{work_order.run_id}", context=context)
         log.info("leased %s (run %s)", work_order.id, work_order.run_id)
 
     async def _drive(self, active: ActiveRun) -> None:
@@ -161,6 +174,8 @@ class Worker:
                     run_task.cancel()
                     return
                 continue
+            if response.lease_token:
+                active.lease.token = response.lease_token
             if response.cancel_requested:
                 log.info("%s canceled by request; stopping its run", active.executor.work_order.id)
                 active.executor.cancel_requested = True

@@ -126,8 +126,11 @@ class OutboxForwarder:
         initial_backoff: float = 0.1,
         max_backoff: float = 2.0,
         call_timeout: float = 5.0,
+        credential: str | None = None,
     ):
         self._store = store
+        #: The queue's service credential: persistence takes events from services, not clients.
+        self._credential = credential
         self.address = address
         self._batch_size = batch_size
         self._initial_backoff = initial_backoff
@@ -147,7 +150,9 @@ class OutboxForwarder:
     async def start(self) -> None:
         """Opens the channel to persistence and starts delivering."""
         # Through the common factory: it adds the token and TLS of the suite.
-        self._channel = aio_channel(self.address, "queue", options=FORWARDER_CHANNEL_OPTIONS)
+        self._channel = aio_channel(
+            self.address, "queue", options=FORWARDER_CHANNEL_OPTIONS, credential=self._credential
+        )
         self._stub = persistence_pb2_grpc.PersistenceServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="queue-outbox-forwarder")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from agentgate.common import telemetry
+from agentgate.common import security, telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
 from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import FieldViolation, InvalidArgument, Unavailable
@@ -118,8 +118,11 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         agent_check: AgentCheck | None = None,
         board: PositionBoard | None = None,
         profiles_dir: Path | None = None,
+        service_key: bytes = b"",
     ):
         self._store = store
+        #: Signs lease tokens (agentgate.common.security); none are issued without it.
+        self._service_key = service_key
         self._forwarder = forwarder
         self._signal = signal
         self._board = board or PositionBoard(store)
@@ -227,9 +230,32 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         if not await self._forwarder.flush(lease.work_order.id, flush_budget):
             log.warning("events of %s not yet delivered to persistence when leased", lease.work_order.id)
         log.info("leased %s to %r (attempt %d)", lease.work_order.id, request.worker_id, lease.work_order.attempts)
-        return queue_pb2.LeaseResponse(
-            leased=True, work_order=lease.work_order, lease_id=lease.lease_id, lease_seconds=self.lease_seconds
+        grant = security.LeaseGrant(
+            lease.work_order.run_id, request.worker_id, lease.lease_id, -(-lease.expires_at_us // 1_000_000)
         )
+        return queue_pb2.LeaseResponse(
+            leased=True,
+            work_order=lease.work_order,
+            lease_id=lease.lease_id,
+            lease_seconds=self.lease_seconds,
+            lease_token=self._lease_token(grant),
+        )
+
+    def _lease_token(self, grant: security.LeaseGrant) -> str:
+        return security.sign_lease(self._service_key, grant) if self._service_key else ""
+
+    def _renewed_token(self, context: grpc.aio.ServicerContext, lease_id: str, expires_us: int) -> str:
+        """The worker's lease token (its metadata) signed again to the new expiry. Signed by
+        us and naming this lease, it says which run and worker the lease is for, so the
+        queue keeps no table of tokens."""
+        presented = dict(context.invocation_metadata() or ()).get(security.LEASE_METADATA)
+        if not presented or not self._service_key:
+            return ""
+        grant = security.verify_lease(self._service_key, str(presented))
+        if grant is None or grant.lease_id != lease_id:
+            return ""
+        renewed = security.LeaseGrant(grant.run_id, grant.worker_id, lease_id, -(-expires_us // 1_000_000))
+        return self._lease_token(renewed)
 
     async def Heartbeat(
         self, request: queue_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
@@ -240,7 +266,9 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             raise InvalidArgument([FieldViolation("lease_id", "is required")])
         cancel_requested, expires_us = await self._store.heartbeat(request.lease_id, self.lease_seconds)
         return queue_pb2.HeartbeatResponse(
-            cancel_requested=cancel_requested, lease_expires_at=timestamp_from_us(expires_us)
+            cancel_requested=cancel_requested,
+            lease_expires_at=timestamp_from_us(expires_us),
+            lease_token=self._renewed_token(context, request.lease_id, expires_us),
         )
 
     async def Complete(
@@ -383,7 +411,12 @@ class QueueApp:
         renewed = await store.renew_running_leases(self.lease_seconds)
         if renewed:
             log.info("renewed the leases of %d running work order(s) after the restart", renewed)
-        forwarder = OutboxForwarder(store, self.persistence_address)
+        service_key = security.load_service_key(self.settings.home)
+        forwarder = OutboxForwarder(
+            store,
+            self.persistence_address,
+            credential=security.service_credential(service_key, "service", "queue"),
+        )
         signal = WorkSignal()
         board = PositionBoard(store)
         store.on_events = forwarder.wake
@@ -402,6 +435,7 @@ class QueueApp:
             agent_check=self._agent_check,
             board=board,
             profiles_dir=self.settings.home / "profiles",
+            service_key=service_key,
         )
         queue_pb2_grpc.add_QueueServiceServicer_to_server(self.servicer, server)
         self._reaper = asyncio.create_task(self._reap_forever(), name="queue-reaper")

@@ -47,10 +47,12 @@ class AsyncAgentGateClient:
         queue_address: str | None = None,
         persistence_address: str | None = None,
         timeout: float = RPC_TIMEOUT_SECONDS,
+        token: str | None = None,
     ):
         self.timeout = timeout
-        self._queue_channel = aio_channel(service_address("queue", queue_address))
-        self._persistence_channel = aio_channel(service_address("persistence", persistence_address))
+        # `token` None: AGENTGATE_TOKEN, else the token file of $AGENTGATE_HOME (agentgate.common.security).
+        self._queue_channel = aio_channel(service_address("queue", queue_address), credential=token)
+        self._persistence_channel = aio_channel(service_address("persistence", persistence_address), credential=token)
         self.queue = queue_pb2_grpc.QueueServiceStub(self._queue_channel)
         self.persistence = persistence_pb2_grpc.PersistenceServiceStub(self._persistence_channel)
 

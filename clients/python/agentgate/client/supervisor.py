@@ -11,6 +11,12 @@ An *instance* is one process: `queue`, `workspace`, `persistence`, and one
 on the same host, picked when they start and recorded in their pid file (that is where
 `ps` and `health` find them).
 
+Credentials: before starting anything, `up` makes (or keeps) the client token and the
+service key under `$AGENTGATE_HOME/auth/` (mode 0600; see agentgate.common.security). The
+services are told where those files are (AGENTGATE_TOKEN_FILE, AGENTGATE_SERVICE_KEY_FILE)
+and read them at start; no secret is put in their environment, where /proc/<pid>/environ
+would show it. An AGENTGATE_TOKEN of the caller becomes the stored client token.
+
 What `up` was asked for (workers, per-worker runs, queue limits) is kept in
 `$AGENTGATE_HOME/run/suite.json`, so a later `up --detach` brings back a service that died
 with the same settings, and a supervised `up` restarts it the same way.
@@ -34,6 +40,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentgate.common import security
 from agentgate.common.channels import sync_channel
 from agentgate.common.config import SERVICES, agentgate_home, service_address
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
@@ -285,10 +292,20 @@ class Supervisor:
             rows.append(ServiceStatus(name, address or "-", self.read_pid(name), health, service_of(name)))
         return rows
 
+    def ensure_credentials(self) -> tuple[Path, Path]:
+        """Makes (or keeps) the client token and service key files of this home; the
+        caller's AGENTGATE_TOKEN, when set, becomes the stored client token."""
+        return security.ensure_credentials(self.home, os.environ.get(security.TOKEN_ENV, "").strip() or None)
+
     def service_env(self) -> dict[str, str]:
         """The environment the services get: ours, with this home and addresses fixed, and
-        this Python's bin folder first on PATH so checks find the same tools."""
+        this Python's bin folder first on PATH so checks find the same tools. Secrets are
+        passed as file names, never as values."""
         env = dict(os.environ)
+        env.pop(security.TOKEN_ENV, None)
+        token_file, key_file = self.ensure_credentials()
+        env[security.TOKEN_FILE_ENV] = str(token_file)
+        env[security.SERVICE_KEY_FILE_ENV] = str(key_file)
         env["AGENTGATE_HOME"] = str(self.home)
         for name in SERVICES:
             env[f"AGENTGATE_{name.upper()}_ADDR"] = service_address(name)

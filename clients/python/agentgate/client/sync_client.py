@@ -34,9 +34,12 @@ class AgentGateClient:
     trace context of Submit, the error details of a refusal. A CLI command that asks the
     queue alone then starts faster (docs/benchmarks.md, "CLI start-up")."""
 
-    def __init__(self, queue_address: str | None = None, persistence_address: str | None = None):
-        self._queue_channel = sync_channel(service_address("queue", queue_address))
-        self._persistence_channel = sync_channel(service_address("persistence", persistence_address))
+    def __init__(
+        self, queue_address: str | None = None, persistence_address: str | None = None, token: str | None = None
+    ):
+        # `token` None: AGENTGATE_TOKEN, else the token file of $AGENTGATE_HOME (agentgate.common.security).
+        self._queue_channel = sync_channel(service_address("queue", queue_address), token)
+        self._persistence_channel = sync_channel(service_address("persistence", persistence_address), token)
         self.queue = queue_pb2_grpc.QueueServiceStub(self._queue_channel)
 
     @functools.cached_property
