@@ -73,7 +73,8 @@ def test_real_claude_fails_verification_then_resumes_and_succeeds(
     before = (fake.served_input, fake.served_output, len(fake.agent_requests()))
     fake.add(
         # Iteration 1: looks, changes nothing useful, says it is done: the gate fails.
-        Turn.bash("cat calc.py", input_tokens=2000, output_tokens=50),
+        # The agent prints its own key: it must not reach any file or event of ours.
+        Turn.bash("cat calc.py; echo key=$ANTHROPIC_API_KEY", input_tokens=2000, output_tokens=50),
         Turn.say("I looked at calc.py.", input_tokens=2100, output_tokens=20),
         # Iteration 2 (the same session, resumed with the feedback): fixes and runs the tests.
         Turn.bash(FIX, input_tokens=2500, output_tokens=40),
@@ -89,6 +90,7 @@ def test_real_claude_fails_verification_then_resumes_and_succeeds(
     agent_2 = json.loads((run_dir / "agent-2.json").read_text())
     assert agent_1["session_id"] and agent_2["session_id"] == agent_1["session_id"]
     assert [call["tool"] for call in agent_1["tool_calls"]] == ["Bash"]
+    assert "key=" in agent_1["tool_calls"][0]["output"]  # printed, and redacted below
     assert [call["tool"] for call in agent_2["tool_calls"]] == ["Bash", "Bash"]
     assert "1 passed" in agent_2["tool_calls"][1]["output"]
     served_in, served_out = fake.served_input - before[0], fake.served_output - before[1]
@@ -102,6 +104,10 @@ def test_real_claude_fails_verification_then_resumes_and_succeeds(
     sent = json.dumps(iteration_2_first.body["messages"])
     assert "I looked at calc.py." in sent and "Verification failed" in sent
     assert "a + b" in (Path(out["workspace"]) / "calc.py").read_text()
+    for file in run_dir.rglob("*"):
+        if file.is_file():
+            assert KEY not in file.read_text(errors="replace"), file
+    assert KEY not in suite.cli("watch", out["work_order_id"], "--json", timeout=60).stdout
 
 
 def test_real_claude_401_ends_the_run_after_one_iteration_with_the_api_message(

@@ -158,6 +158,18 @@ async def test_real_claude_transient_api_errors_are_retryable(
     assert "success" not in result.error_message
 
 
+async def test_real_claude_rejected_tool_call_is_recorded_with_its_error(
+    client: WorkspaceClient, workspace: workspace_pb2.Workspace, fake: FakeAnthropic
+) -> None:
+    fake.add(Turn.bash("touch nope.txt"), Turn.say("Could not run it."))
+    _, result = await client.run_agent(
+        workspace, claude(allowed_tools="Read", disallowed_tools="Bash"), iteration=1, attempt=1, prompt="x"
+    )
+    assert not (Path(workspace.path) / "nope.txt").exists()
+    [call] = result.tool_calls
+    assert call.tool == "Bash" and call.output.startswith("ERROR: "), call.output
+
+
 async def test_real_claude_max_turns(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, fake: FakeAnthropic
 ) -> None:

@@ -168,3 +168,22 @@ def test_availability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "claude").chmod(0o755)
     assert agent_unavailable(claude) == ""
     assert DRIVERS["claude-code"].description
+
+
+def test_claude_model_name_is_one_per_run() -> None:
+    from agentgate.workspace.drivers.claude_code import model_name
+
+    assert model_name("claude-opus-4-8[1m]") == model_name("claude-opus-4-8") == "claude-opus-4-8"
+    parser = ClaudeStreamParser()
+    parser.feed({"type": "system", "subtype": "init", "session_id": "s", "model": "claude-opus-4-8[1m]"}, 0.0)
+    assert parser.model == "claude-opus-4-8"
+
+
+def test_claude_result_that_says_success_with_is_error_is_an_api_error() -> None:
+    parser = ClaudeStreamParser()
+    parser.feed({"type": "result", "subtype": "success", "is_error": True, "api_error_status": 529,
+                 "result": "API Error: 529 Overloaded", "session_id": "s"}, 0.0)
+    result = common_pb2.AgentResult()
+    failure = parser.apply(result, 0.0)
+    assert result.error_type == common_pb2.BUILD_ERROR_TYPE_AGENT_API_ERROR
+    assert "success" not in failure and "HTTP 529" in failure and "Overloaded" in failure
