@@ -39,8 +39,8 @@ ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
-#: Dollars per million tokens the fake bills (the CLI computes cost from its own price table;
-#: the server only reports tokens).
+#: `Turn.status` of a dropped connection (no HTTP answer at all). The server reports only
+#: tokens: the CLI computes the cost from its own price table.
 DROP = -1
 
 
