@@ -64,7 +64,8 @@ def test_exec_with_claude_code_records_the_agent_and_resumes_the_session(suite: 
     assert (out["status"], out["result"], out["iterations"]) == ("SUCCEEDED", "SUCCEEDED", 2)
 
     first, second = invocations(log)
-    assert first["argv"][:5] == ["-p", "--output-format", "stream-json", "--verbose", "--max-turns"]
+    assert first["argv"][:5] == ["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
+    assert "--max-turns" in first["argv"]
     assert "--resume" not in first["argv"]
     assert second["argv"][-2:] == ["--resume", SESSION_1]
     assert first["prompt"].startswith("Fix add() so the tests pass")

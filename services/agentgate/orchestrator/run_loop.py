@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agentgate.common import events as ev
@@ -51,6 +51,8 @@ S = common_pb2.RunState
 R = common_pb2.RunResult
 W = common_pb2.WorkOrderStatus
 T = common_pb2.BuildErrorType
+#: Agent failures after which no iteration follows.
+FINAL_AGENT_ERRORS = frozenset({T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR, T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED})
 
 
 @dataclass
@@ -342,7 +344,7 @@ class RunExecutor:
         assert last.error is not None  # every iteration that did not pass has its error
         error = common_pb2.BuildError()
         error.CopyFrom(last.error)
-        if last.decision.outcome is LoopOutcome.STRATEGY_STOP:
+        if last.decision.outcome is LoopOutcome.STRATEGY_STOP and last.decision.reason not in error.message:
             # Why the loop stopped early (no progress, loop detected, budget) leads the error.
             error.message = f"{last.decision.reason}. Last iteration: {error.message}"
         result = R.RUN_RESULT_FAILED_VERIFICATION if last.agent.success else R.RUN_RESULT_FAILED_BUILD
@@ -461,6 +463,13 @@ class RunExecutor:
             has_changes=has_changes,
         )
         decision = budgets.enforce(self.strategy.on_iteration_complete(event), self.budget, passed)
+        if decision.should_continue and agent.error_type in FINAL_AGENT_ERRORS:
+            # Another iteration would meet the same refusal (bad credentials) or spend past
+            # the cap again: the loop ends here, whatever the strategy would do.
+            rule = "agent_auth_error" if agent.error_type == T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR else "budget"
+            decision = replace(
+                decision, outcome=LoopOutcome.STRATEGY_STOP, reason=agent.error_message, rule=rule, feedback=""
+            )
         self.emitter.emit(
             ev.STRATEGY_DECISION,
             iteration,
@@ -528,7 +537,9 @@ class RunExecutor:
             if result.success:
                 return None
             error = build_errors.from_agent_result(result)
-            return Failure(error, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
+            # Bad credentials stay bad; a crossed budget must not be spent again.
+            permanent = error.type in FINAL_AGENT_ERRORS
+            return Failure(error, permanent=permanent, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
 
         tried = await self.retry.run(
             "agent",
@@ -567,9 +578,25 @@ class RunExecutor:
             prompt=prompt,
             timeout_seconds=self.harness.limits.agent_timeout_seconds,
             resume_session_id=self._last_session_id,
+            budget=self.budget.remaining(),
             on_output=lambda output: self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=output),
         )
         self._count_usage(result)
+        if result.session_note:
+            self.emitter.emit(
+                ev.AGENT_SESSION_LOST,
+                iteration,
+                session_lost=events_pb2.SessionLost(session_id=self._last_session_id, reason=result.session_note),
+            )
+        if result.error_type == T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED:
+            rule = "cost_budget" if result.error_message.startswith("Cost") else "token_budget"
+            self.emitter.emit(
+                ev.BUDGET_EXCEEDED,
+                iteration,
+                budget_exceeded=events_pb2.BudgetExceeded(
+                    rule=rule, reason=result.error_message, tokens=self.budget.tokens, cost_usd=self.budget.cost_usd
+                ),
+            )
         agent_file = self._saved(f"agent-{iteration}.json", await self._persistence.save_agent_result(result))
         self._check_disk()
         ended = events_pb2.AgentEnded(

@@ -83,6 +83,7 @@ class WorkspacePort(Protocol):
         timeout_seconds: int,
         resume_session_id: str,
         on_output: OutputCallback,
+        budget: common_pb2.AgentBudget | None = None,
     ) -> common_pb2.AgentResult:
         """Runs one agent attempt, passing its output on as it comes; returns its result."""
         ...
@@ -167,6 +168,7 @@ class GrpcWorkspace:
         timeout_seconds: int,
         resume_session_id: str,
         on_output: OutputCallback,
+        budget: common_pb2.AgentBudget | None = None,
     ) -> common_pb2.AgentResult:
         """RunAgent, streaming the output to `on_output`."""
         result: common_pb2.AgentResult | None = None
@@ -181,6 +183,7 @@ class GrpcWorkspace:
                     prompt=prompt,
                     timeout_seconds=timeout_seconds,
                     resume_session_id=resume_session_id,
+                    budget=budget,
                 ),
                 timeout=timeout_seconds + AGENT_CALL_MARGIN_SECONDS,
             )

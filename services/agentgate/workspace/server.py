@@ -25,6 +25,7 @@ from agentgate.harness.drivers import validate_agent
 from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import inventory, leases, snapshots
+from agentgate.workspace.drivers.budget import AgentBudget
 from agentgate.workspace.drivers.registry import AgentInvocation, get_driver, list_driver_infos
 from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.gate import runner as gate
@@ -83,6 +84,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             # Shown in the agent's output until refusals have an event of their own.
             on_output(STDERR, f"[agentgate sandbox] refused {refusal.host}:{refusal.port}: {refusal.reason}")
 
+        if invocation.run_dir is not None:
+            # Bound into the sandbox, so it must exist before the agent starts.
+            await asyncio.to_thread(invocation.run_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
         sandbox = sandbox_service.agent_sandbox(
             workspace=invocation.workspace,
             agentgate_home=self.manager.home,
@@ -90,6 +94,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             prompt_dir=invocation.prompt_dir,
             driver=request.agent.name,
             on_refused=on_refused,
+            agent_home=invocation.run_dir,
         )
         invocation = dataclasses.replace(invocation, sandbox=sandbox)
         task = asyncio.create_task(driver.run(invocation, on_output))
@@ -139,9 +144,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             prompt=request.prompt,
             options=dict(request.agent.options),
             resume_session_id=request.resume_session_id,
+            budget=AgentBudget.from_proto(request.budget),
             timeout_seconds=float(request.timeout_seconds or DEFAULT_AGENT_TIMEOUT_SECONDS),
             files_dir=home / "agent-files" / record.id,
             prompt_dir=home / "prompts" / record.id,
+            # One per run, kept across iterations: a CLI's sessions live in its home.
+            run_dir=home / "agent-homes" / record.run_id,
             kill_grace_seconds=self.kill_grace_seconds,
         )
 

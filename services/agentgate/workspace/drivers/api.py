@@ -15,6 +15,7 @@ from typing import Protocol
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.drivers import ENV_NAME, ENV_PREFIX
 from agentgate.v1 import common_pb2
+from agentgate.workspace.drivers.budget import AgentBudget
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult
 from agentgate.workspace.sandbox import Sandbox
 
@@ -46,6 +47,11 @@ class AgentInvocation:
     resume_session_id: str = ""
     #: Where the agent's process runs (docs/sandbox.md); None = unconfined (`sandbox: off`).
     sandbox: Sandbox | None = None
+    #: What this execution may spend of the run's budget (drivers/budget.py).
+    budget: AgentBudget = field(default_factory=AgentBudget)
+    #: The run's own folder for the agent's files that must outlive the execution but stay
+    #: out of the workspace and the temporary directory (an agent home); None = files_dir.
+    run_dir: Path | None = None
 
     def base_env(self) -> dict[str, str]:
         """Variables every agent gets, describing the run (no secrets)."""
@@ -95,6 +101,18 @@ def agent_env(options: Mapping[str, str], names: tuple[str, ...], prefixes: tupl
     env = passthrough_env(names, prefixes)
     env.update(env_options(options))
     return env
+
+
+def agent_home(invocation: AgentInvocation, cli: str) -> Path:
+    """The run's own home for a CLI's configuration and sessions (`CLAUDE_CONFIG_DIR`,
+    `CODEX_HOME`): `<run_dir>/<cli>`, created private (0700). It outlives the execution (the
+    next iteration resumes its session) and lies outside the workspace and the temporary
+    directory. Nothing secret is written there by AgentGate: keys reach the CLI through its
+    environment only."""
+    base = invocation.run_dir or invocation.files_dir
+    home = base / cli
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
 
 
 def result_from_process(invocation: AgentInvocation, driver: str, process: ProcessResult) -> common_pb2.AgentResult:
