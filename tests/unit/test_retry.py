@@ -62,7 +62,8 @@ def test_presets_have_the_spec_numbers() -> None:
         3, 5.0, 2.0, 30.0)
     assert default.jitter and default.retry_on_timeout
     assert default.retryable_errors == {
-        T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, T.BUILD_ERROR_TYPE_SYSTEM_ERROR, T.BUILD_ERROR_TYPE_GITHUB_ERROR}
+        T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, T.BUILD_ERROR_TYPE_SYSTEM_ERROR, T.BUILD_ERROR_TYPE_GITHUB_ERROR,
+        T.BUILD_ERROR_TYPE_AGENT_API_ERROR}
     assert (aggressive.max_attempts, aggressive.initial_backoff, aggressive.backoff_multiplier,
             aggressive.max_backoff) == (6, 1.0, 1.5, 60.0)
     assert aggressive.retryable_errors == default.retryable_errors | {

@@ -240,6 +240,14 @@ class _BuildErrorTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BuildE
     BUILD_ERROR_TYPE_QUEUE_TIMEOUT: _BuildErrorType.ValueType  # 14
     BUILD_ERROR_TYPE_SYSTEM_ERROR: _BuildErrorType.ValueType  # 15
     BUILD_ERROR_TYPE_UNKNOWN: _BuildErrorType.ValueType  # 16
+    BUILD_ERROR_TYPE_AGENT_AUTH_ERROR: _BuildErrorType.ValueType  # 17
+    """The model API refused the agent's credentials (401/403): asking again will not help."""
+    BUILD_ERROR_TYPE_AGENT_API_ERROR: _BuildErrorType.ValueType  # 18
+    """The model API failed for a passing reason (429, 5xx, 529 overloaded, network):
+    retryable with backoff.
+    """
+    BUILD_ERROR_TYPE_BUDGET_EXCEEDED: _BuildErrorType.ValueType  # 19
+    """The run's token or cost cap was crossed while the agent ran: the driver stopped it."""
 
 class BuildErrorType(_BuildErrorType, metaclass=_BuildErrorTypeEnumTypeWrapper):
     """Kinds of failure (SPEC §3)."""
@@ -261,6 +269,14 @@ BUILD_ERROR_TYPE_GITHUB_ERROR: BuildErrorType.ValueType  # 13
 BUILD_ERROR_TYPE_QUEUE_TIMEOUT: BuildErrorType.ValueType  # 14
 BUILD_ERROR_TYPE_SYSTEM_ERROR: BuildErrorType.ValueType  # 15
 BUILD_ERROR_TYPE_UNKNOWN: BuildErrorType.ValueType  # 16
+BUILD_ERROR_TYPE_AGENT_AUTH_ERROR: BuildErrorType.ValueType  # 17
+"""The model API refused the agent's credentials (401/403): asking again will not help."""
+BUILD_ERROR_TYPE_AGENT_API_ERROR: BuildErrorType.ValueType  # 18
+"""The model API failed for a passing reason (429, 5xx, 529 overloaded, network):
+retryable with backoff.
+"""
+BUILD_ERROR_TYPE_BUDGET_EXCEEDED: BuildErrorType.ValueType  # 19
+"""The run's token or cost cap was crossed while the agent ran: the driver stopped it."""
 Global___BuildErrorType: _TypeAlias = BuildErrorType  # noqa: Y015
 
 class _IterationErrorType:
@@ -1156,6 +1172,9 @@ class AgentResult(_message.Message):
     STDERR_BYTES_FIELD_NUMBER: _builtins.int
     STDOUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    SESSION_NOTE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     session_id: _builtins.str
@@ -1178,6 +1197,16 @@ class AgentResult(_message.Message):
     stdout_truncated: _builtins.bool
     """Whether stdout/stderr were cut at the size limit."""
     stderr_truncated: _builtins.bool
+    error_type: Global___BuildErrorType.ValueType
+    """Why the execution failed, as the driver classified it from what the agent said
+    (UNSPECIFIED = not classified: the orchestrator decides from exit code and output).
+    """
+    error_message: _builtins.str
+    """The failure in one line, quoting the model API's own message when there was one."""
+    session_note: _builtins.str
+    """The agent resumed no session although one was asked for (lost session): it started a
+    fresh one with the full prompt; says why.
+    """
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1210,14 +1239,43 @@ class AgentResult(_message.Message):
         stderr_bytes: _builtins.int = ...,
         stdout_truncated: _builtins.bool = ...,
         stderr_truncated: _builtins.bool = ...,
+        error_type: Global___BuildErrorType.ValueType = ...,
+        error_message: _builtins.str = ...,
+        session_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "structured_output", b"structured_output", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_truncated", b"stdout_truncated", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "error_type", b"error_type", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "session_note", b"session_note", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_truncated", b"stdout_truncated", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentResult: _TypeAlias = AgentResult  # noqa: Y015
+
+@_typing.final
+class AgentBudget(_message.Message):
+    """What one agent execution may still spend of its run's budget (0 = no cap)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    max_tokens: _builtins.int
+    """Tokens (input + output) left for this execution."""
+    max_cost_usd: _builtins.float
+    """Dollars left for this execution."""
+    def __init__(
+        self,
+        *,
+        max_tokens: _builtins.int = ...,
+        max_cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBudget: _TypeAlias = AgentBudget  # noqa: Y015
 
 @_typing.final
 class CheckResult(_message.Message):

@@ -74,6 +74,8 @@ class RunEvent(_message.Message):
     RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
     GITHUB_OPERATION_FIELD_NUMBER: _builtins.int
     PR_CREATED_FIELD_NUMBER: _builtins.int
+    BUDGET_EXCEEDED_FIELD_NUMBER: _builtins.int
+    SESSION_LOST_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     type: _builtins.str
     """work_order:queued, run:started, agent:output, ... (SPEC §11)."""
@@ -124,6 +126,10 @@ class RunEvent(_message.Message):
     def github_operation(self) -> _common_pb2.GitHubOperation: ...
     @_builtins.property
     def pr_created(self) -> Global___PrCreated: ...
+    @_builtins.property
+    def budget_exceeded(self) -> Global___BudgetExceeded: ...
+    @_builtins.property
+    def session_lost(self) -> Global___SessionLost: ...
     def __init__(
         self,
         *,
@@ -154,16 +160,78 @@ class RunEvent(_message.Message):
         retry_attempt: _common_pb2.RetryAttempt | None = ...,
         github_operation: _common_pb2.GitHubOperation | None = ...,
         pr_created: Global___PrCreated | None = ...,
+        budget_exceeded: Global___BudgetExceeded | None = ...,
+        session_lost: Global___SessionLost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created", "budget_exceeded", "session_lost"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class BudgetExceeded(_message.Message):
+    """budget:exceeded: the run's token or cost cap was crossed; the agent was stopped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """token_budget or cost_budget."""
+    reason: _builtins.str
+    cost_usd: _builtins.float
+    @_builtins.property
+    def tokens(self) -> _common_pb2.TokenUsage:
+        """What the run had used when it stopped."""
+
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        tokens: _common_pb2.TokenUsage | None = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "reason", b"reason", "rule", b"rule", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetExceeded: _TypeAlias = BudgetExceeded  # noqa: Y015
+
+@_typing.final
+class SessionLost(_message.Message):
+    """agent:session_lost: the session to resume was gone; the agent started a fresh one that
+    carried the full prompt and feedback.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionLost: _TypeAlias = SessionLost  # noqa: Y015
 
 @_typing.final
 class WorkOrderQueued(_message.Message):

@@ -149,6 +149,7 @@ class RunAgentRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     RESUME_SESSION_ID_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     run_id: _builtins.str
     iteration: _builtins.int
@@ -160,6 +161,12 @@ class RunAgentRequest(_message.Message):
     """Session of an earlier iteration for drivers that can resume one (claude-code)."""
     @_builtins.property
     def agent(self) -> _common_pb2.AgentSpec: ...
+    @_builtins.property
+    def budget(self) -> _common_pb2.AgentBudget:
+        """What is left of the run's token and cost budget: the driver stops the agent the moment
+        it crosses either (unset = no cap).
+        """
+
     def __init__(
         self,
         *,
@@ -171,10 +178,11 @@ class RunAgentRequest(_message.Message):
         prompt: _builtins.str = ...,
         timeout_seconds: _builtins.int = ...,
         resume_session_id: _builtins.str = ...,
+        budget: _common_pb2.AgentBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "iteration", b"iteration", "prompt", b"prompt", "resume_session_id", b"resume_session_id", "run_id", b"run_id", "timeout_seconds", b"timeout_seconds", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "budget", b"budget", "iteration", b"iteration", "prompt", b"prompt", "resume_session_id", b"resume_session_id", "run_id", b"run_id", "timeout_seconds", b"timeout_seconds", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,8 @@ SNAPSHOT_RESTORED = "snapshot:restored"
 GITHUB_OPERATION = "github:operation"
 PR_CREATED = "pr:created"
 PERSISTENCE_WARNING = "persistence:warning"
+BUDGET_EXCEEDED = "budget:exceeded"
+AGENT_SESSION_LOST = "agent:session_lost"
 
 #: After one of these, nothing more happens to the work order: followers stop.
 TERMINAL_EVENT_TYPES = frozenset(

@@ -22,6 +22,8 @@ _DEFAULT_RETRYABLE = (
     T.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
     T.BUILD_ERROR_TYPE_SYSTEM_ERROR,
     T.BUILD_ERROR_TYPE_GITHUB_ERROR,
+    # 429, 5xx, 529 overloaded, a dropped connection: the model API will likely answer later.
+    T.BUILD_ERROR_TYPE_AGENT_API_ERROR,
 )
 _DEFAULT = common_pb2.RetryPolicy(
     max_attempts=3,

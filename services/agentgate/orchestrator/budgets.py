@@ -1,9 +1,10 @@
-"""Token and cost budgets of a run (SPEC §14 `limits`): totals over every agent execution,
-and the stop they force once exceeded.
+"""Token and cost budgets of a run (docs/harness.md `limits`): totals over every agent
+execution, and the stop they force once exceeded.
 
-A budget is checked after each iteration, once its agent's usage is known (an agent
-reports tokens and cost when it ends, so a budget cannot cut an agent short). The
-iteration's verification still runs: a change that passes the gate is delivered even if
+Two checks. Inside an execution, the workspace's driver gets what is left (`remaining`, sent
+with RunAgent) and stops the agent the moment it crosses it (workspace/drivers/budget.py):
+the agent fails with BUDGET_EXCEEDED. Between iterations, a budget is checked once the
+iteration's usage is known. The iteration's verification still runs: a change that passes the gate is delivered even if
 it crossed the budget, because the tokens are spent either way; what the budget prevents
 is the next iteration.
 """
@@ -39,6 +40,16 @@ class RunBudget:
         self.tokens.output += used.output
         self.tokens.total += used.total or used.input + used.output
         self.cost_usd += result.cost_usd
+
+    def remaining(self) -> common_pb2.AgentBudget:
+        """What the next agent execution may spend (0 = no cap). A cap already reached leaves
+        the smallest positive amount, not 0, which would mean no cap at all."""
+        budget = common_pb2.AgentBudget()
+        if self.max_total_tokens:
+            budget.max_tokens = max(self.max_total_tokens - self.tokens.total, 1)
+        if self.max_cost_usd:
+            budget.max_cost_usd = max(self.max_cost_usd - self.cost_usd, 1e-6)
+        return budget
 
     def exceeded(self) -> tuple[str, str]:
         """(rule, reason) of the first budget exceeded, or ('', '')."""

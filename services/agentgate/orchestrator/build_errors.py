@@ -40,6 +40,9 @@ DESCRIPTIONS: dict[int, str] = {
     T.BUILD_ERROR_TYPE_QUEUE_TIMEOUT: "The work order waited too long in the queue",
     T.BUILD_ERROR_TYPE_SYSTEM_ERROR: "AgentGate itself failed",
     T.BUILD_ERROR_TYPE_UNKNOWN: "Unknown error",
+    T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR: "The model API refused the agent's credentials",
+    T.BUILD_ERROR_TYPE_AGENT_API_ERROR: "The model API failed for a passing reason (rate limit, overload, network)",
+    T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED: "The run's token or cost budget was exceeded",
 }
 
 #: A check's kind -> the type of its failure. Kinds are free text in verify.yaml, so the
@@ -97,6 +100,9 @@ _ITERATION_TYPES = {
     T.BUILD_ERROR_TYPE_AGENT_CRASH: E.ITERATION_ERROR_TYPE_AGENT_CRASH,
     T.BUILD_ERROR_TYPE_AGENT_TIMEOUT: E.ITERATION_ERROR_TYPE_TIMEOUT,
     T.BUILD_ERROR_TYPE_AGENT_TASK_FAILURE: E.ITERATION_ERROR_TYPE_AGENT_FAILURE,
+    T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR: E.ITERATION_ERROR_TYPE_AGENT_FAILURE,
+    T.BUILD_ERROR_TYPE_AGENT_API_ERROR: E.ITERATION_ERROR_TYPE_AGENT_FAILURE,
+    T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED: E.ITERATION_ERROR_TYPE_AGENT_FAILURE,
     **{t: E.ITERATION_ERROR_TYPE_VERIFICATION_FAILED for t in _MESSAGES},
 }
 
@@ -185,7 +191,8 @@ def _first_line(text: str) -> str:
 
 
 def from_agent_result(result: common_pb2.AgentResult, agent_file: str = "") -> common_pb2.BuildError:
-    """The error of a failed agent execution: killed by its timeout (or SIGKILL, exit 137)
+    """The error of a failed agent execution: the driver's classification when it gave one
+    (auth / API error / budget, with its message); else killed by its timeout (or SIGKILL, exit 137)
     -> agent_timeout; a non-zero exit without structured output -> agent_crash; otherwise
     the agent itself said it failed -> agent_task_failure with the first stderr line."""
     error = common_pb2.BuildError(
@@ -195,7 +202,11 @@ def from_agent_result(result: common_pb2.AgentResult, agent_file: str = "") -> c
         agent_result_file=agent_file,
         failed_at=now_timestamp(),
     )
-    if result.timed_out:
+    if result.error_type:
+        # The driver knew what went wrong (an API error, a budget): its word, the API's message.
+        error.type = result.error_type
+        error.message = result.error_message or describe(result.error_type)
+    elif result.timed_out:
         error.type = T.BUILD_ERROR_TYPE_AGENT_TIMEOUT
         error.message = f"Agent timed out after {result.duration_seconds:.0f}s"
     elif result.exit_code == 137:

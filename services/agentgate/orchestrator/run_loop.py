@@ -474,7 +474,9 @@ class RunExecutor:
             if result.success:
                 return None
             error = build_errors.from_agent_result(result)
-            return Failure(error, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
+            # Bad credentials stay bad; a crossed budget must not be spent again.
+            permanent = error.type in (T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR, T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED)
+            return Failure(error, permanent=permanent, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
 
         tried = await self.retry.run(
             "agent",
@@ -513,9 +515,25 @@ class RunExecutor:
             prompt=prompt,
             timeout_seconds=self.harness.limits.agent_timeout_seconds,
             resume_session_id=self._last_session_id,
+            budget=self.budget.remaining(),
             on_output=lambda output: self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=output),
         )
         self._count_usage(result)
+        if result.session_note:
+            self.emitter.emit(
+                ev.AGENT_SESSION_LOST,
+                iteration,
+                session_lost=events_pb2.SessionLost(session_id=self._last_session_id, reason=result.session_note),
+            )
+        if result.error_type == T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED:
+            rule = "cost_budget" if result.error_message.startswith("Cost") else "token_budget"
+            self.emitter.emit(
+                ev.BUDGET_EXCEEDED,
+                iteration,
+                budget_exceeded=events_pb2.BudgetExceeded(
+                    rule=rule, reason=result.error_message, tokens=self.budget.tokens, cost_usd=self.budget.cost_usd
+                ),
+            )
         agent_file = self._saved(f"agent-{iteration}.json", await self._persistence.save_agent_result(result))
         ended = events_pb2.AgentEnded(
             success=result.success,

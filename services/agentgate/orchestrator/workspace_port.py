@@ -82,6 +82,7 @@ class WorkspacePort(Protocol):
         timeout_seconds: float,
         resume_session_id: str,
         on_output: OutputCallback,
+        budget: common_pb2.AgentBudget | None = None,
     ) -> common_pb2.AgentResult:
         """Runs one agent attempt, passing its output on as it comes; returns its result."""
         ...
@@ -164,6 +165,7 @@ class GrpcWorkspace:
         timeout_seconds: float,
         resume_session_id: str,
         on_output: OutputCallback,
+        budget: common_pb2.AgentBudget | None = None,
     ) -> common_pb2.AgentResult:
         """RunAgent, streaming the output to `on_output`."""
         result: common_pb2.AgentResult | None = None
@@ -178,6 +180,7 @@ class GrpcWorkspace:
                     prompt=prompt,
                     timeout_seconds=timeout_seconds,
                     resume_session_id=resume_session_id,
+                    budget=budget,
                 ),
                 timeout=timeout_seconds + AGENT_CALL_MARGIN_SECONDS,
             )

@@ -57,6 +57,8 @@ class ProcessResult:
     stderr_bytes: int = 0
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    #: Stopped by the caller's `stop` event (a budget), not by its timeout.
+    stopped: bool = False
     #: Sandbox limits the child ran into ("processes", "memory", "disk"; see docs/sandbox.md).
     limits_hit: tuple[str, ...] = ()
 
@@ -217,6 +219,25 @@ async def _wait_for_exit(
     return True
 
 
+async def _wait_for_exit_or_stop(
+    process: asyncio.subprocess.Process,
+    timeout: float | None,
+    exited: asyncio.Event,
+    stop: asyncio.Event | None,
+) -> bool:
+    """`_wait_for_exit`, ended early (False) when `stop` is set."""
+    if stop is None:
+        return await _wait_for_exit(process, timeout, exited)
+    waiting = asyncio.ensure_future(_wait_for_exit(process, timeout, exited))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, stopping):
+            task.cancel()
+    return process.returncode is not None
+
+
 def _signal_group(pid: int, sig: int) -> None:
     # The child leads its own group (start_new_session), so its pgid is its pid; the group
     # may already be gone, which is fine.
@@ -237,6 +258,7 @@ async def run_process(
     capture_limit: int = DEFAULT_CAPTURE_BYTES,
     capture_keep: str = "head",
     sandbox: Sandbox | None = None,
+    stop: asyncio.Event | None = None,
 ) -> ProcessResult:
     """Runs `argv` in `cwd` as the leader of a new process group and waits for it.
 
@@ -249,6 +271,9 @@ async def run_process(
     - `capture_limit` / `capture_keep`: how much of each stream the result keeps.
     - `sandbox`: run `argv` inside it (bubblewrap, see docs/sandbox.md); every process of
       the execution ends with it, and `limits_hit` says which of its limits were reached.
+    - `stop`: when set while the child runs, SIGTERM to the group, SIGKILL after
+      `kill_grace`, as for the timeout (a driver's budget meter, drivers/budget.py);
+      the result then has `stopped` true.
 
     When the leader exits, anything it left running in its group is killed: leftovers
     would hold the pipes open and outlive the run. If the awaiting task is cancelled, the
@@ -294,10 +319,11 @@ async def run_process(
     if stdin is not None and process.stdin is not None:
         feeder = asyncio.create_task(_feed(process.stdin, stdin))
 
-    timed_out = False
+    timed_out = stopped = False
     try:
-        if not await _wait_for_exit(process, timeout, exited):
-            timed_out = True
+        if not await _wait_for_exit_or_stop(process, timeout, exited, stop):
+            stopped = stop is not None and stop.is_set()
+            timed_out = not stopped
             signal_child(signal.SIGTERM)
             if not await _wait_for_exit(process, kill_grace, exited):
                 signal_child(signal.SIGKILL)
@@ -329,6 +355,7 @@ async def run_process(
         stderr=err_capture.text(),
         duration_seconds=time.monotonic() - started,
         timed_out=timed_out,
+        stopped=stopped,
         stdout_bytes=out_capture.total,
         stderr_bytes=err_capture.total,
         stdout_truncated=out_capture.total > out_capture.limit,

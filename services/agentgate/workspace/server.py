@@ -25,6 +25,7 @@ from agentgate.harness.drivers import validate_agent
 from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
 from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import inventory, leases, snapshots
+from agentgate.workspace.drivers.budget import AgentBudget
 from agentgate.workspace.drivers.registry import AgentInvocation, get_driver, list_driver_infos
 from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.gate import runner as gate
@@ -139,9 +140,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             prompt=request.prompt,
             options=dict(request.agent.options),
             resume_session_id=request.resume_session_id,
+            budget=AgentBudget.from_proto(request.budget),
             timeout_seconds=float(request.timeout_seconds or DEFAULT_AGENT_TIMEOUT_SECONDS),
             files_dir=home / "agent-files" / record.id,
             prompt_dir=home / "prompts" / record.id,
+            # One per run, kept across iterations: a CLI's sessions live in its home.
+            run_dir=home / "agent-homes" / record.run_id,
             kill_grace_seconds=self.kill_grace_seconds,
         )
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.drivers import ENV_NAME, ENV_PREFIX
 from agentgate.v1 import common_pb2
+from agentgate.workspace.drivers.budget import AgentBudget
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult
 from agentgate.workspace.sandbox import Sandbox
 
@@ -46,6 +47,11 @@ class AgentInvocation:
     resume_session_id: str = ""
     #: Where the agent's process runs (docs/sandbox.md); None = unconfined (`sandbox: off`).
     sandbox: Sandbox | None = None
+    #: What this execution may spend of the run's budget (drivers/budget.py).
+    budget: AgentBudget = field(default_factory=AgentBudget)
+    #: The run's own folder for the agent's files that must outlive the execution but stay
+    #: out of the workspace and the temporary directory (an agent home); None = files_dir.
+    run_dir: Path | None = None
 
     def base_env(self) -> dict[str, str]:
         """Variables every agent gets, describing the run (no secrets)."""

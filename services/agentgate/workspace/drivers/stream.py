@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 from agentgate.harness.drivers import BOOLEAN_VALUES
 from agentgate.v1 import common_pb2
 from agentgate.workspace.drivers.api import AgentInvocation, OutputCallback, result_from_process
+from agentgate.workspace.drivers.budget import BudgetMeter
 from agentgate.workspace.processes import MAX_LINE_CHARS, STDOUT, run_process
 
 #: Characters of a tool's input or output shown in a streamed output line.
@@ -66,6 +67,14 @@ class StreamParser(Protocol):
         """Fills `result` from everything seen; returns why the run failed by the stream's
         own account ('' when it did not)."""
         ...
+
+
+def running_usage(parser: StreamParser) -> tuple[int, float] | None:
+    """(tokens, cost in dollars) the agent has used so far by its stream, for the budget
+    meter; None for a parser that cannot tell. A parser opts in with a method
+    `running_usage(self) -> tuple[int, float]` returning running totals of the execution."""
+    method = getattr(parser, "running_usage", None)
+    return method() if callable(method) else None
 
 
 class StreamReader:
@@ -165,11 +174,15 @@ async def run_stream_cli(
         await _deliver(on_output, "stderr", result.stderr.rstrip("\n"))
         return result
     reader = StreamReader(parser, cli)
+    meter = BudgetMeter(invocation.budget)
 
     async def forward(stream: str, line: str) -> None:
         shown = reader.piece(line) if stream == STDOUT else line
         if shown is not None:
             await _deliver(on_output, stream, shown)
+        if stream == STDOUT and invocation.budget.capped() and (usage := running_usage(parser)) is not None:
+            if meter.update(tokens=usage[0], cost_usd=usage[1]):
+                await _deliver(on_output, "stderr", f"[agentgate] {meter.reason}: stopping the agent")
 
     process = await run_process(
         [executable, *argv[1:]],
@@ -180,13 +193,18 @@ async def run_stream_cli(
         timeout=invocation.timeout_seconds,
         kill_grace=invocation.kill_grace_seconds,
         sandbox=invocation.sandbox,
+        stop=meter.stop,
     )
     reader.flush()
     result = result_from_process(invocation, driver, process)
     failure = parser.apply(result, time.monotonic())
     result.stderr = _append(result.stderr, reader.note())
+    if meter.exceeded:
+        failure = meter.reason
+        meter.apply(result)
     if failure:
         result.success = False
+        result.error_message = result.error_message or failure
         result.stderr = _append(result.stderr, f"[agentgate] {failure}")
     return result
 
