@@ -79,7 +79,7 @@ async def test_claude_code_runs_claude_p_and_parses_the_stream(
     outputs, result = await client.run_agent(workspace, spec, iteration=1, attempt=1, prompt="Fix add()\nplease")
     [call] = invocations(log)
     assert call["argv"] == [
-        "-p", "--output-format", "stream-json", "--verbose",
+        "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages",
         "--model", "sonnet",
         "--allowedTools", "Read,Edit,Bash(git diff:*)",
         "--disallowedTools", "WebFetch",
@@ -165,7 +165,7 @@ async def test_claude_code_reported_failure_is_a_task_failure(
     assert result.cost_usd == pytest.approx(0.002)
     error = build_errors.from_agent_result(result)
     assert error.type == T.BUILD_ERROR_TYPE_AGENT_TASK_FAILURE
-    assert error.message == "Agent reported task failure: Error: Reached max turns (2)"
+    assert error.message == "Agent reported task failure: claude stopped at its turn limit (2 turns, max_turns)"
 
 
 async def test_long_events_are_reassembled(

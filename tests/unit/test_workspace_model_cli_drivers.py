@@ -19,15 +19,24 @@ from ..agent_standin import stream
 
 
 def test_claude_argv_defaults_and_resume() -> None:
+    head = ["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
     assert claude_argv({}) == [
-        "claude", "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits"
+        "claude", *head, "--allowedTools", "Bash", "--permission-mode", "acceptEdits"
     ]
-    argv = claude_argv({"executable": "/opt/claude", "max_turns": "3"}, resume_session_id="s-1")
+    argv = claude_argv({"executable": "/opt/claude", "max_turns": "3", "allowed_tools": "Read"}, resume_session_id="s-1")
     assert argv == [
-        "/opt/claude", "-p", "--output-format", "stream-json", "--verbose", "--max-turns", "3",
+        "/opt/claude", *head, "--allowedTools", "Read", "--max-turns", "3",
         "--permission-mode", "acceptEdits", "--resume", "s-1",
     ]
     assert "--resume" not in claude_argv({"resume": "no"}, resume_session_id="s-1")
+
+
+def test_claude_extra_args_and_budget() -> None:
+    argv = claude_argv({"extra_args": "--add-dir '../my lib' --max-budget-usd=2"}, max_budget_usd=0.5)
+    assert argv[argv.index("--add-dir") + 1] == "../my lib" and argv[-2:] == ["--max-budget-usd", "0.500000"]
+    # A lower cap of the work order's own stays the only one.
+    assert claude_argv({"extra_args": "--max-budget-usd 0.1"}, max_budget_usd=0.5).count("--max-budget-usd") == 1
+    assert claude_argv({}, max_budget_usd=1.25)[-2:] == ["--max-budget-usd", "1.250000"]
 
 
 def test_codex_argv() -> None:
@@ -98,7 +107,7 @@ def test_claude_parser_on_the_fix_stream() -> None:
 
 def test_claude_parser_failures() -> None:
     _, _, failure = replay(ClaudeStreamParser(), "max-turns")
-    assert failure == "claude reported error_max_turns: [\"Reached maximum number of turns (2)\"]"
+    assert failure == "claude stopped at its turn limit (2 turns, max_turns)"
     reader, result, failure = replay(ClaudeStreamParser(), "crash")
     assert failure == "the claude stream ended without a result event"
     assert reader.malformed == [3]  # the half-written event

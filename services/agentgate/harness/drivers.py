@@ -12,6 +12,7 @@ its executable on PATH (or at the path its `executable` option gives), which
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ class AgentOption:
 
     name: str
     #: text (not empty), choice (one of `choices`), integer (`low`-`high`), boolean, script
-    #: (a scripted agent's script).
+    #: (a scripted agent's script), args (shell-quoted CLI arguments whose flags are all in
+    #: `choices`).
     kind: str = "text"
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -62,6 +64,31 @@ class DriverSchema:
         return {option.name: option for option in self.options}[name]
 
 
+#: `--permission-mode` values of the pinned claude CLI.
+CLAUDE_PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
+#: Flags of `claude` a work order may add with `extra_args`; every other flag is refused,
+#: because the driver owns the output format, session handling and permission bypasses.
+CLAUDE_EXTRA_FLAGS = (
+    "--max-budget-usd",
+    "--mcp-config",
+    "--strict-mcp-config",
+    "--add-dir",
+    "--model",
+    "--fallback-model",
+    "--effort",
+    "--settings",
+    "--setting-sources",
+    "--tools",
+    "--betas",
+    "--system-prompt",
+    "--append-system-prompt",
+    "--agents",
+    "--json-schema",
+    "--disable-slash-commands",
+    "--exclude-dynamic-system-prompt-sections",
+    "--bare",
+)
+
 _MODEL_CLI_COMMON = (
     AgentOption("resume", "boolean"),
     AgentOption("executable"),
@@ -87,17 +114,22 @@ DRIVERS: dict[str, DriverSchema] = {
             "Claude Code CLI (claude -p, stream-json): tool calls, tokens, cost, session resume",
             (
                 AgentOption("model"),
-                AgentOption("allowed_tools"),
+                # The agent runs the project's tests: Bash is allowed unless the work order
+                # names its own list (safe inside the sandbox, docs/agents.md "Permissions").
+                AgentOption("allowed_tools", default="Bash"),
                 AgentOption("disallowed_tools"),
                 AgentOption("max_turns", "integer", low=1, high=1000),
                 AgentOption("append_system_prompt"),
                 AgentOption(
                     "permission_mode",
                     "choice",
-                    choices=("acceptEdits", "bypassPermissions", "default", "plan", "dontAsk"),
-                    # The agent must be able to edit files without a person to approve.
+                    # What `claude --help` of the pinned CLI (tools/agents/package.json) accepts.
+                    choices=CLAUDE_PERMISSION_MODES,
+                    # The agent must edit files with nobody to approve; Bash comes from the
+                    # default allowed_tools (docs/agents.md, "Permissions").
                     default="acceptEdits",
                 ),
+                AgentOption("extra_args", "args", choices=CLAUDE_EXTRA_FLAGS),
                 *_MODEL_CLI_COMMON,
             ),
             executable="claude",
@@ -142,6 +174,8 @@ def _value_problem(schema: DriverSchema, option: AgentOption, value: str) -> str
         return ""
     if option.required and not value.strip():
         return f"the {schema.name} driver needs a {option.name}"
+    if option.kind == "args":
+        return args_problem(value, option.choices)
     if option.kind == "integer":
         if not value.strip().isdigit() or not option.low <= int(value) <= option.high:
             return f"must be a whole number {option.low}-{option.high}"
@@ -153,6 +187,27 @@ def _value_problem(schema: DriverSchema, option: AgentOption, value: str) -> str
             return f"must be true or false, got {value!r}"
     elif not value.strip():
         return "must not be empty"
+    return ""
+
+
+def split_args(value: str) -> list[str]:
+    """The arguments of an `args` option (shell quoting); ValueError for unbalanced quotes."""
+    return shlex.split(value)
+
+
+def args_problem(value: str, allowed: tuple[str, ...]) -> str:
+    """'' when every flag in `value` (`--flag value` or `--flag=value`) is in `allowed`."""
+    try:
+        args = split_args(value)
+    except ValueError as exc:
+        return f"cannot be split into arguments: {exc}"
+    if not args:
+        return "must not be empty"
+    if not args[0].startswith("-"):
+        return f"must start with a flag, got {args[0]!r}"
+    refused = [arg for arg in args if arg.startswith("-") and arg.split("=", 1)[0] not in allowed]
+    if refused:
+        return f"flag {refused[0].split('=', 1)[0]!r} is not allowed (allowed: {', '.join(allowed)})"
     return ""
 
 

@@ -103,6 +103,18 @@ def agent_env(options: Mapping[str, str], names: tuple[str, ...], prefixes: tupl
     return env
 
 
+def agent_home(invocation: AgentInvocation, cli: str) -> Path:
+    """The run's own home for a CLI's configuration and sessions (`CLAUDE_CONFIG_DIR`,
+    `CODEX_HOME`): `<run_dir>/<cli>`, created private (0700). It outlives the execution (the
+    next iteration resumes its session) and lies outside the workspace and the temporary
+    directory. Nothing secret is written there by AgentGate: keys reach the CLI through its
+    environment only."""
+    base = invocation.run_dir or invocation.files_dir
+    home = base / cli
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
 def result_from_process(invocation: AgentInvocation, driver: str, process: ProcessResult) -> common_pb2.AgentResult:
     """The AgentResult of a finished agent process (success = exit 0 and not timed out)."""
     return common_pb2.AgentResult(

@@ -178,7 +178,8 @@ async def run_stream_cli(
 
     async def forward(stream: str, line: str) -> None:
         shown = reader.piece(line) if stream == STDOUT else line
-        if shown is not None:
+        # '' from a parser: an event with nothing to show (a partial-message chunk).
+        if shown is not None and (shown or stream != STDOUT):
             await _deliver(on_output, stream, shown)
         if stream == STDOUT and invocation.budget.capped() and (usage := running_usage(parser)) is not None:
             if meter.update(tokens=usage[0], cost_usd=usage[1]):
