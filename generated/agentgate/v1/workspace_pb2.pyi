@@ -843,11 +843,19 @@ class AgentDriverInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     available: _builtins.bool
     missing: _builtins.str
     """What is missing when not available (e.g. "the claude executable is not on PATH")."""
+    version: _builtins.str
+    """The CLI's own version (`claude --version`), empty when it has none or cannot run."""
+    endpoint: _builtins.str
+    """Whether the CLI's model endpoint answers a TCP connection from the workspace service:
+    "reachable: HOST:PORT", "unreachable: HOST:PORT (why)", or empty for drivers without one.
+    """
     def __init__(
         self,
         *,
@@ -855,10 +863,12 @@ class AgentDriverInfo(_message.Message):
         description: _builtins.str = ...,
         available: _builtins.bool = ...,
         missing: _builtins.str = ...,
+        version: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "description", b"description", "missing", b"missing", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "description", b"description", "endpoint", b"endpoint", "missing", b"missing", "name", b"name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

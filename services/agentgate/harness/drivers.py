@@ -58,6 +58,10 @@ class DriverSchema:
     #: driver needs nothing beyond AgentGate), and the CLI's name in messages.
     executable: str = ""
     product: str = ""
+    #: The variable that names the CLI's model endpoint, and its default ('' = none):
+    #: `agentgate agents` says whether it can be reached.
+    endpoint_env: str = ""
+    default_endpoint: str = ""
 
     def option(self, name: str) -> AgentOption:
         """The option called `name` (a KeyError for an unknown one is a bug)."""
@@ -134,6 +138,8 @@ DRIVERS: dict[str, DriverSchema] = {
             ),
             executable="claude",
             product="Claude Code",
+            endpoint_env="ANTHROPIC_BASE_URL",
+            default_endpoint="https://api.anthropic.com",
         ),
         DriverSchema(
             "codex",

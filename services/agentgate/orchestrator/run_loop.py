@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agentgate.common import events as ev
@@ -47,6 +47,8 @@ S = common_pb2.RunState
 R = common_pb2.RunResult
 W = common_pb2.WorkOrderStatus
 T = common_pb2.BuildErrorType
+#: Agent failures after which no iteration follows.
+FINAL_AGENT_ERRORS = frozenset({T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR, T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED})
 
 
 @dataclass
@@ -288,7 +290,7 @@ class RunExecutor:
         assert last.error is not None  # every iteration that did not pass has its error
         error = common_pb2.BuildError()
         error.CopyFrom(last.error)
-        if last.decision.outcome is LoopOutcome.STRATEGY_STOP:
+        if last.decision.outcome is LoopOutcome.STRATEGY_STOP and last.decision.reason not in error.message:
             # Why the loop stopped early (no progress, loop detected, budget) leads the error.
             error.message = f"{last.decision.reason}. Last iteration: {error.message}"
         result = R.RUN_RESULT_FAILED_VERIFICATION if last.agent.success else R.RUN_RESULT_FAILED_BUILD
@@ -407,6 +409,13 @@ class RunExecutor:
             has_changes=has_changes,
         )
         decision = budgets.enforce(self.strategy.on_iteration_complete(event), self.budget, passed)
+        if decision.should_continue and agent.error_type in FINAL_AGENT_ERRORS:
+            # Another iteration would meet the same refusal (bad credentials) or spend past
+            # the cap again: the loop ends here, whatever the strategy would do.
+            rule = "agent_auth_error" if agent.error_type == T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR else "budget"
+            decision = replace(
+                decision, outcome=LoopOutcome.STRATEGY_STOP, reason=agent.error_message, rule=rule, feedback=""
+            )
         self.emitter.emit(
             ev.STRATEGY_DECISION,
             iteration,
@@ -475,7 +484,7 @@ class RunExecutor:
                 return None
             error = build_errors.from_agent_result(result)
             # Bad credentials stay bad; a crossed budget must not be spent again.
-            permanent = error.type in (T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR, T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED)
+            permanent = error.type in FINAL_AGENT_ERRORS
             return Failure(error, permanent=permanent, timed_out=error.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT)
 
         tried = await self.retry.run(

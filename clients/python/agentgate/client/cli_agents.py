@@ -16,7 +16,8 @@ from agentgate.client.cli_shared import JsonFlag, console, unreachable
 if TYPE_CHECKING:
     from agentgate.v1 import workspace_pb2
 
-RPC_TIMEOUT_SECONDS = 10.0
+#: The service runs each CLI's `--version` and opens a connection to its model endpoint.
+RPC_TIMEOUT_SECONDS = 30.0
 
 app = typer.Typer()
 
@@ -24,7 +25,14 @@ app = typer.Typer()
 def drivers_json(drivers: list[workspace_pb2.AgentDriverInfo]) -> list[dict[str, object]]:
     """`agents --json`: one object per driver."""
     return [
-        {"name": d.name, "description": d.description, "available": d.available, "missing": d.missing}
+        {
+            "name": d.name,
+            "description": d.description,
+            "available": d.available,
+            "missing": d.missing,
+            "version": d.version,
+            "endpoint": d.endpoint,
+        }
         for d in drivers
     ]
 
@@ -58,8 +66,8 @@ def agents(json_output: JsonFlag = False) -> None:
         return
     from rich.table import Table
 
-    table = Table("driver", "available", "description")
+    table = Table("driver", "available", "version", "model endpoint", "description")
     for driver in drivers:
         state = "[green]yes[/green]" if driver.available else f"[red]no[/red]: {driver.missing}"
-        table.add_row(driver.name, state, driver.description)
+        table.add_row(driver.name, state, driver.version, driver.endpoint, driver.description)
     console().print(table)

@@ -7,6 +7,12 @@ needs its executable on PATH).
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+from urllib.parse import urlsplit
+
 from agentgate.harness.drivers import DRIVERS as SCHEMAS
 from agentgate.harness.drivers import driver_availability
 from agentgate.v1 import workspace_pb2
@@ -26,6 +32,10 @@ __all__ = [
     "list_driver_infos",
     "register_driver",
 ]
+
+#: A CLI that takes longer than this to print its version is reported without one.
+VERSION_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 2.0
 
 #: Registered drivers by name.
 DRIVERS: dict[str, AgentDriver] = {}
@@ -51,18 +61,47 @@ def driver_names() -> list[str]:
     return sorted(DRIVERS)
 
 
+def cli_version(executable: str, timeout: float = VERSION_TIMEOUT_SECONDS) -> str:
+    """The first line `EXECUTABLE --version` prints ('' when it fails): blocking, call off-loop."""
+    try:
+        done = subprocess.run(
+            [executable, "--version"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else ""
+
+
+def endpoint_reachability(url: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> str:
+    """Whether a TCP connection to the URL's host and port opens (no request is sent, so no
+    key is needed and nothing is billed): blocking, call off-loop."""
+    parsed = urlsplit(url)
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return f"reachable: {host}:{port}"
+    except OSError as exc:
+        return f"unreachable: {host}:{port} ({exc.strerror or type(exc).__name__})"
+
+
 def list_driver_infos() -> list[workspace_pb2.AgentDriverInfo]:
-    """Every registered driver with its description and availability (looks at PATH:
+    """Every registered driver with its description, availability, the version of its CLI
+    and whether its model endpoint can be reached (runs processes and opens connections:
     call off-loop)."""
     infos = []
     for name in driver_names():
         schema = SCHEMAS[name]
         missing = driver_availability(schema)
-        infos.append(
-            workspace_pb2.AgentDriverInfo(
-                name=name, description=schema.description, available=not missing, missing=missing
-            )
+        info = workspace_pb2.AgentDriverInfo(
+            name=name, description=schema.description, available=not missing, missing=missing
         )
+        if schema.executable and not missing:
+            info.version = cli_version(shutil.which(schema.executable) or schema.executable)
+        if schema.endpoint_env:
+            info.endpoint = endpoint_reachability(os.environ.get(schema.endpoint_env) or schema.default_endpoint)
+        infos.append(info)
     return infos
 
 
