@@ -197,3 +197,39 @@ def test_cli_version_is_the_pinned_one() -> None:
     pinned = json.loads((ROOT / "tools" / "agents" / "package.json").read_text())
     version = next(v for k, v in pinned["dependencies"].items() if "claude" in k)
     assert os.access(claude_executable(), os.X_OK) and version
+
+
+async def test_a_run_whose_token_cap_is_crossed_mid_execution_ends_with_budget_exceeded(
+    home: Path, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    from .inprocess_suite import InProcessSuite
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "notes.txt").write_text("start\n")
+    (root / "verify.yaml").write_text('version: "1"\ntests:\n  - {name: done, kind: test, command: "grep -qx done notes.txt"}\n')
+    fake.add(*[Turn.bash(f"echo step {n} >> notes.txt", input_tokens=900, output_tokens=100) for n in range(10)])
+    harness = common_pb2.HarnessSettings()
+    harness.loop_strategy.max_iterations = 3
+    harness.limits.max_total_tokens = 2500
+    spec = common_pb2.WorkOrderSpec(task_prompt="Write the notes", agent=claude(), harness=harness)
+    spec.source.local_path = str(root)
+    suite = await InProcessSuite.start(home)
+    try:
+        work_order = await suite.submit(spec)
+        final = await suite.wait_terminal(work_order.id, timeout=120)
+        assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
+        run = await suite.run(work_order.run_id)
+        assert run.iteration_count == 1
+        assert 2500 < run.tokens.total <= 3500  # within one model response of the cap
+        assert "Token budget exceeded" in run.error
+        agent = suite.run_file(work_order.run_id, "agent-1.json")
+        assert agent["error_type"] == "BUILD_ERROR_TYPE_BUDGET_EXCEEDED" and agent["session_id"]
+        assert len(agent["tool_calls"]) >= 2  # the partial result is kept
+        iteration = suite.run_file(work_order.run_id, "iteration-1.json")
+        assert len(iteration.get("attempts", [])) <= 1  # a crossed budget is not retried
+        events = await suite.events(work_order.id)
+        [exceeded] = [e for e in events if e.type == "budget:exceeded"]
+        assert exceeded.budget_exceeded.rule == "token_budget" and exceeded.budget_exceeded.tokens.total > 2500
+    finally:
+        await suite.stop()
