@@ -84,6 +84,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             # Shown in the agent's output until refusals have an event of their own.
             on_output(STDERR, f"[agentgate sandbox] refused {refusal.host}:{refusal.port}: {refusal.reason}")
 
+        if invocation.run_dir is not None:
+            # Bound into the sandbox, so it must exist before the agent starts.
+            await asyncio.to_thread(invocation.run_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
         sandbox = sandbox_service.agent_sandbox(
             workspace=invocation.workspace,
             agentgate_home=self.manager.home,
@@ -91,6 +94,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             prompt_dir=invocation.prompt_dir,
             driver=request.agent.name,
             on_refused=on_refused,
+            agent_home=invocation.run_dir,
         )
         invocation = dataclasses.replace(invocation, sandbox=sandbox)
         task = asyncio.create_task(driver.run(invocation, on_output))

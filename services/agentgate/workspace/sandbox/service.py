@@ -38,9 +38,11 @@ def agent_sandbox(
     prompt_dir: Path,
     driver: str,
     on_refused: RefusalCallback | None = None,
+    agent_home: Path | None = None,
 ) -> Sandbox | None:
     """The sandbox of one agent execution (None when the service runs with the sandbox off):
-    the workspace and the driver's files folder writable, the prompt folder readable, egress
+    the workspace, the driver's files folder and the run's agent home (a CLI's config and
+    sessions, docs/agents.md) writable, the prompt folder readable, egress
     only to the driver's model API hosts through the proxy."""
     if service_mode() == defaults.MODE_OFF:
         return None
@@ -50,7 +52,7 @@ def agent_sandbox(
         allowed_hosts=defaults.DRIVER_API_HOSTS.get(driver, ()),
         agentgate_home=agentgate_home,
         run_dir=prompt_dir,
-        extra_writable=(files_dir,),
+        extra_writable=(files_dir,) if agent_home is None else (files_dir, agent_home),
         extra_read_only=_extra_read_only(),
     )
     return _make(spec, on_refused)
