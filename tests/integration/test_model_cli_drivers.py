@@ -258,7 +258,9 @@ async def test_codex_malformed_crash_and_failed_turn(
     _, failed = await client.run_agent(workspace, agent("codex", stream("codex", "turn-failed"), log), prompt="x")
     assert not failed.success and failed.exit_code == 1
     assert failed.structured_output["error"] == "unexpected status 401 Unauthorized: Incorrect API key provided"
-    assert build_errors.from_agent_result(failed).type == T.BUILD_ERROR_TYPE_AGENT_TASK_FAILURE
+    # A 401 is the credentials, not the task: not retryable, with the API's message.
+    error = build_errors.from_agent_result(failed)
+    assert error.type == T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR and "Incorrect API key provided" in error.message
 
 
 # --- ListAgentDrivers ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from agentgate.harness.drivers import DRIVERS, agent_unavailable, validate_agent
 from agentgate.v1 import common_pb2
 from agentgate.workspace.drivers.claude_code import ClaudeStreamParser, claude_argv
-from agentgate.workspace.drivers.codex import CodexStreamParser, codex_argv
+from agentgate.workspace.drivers.codex import CodexStreamParser, Usage, codex_argv
 from agentgate.workspace.drivers.stream import StreamReader
 from agentgate.workspace.processes import MAX_LINE_CHARS
 
@@ -77,7 +77,7 @@ def test_valid_options() -> None:
 def test_unknown_option_message_lists_the_known_ones() -> None:
     [violation] = validate_agent(common_pb2.AgentSpec(name="codex", options={"turns": "1"}))
     assert violation.description == (
-        "unknown option (known: model, sandbox, profile, resume, executable, env.NAME, config.NAME)"
+        "unknown option (known: model, sandbox, profile, extra_args, resume, executable, env.NAME, config.NAME)"
     )
 
 
@@ -124,13 +124,15 @@ def test_claude_parser_takes_the_model_from_model_usage_and_old_cost_field() -> 
 
 
 def test_codex_parser_counts_turns_and_usage() -> None:
-    parser = CodexStreamParser()
+    # turn.completed usage covers the whole thread: the execution's own tokens are the last
+    # cumulative figure less the thread's figure before it (the baseline of a resumed thread).
+    parser = CodexStreamParser(baseline=Usage(input=100, output=10))
     for event in [
         {"type": "thread.started", "thread_id": "t"},
-        {"type": "turn.completed", "usage": {"input_tokens": 10, "cached_input_tokens": 5, "output_tokens": 2}},
+        {"type": "turn.completed", "usage": {"input_tokens": 110, "cached_input_tokens": 5, "output_tokens": 12}},
         {"type": "item.completed", "item": {"id": "e", "type": "error", "message": "warn"}},
         {"type": "item.completed", "item": {"id": "w", "type": "web_search", "query": "q"}},
-        {"type": "turn.completed", "usage": {"input_tokens": 1, "output_tokens": 1}},
+        {"type": "turn.completed", "usage": {"input_tokens": 111, "output_tokens": 13}},
     ]:
         parser.feed(event, 0.0)
     result = common_pb2.AgentResult()

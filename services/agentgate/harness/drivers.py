@@ -93,6 +93,22 @@ CLAUDE_EXTRA_FLAGS = (
     "--bare",
 )
 
+#: Flags of `codex exec` a work order may add with `extra_args`: none that changes what the
+#: driver relies on (`--json`, `--sandbox`, the bypass of approvals and sandbox, the working
+#: folder, the session, the model and profile, which are options of their own).
+CODEX_EXTRA_FLAGS = (
+    "--add-dir",
+    "--enable",
+    "--disable",
+    "--image",
+    "--output-schema",
+    "--skip-git-repo-check",
+    "--ignore-rules",
+    "--strict-config",
+    "--oss",
+    "--local-provider",
+)
+
 _MODEL_CLI_COMMON = (
     AgentOption("resume", "boolean"),
     AgentOption("executable"),
@@ -149,11 +165,14 @@ DRIVERS: dict[str, DriverSchema] = {
                 AgentOption(
                     "sandbox",
                     "choice",
-                    choices=("read-only", "workspace-write", "danger-full-access"),
-                    # The agent must be able to edit the workspace.
-                    default="workspace-write",
+                    choices=("auto", "read-only", "workspace-write", "danger-full-access"),
+                    # auto: danger-full-access inside AgentGate's sandbox (which confines the
+                    # agent; codex's own cannot start there), workspace-write outside it. Either
+                    # way the agent can edit the workspace and run its tests (docs/agents.md).
+                    default="auto",
                 ),
                 AgentOption("profile"),
+                AgentOption("extra_args", "args", choices=CODEX_EXTRA_FLAGS),
                 *_MODEL_CLI_COMMON,
             ),
             prefixes=(ENV_PREFIX, "config."),
