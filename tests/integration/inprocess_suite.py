@@ -13,6 +13,7 @@ import grpc
 
 from agentgate.common.channels import aio_channel
 from agentgate.common.config import ServiceSettings
+from agentgate.common.security import ServerSecurity, client_token
 from agentgate.common.server import RunningServer, start_server
 from agentgate.orchestrator.server import OrchestratorApp
 from agentgate.persistence.server import PersistenceApp
@@ -89,11 +90,15 @@ class InProcessSuite:
                 "orchestrator",
             ),
         ]:
-            suite.servers.append(await start_server(app, a[name]))
+            # One suite, one secret: every service reads the credentials of the suite's home,
+            # whatever home its data lives in.
+            suite.servers.append(await start_server(app, a[name], ServerSecurity.load(home=home)))
         return suite
 
     def _channel(self, name: str, credential: str | None = None) -> grpc.aio.Channel:
         """A channel with the client token (what users have), or with `credential`."""
+        if credential is None:
+            credential = client_token({"AGENTGATE_HOME": str(self.home)})
         channel = aio_channel(self.addresses[name], credential=credential)
         self.channels.append(channel)
         return channel
