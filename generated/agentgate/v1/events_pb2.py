@@ -26,51 +26,53 @@ from agentgate.v1 import common_pb2 as agentgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentgate/v1/events.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\n\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwork_order_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12:\n\x11work_order_queued\x18\n \x01(\x0b\x32\x1d.agentgate.v1.WorkOrderQueuedH\x00\x12\x38\n\x10work_order_ended\x18\x0b \x01(\x0b\x32\x1c.agentgate.v1.WorkOrderEndedH\x00\x12/\n\x0brun_started\x18\x0c \x01(\x0b\x32\x18.agentgate.v1.RunStartedH\x00\x12+\n\trun_ended\x18\r \x01(\x0b\x32\x16.agentgate.v1.RunEndedH\x00\x12;\n\x11iteration_started\x18\x0e \x01(\x0b\x32\x1e.agentgate.v1.IterationStartedH\x00\x12=\n\x12iteration_complete\x18\x0f \x01(\x0b\x32\x1f.agentgate.v1.IterationCompleteH\x00\x12\x33\n\ragent_started\x18\x10 \x01(\x0b\x32\x1a.agentgate.v1.AgentStartedH\x00\x12\x31\n\x0c\x61gent_output\x18\x11 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12/\n\x0b\x61gent_ended\x18\x12 \x01(\x0b\x32\x18.agentgate.v1.AgentEndedH\x00\x12\x41\n\x14verification_started\x18\x13 \x01(\x0b\x32!.agentgate.v1.VerificationStartedH\x00\x12\x43\n\x15verification_complete\x18\x14 \x01(\x0b\x32\".agentgate.v1.VerificationCompleteH\x00\x12;\n\x11strategy_decision\x18\x15 \x01(\x0b\x32\x1e.agentgate.v1.StrategyDecisionH\x00\x12;\n\x11workspace_changed\x18\x16 \x01(\x0b\x32\x1e.agentgate.v1.WorkspaceChangedH\x00\x12\x39\n\x10snapshot_created\x18\x17 \x01(\x0b\x32\x1d.agentgate.v1.SnapshotCreatedH\x00\x12?\n\x13persistence_warning\x18\x18 \x01(\x0b\x32 .agentgate.v1.PersistenceWarningH\x00\x12>\n\x13work_order_position\x18\x19 \x01(\x0b\x32\x1f.agentgate.v1.WorkOrderPositionH\x00\x12;\n\x11snapshot_restored\x18\x1a \x01(\x0b\x32\x1e.agentgate.v1.SnapshotRestoredH\x00\x12\x33\n\rretry_attempt\x18\x1b \x01(\x0b\x32\x1a.agentgate.v1.RetryAttemptH\x00\x12\x39\n\x10github_operation\x18\x1c \x01(\x0b\x32\x1d.agentgate.v1.GitHubOperationH\x00\x12-\n\npr_created\x18\x1d \x01(\x0b\x32\x17.agentgate.v1.PrCreatedH\x00\x42\t\n\x07payload\"K\n\x0fWorkOrderQueued\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x14\n\x0ctask_summary\x18\x03 \x01(\t\"O\n\x0eWorkOrderEnded\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xf9\x01\n\x08RunEnded\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.agentgate.v1.RunResult\x12\x12\n\niterations\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0b\x62uild_error\x18\x05 \x01(\x0b\x32\x18.agentgate.v1.BuildError\x12-\n\x0bloop_result\x18\x06 \x01(\x0e\x32\x18.agentgate.v1.LoopResult\x12\x13\n\x0b\x62ranch_name\x18\x07 \x01(\t\x12\x14\n\x0c\x66inal_commit\x18\x08 \x01(\t\"@\n\x10IterationStarted\x12\x16\n\x0emax_iterations\x18\x01 \x01(\x05\x12\x14\n\x0chas_feedback\x18\x02 \x01(\x08\"\x97\x01\n\x11IterationComplete\x12\x15\n\ragent_success\x18\x01 \x01(\x08\x12\x1b\n\x13verification_passed\x18\x02 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\x34\n\nerror_type\x18\x04 \x01(\x0e\x32 .agentgate.v1.IterationErrorType\"E\n\x0c\x41gentStarted\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x14\n\x0cprompt_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"G\n\x0b\x41gentOutput\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.agentgate.v1.OutputStream\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb1\x01\n\nAgentEnded\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12(\n\x06tokens\x18\x04 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x19\n\x11\x61gent_result_file\x18\x07 \x01(\t\".\n\x13VerificationStarted\x12\x17\n\x0fsnapshot_commit\x18\x01 \x01(\t\"\x80\x01\n\x14VerificationComplete\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x12\n\nlevels_run\x18\x03 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x19\n\x11verification_file\x18\x05 \x01(\t\"R\n\x10StrategyDecision\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.agentgate.v1.LoopDecision\"F\n\x10WorkspaceChanged\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\"M\n\x0fSnapshotCreated\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"%\n\x12PersistenceWarning\x12\x0f\n\x07message\x18\x01 \x01(\t\"4\n\x11WorkOrderPosition\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\"\"\n\x10SnapshotRestored\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\"G\n\tPrCreated\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\r\n\x05\x64raft\x18\x04 \x01(\x08*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentgate/v1/events.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\n\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwork_order_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12:\n\x11work_order_queued\x18\n \x01(\x0b\x32\x1d.agentgate.v1.WorkOrderQueuedH\x00\x12\x38\n\x10work_order_ended\x18\x0b \x01(\x0b\x32\x1c.agentgate.v1.WorkOrderEndedH\x00\x12/\n\x0brun_started\x18\x0c \x01(\x0b\x32\x18.agentgate.v1.RunStartedH\x00\x12+\n\trun_ended\x18\r \x01(\x0b\x32\x16.agentgate.v1.RunEndedH\x00\x12;\n\x11iteration_started\x18\x0e \x01(\x0b\x32\x1e.agentgate.v1.IterationStartedH\x00\x12=\n\x12iteration_complete\x18\x0f \x01(\x0b\x32\x1f.agentgate.v1.IterationCompleteH\x00\x12\x33\n\ragent_started\x18\x10 \x01(\x0b\x32\x1a.agentgate.v1.AgentStartedH\x00\x12\x31\n\x0c\x61gent_output\x18\x11 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12/\n\x0b\x61gent_ended\x18\x12 \x01(\x0b\x32\x18.agentgate.v1.AgentEndedH\x00\x12\x41\n\x14verification_started\x18\x13 \x01(\x0b\x32!.agentgate.v1.VerificationStartedH\x00\x12\x43\n\x15verification_complete\x18\x14 \x01(\x0b\x32\".agentgate.v1.VerificationCompleteH\x00\x12;\n\x11strategy_decision\x18\x15 \x01(\x0b\x32\x1e.agentgate.v1.StrategyDecisionH\x00\x12;\n\x11workspace_changed\x18\x16 \x01(\x0b\x32\x1e.agentgate.v1.WorkspaceChangedH\x00\x12\x39\n\x10snapshot_created\x18\x17 \x01(\x0b\x32\x1d.agentgate.v1.SnapshotCreatedH\x00\x12?\n\x13persistence_warning\x18\x18 \x01(\x0b\x32 .agentgate.v1.PersistenceWarningH\x00\x12>\n\x13work_order_position\x18\x19 \x01(\x0b\x32\x1f.agentgate.v1.WorkOrderPositionH\x00\x12;\n\x11snapshot_restored\x18\x1a \x01(\x0b\x32\x1e.agentgate.v1.SnapshotRestoredH\x00\x12\x33\n\rretry_attempt\x18\x1b \x01(\x0b\x32\x1a.agentgate.v1.RetryAttemptH\x00\x12\x39\n\x10github_operation\x18\x1c \x01(\x0b\x32\x1d.agentgate.v1.GitHubOperationH\x00\x12-\n\npr_created\x18\x1d \x01(\x0b\x32\x17.agentgate.v1.PrCreatedH\x00\x12L\n\x1asandbox_connection_refused\x18\x1e \x01(\x0b\x32&.agentgate.v1.SandboxConnectionRefusedH\x00\x42\t\n\x07payload\"K\n\x0fWorkOrderQueued\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x14\n\x0ctask_summary\x18\x03 \x01(\t\"O\n\x0eWorkOrderEnded\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xf9\x01\n\x08RunEnded\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.agentgate.v1.RunResult\x12\x12\n\niterations\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0b\x62uild_error\x18\x05 \x01(\x0b\x32\x18.agentgate.v1.BuildError\x12-\n\x0bloop_result\x18\x06 \x01(\x0e\x32\x18.agentgate.v1.LoopResult\x12\x13\n\x0b\x62ranch_name\x18\x07 \x01(\t\x12\x14\n\x0c\x66inal_commit\x18\x08 \x01(\t\"@\n\x10IterationStarted\x12\x16\n\x0emax_iterations\x18\x01 \x01(\x05\x12\x14\n\x0chas_feedback\x18\x02 \x01(\x08\"\x97\x01\n\x11IterationComplete\x12\x15\n\ragent_success\x18\x01 \x01(\x08\x12\x1b\n\x13verification_passed\x18\x02 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\x34\n\nerror_type\x18\x04 \x01(\x0e\x32 .agentgate.v1.IterationErrorType\"E\n\x0c\x41gentStarted\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x14\n\x0cprompt_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"G\n\x0b\x41gentOutput\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.agentgate.v1.OutputStream\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb1\x01\n\nAgentEnded\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12(\n\x06tokens\x18\x04 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x19\n\x11\x61gent_result_file\x18\x07 \x01(\t\".\n\x13VerificationStarted\x12\x17\n\x0fsnapshot_commit\x18\x01 \x01(\t\"\x80\x01\n\x14VerificationComplete\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x12\n\nlevels_run\x18\x03 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x19\n\x11verification_file\x18\x05 \x01(\t\"R\n\x10StrategyDecision\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.agentgate.v1.LoopDecision\"F\n\x10WorkspaceChanged\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\"M\n\x0fSnapshotCreated\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"%\n\x12PersistenceWarning\x12\x0f\n\x07message\x18\x01 \x01(\t\"4\n\x11WorkOrderPosition\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\"\"\n\x10SnapshotRestored\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\"G\n\tPrCreated\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\r\n\x05\x64raft\x18\x04 \x01(\x08\"F\n\x18SandboxConnectionRefused\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgate.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUTSTREAM']._serialized_start=3091
-  _globals['_OUTPUTSTREAM']._serialized_end=3188
+  _globals['_OUTPUTSTREAM']._serialized_start=3241
+  _globals['_OUTPUTSTREAM']._serialized_end=3338
   _globals['_RUNEVENT']._serialized_start=104
-  _globals['_RUNEVENT']._serialized_end=1430
-  _globals['_WORKORDERQUEUED']._serialized_start=1432
-  _globals['_WORKORDERQUEUED']._serialized_end=1507
-  _globals['_WORKORDERENDED']._serialized_start=1509
-  _globals['_WORKORDERENDED']._serialized_end=1588
-  _globals['_RUNSTARTED']._serialized_start=1590
-  _globals['_RUNSTARTED']._serialized_end=1677
-  _globals['_RUNENDED']._serialized_start=1680
-  _globals['_RUNENDED']._serialized_end=1929
-  _globals['_ITERATIONSTARTED']._serialized_start=1931
-  _globals['_ITERATIONSTARTED']._serialized_end=1995
-  _globals['_ITERATIONCOMPLETE']._serialized_start=1998
-  _globals['_ITERATIONCOMPLETE']._serialized_end=2149
-  _globals['_AGENTSTARTED']._serialized_start=2151
-  _globals['_AGENTSTARTED']._serialized_end=2220
-  _globals['_AGENTOUTPUT']._serialized_start=2222
-  _globals['_AGENTOUTPUT']._serialized_end=2293
-  _globals['_AGENTENDED']._serialized_start=2296
-  _globals['_AGENTENDED']._serialized_end=2473
-  _globals['_VERIFICATIONSTARTED']._serialized_start=2475
-  _globals['_VERIFICATIONSTARTED']._serialized_end=2521
-  _globals['_VERIFICATIONCOMPLETE']._serialized_start=2524
-  _globals['_VERIFICATIONCOMPLETE']._serialized_end=2652
-  _globals['_STRATEGYDECISION']._serialized_start=2654
-  _globals['_STRATEGYDECISION']._serialized_end=2736
-  _globals['_WORKSPACECHANGED']._serialized_start=2738
-  _globals['_WORKSPACECHANGED']._serialized_end=2808
-  _globals['_SNAPSHOTCREATED']._serialized_start=2810
-  _globals['_SNAPSHOTCREATED']._serialized_end=2887
-  _globals['_PERSISTENCEWARNING']._serialized_start=2889
-  _globals['_PERSISTENCEWARNING']._serialized_end=2926
-  _globals['_WORKORDERPOSITION']._serialized_start=2928
-  _globals['_WORKORDERPOSITION']._serialized_end=2980
-  _globals['_SNAPSHOTRESTORED']._serialized_start=2982
-  _globals['_SNAPSHOTRESTORED']._serialized_end=3016
-  _globals['_PRCREATED']._serialized_start=3018
-  _globals['_PRCREATED']._serialized_end=3089
+  _globals['_RUNEVENT']._serialized_end=1508
+  _globals['_WORKORDERQUEUED']._serialized_start=1510
+  _globals['_WORKORDERQUEUED']._serialized_end=1585
+  _globals['_WORKORDERENDED']._serialized_start=1587
+  _globals['_WORKORDERENDED']._serialized_end=1666
+  _globals['_RUNSTARTED']._serialized_start=1668
+  _globals['_RUNSTARTED']._serialized_end=1755
+  _globals['_RUNENDED']._serialized_start=1758
+  _globals['_RUNENDED']._serialized_end=2007
+  _globals['_ITERATIONSTARTED']._serialized_start=2009
+  _globals['_ITERATIONSTARTED']._serialized_end=2073
+  _globals['_ITERATIONCOMPLETE']._serialized_start=2076
+  _globals['_ITERATIONCOMPLETE']._serialized_end=2227
+  _globals['_AGENTSTARTED']._serialized_start=2229
+  _globals['_AGENTSTARTED']._serialized_end=2298
+  _globals['_AGENTOUTPUT']._serialized_start=2300
+  _globals['_AGENTOUTPUT']._serialized_end=2371
+  _globals['_AGENTENDED']._serialized_start=2374
+  _globals['_AGENTENDED']._serialized_end=2551
+  _globals['_VERIFICATIONSTARTED']._serialized_start=2553
+  _globals['_VERIFICATIONSTARTED']._serialized_end=2599
+  _globals['_VERIFICATIONCOMPLETE']._serialized_start=2602
+  _globals['_VERIFICATIONCOMPLETE']._serialized_end=2730
+  _globals['_STRATEGYDECISION']._serialized_start=2732
+  _globals['_STRATEGYDECISION']._serialized_end=2814
+  _globals['_WORKSPACECHANGED']._serialized_start=2816
+  _globals['_WORKSPACECHANGED']._serialized_end=2886
+  _globals['_SNAPSHOTCREATED']._serialized_start=2888
+  _globals['_SNAPSHOTCREATED']._serialized_end=2965
+  _globals['_PERSISTENCEWARNING']._serialized_start=2967
+  _globals['_PERSISTENCEWARNING']._serialized_end=3004
+  _globals['_WORKORDERPOSITION']._serialized_start=3006
+  _globals['_WORKORDERPOSITION']._serialized_end=3058
+  _globals['_SNAPSHOTRESTORED']._serialized_start=3060
+  _globals['_SNAPSHOTRESTORED']._serialized_end=3094
+  _globals['_PRCREATED']._serialized_start=3096
+  _globals['_PRCREATED']._serialized_end=3167
+  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_start=3169
+  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_end=3239
 # @@protoc_insertion_point(module_scope)

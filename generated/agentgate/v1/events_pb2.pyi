@@ -74,6 +74,7 @@ class RunEvent(_message.Message):
     RETRY_ATTEMPT_FIELD_NUMBER: _builtins.int
     GITHUB_OPERATION_FIELD_NUMBER: _builtins.int
     PR_CREATED_FIELD_NUMBER: _builtins.int
+    SANDBOX_CONNECTION_REFUSED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     type: _builtins.str
     """work_order:queued, run:started, agent:output, ... (SPEC §11)."""
@@ -124,6 +125,8 @@ class RunEvent(_message.Message):
     def github_operation(self) -> _common_pb2.GitHubOperation: ...
     @_builtins.property
     def pr_created(self) -> Global___PrCreated: ...
+    @_builtins.property
+    def sandbox_connection_refused(self) -> Global___SandboxConnectionRefused: ...
     def __init__(
         self,
         *,
@@ -154,12 +157,13 @@ class RunEvent(_message.Message):
         retry_attempt: _common_pb2.RetryAttempt | None = ...,
         github_operation: _common_pb2.GitHubOperation | None = ...,
         pr_created: Global___PrCreated | None = ...,
+        sandbox_connection_refused: Global___SandboxConnectionRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "seq", b"seq", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created", "sandbox_connection_refused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -665,3 +669,32 @@ class PrCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrCreated: _TypeAlias = PrCreated  # noqa: Y015
+
+@_typing.final
+class SandboxConnectionRefused(_message.Message):
+    """sandbox:connection_refused: the agent's allowlist proxy refused a connection
+    (docs/sandbox.md, "Network").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    port: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxConnectionRefused: _TypeAlias = SandboxConnectionRefused  # noqa: Y015

@@ -30,6 +30,7 @@ SNAPSHOT_RESTORED = "snapshot:restored"
 GITHUB_OPERATION = "github:operation"
 PR_CREATED = "pr:created"
 PERSISTENCE_WARNING = "persistence:warning"
+SANDBOX_CONNECTION_REFUSED = "sandbox:connection_refused"
 
 #: After one of these, nothing more happens to the work order: followers stop.
 TERMINAL_EVENT_TYPES = frozenset(
