@@ -180,6 +180,14 @@ def _hosts(values: list[str]) -> str | None:
     return f"must be host names (or *.domain), got {', '.join(repr(v) for v in bad)}" if bad else None
 
 
+def _network_allowed(value: bool) -> str | None:
+    # Agents reach the network only through the sandbox's allowlist proxy; an unfiltered
+    # switch would be a setting that silently does nothing (or everything). Hosts are named.
+    if value:
+        return "true is not supported: agents reach only the hosts of sandbox.allowed_hosts (docs/sandbox.md)"
+    return None
+
+
 def _preset(value: str) -> str | None:
     presets = retry.RETRY_PRESETS
     return None if value in presets else f"unknown preset {value!r} (expected {', '.join(presets)})"
@@ -219,7 +227,7 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         Key("agent_timeout_seconds", "int", check=positive),
         Key("max_total_tokens", "int", check=not_negative),
         Key("max_cost_usd", "float", check=not_negative),
-        Key("network_allowed", "bool"),
+        Key("network_allowed", "bool", check=_network_allowed),
     ),
     "verification": (
         _enum("gate_plan_source", common_pb2.GatePlanSource.DESCRIPTOR, "GATE_PLAN_SOURCE_"),
