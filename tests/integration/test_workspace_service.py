@@ -491,15 +491,21 @@ async def test_agent_timeout(service: Service, project: Path) -> None:
     assert time.monotonic() - started < 10
 
 
+def _find_pid(cmdline: bytes) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes() == cmdline:
+                    return int(entry.name)
+    return None
+
+
 async def _pid_with_cmdline(cmdline: bytes, timeout: float = 10) -> int:
     """The host pid of the process whose command line is `cmdline` (NUL-separated)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if (entry / "cmdline").read_bytes() == cmdline:
-                        return int(entry.name)
+        if (pid := await asyncio.to_thread(_find_pid, cmdline)) is not None:
+            return pid
         await asyncio.sleep(0.05)
     raise AssertionError(f"no process {cmdline!r}")
 
