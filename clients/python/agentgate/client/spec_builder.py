@@ -110,7 +110,7 @@ def build_spec(
         spec.harness, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout
     )
     if sandbox:
-        spec.harness.sandbox.mode = _choice("--sandbox", sandbox, SANDBOX_MODES)  # type: ignore[assignment]
+        spec.harness.sandbox.mode = _choice("--sandbox", sandbox, SANDBOX_MODES)
     for read_only in sandbox_read_only or []:
         # Resolved here: the services may run elsewhere on this machine (as for --path).
         spec.harness.sandbox.read_only_paths.append(str(Path(read_only).expanduser().resolve()))
