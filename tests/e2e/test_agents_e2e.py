@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..agent_standin import install_standin, invocations, stream
+from ..agent_standin import FIXTURES, install_standin, invocations, stream
 from .conftest import Suite, running_suite, suite_env
 from .helpers import make_project
 
@@ -51,16 +51,22 @@ def test_agents_lists_drivers_and_availability(suite: Suite) -> None:
 
 def test_exec_with_claude_code_records_the_agent_and_resumes_the_session(suite: Suite, tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
-    log = tmp_path / "claude-calls.jsonl"
+    bin_dir = Path(suite.env["PATH"].split(os.pathsep)[0])
     code, out = suite.cli_json(
         "exec", "--path", str(project), "--prompt", "Fix add() so the tests pass",
         "--agent", "claude-code",
         "--agent-option", f"env.STANDIN_STREAM_DIR={stream('claude', 'fix-calc')}",
-        "--agent-option", f"env.STANDIN_LOG={log}",
+        # Relative to the agent's working directory, the workspace: the one place a
+        # sandboxed agent writes to that outlives it.
+        "--agent-option", "env.STANDIN_LOG=.standin-calls.jsonl",
         "--agent-option", "max_turns=10",
         "--max-iterations", "3",
+        # The stand-in `claude` and its recordings live outside the toolchain folders the
+        # sandbox shows by default, as a user's own tools might: named read-only.
+        "--sandbox-read-only", str(bin_dir), "--sandbox-read-only", str(FIXTURES),
     )
     assert code == 0, (out, suite.logs())
+    log = Path(out["workspace"]) / ".standin-calls.jsonl"
     assert (out["status"], out["result"], out["iterations"]) == ("SUCCEEDED", "SUCCEEDED", 2)
 
     first, second = invocations(log)

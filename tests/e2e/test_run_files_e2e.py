@@ -54,11 +54,14 @@ def failed_run(secret_suite: Suite, tmp_path_factory: pytest.TempPathFactory) ->
         'version: "1"\ntests:\n'
         f"  - name: unit\n    kind: test\n    command: {json.dumps(f'{sys.executable} -c {shlex.quote(CHECK)}')}\n"
     )
-    agent = root.parent / "secret_agent.py"
+    # The agent's script lives outside the project, as a user's would; the sandbox shows
+    # it to the agent because the work order names its folder read-only.
+    agent = tmp_path_factory.mktemp("secret-agent") / "secret_agent.py"
     agent.write_text(AGENT)
     code, out = secret_suite.cli_json(
         "exec", "--path", str(root), "--prompt", "Fix add()", "--agent", "command",
         "--agent-option", f"command={sys.executable} {agent}", "--max-iterations", "2",
+        "--sandbox-read-only", str(agent.parent),
     )
     assert code == 1 and out["status"] == "FAILED", (out, secret_suite.logs())
     return out

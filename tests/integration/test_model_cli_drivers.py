@@ -19,7 +19,7 @@ from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace.drivers.stream import TOOL_OUTPUT_CHARS
 from agentgate.workspace.processes import MAX_LINE_CHARS
 
-from ..agent_standin import install_standin, invocations, stream
+from ..agent_standin import FIXTURES, install_standin, invocations, stream
 from .workspace_client import WorkspaceClient, git, workspace_service, write_files
 
 T = common_pb2.BuildErrorType
@@ -51,7 +51,19 @@ async def workspace(client: WorkspaceClient, tmp_path: Path) -> workspace_pb2.Wo
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base")
-    return await client.prepare(root)
+    # The stand-in CLIs and their recorded streams live outside the system's toolchain
+    # folders, as a user's own tools might: the run names them read-only (docs/sandbox.md).
+    sandbox = common_pb2.SandboxSettings(
+        read_only_paths=[str(tmp_path / "bin"), str(tmp_path / "recorded"), str(FIXTURES)]
+    )
+    return await client.prepare(root, sandbox=sandbox)
+
+
+def standin_log(workspace: workspace_pb2.Workspace) -> Path:
+    """Where the stand-in records its invocations: in the workspace, the one place a
+    sandboxed agent can write to that outlives it (not part of the tests' assertions on
+    files, which look at calc.py only)."""
+    return Path(workspace.path) / ".standin-log.jsonl"
 
 
 def agent(name: str, recorded: Path, log: Path, **options: str) -> common_pb2.AgentSpec:
@@ -65,7 +77,7 @@ def agent(name: str, recorded: Path, log: Path, **options: str) -> common_pb2.Ag
 async def test_claude_code_runs_claude_p_and_parses_the_stream(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log.jsonl"
+    log = standin_log(workspace)
     spec = agent(
         "claude-code",
         stream("claude", "tools"),
@@ -112,7 +124,7 @@ async def test_claude_code_runs_claude_p_and_parses_the_stream(
 async def test_claude_code_resumes_the_given_session(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log.jsonl"
+    log = standin_log(workspace)
     spec = agent("claude-code", stream("claude", "tools"), log)
     await client.run_agent(workspace, spec, iteration=2, prompt="again", resume_session_id="sess-before")
     no_resume = agent("claude-code", stream("claude", "tools"), log, resume="false", permission_mode="plan")
@@ -126,7 +138,7 @@ async def test_claude_code_survives_malformed_lines(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
     outputs, result = await client.run_agent(
-        workspace, agent("claude-code", stream("claude", "malformed"), tmp_path / "log"), prompt="x"
+        workspace, agent("claude-code", stream("claude", "malformed"), standin_log(workspace)), prompt="x"
     )
     assert result.success
     [call] = result.tool_calls
@@ -140,7 +152,7 @@ async def test_claude_code_crash_mid_stream_keeps_what_was_seen(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
     _, result = await client.run_agent(
-        workspace, agent("claude-code", stream("claude", "crash"), tmp_path / "log"), prompt="x"
+        workspace, agent("claude-code", stream("claude", "crash"), standin_log(workspace)), prompt="x"
     )
     assert not result.success and result.exit_code == 139  # SIGSEGV
     assert result.session_id == SESSION and result.model == MODEL
@@ -158,7 +170,7 @@ async def test_claude_code_reported_failure_is_a_task_failure(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
     _, result = await client.run_agent(
-        workspace, agent("claude-code", stream("claude", "max-turns"), tmp_path / "log"), prompt="x"
+        workspace, agent("claude-code", stream("claude", "max-turns"), standin_log(workspace)), prompt="x"
     )
     assert not result.success and result.exit_code == 1
     assert result.structured_output["subtype"] == "error_max_turns"
@@ -174,9 +186,10 @@ async def test_long_events_are_reassembled(
     """An event longer than the process reader's line limit (a big tool result) parses."""
     big = "x" * (2 * MAX_LINE_CHARS + 10)
     lines = stream("claude", "tools").read_text().replace("calc.py\\ntest_calc.py", big)
-    recorded = tmp_path / "long.jsonl"
+    recorded = tmp_path / "recorded" / "long.jsonl"
+    recorded.parent.mkdir()
     recorded.write_text(lines)
-    _, result = await client.run_agent(workspace, agent("claude-code", recorded, tmp_path / "log"), prompt="x")
+    _, result = await client.run_agent(workspace, agent("claude-code", recorded, standin_log(workspace)), prompt="x")
     assert result.success and "could not be used" not in result.stderr
     # Parsed whole; kept in the tool call up to its cap.
     assert result.tool_calls[0].output == big[:TOOL_OUTPUT_CHARS]
@@ -216,7 +229,7 @@ async def test_bad_options_are_invalid_arguments(client: WorkspaceClient, worksp
 async def test_codex_runs_codex_exec_json_and_parses_the_stream(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log.jsonl"
+    log = standin_log(workspace)
     spec = agent("codex", stream("codex", "tools"), log, model="gpt-5-codex", **{"config.model_reasoning_effort": "low"})
     outputs, result = await client.run_agent(workspace, spec, iteration=1, prompt="Fix add()")
     await client.run_agent(workspace, spec, iteration=2, prompt="Again", resume_session_id=THREAD)
@@ -245,7 +258,7 @@ async def test_codex_runs_codex_exec_json_and_parses_the_stream(
 async def test_codex_malformed_crash_and_failed_turn(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log"
+    log = standin_log(workspace)
     _, malformed = await client.run_agent(workspace, agent("codex", stream("codex", "malformed"), log), prompt="x")
     assert malformed.success and len(malformed.tool_calls) == 1
     assert "2 line(s) of the codex stream could not be used (line 2, 5)" in malformed.stderr

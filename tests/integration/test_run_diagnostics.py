@@ -7,11 +7,13 @@ was not saved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agentgate.persistence.output_limits import DEFAULT_MAX_OUTPUT_BYTES
@@ -62,7 +64,11 @@ def project(root: Path, verify: str) -> Path:
 
 
 def agent_script(path: Path, body: str) -> Path:
-    """A Python agent (outside the workspace); it also leaves a note so the iteration has a change."""
+    """A Python agent outside the workspace, in a folder of its own that the work order names
+    read-only for the sandbox (as a user's agent script outside the toolchain folders would
+    be); it also leaves a note so the iteration has a change."""
+    path = path.parent / "agent-bin" / path.name
+    path.parent.mkdir(exist_ok=True)
     path.write_text("import sys\nopen('NOTES.md', 'a').write('looked\\n')\n" + body)
     return path
 
@@ -74,6 +80,7 @@ def command_spec(root: Path, script: Path, max_iterations: int = 1) -> common_pb
     )
     spec.source.local_path = str(root)
     spec.harness.loop_strategy.max_iterations = max_iterations
+    spec.harness.sandbox.read_only_paths.append(str(script.parent))
     return spec
 
 
@@ -157,21 +164,36 @@ async def test_run_folder_unwritable_mid_run_still_ends_and_warnings_name_the_fi
 ) -> None:
     root = project(tmp_path / "project", 'version: "1"\ncontracts:\n  required_files: [calc.py]\n')
     runs = suite.home / "runs"
-    # The agent moves the run's folder away and leaves a plain file in its place: every
+    # While the agent runs, the run's folder is moved away and a plain file left in its
+    # place (by the test: the sandbox keeps the agent itself out of $AGENTGATE_HOME): every
     # later write there fails, for root as well (permissions would not stop root).
     script = agent_script(
         tmp_path / "agent.py",
-        "import os\n"
-        f"runs = {str(runs)!r}\n"
-        "run_id = os.environ['AGENTGATE_RUN_ID']\n"
-        "os.rename(os.path.join(runs, run_id), os.path.join(runs, 'moved-' + run_id))\n"
-        "open(os.path.join(runs, run_id), 'w').write('not a folder')\n"
+        "import os, time\n"
+        "print('ready', flush=True)\n"
+        "gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gate')\n"
+        "while not os.path.exists(gate):\n    time.sleep(0.05)\n"
         "print('done')\n",
     )
     work_order = await suite.submit(command_spec(root, script))
+    run_id = work_order.run_id
+
+    async def agent_ready() -> None:
+        request = persistence_pb2.StreamEventsRequest(work_order_id=work_order.id)
+        while True:
+            # NOT_FOUND until the run's first event is stored.
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                texts = [r.event.agent_output.text.strip() async for r in suite.persistence.StreamEvents(request)]
+                if "ready" in texts:
+                    return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(agent_ready(), 60)
+    (runs / run_id).rename(runs / f"moved-{run_id}")
+    (runs / run_id).write_text("not a folder")
+    (script.parent / "gate").touch()
     final = await asyncio.wait_for(suite.wait_terminal(work_order.id), 60)
     assert final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
-    run_id = work_order.run_id
     run = await suite.run(run_id)
     assert run.state == common_pb2.RUN_STATE_SUCCEEDED
     assert run.persistence_warnings >= 3
@@ -183,5 +205,5 @@ async def test_run_folder_unwritable_mid_run_still_ends_and_warnings_name_the_fi
     assert any(message.startswith("could not save agent-1.json: agent-1.json not written (") for message in warnings)
     # Nothing was lost: the index holds every record.
     agent = await suite.persistence.GetAgentResult(persistence_pb2.GetAgentResultRequest(run_id=run_id, iteration=1))
-    assert agent.result.stdout == "done\n"
+    assert agent.result.stdout == "ready\ndone\n"
     await suite.persistence.GetIteration(persistence_pb2.GetIterationRequest(run_id=run_id, iteration=1))

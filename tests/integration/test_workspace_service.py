@@ -8,9 +8,11 @@ ReleaseLease, and the errors of bad requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -490,16 +492,35 @@ async def test_agent_timeout(service: Service, project: Path) -> None:
     assert time.monotonic() - started < 10
 
 
+def _find_pid(cmdline: bytes) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes() == cmdline:
+                    return int(entry.name)
+    return None
+
+
+async def _pid_with_cmdline(cmdline: bytes, timeout: float = 10) -> int:
+    """The host pid of the process whose command line is `cmdline` (NUL-separated)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (pid := await asyncio.to_thread(_find_pid, cmdline)) is not None:
+            return pid
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no process {cmdline!r}")
+
+
 async def test_client_cancel_kills_the_agent(service: Service, project: Path, tmp_path: Path) -> None:
     workspace = (await service.prepare(project)).workspace
-    pidfile = tmp_path / "agent-child.pid"
-    agent = common_pb2.AgentSpec(
-        name="command", options={"command": f"sleep 60 & echo $! > {pidfile}; echo started; wait"}
-    )
+    # A duration no other process uses: the child is found by its command line in the
+    # host's /proc (inside the sandbox the agent sees only its own PID namespace).
+    duration = f"60.{os.getpid()}{secrets.randbelow(10**6)}"
+    agent = common_pb2.AgentSpec(name="command", options={"command": f"sleep {duration} & echo started; wait"})
     call = service.stub.RunAgent(workspace_pb2.RunAgentRequest(workspace_id=workspace.id, agent=agent))
     first = await call.read()
     assert first.output.text == "started"
-    child = int(pidfile.read_text())
+    child = await _pid_with_cmdline(b"sleep\0" + duration.encode() + b"\0")
     assert alive(child)
     call.cancel()
     assert await wait_gone(child), "the agent survived the client's cancellation"

@@ -47,9 +47,11 @@ class WorkspaceClient:
     stub: workspace_pb2_grpc.WorkspaceServiceStub
     home: Path
 
-    async def prepare(self, source: Path, run_id: str = "run-1") -> workspace_pb2.Workspace:
+    async def prepare(
+        self, source: Path, run_id: str = "run-1", sandbox: common_pb2.SandboxSettings | None = None
+    ) -> workspace_pb2.Workspace:
         request = workspace_pb2.PrepareForRunRequest(
-            run_id=run_id, source=common_pb2.WorkspaceSource(local_path=str(source))
+            run_id=run_id, source=common_pb2.WorkspaceSource(local_path=str(source)), sandbox=sandbox
         )
         return (await self.stub.PrepareForRun(request)).workspace
 

@@ -179,7 +179,8 @@ async def test_agent_written_schema_bomb_ends_at_max_runtime(home: Path, tmp_pat
     )
     root = tmp_path / "project"
     write_files(root, {"verify.yaml": plan, "data.json": '{"v": "x"}', "schema.yaml": "type: object\n"})
-    script = tmp_path / "agent.py"
+    script = tmp_path / "agent-bin" / "agent.py"  # named read-only for the sandbox below
+    script.parent.mkdir()
     script.write_text(f"open('schema.yaml', 'w').write({bomb(7)!r})\nopen('data.json', 'w').write('{{\"v\": 5}}')\n")
     spec = common_pb2.WorkOrderSpec(
         task_prompt="Tighten the schema",
@@ -187,6 +188,7 @@ async def test_agent_written_schema_bomb_ends_at_max_runtime(home: Path, tmp_pat
     )
     spec.source.local_path = str(root)
     spec.harness.loop_strategy.max_iterations = 1
+    spec.harness.sandbox.read_only_paths.append(str(script.parent))
     suite = await InProcessSuite.start(home)
     try:
         work_order = await suite.submit(spec)

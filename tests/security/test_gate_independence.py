@@ -55,7 +55,9 @@ def planned_project(tmp_path: Path) -> Path:
 
 def agent(tmp_path: Path, body: str) -> str:
     """The command of an agent running the Python `body` in its workspace."""
-    script = tmp_path / f"agent-{abs(hash(body))}.py"
+    # Its own folder, named read-only for the sandbox as a user's agent script would be.
+    script = tmp_path / "agent-bin" / f"agent-{abs(hash(body))}.py"
+    script.parent.mkdir(exist_ok=True)
     script.write_text("import os\n" + body)
     return f"{PY} {shlex.quote(str(script))}"
 
@@ -75,6 +77,7 @@ async def run(
     spec.source.local_path = str(root)
     spec.harness.loop_strategy.max_iterations = 1
     spec.harness.profile = profile
+    spec.harness.sandbox.read_only_paths.append(str(Path(shlex.split(command)[-1]).parent))
     spec.harness.verification.MergeFrom(common_pb2.VerificationSettings(**verification))  # type: ignore[arg-type]
     work_order = await suite.submit(spec)
     final = await suite.wait_terminal(work_order.id, timeout=120)

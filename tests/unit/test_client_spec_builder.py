@@ -65,3 +65,15 @@ def test_include_ignored_goes_with_path_only(tmp_path):
     assert not spec(path=tmp_path).source.include_ignored
     with pytest.raises(UsageError, match="--include-ignored"):
         spec(git_url="https://example.com/x.git", include_ignored=True)
+
+
+def test_sandbox_flags(tmp_path, monkeypatch):
+    from agentgate.v1 import common_pb2
+
+    monkeypatch.chdir(tmp_path)
+    built = spec(sandbox="OFF", sandbox_read_only=["tools"])
+    assert built.harness.sandbox.mode == common_pb2.SANDBOX_MODE_OFF
+    assert list(built.harness.sandbox.read_only_paths) == [str(tmp_path / "tools")]
+    assert not spec().harness.HasField("sandbox")  # unset: the harness's default (on)
+    with pytest.raises(UsageError, match="--sandbox"):
+        spec(sandbox="maybe")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from agentgate.harness import profiles
-from agentgate.harness.profiles import ProfileError, find_profile, parse_profile
+from agentgate.harness.profiles import ProfileError, find_profile, harness_to_dict, parse_profile
 from agentgate.harness.resolution import HarnessError, resolve, resolve_harness
 from agentgate.v1 import common_pb2
 
@@ -168,6 +168,12 @@ class TestRefusals:
             ("limits: {max_total_tokens: lots}", "limits.max_total_tokens: must be an integer, got 'lots'"),
             ("limits: {max_cost_usd: -1}", "limits.max_cost_usd: must be 0 or more, got -1"),
             ("limits: {network_allowed: 1}", "limits.network_allowed: must be true or false, got 1"),
+            ("limits: {network_allowed: true}", "limits.network_allowed: true is not supported"),
+            ("sandbox: maybe", "sandbox.mode: unknown value 'maybe' (expected one of on, off)"),
+            ("sandbox: {read_only_paths: [relative/dir]}", "sandbox.read_only_paths: must be absolute paths"),
+            ("sandbox: {allowed_hosts: ['evil host']}", "sandbox.allowed_hosts: must be host names (or *.domain)"),
+            ("sandbox: {max_processes: -1}", "sandbox.max_processes: must be greater than 0"),
+            ("sandbox: {writable_paths: [/]}", "sandbox.writable_paths: unknown key"),
             ("loop_strategy: {progress_threshold: 1.5}", "loop_strategy.progress_threshold: must be greater than 0 and at most 1"),
             ("loop_strategy: {max_iterations: 0}", "loop_strategy.max_iterations: must be between 1 and 100, got 0"),
             ("loop_strategy: {window_size: 1}", "loop_strategy.window_size: must be between 2 and 100, got 1"),
@@ -308,3 +314,22 @@ def test_an_unchanged_file_is_parsed_once_and_a_changed_one_again(pdir):
     assert profiles.load_profile_file(path) is first
     path.write_text("loop_strategy: {max_iterations: 7}\n#\n")
     assert profiles.load_profile_file(path).harness.loop_strategy.max_iterations == 7
+
+
+class TestSandboxSettings:
+    """The harness's `sandbox` section (docs/sandbox.md)."""
+
+    @pytest.mark.parametrize("text", ["sandbox: off\n", "sandbox: 'off'\n", "sandbox: {mode: off}\n", "sandbox: {mode: OFF}\n"])
+    def test_the_opt_out_is_spelled_any_usual_way(self, text):
+        assert parse_profile(text, "p", "p.yaml").harness.sandbox.mode == common_pb2.SANDBOX_MODE_OFF
+
+    def test_on_by_default_and_settings_carried(self):
+        assert resolve_harness(common_pb2.HarnessSettings(), read_files=False).sandbox.mode == common_pb2.SANDBOX_MODE_ON
+        profile = parse_profile(
+            "sandbox: {read_only_paths: [/opt/x], allowed_hosts: ['*.pypi.org'], memory_mb: 512, max_processes: 64}\n",
+            "p",
+            "p.yaml",
+        )
+        assert harness_to_dict(profile.harness) == {
+            "sandbox": {"read_only_paths": ["/opt/x"], "allowed_hosts": ["*.pypi.org"], "memory_mb": 512, "max_processes": 64}
+        }

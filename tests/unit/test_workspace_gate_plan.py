@@ -113,6 +113,8 @@ def test_unknown_nested_key_names_its_path_and_line() -> None:
         ("tests:\n  - {name: u, command: c, expected_exit: 1.5}\n", "tests[0].expected_exit", 2, "integer"),
         ("policy:\n  network: maybe\n", "policy.network", 2, "true or false"),
         ("tests:\n  - {name: u, command: [a, b]}\n", "tests[0].command", 2, "single value"),
+        # A denylist of commands is easy to bypass: refused rather than silently ignored.
+        ("policy:\n  disallowed_commands: [curl]\n", "policy.disallowed_commands", 2, "is not supported"),
     ],
 )
 def test_wrong_types_name_key_and_line(text: str, key: str, line: int, expected: str) -> None:

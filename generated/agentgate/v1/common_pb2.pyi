@@ -151,6 +151,28 @@ GIT_HUB_MODE_DISABLED: GitHubMode.ValueType  # 3
 """No GitHub operation is attempted."""
 Global___GitHubMode: _TypeAlias = GitHubMode  # noqa: Y015
 
+class _SandboxMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SandboxModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SandboxMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SANDBOX_MODE_UNSPECIFIED: _SandboxMode.ValueType  # 0
+    SANDBOX_MODE_ON: _SandboxMode.ValueType  # 1
+    """Every agent execution and check in bubblewrap; refused where it is missing."""
+    SANDBOX_MODE_OFF: _SandboxMode.ValueType  # 2
+    """The explicit opt-out: nothing is confined (shown in every status and report)."""
+
+class SandboxMode(_SandboxMode, metaclass=_SandboxModeEnumTypeWrapper):
+    """Whether agents and checks run inside the sandbox (docs/sandbox.md)."""
+
+SANDBOX_MODE_UNSPECIFIED: SandboxMode.ValueType  # 0
+SANDBOX_MODE_ON: SandboxMode.ValueType  # 1
+"""Every agent execution and check in bubblewrap; refused where it is missing."""
+SANDBOX_MODE_OFF: SandboxMode.ValueType  # 2
+"""The explicit opt-out: nothing is confined (shown in every status and report)."""
+Global___SandboxMode: _TypeAlias = SandboxMode  # noqa: Y015
+
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -661,6 +683,51 @@ class GitOpsSettings(_message.Message):
 Global___GitOpsSettings: _TypeAlias = GitOpsSettings  # noqa: Y015
 
 @_typing.final
+class SandboxSettings(_message.Message):
+    """The sandbox's settings (docs/sandbox.md, docs/profiles.md). The resolved harness always
+    has a mode; a request without one gets the workspace service's default (on).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    READ_ONLY_PATHS_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    MAX_PROCESSES_FIELD_NUMBER: _builtins.int
+    mode: Global___SandboxMode.ValueType
+    memory_mb: _builtins.int
+    """Memory of one execution in MiB; 0 = the default (4096)."""
+    max_processes: _builtins.int
+    """Processes of one execution; 0 = the default (512)."""
+    @_builtins.property
+    def read_only_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """More absolute paths visible read-only inside (besides the system and toolchain folders)."""
+
+    @_builtins.property
+    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """More hosts an agent may reach through the proxy (besides its driver's model API hosts);
+        exact names or `*.domain`.
+        """
+
+    def __init__(
+        self,
+        *,
+        mode: Global___SandboxMode.ValueType = ...,
+        read_only_paths: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        memory_mb: _builtins.int = ...,
+        max_processes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "max_processes", b"max_processes", "memory_mb", b"memory_mb", "mode", b"mode", "read_only_paths", b"read_only_paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxSettings: _TypeAlias = SandboxSettings  # noqa: Y015
+
+@_typing.final
 class RetryPolicy(_message.Message):
     """Retry of transient failures (SPEC §6). Unset fields take the preset's values."""
 
@@ -861,6 +928,7 @@ class HarnessSettings(_message.Message):
     EXTRA_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     GIT_OPS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """Profile name (SPEC §14); empty = default."""
     extra_instructions: _builtins.str
@@ -875,6 +943,10 @@ class HarnessSettings(_message.Message):
     def git_ops(self) -> Global___GitOpsSettings: ...
     @_builtins.property
     def retry(self) -> Global___RetryPolicy: ...
+    @_builtins.property
+    def sandbox(self) -> Global___SandboxSettings:
+        """The sandbox around every agent execution and gate check (docs/sandbox.md)."""
+
     def __init__(
         self,
         *,
@@ -885,10 +957,11 @@ class HarnessSettings(_message.Message):
         extra_instructions: _builtins.str = ...,
         git_ops: Global___GitOpsSettings | None = ...,
         retry: Global___RetryPolicy | None = ...,
+        sandbox: Global___SandboxSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "retry", b"retry", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "retry", b"retry", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

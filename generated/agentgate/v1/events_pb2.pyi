@@ -76,6 +76,7 @@ class RunEvent(_message.Message):
     PR_CREATED_FIELD_NUMBER: _builtins.int
     BUDGET_EXCEEDED_FIELD_NUMBER: _builtins.int
     SESSION_LOST_FIELD_NUMBER: _builtins.int
+    SANDBOX_CONNECTION_REFUSED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     type: _builtins.str
     """work_order:queued, run:started, agent:output, ... (SPEC §11)."""
@@ -130,6 +131,8 @@ class RunEvent(_message.Message):
     def budget_exceeded(self) -> Global___BudgetExceeded: ...
     @_builtins.property
     def session_lost(self) -> Global___SessionLost: ...
+    @_builtins.property
+    def sandbox_connection_refused(self) -> Global___SandboxConnectionRefused: ...
     def __init__(
         self,
         *,
@@ -162,12 +165,13 @@ class RunEvent(_message.Message):
         pr_created: Global___PrCreated | None = ...,
         budget_exceeded: Global___BudgetExceeded | None = ...,
         session_lost: Global___SessionLost | None = ...,
+        sandbox_connection_refused: Global___SandboxConnectionRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "seq", b"seq", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "seq", b"seq", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created", "budget_exceeded", "session_lost"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created", "budget_exceeded", "session_lost", "sandbox_connection_refused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -733,3 +737,32 @@ class PrCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrCreated: _TypeAlias = PrCreated  # noqa: Y015
+
+@_typing.final
+class SandboxConnectionRefused(_message.Message):
+    """sandbox:connection_refused: the agent's allowlist proxy refused a connection
+    (docs/sandbox.md, "Network").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    port: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "port", b"port", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxConnectionRefused: _TypeAlias = SandboxConnectionRefused  # noqa: Y015

@@ -83,6 +83,7 @@ class PrepareForRunRequest(_message.Message):
     GATE_PLAN_YAML_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     BRANCH_PATTERN_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     gate_plan_yaml: _builtins.str
     """Inline gate plan; empty = the workspace's own verify.yaml."""
@@ -92,6 +93,12 @@ class PrepareForRunRequest(_message.Message):
     """Branch name pattern; {run_id} is replaced (default agentgate/{run_id})."""
     @_builtins.property
     def source(self) -> _common_pb2.WorkspaceSource: ...
+    @_builtins.property
+    def sandbox(self) -> _common_pb2.SandboxSettings:
+        """The sandbox of the run's agent executions and checks (kept with the workspace);
+        unset mode = the service's default (on).
+        """
+
     def __init__(
         self,
         *,
@@ -100,10 +107,11 @@ class PrepareForRunRequest(_message.Message):
         gate_plan_yaml: _builtins.str = ...,
         lease_seconds: _builtins.int = ...,
         branch_pattern: _builtins.str = ...,
+        sandbox: _common_pb2.SandboxSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_pattern", b"branch_pattern", "gate_plan_yaml", b"gate_plan_yaml", "lease_seconds", b"lease_seconds", "run_id", b"run_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_pattern", b"branch_pattern", "gate_plan_yaml", b"gate_plan_yaml", "lease_seconds", b"lease_seconds", "run_id", b"run_id", "sandbox", b"sandbox", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -194,21 +202,27 @@ class RunAgentResponse(_message.Message):
 
     OUTPUT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    CONNECTION_REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def output(self) -> _events_pb2.AgentOutput: ...
     @_builtins.property
     def result(self) -> _common_pb2.AgentResult: ...
+    @_builtins.property
+    def connection_refused(self) -> _events_pb2.SandboxConnectionRefused:
+        """A connection the sandbox's proxy refused while the agent ran."""
+
     def __init__(
         self,
         *,
         output: _events_pb2.AgentOutput | None = ...,
         result: _common_pb2.AgentResult | None = ...,
+        connection_refused: _events_pb2.SandboxConnectionRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "output", b"output", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection_refused", b"connection_refused", "item", b"item", "output", b"output", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "output", b"output", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_refused", b"connection_refused", "item", b"item", "output", b"output", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["output", "result"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["output", "result", "connection_refused"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

@@ -32,6 +32,7 @@ PR_CREATED = "pr:created"
 PERSISTENCE_WARNING = "persistence:warning"
 BUDGET_EXCEEDED = "budget:exceeded"
 AGENT_SESSION_LOST = "agent:session_lost"
+SANDBOX_CONNECTION_REFUSED = "sandbox:connection_refused"
 
 #: After one of these, nothing more happens to the work order: followers stop.
 TERMINAL_EVENT_TYPES = frozenset(

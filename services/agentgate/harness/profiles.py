@@ -18,6 +18,8 @@ a file may hold are those of `HarnessSettings` that a profile is about::
                     max_cost_usd, network_allowed}
     retry:         {preset, max_attempts, initial_backoff, backoff_multiplier,
                     max_backoff, jitter, retryable_errors, retry_on_timeout}
+    sandbox:       {mode, read_only_paths, allowed_hosts, memory_mb, max_processes}
+                   (or the short form `sandbox: off`)
 
 An unknown key or a bad value is an error naming the key; nothing is silently ignored.
 
@@ -113,6 +115,8 @@ BASE_LAYER = _layer(
         agent_timeout_seconds=DEFAULT_AGENT_TIMEOUT_SECONDS,
     ),
     retry=common_pb2.RetryPolicy(preset=retry.DEFAULT_PRESET),
+    # On unless a profile or the work order opts out explicitly (docs/sandbox.md).
+    sandbox=common_pb2.SandboxSettings(mode=common_pb2.SANDBOX_MODE_ON),
 )
 
 BUILTIN_PROFILES: dict[str, Profile] = {
@@ -162,6 +166,28 @@ def _branch_pattern(value: str) -> str | None:
     return f"{value!r} {problem}" if problem else None
 
 
+#: A host an agent may reach through the sandbox's proxy: a DNS name, or `*.` and one.
+_HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
+
+
+def _absolute_paths(values: list[str]) -> str | None:
+    bad = [v for v in values if not v.startswith("/") or "\0" in v]
+    return f"must be absolute paths, got {', '.join(repr(v) for v in bad)}" if bad else None
+
+
+def _hosts(values: list[str]) -> str | None:
+    bad = [v for v in values if len(v) > 253 or not _HOST.fullmatch(v)]
+    return f"must be host names (or *.domain), got {', '.join(repr(v) for v in bad)}" if bad else None
+
+
+def _network_allowed(value: bool) -> str | None:
+    # Agents reach the network only through the sandbox's allowlist proxy; an unfiltered
+    # switch would be a setting that silently does nothing (or everything). Hosts are named.
+    if value:
+        return "true is not supported: agents reach only the hosts of sandbox.allowed_hosts (docs/sandbox.md)"
+    return None
+
+
 def _preset(value: str) -> str | None:
     presets = retry.RETRY_PRESETS
     return None if value in presets else f"unknown preset {value!r} (expected {', '.join(presets)})"
@@ -201,7 +227,7 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         Key("agent_timeout_seconds", "int", check=positive),
         Key("max_total_tokens", "int", check=not_negative),
         Key("max_cost_usd", "float", check=not_negative),
-        Key("network_allowed", "bool"),
+        Key("network_allowed", "bool", check=_network_allowed),
     ),
     "verification": (
         _enum("gate_plan_source", common_pb2.GatePlanSource.DESCRIPTOR, "GATE_PLAN_SOURCE_"),
@@ -227,7 +253,17 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         _enum("retryable_errors", common_pb2.BuildErrorType.DESCRIPTOR, "BUILD_ERROR_TYPE_", kind="enums"),
         Key("retry_on_timeout", "bool"),
     ),
+    "sandbox": (
+        _enum("mode", common_pb2.SandboxMode.DESCRIPTOR, "SANDBOX_MODE_"),
+        Key("read_only_paths", "strs", check=_absolute_paths),
+        Key("allowed_hosts", "strs", check=_hosts),
+        Key("memory_mb", "int", check=positive),
+        Key("max_processes", "int", check=positive),
+    ),
 }
+#: Sections that may also be written as a scalar, short for `{section: {mode: value}}`
+#: (`sandbox: off`).
+SHORT_FORM_SECTIONS = ("sandbox",)
 TOP_LEVEL_KEYS = ("extends", "description", *SECTIONS)
 
 
@@ -251,6 +287,9 @@ def parse_enum(key: Key, raw: Any) -> int:
     case and `-`/`_` do not matter). Raises ValueError listing the choices."""
     assert key.enum is not None
     choices = _enum_choices(key)
+    if isinstance(raw, bool):
+        # YAML 1.1 reads a bare `on`/`off` as a boolean (`sandbox: off`).
+        raw = "on" if raw else "off"
     if isinstance(raw, str):
         wanted = key.enum_prefix + raw.strip().upper().replace("-", "_")
         value = key.enum.values_by_name.get(wanted)
@@ -315,6 +354,8 @@ def parse_layer(raw: dict[Any, Any]) -> tuple[common_pb2.HarnessSettings, list[t
         body = raw[section]
         if body is None:
             continue
+        if section in SHORT_FORM_SECTIONS and isinstance(body, str | bool):
+            body = {"mode": body}
         if not isinstance(body, dict):
             problems.append((section, f"must be a mapping of {', '.join(k.name for k in keys)}"))
             continue

@@ -527,6 +527,15 @@ class RunExecutor:
 
         return on_attempt
 
+    def _emit_agent_item(
+        self, iteration: int, item: events_pb2.AgentOutput | events_pb2.SandboxConnectionRefused
+    ) -> None:
+        """An output line as agent:output, a refused connection as sandbox:connection_refused."""
+        if isinstance(item, events_pb2.SandboxConnectionRefused):
+            self.emitter.emit(ev.SANDBOX_CONNECTION_REFUSED, iteration, sandbox_connection_refused=item)
+        else:
+            self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=item)
+
     async def _run_agent(self, iteration: int, prompt: str) -> AgentStep:
         """Runs the agent under the retry policy (docs/profiles.md): a timeout or crash the
         policy names is tried again with the attempt number passed on; every try is recorded."""
@@ -579,7 +588,7 @@ class RunExecutor:
             timeout_seconds=self.harness.limits.agent_timeout_seconds,
             resume_session_id=self._last_session_id,
             budget=self.budget.remaining(),
-            on_output=lambda output: self.emitter.emit(ev.AGENT_OUTPUT, iteration, agent_output=output),
+            on_output=lambda item: self._emit_agent_item(iteration, item),
         )
         self._count_usage(result)
         if result.session_note:

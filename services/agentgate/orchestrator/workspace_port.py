@@ -50,7 +50,8 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 
-OutputCallback = Callable[[events_pb2.AgentOutput], None]
+#: Receives the agent's output lines and the sandbox's refused connections, in order.
+OutputCallback = Callable[[events_pb2.AgentOutput | events_pb2.SandboxConnectionRefused], None]
 
 
 def workspace_lease_seconds(max_wall_clock_seconds: float) -> int:
@@ -139,6 +140,7 @@ class GrpcWorkspace:
                     gate_plan_yaml=harness.verification.gate_plan_yaml,
                     branch_pattern=harness.git_ops.branch_pattern,
                     lease_seconds=workspace_lease_seconds(harness.limits.max_wall_clock_seconds),
+                    sandbox=harness.sandbox,
                 ),
                 timeout=PREPARE_TIMEOUT_SECONDS,
             )
@@ -190,6 +192,8 @@ class GrpcWorkspace:
             async for item in call:
                 if item.HasField("output"):
                     on_output(item.output)
+                elif item.HasField("connection_refused"):
+                    on_output(item.connection_refused)
                 elif item.HasField("result"):
                     result = item.result
         except grpc.aio.AioRpcError as exc:

@@ -23,7 +23,7 @@ from agentgate.common.config import ServiceSettings, env_int
 from agentgate.common.errors import FieldViolation, InvalidArgument
 from agentgate.harness.drivers import validate_agent
 from agentgate.harness.profiles import DEFAULT_AGENT_TIMEOUT_SECONDS
-from agentgate.v1 import events_pb2, workspace_pb2, workspace_pb2_grpc
+from agentgate.v1 import common_pb2, events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace import inventory, leases, snapshots
 from agentgate.workspace.drivers.budget import AgentBudget
 from agentgate.workspace.drivers.registry import AgentInvocation, get_driver, list_driver_infos
@@ -32,6 +32,7 @@ from agentgate.workspace.gate import runner as gate
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, STDERR
 from agentgate.workspace.push import push_branch
 from agentgate.workspace.sandbox import Refusal
+from agentgate.workspace.sandbox import defaults as sandbox_defaults
 from agentgate.workspace.sandbox import service as sandbox_service
 from agentgate.workspace.workspaces import WorkspaceManager, run_id_violations
 
@@ -59,6 +60,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             request.gate_plan_yaml,
             branch_pattern=request.branch_pattern,
             lease_seconds=lease_seconds,
+            sandbox=request.sandbox,
         )
         return workspace_pb2.PrepareForRunResponse(
             workspace=prepared.workspace.to_proto(),
@@ -71,7 +73,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     ) -> AsyncIterator[workspace_pb2.RunAgentResponse]:
         """Runs the agent in the workspace: streams each output line while it runs, then
         one result. If the client goes away, the agent's process group is killed."""
-        invocation = await self._invocation(request)
+        invocation, invocation_settings = await self._invocation(request)
         driver = get_driver(request.agent.name)
         assert driver is not None  # checked by _invocation
         queue: asyncio.Queue[workspace_pb2.RunAgentResponse | None] = asyncio.Queue()
@@ -81,8 +83,10 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             queue.put_nowait(workspace_pb2.RunAgentResponse(output=events_pb2.AgentOutput(stream=kind, text=line)))
 
         def on_refused(refusal: Refusal) -> None:
-            # Shown in the agent's output until refusals have an event of their own.
-            on_output(STDERR, f"[agentgate sandbox] refused {refusal.host}:{refusal.port}: {refusal.reason}")
+            # Streamed in order with the output; the orchestrator emits it as the event
+            # sandbox:connection_refused.
+            refused = events_pb2.SandboxConnectionRefused(host=refusal.host, port=refusal.port, reason=refusal.reason)
+            queue.put_nowait(workspace_pb2.RunAgentResponse(connection_refused=refused))
 
         if invocation.run_dir is not None:
             # Bound into the sandbox, so it must exist before the agent starts.
@@ -93,6 +97,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             files_dir=invocation.files_dir,
             prompt_dir=invocation.prompt_dir,
             driver=request.agent.name,
+            settings=invocation_settings,
             on_refused=on_refused,
             agent_home=invocation.run_dir,
         )
@@ -113,7 +118,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _invocation(self, request: workspace_pb2.RunAgentRequest) -> AgentInvocation:
+    async def _invocation(
+        self, request: workspace_pb2.RunAgentRequest
+    ) -> tuple[AgentInvocation, common_pb2.SandboxSettings]:
         violations: list[FieldViolation] = []
         if request.run_id:
             violations += run_id_violations(request.run_id)
@@ -134,7 +141,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             problem = f"workspace {record.id} belongs to run {record.run_id}, not {request.run_id}"
             raise InvalidArgument([FieldViolation("run_id", problem)])
         home = self.manager.home
-        return AgentInvocation(
+        invocation = AgentInvocation(
             run_id=record.run_id,
             workspace_id=record.id,
             workspace=record.path,
@@ -152,6 +159,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             run_dir=home / "agent-homes" / record.run_id,
             kill_grace_seconds=self.kill_grace_seconds,
         )
+        return invocation, record.sandbox
 
     async def CreateSnapshot(
         self, request: workspace_pb2.CreateSnapshotRequest, context: grpc.aio.ServicerContext
@@ -202,10 +210,14 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                     agentgate_home=self.manager.home,
                     network=policy.network,
                     max_disk_mb=policy.max_disk_mb,
+                    settings=record.sandbox,
                 ),
             )
         finally:
             await cleanroom.remove_clean_room(room)
+        if sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_OFF:
+            # The explicit opt-out is visible wherever the report is shown.
+            report.summary = f"{report.summary} (sandbox: off)" if report.summary else "sandbox: off"
         return workspace_pb2.VerifyResponse(report=report)
 
     async def GetWorkspace(

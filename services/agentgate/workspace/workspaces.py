@@ -26,7 +26,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,7 +79,17 @@ MIGRATIONS = [
                           lease_holder = run_id
      WHERE leased = 1;
     """,
+    # The run's sandbox settings (docs/sandbox.md), fixed at PrepareForRun and kept here,
+    # where the agent cannot write; '' = the service's default.
+    "ALTER TABLE workspaces ADD COLUMN sandbox_json TEXT NOT NULL DEFAULT '';",
 ]
+
+
+def _sandbox_from_json(text: str) -> common_pb2.SandboxSettings:
+    settings = common_pb2.SandboxSettings()
+    if text:
+        from_json(text, settings)
+    return settings
 
 
 def run_id_violations(run_id: str, field: str = "run_id") -> list[FieldViolation]:
@@ -162,6 +172,8 @@ class WorkspaceRecord:
     lease_expires: float = 0.0
     lease_holder: str = ""
     created_at: str = ""
+    #: The run's sandbox settings (unset mode: the service's default).
+    sandbox: common_pb2.SandboxSettings = field(default_factory=common_pb2.SandboxSettings)
 
     def to_proto(self) -> workspace_pb2.Workspace:
         """The wire form."""
@@ -364,6 +376,7 @@ class WorkspaceManager:
             lease_expires=row["lease_expires"],
             lease_holder=row["lease_holder"],
             created_at=row["created_at"],
+            sandbox=_sandbox_from_json(row["sandbox_json"]),
         )
 
     async def get_leased(self, workspace_id: str) -> WorkspaceRecord:
@@ -386,6 +399,7 @@ class WorkspaceManager:
         gate_plan_yaml: str = "",
         branch_pattern: str = "",
         lease_seconds: int = 0,
+        sandbox: common_pb2.SandboxSettings | None = None,
     ) -> PreparedWorkspace:
         """Makes a fresh workspace for `run_id` from `source`, leased to the run for
         `lease_seconds` (0 = the default, 3600).
@@ -409,10 +423,12 @@ class WorkspaceManager:
             now = utcnow().isoformat()
             await self.db.execute(
                 "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"
-                " lease_expires, lease_holder, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                " lease_expires, lease_holder, created_at, updated_at, sandbox_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
                 (
                     workspace_id, run_id, branch, to_json(source), base_commit, base_commit,
                     self.clock() + (lease_seconds or DEFAULT_LEASE_SECONDS), run_id, now, now,
+                    to_json(sandbox) if sandbox is not None and sandbox.ListFields() else "",
                 ),
             )
             await self.db.commit()

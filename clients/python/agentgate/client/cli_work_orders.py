@@ -90,6 +90,14 @@ class WorkOrderFlags:
     loop_strategy: Annotated[
         str | None, typer.Option("--loop-strategy", help="Loop strategy: fixed, hybrid or ralph.")
     ] = None
+    sandbox: Annotated[
+        str | None,
+        typer.Option("--sandbox", help="on (default) or off: the explicit opt-out, shown in every status."),
+    ] = None
+    sandbox_read_only: Annotated[
+        list[str] | None,
+        typer.Option("--sandbox-read-only", help="An absolute path agents and checks may read (repeatable)."),
+    ] = None
 
     def spec(self) -> common_pb2.WorkOrderSpec:
         """The work order these flags describe (`UsageError` names a wrong flag)."""
@@ -116,6 +124,8 @@ class WorkOrderFlags:
             agent_timeout=self.agent_timeout,
             profile=self.profile,
             loop_strategy=self.loop_strategy,
+            sandbox=self.sandbox,
+            sandbox_read_only=self.sandbox_read_only or [],
         )
 
 
@@ -177,7 +187,7 @@ def _delivery_json(run: common_pb2.Run) -> dict[str, Any]:
 
 
 def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> dict[str, object]:
-    from agentgate.client.render import run_result_name, run_state_name, work_order_summary
+    from agentgate.client.render import run_result_name, run_state_name, sandbox_name, work_order_summary
     from agentgate.common.config import agentgate_home
     from agentgate.common.messages import to_dict
     from agentgate.v1 import common_pb2
@@ -206,6 +216,8 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
             cost_usd=run.cost_usd,
         )
         out.update(_delivery_json(run))
+        # Shown in every status, so an explicit `sandbox: off` never goes unnoticed.
+        out["sandbox"] = sandbox_name(run.harness.sandbox)
     out["run_dir"] = str(agentgate_home() / "runs" / work_order.run_id)
     return out
 

@@ -32,6 +32,11 @@ def run_result_name(result: common_pb2.RunResult.ValueType) -> str:
     return "" if not result else common_pb2.RunResult.Name(result).removeprefix("RUN_RESULT_")
 
 
+def sandbox_name(settings: common_pb2.SandboxSettings) -> str:
+    """on, off, or "" when the run's settings name no mode (the workspace's default)."""
+    return "" if not settings.mode else common_pb2.SandboxMode.Name(settings.mode).removeprefix("SANDBOX_MODE_").lower()
+
+
 def describe(event: events_pb2.RunEvent) -> str:
     """The interesting part of an event's payload, in a few words."""
     from agentgate.common import events as ev
@@ -60,6 +65,8 @@ def describe(event: events_pb2.RunEvent) -> str:
         return f"exit {p.exit_code} in {p.duration_seconds:.1f}s{extra}"
     if t == ev.AGENT_OUTPUT:
         return p.text.rstrip("\n")
+    if t == ev.SANDBOX_CONNECTION_REFUSED:
+        return f"{p.host}:{p.port} refused: {p.reason}"
     if t == ev.SNAPSHOT_CREATED:
         changed = ", ".join(p.changed_files[:5]) if p.has_changes else "no changes"
         return f"{p.commit[:10]} ({changed})"

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from agentgate.client.render import run_result_name, run_state_name
+from agentgate.client.render import run_result_name, run_state_name, sandbox_name
 from agentgate.common.config import agentgate_home
 from agentgate.common.messages import to_dict
 from agentgate.common.timeutil import iso
@@ -81,6 +81,7 @@ def summary_rows(run: common_pb2.Run) -> list[tuple[str, str]]:
         ("state", run_state_name(run.state) + (f" ({run_result_name(run.result)})" if run.result else "")),
         ("iterations", f"{run.iteration_count} of {run.max_iterations}" if run.max_iterations else ""),
         ("agent", run.agent.name),
+        ("sandbox", sandbox_name(run.harness.sandbox)),
         ("started", iso(run.started_at) if run.HasField("started_at") else ""),
         ("finished", iso(run.finished_at) if run.HasField("finished_at") else ""),
         ("duration", seconds(duration) if duration is not None else ""),

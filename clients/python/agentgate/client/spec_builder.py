@@ -21,6 +21,7 @@ LOOP_STRATEGIES = {
     "hybrid": common_pb2.LOOP_STRATEGY_MODE_HYBRID,
     "ralph": common_pb2.LOOP_STRATEGY_MODE_RALPH,
 }
+SANDBOX_MODES = {"on": common_pb2.SANDBOX_MODE_ON, "off": common_pb2.SANDBOX_MODE_OFF}
 
 
 class UsageError(ValueError):
@@ -67,6 +68,8 @@ def build_spec(
     profile: str | None = None,
     loop_strategy: str | None = None,
     include_ignored: bool = False,
+    sandbox: str | None = None,
+    sandbox_read_only: list[str] | None = None,
 ) -> common_pb2.WorkOrderSpec:
     """The work order the flags describe. The queue validates it again: this only catches
     what only the CLI can know (unreadable files, conflicting flags)."""
@@ -109,6 +112,11 @@ def build_spec(
     _apply_delivery_and_retry(
         spec.harness, git_mode, github_mode, draft_pr, retry_preset, max_attempts, agent_timeout
     )
+    if sandbox:
+        spec.harness.sandbox.mode = _choice("--sandbox", sandbox, SANDBOX_MODES)
+    for read_only in sandbox_read_only or []:
+        # Resolved here: the services may run elsewhere on this machine (as for --path).
+        spec.harness.sandbox.read_only_paths.append(str(Path(read_only).expanduser().resolve()))
     return spec
 
 

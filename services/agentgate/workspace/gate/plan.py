@@ -192,7 +192,6 @@ class Policy:
     network: bool = False
     max_runtime: float | None = None
     max_disk_mb: float | None = None
-    disallowed_commands: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -586,7 +585,15 @@ def _policy(reader: _Reader, node: Node) -> Policy:
     if "max_disk_mb" in entries:
         values["max_disk_mb"] = reader.number(entries["max_disk_mb"], "policy.max_disk_mb", positive=True)
     if "disallowed_commands" in entries:
-        values["disallowed_commands"] = reader.strings(entries["disallowed_commands"], "policy.disallowed_commands")
+        # Refused rather than silently ignored: a command denylist is trivially bypassed (a
+        # copy or symlink of the binary, `python -c`, `sh -c "$(echo ...)"`), so it would
+        # only look like protection. The sandbox confines what a check can reach instead
+        # (docs/security.md).
+        raise reader.fail(
+            entries["disallowed_commands"],
+            "policy.disallowed_commands is not supported: a command denylist is easy to bypass; "
+            "checks run in the sandbox instead (docs/security.md)",
+        )
     return Policy(**values)
 
 

@@ -111,13 +111,14 @@ MODE_ON = "on"
 MODE_OFF = "off"
 MODES = (MODE_ON, MODE_OFF)
 
-#: The services' switch: AGENTGATE_SANDBOX=on|off (default below), and more read-only
-#: paths for every execution (os.pathsep-separated) until profiles can name them.
+#: The workspace service's default for requests whose settings name no mode
+#: (AGENTGATE_SANDBOX=on|off, default below), and more read-only paths for every execution
+#: of the service (os.pathsep-separated), beside the profile's `sandbox.read_only_paths`.
+#: Work orders always carry a mode: the harness resolves it to on unless a profile or the
+#: work order says `sandbox: off`.
 SANDBOX_ENV_VAR = "AGENTGATE_SANDBOX"
 READ_ONLY_ENV_VAR = "AGENTGATE_SANDBOX_READ_ONLY"
-#: "off" until every driver's needs (login folders, hosts) are wired and the end-to-end
-#: suite passes inside the sandbox; then "on" (docs/sandbox.md, "What remains").
-SERVICE_DEFAULT_MODE = MODE_OFF
+SERVICE_DEFAULT_MODE = MODE_ON
 
 #: Model API hosts each agent driver reaches through the proxy (profiles add more).
 DRIVER_API_HOSTS: dict[str, tuple[str, ...]] = {
