@@ -74,6 +74,8 @@ def test_codex_endpoints_from_its_config_options_and_env(tmp_path: Path) -> None
         "http://gw:8000",
         "https://proxy.example/v1",
     ]
+    builtin = {"config.model_provider": '"openai"', "config.openai_base_url": "https://gw.example/v1"}
+    assert configured_endpoints(tmp_path, builtin, {}) == ["https://gw.example/v1"]
     assert configured_endpoints(tmp_path / "missing", {}, {}) == []
 
 

@@ -201,7 +201,8 @@ def configured_endpoints(home: Path, options: Mapping[str, str], env: Mapping[st
     """The base URLs codex was configured with (allowed through the sandbox's proxy): the
     `base_url` of the run's model provider (`config.model_provider` option, else config.toml's
     `model_provider`; its table from a `config.model_providers.P.base_url` option or the
-    config.toml), and `OPENAI_BASE_URL` (the built-in provider's)."""
+    config.toml), the built-in provider's `openai_base_url` (option or config.toml) and
+    `OPENAI_BASE_URL`."""
     try:
         data = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
@@ -216,6 +217,9 @@ def configured_endpoints(home: Path, options: Mapping[str, str], env: Mapping[st
             url = entry.get("base_url", "") if isinstance(entry, dict) else ""
         if isinstance(url, str) and url:
             urls.append(url)
+    builtin = _toml_string(options.get("config.openai_base_url", "")) or data.get("openai_base_url")
+    if isinstance(builtin, str) and builtin:
+        urls.append(builtin)
     if env.get("OPENAI_BASE_URL"):
         urls.append(env["OPENAI_BASE_URL"])
     return urls
