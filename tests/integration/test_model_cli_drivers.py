@@ -234,8 +234,10 @@ async def test_codex_runs_codex_exec_json_and_parses_the_stream(
     outputs, result = await client.run_agent(workspace, spec, iteration=1, prompt="Fix add()")
     await client.run_agent(workspace, spec, iteration=2, prompt="Again", resume_session_id=THREAD)
     first, second = invocations(log)
+    # Inside AgentGate's sandbox (on by default) `sandbox=auto` is danger-full-access:
+    # codex's own bubblewrap cannot nest in ours, which confines it instead.
     assert first["argv"] == [
-        "exec", "--json", "--sandbox", "workspace-write", "--model", "gpt-5-codex",
+        "exec", "--json", "--sandbox", "danger-full-access", "--model", "gpt-5-codex",
         "-c", "model_reasoning_effort=low", "-",
     ]
     assert first["prompt"] == "Fix add()"

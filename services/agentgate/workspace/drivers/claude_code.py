@@ -91,6 +91,8 @@ FLAGS = {
 }
 ENV_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
 ENV_NAMES = ("CLAUDE_CONFIG_DIR", *PROXY_ENV)
+#: Variables naming the model endpoint claude talks to (allowed through the sandbox's proxy).
+ENDPOINT_ENV = ("ANTHROPIC_BASE_URL",)
 
 
 def claude_argv(
@@ -411,6 +413,9 @@ class ClaudeCodeDriver:
             argv=claude_argv(options, resume_session_id, invocation.budget.max_cost_usd),
             env=env,
             parser=ClaudeStreamParser(),
+            # A custom endpoint (a gateway, a local model server) is allowed through the
+            # sandbox's proxy for this execution: the driver was configured with it.
+            endpoints=[url for name in ENDPOINT_ENV if (url := env.get(name, ""))],
         )
 
 

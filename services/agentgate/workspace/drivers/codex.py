@@ -197,6 +197,44 @@ def configured_model(home: Path) -> str:
     return model if isinstance(model, str) else ""
 
 
+def configured_endpoints(home: Path, options: Mapping[str, str], env: Mapping[str, str]) -> list[str]:
+    """The base URLs codex was configured with (allowed through the sandbox's proxy): the
+    `base_url` of the run's model provider (`config.model_provider` option, else config.toml's
+    `model_provider`; its table from a `config.model_providers.P.base_url` option or the
+    config.toml), the built-in provider's `openai_base_url` (option or config.toml) and
+    `OPENAI_BASE_URL`."""
+    try:
+        data = tomllib.loads((home / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        data = {}
+    urls: list[str] = []
+    provider = _toml_string(options.get("config.model_provider", "")) or data.get("model_provider")
+    if isinstance(provider, str) and provider:
+        url = _toml_string(options.get(f"config.model_providers.{provider}.base_url", ""))
+        if not url:
+            table = data.get("model_providers", {})
+            entry = table.get(provider, {}) if isinstance(table, dict) else {}
+            url = entry.get("base_url", "") if isinstance(entry, dict) else ""
+        if isinstance(url, str) and url:
+            urls.append(url)
+    builtin = _toml_string(options.get("config.openai_base_url", "")) or data.get("openai_base_url")
+    if isinstance(builtin, str) and builtin:
+        urls.append(builtin)
+    if env.get("OPENAI_BASE_URL"):
+        urls.append(env["OPENAI_BASE_URL"])
+    return urls
+
+
+def _toml_string(value: str) -> str:
+    """A `-c key=value` value as codex reads it: TOML when it parses, else the raw text."""
+    value = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {value}").get("v")
+    except tomllib.TOMLDecodeError:
+        return value
+    return parsed if isinstance(parsed, str) else ""
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token counts as codex reports them (cumulative over a thread)."""
@@ -583,6 +621,7 @@ class CodexDriver:
             argv=codex_argv(options, resume, inside_our_sandbox=invocation.sandbox is not None),
             env=env,
             parser=parser,
+            endpoints=configured_endpoints(home, options, env),
         )
         if parser.thread_id:
             # The next execution on this thread subtracts what the thread had reached here.

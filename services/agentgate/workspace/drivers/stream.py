@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from google.protobuf import struct_pb2
 
@@ -151,9 +152,14 @@ async def run_stream_cli(
     argv: Sequence[str],
     env: Mapping[str, str],
     parser: StreamParser,
+    endpoints: Sequence[str] = (),
 ) -> common_pb2.AgentResult:
     """Runs a stream-printing CLI in the workspace with the prompt on stdin and returns the
-    AgentResult: success = exit 0 within the timeout and a stream that says it succeeded."""
+    AgentResult: success = exit 0 within the timeout and a stream that says it succeeded.
+
+    In AgentGate's sandbox the CLI's own install folder is shown read-only and the model
+    endpoints it was configured with (`endpoints`: base URLs) are allowed through the proxy
+    (docs/sandbox.md, "Model CLIs in the sandbox")."""
     prompt_file = invocation.prompt_dir / f"prompt-{invocation.iteration}.md"
     await asyncio.to_thread(_write_text, prompt_file, invocation.prompt)
     full_env = invocation.base_env()
@@ -173,6 +179,12 @@ async def run_stream_cli(
         )
         await _deliver(on_output, "stderr", result.stderr.rstrip("\n"))
         return result
+    sandbox = invocation.sandbox
+    if sandbox is not None:
+        sandbox = sandbox.widened(
+            read_only=cli_install_paths(executable),
+            endpoints=[e for url in endpoints if (e := endpoint_of(url)) is not None],
+        )
     reader = StreamReader(parser, cli)
     meter = BudgetMeter(invocation.budget)
 
@@ -193,7 +205,7 @@ async def run_stream_cli(
         on_output=forward,
         timeout=invocation.timeout_seconds,
         kill_grace=invocation.kill_grace_seconds,
-        sandbox=invocation.sandbox,
+        sandbox=sandbox,
         stop=meter.stop,
     )
     reader.flush()
@@ -208,6 +220,42 @@ async def run_stream_cli(
         result.error_message = result.error_message or failure
         result.stderr = _append(result.stderr, f"[agentgate] {failure}")
     return result
+
+
+def cli_install_paths(executable: str, home: Path | None = None) -> list[Path]:
+    """What must be readable in the sandbox for `executable` to start: the folder of the
+    path we call (its symlink must resolve) and the CLI's install folder — for an npm
+    install the outermost `node_modules` above the resolved file (the package and its
+    platform packages, e.g. `@openai/codex-linux-x64`, are siblings there), else the resolved
+    file's folder (a native install such as `~/.local/share/claude/versions/X`). Never the
+    home itself or the root (a CLI lying loose in the home shows only itself)."""
+    home = (home or Path.home()).resolve()
+    called = Path(os.path.abspath(executable))
+    resolved = Path(os.path.realpath(executable))
+    paths: list[Path] = []
+    for path in (called, resolved):
+        modules = [parent for parent in path.parents if parent.name == "node_modules"]
+        paths.append(modules[-1] if modules else path.parent)
+    shown: list[Path] = []
+    for path, file in zip(paths, (called, resolved), strict=True):
+        if path == Path(path.anchor) or path == home or path in home.parents:
+            path = file  # the file alone
+        if path not in shown:
+            shown.append(path)
+    return shown
+
+
+def endpoint_of(url: str) -> tuple[str, int] | None:
+    """(host, port) of a configured model base URL (None for anything that is not an
+    http(s) URL with a host): what the proxy must let the CLI reach."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
 async def _deliver(callback: OutputCallback, stream: str, line: str) -> None:

@@ -138,6 +138,9 @@ PROXY_ALLOWED_PORTS: tuple[int, ...] = (443, 80)
 #: Port the in-sandbox forwarder listens on (127.0.0.1 of the sandbox's own network
 #: namespace); HTTP(S)_PROXY point at it.
 PROXY_PORT_IN_SANDBOX = 3128
+#: Hosts reached directly inside a proxied sandbox (NO_PROXY): its own loopback. A driver's
+#: loopback model endpoint is taken out of this list for its execution (docs/sandbox.md).
+NO_PROXY_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 #: Where the proxy's unix socket appears inside the sandbox.
 PROXY_SOCKET_IN_SANDBOX = "/run/agentgate-proxy.sock"
 

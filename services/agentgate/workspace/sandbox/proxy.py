@@ -79,11 +79,15 @@ class AllowlistProxy:
         allowed_hosts: Iterable[str],
         *,
         allowed_ports: Iterable[int] | None = defaults.PROXY_ALLOWED_PORTS,
+        allowed_endpoints: Iterable[tuple[str, int]] = (),
         on_refused: RefusalCallback | None = None,
     ):
         self.socket_path = Path(socket_path)
         self.allowed_hosts = tuple(allowed_hosts)
         self.allowed_ports = None if allowed_ports is None else frozenset(allowed_ports)
+        #: Exact (host, port) pairs allowed whatever `allowed_ports` says: a driver's
+        #: configured model endpoint (e.g. a gateway on a port of its own).
+        self.allowed_endpoints = frozenset((host.lower().rstrip("."), int(port)) for host, port in allowed_endpoints)
         self.on_refused = on_refused
         self.refusals: list[Refusal] = []
         self._server: asyncio.AbstractServer | None = None
@@ -118,6 +122,8 @@ class AllowlistProxy:
 
     def allows(self, host: str, port: int) -> str:
         """"" when (host, port) may be reached, else the reason it may not."""
+        if (host.lower().rstrip("."), port) in self.allowed_endpoints:
+            return ""
         if not host_allowed(host, self.allowed_hosts):
             return "host not in the allowlist"
         if self.allowed_ports is not None and port not in self.allowed_ports:
@@ -173,10 +179,15 @@ class AllowlistProxy:
             path = url.path or "/"
             if url.query:
                 path += "?" + url.query
-            # Forward the request as an origin-form request; drop proxy-only headers.
-            kept = [line for line in rest.split("\r\n") if line and not line.lower().startswith("proxy-")]
+            # Forward the request as an origin-form request; drop proxy-only and hop-by-hop
+            # connection headers and ask for `Connection: close`: one request per connection,
+            # so a kept-alive client can never send its next request (maybe for another
+            # host) into this tunnel.
+            kept = [line for line in rest.split("\r\n") if line and not _hop_by_hop(line)]
+            kept.append("Connection: close")
             forward = (f"{method} {path} {version}\r\n" + "".join(k + "\r\n" for k in kept) + "\r\n").encode("latin-1")
         reason = self.allows(host, port)
+        log.debug("sandbox proxy: %s %s:%s%s", method, host, port, f" refused ({reason})" if reason else "")
         if reason:
             await self._refuse(writer, host, port, reason)
             return
@@ -190,13 +201,39 @@ class AllowlistProxy:
         try:
             if forward:
                 up_writer.write(forward)
+                # The body goes up while the response comes down; the exchange ends with
+                # the response (the upstream closes: `Connection: close`).
+                upload = asyncio.ensure_future(_pipe(reader, up_writer))
+                try:
+                    await _relay_response_head(up_reader, writer)
+                    await _pipe(up_reader, writer)
+                finally:
+                    upload.cancel()
+                    await asyncio.gather(upload, return_exceptions=True)
             else:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await writer.drain()
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             with contextlib.suppress(Exception):
                 up_writer.close()
+
+
+def _hop_by_hop(header_line: str) -> bool:
+    name = header_line.partition(":")[0].strip().lower()
+    return name.startswith("proxy-") or name in ("connection", "keep-alive")
+
+
+async def _relay_response_head(up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Passes on the upstream's response head of a plain-HTTP request with `Connection:
+    close` in place of its own connection headers: the client opens a new connection (and
+    so a new, checked request to the proxy) for its next request."""
+    head = await up_reader.readuntil(b"\r\n\r\n")
+    status, _, rest = head.decode("latin-1").partition("\r\n")
+    kept = [line for line in rest.split("\r\n") if line and not _hop_by_hop(line)]
+    kept.append("Connection: close")
+    writer.write((status + "\r\n" + "".join(k + "\r\n" for k in kept) + "\r\n").encode("latin-1"))
+    await writer.drain()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

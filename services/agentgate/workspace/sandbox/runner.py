@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,6 +209,21 @@ class Sandbox:
         self.bwrap = None if spec.mode == defaults.MODE_OFF else (bwrap or find_bwrap())
         self._cgroup_root = str(cgroup_root)
 
+    def widened(
+        self, *, read_only: Sequence[Path] = (), endpoints: Sequence[tuple[str, int]] = ()
+    ) -> Sandbox:
+        """The same sandbox with more read-only paths and allowed (host, port) endpoints:
+        what a driver adds for its own CLI (its install folder, its configured model
+        endpoint). Nothing else changes; an opt-out (`off`) stays off."""
+        if not self.enabled or (not read_only and not endpoints):
+            return self
+        spec = replace(
+            self.spec,
+            extra_read_only=tuple(dict.fromkeys((*self.spec.extra_read_only, *read_only))),
+            allowed_endpoints=tuple(dict.fromkeys((*self.spec.allowed_endpoints, *endpoints))),
+        )
+        return Sandbox(spec, on_refused=self.on_refused, cgroup_root=self._cgroup_root, bwrap=self.bwrap)
+
     @property
     def enabled(self) -> bool:
         """False for the explicit opt-out (`sandbox: off`), which callers must show."""
@@ -257,13 +272,19 @@ class Sandbox:
                     prepared.private_dir / "proxy.sock",
                     spec.allowed_hosts,
                     allowed_ports=spec.allowed_ports,
+                    allowed_endpoints=spec.allowed_endpoints,
                     on_refused=self.on_refused,
                 )
                 await prepared.proxy.start()
                 url = f"http://127.0.0.1:{defaults.PROXY_PORT_IN_SANDBOX}"
                 for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
                     child_env[name] = url
-                child_env["NO_PROXY"] = child_env["no_proxy"] = "localhost,127.0.0.1,::1"
+                # Loopback stays direct (the sandbox's own), except a host named by an allowed
+                # endpoint: a model server on the host's 127.0.0.1 is only reachable through
+                # the proxy, so the CLI must not bypass it for that name.
+                endpoint_hosts = {host.lower() for host, _ in spec.allowed_endpoints}
+                direct = [h for h in defaults.NO_PROXY_HOSTS if h not in endpoint_hosts]
+                child_env["NO_PROXY"] = child_env["no_proxy"] = ",".join(direct)
                 command = [
                     _PYTHON, "-I", "-S", "-c", _FORWARDER_SOURCE,
                     str(defaults.PROXY_PORT_IN_SANDBOX), defaults.PROXY_SOCKET_IN_SANDBOX, "--", *command,

@@ -27,7 +27,10 @@ class SandboxSpec:
       the same path; the only place whose writes outlive the execution.
     - `mode`: "on" (bubblewrap) or "off" (the explicit opt-out: nothing is confined).
     - `network`: "none" (loopback only), "proxy" (egress through the allowlist proxy to
-      `allowed_hosts` on `allowed_ports`; names or `*.domain` patterns) or "host".
+      `allowed_hosts` on `allowed_ports`; names or `*.domain` patterns; and to the exact
+      (host, port) pairs of `allowed_endpoints`, a driver's configured model endpoint) or
+      "host". A loopback endpoint host is taken out of NO_PROXY inside: it means the host's
+      loopback, reached through the proxy, not the sandbox's own.
     - `extra_read_only`: more paths to show read-only (from the profile), e.g. /work/x/.venv.
     - `extra_writable`: the caller's own per-execution folders the command must write to
       (the scripted agent's report), bound read-write like `writable_dir`.
@@ -54,6 +57,7 @@ class SandboxSpec:
     include_service_python: bool = True
     allowed_hosts: tuple[str, ...] = ()
     allowed_ports: tuple[int, ...] = defaults.PROXY_ALLOWED_PORTS
+    allowed_endpoints: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in defaults.MODES:
