@@ -15,6 +15,7 @@ from agentgate.common.channels import aio_channel
 from agentgate.common.config import ServiceSettings
 from agentgate.common.security import ServerSecurity, client_token
 from agentgate.common.server import RunningServer, start_server
+from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.orchestrator.server import OrchestratorApp
 from agentgate.persistence.server import PersistenceApp
 from agentgate.queue.server import QueueApp
@@ -29,13 +30,6 @@ from agentgate.v1 import (
 )
 from agentgate.workspace.server import WorkspaceApp
 from tests.credentials import service_credential
-
-TERMINAL = {
-    common_pb2.WORK_ORDER_STATUS_SUCCEEDED,
-    common_pb2.WORK_ORDER_STATUS_FAILED,
-    common_pb2.WORK_ORDER_STATUS_CANCELED,
-    common_pb2.WORK_ORDER_STATUS_TIMED_OUT,
-}
 
 
 def free_address() -> str:
@@ -136,7 +130,7 @@ class InProcessSuite:
                 work_order = (
                     await stub.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=work_order_id), timeout=5)
                 ).work_order
-                if work_order.status in TERMINAL:
+                if work_order.status in TERMINAL_STATUSES:
                     return work_order
                 await asyncio.sleep(0.05)
 

@@ -43,6 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentgate.common import security
 from agentgate.common.channels import sync_channel
 from agentgate.common.config import SERVICES, agentgate_home, service_address
+from agentgate.common.pids import pid_alive
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
 
 # Start order: what others call first.
@@ -135,21 +136,6 @@ def queue_limits(address: str, timeout: float = 2.0) -> tuple[int, int] | None:
         return None
     finally:
         channel.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def free_port(host: str, avoid: set[int]) -> int:
@@ -272,7 +258,7 @@ class Supervisor:
             pid = int(self._record(instance)["pid"])
         except (KeyError, TypeError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def address(self, instance: str) -> str | None:
         """Where an instance listens: the service's address, except workers 2..N, whose
@@ -372,7 +358,7 @@ class Supervisor:
             return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentgate.common.pids import pid_alive
 from agentgate.workspace.sandbox import defaults
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class CgroupFactory:
             with contextlib.suppress(OSError):
                 for entry in base.iterdir():
                     owner = entry.name.partition("-")[0]
-                    if entry.is_dir() and owner.isdigit() and not _alive(int(owner)):
+                    if entry.is_dir() and owner.isdigit() and not pid_alive(int(owner)):
                         Cgroup(self.version, None, None, [entry]).remove()
 
     @staticmethod
@@ -237,16 +238,6 @@ class CgroupFactory:
         except OSError as error:
             log.warning("cannot make a cgroup for a sandbox: %s", error)
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(path: Path, value: str) -> None:
