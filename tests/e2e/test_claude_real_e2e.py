@@ -59,11 +59,14 @@ def events(suite: Suite, run_id: str) -> list[dict]:
     return []
 
 
-def test_agents_reports_the_claude_version(suite: Suite) -> None:
+def test_agents_reports_the_claude_version(suite: Suite, fake: FakeAnthropic) -> None:
     drivers = {d["name"]: d for d in json.loads(suite.cli("agents", "--json", check=True).stdout)}
     pinned = json.loads((CLAUDE_BIN.parents[1] / "package.json").read_text())["dependencies"]
     assert drivers["claude-code"]["available"] is True
     assert drivers["claude-code"]["version"].startswith(pinned["@anthropic-ai/claude-code"])
+    # Probed from inside the agent sandbox, through its proxy, at the configured endpoint.
+    host_port = fake.url.split("://", 1)[1].rstrip("/")
+    assert drivers["claude-code"]["endpoint"] == f"reachable from the sandbox: {host_port}"
 
 
 def test_real_claude_fails_verification_then_resumes_and_succeeds(

@@ -6,7 +6,9 @@ Also ListAgentDrivers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -297,3 +299,44 @@ async def test_list_agent_drivers_says_what_is_missing(
     drivers = {d.name: d for d in (await client.stub.ListAgentDrivers(workspace_pb2.ListAgentDriversRequest())).drivers}
     assert drivers["claude-code"].available and not drivers["claude-code"].missing
     assert not drivers["codex"].available
+
+
+async def test_list_agent_drivers_probes_each_endpoint_from_inside_the_sandbox(
+    client: WorkspaceClient, bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """claude's endpoint (ANTHROPIC_BASE_URL) is reached through the sandbox's proxy; codex's
+    (from its config.toml) is refused by nobody listening, which only the proxy can report
+    as a 502; with the sandbox off the answer says so."""
+    accepted: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        closed_port = spare.getsockname()[1]
+    codex_home = tmp_path / "codex-home"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(f'openai_base_url = "http://127.0.0.1:{closed_port}/v1"\n')
+    monkeypatch.setenv("CODEX_HOME", str(codex_home))
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{port}")
+    # The stand-ins print their version from inside the folder the test made readable.
+    monkeypatch.setenv("AGENTGATE_SANDBOX_READ_ONLY", str(bin_dir))
+    async with server:
+        drivers = {
+            d.name: d for d in (await client.stub.ListAgentDrivers(workspace_pb2.ListAgentDriversRequest())).drivers
+        }
+        assert drivers["claude-code"].endpoint == f"reachable from the sandbox: 127.0.0.1:{port}"
+        assert accepted
+        assert drivers["codex"].endpoint.startswith(f"unreachable from the sandbox: 127.0.0.1:{closed_port} (HTTP/1.1 502")
+        assert not drivers["command"].endpoint and not drivers["scripted"].endpoint
+
+        monkeypatch.setenv("AGENTGATE_SANDBOX", "off")
+        drivers = {
+            d.name: d for d in (await client.stub.ListAgentDrivers(workspace_pb2.ListAgentDriversRequest())).drivers
+        }
+        assert drivers["claude-code"].endpoint == f"reachable (sandbox off): 127.0.0.1:{port}"
+        assert drivers["codex"].endpoint.startswith(f"unreachable (sandbox off): 127.0.0.1:{closed_port}")

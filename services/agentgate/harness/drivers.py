@@ -178,6 +178,8 @@ DRIVERS: dict[str, DriverSchema] = {
             prefixes=(ENV_PREFIX, "config."),
             executable="codex",
             product="Codex",
+            # Codex reads its endpoint from its config.toml, not from a variable (docs/agents.md).
+            default_endpoint="https://api.openai.com",
         ),
     )
 }

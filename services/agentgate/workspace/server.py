@@ -318,8 +318,9 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_pb2.ListAgentDriversRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ListAgentDriversResponse:
         """The registered agent drivers, and whether each can run on this machine (and if
-        not, what is missing, e.g. "the claude executable is not on PATH")."""
-        infos = await asyncio.to_thread(list_driver_infos)
+        not, what is missing, e.g. "the claude executable is not on PATH"), with each model
+        CLI's version and whether its endpoint can be reached from inside the agent sandbox."""
+        infos = await list_driver_infos(self.manager.home)
         return workspace_pb2.ListAgentDriversResponse(drivers=infos)
 
 

@@ -16,8 +16,8 @@ from agentgate.client.cli_shared import JsonFlag, console, unreachable
 if TYPE_CHECKING:
     from agentgate.v1 import workspace_pb2
 
-#: The service runs each CLI's `--version` and opens a connection to its model endpoint.
-RPC_TIMEOUT_SECONDS = 30.0
+#: The service runs each CLI's `--version` and probes its model endpoint from a sandbox.
+RPC_TIMEOUT_SECONDS = 60.0
 
 app = typer.Typer()
 

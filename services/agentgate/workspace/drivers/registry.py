@@ -7,19 +7,20 @@ needs its executable on PATH).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-import socket
 import subprocess
-from urllib.parse import urlsplit
+from pathlib import Path
 
 from agentgate.harness.drivers import DRIVERS as SCHEMAS
 from agentgate.harness.drivers import driver_availability
 from agentgate.v1 import workspace_pb2
 from agentgate.workspace.drivers.api import AgentDriver, AgentInvocation, OutputCallback
 from agentgate.workspace.drivers.claude_code import ClaudeCodeDriver
-from agentgate.workspace.drivers.codex import CodexDriver
+from agentgate.workspace.drivers.codex import CodexDriver, configured_endpoints, source_home
 from agentgate.workspace.drivers.command import CommandDriver
+from agentgate.workspace.drivers.endpoint_probe import sandbox_reachability
 from agentgate.workspace.drivers.scripted import ScriptedDriver
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 
 #: A CLI that takes longer than this to print its version is reported without one.
 VERSION_TIMEOUT_SECONDS = 5.0
-CONNECT_TIMEOUT_SECONDS = 2.0
 
 #: Registered drivers by name.
 DRIVERS: dict[str, AgentDriver] = {}
@@ -73,24 +73,24 @@ def cli_version(executable: str, timeout: float = VERSION_TIMEOUT_SECONDS) -> st
     return lines[0].strip() if done.returncode == 0 and lines else ""
 
 
-def endpoint_reachability(url: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> str:
-    """Whether a TCP connection to the URL's host and port opens (no request is sent, so no
-    key is needed and nothing is billed): blocking, call off-loop."""
-    parsed = urlsplit(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return f"reachable: {host}:{port}"
-    except OSError as exc:
-        return f"unreachable: {host}:{port} ({exc.strerror or type(exc).__name__})"
+def configured_endpoint(name: str) -> str:
+    """The model endpoint the driver's CLI talks to with this service's configuration
+    ('' for a driver without one)."""
+    schema = SCHEMAS[name]
+    if name == "codex":
+        urls = configured_endpoints(source_home(os.environ), {}, os.environ)
+        return urls[0] if urls else schema.default_endpoint
+    if schema.endpoint_env:
+        return os.environ.get(schema.endpoint_env) or schema.default_endpoint
+    return ""
 
 
-def list_driver_infos() -> list[workspace_pb2.AgentDriverInfo]:
+async def list_driver_infos(agentgate_home: Path) -> list[workspace_pb2.AgentDriverInfo]:
     """Every registered driver with its description, availability, the version of its CLI
-    and whether its model endpoint can be reached (runs processes and opens connections:
-    call off-loop)."""
+    and whether its model endpoint can be reached from inside this service's agent sandbox
+    (runs the CLIs, and the probes of drivers/endpoint_probe.py side by side)."""
     infos = []
+    probes = []
     for name in driver_names():
         schema = SCHEMAS[name]
         missing = driver_availability(schema)
@@ -98,10 +98,13 @@ def list_driver_infos() -> list[workspace_pb2.AgentDriverInfo]:
             name=name, description=schema.description, available=not missing, missing=missing
         )
         if schema.executable and not missing:
-            info.version = cli_version(shutil.which(schema.executable) or schema.executable)
-        if schema.endpoint_env:
-            info.endpoint = endpoint_reachability(os.environ.get(schema.endpoint_env) or schema.default_endpoint)
+            info.version = await asyncio.to_thread(cli_version, shutil.which(schema.executable) or schema.executable)
+        if url := configured_endpoint(name):
+            probes.append((info, sandbox_reachability(url, driver=name, agentgate_home=agentgate_home)))
         infos.append(info)
+    answers = await asyncio.gather(*(probe for _, probe in probes))
+    for (info, _), answer in zip(probes, answers, strict=True):
+        info.endpoint = answer
     return infos
 
 
