@@ -233,6 +233,28 @@ async def test_token_cap_stops_codex_in_the_middle_of_an_execution(suite, fake, 
     assert "budget:exceeded" in types
 
 
+async def test_cost_cap_with_prices_stops_codex_in_the_middle_of_an_execution(suite, fake, tmp_path):
+    """Codex prints no cost: with the `pricing` option the driver prices the tokens it reads
+    while codex runs, and a cost cap stops it like a token cap does."""
+    step = (1000, 10)
+    fake.add(*[reply(command(f"echo step {n}"), usage=step) for n in range(12)], reply(message("done")))
+    built = spec(project(tmp_path))
+    built.harness.limits.max_cost_usd = 0.0035
+    # $1 per million input tokens, output free: each model response costs $0.001.
+    built.agent.options["pricing"] = "1,1,0"
+    work_order = await suite.submit(built)
+    final = await suite.wait_terminal(work_order.id, timeout=180)
+    assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
+    run = await suite.run(work_order.run_id)
+    assert run.build_error.type == T.BUILD_ERROR_TYPE_BUDGET_EXCEEDED
+    assert "Cost budget exceeded" in run.build_error.message
+    agent = suite.run_file(work_order.run_id, "agent-1.json")
+    cost = float(agent["cost_usd"])
+    assert cost == pytest.approx(int(agent["tokens"]["input"]) / 1e6)
+    assert 0.0035 < cost <= 0.0035 + 2 * 0.001, cost
+    assert len(fake.responses_requests()) < 12
+
+
 # --- one execution through the workspace service ------------------------------------------------
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentgate.harness.drivers import validate_agent
+import pytest
+
+from agentgate.harness.drivers import parse_prices, validate_agent
 from agentgate.v1 import common_pb2
 from agentgate.workspace.drivers.codex import (
     CodexStreamParser,
@@ -91,3 +93,25 @@ def test_refused_tool_calls_are_recorded_and_fail_the_execution() -> None:
     assert "refused by its own sandbox" in failure and result.error_type == T.BUILD_ERROR_TYPE_AGENT_CRASH
     assert result.tool_calls[0].output.startswith("ERROR: codex's sandbox could not run the command")
     assert result.tool_calls[1].output.startswith("ERROR: patch rejected: Exit code: 1 | Output: | Failed to write file a.py")
+
+
+def test_pricing_turns_codex_tokens_into_a_cost() -> None:
+    """Codex prints tokens only; the `pricing` option prices them (cached input at its own
+    price), and a bad value is refused naming the option."""
+    parser = CodexStreamParser(prices=parse_prices("2, 0.5, 10"), baseline=Usage(1000, 0, 100))
+    parser.feed({"type": "turn.completed", "usage": {"input_tokens": 5000, "cached_input_tokens": 2000, "output_tokens": 600}}, 0.0)
+    tokens, cost = parser.running_usage()
+    # This execution: 4,000 input of which 2,000 cached, 500 output.
+    assert tokens == 4500
+    assert cost == pytest.approx((2000 * 2 + 2000 * 0.5 + 500 * 10) / 1e6)
+    result = common_pb2.AgentResult()
+    parser.apply(result, 0.0)
+    assert result.cost_usd == pytest.approx(cost)
+    assert CodexStreamParser().running_usage() == (0, 0.0)
+
+    def problems(value: str) -> list[str]:
+        return [f"{v.field}: {v.description}" for v in validate_agent(common_pb2.AgentSpec(name="codex", options={"pricing": value}))]
+
+    assert problems("1.25,0.125,10") == []
+    for bad in ("1,2", "a,b,c", "-1,0,1", "1,,2"):
+        assert problems(bad)[0].startswith("spec.agent.options.pricing: must be INPUT,CACHED_INPUT,OUTPUT"), bad

@@ -207,3 +207,25 @@ def test_default_agent_check_refuses_an_empty_driver_name(tmp_path: Path) -> Non
     spec = good_spec(tmp_path)
     spec.agent.name = ""
     assert "spec.agent.name" in [v.field for v in validate_spec(spec)]
+
+
+def test_a_cost_cap_on_codex_needs_its_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codex reports no cost: a cost cap without `pricing` would silently do nothing, so it
+    is refused naming the option; a token cap alone, or prices given, is accepted."""
+    monkeypatch.setenv("AGENTGATE_CHECK_AGENT_AVAILABILITY", "0")
+    spec = good_spec(tmp_path)
+    spec.agent.CopyFrom(common_pb2.AgentSpec(name="codex"))
+    spec.harness.limits.max_cost_usd = 2.5
+    (violation,) = validate_spec(spec)
+    assert violation.field == "spec.agent.options.pricing"
+    assert "limits.max_cost_usd (2.5)" in violation.description
+    spec.agent.options["pricing"] = "1.25,0.125,10"
+    assert validate_spec(spec) == []
+    spec.agent.options.pop("pricing")
+    spec.harness.limits.ClearField("max_cost_usd")
+    spec.harness.limits.max_total_tokens = 1000
+    assert validate_spec(spec) == []
+    # claude reports its cost: nothing more is needed.
+    spec.agent.CopyFrom(common_pb2.AgentSpec(name="claude-code"))
+    spec.harness.limits.max_cost_usd = 2.5
+    assert validate_spec(spec) == []

@@ -77,7 +77,7 @@ def test_valid_options() -> None:
 def test_unknown_option_message_lists_the_known_ones() -> None:
     [violation] = validate_agent(common_pb2.AgentSpec(name="codex", options={"turns": "1"}))
     assert violation.description == (
-        "unknown option (known: model, sandbox, profile, extra_args, resume, executable, env.NAME, config.NAME)"
+        "unknown option (known: model, sandbox, profile, extra_args, pricing, resume, executable, env.NAME, config.NAME)"
     )
 
 

@@ -35,7 +35,7 @@ class AgentOption:
     name: str
     #: text (not empty), choice (one of `choices`), integer (`low`-`high`), boolean, script
     #: (a scripted agent's script), args (shell-quoted CLI arguments whose flags are all in
-    #: `choices`).
+    #: `choices`), prices (`INPUT,CACHED_INPUT,OUTPUT` in US dollars per million tokens).
     kind: str = "text"
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -62,6 +62,9 @@ class DriverSchema:
     #: `agentgate agents` says whether it can be reached.
     endpoint_env: str = ""
     default_endpoint: str = ""
+    #: The CLI reports tokens but no cost: a run's cost (and `limits.max_cost_usd`) comes
+    #: from its `pricing` option (docs/agents.md, "Budgets").
+    priced: bool = False
 
     def option(self, name: str) -> AgentOption:
         """The option called `name` (a KeyError for an unknown one is a bug)."""
@@ -173,6 +176,7 @@ DRIVERS: dict[str, DriverSchema] = {
                 ),
                 AgentOption("profile"),
                 AgentOption("extra_args", "args", choices=CODEX_EXTRA_FLAGS),
+                AgentOption("pricing", "prices"),
                 *_MODEL_CLI_COMMON,
             ),
             prefixes=(ENV_PREFIX, "config."),
@@ -180,6 +184,7 @@ DRIVERS: dict[str, DriverSchema] = {
             product="Codex",
             # Codex reads its endpoint from its config.toml, not from a variable (docs/agents.md).
             default_endpoint="https://api.openai.com",
+            priced=True,
         ),
     )
 }
@@ -203,6 +208,12 @@ def _value_problem(schema: DriverSchema, option: AgentOption, value: str) -> str
         return f"the {schema.name} driver needs a {option.name}"
     if option.kind == "args":
         return args_problem(value, option.choices)
+    if option.kind == "prices":
+        try:
+            parse_prices(value)
+        except ValueError as exc:
+            return str(exc)
+        return ""
     if option.kind == "integer":
         if not value.strip().isdigit() or not option.low <= int(value) <= option.high:
             return f"must be a whole number {option.low}-{option.high}"
@@ -215,6 +226,48 @@ def _value_problem(schema: DriverSchema, option: AgentOption, value: str) -> str
     elif not value.strip():
         return "must not be empty"
     return ""
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What a model charges, in US dollars per million tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+        """The dollars of a usage whose `input_tokens` include `cached_tokens`."""
+        fresh = max(input_tokens - cached_tokens, 0)
+        return (fresh * self.input + cached_tokens * self.cached_input + output_tokens * self.output) / 1_000_000
+
+
+def parse_prices(value: str) -> Prices:
+    """A `prices` option (`INPUT,CACHED_INPUT,OUTPUT`); ValueError saying what is wrong."""
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        figures = [float(part) for part in parts]
+    except ValueError:
+        figures = []
+    if len(figures) != 3 or not all(0 <= figure < 1e6 for figure in figures):
+        raise ValueError(
+            f"must be INPUT,CACHED_INPUT,OUTPUT in US dollars per million tokens (e.g. 1.25,0.125,10), got {value!r}"
+        )
+    return Prices(*figures)
+
+
+def cost_cap_problem(agent: common_pb2.AgentSpec, max_cost_usd: float) -> FieldViolation | None:
+    """A cost cap the agent's driver could not enforce: its CLI reports no cost and the work
+    order gives no `pricing` to compute one from (a setting that silently does nothing is
+    refused, docs/agents.md "Budgets")."""
+    schema = DRIVERS.get(agent.name)
+    if schema is None or not schema.priced or max_cost_usd <= 0 or agent.options.get("pricing"):
+        return None
+    return FieldViolation(
+        f"{AGENT_FIELD}.options.pricing",
+        f"{schema.product} reports no cost, so limits.max_cost_usd ({max_cost_usd:g}) needs the model's prices: "
+        "--agent-option pricing=INPUT,CACHED_INPUT,OUTPUT (US dollars per million tokens)",
+    )
 
 
 def split_args(value: str) -> list[str]:

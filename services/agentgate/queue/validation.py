@@ -13,7 +13,7 @@ from pathlib import Path
 from agentgate.common.errors import FieldViolation
 from agentgate.common.github import split_repo
 from agentgate.harness import drivers, profiles
-from agentgate.harness.resolution import resolve
+from agentgate.harness.resolution import Resolution, resolve
 from agentgate.v1 import common_pb2
 
 #: The task prompt may hold at most this many bytes of UTF-8.
@@ -51,7 +51,12 @@ def validate_spec(
     violations += _check_task_prompt(spec.task_prompt)
     violations += _check_source(spec)
     violations += (agent_check or default_agent_check)(spec.agent)
-    violations += _check_harness(spec.harness, profiles_dir)
+    resolution = _resolve_harness(spec.harness, profiles_dir)
+    violations += resolution.violations
+    if not resolution.violations and (
+        problem := drivers.cost_cap_problem(spec.agent, resolution.harness.limits.max_cost_usd)
+    ):
+        violations.append(problem)
     if spec.max_queue_wait_seconds < 0:
         violations.append(
             FieldViolation(
@@ -133,8 +138,9 @@ def _check_source(spec: common_pb2.WorkOrderSpec) -> list[FieldViolation]:
     return found
 
 
-def _check_harness(harness: common_pb2.HarnessSettings, profiles_dir: Path | None) -> list[FieldViolation]:
-    """The harness, resolved as the orchestrator will resolve it: the profile (unknown, bad
-    file, cycle in `extends`, each named by its key) and every inline setting."""
+def _resolve_harness(harness: common_pb2.HarnessSettings, profiles_dir: Path | None) -> Resolution:
+    """The harness, resolved as the orchestrator will resolve it, with its violations: the
+    profile (unknown, bad file, cycle in `extends`, each named by its key) and every inline
+    setting."""
     directory = profiles_dir if profiles_dir is not None else profiles.profiles_dir()
-    return resolve(harness, directory).violations
+    return resolve(harness, directory)

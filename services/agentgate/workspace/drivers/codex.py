@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentgate.harness.drivers import DRIVERS, args_problem, split_args
+from agentgate.harness.drivers import DRIVERS, Prices, args_problem, parse_prices, split_args
 from agentgate.v1 import common_pb2
 from agentgate.workspace.drivers.api import AgentInvocation, OutputCallback, agent_env, agent_home
 from agentgate.workspace.drivers.stream import (
@@ -270,6 +270,10 @@ class Usage:
         """Input + output (codex's input already includes the cached part)."""
         return self.input + self.output
 
+    def cost(self, prices: Prices | None) -> float:
+        """Dollars at `prices` (codex reports none: 0 without the `pricing` option)."""
+        return prices.cost(self.input, self.cached, self.output) if prices is not None else 0.0
+
 
 def load_usage_state(home: Path) -> dict[str, Usage]:
     """Each thread's cumulative usage at the end of the run's last execution on it."""
@@ -364,12 +368,14 @@ class CodexStreamParser:
     """Collects tool calls, usage, the thread id and the failure from the stream.
 
     `baseline` is the thread's cumulative usage before this execution (a resumed thread):
-    the execution's own tokens are what codex reports less that.
+    the execution's own tokens are what codex reports less that. `prices` (the `pricing`
+    option) turns tokens into a cost.
     """
 
     model: str = ""
     thread_id: str = ""
     baseline: Usage = field(default_factory=Usage)
+    prices: Prices | None = None
     rollout: RolloutWatcher | None = None
     items: dict[str, _Item] = field(default_factory=dict)
     cumulative: Usage = field(default_factory=Usage)
@@ -426,11 +432,12 @@ class CodexStreamParser:
 
     def running_usage(self) -> tuple[int, float]:
         """Tokens this execution has used so far (from the session file; codex prints no
-        usage before its turn ends) and the cost (codex prints none: 0)."""
+        usage before its turn ends) and their cost at the `pricing` option's prices."""
         if self.rollout is not None:
             self.rollout.poll()
             self.cumulative = self.cumulative.later(self.rollout.usage)
-        return self.cumulative.minus(self.baseline).total, 0.0
+        own = self.cumulative.minus(self.baseline)
+        return own.total, own.cost(self.prices)
 
     def _item(self, kind: str, item: dict[str, Any], now: float) -> str:
         item_type = item["type"]
@@ -524,6 +531,7 @@ class CodexStreamParser:
             )
         own = self.cumulative.minus(self.baseline)
         result.tokens.CopyFrom(common_pb2.TokenUsage(input=own.input, output=own.output, total=own.total))
+        result.cost_usd = own.cost(self.prices)
         refused = [entry for entry in outputs if entry[2]]
         if self.turns_completed or self.failure:
             summary = {
@@ -606,6 +614,7 @@ class CodexDriver:
             model=options.get("model", "") or configured_model(home),
             baseline=state.get(resume, Usage()) if resume else Usage(),
             rollout=RolloutWatcher(home),
+            prices=parse_prices(options["pricing"]) if options.get("pricing") else None,
         )
 
         def on_line(stream: str, line: str) -> Any:
