@@ -145,6 +145,18 @@ async def test_real_claude_401_is_an_authentication_error_quoting_the_api(
     assert "sk-ant-wrong" not in result.stdout + result.stderr
 
 
+async def test_real_claude_401_with_an_api_message_quotes_it(
+    client: WorkspaceClient, workspace: workspace_pb2.Workspace, fake: FakeAnthropic
+) -> None:
+    """Any other 401 text (a revoked key, an organisation's policy) reaches the error as the
+    API wrote it; only "invalid x-api-key" is reworded by claude itself (test above)."""
+    fake.add(Turn.fail(401, "This key was revoked by your organization's admin"))
+    _, result = await client.run_agent(workspace, claude(), iteration=1, attempt=1, prompt="x")
+    assert not result.success and result.error_type == T.BUILD_ERROR_TYPE_AGENT_AUTH_ERROR
+    error = build_errors.from_agent_result(result)
+    assert "This key was revoked by your organization's admin" in error.message and "HTTP 401" in error.message
+
+
 @pytest.mark.parametrize(
     ("status", "shown"), [(500, "HTTP 500"), (529, "HTTP 529"), (429, "HTTP 429"), (DROP, "")]
 )
