@@ -289,6 +289,26 @@ async def test_a_lost_thread_falls_back_to_a_fresh_session_with_the_full_prompt(
     assert (result.tokens.input, result.tokens.output) == (500, 5)
 
 
+async def test_a_codex_login_reaches_the_sandboxed_agent_read_only(client, workspace, fake, monkeypatch):
+    """A `codex login` (auth.json in the operator's codex home, which the sandbox hides like
+    every login folder and all of AGENTGATE_HOME) reaches the agent through its run home's
+    link, read-only: the request carries the login's key and the agent cannot rewrite it."""
+    monkeypatch.delenv(API_KEY_ENV)
+    operator = Path(os.environ["CODEX_HOME"])
+    # The built-in OpenAI provider (the one a login is for), at the fake's address.
+    (operator / "config.toml").write_text(f'model = "{MODEL}"\nopenai_base_url = "{fake.base_url}"\n')
+    auth = operator / "auth.json"
+    login = json.dumps({"auth_mode": "apikey", "OPENAI_API_KEY": "sk-login-0123456789"})
+    auth.write_text(login)
+    fake.add(reply(command(f"sh -c 'echo hacked > {auth}'")), reply(message("Done.")))
+    _, result = await client.run_agent(workspace, common_pb2.AgentSpec(name="codex"), prompt="x", iteration=1)
+    assert result.success, result.stderr
+    requests = fake.responses_requests()
+    assert requests and {r.headers.get("authorization") for r in requests} == {"Bearer sk-login-0123456789"}
+    assert auth.read_text() == login
+    assert "Read-only file system" in result.tool_calls[0].output
+
+
 def test_refused_tool_calls_with_a_home_under_the_temporary_folder(fake, tmp_path, codex_on_path):
     """The same refusal, reproduced directly with the real CLI (a codex home under /tmp), fed
     to the driver's parser: every call is recorded with its error and the execution fails."""

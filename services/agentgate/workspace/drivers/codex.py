@@ -182,9 +182,16 @@ def prepare_home(home: Path, source: Path) -> list[str]:
     if auth.is_file() and not link.exists() and not link.is_symlink():
         # A link keeps a subscription login working (and refreshed in one place) without a
         # second copy of the credentials on disk.
-        link.symlink_to(auth)
+        link.symlink_to(auth.absolute())
         notes.append(f"codex login: {AUTH_FILE} linked from {source}")
     return notes
+
+
+def login_files(home: Path) -> list[Path]:
+    """The operator's login the run's home links to (`auth.json`), which the sandbox must
+    show for the link to resolve inside it (docs/agents.md, "Subscription login")."""
+    link = home / AUTH_FILE
+    return [Path(os.readlink(link))] if link.is_symlink() else []
 
 
 def configured_model(home: Path) -> str:
@@ -631,6 +638,7 @@ class CodexDriver:
             env=env,
             parser=parser,
             endpoints=configured_endpoints(home, options, env),
+            login_files=login_files(home),
         )
         if parser.thread_id:
             # The next execution on this thread subtracts what the thread had reached here.

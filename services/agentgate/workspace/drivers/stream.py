@@ -153,13 +153,15 @@ async def run_stream_cli(
     env: Mapping[str, str],
     parser: StreamParser,
     endpoints: Sequence[str] = (),
+    login_files: Sequence[Path] = (),
 ) -> common_pb2.AgentResult:
     """Runs a stream-printing CLI in the workspace with the prompt on stdin and returns the
     AgentResult: success = exit 0 within the timeout and a stream that says it succeeded.
 
     In AgentGate's sandbox the CLI's own install folder is shown read-only and the model
-    endpoints it was configured with (`endpoints`: base URLs) are allowed through the proxy
-    (docs/sandbox.md, "Model CLIs in the sandbox")."""
+    endpoints it was configured with (`endpoints`: base URLs) are allowed through the proxy,
+    and its login (`login_files`) is shown read-only (docs/sandbox.md, "Model CLIs in the
+    sandbox")."""
     prompt_file = invocation.prompt_dir / f"prompt-{invocation.iteration}.md"
     await asyncio.to_thread(_write_text, prompt_file, invocation.prompt)
     full_env = invocation.base_env()
@@ -184,6 +186,7 @@ async def run_stream_cli(
         sandbox = sandbox.widened(
             read_only=cli_install_paths(executable),
             endpoints=[e for url in endpoints if (e := endpoint_of(url)) is not None],
+            login_files=login_files,
         )
     reader = StreamReader(parser, cli)
     meter = BudgetMeter(invocation.budget)

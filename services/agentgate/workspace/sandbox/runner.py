@@ -210,17 +210,22 @@ class Sandbox:
         self._cgroup_root = str(cgroup_root)
 
     def widened(
-        self, *, read_only: Sequence[Path] = (), endpoints: Sequence[tuple[str, int]] = ()
+        self,
+        *,
+        read_only: Sequence[Path] = (),
+        endpoints: Sequence[tuple[str, int]] = (),
+        login_files: Sequence[Path] = (),
     ) -> Sandbox:
-        """The same sandbox with more read-only paths and allowed (host, port) endpoints:
-        what a driver adds for its own CLI (its install folder, its configured model
-        endpoint). Nothing else changes; an opt-out (`off`) stays off."""
-        if not self.enabled or (not read_only and not endpoints):
+        """The same sandbox with more read-only paths, allowed (host, port) endpoints and
+        login files: what a driver adds for its own CLI (its install folder, its configured
+        model endpoint, its login). Nothing else changes; an opt-out (`off`) stays off."""
+        if not self.enabled or (not read_only and not endpoints and not login_files):
             return self
         spec = replace(
             self.spec,
             extra_read_only=tuple(dict.fromkeys((*self.spec.extra_read_only, *read_only))),
             allowed_endpoints=tuple(dict.fromkeys((*self.spec.allowed_endpoints, *endpoints))),
+            login_files=tuple(dict.fromkeys((*self.spec.login_files, *login_files))),
         )
         return Sandbox(spec, on_refused=self.on_refused, cgroup_root=self._cgroup_root, bwrap=self.bwrap)
 

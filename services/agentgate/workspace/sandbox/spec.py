@@ -36,6 +36,9 @@ class SandboxSpec:
       (the scripted agent's report), bound read-write like `writable_dir`.
     - `run_dir`: the run's own folder under $AGENTGATE_HOME, shown read-only; everything else
       of `agentgate_home` is hidden.
+    - `login_files`: files of a model CLI's login (codex's `auth.json`) shown read-only at
+      their own path, over whatever hides their folder: the agent reads its own credential,
+      as it reads an API key in its environment, and cannot change the user's login.
     - `services_home`: the home of the services' user: HOME inside is a private tmpfs at
       this path, with `home_toolchains` (relative to it) shown read-only.
     - `include_service_python`: show the prefix of the Python running the services (its venv
@@ -58,6 +61,7 @@ class SandboxSpec:
     allowed_hosts: tuple[str, ...] = ()
     allowed_ports: tuple[int, ...] = defaults.PROXY_ALLOWED_PORTS
     allowed_endpoints: tuple[tuple[str, int], ...] = ()
+    login_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in defaults.MODES:
@@ -151,6 +155,9 @@ def bwrap_args(
     args += ["--ro-bind", str(passwd_file), "/etc/passwd", "--ro-bind", str(group_file), "/etc/group"]
     if spec.agentgate_home is not None:
         args += ["--tmpfs", str(spec.agentgate_home)]
+    for path in spec.login_files:
+        if path.is_file():
+            args += ["--ro-bind", str(path.resolve()), str(path)]
     if spec.run_dir is not None and spec.run_dir.exists():
         args += ["--ro-bind", str(spec.run_dir), str(spec.run_dir)]
     args += ["--bind", str(spec.writable_dir), str(spec.writable_dir)]
