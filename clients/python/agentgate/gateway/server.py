@@ -11,6 +11,7 @@ cancels the handler, which cancels the upstream call.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }
+
+_ASSET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 _NOT_BUILT = (
     "<!doctype html><title>AgentGate</title><p>The dashboard is not built: run <code>make dashboard</code> "
@@ -78,6 +81,14 @@ def make_app(sessions: Sessions, static_dir: Path | None, upstreams: Upstreams |
         if page is None or not page.is_file():
             return web.Response(text=_NOT_BUILT, content_type="text/html", status=503)
         return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        # Vite's hashed file names: one plain name, no folders (so no way out of assets/).
+        name = request.match_info["name"]
+        path = static_dir / "assets" / name if static_dir and _ASSET_NAME.fullmatch(name) else None
+        if path is None or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "SERVING"})
@@ -134,8 +145,7 @@ def make_app(sessions: Sessions, static_dir: Path | None, upstreams: Upstreams |
     app.router.add_post("/auth/code", issue_code)
     app.router.add_get("/login", login)
     app.router.add_post("/{service}/{method}", call)
-    if static_dir is not None and (static_dir / "assets").is_dir():
-        app.router.add_static("/assets", static_dir / "assets")
+    app.router.add_get("/assets/{name}", asset)
     return app
 
 
