@@ -200,7 +200,7 @@ def dashboard(
     except urllib.error.HTTPError as exc:
         raise fail(f"the gateway at {address} refused the token ({exc.code}): is it this suite's?") from None
     except (OSError, ValueError, KeyError):
-        raise fail(f"no dashboard gateway at {address}: start the suite with `agentgate up`", EXIT_UNREACHABLE) from None
+        raise fail(f"no dashboard gateway at {address}: start it with `agentgate up`", EXIT_UNREACHABLE) from None
     url = f"http://{address}/login?code={code}"
     if json_output:
         print(json.dumps({"url": url}))

@@ -45,7 +45,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentgate.common import security
 from agentgate.common.channels import sync_channel
-from agentgate.common.config import GATEWAY, GATEWAY_ADDRESS_ENV, SERVICES, agentgate_home, gateway_address, service_address
+from agentgate.common.config import (
+    GATEWAY,
+    GATEWAY_ADDRESS_ENV,
+    SERVICES,
+    agentgate_home,
+    gateway_address,
+    service_address,
+)
 from agentgate.common.pids import pid_alive
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
 

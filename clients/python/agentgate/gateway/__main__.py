@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from agentgate.common import security
-from agentgate.common.config import GATEWAY_ADDRESS_ENV, ConfigError, gateway_address
+from agentgate.common.config import DEFAULT_GATEWAY_ADDRESS, GATEWAY_ADDRESS_ENV, ConfigError, gateway_address
 from agentgate.common.server import configure_logging
 from agentgate.gateway.auth import Sessions
 from agentgate.gateway.server import make_app
@@ -28,7 +28,9 @@ BUILT_DASHBOARD = Path(__file__).resolve().parents[3] / "web" / "dist"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The gateway's flags."""
     parser = argparse.ArgumentParser(prog="agentgate-gateway", description="AgentGate dashboard gateway")
-    parser.add_argument("--address", help=f"host:port to listen on (env {GATEWAY_ADDRESS_ENV}, default 127.0.0.1:50080)")
+    parser.add_argument(
+        "--address", help=f"host:port to listen on (env {GATEWAY_ADDRESS_ENV}, default {DEFAULT_GATEWAY_ADDRESS})"
+    )
     parser.add_argument(
         "--dashboard-dir", help=f"the built dashboard (env {DASHBOARD_DIR_ENV}, default {BUILT_DASHBOARD})"
     )

@@ -135,7 +135,8 @@ def make_app(sessions: Sessions, static_dir: Path | None, upstreams: Upstreams |
         if found.server_streaming:
             return await _server_stream(request, channel, found, body, timeout)
         try:
-            reply = await channel.unary_unary(found.path)(body, timeout=timeout)
+            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(found.path)
+            reply = await unary(body, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             return _unary_error(exc.code(), exc.details() or "", bridge.status_details(exc.trailing_metadata()))
         return web.Response(body=reply, content_type=bridge.UNARY_PROTO)
@@ -184,7 +185,8 @@ async def _server_stream(
         await response.prepare(request)
         await response.write(bridge.end_stream(bridge.error_json(exc.code, exc.message)))
         return response
-    stream = channel.unary_stream(found.path)(message, timeout=timeout)
+    method: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(found.path)
+    stream = method(message, timeout=timeout)
     await response.prepare(request)
     try:
         async for chunk in stream:
