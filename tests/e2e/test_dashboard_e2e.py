@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -88,6 +89,17 @@ def _submit_sleeper(suite: Suite, project: Path, tmp_path: Path, name: str) -> d
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def stop_gateway(suite: Suite) -> None:
+    """SIGTERM to the gateway `up` started; returns once it is gone."""
+    pid = json.loads((suite.home / "run" / "gateway.pid").read_text())["pid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+
+
 def test_dashboard_in_a_browser(suite: Suite, tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     login = suite.cli("dashboard", "--json", check=True)
@@ -124,6 +136,14 @@ def test_dashboard_in_a_browser(suite: Suite, tmp_path: Path) -> None:
                     timeout=10,
                 ).seqs
                 print(f"APPENDED {seqs[0]} {sent_ms}", file=node.stdin, flush=True)
+            elif line == "RESTART_GATEWAY":
+                stop_gateway(suite)
+                seqs = persistence.AppendEvents(
+                    persistence_pb2.AppendEventsRequest(events=[_event(waiter, "appended while the gateway was down")]),
+                    timeout=10,
+                ).seqs
+                suite.cli("up", "--detach", check=True)
+                print(f"RESTARTED {seqs[0]}", file=node.stdin, flush=True)
             elif line == "NEED_BIG":
                 big = _submit_sleeper(suite, project, tmp_path, "big")
                 for start in range(0, BIG_RUN_EVENTS, 5000):
@@ -155,6 +175,10 @@ def test_dashboard_in_a_browser(suite: Suite, tmp_path: Path) -> None:
     assert "succeeded" in results["listRow"] and "scripted" in results["listRow"]
     # The waiting one: on the queue page at position 1, canceled from there.
     assert results["queueRow"].startswith("1"), results["queueRow"]
+    assert results["waiterPosition"].startswith("Queue position 1 (0 ahead)"), results["waiterPosition"]
+    # Through a gateway restart: every event once, in order.
+    seqs = results["seqsAfterReconnect"]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 3, seqs
     assert "running 1/1" in results["queueStats"]
     assert json.loads(suite.cli("status", waiter["work_order_id"], "--json").stdout)["status"] == "CANCELED"
     # 50,000 events: all replayed into the list, only a screenful of rows drawn.

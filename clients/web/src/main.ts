@@ -255,6 +255,7 @@ function iterationCard(run: Run, it: IterationData, previous: IterationData | un
 
 async function workOrderPage(id: string, signal: AbortSignal): Promise<void> {
   const header = h("div", { class: "header" });
+  const position = h("p", { class: "position", "data-testid": "position" });
   const runBox = h("div");
   const iterations = h("div", { class: "iterations" });
   const streamState = h("span", { class: "stream-state", "data-testid": "stream-state" }, "connecting");
@@ -268,6 +269,7 @@ async function workOrderPage(id: string, signal: AbortSignal): Promise<void> {
   const count = h("span", { "data-testid": "event-count" }, "0");
   app.replaceChildren(
     header,
+    position,
     runBox,
     h("h2", {}, "Iterations"),
     iterations,
@@ -362,12 +364,29 @@ async function workOrderPage(id: string, signal: AbortSignal): Promise<void> {
     }
   };
 
+  // While it waits: its place in the queue, live (WatchPosition streams every change).
+  const watchPosition = async () => {
+    try {
+      for await (const change of queue.watchPosition({ workOrderId: id }, { signal })) {
+        const p = change.position;
+        if (!p || p.position === 0) break;
+        const wait = p.estimatedWaitSeconds !== undefined ? `, estimated wait ${p.estimatedWaitSeconds.toFixed(0)}s` : "";
+        position.textContent = `Queue position ${p.position} (${p.ahead} ahead)${wait}`;
+      }
+    } catch (err) {
+      if (!signal.aborted) position.textContent = `position unavailable: ${errorText(err)}`;
+      return;
+    }
+    position.textContent = "";
+  };
+
   let pending: ReturnType<typeof setTimeout> | undefined;
   const refreshSoon = () => {
     clearTimeout(pending);
     pending = setTimeout(refresh, 300);
   };
   await refresh();
+  void watchPosition();
   void followEvents(
     id,
     {

@@ -104,6 +104,19 @@ try {
     Number(seq),
   );
   results.streamLatencyMs = arrivedAt - Number(sentAtMs);
+  // Its place in the queue, from WatchPosition (the other server stream).
+  await page.waitForFunction(() => document.querySelector("[data-testid=position]")?.textContent?.startsWith("Queue position"));
+  results.waiterPosition = await page.textContent("[data-testid=position]");
+
+  // The gateway restarts while an event is appended: the page reconnects and resumes after
+  // the last seq it had, missing nothing and repeating nothing.
+  const [, seqDuringRestart] = await ask("RESTART_GATEWAY");
+  await page.waitForFunction(
+    (s) => window.agentgateEvents.arrivals.some((a) => a.seq === s),
+    Number(seqDuringRestart),
+    { timeout: 30000 },
+  );
+  results.seqsAfterReconnect = await page.evaluate(() => window.agentgateEvents.arrivals.map((a) => a.seq));
 
   // The queue page: positions, then cancel the waiting work order from it.
   await page.goto(new URL("#/queue", page.url()).href);

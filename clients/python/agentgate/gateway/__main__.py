@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(address: str, sessions: Sessions, dashboard_dir: Path) -> None:
     """Serves until SIGTERM or SIGINT."""
     host, _, port = address.rpartition(":")
-    runner = web.AppRunner(make_app(sessions, dashboard_dir), handler_cancellation=True, access_log=None)
+    # Open event streams would hold a graceful shutdown for a minute: they are cut after a
+    # second instead, and the browsers reconnect from their last seq (docs/dashboard.md).
+    runner = web.AppRunner(
+        make_app(sessions, dashboard_dir), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+    )
     await runner.setup()
     await web.TCPSite(runner, host.strip("[]"), int(port)).start()
     log.info("gateway serving on http://%s (dashboard %s)", address, dashboard_dir)
