@@ -214,6 +214,16 @@ function reportSection(report: VerificationReport | undefined): HTMLElement {
   );
 }
 
+/** A run file named in an error (`agent-2.json`, `verification-2.json`): a link to the
+ * iteration on this page that shows it (from GetAgentResult / GetVerificationReport data). */
+function fileLink(file: string): HTMLElement {
+  const n = file.match(/-(\d+)\.json$/)?.[1];
+  if (!n) return h("code", {}, file);
+  const link = h("button", { type: "button", class: "file-link" }, file);
+  link.addEventListener("click", () => document.querySelector(`[data-testid=iteration-${n}]`)?.scrollIntoView());
+  return link;
+}
+
 function iterationCard(run: Run, it: IterationData, previous: IterationData | undefined, result?: AgentResult, report?: VerificationReport): HTMLElement {
   const diffBox = h("div", { class: "diff" });
   const diffButton = h("button", { "data-testid": `diff-${it.iteration}` }, "Show diff");
@@ -341,8 +351,8 @@ async function workOrderPage(id: string, signal: AbortSignal): Promise<void> {
               "div",
               { class: "build-error", "data-testid": "build-error" },
               h("p", {}, `${BuildErrorType[be.type]}: ${be.message}`),
-              be.agentResultFile ? h("p", { class: "muted" }, `agent result: ${be.agentResultFile}`) : null,
-              be.verificationFile ? h("p", { class: "muted" }, `verification: ${be.verificationFile}`) : null,
+              be.agentResultFile ? h("p", { class: "muted" }, "agent result: ", fileLink(be.agentResultFile)) : null,
+              be.verificationFile ? h("p", { class: "muted" }, "verification: ", fileLink(be.verificationFile)) : null,
               be.stderrTail ? h("pre", {}, be.stderrTail) : null,
             )
           : "",
@@ -418,7 +428,7 @@ async function queuePage(signal: AbortSignal): Promise<void> {
     h(
       "table",
       { class: "list", "data-testid": "queue" },
-      h("thead", {}, h("tr", {}, ...["position", "id", "state", "agent", "priority", "waiting", "estimated wait", ""].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["position", "id", "state", "agent", "priority", "submitted", "estimated wait", ""].map((t) => h("th", {}, t)))),
       body,
     ),
   );
