@@ -5,9 +5,12 @@ same origin only)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -257,3 +260,28 @@ def test_sessions_expire_and_codes_are_single_use() -> None:
     assert not sessions.session_ok(session)
     assert sessions.token_ok("Bearer token-1") and not sessions.token_ok("Bearer token-2")
     assert not sessions.token_ok(None) and not sessions.token_ok("token-1")
+
+
+async def _agentgate(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "agentgate"), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_agentgate_dashboard_prints_a_login_url_that_works_once(gateway: Gateway) -> None:
+    env = {**os.environ, "AGENTGATE_GATEWAY_ADDR": gateway.url.removeprefix("http://")}
+    code, out, err = await _agentgate("dashboard", "--json", env=env)
+    assert code == 0, err
+    url = json.loads(out)["url"]
+    assert url.startswith(f"{gateway.url}/login?code=") and gateway.token not in url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, allow_redirects=False) as r:
+            assert r.status == 303 and COOKIE in r.cookies
+    # Another suite's token is refused; no gateway at all says how to start one.
+    code, _, err = await _agentgate("dashboard", env={**env, "AGENTGATE_TOKEN": "not-this-suites"})
+    assert code == 1 and "refused the token" in err
+    code, _, err = await _agentgate("dashboard", env={**env, "AGENTGATE_GATEWAY_ADDR": free_address()})
+    assert code == 3 and "agentgate up" in err
