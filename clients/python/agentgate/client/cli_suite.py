@@ -182,8 +182,8 @@ def dashboard(
     The URL carries a one-time code (good for two minutes), not the token: the gateway
     swaps it for a session cookie and redirects to a clean address."""
     import urllib.error
-    import urllib.request
 
+    from agentgate.client.supervisor import gateway_call
     from agentgate.common import security
     from agentgate.common.config import gateway_address
 
@@ -191,15 +191,11 @@ def dashboard(
     token = security.client_token()
     if not token:
         raise fail(f"no token: run `agentgate up` (it makes $AGENTGATE_HOME/auth/token) or set {security.TOKEN_ENV}")
-    request = urllib.request.Request(
-        f"http://{address}/auth/code", method="POST", headers={"Authorization": f"Bearer {token}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own http URL
-            code = json.loads(response.read())["code"]
+        code = gateway_call(address, "/auth/code", 5, method="POST", token=token)["code"]
     except urllib.error.HTTPError as exc:
         raise fail(f"the gateway at {address} refused the token ({exc.code}): is it this suite's?") from None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         raise fail(f"no dashboard gateway at {address}: start it with `agentgate up`", EXIT_UNREACHABLE) from None
     url = f"http://{address}/login?code={code}"
     if json_output:

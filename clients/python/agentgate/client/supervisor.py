@@ -135,13 +135,23 @@ def check_health(address: str | None, timeout: float = 2.0) -> str:
         channel.close()
 
 
+def gateway_call(address: str, path: str, timeout: float, method: str = "GET", token: str | None = None) -> Any:
+    """The JSON answer of the gateway at `address` to `path` (docs/dashboard.md), straight to
+    it (never through an HTTP proxy of the environment). Raises OSError (HTTPError for a
+    refusal) or ValueError."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://{address}{path}", method=method, headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def check_gateway_health(address: str | None, timeout: float = 2.0) -> str:
     """SERVING when the gateway's `/healthz` answers so, else UNREACHABLE."""
     if not address:
         return "UNREACHABLE"
     try:
-        with urllib.request.urlopen(f"http://{address}/healthz", timeout=timeout) as response:  # noqa: S310 - our own http URL
-            status = json.loads(response.read()).get("status")
+        status = gateway_call(address, "/healthz", timeout).get("status")
     except (OSError, ValueError, AttributeError):
         return "UNREACHABLE"
     return status if isinstance(status, str) else "UNREACHABLE"

@@ -114,7 +114,7 @@ def routes() -> list[Route]:
     pool = descriptor_pool.Default()
     found = []
     for module in pkgutil.iter_modules(agentgate.v1.__path__):
-        if not module.name.endswith("_pb2") or module.name.endswith("_grpc"):
+        if not module.name.endswith("_pb2"):
             continue
         file = pool.FindFileByName(f"agentgate/v1/{module.name.removesuffix('_pb2')}.proto")
         for service in file.services_by_name.values():
