@@ -71,6 +71,7 @@ def suite_env(home: Path) -> dict[str, str]:
     env["AGENTGATE_HOME"] = str(home)
     for service in SERVICES:
         env[f"AGENTGATE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+    env["AGENTGATE_GATEWAY_ADDR"] = f"127.0.0.1:{free_port()}"
     return env
 
 

@@ -216,10 +216,11 @@ def max_overlap(work_orders: list[common_pb2.WorkOrder]) -> int:
 
 def test_ps_and_health_list_every_worker(suite: Suite) -> None:
     rows = ps(suite)
-    assert list(rows) == ["queue", "orchestrator-1", "orchestrator-2", "workspace", "persistence"]
+    assert list(rows) == ["queue", "orchestrator-1", "orchestrator-2", "workspace", "persistence", "gateway"]
     for row in rows.values():
         assert row["health"] == "SERVING" and row["pid"], row
     assert rows["orchestrator-1"]["address"] == suite.address("orchestrator")
+    assert rows["gateway"]["address"] == suite.address("gateway")
     assert rows["orchestrator-2"]["address"] not in {suite.address(s) for s in ("queue", "orchestrator")}
     health = json.loads(suite.cli("health", "--json", check=True).stdout)
     assert {name: value["status"] for name, value in health.items()} == {name: "SERVING" for name in rows}

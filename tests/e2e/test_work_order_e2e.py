@@ -32,7 +32,8 @@ def test_health_and_reflection(suite: Suite):
     result = suite.cli("health", "--json", check=True)
     states = json.loads(result.stdout)
     assert {name: s["status"] for name, s in states.items()} == {
-        "queue": "SERVING", "orchestrator-1": "SERVING", "workspace": "SERVING", "persistence": "SERVING"
+        "queue": "SERVING", "orchestrator-1": "SERVING", "workspace": "SERVING", "persistence": "SERVING",
+        "gateway": "SERVING",
     }
     for service, full_name in [
         ("queue", "agentgate.v1.QueueService"),

@@ -302,6 +302,7 @@ def test_up_makes_a_private_token_and_keeps_it_out_of_the_services_environment(t
     env["AGENTGATE_HOME"] = str(home)
     for service in SERVICES:
         env[f"AGENTGATE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+    env["AGENTGATE_GATEWAY_ADDR"] = f"127.0.0.1:{free_port()}"
     env.pop("AGENTGATE_TOKEN", None)
     up = subprocess.run([AGENTGATE, "up", "--detach"], env=env, capture_output=True, text=True, timeout=120)
     try:
@@ -310,7 +311,7 @@ def test_up_makes_a_private_token_and_keeps_it_out_of_the_services_environment(t
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         secrets = [token_file.read_text().strip().encode(), (home / "auth" / "service.key").read_text().strip().encode()]
         pids = [int(__import__("json").loads(p.read_text())["pid"]) for p in (home / "run").glob("*.pid")]
-        assert len(pids) == 4
+        assert len(pids) == 5  # the four services and the dashboard gateway
         for pid in pids:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
             assert b"AGENTGATE_TOKEN_FILE=" in environ  # told where the file is ...

@@ -58,6 +58,7 @@ def test_settings_are_kept_between_ups_until_down(supervisor: Supervisor) -> Non
         "orchestrator-1",
         "orchestrator-2",
         "orchestrator-3",
+        "gateway",
     ]
     supervisor.forget_config()
     assert supervisor.load_config() == SuiteConfig()
@@ -74,9 +75,14 @@ def test_a_damaged_settings_file_means_defaults(supervisor: Supervisor, text: st
 
 def test_orders_for_start_stop_and_display(supervisor: Supervisor) -> None:
     names = supervisor.instance_names(workers=2)
-    assert names == ["persistence", "workspace", "queue", "orchestrator-1", "orchestrator-2"]
-    assert supervisor.stop_order(names) == ["orchestrator-2", "orchestrator-1", "queue", "workspace", "persistence"]
-    assert supervisor.display_order(names) == ["queue", "orchestrator-1", "orchestrator-2", "workspace", "persistence"]
+    # The gateway starts last (it calls the others) and stops first.
+    assert names == ["persistence", "workspace", "queue", "orchestrator-1", "orchestrator-2", "gateway"]
+    assert supervisor.stop_order(names) == [
+        "gateway", "orchestrator-2", "orchestrator-1", "queue", "workspace", "persistence"
+    ]
+    assert supervisor.display_order(names) == [
+        "queue", "orchestrator-1", "orchestrator-2", "workspace", "persistence", "gateway"
+    ]
 
 
 def test_worker_addresses_and_pids_come_from_pid_files(supervisor: Supervisor) -> None:
@@ -103,6 +109,7 @@ def test_worker_addresses_and_pids_come_from_pid_files(supervisor: Supervisor) -
         "orchestrator-2",
         "orchestrator-4",
         "orchestrator-5",
+        "gateway",
     }
     supervisor.pid_file("queue").write_text("garbage")
     assert supervisor.read_pid("queue") is None

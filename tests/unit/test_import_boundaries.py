@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md hold: `common` < `harness` < services < clients. No
-service imports another service, and the client imports no service package. Checked on the
+service imports another service, the client imports no service package, and the dashboard
+gateway (a client-side process) imports `common` only. Checked on the
 source, every import statement of every module (lazy ones inside functions included)."""
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import pytest
 
 import agentgate.client
 import agentgate.common
+import agentgate.gateway
 
 SERVICES_ROOT = Path(agentgate.common.__file__).parent.parent
 CLIENT_ROOT = Path(agentgate.client.__file__).parent
+GATEWAY_ROOT = Path(agentgate.gateway.__file__).parent
 SERVICES = ("queue", "orchestrator", "workspace", "persistence")
 #: What each package may import of `agentgate`, besides itself and the stubs (`agentgate.v1`).
 ALLOWED = {
@@ -21,6 +24,7 @@ ALLOWED = {
     "harness": {"common"},
     **{service: {"common", "harness"} for service in SERVICES},
     "client": {"common", "harness"},
+    "gateway": {"common"},
 }
 
 
@@ -51,7 +55,7 @@ def violations(package: str, root: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("package", [p for p in ALLOWED if p != "client"])
+@pytest.mark.parametrize("package", [p for p in ALLOWED if p not in ("client", "gateway")])
 def test_a_service_package_imports_only_the_layers_below_it(package: str) -> None:
     root = SERVICES_ROOT / package
     assert any(root.rglob("*.py")), root
@@ -60,6 +64,11 @@ def test_a_service_package_imports_only_the_layers_below_it(package: str) -> Non
 
 def test_the_client_imports_no_service_package() -> None:
     assert violations("client", CLIENT_ROOT) == []
+
+
+def test_the_gateway_imports_only_common() -> None:
+    assert any(GATEWAY_ROOT.rglob("*.py"))
+    assert violations("gateway", GATEWAY_ROOT) == []
 
 
 def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:

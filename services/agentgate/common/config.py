@@ -18,6 +18,12 @@ DEFAULT_ADDRESSES = {
     "persistence": "127.0.0.1:50054",
 }
 
+#: The dashboard's HTTP gateway (docs/dashboard.md): not a gRPC service, so apart from
+#: SERVICES; loopback by default.
+GATEWAY = "gateway"
+GATEWAY_ADDRESS_ENV = "AGENTGATE_GATEWAY_ADDR"
+DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:50080"
+
 # Generous but explicit: agent results of 1 MiB stdout + 1 MiB stderr must fit.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -42,9 +48,19 @@ def service_address(service: str, override: str | None = None) -> str:
     if service not in DEFAULT_ADDRESSES:
         raise ConfigError(f"unknown service {service!r}")
     addr = override or os.environ.get(address_env_var(service)) or DEFAULT_ADDRESSES[service]
+    return _checked_address(address_env_var(service), addr)
+
+
+def gateway_address(override: str | None = None) -> str:
+    """host:port of the dashboard gateway, from the flag, AGENTGATE_GATEWAY_ADDR or the default."""
+    addr = override or os.environ.get(GATEWAY_ADDRESS_ENV) or DEFAULT_GATEWAY_ADDRESS
+    return _checked_address(GATEWAY_ADDRESS_ENV, addr)
+
+
+def _checked_address(key: str, addr: str) -> str:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{address_env_var(service)}: {addr!r} is not host:port")
+        raise ConfigError(f"{key}: {addr!r} is not host:port")
     return addr
 
 

@@ -14,7 +14,7 @@ from agentgate.client import cli_agents, cli_profiles, cli_queue, cli_runs, cli_
 app = typer.Typer(help="AgentGate: run AI coding agents safely.", no_args_is_help=True, add_completion=False)
 
 # Sub-apps without a name add their commands at the top level; the order is that of `--help`.
-app.add_typer(cli_suite.app)  # up, down, health, ps
+app.add_typer(cli_suite.app)  # up, down, health, ps, dashboard
 app.add_typer(cli_work_orders.app)  # submit, exec, watch, status, list, cancel, demo
 app.add_typer(cli_agents.app)  # agents
 app.add_typer(cli_runs.logs_app)  # logs

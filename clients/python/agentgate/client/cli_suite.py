@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agentgate.client.cli_shared import EXIT_FAILED, EXIT_USAGE, JsonFlag, console, err_console, fail
+from agentgate.client.cli_shared import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, JsonFlag, console, err_console, fail
 
 if TYPE_CHECKING:
     from agentgate.client.supervisor import Supervisor
@@ -40,7 +40,8 @@ def up(
 ) -> None:
     """Start the services as processes (--workers orchestrators) and wait until all serve.
 
-    Queue, workspace, persistence and one orchestrator per worker. Services already
+    Queue, workspace, persistence, one orchestrator per worker and the dashboard gateway
+    (docs/dashboard.md). Services already
     running are left alone and only missing ones start, so `up --detach` is idempotent
     and brings back one that died, with the settings of the last `up`."""
     from agentgate.client.supervisor import Supervisor
@@ -80,7 +81,6 @@ def up(
 def start_missing(supervisor: Supervisor, timeout: float) -> list[str]:
     """Starts the instances that are not serving (and stops workers above `--workers`);
     returns the names started. Exits on failure."""
-    from agentgate.client.supervisor import check_health
     from agentgate.common.config import ConfigError
 
     try:
@@ -94,7 +94,7 @@ def start_missing(supervisor: Supervisor, timeout: float) -> list[str]:
         console().print(f"{name:<16} stopped (above --workers)")
     started: list[str] = []
     for name in names:
-        if check_health(supervisor.address(name), timeout=1.0) == "SERVING":
+        if supervisor.health(name, timeout=1.0) == "SERVING":
             continue
         if supervisor.read_pid(name) is not None:
             supervisor.stop(name)  # alive but not serving: a stale process
@@ -170,3 +170,39 @@ def ps(json_output: JsonFlag = False) -> None:
     for row in rows:
         table.add_row(row.name, str(row.pid or "-"), row.address, row.health)
     console().print(table)
+
+
+@app.command()
+def dashboard(
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the URL in the default browser too.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Print a URL that logs a browser in to the dashboard once (docs/dashboard.md).
+
+    The URL carries a one-time code (good for two minutes), not the token: the gateway
+    swaps it for a session cookie and redirects to a clean address."""
+    import urllib.error
+
+    from agentgate.client.supervisor import gateway_call
+    from agentgate.common import security
+    from agentgate.common.config import gateway_address
+
+    address = gateway_address()
+    token = security.client_token()
+    if not token:
+        raise fail(f"no token: run `agentgate up` (it makes $AGENTGATE_HOME/auth/token) or set {security.TOKEN_ENV}")
+    try:
+        code = gateway_call(address, "/auth/code", 5, method="POST", token=token)["code"]
+    except urllib.error.HTTPError as exc:
+        raise fail(f"the gateway at {address} refused the token ({exc.code}): is it this suite's?") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise fail(f"no dashboard gateway at {address}: start it with `agentgate up`", EXIT_UNREACHABLE) from None
+    url = f"http://{address}/login?code={code}"
+    if json_output:
+        print(json.dumps({"url": url}))
+    else:
+        console().print(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)

@@ -5,8 +5,10 @@ terminal reaches only the supervisor, which then stops them in order), logging t
 `$AGENTGATE_HOME/logs/<instance>.log`, with a pid file `$AGENTGATE_HOME/run/<instance>.pid`
 that records its pid and address.
 
-An *instance* is one process: `queue`, `workspace`, `persistence`, and one
-`orchestrator-<i>` per worker (i = 1..N). Worker 1 listens on the orchestrator's address
+An *instance* is one process: `queue`, `workspace`, `persistence`, one
+`orchestrator-<i>` per worker (i = 1..N), and the dashboard's HTTP `gateway`
+(AGENTGATE_GATEWAY_ADDR, default 127.0.0.1:50080; docs/dashboard.md), started last and
+checked by its `/healthz`. Worker 1 listens on the orchestrator's address
 (AGENTGATE_ORCHESTRATOR_ADDR, default 127.0.0.1:50052); workers 2..N each get a free port
 on the same host, picked when they start and recorded in their pid file (that is where
 `ps` and `health` find them).
@@ -33,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -42,13 +45,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentgate.common import security
 from agentgate.common.channels import sync_channel
-from agentgate.common.config import SERVICES, agentgate_home, service_address
+from agentgate.common.config import (
+    GATEWAY,
+    GATEWAY_ADDRESS_ENV,
+    SERVICES,
+    agentgate_home,
+    gateway_address,
+    service_address,
+)
 from agentgate.common.pids import pid_alive
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
 
 # Start order: what others call first.
 START_ORDER = ("persistence", "workspace", "queue", "orchestrator")
-STOP_ORDER = ("orchestrator", "queue", "workspace", "persistence")
+STOP_ORDER = (GATEWAY, "orchestrator", "queue", "workspace", "persistence")
+#: The order of `ps` and `health`.
+DISPLAY_ORDER = (*SERVICES, GATEWAY)
 
 WORKER_PREFIX = "orchestrator-"
 _WORKER_NAME = re.compile(r"^orchestrator-([1-9][0-9]*)$")
@@ -121,6 +133,28 @@ def check_health(address: str | None, timeout: float = 2.0) -> str:
         return "UNREACHABLE"
     finally:
         channel.close()
+
+
+def gateway_call(address: str, path: str, timeout: float, method: str = "GET", token: str | None = None) -> Any:
+    """The JSON answer of the gateway at `address` to `path` (docs/dashboard.md), straight to
+    it (never through an HTTP proxy of the environment). Raises OSError (HTTPError for a
+    refusal) or ValueError."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://{address}{path}", method=method, headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def check_gateway_health(address: str | None, timeout: float = 2.0) -> str:
+    """SERVING when the gateway's `/healthz` answers so, else UNREACHABLE."""
+    if not address:
+        return "UNREACHABLE"
+    try:
+        status = gateway_call(address, "/healthz", timeout).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "UNREACHABLE"
+    return status if isinstance(status, str) else "UNREACHABLE"
 
 
 def queue_limits(address: str, timeout: float = 2.0) -> tuple[int, int] | None:
@@ -201,6 +235,7 @@ class Supervisor:
                 names.extend(worker_name(i) for i in range(1, count + 1))
             else:
                 names.append(service)
+        names.append(GATEWAY)
         return names
 
     def recorded_workers(self) -> list[str]:
@@ -237,7 +272,7 @@ class Supervisor:
     def display_order(self, names: list[str]) -> list[str]:
         """`names` in the order `ps` and `health` list them (queue, workers, workspace,
         persistence)."""
-        return sorted(names, key=lambda name: (SERVICES.index(service_of(name)), worker_index(name) or 0))
+        return sorted(names, key=lambda name: (DISPLAY_ORDER.index(service_of(name)), worker_index(name) or 0))
 
     # -- one instance ---------------------------------------------------------------
 
@@ -263,6 +298,8 @@ class Supervisor:
     def address(self, instance: str) -> str | None:
         """Where an instance listens: the service's address, except workers 2..N, whose
         address is in their pid file (None before the first start)."""
+        if instance == GATEWAY:
+            return gateway_address()
         index = worker_index(instance)
         if index is None or index == 1:
             return service_address(service_of(instance))
@@ -274,9 +311,15 @@ class Supervisor:
         rows = []
         for name in self.display_order(self.known_instances()):
             address = self.address(name)
-            health = check_health(address)
+            health = self.health(name)
             rows.append(ServiceStatus(name, address or "-", self.read_pid(name), health, service_of(name)))
         return rows
+
+    def health(self, instance: str, timeout: float = 2.0) -> str:
+        """The health of one instance: gRPC health for the services, `/healthz` for the gateway."""
+        if instance == GATEWAY:
+            return check_gateway_health(self.address(instance), timeout)
+        return check_health(self.address(instance), timeout)
 
     def ensure_credentials(self) -> tuple[Path, Path]:
         """Makes (or keeps) the client token and service key files of this home; the
@@ -295,6 +338,7 @@ class Supervisor:
         env["AGENTGATE_HOME"] = str(self.home)
         for name in SERVICES:
             env[f"AGENTGATE_{name.upper()}_ADDR"] = service_address(name)
+        env[GATEWAY_ADDRESS_ENV] = gateway_address()
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
         return env
@@ -309,7 +353,7 @@ class Supervisor:
         service = service_of(instance)
         index = worker_index(instance)
         args = [*self.load_config().args_for(service), *(extra_args or [])]
-        address = service_address(service)
+        address = gateway_address() if instance == GATEWAY else service_address(service)
         if index is not None and index > 1:
             # A fresh port each start: the old one may have been taken meanwhile.
             address = self._new_worker_address()
@@ -340,7 +384,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             for name in instances:
                 if health[name] != "SERVING":
-                    health[name] = check_health(self.address(name), timeout=1.0)
+                    health[name] = self.health(name, timeout=1.0)
             if all(value == "SERVING" for value in health.values()):
                 break
             time.sleep(0.1)
