@@ -40,7 +40,7 @@ class MemoryWorkspace:
         self.calls: list[str] = []
         self.prompts: list[str] = []
 
-    async def prepare(self, run_id, source, harness) -> workspace_pb2.PrepareForRunResponse:
+    async def prepare(self, run_id, source, harness, patches=()) -> workspace_pb2.PrepareForRunResponse:
         self.calls.append("prepare")
         return workspace_pb2.PrepareForRunResponse(
             workspace=workspace_pb2.Workspace(id="ws-1", path="/ws/1", branch="agentgate/run-1"), rules="be tidy"
@@ -62,6 +62,9 @@ class MemoryWorkspace:
             raise OperationFailed(common_pb2.BuildError(type=T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR,
                                                         message="Snapshot failed: disk full"))
         return workspace_pb2.CreateSnapshotResponse(snapshot_id=f"c{len(self.calls)}", has_changes=True)
+
+    async def export_patch(self, workspace_id, from_snapshot_id, to_snapshot_id) -> workspace_pb2.ExportPatchResponse:
+        return workspace_pb2.ExportPatchResponse(patch=b"", to_commit=to_snapshot_id)
 
     async def verify(self, workspace_id, snapshot_id, run_id, iteration, settings) -> common_pb2.VerificationReport:
         self.calls.append(f"verify {iteration}")
@@ -105,6 +108,9 @@ class MemoryPersistence:
 
     async def save_verification_report(self, report: common_pb2.VerificationReport) -> Saved:
         return self._saved("verification", "verification.json")
+
+    async def save_patch(self, patch: common_pb2.RunPatch, cumulative: common_pb2.RunPatch) -> Saved:
+        return self._saved("patch", f"patch-{patch.iteration}.diff")
 
     def event_subscriber(self, run_id: str) -> MemoryPersistence:
         return self
