@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from agentgate.client.cli_shared import EXIT_USAGE, JsonFlag, console, fail, open_client
+from agentgate.client.cli_shared import EXIT_USAGE, JsonFlag, console, err_console, fail, open_client
 
 app = typer.Typer()
 
@@ -70,6 +70,14 @@ def apply(
     with open_client() as client:
         run = _run(client, ident)
         patch = _call(f"patch.diff of {run.id}", lambda: client.patch(run.id))
+    from agentgate.v1 import common_pb2
+
+    if run.result != common_pb2.RUN_RESULT_SUCCEEDED:
+        # Partial work can be worth having, but nobody should take it for a passed gate.
+        state = common_pb2.RunResult.Name(run.result).removeprefix("RUN_RESULT_").lower()
+        err_console().print(
+            f"[yellow]warning:[/yellow] run {run.id} did not succeed ({state}): its last snapshot is applied"
+        )
     target = to
     if target is None:
         if not run.source.local_path:
