@@ -521,18 +521,22 @@ class RunExecutor:
         data.snapshot_commit = snapshot.snapshot_id
         data.has_changes = snapshot.has_changes
         self.run.final_commit = snapshot.snapshot_id
-        # Before the iteration's record: a record on file means its patch is too (resume.py).
-        await self._store_patch(iteration, snapshot.snapshot_id)
-
+        # Stored while the gate runs (off the run's critical path, docs/benchmarks.md), and
+        # awaited before the iteration's record: a record on file means its patch is too
+        # (resume.py). Awaited however verification ends, so it never outlives the iteration.
+        patch_stored = asyncio.create_task(self._store_patch(iteration, snapshot.snapshot_id))
         report: common_pb2.VerificationReport | None = None
         report_file = ""
-        if agent.success:
-            self._set_state(S.RUN_STATE_VERIFYING)
-            report, report_file = await self._verify(iteration, snapshot.snapshot_id)
-            data.verification_file = report_file
-            data.verification_passed = report.passed
-            data.levels_run.extend(report.levels_run)
-            data.verification_duration_seconds = report.duration_seconds
+        try:
+            if agent.success:
+                self._set_state(S.RUN_STATE_VERIFYING)
+                report, report_file = await self._verify(iteration, snapshot.snapshot_id)
+                data.verification_file = report_file
+                data.verification_passed = report.passed
+                data.levels_run.extend(report.levels_run)
+                data.verification_duration_seconds = report.duration_seconds
+        finally:
+            await patch_stored
 
         decision = self._decide(iteration, agent, report, snapshot.has_changes, history, started)
         error: common_pb2.BuildError | None = None
