@@ -40,7 +40,7 @@ class MemoryWorkspace:
         self.calls: list[str] = []
         self.prompts: list[str] = []
 
-    async def prepare(self, run_id, source, harness) -> workspace_pb2.PrepareForRunResponse:
+    async def prepare(self, run_id, source, harness, patches=()) -> workspace_pb2.PrepareForRunResponse:
         self.calls.append("prepare")
         return workspace_pb2.PrepareForRunResponse(
             workspace=workspace_pb2.Workspace(id="ws-1", path="/ws/1", branch="agentgate/run-1"), rules="be tidy"
@@ -62,6 +62,9 @@ class MemoryWorkspace:
             raise OperationFailed(common_pb2.BuildError(type=T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR,
                                                         message="Snapshot failed: disk full"))
         return workspace_pb2.CreateSnapshotResponse(snapshot_id=f"c{len(self.calls)}", has_changes=True)
+
+    async def export_patch(self, workspace_id, from_snapshot_id, to_snapshot_id) -> workspace_pb2.ExportPatchResponse:
+        return workspace_pb2.ExportPatchResponse(patch=b"", to_commit=to_snapshot_id)
 
     async def verify(self, workspace_id, snapshot_id, run_id, iteration, settings) -> common_pb2.VerificationReport:
         self.calls.append(f"verify {iteration}")
@@ -105,6 +108,9 @@ class MemoryPersistence:
 
     async def save_verification_report(self, report: common_pb2.VerificationReport) -> Saved:
         return self._saved("verification", "verification.json")
+
+    async def save_patch(self, patch: common_pb2.RunPatch, cumulative: common_pb2.RunPatch) -> Saved:
+        return self._saved("patch", f"patch-{patch.iteration}.diff")
 
     def event_subscriber(self, run_id: str) -> MemoryPersistence:
         return self
@@ -251,3 +257,96 @@ async def test_events_that_find_the_disk_full_stop_the_agent_in_progress() -> No
     run = persistence.runs[-1]
     assert run.build_error.message == "No space left on device while writing persistence.db (saving events)"
     assert persistence.types()[-1] == ev.RUN_FAILED
+
+
+class StoredPersistence(MemoryPersistence):
+    """A persistence port holding what attempt 1 of run-1 stored: iteration 1 done, with
+    its patch, its session and its feedback; 120 tokens and $0.50 spent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored_run = common_pb2.Run(
+            id="run-1", tokens=common_pb2.TokenUsage(total=120), cost_usd=0.5,
+            attempts=[common_pb2.RunAttempt(attempt=1, worker_id="w-lost")],
+        )
+        decision = common_pb2.LoopDecision(should_continue=True, reason="gate failed", feedback="FIX THE TEST")
+        self.stored = [
+            common_pb2.IterationData(run_id="run-1", iteration=1, snapshot_id="old-1", agent_success=True,
+                                     agent_session_id="sess-1", decision=decision, has_changes=True),
+        ]
+        self.patches = {1: common_pb2.RunPatch(run_id="run-1", iteration=1, patch=b"P1", to_commit="old-1")}
+        self.prepared_with: list[bytes] = []
+
+    async def get_run(self, run_id: str) -> common_pb2.Run | None:
+        return self.stored_run
+
+    async def list_iterations(self, run_id: str) -> list[common_pb2.IterationData]:
+        return self.stored
+
+    async def get_patch(self, run_id: str, iteration: int) -> common_pb2.RunPatch | None:
+        return self.patches.get(iteration)
+
+    async def get_agent_result(self, run_id: str, iteration: int) -> common_pb2.AgentResult | None:
+        return common_pb2.AgentResult(run_id=run_id, iteration=iteration, success=True)
+
+    async def get_verification_report(self, run_id: str, iteration: int) -> common_pb2.VerificationReport | None:
+        return None
+
+
+class ResumingWorkspace(MemoryWorkspace):
+    """Records the patches a resumed run's workspace is made with, and resumed sessions."""
+
+    def __init__(self, gates: Sequence[bool]):
+        super().__init__(gates)
+        self.patches: list[bytes] = []
+        self.sessions: list[str] = []
+
+    async def prepare(self, run_id, source, harness, patches=()) -> workspace_pb2.PrepareForRunResponse:
+        self.patches = list(patches)
+        prepared = await super().prepare(run_id, source, harness)
+        prepared.patch_snapshots.extend(f"new-{n}" for n in range(1, len(patches) + 1))
+        return prepared
+
+    async def run_agent(self, *, resume_session_id: str = "", **kwargs) -> common_pb2.AgentResult:
+        self.sessions.append(resume_session_id)
+        return await super().run_agent(**kwargs)
+
+
+async def test_a_later_attempt_resumes_after_the_last_completed_iteration() -> None:
+    order = work_order(max_iterations=3)
+    order.attempts = 2
+    workspace, persistence = ResumingWorkspace([True]), StoredPersistence()
+    outcome = await RunExecutor(order, workspace, persistence, worker_id="w-new").execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+    assert workspace.patches == [b"P1"]  # the workspace is made from the source plus iteration 1's patch
+    assert workspace.calls == ["prepare", "agent 2", "snapshot", "verify 2", "release"]  # iteration 1 is not run
+    assert "FIX THE TEST" in workspace.prompts[0]  # iteration 1's feedback
+    assert workspace.sessions == ["sess-1"]  # the agent session goes on
+    run = persistence.runs[-1]
+    assert run.iteration_count == 2
+    assert [(a.attempt, a.worker_id, a.resumed_after_iteration) for a in run.attempts] == [
+        (1, "w-lost", 0), (2, "w-new", 1)
+    ]
+    assert (run.tokens.total, round(run.cost_usd, 2)) == (130, 0.51)  # attempt 1's spending counts
+    assert [data.run_attempt for data in persistence.iterations] == [2]
+
+
+async def test_a_later_attempt_starts_over_when_the_patches_no_longer_apply() -> None:
+    class MovedSource(ResumingWorkspace):
+        async def prepare(self, run_id, source, harness, patches=()) -> workspace_pb2.PrepareForRunResponse:
+            if patches:
+                raise OperationFailed(
+                    common_pb2.BuildError(message="the stored patch of iteration 1 does not apply"), permanent=True
+                )
+            return await super().prepare(run_id, source, harness)
+
+    order = work_order(max_iterations=3)
+    order.attempts = 2
+    workspace, persistence = MovedSource([True]), StoredPersistence()
+    outcome = await RunExecutor(order, workspace, persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
+    assert workspace.calls[:2] == ["prepare", "agent 1"]
+    warnings = [e.persistence_warning.message for e in persistence.events if e.type == ev.PERSISTENCE_WARNING]
+    assert any("starts over from iteration 1" in message for message in warnings), warnings

@@ -1248,6 +1248,7 @@ class AgentResult(_message.Message):
     ERROR_TYPE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     SESSION_NOTE_FIELD_NUMBER: _builtins.int
+    RUN_ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     session_id: _builtins.str
@@ -1279,6 +1280,10 @@ class AgentResult(_message.Message):
     session_note: _builtins.str
     """The agent resumed no session although one was asked for (lost session): it started a
     fresh one with the full prompt; says why.
+    """
+    run_attempt: _builtins.int
+    """The lease of the work order this was made under (the queue's attempt, from 1; 0 = 1):
+    a later attempt's files are kept beside the first's (docs/results.md).
     """
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -1315,10 +1320,11 @@ class AgentResult(_message.Message):
         error_type: Global___BuildErrorType.ValueType = ...,
         error_message: _builtins.str = ...,
         session_note: _builtins.str = ...,
+        run_attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "structured_output", b"structured_output", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "error_type", b"error_type", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "session_note", b"session_note", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_truncated", b"stdout_truncated", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "captured_at", b"captured_at", "cost_usd", b"cost_usd", "driver", b"driver", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "error_type", b"error_type", "exit_code", b"exit_code", "iteration", b"iteration", "model", b"model", "run_attempt", b"run_attempt", "run_id", b"run_id", "session_id", b"session_id", "session_note", b"session_note", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_truncated", b"stdout_truncated", "structured_output", b"structured_output", "success", b"success", "timed_out", b"timed_out", "tokens", b"tokens", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1454,6 +1460,7 @@ class VerificationReport(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_COMMIT_FIELD_NUMBER: _builtins.int
     GATE_PLAN_SOURCE_FIELD_NUMBER: _builtins.int
+    RUN_ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     passed: _builtins.bool
@@ -1462,6 +1469,8 @@ class VerificationReport(_message.Message):
     snapshot_commit: _builtins.str
     gate_plan_source: _builtins.str
     """Where the plan came from: file path, inline, detected, none."""
+    run_attempt: _builtins.int
+    """The work order's attempt this report belongs to (see AgentResult.run_attempt)."""
     @_builtins.property
     def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LevelResult]: ...
     @_builtins.property
@@ -1487,10 +1496,11 @@ class VerificationReport(_message.Message):
         settings: Global___VerificationSettings | None = ...,
         snapshot_commit: _builtins.str = ...,
         gate_plan_source: _builtins.str = ...,
+        run_attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "duration_seconds", b"duration_seconds", "gate_plan_source", b"gate_plan_source", "iteration", b"iteration", "levels", b"levels", "levels_run", b"levels_run", "passed", b"passed", "run_id", b"run_id", "settings", b"settings", "skipped_levels", b"skipped_levels", "snapshot_commit", b"snapshot_commit", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "duration_seconds", b"duration_seconds", "gate_plan_source", b"gate_plan_source", "iteration", b"iteration", "levels", b"levels", "levels_run", b"levels_run", "passed", b"passed", "run_attempt", b"run_attempt", "run_id", b"run_id", "settings", b"settings", "skipped_levels", b"skipped_levels", "snapshot_commit", b"snapshot_commit", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1601,6 +1611,7 @@ class IterationData(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     HAS_CHANGES_FIELD_NUMBER: _builtins.int
+    RUN_ATTEMPT_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     state: Global___RunState.ValueType
@@ -1621,6 +1632,8 @@ class IterationData(_message.Message):
     error_message: _builtins.str
     has_changes: _builtins.bool
     """Whether the agent changed the workspace in this iteration."""
+    run_attempt: _builtins.int
+    """The work order's attempt this iteration ran in (see AgentResult.run_attempt)."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1666,10 +1679,11 @@ class IterationData(_message.Message):
         decision: Global___LoopDecision | None = ...,
         attempts: _abc.Iterable[Global___RetryAttempt] | None = ...,
         has_changes: _builtins.bool = ...,
+        run_attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "finished_at", b"finished_at", "started_at", b"started_at", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_duration_seconds", b"agent_duration_seconds", "agent_result_file", b"agent_result_file", "agent_session_id", b"agent_session_id", "agent_success", b"agent_success", "attempts", b"attempts", "cost_usd", b"cost_usd", "decision", b"decision", "duration_seconds", b"duration_seconds", "error_details", b"error_details", "error_message", b"error_message", "error_type", b"error_type", "feedback_generated", b"feedback_generated", "finished_at", b"finished_at", "has_changes", b"has_changes", "iteration", b"iteration", "levels_run", b"levels_run", "model", b"model", "run_id", b"run_id", "snapshot_commit", b"snapshot_commit", "snapshot_id", b"snapshot_id", "started_at", b"started_at", "state", b"state", "tokens", b"tokens", "verification_duration_seconds", b"verification_duration_seconds", "verification_file", b"verification_file", "verification_passed", b"verification_passed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_duration_seconds", b"agent_duration_seconds", "agent_result_file", b"agent_result_file", "agent_session_id", b"agent_session_id", "agent_success", b"agent_success", "attempts", b"attempts", "cost_usd", b"cost_usd", "decision", b"decision", "duration_seconds", b"duration_seconds", "error_details", b"error_details", "error_message", b"error_message", "error_type", b"error_type", "feedback_generated", b"feedback_generated", "finished_at", b"finished_at", "has_changes", b"has_changes", "iteration", b"iteration", "levels_run", b"levels_run", "model", b"model", "run_attempt", b"run_attempt", "run_id", b"run_id", "snapshot_commit", b"snapshot_commit", "snapshot_id", b"snapshot_id", "started_at", b"started_at", "state", b"state", "tokens", b"tokens", "verification_duration_seconds", b"verification_duration_seconds", "verification_file", b"verification_file", "verification_passed", b"verification_passed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1707,6 +1721,8 @@ class Run(_message.Message):
     PERSISTENCE_WARNINGS_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     work_order_id: _builtins.str
     state: Global___RunState.ValueType
@@ -1748,6 +1764,14 @@ class Run(_message.Message):
     def tokens(self) -> Global___TokenUsage:
         """Token and cost totals over all iterations."""
 
+    @_builtins.property
+    def source(self) -> Global___WorkspaceSource:
+        """Where the work order's files came from (the default target of `agentgate apply`)."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunAttempt]:
+        """Every lease of the work order that worked on this run, in order (docs/results.md)."""
+
     def __init__(
         self,
         *,
@@ -1777,11 +1801,102 @@ class Run(_message.Message):
         persistence_warnings: _builtins.int = ...,
         tokens: Global___TokenUsage | None = ...,
         cost_usd: _builtins.float = ...,
+        source: Global___WorkspaceSource | None = ...,
+        attempts: _abc.Iterable[Global___RunAttempt] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "build_error", b"build_error", "created_at", b"created_at", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "started_at", b"started_at", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "build_error", b"build_error", "created_at", b"created_at", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "source", b"source", "started_at", b"started_at", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "branch_name", b"branch_name", "build_error", b"build_error", "cost_usd", b"cost_usd", "created_at", b"created_at", "error", b"error", "final_commit", b"final_commit", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "id", b"id", "iteration_count", b"iteration_count", "loop_result", b"loop_result", "max_iterations", b"max_iterations", "persistence_warnings", b"persistence_warnings", "pr_url", b"pr_url", "result", b"result", "started_at", b"started_at", "state", b"state", "stop_reason", b"stop_reason", "task_prompt", b"task_prompt", "tokens", b"tokens", "trace_id", b"trace_id", "work_order_id", b"work_order_id", "workspace_id", b"workspace_id", "workspace_path", b"workspace_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch_name", b"branch_name", "build_error", b"build_error", "cost_usd", b"cost_usd", "created_at", b"created_at", "error", b"error", "final_commit", b"final_commit", "finished_at", b"finished_at", "github_summary", b"github_summary", "harness", b"harness", "id", b"id", "iteration_count", b"iteration_count", "loop_result", b"loop_result", "max_iterations", b"max_iterations", "persistence_warnings", b"persistence_warnings", "pr_url", b"pr_url", "result", b"result", "source", b"source", "started_at", b"started_at", "state", b"state", "stop_reason", b"stop_reason", "task_prompt", b"task_prompt", "tokens", b"tokens", "trace_id", b"trace_id", "work_order_id", b"work_order_id", "workspace_id", b"workspace_id", "workspace_path", b"workspace_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class RunAttempt(_message.Message):
+    """One lease of a run's work order: a worker that worked on the run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    RESUMED_AFTER_ITERATION_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """The queue's attempt number, from 1."""
+    worker_id: _builtins.str
+    resumed_after_iteration: _builtins.int
+    """The last iteration completed before this attempt (0 = it started from the beginning);
+    the attempt went on from the stored patches and state of that iteration.
+    """
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        resumed_after_iteration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "resumed_after_iteration", b"resumed_after_iteration", "started_at", b"started_at", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunAttempt: _TypeAlias = RunAttempt  # noqa: Y015
+
+@_typing.final
+class RunPatch(_message.Message):
+    """A patch of a run's change, stored by persistence (docs/results.md). Agent-produced:
+    bounded in size (MAX_PATCH_BYTES) and never trusted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    RUN_ATTEMPT_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    FROM_COMMIT_FIELD_NUMBER: _builtins.int
+    TO_COMMIT_FIELD_NUMBER: _builtins.int
+    TO_TREE_FIELD_NUMBER: _builtins.int
+    CHANGED_FILES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    iteration: _builtins.int
+    """The iteration whose change this is (against the previous snapshot); 0 = the run's
+    cumulative change against the source.
+    """
+    run_attempt: _builtins.int
+    """The work order's attempt that made it (see AgentResult.run_attempt)."""
+    patch: _builtins.bytes
+    """`git diff --binary --full-index` output (binary files and renames survive `git apply`)."""
+    from_commit: _builtins.str
+    """The commit the patch applies to: the previous snapshot, or for the cumulative patch the
+    source's commit ('' when the source was a plain directory: the patch applies to its files).
+    """
+    to_commit: _builtins.str
+    """The snapshot the patch leads to, and that snapshot's tree."""
+    to_tree: _builtins.str
+    @_builtins.property
+    def changed_files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+        run_attempt: _builtins.int = ...,
+        patch: _builtins.bytes = ...,
+        from_commit: _builtins.str = ...,
+        to_commit: _builtins.str = ...,
+        to_tree: _builtins.str = ...,
+        changed_files: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_files", b"changed_files", "from_commit", b"from_commit", "iteration", b"iteration", "patch", b"patch", "run_attempt", b"run_attempt", "run_id", b"run_id", "to_commit", b"to_commit", "to_tree", b"to_tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunPatch: _TypeAlias = RunPatch  # noqa: Y015

@@ -557,6 +557,100 @@ class ListIterationsResponse(_message.Message):
 Global___ListIterationsResponse: _TypeAlias = ListIterationsResponse  # noqa: Y015
 
 @_typing.final
+class SavePatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATCH_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def patch(self) -> _common_pb2.RunPatch:
+        """The iteration's change against the previous snapshot."""
+
+    @_builtins.property
+    def cumulative(self) -> _common_pb2.RunPatch:
+        """The run's change so far against its source (iteration is ignored: stored as 0)."""
+
+    def __init__(
+        self,
+        *,
+        patch: _common_pb2.RunPatch | None = ...,
+        cumulative: _common_pb2.RunPatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cumulative", b"cumulative", "patch", b"patch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cumulative", b"cumulative", "patch", b"patch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SavePatchRequest: _TypeAlias = SavePatchRequest  # noqa: Y015
+
+@_typing.final
+class SavePatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_FILE_FIELD_NUMBER: _builtins.int
+    file: _builtins.str
+    """File names inside the run directory (patch-N.diff, patch.diff)."""
+    cumulative_file: _builtins.str
+    def __init__(
+        self,
+        *,
+        file: _builtins.str = ...,
+        cumulative_file: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cumulative_file", b"cumulative_file", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SavePatchResponse: _TypeAlias = SavePatchResponse  # noqa: Y015
+
+@_typing.final
+class GetPatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    iteration: _builtins.int
+    """0 = the cumulative patch."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        iteration: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["iteration", b"iteration", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPatchRequest: _TypeAlias = GetPatchRequest  # noqa: Y015
+
+@_typing.final
+class GetPatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def patch(self) -> _common_pb2.RunPatch: ...
+    def __init__(
+        self,
+        *,
+        patch: _common_pb2.RunPatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["patch", b"patch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patch", b"patch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPatchResponse: _TypeAlias = GetPatchResponse  # noqa: Y015
+
+@_typing.final
 class AppendEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

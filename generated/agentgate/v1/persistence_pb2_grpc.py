@@ -111,6 +111,16 @@ class PersistenceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_persistence__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_persistence__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.SavePatch = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/SavePatch',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.SavePatchRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.SavePatchResponse.FromString,
+                _registered_method=True)
+        self.GetPatch = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/GetPatch',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -224,6 +234,21 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SavePatch(self, request, context):
+        """Stores an iteration's patch (patch-{N}.diff) and the run's cumulative one (patch.diff).
+        RESOURCE_EXHAUSTED when a patch is over MAX_PATCH_BYTES (docs/results.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPatch(self, request, context):
+        """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +326,16 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=agentgate_dot_v1_dot_persistence__pb2.StreamEventsRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_persistence__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'SavePatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SavePatch,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.SavePatchRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.SavePatchResponse.SerializeToString,
+            ),
+            'GetPatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPatch,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +745,60 @@ class PersistenceService:
             '/agentgate.v1.PersistenceService/StreamEvents',
             agentgate_dot_v1_dot_persistence__pb2.StreamEventsRequest.SerializeToString,
             agentgate_dot_v1_dot_persistence__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SavePatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/SavePatch',
+            agentgate_dot_v1_dot_persistence__pb2.SavePatchRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.SavePatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/GetPatch',
+            agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

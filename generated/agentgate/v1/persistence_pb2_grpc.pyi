@@ -67,6 +67,12 @@ class PersistenceServiceStub:
     """Replays the events after after_seq, then (follow) streams new ones until the
     work order's run ends.
     """
+    SavePatch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.SavePatchRequest, _persistence_pb2.SavePatchResponse]
+    """Stores an iteration's patch (patch-{N}.diff) and the run's cumulative one (patch.diff).
+    RESOURCE_EXHAUSTED when a patch is over MAX_PATCH_BYTES (docs/results.md).
+    """
+    GetPatch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetPatchRequest, _persistence_pb2.GetPatchResponse]
+    """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -107,6 +113,12 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Replays the events after after_seq, then (follow) streams new ones until the
     work order's run ends.
     """
+    SavePatch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.SavePatchRequest, _persistence_pb2.SavePatchResponse]  # type: ignore[assignment]
+    """Stores an iteration's patch (patch-{N}.diff) and the run's cumulative one (patch.diff).
+    RESOURCE_EXHAUSTED when a patch is over MAX_PATCH_BYTES (docs/results.md).
+    """
+    GetPatch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetPatchRequest, _persistence_pb2.GetPatchResponse]  # type: ignore[assignment]
+    """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Memory: runs, iterations, results, reports and the event log.
@@ -234,5 +246,23 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replays the events after after_seq, then (follow) streams new ones until the
         work order's run ends.
         """
+
+    @_abc_1.abstractmethod
+    def SavePatch(
+        self,
+        request: _persistence_pb2.SavePatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.SavePatchResponse, _abc.Awaitable[_persistence_pb2.SavePatchResponse]]:
+        """Stores an iteration's patch (patch-{N}.diff) and the run's cumulative one (patch.diff).
+        RESOURCE_EXHAUSTED when a patch is over MAX_PATCH_BYTES (docs/results.md).
+        """
+
+    @_abc_1.abstractmethod
+    def GetPatch(
+        self,
+        request: _persistence_pb2.GetPatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetPatchResponse, _abc.Awaitable[_persistence_pb2.GetPatchResponse]]:
+        """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

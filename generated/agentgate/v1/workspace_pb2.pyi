@@ -84,6 +84,7 @@ class PrepareForRunRequest(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     BRANCH_PATTERN_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    PATCHES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     gate_plan_yaml: _builtins.str
     """Inline gate plan; empty = the workspace's own verify.yaml."""
@@ -99,6 +100,13 @@ class PrepareForRunRequest(_message.Message):
         unset mode = the service's default (on).
         """
 
+    @_builtins.property
+    def patches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """A resumed run's stored iteration patches (RunPatch.patch, in order): each is applied
+        and committed as a snapshot after the initial one, so the workspace continues where the
+        lost attempt stopped (docs/results.md). FAILED_PRECONDITION when one does not apply.
+        """
+
     def __init__(
         self,
         *,
@@ -108,10 +116,11 @@ class PrepareForRunRequest(_message.Message):
         lease_seconds: _builtins.int = ...,
         branch_pattern: _builtins.str = ...,
         sandbox: _common_pb2.SandboxSettings | None = ...,
+        patches: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_pattern", b"branch_pattern", "gate_plan_yaml", b"gate_plan_yaml", "lease_seconds", b"lease_seconds", "run_id", b"run_id", "sandbox", b"sandbox", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_pattern", b"branch_pattern", "gate_plan_yaml", b"gate_plan_yaml", "lease_seconds", b"lease_seconds", "patches", b"patches", "run_id", b"run_id", "sandbox", b"sandbox", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -122,6 +131,7 @@ class PrepareForRunResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKSPACE_FIELD_NUMBER: _builtins.int
+    PATCH_SNAPSHOTS_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
     GATE_PLAN_SUMMARY_FIELD_NUMBER: _builtins.int
     rules: _builtins.str
@@ -130,16 +140,21 @@ class PrepareForRunResponse(_message.Message):
     """What the gate will check, for the prompt."""
     @_builtins.property
     def workspace(self) -> Global___Workspace: ...
+    @_builtins.property
+    def patch_snapshots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The snapshots made from `patches`, in order (empty without patches)."""
+
     def __init__(
         self,
         *,
         workspace: Global___Workspace | None = ...,
+        patch_snapshots: _abc.Iterable[_builtins.str] | None = ...,
         rules: _builtins.str = ...,
         gate_plan_summary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_plan_summary", b"gate_plan_summary", "rules", b"rules", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_plan_summary", b"gate_plan_summary", "patch_snapshots", b"patch_snapshots", "rules", b"rules", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,3 +922,67 @@ class ListAgentDriversResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAgentDriversResponse: _TypeAlias = ListAgentDriversResponse  # noqa: Y015
+
+@_typing.final
+class ExportPatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    FROM_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    TO_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    from_snapshot_id: _builtins.str
+    """Empty = the commit the source was at (the initial snapshot's parent), or the initial
+    snapshot when the source had no commit (a plain directory).
+    """
+    to_snapshot_id: _builtins.str
+    """Empty = the newest snapshot."""
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        from_snapshot_id: _builtins.str = ...,
+        to_snapshot_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_snapshot_id", b"from_snapshot_id", "to_snapshot_id", b"to_snapshot_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportPatchRequest: _TypeAlias = ExportPatchRequest  # noqa: Y015
+
+@_typing.final
+class ExportPatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATCH_FIELD_NUMBER: _builtins.int
+    FROM_COMMIT_FIELD_NUMBER: _builtins.int
+    TO_COMMIT_FIELD_NUMBER: _builtins.int
+    TO_TREE_FIELD_NUMBER: _builtins.int
+    CHANGED_FILES_FIELD_NUMBER: _builtins.int
+    patch: _builtins.bytes
+    from_commit: _builtins.str
+    """The commits the patch goes between ('' from_commit: a plain directory's files), and the
+    tree of to_commit.
+    """
+    to_commit: _builtins.str
+    to_tree: _builtins.str
+    @_builtins.property
+    def changed_files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        patch: _builtins.bytes = ...,
+        from_commit: _builtins.str = ...,
+        to_commit: _builtins.str = ...,
+        to_tree: _builtins.str = ...,
+        changed_files: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_files", b"changed_files", "from_commit", b"from_commit", "patch", b"patch", "to_commit", b"to_commit", "to_tree", b"to_tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportPatchResponse: _TypeAlias = ExportPatchResponse  # noqa: Y015

@@ -115,6 +115,11 @@ class WorkspaceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.FromString,
                 _registered_method=True)
+        self.ExportPatch = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/ExportPatch',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.ExportPatchRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ExportPatchResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -235,6 +240,14 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportPatch(self, request, context):
+        """The change between two snapshots as a patch `git apply` takes back whole (binary files,
+        renames). RESOURCE_EXHAUSTED when it is over MAX_PATCH_BYTES (docs/results.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +330,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.ListAgentDrivers,
                     request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.SerializeToString,
+            ),
+            'ExportPatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPatch,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ExportPatchRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.ExportPatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -752,6 +770,33 @@ class WorkspaceService:
             '/agentgate.v1.WorkspaceService/ListAgentDrivers',
             agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversRequest.SerializeToString,
             agentgate_dot_v1_dot_workspace__pb2.ListAgentDriversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/ExportPatch',
+            agentgate_dot_v1_dot_workspace__pb2.ExportPatchRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.ExportPatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

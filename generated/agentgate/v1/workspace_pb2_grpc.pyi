@@ -69,6 +69,10 @@ class WorkspaceServiceStub:
     """Pushes the workspace's branch to its git remote."""
     ListAgentDrivers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListAgentDriversRequest, _workspace_pb2.ListAgentDriversResponse]
     """The agent drivers and whether each can run on this machine."""
+    ExportPatch: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ExportPatchRequest, _workspace_pb2.ExportPatchResponse]
+    """The change between two snapshots as a patch `git apply` takes back whole (binary files,
+    renames). RESOURCE_EXHAUSTED when it is over MAX_PATCH_BYTES (docs/results.md).
+    """
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -111,6 +115,10 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """Pushes the workspace's branch to its git remote."""
     ListAgentDrivers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListAgentDriversRequest, _workspace_pb2.ListAgentDriversResponse]  # type: ignore[assignment]
     """The agent drivers and whether each can run on this machine."""
+    ExportPatch: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ExportPatchRequest, _workspace_pb2.ExportPatchResponse]  # type: ignore[assignment]
+    """The change between two snapshots as a patch `git apply` takes back whole (binary files,
+    renames). RESOURCE_EXHAUSTED when it is over MAX_PATCH_BYTES (docs/results.md).
+    """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The data plane: workspaces on disk, agent processes, snapshots and the clean-room gate."""
@@ -246,5 +254,15 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.ListAgentDriversResponse, _abc.Awaitable[_workspace_pb2.ListAgentDriversResponse]]:
         """The agent drivers and whether each can run on this machine."""
+
+    @_abc_1.abstractmethod
+    def ExportPatch(
+        self,
+        request: _workspace_pb2.ExportPatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ExportPatchResponse, _abc.Awaitable[_workspace_pb2.ExportPatchResponse]]:
+        """The change between two snapshots as a patch `git apply` takes back whole (binary files,
+        renames). RESOURCE_EXHAUSTED when it is over MAX_PATCH_BYTES (docs/results.md).
+        """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

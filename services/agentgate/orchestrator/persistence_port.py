@@ -12,6 +12,7 @@ run emitter's own subscriber.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from agentgate.common.events import AGENT_OUTPUT
 from agentgate.common.persistence_warnings import warning_from_metadata
 from agentgate.orchestrator.subscribers import EmittedEvent, EventSubscriber
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_SECONDS = 30.0
 #: A batch is sent as several AppendEvents calls when its events would not fit one message
@@ -64,6 +67,30 @@ class PersistencePort(Protocol):
 
     async def save_verification_report(self, report: common_pb2.VerificationReport) -> Saved:
         """Stores a verification report."""
+        ...
+
+    async def save_patch(self, patch: common_pb2.RunPatch, cumulative: common_pb2.RunPatch) -> Saved:
+        """Stores an iteration's patch and the run's cumulative one."""
+        ...
+
+    async def get_run(self, run_id: str) -> common_pb2.Run | None:
+        """The stored run (None when there is none, or persistence cannot say)."""
+        ...
+
+    async def list_iterations(self, run_id: str) -> list[common_pb2.IterationData]:
+        """The stored iteration records of a run, in order ([] when it cannot say)."""
+        ...
+
+    async def get_patch(self, run_id: str, iteration: int) -> common_pb2.RunPatch | None:
+        """Iteration N's stored patch (None when absent, or persistence cannot say)."""
+        ...
+
+    async def get_agent_result(self, run_id: str, iteration: int) -> common_pb2.AgentResult | None:
+        """Iteration N's stored agent result (None when absent)."""
+        ...
+
+    async def get_verification_report(self, run_id: str, iteration: int) -> common_pb2.VerificationReport | None:
+        """Iteration N's stored verification report (None when absent)."""
         ...
 
     def event_subscriber(self, run_id: str) -> EventSubscriber:
@@ -120,6 +147,57 @@ class GrpcPersistence:
         return await self._save(
             self._stub.SaveVerificationReport, persistence_pb2.SaveVerificationReportRequest(report=report)
         )
+
+    async def save_patch(self, patch: common_pb2.RunPatch, cumulative: common_pb2.RunPatch) -> Saved:
+        """SavePatch."""
+        request = persistence_pb2.SavePatchRequest(patch=patch, cumulative=cumulative)
+        return await self._save(self._stub.SavePatch, request)
+
+    async def _read(self, call: Callable[..., Any], request: Message, field: str) -> Any:
+        """A read a resumed run needs; None when absent or when persistence cannot answer
+        (logged: the run then starts over rather than wait)."""
+        try:
+            response = await call(request, timeout=RPC_TIMEOUT_SECONDS, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("could not read %s: %s", type(request).__name__, _problem(exc))
+            return None
+        return getattr(response, field)
+
+    async def get_run(self, run_id: str) -> common_pb2.Run | None:
+        """GetRun."""
+        found: common_pb2.Run | None = await self._read(
+            self._stub.GetRun, persistence_pb2.GetRunRequest(run_id=run_id), "run"
+        )
+        return found
+
+    async def list_iterations(self, run_id: str) -> list[common_pb2.IterationData]:
+        """ListIterations."""
+        found = await self._read(
+            self._stub.ListIterations, persistence_pb2.ListIterationsRequest(run_id=run_id), "iterations"
+        )
+        return list(found) if found is not None else []
+
+    async def get_patch(self, run_id: str, iteration: int) -> common_pb2.RunPatch | None:
+        """GetPatch."""
+        found: common_pb2.RunPatch | None = await self._read(
+            self._stub.GetPatch, persistence_pb2.GetPatchRequest(run_id=run_id, iteration=iteration), "patch"
+        )
+        return found
+
+    async def get_agent_result(self, run_id: str, iteration: int) -> common_pb2.AgentResult | None:
+        """GetAgentResult."""
+        request = persistence_pb2.GetAgentResultRequest(run_id=run_id, iteration=iteration)
+        found: common_pb2.AgentResult | None = await self._read(self._stub.GetAgentResult, request, "result")
+        return found
+
+    async def get_verification_report(self, run_id: str, iteration: int) -> common_pb2.VerificationReport | None:
+        """GetVerificationReport."""
+        request = persistence_pb2.GetVerificationReportRequest(run_id=run_id, iteration=iteration)
+        found: common_pb2.VerificationReport | None = await self._read(
+            self._stub.GetVerificationReport, request, "report"
+        )
+        return found
 
     def event_subscriber(self, run_id: str) -> PersistenceSubscriber:
         """AppendEvents for the run's events."""

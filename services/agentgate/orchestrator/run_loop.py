@@ -31,6 +31,7 @@ from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.ordered_saves import OrderedSaves
 from agentgate.orchestrator.persistence_port import PersistencePort, PersistenceSubscriber, Saved
 from agentgate.orchestrator.prompt import assemble_prompt
+from agentgate.orchestrator.resume import ResumePoint, load_resume_point
 from agentgate.orchestrator.retry import (
     AttemptCallback,
     Failure,
@@ -133,7 +134,17 @@ class RunExecutor:
             harness=self.harness,
             task_prompt=spec.task_prompt,
             agent=spec.agent,
+            source=spec.source,
         )
+        #: The queue's attempt of the work order (a lost worker's run is leased again as
+        #: attempt 2, ...): names this attempt's files beside the earlier ones' (docs/results.md).
+        self.attempt = max(work_order.attempts, 1)
+        #: What earlier attempts completed (set by `_adopt_stored_run`), and what of it this
+        #: attempt goes on from (set by `_prepare` once the workspace holds it).
+        self._resume_point: ResumePoint | None = None
+        self._resumed: ResumePoint | None = None
+        #: The snapshot the next iteration's patch is taken against.
+        self._previous_snapshot = ""
         #: Why the run's writes stopped finding room (None while they do): see `_disk_full`.
         self._disk_error: common_pb2.BuildError | None = None
         self._disk_full_seen = asyncio.Event()
@@ -248,6 +259,11 @@ class RunExecutor:
         """
         self._set_state(S.RUN_STATE_PREPARING)
         self.run.started_at.CopyFrom(now_timestamp())
+        if self.attempt > 1:
+            await self._adopt_stored_run()
+        self.run.attempts.append(
+            common_pb2.RunAttempt(attempt=self.attempt, worker_id=self.worker_id, started_at=now_timestamp())
+        )
         self._create_run()
         self.emitter.emit(
             ev.RUN_STARTED,
@@ -328,7 +344,11 @@ class RunExecutor:
         feedback = ""
         history: list[IterationSummary] = []
         last: IterationOutcome | None = None
-        for iteration in range(1, self.max_iterations + 1):
+        first = 1
+        if self._resumed is not None:
+            feedback = await self._restore(self._resumed, history)
+            first = self._resumed.last_iteration + 1
+        for iteration in range(first, self.max_iterations + 1):
             self.iteration = iteration
             last = await self._iteration(iteration, prepared, feedback, history)
             if not last.decision.should_continue:
@@ -350,12 +370,94 @@ class RunExecutor:
         result = R.RUN_RESULT_FAILED_VERIFICATION if last.agent.success else R.RUN_RESULT_FAILED_BUILD
         return self._fail(result, error, last.decision.loop_result)
 
+    async def _adopt_stored_run(self) -> None:
+        """A later attempt of the work order takes over the run an earlier one stored: its
+        creation time, its spending so far (the budget counts it) and its attempts, and
+        notes what those attempts completed (docs/results.md)."""
+        point = await load_resume_point(self._persistence, self.run.id)
+        if point is None:
+            return
+        stored = point.run
+        self.run.created_at.CopyFrom(stored.created_at)
+        self.run.attempts.extend(stored.attempts)
+        self.budget.tokens.CopyFrom(stored.tokens)
+        self.budget.cost_usd = stored.cost_usd
+        self.run.tokens.CopyFrom(stored.tokens)
+        self.run.cost_usd = stored.cost_usd
+        # The last iteration must stay for this attempt to run (a profile may have changed).
+        keep = min(point.last_iteration, self.max_iterations - 1)
+        self._resume_point = ResumePoint(stored, point.completed[:keep], point.patches[:keep])
+
     async def _prepare(self) -> workspace_pb2.PrepareForRunResponse:
+        """A workspace for the run; for a resumed run, made from the source plus the stored
+        patches of the completed iterations. When those no longer apply (the source moved)
+        the run starts over from iteration 1, with a warning."""
+        point = self._resume_point
+        if point is not None and point.last_iteration:
+            try:
+                prepared = await self._prepare_workspace(point.patches)
+            except OperationFailed as exc:
+                self._saved(
+                    "the workspace of a resumed run",
+                    Saved(problem=f"{exc.failure.error.message}; the run starts over from iteration 1"),
+                )
+            else:
+                self._resumed = point
+                self.run.attempts[-1].resumed_after_iteration = point.last_iteration
+                self._previous_snapshot = self.run.final_commit = prepared.patch_snapshots[-1]
+                return prepared
+        prepared = await self._prepare_workspace(())
+        self._previous_snapshot = prepared.workspace.base_commit
+        return prepared
+
+    async def _restore(self, point: ResumePoint, history: list[IterationSummary]) -> str:
+        """Brings the run to where the earlier attempts left it after iteration K: the
+        strategy is replayed on the stored records (it remembers what it saw), the agent
+        session resumes, and K's feedback goes into the next prompt, which is returned."""
+        elapsed = 0.0
+        for data in point.completed:
+            number = data.iteration
+            agent = await self._persistence.get_agent_result(self.run.id, number) or common_pb2.AgentResult(
+                run_id=self.run.id, iteration=number, success=data.agent_success
+            )
+            report = None
+            if data.verification_file:
+                report = await self._persistence.get_verification_report(self.run.id, number)
+            elapsed += data.duration_seconds
+            # The decision stored with the record stands; the replay only rebuilds memory.
+            self.strategy.on_iteration_complete(
+                IterationCompleteEvent(
+                    iteration=number,
+                    max_iterations=self.max_iterations,
+                    elapsed_seconds=elapsed,
+                    agent_result=agent,
+                    agent_success=data.agent_success,
+                    verification_report=report,
+                    passed=data.verification_passed,
+                    run_id=self.run.id,
+                    work_order_id=self.run.work_order_id,
+                    previous=list(history),
+                    has_changes=data.has_changes,
+                )
+            )
+            history.append(
+                IterationSummary(
+                    number, data.agent_success, data.verification_passed, data.duration_seconds,
+                    data.tokens.total, data.has_changes,
+                )
+            )
+            self._last_session_id = data.agent_session_id or self._last_session_id
+        last = point.completed[-1]
+        self.iteration = self.run.iteration_count = last.iteration
+        log.info("run %s: attempt %d resumes after iteration %d", self.run.id, self.attempt, last.iteration)
+        return default_redactor().redact_text(last.decision.feedback)
+
+    async def _prepare_workspace(self, patches: Sequence[bytes]) -> workspace_pb2.PrepareForRunResponse:
         """A workspace for the run, under the retry policy."""
         source = self.work_order.spec.source
         attempts = await self.retry.run(
             "prepare_workspace",
-            lambda attempt: self._workspace.prepare(self.run.id, source, self.harness),
+            lambda attempt: self._workspace.prepare(self.run.id, source, self.harness, patches),
             on_attempt=self._retry_event(0),
         )
         if attempts.error is not None or attempts.value is None:
@@ -382,7 +484,9 @@ class RunExecutor:
     ) -> IterationOutcome:
         """agent (with retry) -> snapshot -> verify (when the agent succeeded) -> decision."""
         started = time.monotonic()
-        data = common_pb2.IterationData(run_id=self.run.id, iteration=iteration, started_at=now_timestamp())
+        data = common_pb2.IterationData(
+            run_id=self.run.id, iteration=iteration, started_at=now_timestamp(), run_attempt=self.attempt
+        )
         self._set_state(S.RUN_STATE_BUILDING)
         self.run.iteration_count = iteration
         self._save_run()
@@ -417,16 +521,22 @@ class RunExecutor:
         data.snapshot_commit = snapshot.snapshot_id
         data.has_changes = snapshot.has_changes
         self.run.final_commit = snapshot.snapshot_id
-
+        # Stored while the gate runs (off the run's critical path, docs/benchmarks.md), and
+        # awaited before the iteration's record: a record on file means its patch is too
+        # (resume.py). Awaited however verification ends, so it never outlives the iteration.
+        patch_stored = asyncio.create_task(self._store_patch(iteration, snapshot.snapshot_id))
         report: common_pb2.VerificationReport | None = None
         report_file = ""
-        if agent.success:
-            self._set_state(S.RUN_STATE_VERIFYING)
-            report, report_file = await self._verify(iteration, snapshot.snapshot_id)
-            data.verification_file = report_file
-            data.verification_passed = report.passed
-            data.levels_run.extend(report.levels_run)
-            data.verification_duration_seconds = report.duration_seconds
+        try:
+            if agent.success:
+                self._set_state(S.RUN_STATE_VERIFYING)
+                report, report_file = await self._verify(iteration, snapshot.snapshot_id)
+                data.verification_file = report_file
+                data.verification_passed = report.passed
+                data.levels_run.extend(report.levels_run)
+                data.verification_duration_seconds = report.duration_seconds
+        finally:
+            await patch_stored
 
         decision = self._decide(iteration, agent, report, snapshot.has_changes, history, started)
         error: common_pb2.BuildError | None = None
@@ -436,6 +546,35 @@ class RunExecutor:
             error = build_errors.from_verification_report(report, report_file, step.file)
         self._record_iteration(data, decision, error, started)
         return IterationOutcome(agent, report, decision, error)
+
+    async def _store_patch(self, iteration: int, snapshot_id: str) -> None:
+        """Stores the iteration's change (against the previous snapshot) and the run's
+        change so far (against the source) through persistence, so both outlive the
+        workspace and the worker (docs/results.md). Never fatal: a patch that cannot be
+        made or kept (one over the bound) is a persistence warning."""
+        previous, self._previous_snapshot = self._previous_snapshot, snapshot_id
+        try:
+            step, total = await asyncio.gather(
+                self._workspace.export_patch(self._workspace_id, previous, snapshot_id),
+                self._workspace.export_patch(self._workspace_id, "", snapshot_id),
+            )
+        except OperationFailed as exc:
+            self._saved(f"patch-{iteration}.diff", Saved(problem=exc.failure.error.message))
+            return
+        patch, cumulative = (
+            common_pb2.RunPatch(
+                run_id=self.run.id,
+                iteration=number,
+                run_attempt=self.attempt,
+                patch=made.patch,
+                from_commit=made.from_commit,
+                to_commit=made.to_commit,
+                to_tree=made.to_tree,
+                changed_files=made.changed_files,
+            )
+            for number, made in ((iteration, step), (0, total))
+        )
+        self._saved(f"patch-{iteration}.diff", await self._persistence.save_patch(patch, cumulative))
 
     def _decide(
         self,
@@ -591,6 +730,7 @@ class RunExecutor:
             on_output=lambda item: self._emit_agent_item(iteration, item),
         )
         self._count_usage(result)
+        result.run_attempt = self.attempt
         if result.session_note:
             self.emitter.emit(
                 ev.AGENT_SESSION_LOST,
@@ -649,6 +789,7 @@ class RunExecutor:
         report = await self._workspace.verify(
             self._workspace_id, snapshot_id, self.run.id, iteration, self.harness.verification
         )
+        report.run_attempt = self.attempt
         report_file = self._saved(
             f"verification-{iteration}.json", await self._persistence.save_verification_report(report)
         )

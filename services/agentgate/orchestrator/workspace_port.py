@@ -12,7 +12,7 @@ retried attempt and releasing at the end are never fatal: their failure is logge
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -66,10 +66,20 @@ class WorkspacePort(Protocol):
     """What a run asks of the workspace service."""
 
     async def prepare(
-        self, run_id: str, source: common_pb2.WorkspaceSource, harness: common_pb2.HarnessSettings
+        self,
+        run_id: str,
+        source: common_pb2.WorkspaceSource,
+        harness: common_pb2.HarnessSettings,
+        patches: Sequence[bytes] = (),
     ) -> workspace_pb2.PrepareForRunResponse:
         """A leased workspace for the run, on its branch, with the rules and gate plan summary
-        for the prompt."""
+        for the prompt; with `patches` (a resumed run's), each applied as a snapshot."""
+        ...
+
+    async def export_patch(
+        self, workspace_id: str, from_snapshot_id: str, to_snapshot_id: str
+    ) -> workspace_pb2.ExportPatchResponse:
+        """The change between two snapshots as a patch ('' from: the source's commit)."""
         ...
 
     async def run_agent(
@@ -128,10 +138,14 @@ class GrpcWorkspace:
         self._stub = stub
 
     async def prepare(
-        self, run_id: str, source: common_pb2.WorkspaceSource, harness: common_pb2.HarnessSettings
+        self,
+        run_id: str,
+        source: common_pb2.WorkspaceSource,
+        harness: common_pb2.HarnessSettings,
+        patches: Sequence[bytes] = (),
     ) -> workspace_pb2.PrepareForRunResponse:
-        """PrepareForRun with the harness's gate plan, branch pattern and a lease that
-        outlives the run's wall clock."""
+        """PrepareForRun with the harness's gate plan, branch pattern, a lease that
+        outlives the run's wall clock and a resumed run's patches."""
         try:
             return await self._stub.PrepareForRun(
                 workspace_pb2.PrepareForRunRequest(
@@ -141,6 +155,7 @@ class GrpcWorkspace:
                     branch_pattern=harness.git_ops.branch_pattern,
                     lease_seconds=workspace_lease_seconds(harness.limits.max_wall_clock_seconds),
                     sandbox=harness.sandbox,
+                    patches=patches,
                 ),
                 timeout=PREPARE_TIMEOUT_SECONDS,
             )
@@ -204,6 +219,23 @@ class GrpcWorkspace:
         if result is None:
             raise OperationFailed(build_errors.from_exception(RuntimeError("RunAgent ended without a result")))
         return result
+
+    async def export_patch(
+        self, workspace_id: str, from_snapshot_id: str, to_snapshot_id: str
+    ) -> workspace_pb2.ExportPatchResponse:
+        """ExportPatch; a failure (a patch over the bound, say) is an OperationFailed the
+        run reports as a persistence warning: the change stays in the workspace."""
+        try:
+            return await self._stub.ExportPatch(
+                workspace_pb2.ExportPatchRequest(
+                    workspace_id=workspace_id, from_snapshot_id=from_snapshot_id, to_snapshot_id=to_snapshot_id
+                ),
+                timeout=SNAPSHOT_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise OperationFailed(
+                build_errors.from_step(T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR, f"ExportPatch failed: {_status(exc)}")
+            ) from exc
 
     async def restore_snapshot(self, workspace_id: str) -> str:
         """RestoreSnapshot to the last snapshot; a failure is logged (a retry then runs on

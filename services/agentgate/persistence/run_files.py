@@ -36,21 +36,36 @@ M = TypeVar("M", bound=Message)
 
 RUN_FILE = "run.json"
 EVENTS_FILE = "events.jsonl"
+#: The run's change so far against its source, replaced at each iteration (docs/results.md).
+CUMULATIVE_PATCH_FILE = "patch.diff"
 
 
-def agent_result_file(iteration: int) -> str:
-    """File name of iteration N's agent result."""
-    return f"agent-{iteration}.json"
+def attempt_scoped(stem: str, extension: str, attempt: int) -> str:
+    """`{stem}{extension}` for the work order's first attempt (0 or 1: the names of runs
+    that never lost a worker stay as they were), `{stem}.attempt-{A}{extension}` for a later
+    one, so an iteration a new attempt runs again never overwrites the first's file
+    (docs/results.md)."""
+    return f"{stem}.attempt-{attempt}{extension}" if attempt > 1 else f"{stem}{extension}"
 
 
-def verification_file(iteration: int) -> str:
+def agent_result_file(iteration: int, attempt: int = 1) -> str:
+    """File name of iteration N's agent result (of the work order's attempt `attempt`)."""
+    return attempt_scoped(f"agent-{iteration}", ".json", attempt)
+
+
+def verification_file(iteration: int, attempt: int = 1) -> str:
     """File name of iteration N's verification report."""
-    return f"verification-{iteration}.json"
+    return attempt_scoped(f"verification-{iteration}", ".json", attempt)
 
 
-def iteration_file(iteration: int) -> str:
+def iteration_file(iteration: int, attempt: int = 1) -> str:
     """File name of iteration N's data."""
-    return f"iteration-{iteration}.json"
+    return attempt_scoped(f"iteration-{iteration}", ".json", attempt)
+
+
+def patch_file(iteration: int, attempt: int = 1) -> str:
+    """File name of iteration N's patch (its change against the previous snapshot)."""
+    return attempt_scoped(f"patch-{iteration}", ".diff", attempt)
 
 
 #: Prefixes of the per-iteration files ({prefix}-{N}.json).
@@ -89,7 +104,12 @@ class AppendOutcome:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` so that readers see the old or the new file, never a mix.
+    """Writes `text` (UTF-8) to `path` atomically (see `atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that readers see the old or the new file, never a mix.
 
     The temp file lives in the same folder because os.replace is only atomic within one
     file system. It is fsynced before the rename so a crash cannot leave an empty file.
@@ -97,8 +117,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -148,15 +168,22 @@ class RunFiles:
 
     async def write_agent_result(self, result: common_pb2.AgentResult) -> WriteOutcome:
         """Writes agent-{N}.json; a failed outcome (counted) when the write failed."""
-        return await self._write_json(result.run_id, agent_result_file(result.iteration), result)
+        name = agent_result_file(result.iteration, result.run_attempt)
+        return await self._write_json(result.run_id, name, result)
 
     async def write_verification_report(self, report: common_pb2.VerificationReport) -> WriteOutcome:
         """Writes verification-{N}.json; a failed outcome (counted) when the write failed."""
-        return await self._write_json(report.run_id, verification_file(report.iteration), report)
+        name = verification_file(report.iteration, report.run_attempt)
+        return await self._write_json(report.run_id, name, report)
 
     async def write_iteration(self, iteration: common_pb2.IterationData) -> WriteOutcome:
         """Writes iteration-{N}.json; a failed outcome (counted) when the write failed."""
-        return await self._write_json(iteration.run_id, iteration_file(iteration.iteration), iteration)
+        name = iteration_file(iteration.iteration, iteration.run_attempt)
+        return await self._write_json(iteration.run_id, name, iteration)
+
+    async def write_patch(self, patch: common_pb2.RunPatch, name: str) -> WriteOutcome:
+        """Writes a patch's bytes as they are (a `git apply`-able file) under `name`."""
+        return await self._guarded(patch.run_id, name, atomic_write_bytes, patch.patch)
 
     async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> AppendOutcome:
         """Appends events to their runs' events.jsonl, one compact JSON object a line, in

@@ -30,6 +30,7 @@ from agentgate.common.errors import (
     Unavailable,
 )
 from agentgate.common.events import TERMINAL_EVENT_TYPES
+from agentgate.common.patches import MAX_PATCH_BYTES, patch_too_large
 from agentgate.common.persistence_warnings import warning_metadata
 from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
@@ -51,10 +52,12 @@ from agentgate.persistence.pagination import (
 from agentgate.persistence.reader import AGENT_RESULTS, ITERATIONS, VERIFICATION_REPORTS, M, RecordKind, RunReader
 from agentgate.persistence.records import RecordPreparer
 from agentgate.persistence.run_files import (
+    CUMULATIVE_PATCH_FILE,
     RunFiles,
     WriteOutcome,
     agent_result_file,
     iteration_file,
+    patch_file,
     verification_file,
 )
 from agentgate.persistence.settings import max_output_bytes as max_output_bytes_setting
@@ -247,7 +250,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         _require(validation.check_iteration_record(request.result.run_id, request.result.iteration, "result"))
         # Redacting and cutting megabytes of output takes a while: off the event loop.
         result = await asyncio.to_thread(self.preparer.agent_result, request.result)
-        file = agent_result_file(result.iteration)
+        file = agent_result_file(result.iteration, result.run_attempt)
         outcome = await self._save(
             result.run_id, self.store.save_agent_result(result, file), self.files.write_agent_result, result
         )
@@ -262,7 +265,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         it, secrets redacted. NOT_FOUND when the run is unknown."""
         _require(validation.check_iteration_record(request.report.run_id, request.report.iteration, "report"))
         report = await asyncio.to_thread(self.preparer.message, request.report)
-        file = verification_file(report.iteration)
+        file = verification_file(report.iteration, report.run_attempt)
         outcome = await self._save(
             report.run_id,
             self.store.save_verification_report(report, file),
@@ -282,12 +285,55 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             validation.check_iteration_record(request.iteration.run_id, request.iteration.iteration, "iteration")
         )
         iteration = self.preparer.message(request.iteration)
-        file = iteration_file(iteration.iteration)
+        file = iteration_file(iteration.iteration, iteration.run_attempt)
         outcome = await self._save(
             iteration.run_id, self.store.save_iteration(iteration, file), self.files.write_iteration, iteration
         )
         _report_file_failure(context, outcome)
         return persistence_pb2.SaveIterationResponse(file=file)
+
+    @representable
+    async def SavePatch(
+        self, request: persistence_pb2.SavePatchRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.SavePatchResponse:
+        """Stores iteration N's patch as patch-{N}.diff (attempt-scoped, never overwritten)
+        and the run's cumulative patch as patch.diff (replaced), both indexed in one
+        transaction. The bytes are kept as they are: a redacted patch would no longer apply.
+        RESOURCE_EXHAUSTED above MAX_PATCH_BYTES; NOT_FOUND when the run is unknown."""
+        patch, cumulative = request.patch, request.cumulative
+        _require(validation.check_patches(patch, cumulative))
+        for what, item in (("patch", patch), ("cumulative", cumulative)):
+            if len(item.patch) > MAX_PATCH_BYTES:
+                raise ResourceExhausted(patch_too_large(f"{what}.patch of run {patch.run_id!r}", len(item.patch)))
+        stored_cumulative = common_pb2.RunPatch()
+        stored_cumulative.CopyFrom(cumulative)
+        stored_cumulative.run_id, stored_cumulative.iteration = patch.run_id, 0
+        file = patch_file(patch.iteration, patch.run_attempt)
+
+        async def write_files(_: object) -> WriteOutcome:
+            first = await self.files.write_patch(patch, file)
+            second = await self.files.write_patch(stored_cumulative, CUMULATIVE_PATCH_FILE)
+            return first if not first else second
+
+        index = self.store.save_patches([(patch, file), (stored_cumulative, CUMULATIVE_PATCH_FILE)])
+        _report_file_failure(context, await self._save(patch.run_id, index, write_files, None))
+        return persistence_pb2.SavePatchResponse(file=file, cumulative_file=CUMULATIVE_PATCH_FILE)
+
+    @representable
+    async def GetPatch(
+        self, request: persistence_pb2.GetPatchRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.GetPatchResponse:
+        """Iteration N's patch, or (iteration 0) the run's cumulative one, from the index.
+        NOT_FOUND naming what is missing."""
+        _require(validation.check_run_id(request.run_id))
+        if request.iteration < 0:
+            violation = FieldViolation("iteration", f"must be 0 (cumulative) or more, got {request.iteration}")
+            raise InvalidArgument([violation])
+        found = await self.store.patch(request.run_id, request.iteration)
+        if found is None:
+            name = patch_file(request.iteration) if request.iteration else CUMULATIVE_PATCH_FILE
+            raise await self._absent(request.run_id, name)
+        return persistence_pb2.GetPatchResponse(patch=found)
 
     async def _save(
         self,

@@ -76,6 +76,17 @@ MIGRATIONS = [
     );
     CREATE INDEX events_by_run ON events (run_id, seq);
     """,
+    # The patches of a run's change (docs/results.md): iteration 0 is the cumulative one.
+    """
+    CREATE TABLE patches (
+        run_id TEXT NOT NULL,
+        iteration INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    """,
 ]
 
 # The tables of Save*: (table, name of the summary column).
@@ -265,6 +276,27 @@ class PersistenceStore:
                 (run_id, iteration, file, summary, _now(), data, run_id),
             )
             return cursor.rowcount == 1
+
+    # -- patches --------------------------------------------------------------------------
+
+    async def save_patches(self, patches: Sequence[tuple[common_pb2.RunPatch, str]]) -> bool:
+        """Indexes patches (each with its file) in one transaction, an iteration's replacing
+        the one an earlier attempt stored; False (nothing stored) when the run is unknown."""
+        async with self._transaction() as db:
+            for patch, file in patches:
+                cursor = await db.execute(
+                    "INSERT OR REPLACE INTO patches (run_id, iteration, file, saved_at, data)"
+                    " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                    (patch.run_id, patch.iteration, file, _now(), patch.SerializeToString(), patch.run_id),
+                )
+                if cursor.rowcount != 1:
+                    return False
+            return True
+
+    async def patch(self, run_id: str, iteration: int) -> common_pb2.RunPatch | None:
+        """The patch of iteration N (0 = the cumulative one) of a run, or None."""
+        rows = await self._fetchall("SELECT data FROM patches WHERE run_id = ? AND iteration = ?", (run_id, iteration))
+        return common_pb2.RunPatch.FromString(rows[0]["data"]) if rows else None
 
     # -- events ---------------------------------------------------------------------------
 

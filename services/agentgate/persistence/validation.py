@@ -40,6 +40,15 @@ def check_iteration_record(run_id: str, iteration: int, prefix: str) -> list[Fie
     return found
 
 
+def check_patches(patch: common_pb2.RunPatch, cumulative: common_pb2.RunPatch) -> list[FieldViolation]:
+    """SavePatch: the iteration's patch names its run and iteration (from 1); the cumulative
+    one belongs to the same run (or names none)."""
+    found = check_iteration_record(patch.run_id, patch.iteration, "patch")
+    if cumulative.run_id and cumulative.run_id != patch.run_id:
+        found.append(FieldViolation("cumulative.run_id", f"must be {patch.run_id!r} like patch.run_id"))
+    return found
+
+
 def check_events(events: Sequence[events_pb2.RunEvent]) -> list[FieldViolation]:
     """AppendEvents: every event names its work order and run (safe ids) and its type."""
     found: list[FieldViolation] = []

@@ -62,10 +62,19 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
             lease_seconds=lease_seconds,
             sandbox=request.sandbox,
         )
+        resumed: list[str] = []
+        if request.patches:
+            try:
+                resumed = await snapshots.apply_patches(self.manager, prepared.workspace.id, request.patches)
+            except BaseException:
+                # A resume that cannot continue leaves no workspace behind either.
+                await inventory.delete_workspace(self.manager, prepared.workspace.id, force=True)
+                raise
         return workspace_pb2.PrepareForRunResponse(
             workspace=prepared.workspace.to_proto(),
             rules=prepared.rules,
             gate_plan_summary=prepared.gate_plan_summary,
+            patch_snapshots=resumed,
         )
 
     async def RunAgent(
@@ -278,6 +287,15 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         """The unified diff between two snapshots (default: the initial snapshot to the
         last one); cut at 4 MiB with `truncated` set."""
         return await snapshots.get_diff(
+            self.manager, request.workspace_id, request.from_snapshot_id, request.to_snapshot_id
+        )
+
+    async def ExportPatch(
+        self, request: workspace_pb2.ExportPatchRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.ExportPatchResponse:
+        """The change between two snapshots as a `git apply`-able patch (binary files,
+        renames); RESOURCE_EXHAUSTED above MAX_PATCH_BYTES."""
+        return await snapshots.export_patch(
             self.manager, request.workspace_id, request.from_snapshot_id, request.to_snapshot_id
         )
 

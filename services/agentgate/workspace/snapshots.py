@@ -8,9 +8,14 @@ Commits the agent makes in its own `.git` are not read: a snapshot records the f
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
-from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
+from agentgate.common.patches import MAX_PATCH_BYTES, patch_too_large
 from agentgate.common.timeutil import to_timestamp, utcnow
 from agentgate.v1 import workspace_pb2
 from agentgate.workspace import git as gitops
@@ -20,6 +25,13 @@ from agentgate.workspace.workspaces import WorkspaceManager, WorkspaceRecord
 #: of it is always in the workspace's repository.
 MAX_DIFF_BYTES = 4 * 1024 * 1024
 RESTORE_MESSAGE = "agentgate: restore snapshot {short}"
+RESUMED_SNAPSHOT_MESSAGE = "agentgate: iteration {iteration} (resumed from its stored patch)"
+#: `git diff` options of an exported patch: binary files whole, full object ids (so `git
+#: apply --3way` can find the blobs), renames detected, and nothing a config could change.
+PATCH_OPTIONS = (
+    "--binary", "--full-index", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
+    "--src-prefix=a/", "--dst-prefix=b/",
+)
 _FIELD_SEP = "\x1f"
 _RECORD_SEP = "\x1e"
 
@@ -122,3 +134,75 @@ def _cut(text: str, limit: int) -> tuple[str, bool]:
     if len(data) <= limit:
         return text, False
     return data[:limit].decode("utf-8", errors="ignore"), True
+
+
+async def export_patch(
+    manager: WorkspaceManager, workspace_id: str, from_snapshot_id: str = "", to_snapshot_id: str = ""
+) -> workspace_pb2.ExportPatchResponse:
+    """The change between two snapshots as a patch `git apply` takes back whole (docs/results.md).
+
+    From the commit the source was at when not given (the initial snapshot's parent: what a
+    user's repository has), or the initial snapshot for a source without commits; to the
+    last snapshot. ResourceExhausted above MAX_PATCH_BYTES: the patch is the agent's work,
+    of any size. The bytes are read as git wrote them (a text file in any encoding survives).
+    """
+    record = await manager.get(workspace_id)
+    if not record.path.is_dir():
+        raise FailedPrecondition(f"the folder of workspace {record.id} is gone: {record.path}")
+    git_dir = record.git_dir
+    if from_snapshot_id:
+        old = await _resolve(manager, record, from_snapshot_id, "from_snapshot_id")
+        from_commit = old
+    else:
+        parent = await gitops.resolve_commit(git_dir, f"{record.base_commit}^")
+        old = parent or record.base_commit
+        from_commit = parent or ""
+    new = await _resolve(manager, record, to_snapshot_id or record.last_snapshot, "to_snapshot_id")
+    tree = (await gitops.git("rev-parse", f"{new}^{{tree}}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="agentgate-patch-") as tmp:
+        out = Path(tmp) / "change.diff"
+        await gitops.git("diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir)
+        size = out.stat().st_size
+        if size > MAX_PATCH_BYTES:
+            raise ResourceExhausted(patch_too_large(f"the change {old[:12]}..{new[:12]}", size))
+        patch = await asyncio.to_thread(out.read_bytes)
+    changed = await gitops.changed_files(git_dir, old, new)
+    return workspace_pb2.ExportPatchResponse(
+        patch=patch, from_commit=from_commit, to_commit=new, to_tree=tree, changed_files=changed
+    )
+
+
+async def apply_patches(manager: WorkspaceManager, workspace_id: str, patches: Sequence[bytes]) -> list[str]:
+    """Applies a resumed run's stored iteration patches in order, each committed as a
+    snapshot; returns the snapshots. FailedPrecondition naming the iteration when one does
+    not apply (the source changed since the lost attempt read it). `git apply` refuses
+    paths outside the workspace and inside `.git`, so a hostile patch writes nowhere else."""
+    snapshots: list[str] = []
+    async with manager.lock(workspace_id):
+        record = await manager.get_leased(workspace_id)
+        path, git_dir = record.path, record.git_dir
+        with tempfile.TemporaryDirectory(prefix="agentgate-resume-") as tmp:
+            for iteration, patch in enumerate(patches, start=1):
+                if len(patch) > MAX_PATCH_BYTES:
+                    raise InvalidArgument(
+                        [FieldViolation("patches", patch_too_large(f"patch {iteration}", len(patch)))]
+                    )
+                file = Path(tmp) / f"patch-{iteration}.diff"
+                await asyncio.to_thread(file.write_bytes, patch)
+                if patch.strip():
+                    applied = await gitops.work(git_dir, path, "apply", "--index", "--binary", str(file), check=False)
+                    if applied.returncode != 0:
+                        raise FailedPrecondition(
+                            f"patches: the stored patch of iteration {iteration} does not apply to the source "
+                            f"as it is now: {applied.stderr.strip()[:2000]}"
+                        )
+                message = RESUMED_SNAPSHOT_MESSAGE.format(iteration=iteration)
+                await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", message)
+                snapshots.append(await gitops.head_commit(git_dir))
+        if snapshots:
+            await manager.db.execute(
+                "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
+                (snapshots[-1], utcnow().isoformat(), workspace_id),
+            )
+            await manager.db.commit()
+    return snapshots

@@ -95,7 +95,24 @@ def summary_rows(run: common_pb2.Run) -> list[tuple[str, str]]:
         ("not saved", _not_saved(run.persistence_warnings)),
         ("run files", run_dir(run.id)),
     ]
+    rows[4:4] = [("attempts" if i == 0 else "", line) for i, line in enumerate(attempt_lines(run))]
     return [(key, value) for key, value in rows if value]
+
+
+def attempt_lines(run: common_pb2.Run) -> list[str]:
+    """One line per lease of the run's work order (docs/results.md), when there was more
+    than one: a lost worker's run goes on in a later attempt."""
+    if len(run.attempts) < 2:
+        return []
+    lines = []
+    for attempt in run.attempts:
+        line = f"{attempt.attempt}: worker {attempt.worker_id or '?'}"
+        if attempt.HasField("started_at"):
+            line += f", started {iso(attempt.started_at)[:19]}"
+        if attempt.resumed_after_iteration:
+            line += f", resumed after iteration {attempt.resumed_after_iteration}"
+        lines.append(line)
+    return lines
 
 
 def error_lines(run: common_pb2.Run, tail: int = 10) -> list[str]:

@@ -172,6 +172,11 @@ class AgentGateClient:
         request = persistence_pb2.GetAgentResultRequest(run_id=run_id, iteration=iteration)
         return self.persistence.GetAgentResult(request, timeout=RPC_TIMEOUT_SECONDS).result
 
+    def patch(self, run_id: str, iteration: int = 0) -> common_pb2.RunPatch:
+        """Iteration N's stored patch, or (0) the run's cumulative one; NOT_FOUND when absent."""
+        request = persistence_pb2.GetPatchRequest(run_id=run_id, iteration=iteration)
+        return self.persistence.GetPatch(request, timeout=RPC_TIMEOUT_SECONDS).patch
+
     def agent_results(self, run_id: str) -> list[common_pb2.AgentResult]:
         """The agent results of a run, by iteration."""
         request = persistence_pb2.ListAgentResultsRequest(run_id=run_id)
