@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { AgentResult, IterationData, Run, RunState, VerificationReport } from "./common_pb.js";
+import type { AgentResult, IterationData, Run, RunPatch, RunState, VerificationReport } from "./common_pb.js";
 import { file_agentgate_v1_common } from "./common_pb.js";
 import type { RunEvent } from "./events_pb.js";
 import { file_agentgate_v1_events } from "./events_pb.js";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentgate/v1/persistence.proto.
  */
 export const file_agentgate_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5hZ2VudGdhdGUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGFnZW50Z2F0ZS52MSIyChBDcmVhdGVSdW5SZXF1ZXN0Eh4KA3J1bhgBIAEoCzIRLmFnZW50Z2F0ZS52MS5SdW4iMwoRQ3JlYXRlUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEuYWdlbnRnYXRlLnYxLlJ1biIyChBVcGRhdGVSdW5SZXF1ZXN0Eh4KA3J1bhgBIAEoCzIRLmFnZW50Z2F0ZS52MS5SdW4iMwoRVXBkYXRlUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEuYWdlbnRnYXRlLnYxLlJ1biIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5hZ2VudGdhdGUudjEuUnVuIncKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrX29yZGVyX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiYKBnN0YXRlcxgEIAMoDjIWLmFnZW50Z2F0ZS52MS5SdW5TdGF0ZSJMChBMaXN0UnVuc1Jlc3BvbnNlEh8KBHJ1bnMYASADKAsyES5hZ2VudGdhdGUudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJDChZTYXZlQWdlbnRSZXN1bHRSZXF1ZXN0EikKBnJlc3VsdBgBIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudFJlc3VsdCInChdTYXZlQWdlbnRSZXN1bHRSZXNwb25zZRIMCgRmaWxlGAEgASgJIlEKHVNhdmVWZXJpZmljYXRpb25SZXBvcnRSZXF1ZXN0EjAKBnJlcG9ydBgBIAEoCzIgLmFnZW50Z2F0ZS52MS5WZXJpZmljYXRpb25SZXBvcnQiLgoeU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlEgwKBGZpbGUYASABKAkiRgoUU2F2ZUl0ZXJhdGlvblJlcXVlc3QSLgoJaXRlcmF0aW9uGAEgASgLMhsuYWdlbnRnYXRlLnYxLkl0ZXJhdGlvbkRhdGEiJQoVU2F2ZUl0ZXJhdGlvblJlc3BvbnNlEgwKBGZpbGUYASABKAkiOgoVR2V0QWdlbnRSZXN1bHRSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpdGVyYXRpb24YAiABKAUiQwoWR2V0QWdlbnRSZXN1bHRSZXNwb25zZRIpCgZyZXN1bHQYASABKAsyGS5hZ2VudGdhdGUudjEuQWdlbnRSZXN1bHQiKQoXTGlzdEFnZW50UmVzdWx0c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJIkYKGExpc3RBZ2VudFJlc3VsdHNSZXNwb25zZRIqCgdyZXN1bHRzGAEgAygLMhkuYWdlbnRnYXRlLnYxLkFnZW50UmVzdWx0IkEKHEdldFZlcmlmaWNhdGlvblJlcG9ydFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCWl0ZXJhdGlvbhgCIAEoBSJRCh1HZXRWZXJpZmljYXRpb25SZXBvcnRSZXNwb25zZRIwCgZyZXBvcnQYASABKAsyIC5hZ2VudGdhdGUudjEuVmVyaWZpY2F0aW9uUmVwb3J0IjAKHkxpc3RWZXJpZmljYXRpb25SZXBvcnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkiVAofTGlzdFZlcmlmaWNhdGlvblJlcG9ydHNSZXNwb25zZRIxCgdyZXBvcnRzGAEgAygLMiAuYWdlbnRnYXRlLnYxLlZlcmlmaWNhdGlvblJlcG9ydCI4ChNHZXRJdGVyYXRpb25SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpdGVyYXRpb24YAiABKAUiRgoUR2V0SXRlcmF0aW9uUmVzcG9uc2USLgoJaXRlcmF0aW9uGAEgASgLMhsuYWdlbnRnYXRlLnYxLkl0ZXJhdGlvbkRhdGEiJwoVTGlzdEl0ZXJhdGlvbnNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSJJChZMaXN0SXRlcmF0aW9uc1Jlc3BvbnNlEi8KCml0ZXJhdGlvbnMYASADKAsyGy5hZ2VudGdhdGUudjEuSXRlcmF0aW9uRGF0YSI9ChNBcHBlbmRFdmVudHNSZXF1ZXN0EiYKBmV2ZW50cxgBIAMoCzIWLmFnZW50Z2F0ZS52MS5SdW5FdmVudCIkChRBcHBlbmRFdmVudHNSZXNwb25zZRIMCgRzZXFzGAEgAygEIl8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSFQoNd29ya19vcmRlcl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg4KBmZvbGxvdxgEIAEoCCI9ChRTdHJlYW1FdmVudHNSZXNwb25zZRIlCgVldmVudBgBIAEoCzIWLmFnZW50Z2F0ZS52MS5SdW5FdmVudDL9CgoSUGVyc2lzdGVuY2VTZXJ2aWNlEkwKCUNyZWF0ZVJ1bhIeLmFnZW50Z2F0ZS52MS5DcmVhdGVSdW5SZXF1ZXN0Gh8uYWdlbnRnYXRlLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkwKCVVwZGF0ZVJ1bhIeLmFnZW50Z2F0ZS52MS5VcGRhdGVSdW5SZXF1ZXN0Gh8uYWdlbnRnYXRlLnYxLlVwZGF0ZVJ1blJlc3BvbnNlEkMKBkdldFJ1bhIbLmFnZW50Z2F0ZS52MS5HZXRSdW5SZXF1ZXN0GhwuYWdlbnRnYXRlLnYxLkdldFJ1blJlc3BvbnNlEkkKCExpc3RSdW5zEh0uYWdlbnRnYXRlLnYxLkxpc3RSdW5zUmVxdWVzdBoeLmFnZW50Z2F0ZS52MS5MaXN0UnVuc1Jlc3BvbnNlEl4KD1NhdmVBZ2VudFJlc3VsdBIkLmFnZW50Z2F0ZS52MS5TYXZlQWdlbnRSZXN1bHRSZXF1ZXN0GiUuYWdlbnRnYXRlLnYxLlNhdmVBZ2VudFJlc3VsdFJlc3BvbnNlEnMKFlNhdmVWZXJpZmljYXRpb25SZXBvcnQSKy5hZ2VudGdhdGUudjEuU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlcXVlc3QaLC5hZ2VudGdhdGUudjEuU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlElgKDVNhdmVJdGVyYXRpb24SIi5hZ2VudGdhdGUudjEuU2F2ZUl0ZXJhdGlvblJlcXVlc3QaIy5hZ2VudGdhdGUudjEuU2F2ZUl0ZXJhdGlvblJlc3BvbnNlElsKDkdldEFnZW50UmVzdWx0EiMuYWdlbnRnYXRlLnYxLkdldEFnZW50UmVzdWx0UmVxdWVzdBokLmFnZW50Z2F0ZS52MS5HZXRBZ2VudFJlc3VsdFJlc3BvbnNlEmEKEExpc3RBZ2VudFJlc3VsdHMSJS5hZ2VudGdhdGUudjEuTGlzdEFnZW50UmVzdWx0c1JlcXVlc3QaJi5hZ2VudGdhdGUudjEuTGlzdEFnZW50UmVzdWx0c1Jlc3BvbnNlEnAKFUdldFZlcmlmaWNhdGlvblJlcG9ydBIqLmFnZW50Z2F0ZS52MS5HZXRWZXJpZmljYXRpb25SZXBvcnRSZXF1ZXN0GisuYWdlbnRnYXRlLnYxLkdldFZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlEnYKF0xpc3RWZXJpZmljYXRpb25SZXBvcnRzEiwuYWdlbnRnYXRlLnYxLkxpc3RWZXJpZmljYXRpb25SZXBvcnRzUmVxdWVzdBotLmFnZW50Z2F0ZS52MS5MaXN0VmVyaWZpY2F0aW9uUmVwb3J0c1Jlc3BvbnNlElUKDEdldEl0ZXJhdGlvbhIhLmFnZW50Z2F0ZS52MS5HZXRJdGVyYXRpb25SZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLkdldEl0ZXJhdGlvblJlc3BvbnNlElsKDkxpc3RJdGVyYXRpb25zEiMuYWdlbnRnYXRlLnYxLkxpc3RJdGVyYXRpb25zUmVxdWVzdBokLmFnZW50Z2F0ZS52MS5MaXN0SXRlcmF0aW9uc1Jlc3BvbnNlElUKDEFwcGVuZEV2ZW50cxIhLmFnZW50Z2F0ZS52MS5BcHBlbmRFdmVudHNSZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLkFwcGVuZEV2ZW50c1Jlc3BvbnNlElcKDFN0cmVhbUV2ZW50cxIhLmFnZW50Z2F0ZS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAFiBnByb3RvMw", [file_agentgate_v1_common, file_agentgate_v1_events]);
+  fileDesc("Ch5hZ2VudGdhdGUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGFnZW50Z2F0ZS52MSIyChBDcmVhdGVSdW5SZXF1ZXN0Eh4KA3J1bhgBIAEoCzIRLmFnZW50Z2F0ZS52MS5SdW4iMwoRQ3JlYXRlUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEuYWdlbnRnYXRlLnYxLlJ1biIyChBVcGRhdGVSdW5SZXF1ZXN0Eh4KA3J1bhgBIAEoCzIRLmFnZW50Z2F0ZS52MS5SdW4iMwoRVXBkYXRlUnVuUmVzcG9uc2USHgoDcnVuGAEgASgLMhEuYWdlbnRnYXRlLnYxLlJ1biIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIwCg5HZXRSdW5SZXNwb25zZRIeCgNydW4YASABKAsyES5hZ2VudGdhdGUudjEuUnVuIncKD0xpc3RSdW5zUmVxdWVzdBIVCg13b3JrX29yZGVyX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiYKBnN0YXRlcxgEIAMoDjIWLmFnZW50Z2F0ZS52MS5SdW5TdGF0ZSJMChBMaXN0UnVuc1Jlc3BvbnNlEh8KBHJ1bnMYASADKAsyES5hZ2VudGdhdGUudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJDChZTYXZlQWdlbnRSZXN1bHRSZXF1ZXN0EikKBnJlc3VsdBgBIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudFJlc3VsdCInChdTYXZlQWdlbnRSZXN1bHRSZXNwb25zZRIMCgRmaWxlGAEgASgJIlEKHVNhdmVWZXJpZmljYXRpb25SZXBvcnRSZXF1ZXN0EjAKBnJlcG9ydBgBIAEoCzIgLmFnZW50Z2F0ZS52MS5WZXJpZmljYXRpb25SZXBvcnQiLgoeU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlEgwKBGZpbGUYASABKAkiRgoUU2F2ZUl0ZXJhdGlvblJlcXVlc3QSLgoJaXRlcmF0aW9uGAEgASgLMhsuYWdlbnRnYXRlLnYxLkl0ZXJhdGlvbkRhdGEiJQoVU2F2ZUl0ZXJhdGlvblJlc3BvbnNlEgwKBGZpbGUYASABKAkiOgoVR2V0QWdlbnRSZXN1bHRSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpdGVyYXRpb24YAiABKAUiQwoWR2V0QWdlbnRSZXN1bHRSZXNwb25zZRIpCgZyZXN1bHQYASABKAsyGS5hZ2VudGdhdGUudjEuQWdlbnRSZXN1bHQiKQoXTGlzdEFnZW50UmVzdWx0c1JlcXVlc3QSDgoGcnVuX2lkGAEgASgJIkYKGExpc3RBZ2VudFJlc3VsdHNSZXNwb25zZRIqCgdyZXN1bHRzGAEgAygLMhkuYWdlbnRnYXRlLnYxLkFnZW50UmVzdWx0IkEKHEdldFZlcmlmaWNhdGlvblJlcG9ydFJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEhEKCWl0ZXJhdGlvbhgCIAEoBSJRCh1HZXRWZXJpZmljYXRpb25SZXBvcnRSZXNwb25zZRIwCgZyZXBvcnQYASABKAsyIC5hZ2VudGdhdGUudjEuVmVyaWZpY2F0aW9uUmVwb3J0IjAKHkxpc3RWZXJpZmljYXRpb25SZXBvcnRzUmVxdWVzdBIOCgZydW5faWQYASABKAkiVAofTGlzdFZlcmlmaWNhdGlvblJlcG9ydHNSZXNwb25zZRIxCgdyZXBvcnRzGAEgAygLMiAuYWdlbnRnYXRlLnYxLlZlcmlmaWNhdGlvblJlcG9ydCI4ChNHZXRJdGVyYXRpb25SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpdGVyYXRpb24YAiABKAUiRgoUR2V0SXRlcmF0aW9uUmVzcG9uc2USLgoJaXRlcmF0aW9uGAEgASgLMhsuYWdlbnRnYXRlLnYxLkl0ZXJhdGlvbkRhdGEiJwoVTGlzdEl0ZXJhdGlvbnNSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSJJChZMaXN0SXRlcmF0aW9uc1Jlc3BvbnNlEi8KCml0ZXJhdGlvbnMYASADKAsyGy5hZ2VudGdhdGUudjEuSXRlcmF0aW9uRGF0YSJlChBTYXZlUGF0Y2hSZXF1ZXN0EiUKBXBhdGNoGAEgASgLMhYuYWdlbnRnYXRlLnYxLlJ1blBhdGNoEioKCmN1bXVsYXRpdmUYAiABKAsyFi5hZ2VudGdhdGUudjEuUnVuUGF0Y2giOgoRU2F2ZVBhdGNoUmVzcG9uc2USDAoEZmlsZRgBIAEoCRIXCg9jdW11bGF0aXZlX2ZpbGUYAiABKAkiNAoPR2V0UGF0Y2hSZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIRCglpdGVyYXRpb24YAiABKAUiOQoQR2V0UGF0Y2hSZXNwb25zZRIlCgVwYXRjaBgBIAEoCzIWLmFnZW50Z2F0ZS52MS5SdW5QYXRjaCI9ChNBcHBlbmRFdmVudHNSZXF1ZXN0EiYKBmV2ZW50cxgBIAMoCzIWLmFnZW50Z2F0ZS52MS5SdW5FdmVudCIkChRBcHBlbmRFdmVudHNSZXNwb25zZRIMCgRzZXFzGAEgAygEIl8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSFQoNd29ya19vcmRlcl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg4KBmZvbGxvdxgEIAEoCCI9ChRTdHJlYW1FdmVudHNSZXNwb25zZRIlCgVldmVudBgBIAEoCzIWLmFnZW50Z2F0ZS52MS5SdW5FdmVudDKWDAoSUGVyc2lzdGVuY2VTZXJ2aWNlEkwKCUNyZWF0ZVJ1bhIeLmFnZW50Z2F0ZS52MS5DcmVhdGVSdW5SZXF1ZXN0Gh8uYWdlbnRnYXRlLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkwKCVVwZGF0ZVJ1bhIeLmFnZW50Z2F0ZS52MS5VcGRhdGVSdW5SZXF1ZXN0Gh8uYWdlbnRnYXRlLnYxLlVwZGF0ZVJ1blJlc3BvbnNlEkMKBkdldFJ1bhIbLmFnZW50Z2F0ZS52MS5HZXRSdW5SZXF1ZXN0GhwuYWdlbnRnYXRlLnYxLkdldFJ1blJlc3BvbnNlEkkKCExpc3RSdW5zEh0uYWdlbnRnYXRlLnYxLkxpc3RSdW5zUmVxdWVzdBoeLmFnZW50Z2F0ZS52MS5MaXN0UnVuc1Jlc3BvbnNlEl4KD1NhdmVBZ2VudFJlc3VsdBIkLmFnZW50Z2F0ZS52MS5TYXZlQWdlbnRSZXN1bHRSZXF1ZXN0GiUuYWdlbnRnYXRlLnYxLlNhdmVBZ2VudFJlc3VsdFJlc3BvbnNlEnMKFlNhdmVWZXJpZmljYXRpb25SZXBvcnQSKy5hZ2VudGdhdGUudjEuU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlcXVlc3QaLC5hZ2VudGdhdGUudjEuU2F2ZVZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlElgKDVNhdmVJdGVyYXRpb24SIi5hZ2VudGdhdGUudjEuU2F2ZUl0ZXJhdGlvblJlcXVlc3QaIy5hZ2VudGdhdGUudjEuU2F2ZUl0ZXJhdGlvblJlc3BvbnNlElsKDkdldEFnZW50UmVzdWx0EiMuYWdlbnRnYXRlLnYxLkdldEFnZW50UmVzdWx0UmVxdWVzdBokLmFnZW50Z2F0ZS52MS5HZXRBZ2VudFJlc3VsdFJlc3BvbnNlEmEKEExpc3RBZ2VudFJlc3VsdHMSJS5hZ2VudGdhdGUudjEuTGlzdEFnZW50UmVzdWx0c1JlcXVlc3QaJi5hZ2VudGdhdGUudjEuTGlzdEFnZW50UmVzdWx0c1Jlc3BvbnNlEnAKFUdldFZlcmlmaWNhdGlvblJlcG9ydBIqLmFnZW50Z2F0ZS52MS5HZXRWZXJpZmljYXRpb25SZXBvcnRSZXF1ZXN0GisuYWdlbnRnYXRlLnYxLkdldFZlcmlmaWNhdGlvblJlcG9ydFJlc3BvbnNlEnYKF0xpc3RWZXJpZmljYXRpb25SZXBvcnRzEiwuYWdlbnRnYXRlLnYxLkxpc3RWZXJpZmljYXRpb25SZXBvcnRzUmVxdWVzdBotLmFnZW50Z2F0ZS52MS5MaXN0VmVyaWZpY2F0aW9uUmVwb3J0c1Jlc3BvbnNlElUKDEdldEl0ZXJhdGlvbhIhLmFnZW50Z2F0ZS52MS5HZXRJdGVyYXRpb25SZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLkdldEl0ZXJhdGlvblJlc3BvbnNlElsKDkxpc3RJdGVyYXRpb25zEiMuYWdlbnRnYXRlLnYxLkxpc3RJdGVyYXRpb25zUmVxdWVzdBokLmFnZW50Z2F0ZS52MS5MaXN0SXRlcmF0aW9uc1Jlc3BvbnNlElUKDEFwcGVuZEV2ZW50cxIhLmFnZW50Z2F0ZS52MS5BcHBlbmRFdmVudHNSZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLkFwcGVuZEV2ZW50c1Jlc3BvbnNlElcKDFN0cmVhbUV2ZW50cxIhLmFnZW50Z2F0ZS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0GiIuYWdlbnRnYXRlLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAESTAoJU2F2ZVBhdGNoEh4uYWdlbnRnYXRlLnYxLlNhdmVQYXRjaFJlcXVlc3QaHy5hZ2VudGdhdGUudjEuU2F2ZVBhdGNoUmVzcG9uc2USSQoIR2V0UGF0Y2gSHS5hZ2VudGdhdGUudjEuR2V0UGF0Y2hSZXF1ZXN0Gh4uYWdlbnRnYXRlLnYxLkdldFBhdGNoUmVzcG9uc2ViBnByb3RvMw", [file_agentgate_v1_common, file_agentgate_v1_events]);
 
 /**
  * @generated from message agentgate.v1.CreateRunRequest
@@ -502,6 +502,97 @@ export const ListIterationsResponseSchema: GenMessage<ListIterationsResponse> = 
   messageDesc(file_agentgate_v1_persistence, 25);
 
 /**
+ * @generated from message agentgate.v1.SavePatchRequest
+ */
+export type SavePatchRequest = Message<"agentgate.v1.SavePatchRequest"> & {
+  /**
+   * The iteration's change against the previous snapshot.
+   *
+   * @generated from field: agentgate.v1.RunPatch patch = 1;
+   */
+  patch?: RunPatch | undefined;
+
+  /**
+   * The run's change so far against its source (iteration is ignored: stored as 0).
+   *
+   * @generated from field: agentgate.v1.RunPatch cumulative = 2;
+   */
+  cumulative?: RunPatch | undefined;
+};
+
+/**
+ * Describes the message agentgate.v1.SavePatchRequest.
+ * Use `create(SavePatchRequestSchema)` to create a new message.
+ */
+export const SavePatchRequestSchema: GenMessage<SavePatchRequest> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_persistence, 26);
+
+/**
+ * @generated from message agentgate.v1.SavePatchResponse
+ */
+export type SavePatchResponse = Message<"agentgate.v1.SavePatchResponse"> & {
+  /**
+   * File names inside the run directory (patch-N.diff, patch.diff).
+   *
+   * @generated from field: string file = 1;
+   */
+  file: string;
+
+  /**
+   * @generated from field: string cumulative_file = 2;
+   */
+  cumulativeFile: string;
+};
+
+/**
+ * Describes the message agentgate.v1.SavePatchResponse.
+ * Use `create(SavePatchResponseSchema)` to create a new message.
+ */
+export const SavePatchResponseSchema: GenMessage<SavePatchResponse> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_persistence, 27);
+
+/**
+ * @generated from message agentgate.v1.GetPatchRequest
+ */
+export type GetPatchRequest = Message<"agentgate.v1.GetPatchRequest"> & {
+  /**
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * 0 = the cumulative patch.
+   *
+   * @generated from field: int32 iteration = 2;
+   */
+  iteration: number;
+};
+
+/**
+ * Describes the message agentgate.v1.GetPatchRequest.
+ * Use `create(GetPatchRequestSchema)` to create a new message.
+ */
+export const GetPatchRequestSchema: GenMessage<GetPatchRequest> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_persistence, 28);
+
+/**
+ * @generated from message agentgate.v1.GetPatchResponse
+ */
+export type GetPatchResponse = Message<"agentgate.v1.GetPatchResponse"> & {
+  /**
+   * @generated from field: agentgate.v1.RunPatch patch = 1;
+   */
+  patch?: RunPatch | undefined;
+};
+
+/**
+ * Describes the message agentgate.v1.GetPatchResponse.
+ * Use `create(GetPatchResponseSchema)` to create a new message.
+ */
+export const GetPatchResponseSchema: GenMessage<GetPatchResponse> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_persistence, 29);
+
+/**
  * @generated from message agentgate.v1.AppendEventsRequest
  */
 export type AppendEventsRequest = Message<"agentgate.v1.AppendEventsRequest"> & {
@@ -518,7 +609,7 @@ export type AppendEventsRequest = Message<"agentgate.v1.AppendEventsRequest"> & 
  * Use `create(AppendEventsRequestSchema)` to create a new message.
  */
 export const AppendEventsRequestSchema: GenMessage<AppendEventsRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_persistence, 26);
+  messageDesc(file_agentgate_v1_persistence, 30);
 
 /**
  * @generated from message agentgate.v1.AppendEventsResponse
@@ -537,7 +628,7 @@ export type AppendEventsResponse = Message<"agentgate.v1.AppendEventsResponse"> 
  * Use `create(AppendEventsResponseSchema)` to create a new message.
  */
 export const AppendEventsResponseSchema: GenMessage<AppendEventsResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_persistence, 27);
+  messageDesc(file_agentgate_v1_persistence, 31);
 
 /**
  * @generated from message agentgate.v1.StreamEventsRequest
@@ -575,7 +666,7 @@ export type StreamEventsRequest = Message<"agentgate.v1.StreamEventsRequest"> & 
  * Use `create(StreamEventsRequestSchema)` to create a new message.
  */
 export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_persistence, 28);
+  messageDesc(file_agentgate_v1_persistence, 32);
 
 /**
  * @generated from message agentgate.v1.StreamEventsResponse
@@ -592,7 +683,7 @@ export type StreamEventsResponse = Message<"agentgate.v1.StreamEventsResponse"> 
  * Use `create(StreamEventsResponseSchema)` to create a new message.
  */
 export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_persistence, 29);
+  messageDesc(file_agentgate_v1_persistence, 33);
 
 /**
  * Memory: runs, iterations, results, reports and the event log.
@@ -751,6 +842,27 @@ export const PersistenceService: GenService<{
     methodKind: "server_streaming";
     input: typeof StreamEventsRequestSchema;
     output: typeof StreamEventsResponseSchema;
+  },
+  /**
+   * Stores an iteration's patch (patch-{N}.diff) and the run's cumulative one (patch.diff).
+   * RESOURCE_EXHAUSTED when a patch is over MAX_PATCH_BYTES (docs/results.md).
+   *
+   * @generated from rpc agentgate.v1.PersistenceService.SavePatch
+   */
+  savePatch: {
+    methodKind: "unary";
+    input: typeof SavePatchRequestSchema;
+    output: typeof SavePatchResponseSchema;
+  },
+  /**
+   * An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent.
+   *
+   * @generated from rpc agentgate.v1.PersistenceService.GetPatch
+   */
+  getPatch: {
+    methodKind: "unary";
+    input: typeof GetPatchRequestSchema;
+    output: typeof GetPatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentgate_v1_persistence, 0);
