@@ -9,7 +9,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -285,3 +287,28 @@ async def test_agentgate_dashboard_prints_a_login_url_that_works_once(gateway: G
     assert code == 1 and "refused the token" in err
     code, _, err = await _agentgate("dashboard", env={**env, "AGENTGATE_GATEWAY_ADDR": free_address()})
     assert code == 3 and "agentgate up" in err
+
+
+def test_a_field_added_to_an_event_reaches_the_dashboards_stubs_with_no_gateway_change(tmp_path: Path) -> None:
+    """docs/dashboard.md: a new field of RunEvent, after `make protos`'s own script, is in
+    the TypeScript the dashboard imports (`RunEventSchema`, which renders every field of an
+    event). The gateway takes no part: it routes by method path and forwards bytes, unknown
+    fields included (test above), so nothing of it is regenerated or edited."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / "clients" / "web").mkdir(parents=True)
+    for name in ("buf.yaml", "scripts/gen_web_stubs.sh", "clients/web/buf.gen.yaml"):
+        (root / name).write_bytes((REPO / name).read_bytes())
+    (root / "scripts/gen_web_stubs.sh").chmod(0o755)
+    (root / "clients/web/node_modules").symlink_to(REPO / "clients/web/node_modules")
+    shutil.copytree(REPO / "protos", root / "protos")
+    events = root / "protos/agentgate/v1/events.proto"
+    text = events.read_text()
+    head, brace, rest = text.partition("message RunEvent {\n")
+    events.write_text(head + brace + "  string dashboard_probe_note = 900;\n" + rest)
+
+    out = tmp_path / "gen"
+    subprocess.run([str(root / "scripts/gen_web_stubs.sh"), str(out)], check=True, capture_output=True, timeout=120)
+    generated = (out / "agentgate/v1/events_pb.ts").read_text()
+    assert "dashboardProbeNote" in generated
+    assert "dashboardProbeNote" not in (REPO / "clients/web/src/gen/agentgate/v1/events_pb.ts").read_text()
