@@ -67,6 +67,12 @@ class PersistenceServiceStub:
     """Replays the events after after_seq, then (follow) streams new ones until the
     work order's run ends.
     """
+    DeleteRuns: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DeleteRunsRequest, _persistence_pb2.DeleteRunsResponse]
+    """Deletes the records and files of terminal runs that finished before a time
+    (`agentgate gc --runs`); running runs are never touched.
+    """
+    GetRunFilesDiskUsage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetRunFilesDiskUsageRequest, _persistence_pb2.GetRunFilesDiskUsageResponse]
+    """Bytes used by the run files."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -107,6 +113,12 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Replays the events after after_seq, then (follow) streams new ones until the
     work order's run ends.
     """
+    DeleteRuns: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DeleteRunsRequest, _persistence_pb2.DeleteRunsResponse]  # type: ignore[assignment]
+    """Deletes the records and files of terminal runs that finished before a time
+    (`agentgate gc --runs`); running runs are never touched.
+    """
+    GetRunFilesDiskUsage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetRunFilesDiskUsageRequest, _persistence_pb2.GetRunFilesDiskUsageResponse]  # type: ignore[assignment]
+    """Bytes used by the run files."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Memory: runs, iterations, results, reports and the event log.
@@ -234,5 +246,23 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replays the events after after_seq, then (follow) streams new ones until the
         work order's run ends.
         """
+
+    @_abc_1.abstractmethod
+    def DeleteRuns(
+        self,
+        request: _persistence_pb2.DeleteRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.DeleteRunsResponse, _abc.Awaitable[_persistence_pb2.DeleteRunsResponse]]:
+        """Deletes the records and files of terminal runs that finished before a time
+        (`agentgate gc --runs`); running runs are never touched.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunFilesDiskUsage(
+        self,
+        request: _persistence_pb2.GetRunFilesDiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetRunFilesDiskUsageResponse, _abc.Awaitable[_persistence_pb2.GetRunFilesDiskUsageResponse]]:
+        """Bytes used by the run files."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

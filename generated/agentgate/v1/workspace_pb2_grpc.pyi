@@ -60,7 +60,15 @@ class WorkspaceServiceStub:
     GetDiff: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]
     """The diff between two snapshots (default: base snapshot to the newest)."""
     CleanupRun: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]
-    """Deletes the workspaces, clean rooms and agent files of a run."""
+    """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+    while one is leased, unless forced.
+    """
+    ListRunLeftovers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListRunLeftoversRequest, _workspace_pb2.ListRunLeftoversResponse]
+    """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+    entry per run id, for `agentgate gc`.
+    """
+    GetWorkspaceDiskUsage: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceDiskUsageRequest, _workspace_pb2.GetWorkspaceDiskUsageResponse]
+    """Bytes used by workspaces, git directories, clean rooms and agent files."""
     ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]
     """All workspaces, newest first; paginated."""
     DeleteWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]
@@ -102,7 +110,15 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     GetDiff: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]  # type: ignore[assignment]
     """The diff between two snapshots (default: base snapshot to the newest)."""
     CleanupRun: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]  # type: ignore[assignment]
-    """Deletes the workspaces, clean rooms and agent files of a run."""
+    """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+    while one is leased, unless forced.
+    """
+    ListRunLeftovers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListRunLeftoversRequest, _workspace_pb2.ListRunLeftoversResponse]  # type: ignore[assignment]
+    """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+    entry per run id, for `agentgate gc`.
+    """
+    GetWorkspaceDiskUsage: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceDiskUsageRequest, _workspace_pb2.GetWorkspaceDiskUsageResponse]  # type: ignore[assignment]
+    """Bytes used by workspaces, git directories, clean rooms and agent files."""
     ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
     """All workspaces, newest first; paginated."""
     DeleteWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]  # type: ignore[assignment]
@@ -213,7 +229,27 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.CleanupRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.CleanupRunResponse, _abc.Awaitable[_workspace_pb2.CleanupRunResponse]]:
-        """Deletes the workspaces, clean rooms and agent files of a run."""
+        """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+        while one is leased, unless forced.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunLeftovers(
+        self,
+        request: _workspace_pb2.ListRunLeftoversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ListRunLeftoversResponse, _abc.Awaitable[_workspace_pb2.ListRunLeftoversResponse]]:
+        """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+        entry per run id, for `agentgate gc`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWorkspaceDiskUsage(
+        self,
+        request: _workspace_pb2.GetWorkspaceDiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.GetWorkspaceDiskUsageResponse, _abc.Awaitable[_workspace_pb2.GetWorkspaceDiskUsageResponse]]:
+        """Bytes used by workspaces, git directories, clean rooms and agent files."""
 
     @_abc_1.abstractmethod
     def ListWorkspaces(
