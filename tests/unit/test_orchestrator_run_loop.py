@@ -70,8 +70,9 @@ class MemoryWorkspace:
     async def push(self, workspace_id: str, branch: str) -> workspace_pb2.PushResponse:
         raise AssertionError("a local run pushes nothing")
 
-    async def release(self, workspace_id: str) -> bool:
+    async def release(self, workspace_id: str, delete: bool = False) -> bool:
         self.calls.append("release")
+        self.deleted = delete
         return True
 
 

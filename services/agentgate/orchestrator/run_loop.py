@@ -24,6 +24,7 @@ from agentgate.common.errors import disk_full_excerpt
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.resolution import HarnessError, resolve_harness
+from agentgate.harness.retention import deletes_workspace
 from agentgate.orchestrator import budgets, build_errors
 from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
 from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
@@ -39,7 +40,7 @@ from agentgate.orchestrator.retry import (
     retries_message,
     settings_from_policy,
 )
-from agentgate.orchestrator.run_state import transition
+from agentgate.orchestrator.run_state import TERMINAL_STATES, transition
 from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, strategy_for
 from agentgate.orchestrator.subscribers import SubscriberChannel
 from agentgate.orchestrator.workspace_port import WorkspacePort
@@ -740,12 +741,23 @@ class RunExecutor:
         self._terminal_event = ev.RUN_CANCELED
 
     async def _release_workspace(self) -> None:
-        if self._workspace_id and await self._workspace.release(self._workspace_id):
+        """Releases the workspace, deleting it per the harness's retention (docs/workspaces.md):
+        this runs after delivery, so a pushed branch or pull request is already out."""
+        if not self._workspace_id:
+            return
+        # A worker shutting down leaves a run that is not over (it goes back to the queue):
+        # only an ended run's workspace is deleted.
+        ended = self.run.state in TERMINAL_STATES
+        delete = ended and deletes_workspace(self.harness.retention, self.run.result == R.RUN_RESULT_SUCCEEDED)
+        if await self._workspace.release(self._workspace_id, delete=delete):
             self.emitter.emit(
                 ev.WORKSPACE_RELEASED,
                 self.iteration,
                 workspace_changed=events_pb2.WorkspaceChanged(
-                    workspace_id=self._workspace_id, path=self.run.workspace_path, branch=self.run.branch_name
+                    workspace_id=self._workspace_id,
+                    path=self.run.workspace_path,
+                    branch=self.run.branch_name,
+                    deleted=delete,
                 ),
             )
 

@@ -14,14 +14,17 @@ import binascii
 import logging
 import re
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
+from agentgate.common.disk_usage import tree_usage
 from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
+    RUN_ID_PATTERN,
     WorkspaceManager,
     WorkspaceRecord,
     remove_tree,
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _TOKEN_PREFIX = "ws:"
+#: What agent executions leave: per workspace (files, prompts), then per run (CLI homes).
+AGENT_FILE_FOLDERS = ("agent-files", "prompts", "agent-homes")
 
 
 async def create_workspace(manager: WorkspaceManager, source: common_pb2.WorkspaceSource) -> WorkspaceRecord:
@@ -108,8 +113,7 @@ def _files_of(manager: WorkspaceManager, workspace_id: str) -> list[Path]:
     return [
         manager.path_of(workspace_id),
         manager.git_dir_of(workspace_id),
-        home / "agent-files" / workspace_id,
-        home / "prompts" / workspace_id,
+        *(home / name / workspace_id for name in AGENT_FILE_FOLDERS[:2]),
     ]
 
 
@@ -135,30 +139,68 @@ async def delete_workspace(manager: WorkspaceManager, workspace_id: str, force: 
         await _delete(manager, record)
 
 
-async def cleanup_run(manager: WorkspaceManager, run_id: str) -> list[str]:
-    """Deletes the workspaces, clean rooms and agent files of a run; returns the ids of the
-    workspaces deleted (none for an unknown run). FailedPrecondition, deleting nothing,
-    while one of them is still leased (the run is going on)."""
-    violations = run_id_violations(run_id)
-    if violations:
-        raise InvalidArgument(violations)
+async def _workspaces_of_run(manager: WorkspaceManager, run_id: str) -> list[WorkspaceRecord]:
     async with manager.db.execute("SELECT * FROM workspaces WHERE run_id = ? ORDER BY rowid", (run_id,)) as cursor:
-        records = [manager.record_from_row(row) for row in await cursor.fetchall()]
-    for record in records:
-        if record.leased:
-            raise FailedPrecondition(f"workspace {record.id} of run {run_id} is {describe(record)}; release it first")
+        return [manager.record_from_row(row) for row in await cursor.fetchall()]
+
+
+async def remove_run_files(manager: WorkspaceManager, run_id: str, records: list[WorkspaceRecord]) -> list[str]:
+    """The one place that deletes what a run left on disk (docs/workspaces.md,
+    "Retention"): the workspaces `records` (folder, trusted git directory, agent files,
+    prompts, index row), then, unless another workspace of the run is still leased (a
+    second attempt going on), the run's clean rooms and agent home. Returns the ids of the
+    workspaces deleted. Called at the end of a run (ReleaseLease with delete), by
+    CleanupRun and by `agentgate gc`."""
+    deleted = []
     for record in records:
         async with manager.lock(record.id):
             await _delete(manager, record)
-    await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
-    return [record.id for record in records]
+        deleted.append(record.id)
+    if not any(other.leased for other in await _workspaces_of_run(manager, run_id)):
+        await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
+        await asyncio.to_thread(remove_tree, manager.home / AGENT_FILE_FOLDERS[2] / run_id)
+    return deleted
+
+
+async def release_and_delete(manager: WorkspaceManager, workspace_id: str) -> WorkspaceRecord:
+    """Ends a run's hold on its workspace and deletes it with everything the run left,
+    together with the run's other workspaces that no lease holds (an earlier attempt's).
+    Returns the record as it was."""
+    record = await manager.release(workspace_id)
+    others = [other for other in await _workspaces_of_run(manager, record.run_id) if other.id != workspace_id]
+    await remove_run_files(manager, record.run_id, [record] + [other for other in others if not other.leased])
+    return record
+
+
+async def cleanup_run(manager: WorkspaceManager, run_id: str, force: bool = False) -> list[str]:
+    """Deletes the workspaces, clean rooms and agent files of a run; returns the ids of the
+    workspaces deleted (none for an unknown run). FailedPrecondition, deleting nothing,
+    while one of them is still leased (the run is going on), unless `force`."""
+    violations = run_id_violations(run_id)
+    if violations:
+        raise InvalidArgument(violations)
+    records = await _workspaces_of_run(manager, run_id)
+    for record in records:
+        if record.leased and not force:
+            raise FailedPrecondition(f"workspace {record.id} of run {run_id} is {describe(record)}; release it first")
+    if force:
+        # A lease left by a worker that died: taken back so the run's files all go.
+        for record in records:
+            if record.leased:
+                await manager.release(record.id)
+        records = await _workspaces_of_run(manager, run_id)
+    return await remove_run_files(manager, run_id, records)
+
+
+def _clean_room_pattern(run_id: str) -> re.Pattern[str]:
+    # Exactly `{run_id}-{iteration}-{8 hex}`: a prefix match would also catch run "abc-1"
+    # when cleaning run "abc".
+    return re.compile(rf"^\.?{re.escape(run_id)}-\d+-[0-9a-f]{{8}}(\.index)?$")
 
 
 async def _remove_clean_rooms(root: Path, run_id: str) -> None:
     """Clean rooms (and their temporary index files) a run's verifications left behind."""
-    # Exactly `{run_id}-{iteration}-{8 hex}`: a prefix match would also catch run "abc-1"
-    # when cleaning run "abc".
-    pattern = re.compile(rf"^\.?{re.escape(run_id)}-\d+-[0-9a-f]{{8}}(\.index)?$")
+    pattern = _clean_room_pattern(run_id)
 
     def names() -> list[Path]:
         if not root.is_dir():
@@ -166,10 +208,72 @@ async def _remove_clean_rooms(root: Path, run_id: str) -> None:
         return [entry for entry in root.iterdir() if pattern.match(entry.name)]
 
     for entry in await asyncio.to_thread(names):
-        if entry.is_dir() and not entry.is_symlink():
-            await asyncio.to_thread(remove_tree, entry)
-        else:
-            await asyncio.to_thread(entry.unlink, missing_ok=True)
+        await asyncio.to_thread(remove_tree, entry)
+
+
+#: A clean room's (or its index file's) name: `{run_id}-{iteration}-{8 hex}`.
+_CLEAN_ROOM_NAME = re.compile(r"^\.?(?P<run>.+)-\d+-[0-9a-f]{8}(\.index)?$")
+
+
+def _scan_leftovers(manager: WorkspaceManager, records: list[WorkspaceRecord]) -> list[workspace_pb2.RunLeftovers]:
+    """Per run id: its workspaces (from the index), clean rooms and agent home on disk,
+    their bytes and newest change (blocking)."""
+    home = manager.home
+    runs: dict[str, workspace_pb2.RunLeftovers] = {}
+    folders: dict[str, list[Path]] = {}
+
+    def entry(run_id: str) -> workspace_pb2.RunLeftovers:
+        if run_id not in runs:
+            runs[run_id] = workspace_pb2.RunLeftovers(run_id=run_id)
+            folders[run_id] = []
+        return runs[run_id]
+
+    for record in records:
+        if not record.run_id:
+            continue  # made with CreateWorkspace, by a user: not a run's leftover
+        found = entry(record.run_id)
+        found.workspace_ids.append(record.id)
+        found.leased = found.leased or record.leased
+        folders[record.run_id] += _files_of(manager, record.id)
+    for root, match in ((home / "cleanrooms", _CLEAN_ROOM_NAME.match), (home / "agent-homes", RUN_ID_PATTERN.match)):
+        if root.is_dir():
+            for path in root.iterdir():
+                if (found_name := match(path.name)) is not None:
+                    run_id = found_name.group("run") if found_name.groupdict() else path.name
+                    entry(run_id)
+                    folders[run_id].append(path)
+    for run_id, found in runs.items():
+        seen: set[tuple[int, int]] = set()
+        newest = 0.0
+        for folder in folders[run_id]:
+            usage = tree_usage(folder, seen)
+            found.bytes += usage.bytes
+            newest = max(newest, usage.newest_mtime)
+        if newest:
+            found.last_modified.FromDatetime(datetime.fromtimestamp(newest, UTC))
+    return sorted(runs.values(), key=lambda item: item.run_id)
+
+
+async def list_run_leftovers(manager: WorkspaceManager) -> list[workspace_pb2.RunLeftovers]:
+    """What each run left on disk (docs/workspaces.md, "gc"), measured off the event loop."""
+    async with manager.db.execute("SELECT * FROM workspaces ORDER BY rowid") as cursor:
+        records = [manager.record_from_row(row) for row in await cursor.fetchall()]
+    return await asyncio.to_thread(_scan_leftovers, manager, records)
+
+
+def _usage(home: Path) -> common_pb2.DiskUsage:
+    seen: set[tuple[int, int]] = set()
+    return common_pb2.DiskUsage(
+        workspaces_bytes=tree_usage(home / "workspaces", seen).bytes,
+        gitdirs_bytes=tree_usage(home / "gitdirs", seen).bytes,
+        cleanrooms_bytes=tree_usage(home / "cleanrooms", seen).bytes,
+        agent_files_bytes=sum(tree_usage(home / name, seen).bytes for name in AGENT_FILE_FOLDERS),
+    )
+
+
+async def disk_usage(manager: WorkspaceManager) -> common_pb2.DiskUsage:
+    """Bytes under the workspace service's folders of $AGENTGATE_HOME, walked off the event loop."""
+    return await asyncio.to_thread(_usage, manager.home)
 
 
 def to_list_response(records: list[WorkspaceRecord], next_token: str) -> workspace_pb2.ListWorkspacesResponse:

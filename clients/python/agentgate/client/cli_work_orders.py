@@ -75,6 +75,10 @@ class WorkOrderFlags:
         ),
     ] = None
     draft_pr: Annotated[bool, typer.Option("--draft-pr", help="Open the pull request as a draft.")] = False
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Branch the pull request targets (default: --ref, else the default branch)."),
+    ] = None
     retry_preset: Annotated[
         str | None, typer.Option("--retry-preset", help="Retry of transient failures: default, aggressive or none.")
     ] = None
@@ -99,6 +103,11 @@ class WorkOrderFlags:
         typer.Option("--sandbox-read-only", help="An absolute path agents and checks may read (repeatable)."),
     ] = None
 
+    keep_workspace: Annotated[
+        bool,
+        typer.Option("--keep-workspace", help="Keep the workspace on disk when the run ends (default: deleted)."),
+    ] = False
+
     def spec(self) -> common_pb2.WorkOrderSpec:
         """The work order these flags describe (`UsageError` names a wrong flag)."""
         from agentgate.client.spec_builder import build_spec
@@ -119,6 +128,7 @@ class WorkOrderFlags:
             git_mode=self.git_mode,
             github_mode=self.github_mode,
             draft_pr=self.draft_pr,
+            base=self.base,
             retry_preset=self.retry_preset,
             max_attempts=self.max_attempts,
             agent_timeout=self.agent_timeout,
@@ -126,6 +136,7 @@ class WorkOrderFlags:
             loop_strategy=self.loop_strategy,
             sandbox=self.sandbox,
             sandbox_read_only=self.sandbox_read_only or [],
+            keep_workspace=self.keep_workspace,
         )
 
 
