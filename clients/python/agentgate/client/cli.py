@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from agentgate.client import cli_agents, cli_profiles, cli_queue, cli_runs, cli_suite, cli_work_orders
+from agentgate.client import cli_agents, cli_gc, cli_profiles, cli_queue, cli_runs, cli_suite, cli_work_orders
 
 app = typer.Typer(help="AgentGate: run AI coding agents safely.", no_args_is_help=True, add_completion=False)
 
@@ -18,6 +18,7 @@ app.add_typer(cli_suite.app)  # up, down, health, ps
 app.add_typer(cli_work_orders.app)  # submit, exec, watch, status, list, cancel, demo
 app.add_typer(cli_agents.app)  # agents
 app.add_typer(cli_runs.logs_app)  # logs
+app.add_typer(cli_gc.app)  # gc
 app.add_typer(cli_profiles.app, name="profiles")
 app.add_typer(cli_queue.app, name="queue")
 app.add_typer(cli_runs.app, name="runs")
