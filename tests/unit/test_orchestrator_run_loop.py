@@ -252,3 +252,38 @@ async def test_events_that_find_the_disk_full_stop_the_agent_in_progress() -> No
     run = persistence.runs[-1]
     assert run.build_error.message == "No space left on device while writing persistence.db (saving events)"
     assert persistence.types()[-1] == ev.RUN_FAILED
+
+
+@pytest.mark.parametrize(
+    ("retention", "gates", "deleted"),
+    [
+        (0, [True], True),  # the default: delete
+        (common_pb2.WORKSPACE_RETENTION_DELETE, [False], True),  # a failed run too
+        (common_pb2.WORKSPACE_RETENTION_KEEP, [True], False),
+        (common_pb2.WORKSPACE_RETENTION_ON_FAILURE, [False], False),
+        (common_pb2.WORKSPACE_RETENTION_ON_FAILURE, [True], True),
+    ],
+)
+async def test_retention_decides_whether_the_ended_run_deletes_its_workspace(retention, gates, deleted) -> None:
+    ordered = work_order(max_iterations=1)
+    ordered.spec.harness.retention.workspace = retention
+    workspace, persistence = MemoryWorkspace(gates), MemoryPersistence()
+    await RunExecutor(ordered, workspace, persistence).execute()
+    assert workspace.calls[-1] == "release" and workspace.deleted is deleted
+    [released] = [e for e in persistence.events if e.type == ev.WORKSPACE_RELEASED]
+    assert released.workspace_changed.deleted is deleted
+
+
+async def test_a_worker_shutting_down_keeps_the_workspace_of_a_run_that_goes_on() -> None:
+    class Stuck(MemoryWorkspace):
+        async def run_agent(self, **_) -> common_pb2.AgentResult:
+            await asyncio.sleep(30)
+            raise AssertionError("not reached")
+
+    workspace = Stuck([True])
+    task = asyncio.create_task(RunExecutor(work_order(), workspace, MemoryPersistence()).execute())
+    await asyncio.sleep(0.2)
+    task.cancel()  # not a user's cancel: the lease expires and the run is taken up again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert workspace.calls[-1] == "release" and workspace.deleted is False
