@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 FINAL_RUN_STATES = TERMINAL_RUN_STATES
 
 SUBSCRIBER_QUEUE_ENV = "AGENTGATE_PERSISTENCE_SUBSCRIBER_QUEUE"
+#: How far ahead of this service's clock a DeleteRuns cutoff may be (the client's clock).
+DELETE_RUNS_CLOCK_SKEW_NS = 300 * 1_000_000_000
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
@@ -223,7 +226,14 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         With `dry_run`, only says which runs and how many bytes."""
         if not request.HasField("finished_before"):
             raise InvalidArgument([FieldViolation("finished_before", "a time is required")])
-        cutoff = request.finished_before.ToNanoseconds()
+        try:
+            cutoff = request.finished_before.ToNanoseconds()
+            request.finished_before.ToDatetime()  # checks the range of a Timestamp
+        except ValueError as exc:
+            raise InvalidArgument([FieldViolation("finished_before", str(exc))]) from None
+        if cutoff > time.time_ns() + DELETE_RUNS_CLOCK_SKEW_NS:
+            # A cutoff ahead of now is a mistake (a clock or a unit), not "every run".
+            raise InvalidArgument([FieldViolation("finished_before", "must not be in the future")])
         run_ids = await self.store.terminal_runs_finished_before(cutoff, TERMINAL_RUN_STATES)
         folders = [self.files.run_dir(run_id) for run_id in run_ids]
         size = sum([await asyncio.to_thread(tree_bytes, folder) for folder in folders])
