@@ -198,7 +198,13 @@ def _delivery_json(run: common_pb2.Run) -> dict[str, Any]:
 
 
 def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> dict[str, object]:
-    from agentgate.client.render import run_result_name, run_state_name, sandbox_name, work_order_summary
+    from agentgate.client.render import (
+        run_result_name,
+        run_state_name,
+        sandbox_name,
+        work_order_summary,
+        workspace_text,
+    )
     from agentgate.common.config import agentgate_home
     from agentgate.common.messages import to_dict
     from agentgate.v1 import common_pb2
@@ -218,6 +224,7 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
             build_error=to_dict(run.build_error) if run.HasField("build_error") else None,
             branch=run.branch_name,
             workspace=run.workspace_path,
+            workspace_deleted=workspace_text(run) != run.workspace_path,
             trace_id=run.trace_id or work_order.trace_id,
             loop_result=common_pb2.LoopResult.Name(run.loop_result).removeprefix("LOOP_RESULT_")
             if run.loop_result
@@ -430,6 +437,7 @@ def demo(
 
     from agentgate.client.cli_suite import start_missing
     from agentgate.client.demo import DEMO_PROMPT, make_demo_project
+    from agentgate.client.render import workspace_text
     from agentgate.client.supervisor import Supervisor
     from agentgate.v1 import common_pb2
 
@@ -450,7 +458,7 @@ def demo(
             _print_outcome(client, final, json_output=False)
             run = client.run(final.run_id)
             if run is not None:
-                console().print(f"iterations: {run.iteration_count}; workspace: {run.workspace_path}")
+                console().print(f"iterations: {run.iteration_count}; workspace: {workspace_text(run)}")
             succeeded = final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
     finally:
         if not keep:
