@@ -342,3 +342,20 @@ async def test_wait_for_ci_feeds_a_failed_check_back_and_ends_when_ci_passes(sui
     assert len(polls) >= 5  # 1 refused + 2 still running + 1 failed, then the second commit's
     ops = [(op.operation, op.success) for op in run.github_summary.operations]
     assert ops == [("push", True), ("create_pr", True), ("add_comment", True), ("wait_for_ci", True)]
+
+
+async def test_pull_request_base_is_base_branch_else_a_branch_ref_else_the_default(suite, github, tmp_path):
+    api, _ = github
+    api.branches.add("release")
+    git("tag", "v1", cwd=tmp_path / "seed" / "user-clone")
+    git("push", "-q", "origin", "v1", cwd=tmp_path / "seed" / "user-clone")
+    given = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR)
+    given.harness.git_ops.base_branch = "release"
+    tagged = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR)
+    tagged.source.ref = "v1"  # a tag cannot be a base: the default branch is
+    for spec in (given, tagged):
+        final, run, _ = await run_to_end(suite, spec)
+        assert final.status == W.WORK_ORDER_STATUS_SUCCEEDED, run.error
+    assert [pull["base"] for pull in api.pulls] == ["release", "main"]
+    asked = [r.path for r in api.requests if "/branches/" in r.path]
+    assert asked == ["/repos/octo/proj/branches/v1"]  # base_branch is used as given
