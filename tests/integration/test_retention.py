@@ -190,3 +190,23 @@ async def _events_so_far(suite: InProcessSuite, work_order_id: str) -> list:
     )
     return [response.event async for response in call]
 
+
+
+
+async def test_a_restarted_workspace_service_removes_what_its_predecessor_left(home: Path, tmp_path: Path):
+    """A preparation cut short leaves folders the index never heard of, a verification a
+    clean room: the next workspace service removes them at start, and keeps what it knows."""
+    first = await InProcessSuite.start(home)
+    try:
+        kept = await first.wait_terminal((await first.submit(spec(project(tmp_path), PASSING, KEEP))).id)
+        run = await first.run(kept.run_id)
+    finally:
+        await first.stop()
+    orphans = [home / "workspaces" / "ws-0123456789abcdef", home / "gitdirs" / "ws-0123456789abcdef.git",
+               home / "cleanrooms" / "run-x-1-0123abcd"]
+    for folder in orphans:
+        (folder / "sub").mkdir(parents=True)
+    second = await InProcessSuite.start(home)
+    await second.stop()
+    assert [exists(folder) for folder in orphans] == [False, False, False]
+    assert exists(run.workspace_path) and exists(home / "gitdirs" / f"{run.workspace_id}.git")

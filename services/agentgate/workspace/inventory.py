@@ -25,6 +25,7 @@ from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
     RUN_ID_PATTERN,
+    WORKSPACE_ID_PATTERN,
     WorkspaceManager,
     WorkspaceRecord,
     remove_tree,
@@ -209,6 +210,36 @@ async def _remove_clean_rooms(root: Path, run_id: str) -> None:
 
     for entry in await asyncio.to_thread(names):
         await asyncio.to_thread(remove_tree, entry)
+
+
+async def sweep_orphans(manager: WorkspaceManager) -> list[str]:
+    """At start-up: deletes what a workspace service that died left with no owner — workspace
+    folders and git directories the index does not know (a preparation cut short) and every
+    clean room (no verification runs before this process serves). Returns the paths deleted."""
+    async with manager.db.execute("SELECT id FROM workspaces") as cursor:
+        known = {row["id"] for row in await cursor.fetchall()}
+
+    def orphans() -> list[Path]:
+        found: list[Path] = []
+        for root, suffix in ((manager.workspaces_root, ""), (manager.git_dirs_root, ".git")):
+            if root.is_dir():
+                found += [
+                    path for path in root.iterdir()
+                    if path.name.endswith(suffix) and WORKSPACE_ID_PATTERN.match(path.name.removesuffix(suffix))
+                    and path.name.removesuffix(suffix) not in known
+                ]
+        clean_rooms = manager.home / "cleanrooms"
+        if clean_rooms.is_dir():
+            found += list(clean_rooms.iterdir())
+        return found
+
+    swept = await asyncio.to_thread(orphans)
+    for path in swept:
+        await asyncio.to_thread(remove_tree, path)
+    if swept:
+        log.info("removed %d leftover(s) of an earlier workspace service: %s", len(swept),
+                 ", ".join(path.name for path in swept[:10]))
+    return [str(path) for path in swept]
 
 
 #: A clean room's (or its index file's) name: `{run_id}-{iteration}-{8 hex}`.

@@ -358,8 +358,10 @@ class WorkspaceApp:
         self.servicer: WorkspaceServicer | None = None
 
     async def start(self, server: grpc.aio.Server) -> None:
-        """Opens the workspace index and registers the servicer."""
+        """Opens the workspace index, removes what a service that died left with no owner
+        (docs/workspaces.md, "gc") and registers the servicer."""
         await self.manager.open()
+        await inventory.sweep_orphans(self.manager)
         self.servicer = WorkspaceServicer(self.manager, self.kill_grace_seconds)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(self.servicer, server)
 
