@@ -177,8 +177,14 @@ async def test_gc_removes_dead_runs_leftovers_and_never_a_live_runs(suite: InPro
 
         usage = await asyncio.to_thread(housekeeping.disk_usage, workspace, persistence)
         assert usage["workspaces"] and usage["run_files"] and usage["total"] >= usage["workspaces"]
+        # Canceled, the live run ends, and its workspace goes with it.
         await suite.queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=live.id, reason="test over"))
         await suite.wait_terminal(live.id)
+        for _ in range(100):
+            if not exists(live_run.workspace_path):
+                break
+            await asyncio.sleep(0.1)
+        assert not exists(live_run.workspace_path)
     finally:
         for channel in channels:
             channel.close()

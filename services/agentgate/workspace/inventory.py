@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -118,14 +119,21 @@ def _files_of(manager: WorkspaceManager, workspace_id: str) -> list[Path]:
     ]
 
 
-async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> None:
-    # Files first: if removing them fails half-way, the index still knows the workspace
-    # and a second delete finishes the job.
-    for folder in _files_of(manager, record.id):
+async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
+    """Deletes a workspace's files, then its index row; False (row kept) when files remain."""
+    # Files first: if removing them fails half-way (say a process of the agent still
+    # writing), the index still knows the workspace and a second delete (gc) finishes the job.
+    folders = _files_of(manager, record.id)
+    for folder in folders:
         await asyncio.to_thread(remove_tree, folder)
+    left = [folder for folder in folders if await asyncio.to_thread(os.path.lexists, folder)]
+    if left:
+        log.warning("workspace %s is not gone yet (%s); kept in the index for gc", record.id, left[0])
+        return False
     await manager.db.execute("DELETE FROM workspaces WHERE id = ?", (record.id,))
     await manager.db.commit()
     log.info("deleted workspace %s (run %s)", record.id, record.run_id or "-")
+    return True
 
 
 async def delete_workspace(manager: WorkspaceManager, workspace_id: str, force: bool = False) -> None:
@@ -137,7 +145,8 @@ async def delete_workspace(manager: WorkspaceManager, workspace_id: str, force: 
             raise FailedPrecondition(
                 f"workspace {workspace_id} is {describe(record)}; release it first or delete with force"
             )
-        await _delete(manager, record)
+        if not await _delete(manager, record):
+            raise FailedPrecondition(f"workspace {workspace_id} could not be deleted completely; try again")
 
 
 async def _workspaces_of_run(manager: WorkspaceManager, run_id: str) -> list[WorkspaceRecord]:
@@ -155,8 +164,8 @@ async def remove_run_files(manager: WorkspaceManager, run_id: str, records: list
     deleted = []
     for record in records:
         async with manager.lock(record.id):
-            await _delete(manager, record)
-        deleted.append(record.id)
+            if await _delete(manager, record):
+                deleted.append(record.id)
     if not any(other.leased for other in await _workspaces_of_run(manager, run_id)):
         await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
         await asyncio.to_thread(remove_tree, manager.home / AGENT_FILE_FOLDERS[2] / run_id)
