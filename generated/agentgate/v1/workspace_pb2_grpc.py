@@ -168,7 +168,8 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseLease(self, request, context):
-        """Releases the lease on a workspace; its files stay for inspection.
+        """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+        (then the workspace goes with everything its run left: retention, docs/workspaces.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class WorkspaceServiceStub:
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceRequest, _workspace_pb2.GetWorkspaceResponse]
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]
-    """Releases the lease on a workspace; its files stay for inspection."""
+    """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+    (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+    """
     CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]
     """Makes a workspace from a source without a run (no branch, no lease)."""
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]
@@ -96,7 +98,9 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceRequest, _workspace_pb2.GetWorkspaceResponse]  # type: ignore[assignment]
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
-    """Releases the lease on a workspace; its files stay for inspection."""
+    """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+    (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+    """
     CreateWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
     """Makes a workspace from a source without a run (no branch, no lease)."""
     AcquireLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
@@ -179,7 +183,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.ReleaseLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.ReleaseLeaseResponse, _abc.Awaitable[_workspace_pb2.ReleaseLeaseResponse]]:
-        """Releases the lease on a workspace; its files stay for inspection."""
+        """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+        (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+        """
 
     @_abc_1.abstractmethod
     def CreateWorkspace(
