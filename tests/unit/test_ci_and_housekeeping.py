@@ -134,3 +134,17 @@ async def test_ci_waiter_grace_period_and_timeout() -> None:
     stuck = await wait([([check_run("build", status="in_progress", conclusion=None)], [])],
                        CiSettings(poll_seconds=10, timeout_seconds=60, grace_seconds=30))
     assert not stuck.passed and "still running after 60s" in stuck.checks[0].output
+
+
+def test_a_failed_ci_level_is_a_ci_failure_with_its_excerpt_in_the_feedback() -> None:
+    from agentgate.orchestrator.build_errors import from_verification_report
+    from agentgate.orchestrator.ci import ci_level
+    from agentgate.orchestrator.feedback import verification_feedback
+
+    state = read_state([check_run("build", conclusion="failure", text="FAILED test_calc.py::test_add")], {})
+    report = common_pb2.VerificationReport(passed=False, summary="CI failed: build")
+    report.levels.append(ci_level(state))
+    assert from_verification_report(report).type == common_pb2.BUILD_ERROR_TYPE_CI_FAILED
+    feedback = verification_feedback(1, report)
+    assert "### CI check `build` failed" in feedback and "FAILED test_calc.py::test_add" in feedback
+    assert "exit code" not in feedback
