@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _TOKEN_PREFIX = "ws:"
+#: A clean room's (or its index file's) name: `{run_id}-{iteration}-{8 hex}` (gate/cleanroom.py).
+#: The run id may hold '-': the fixed end decides where it stops, so run "abc" never
+#: claims run "abc-1"'s rooms.
+_CLEAN_ROOM_NAME = re.compile(r"^\.?(?P<run>.+)-\d+-[0-9a-f]{8}(\.index)?$")
 #: What agent executions leave: per workspace (files, prompts), then per run (CLI homes).
 AGENT_FILE_FOLDERS = ("agent-files", "prompts", "agent-homes")
 
@@ -202,20 +206,19 @@ async def cleanup_run(manager: WorkspaceManager, run_id: str, force: bool = Fals
     return await remove_run_files(manager, run_id, records)
 
 
-def _clean_room_pattern(run_id: str) -> re.Pattern[str]:
-    # Exactly `{run_id}-{iteration}-{8 hex}`: a prefix match would also catch run "abc-1"
-    # when cleaning run "abc".
-    return re.compile(rf"^\.?{re.escape(run_id)}-\d+-[0-9a-f]{{8}}(\.index)?$")
+def _clean_room_run(name: str) -> str | None:
+    """The run a clean room (or its index file) belongs to, by its name; None when not one."""
+    found = _CLEAN_ROOM_NAME.match(name)
+    return found.group("run") if found else None
 
 
 async def _remove_clean_rooms(root: Path, run_id: str) -> None:
     """Clean rooms (and their temporary index files) a run's verifications left behind."""
-    pattern = _clean_room_pattern(run_id)
 
     def names() -> list[Path]:
         if not root.is_dir():
             return []
-        return [entry for entry in root.iterdir() if pattern.match(entry.name)]
+        return [entry for entry in root.iterdir() if _clean_room_run(entry.name) == run_id]
 
     for entry in await asyncio.to_thread(names):
         await asyncio.to_thread(remove_tree, entry)
@@ -251,8 +254,6 @@ async def sweep_orphans(manager: WorkspaceManager) -> list[str]:
     return [str(path) for path in swept]
 
 
-#: A clean room's (or its index file's) name: `{run_id}-{iteration}-{8 hex}`.
-_CLEAN_ROOM_NAME = re.compile(r"^\.?(?P<run>.+)-\d+-[0-9a-f]{8}(\.index)?$")
 
 
 def _scan_leftovers(manager: WorkspaceManager, records: list[WorkspaceRecord]) -> list[workspace_pb2.RunLeftovers]:
@@ -275,11 +276,14 @@ def _scan_leftovers(manager: WorkspaceManager, records: list[WorkspaceRecord]) -
         found.workspace_ids.append(record.id)
         found.leased = found.leased or record.leased
         folders[record.run_id] += _files_of(manager, record.id)
-    for root, match in ((home / "cleanrooms", _CLEAN_ROOM_NAME.match), (home / "agent-homes", RUN_ID_PATTERN.match)):
+    owners = (
+        (home / "cleanrooms", _clean_room_run),
+        (home / AGENT_FILE_FOLDERS[2], lambda name: name if RUN_ID_PATTERN.match(name) else None),
+    )
+    for root, owner in owners:
         if root.is_dir():
             for path in root.iterdir():
-                if (found_name := match(path.name)) is not None:
-                    run_id = found_name.group("run") if found_name.groupdict() else path.name
+                if (run_id := owner(path.name)) is not None:
                     entry(run_id)
                     folders[run_id].append(path)
     for run_id, found in runs.items():
