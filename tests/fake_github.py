@@ -1,7 +1,8 @@
 """Fakes of GitHub for tests, as real HTTP servers on 127.0.0.1 (threads):
 
-- `FakeGitHubApi`: enough of the REST API for delivery (repository, pull requests,
-  comments), with scripted failures and a record of every request;
+- `FakeGitHubApi`: enough of the REST API for delivery (repository, branches, pull
+  requests, comments, a commit's check runs and combined status), with scripted failures,
+  rate limits and CI outcomes, and a record of every request;
 - `FakeGitHost`: git's smart HTTP protocol through the real `git http-backend`, serving the
   bare repositories under a folder as `/{owner}/{name}.git`, with optional Basic auth.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -90,10 +92,18 @@ class FakeGitHubApi:
 
     token: str = ""
     default_branch: str = "main"
+    #: Branches besides the default one (GET .../branches/{name}).
+    branches: set[str] = field(default_factory=set)
+    #: The CI of each head commit asked about, in the order commits are first asked
+    #: about (the last one repeats): see `ci`.
+    ci_outcomes: list[CiOutcome] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     pulls: list[dict[str, Any]] = field(default_factory=list)
     comments: list[dict[str, Any]] = field(default_factory=list)
     _failures: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    _rate_limited: dict[str, int] = field(default_factory=dict)
+    _ci_by_sha: dict[str, CiOutcome] = field(default_factory=dict)
+    _polls: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: _Server | None = None
 
@@ -117,6 +127,18 @@ class FakeGitHubApi:
         with self._lock:
             self._failures.append((method, suffix, list(statuses)))
 
+    def rate_limit(self, suffix: str, times: int) -> None:
+        """The next `times` requests whose path ends with `suffix` answer 403 with the quota
+        spent (X-RateLimit-Remaining 0, X-RateLimit-Reset a second ahead), as GitHub does."""
+        with self._lock:
+            self._rate_limited[suffix] = times
+
+    def ci(self, *outcomes: CiOutcome) -> None:
+        """The CI each new head commit gets: the first commit asked about gets the first
+        outcome, the next one the second, ... (the last one repeats)."""
+        with self._lock:
+            self.ci_outcomes = list(outcomes)
+
     def _scripted(self, request: Recorded) -> int:
         for method, suffix, statuses in self._failures:
             if method == request.method and request.path.endswith(suffix) and statuses:
@@ -128,6 +150,14 @@ class FakeGitHubApi:
             self.requests.append(request)
             if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
                 return 401, {"message": "Bad credentials"}, {}
+            for suffix, left in self._rate_limited.items():
+                if left and request.path.endswith(suffix):
+                    self._rate_limited[suffix] = left - 1
+                    reset = str(int(time.time()) + 1)
+                    return 403, {"message": "API rate limit exceeded for user ID 1.",
+                                 "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}, {
+                        "X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset,
+                        "X-RateLimit-Used": "5000", "X-RateLimit-Resource": "core"}
             status = self._scripted(request)
             if status == 429:
                 return 429, {"message": "API rate limit exceeded"}, {"Retry-After": "1"}
@@ -143,6 +173,12 @@ class FakeGitHubApi:
         html = f"https://github.example/{owner}/{name}"
         if not rest and request.method == "GET":
             return 200, {"full_name": f"{owner}/{name}", "default_branch": self.default_branch, "html_url": html}, {}
+        if len(rest) == 2 and rest[0] == "branches" and request.method == "GET":
+            if rest[1] in self.branches | {self.default_branch}:
+                return 200, {"name": rest[1], "protected": False, "_links": {"html": f"{html}/tree/{rest[1]}"}}, {}
+            return 404, {"message": "Branch not found"}, {}
+        if len(rest) == 3 and rest[0] == "commits" and request.method == "GET":
+            return self._ci_answer(owner, name, rest[1], rest[2], request)
         if rest == ["pulls"] and request.method == "POST":
             body = request.body or {}
             if any(p["head"] == body.get("head") for p in self.pulls):
@@ -163,6 +199,69 @@ class FakeGitHubApi:
             self.comments.append(comment)
             return 201, comment, {}
         return 404, {"message": "Not Found"}, {}
+
+
+    def _ci_answer(self, owner: str, name: str, sha: str, what: str, request: Recorded) -> tuple[int, Any, dict[str, str]]:
+        """GET .../commits/{sha}/check-runs and .../commits/{sha}/status, shaped like GitHub's."""
+        if sha not in self._ci_by_sha:
+            if not self.ci_outcomes:
+                outcome = CiOutcome()
+            else:
+                outcome = self.ci_outcomes[min(len(self._ci_by_sha), len(self.ci_outcomes) - 1)]
+            self._ci_by_sha[sha] = outcome
+        outcome = self._ci_by_sha[sha]
+        polls = self._polls[f"{sha}/{what}"] = self._polls.get(f"{sha}/{what}", 0) + 1
+        running = polls <= outcome.pending_polls
+        html = f"https://github.example/{owner}/{name}"
+        if what == "check-runs":
+            runs = [_check_run(sha, index, run, html, running) for index, run in enumerate(outcome.check_runs, 1)]
+            per_page = int((request.query.get("per_page") or ["30"])[0])
+            page = int((request.query.get("page") or ["1"])[0])
+            return 200, {"total_count": len(runs), "check_runs": runs[(page - 1) * per_page : page * per_page]}, {}
+        if what == "status":
+            statuses = [
+                {"id": index, "node_id": f"SC_{index}", "state": "pending" if running else status["state"],
+                 "context": status["context"], "description": status.get("description"),
+                 "target_url": status.get("target_url"), "url": f"{html}/statuses/{sha}",
+                 "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
+                for index, status in enumerate(outcome.statuses, 1)
+            ]
+            states = {status["state"] for status in statuses}
+            # GitHub's combined state: failure if any failed or errored, pending if any is
+            # pending or there is none, else success.
+            state = ("failure" if states & {"failure", "error"} else
+                     "pending" if "pending" in states or not statuses else "success")
+            return 200, {"state": state, "statuses": statuses, "sha": sha, "total_count": len(statuses),
+                         "repository": {"full_name": f"{owner}/{name}"},
+                         "commit_url": f"{html}/commits/{sha}", "url": f"{html}/commits/{sha}/status"}, {}
+        return 404, {"message": "Not Found"}, {}
+
+
+@dataclass
+class CiOutcome:
+    """The CI of one commit: check runs ({name, conclusion, summary, text}) and statuses
+    ({context, state, description, target_url}); for the first `pending_polls` polls every
+    check is still running."""
+
+    check_runs: list[dict[str, str]] = field(default_factory=list)
+    statuses: list[dict[str, str]] = field(default_factory=list)
+    pending_polls: int = 0
+
+
+def _check_run(sha: str, index: int, run: dict[str, str], html: str, running: bool) -> dict[str, Any]:
+    """A check run as GET .../commits/{ref}/check-runs lists it."""
+    return {
+        "id": index, "node_id": f"CR_{index}", "head_sha": sha, "external_id": "", "name": run["name"],
+        "url": f"{html}/check-runs/{index}", "html_url": f"{html}/runs/{index}",
+        "details_url": f"{html}/actions/runs/{index}",
+        "status": "in_progress" if running else "completed",
+        "conclusion": None if running else run.get("conclusion", "success"),
+        "started_at": "2026-01-01T00:00:00Z", "completed_at": None if running else "2026-01-01T00:01:00Z",
+        "output": {"title": run.get("title"), "summary": run.get("summary"), "text": run.get("text"),
+                   "annotations_count": 0, "annotations_url": f"{html}/check-runs/{index}/annotations"},
+        "check_suite": {"id": 1}, "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+        "pull_requests": [],
+    }
 
 
 class _GitHandler(BaseHTTPRequestHandler):

@@ -60,7 +60,7 @@ def test_exec_with_claude_code_records_the_agent_and_resumes_the_session(suite: 
         # sandboxed agent writes to that outlives it.
         "--agent-option", "env.STANDIN_LOG=.standin-calls.jsonl",
         "--agent-option", "max_turns=10",
-        "--max-iterations", "3",
+        "--max-iterations", "3", "--keep-workspace",
         # The stand-in `claude` and its recordings live outside the toolchain folders the
         # sandbox shows by default, as a user's own tools might: named read-only.
         "--sandbox-read-only", str(bin_dir), "--sandbox-read-only", str(FIXTURES),

@@ -134,3 +134,14 @@ def test_sigkill_mid_run_loses_and_duplicates_nothing(suite: Suite, client: Agen
     integrity_ok(suite.home)
     # The restarted service is a new process, serving.
     assert suite.cli("health").returncode == 0
+
+    # A killed worker's run is picked up again in a new workspace; the one it held stays
+    # leased by the dead worker until `agentgate gc` removes it (docs/workspaces.md, "gc").
+    # Then nothing of any run is left on disk.
+    gc = json.loads(suite.cli("gc", "--json", check=True).stdout)
+    assert gc["kept"] == [], gc
+    if victim == "orchestrator":
+        assert gc["deleted_workspace_ids"], gc
+    for name in ("workspaces", "gitdirs", "cleanrooms", "agent-homes"):
+        folder = suite.home / name
+        assert not folder.is_dir() or not any(folder.iterdir()), (name, sorted(p.name for p in folder.iterdir()))

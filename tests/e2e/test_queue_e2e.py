@@ -275,6 +275,10 @@ def test_ten_work_orders_wait_in_priority_then_time_order(
         assert {k: out[k] for k in ("waiting", "running", "max_concurrent", "max_queue_size", "accepting")} == {
             "waiting": 8, "running": 2, "max_concurrent": 2, "max_queue_size": 8, "accepting": False,
         }
+        # The two running work orders' workspaces and the run files take room (docs/workspaces.md).
+        disk = out["disk_bytes"]
+        assert disk["workspaces"] > 0 and disk["gitdirs"] > 0 and disk["run_files"] > 0, disk
+        assert disk["total"] >= disk["workspaces"] + disk["gitdirs"] + disk["run_files"], disk
         code, out = suite.cli_json("queue", "position", expected[3])
         assert code == 0 and (out["position"], out["ahead"], out["state"]) == (4, 3, "waiting")
         after = queue.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(page_size=1000), timeout=5)

@@ -62,6 +62,8 @@ def failed_run(secret_suite: Suite, tmp_path_factory: pytest.TempPathFactory) ->
         "exec", "--path", str(root), "--prompt", "Fix add()", "--agent", "command",
         "--agent-option", f"command={sys.executable} {agent}", "--max-iterations", "2",
         "--sandbox-read-only", str(agent.parent),
+        # Kept, so that its prompt files are searched below too.
+        "--keep-workspace",
     )
     assert code == 1 and out["status"] == "FAILED", (out, secret_suite.logs())
     return out

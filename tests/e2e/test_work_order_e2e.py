@@ -55,7 +55,7 @@ def test_health_and_reflection(suite: Suite):
 def test_fixing_agent_succeeds_in_two_iterations_and_leaves_path_untouched(suite: Suite, tmp_path: Path):
     project = make_project(tmp_path / "project")
     before = tree_digest(project)
-    code, out = exec_json(suite, project, fixing_script(tmp_path / "fix.yaml"))
+    code, out = exec_json(suite, project, fixing_script(tmp_path / "fix.yaml"), "--keep-workspace")
     assert code == 0, (out, suite.logs())
     assert out["status"] == "SUCCEEDED"
     assert out["result"] == "SUCCEEDED"
@@ -114,6 +114,12 @@ def test_agent_that_never_fixes_fails_after_max_iterations(suite: Suite, tmp_pat
     assert "max iterations (2)" in out["stop_reason"]
     status_code, status = suite.cli_json("status", out["work_order_id"])
     assert status_code == 0 and status["status"] == "FAILED" and status["run_id"] == out["run_id"]
+    # Retention (docs/workspaces.md): a failed run's workspace is deleted by default too,
+    # with its trusted git directory and clean rooms.
+    workspace_id = Path(out["workspace"]).name
+    assert not Path(out["workspace"]).exists()
+    assert not (suite.home / "gitdirs" / f"{workspace_id}.git").exists()
+    assert not any((suite.home / "cleanrooms").glob(f"{out['run_id']}-*"))
 
 
 def test_git_url_source_with_ref(suite: Suite, tmp_path: Path):

@@ -171,6 +171,8 @@ def make_seeds(channels: dict[str, grpc.Channel], project: Path, earlier: common
 
     ws = prepare("run-fuzzws")
     victim = prepare("run-fuzzvictim")
+    # ReleaseLease may delete (its `delete` flag): its own workspace, not the others' seeds'.
+    released = prepare("run-fuzzrelease")
     snapshot = workspace.CreateSnapshot(workspace_pb2.CreateSnapshotRequest(workspace_id=ws.id), timeout=30)
     spec = common_pb2.WorkOrderSpec(
         task_prompt="Fix add()", agent=common_pb2.AgentSpec(name="scripted", options={"script": BENIGN_SCRIPT})
@@ -221,7 +223,7 @@ def make_seeds(channels: dict[str, grpc.Channel], project: Path, earlier: common
             workspace_id=ws.id, snapshot_id=snapshot.snapshot_id, run_id="run-fuzzws", iteration=1
         ),
         "workspace.GetWorkspace": workspace_pb2.GetWorkspaceRequest(workspace_id=ws.id),
-        "workspace.ReleaseLease": workspace_pb2.ReleaseLeaseRequest(workspace_id=ws.id),
+        "workspace.ReleaseLease": workspace_pb2.ReleaseLeaseRequest(workspace_id=released.id),
         "workspace.CreateWorkspace": workspace_pb2.CreateWorkspaceRequest(source=source),
         "workspace.AcquireLease": workspace_pb2.AcquireLeaseRequest(workspace_id=ws.id, lease_seconds=60, holder="fuzz"),
         "workspace.RestoreSnapshot": workspace_pb2.RestoreSnapshotRequest(

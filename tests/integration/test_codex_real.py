@@ -106,6 +106,8 @@ def spec(root: Path, *, max_iterations: int = 3, **limits: int) -> common_pb2.Wo
     # Backoff between agent attempts short enough for a test, still exercised.
     built.harness.retry.initial_backoff_seconds = 0.2
     built.harness.retry.max_backoff_seconds = 0.5
+    # The run's codex home is inspected after the run (docs/workspaces.md, "Retention").
+    built.harness.retention.workspace = common_pb2.WORKSPACE_RETENTION_KEEP
     for key, value in limits.items():
         setattr(built.harness.limits, key, value)
     return built

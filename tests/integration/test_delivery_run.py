@@ -15,7 +15,7 @@ from agentgate.common.errors import field_violations
 from agentgate.common.github import secret_forms
 from agentgate.v1 import common_pb2
 
-from ..fake_github import FakeGitHost, FakeGitHubApi, git, grep_tree, make_remote_and_clone, tree_digest
+from ..fake_github import CiOutcome, FakeGitHost, FakeGitHubApi, git, grep_tree, make_remote_and_clone, tree_digest
 from .inprocess_suite import InProcessSuite
 
 R = common_pb2.RunResult
@@ -289,3 +289,73 @@ async def test_a_rerun_finds_its_open_pull_request_and_comments(suite, github):
     assert run.pr_url == "https://github.example/octo/proj/pull/7"
     assert [op.operation for op in run.github_summary.operations] == ["push", "create_pr", "add_comment"]
     assert api.comments and api.comments[0]["issue"] == 7
+
+
+async def test_wait_for_ci_feeds_a_failed_check_back_and_ends_when_ci_passes(suite, github, tmp_path, monkeypatch):
+    """The PR targets --ref (dev) and carries the verification summary; its first commit's
+    CI fails (after running a while, behind a spent rate limit), the failing check's output
+    reaches iteration 2's prompt, iteration 2 pushes to the same PR, and its CI passes."""
+    api, host = github
+    git("push", "-q", "origin", "HEAD:refs/heads/dev", cwd=tmp_path / "seed" / "user-clone")
+    api.branches.add("dev")
+    api.ci(
+        CiOutcome(check_runs=[{"name": "build", "conclusion": "failure", "title": "1 test failed",
+                               "summary": "pytest: 1 failed, 3 passed",
+                               "text": "FAILED test_calc.py::test_add_negative - assert add(-1, -2) == -3"}],
+                  statuses=[{"context": "ci/lint", "state": "success"}], pending_polls=2),
+        CiOutcome(check_runs=[{"name": "build", "conclusion": "success"}],
+                  statuses=[{"context": "ci/lint", "state": "success"}]),
+    )
+    api.rate_limit("/check-runs", 1)
+    monkeypatch.setenv("AGENTGATE_CI_POLL_SECONDS", "0")
+    # Each iteration writes the fix anew (a new commit, so a new head for CI).
+    command = "printf 'def add(a, b):\\n    return a + b  # %s\\n' {iteration} > calc.py"
+    spec = make_spec("", github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR, max_iterations=2)
+    spec.agent.CopyFrom(common_pb2.AgentSpec(name="command", options={"command": command}))
+    spec.source.ref = "dev"
+    spec.harness.verification.wait_for_ci = True
+    spec.harness.retention.workspace = common_pb2.WORKSPACE_RETENTION_KEEP  # its prompts are read below
+    final, run, events = await run_to_end(suite, spec)
+    assert final.status == W.WORK_ORDER_STATUS_SUCCEEDED, run.error
+    assert run.result == R.RUN_RESULT_SUCCEEDED and run.iteration_count == 2
+
+    # Iteration 1: the gate passed, CI failed, and that failure was the feedback.
+    first = suite.run_file(run.id, "verification-1.json")
+    assert first["passed"] is False and first["levels"][-1]["level"] == "CI"
+    prompt = (suite.home / "prompts" / run.workspace_id / "prompt-2.md").read_text()
+    assert "FAILED test_calc.py::test_add_negative" in prompt and "`build`" in prompt
+    assert suite.run_file(run.id, "verification-2.json")["passed"] is True
+
+    # One pull request, on dev, with the summary; iteration 2 pushed to it and commented.
+    [pull] = api.pulls
+    assert (pull["head"], pull["base"]) == (f"agentgate/{run.id}", "dev")
+    assert "| Iterations | 1 of 2 |" in pull["body"] and "L1 ✓ (1 checks)" in pull["body"]
+    assert "| Cost |" in pull["body"] and "| Tokens |" in pull["body"]
+    assert len(api.comments) == 1 and "| Iterations | 2 of 2 |" in api.comments[0]["body"]
+    assert git("rev-parse", f"agentgate/{run.id}", cwd=host.bare_repo("octo", "proj")).strip() == run.final_commit
+
+    # The spent quota was waited out (Retry: at least until X-RateLimit-Reset), then CI polled.
+    ci_tries = retry_events(events, "wait_for_ci")
+    assert ci_tries[0].retry_attempt.success is False and ci_tries[0].retry_attempt.next_retry_ms >= 1000
+    assert "rate limit" in ci_tries[0].retry_attempt.error
+    polls = [r for r in api.requests if r.path.endswith("/check-runs")]
+    assert len(polls) >= 5  # 1 refused + 2 still running + 1 failed, then the second commit's
+    ops = [(op.operation, op.success) for op in run.github_summary.operations]
+    assert ops == [("push", True), ("create_pr", True), ("add_comment", True), ("wait_for_ci", True)]
+
+
+async def test_pull_request_base_is_base_branch_else_a_branch_ref_else_the_default(suite, github, tmp_path):
+    api, _ = github
+    api.branches.add("release")
+    git("tag", "v1", cwd=tmp_path / "seed" / "user-clone")
+    git("push", "-q", "origin", "v1", cwd=tmp_path / "seed" / "user-clone")
+    given = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR)
+    given.harness.git_ops.base_branch = "release"
+    tagged = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR)
+    tagged.source.ref = "v1"  # a tag cannot be a base: the default branch is
+    for spec in (given, tagged):
+        final, run, _ = await run_to_end(suite, spec)
+        assert final.status == W.WORK_ORDER_STATUS_SUCCEEDED, run.error
+    assert [pull["base"] for pull in api.pulls] == ["release", "main"]
+    asked = [r.path for r in api.requests if "/branches/" in r.path]
+    assert asked == ["/repos/octo/proj/branches/v1"]  # base_branch is used as given

@@ -48,6 +48,8 @@ async def test_a_retried_attempt_starts_from_the_snapshot_and_the_events_say_so(
     spec.harness.limits.agent_timeout_seconds = 1
     spec.harness.retry.max_attempts = 2
     spec.harness.retry.initial_backoff_seconds = 0.05
+    # The workspace is inspected below (docs/workspaces.md, "Retention").
+    spec.harness.retention.workspace = common_pb2.WORKSPACE_RETENTION_KEEP
 
     work_order = await suite.submit(spec)
     final = await suite.wait_terminal(work_order.id, timeout=90)

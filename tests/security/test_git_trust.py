@@ -276,6 +276,8 @@ async def test_a_work_order_whose_agent_attacks_every_git_command_is_delivered_w
     spec.source.local_path = str(clone)
     spec.harness.loop_strategy.max_iterations = 1
     spec.harness.git_ops.mode = common_pb2.GIT_MODE_PUSH  # type: ignore[assignment]
+    # The workspace is used below to show the attack (docs/workspaces.md, "Retention").
+    spec.harness.retention.workspace = common_pb2.WORKSPACE_RETENTION_KEEP
     suite = await InProcessSuite.start(home)
     try:
         work_order = await suite.submit(spec)

@@ -125,7 +125,7 @@ def _attack(suite: Suite, listener: Listener, root: Path, profile: str) -> dict:
     code, out = suite.cli_json(
         "exec", "--path", str(project), "--prompt", "attack", "--agent", "command",
         "--agent-option", f"command={sys.executable} attack_agent.py",
-        "--max-iterations", "1", "--profile", profile, timeout=300,
+        "--max-iterations", "1", "--profile", profile, "--keep-workspace", timeout=300,
     )
     assert "run_id" in out, (code, out, suite.logs())
     workspace = Path(out["workspace"])

@@ -73,8 +73,9 @@ class MemoryWorkspace:
     async def push(self, workspace_id: str, branch: str) -> workspace_pb2.PushResponse:
         raise AssertionError("a local run pushes nothing")
 
-    async def release(self, workspace_id: str) -> bool:
+    async def release(self, workspace_id: str, delete: bool = False) -> bool:
         self.calls.append("release")
+        self.deleted = delete
         return True
 
 
@@ -350,3 +351,38 @@ async def test_a_later_attempt_starts_over_when_the_patches_no_longer_apply() ->
     assert workspace.calls[:2] == ["prepare", "agent 1"]
     warnings = [e.persistence_warning.message for e in persistence.events if e.type == ev.PERSISTENCE_WARNING]
     assert any("starts over from iteration 1" in message for message in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    ("retention", "gates", "deleted"),
+    [
+        (0, [True], True),  # the default: delete
+        (common_pb2.WORKSPACE_RETENTION_DELETE, [False], True),  # a failed run too
+        (common_pb2.WORKSPACE_RETENTION_KEEP, [True], False),
+        (common_pb2.WORKSPACE_RETENTION_ON_FAILURE, [False], False),
+        (common_pb2.WORKSPACE_RETENTION_ON_FAILURE, [True], True),
+    ],
+)
+async def test_retention_decides_whether_the_ended_run_deletes_its_workspace(retention, gates, deleted) -> None:
+    ordered = work_order(max_iterations=1)
+    ordered.spec.harness.retention.workspace = retention
+    workspace, persistence = MemoryWorkspace(gates), MemoryPersistence()
+    await RunExecutor(ordered, workspace, persistence).execute()
+    assert workspace.calls[-1] == "release" and workspace.deleted is deleted
+    [released] = [e for e in persistence.events if e.type == ev.WORKSPACE_RELEASED]
+    assert released.workspace_changed.deleted is deleted
+
+
+async def test_a_worker_shutting_down_keeps_the_workspace_of_a_run_that_goes_on() -> None:
+    class Stuck(MemoryWorkspace):
+        async def run_agent(self, **_) -> common_pb2.AgentResult:
+            await asyncio.sleep(30)
+            raise AssertionError("not reached")
+
+    workspace = Stuck([True])
+    task = asyncio.create_task(RunExecutor(work_order(), workspace, MemoryPersistence()).execute())
+    await asyncio.sleep(0.2)
+    task.cancel()  # not a user's cancel: the lease expires and the run is taken up again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert workspace.calls[-1] == "release" and workspace.deleted is False

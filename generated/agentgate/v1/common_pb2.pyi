@@ -151,6 +151,32 @@ GIT_HUB_MODE_DISABLED: GitHubMode.ValueType  # 3
 """No GitHub operation is attempted."""
 Global___GitHubMode: _TypeAlias = GitHubMode  # noqa: Y015
 
+class _WorkspaceRetention:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkspaceRetentionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkspaceRetention.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKSPACE_RETENTION_UNSPECIFIED: _WorkspaceRetention.ValueType  # 0
+    WORKSPACE_RETENTION_DELETE: _WorkspaceRetention.ValueType  # 1
+    """Deleted with its git directory, clean rooms and agent files, whatever the outcome."""
+    WORKSPACE_RETENTION_KEEP: _WorkspaceRetention.ValueType  # 2
+    """Kept for inspection (`agentgate gc` or DeleteWorkspace removes it later)."""
+    WORKSPACE_RETENTION_ON_FAILURE: _WorkspaceRetention.ValueType  # 3
+    """Kept when the run did not succeed, deleted when it did."""
+
+class WorkspaceRetention(_WorkspaceRetention, metaclass=_WorkspaceRetentionEnumTypeWrapper):
+    """What happens to a run's workspace when the run ends (docs/workspaces.md, "Retention")."""
+
+WORKSPACE_RETENTION_UNSPECIFIED: WorkspaceRetention.ValueType  # 0
+WORKSPACE_RETENTION_DELETE: WorkspaceRetention.ValueType  # 1
+"""Deleted with its git directory, clean rooms and agent files, whatever the outcome."""
+WORKSPACE_RETENTION_KEEP: WorkspaceRetention.ValueType  # 2
+"""Kept for inspection (`agentgate gc` or DeleteWorkspace removes it later)."""
+WORKSPACE_RETENTION_ON_FAILURE: WorkspaceRetention.ValueType  # 3
+"""Kept when the run did not succeed, deleted when it did."""
+Global___WorkspaceRetention: _TypeAlias = WorkspaceRetention  # noqa: Y015
+
 class _SandboxMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -658,12 +684,17 @@ class GitOpsSettings(_message.Message):
     BRANCH_PATTERN_FIELD_NUMBER: _builtins.int
     DRAFT_PR_FIELD_NUMBER: _builtins.int
     GITHUB_MODE_FIELD_NUMBER: _builtins.int
+    BASE_BRANCH_FIELD_NUMBER: _builtins.int
     mode: Global___GitMode.ValueType
     branch_pattern: _builtins.str
     """Branch name pattern; {run_id} is replaced (default agentgate/{run_id})."""
     draft_pr: _builtins.bool
     github_mode: Global___GitHubMode.ValueType
     """Unset = default for the mode (pr: fail_fast, push: best_effort, local: disabled)."""
+    base_branch: _builtins.str
+    """The branch a pull request targets; empty = the source's `ref` when it names a branch,
+    else the repository's default branch (docs/delivery.md).
+    """
     def __init__(
         self,
         *,
@@ -671,16 +702,39 @@ class GitOpsSettings(_message.Message):
         branch_pattern: _builtins.str = ...,
         draft_pr: _builtins.bool | None = ...,
         github_mode: Global___GitHubMode.ValueType = ...,
+        base_branch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr", "draft_pr", b"draft_pr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr", "branch_pattern", b"branch_pattern", "draft_pr", b"draft_pr", "github_mode", b"github_mode", "mode", b"mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr", "base_branch", b"base_branch", "branch_pattern", b"branch_pattern", "draft_pr", b"draft_pr", "github_mode", b"github_mode", "mode", b"mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__draft_pr: _TypeAlias = _typing.Literal["draft_pr"]  # noqa: Y015
     _WhichOneofArgType__draft_pr: _TypeAlias = _typing.Literal["_draft_pr", b"_draft_pr"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__draft_pr) -> _WhichOneofReturnType__draft_pr | None: ...
 
 Global___GitOpsSettings: _TypeAlias = GitOpsSettings  # noqa: Y015
+
+@_typing.final
+class RetentionSettings(_message.Message):
+    """Retention of what a run leaves on disk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    workspace: Global___WorkspaceRetention.ValueType
+    """Unset = delete."""
+    def __init__(
+        self,
+        *,
+        workspace: Global___WorkspaceRetention.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionSettings: _TypeAlias = RetentionSettings  # noqa: Y015
 
 @_typing.final
 class SandboxSettings(_message.Message):
@@ -929,6 +983,7 @@ class HarnessSettings(_message.Message):
     GIT_OPS_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     profile: _builtins.str
     """Profile name (SPEC §14); empty = default."""
     extra_instructions: _builtins.str
@@ -947,6 +1002,10 @@ class HarnessSettings(_message.Message):
     def sandbox(self) -> Global___SandboxSettings:
         """The sandbox around every agent execution and gate check (docs/sandbox.md)."""
 
+    @_builtins.property
+    def retention(self) -> Global___RetentionSettings:
+        """What is kept on disk after the run (docs/workspaces.md, "Retention")."""
+
     def __init__(
         self,
         *,
@@ -958,14 +1017,53 @@ class HarnessSettings(_message.Message):
         git_ops: Global___GitOpsSettings | None = ...,
         retry: Global___RetryPolicy | None = ...,
         sandbox: Global___SandboxSettings | None = ...,
+        retention: Global___RetentionSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "retention", b"retention", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_instructions", b"extra_instructions", "git_ops", b"git_ops", "limits", b"limits", "loop_strategy", b"loop_strategy", "profile", b"profile", "retention", b"retention", "retry", b"retry", "sandbox", b"sandbox", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HarnessSettings: _TypeAlias = HarnessSettings  # noqa: Y015
+
+@_typing.final
+class DiskUsage(_message.Message):
+    """Bytes used under $AGENTGATE_HOME, by kind (a service fills the kinds it owns)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACES_BYTES_FIELD_NUMBER: _builtins.int
+    GITDIRS_BYTES_FIELD_NUMBER: _builtins.int
+    CLEANROOMS_BYTES_FIELD_NUMBER: _builtins.int
+    AGENT_FILES_BYTES_FIELD_NUMBER: _builtins.int
+    RUN_FILES_BYTES_FIELD_NUMBER: _builtins.int
+    workspaces_bytes: _builtins.int
+    """workspaces/: the runs' working copies."""
+    gitdirs_bytes: _builtins.int
+    """gitdirs/: the trusted git directories beside them."""
+    cleanrooms_bytes: _builtins.int
+    """cleanrooms/: verification copies (normally gone when a check ends)."""
+    agent_files_bytes: _builtins.int
+    """agent-files/, prompts/, agent-homes/: what agent executions leave."""
+    run_files_bytes: _builtins.int
+    """runs/: persistence's run files (records, agent results, reports, events)."""
+    def __init__(
+        self,
+        *,
+        workspaces_bytes: _builtins.int = ...,
+        gitdirs_bytes: _builtins.int = ...,
+        cleanrooms_bytes: _builtins.int = ...,
+        agent_files_bytes: _builtins.int = ...,
+        run_files_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_files_bytes", b"agent_files_bytes", "cleanrooms_bytes", b"cleanrooms_bytes", "gitdirs_bytes", b"gitdirs_bytes", "run_files_bytes", b"run_files_bytes", "workspaces_bytes", b"workspaces_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskUsage: _TypeAlias = DiskUsage  # noqa: Y015
 
 @_typing.final
 class WorkOrderSpec(_message.Message):

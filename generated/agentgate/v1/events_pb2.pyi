@@ -596,19 +596,25 @@ class WorkspaceChanged(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     BRANCH_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     path: _builtins.str
     branch: _builtins.str
+    deleted: _builtins.bool
+    """workspace:released only: the workspace was deleted with what its run left
+    (retention, docs/workspaces.md); false = kept at `path`.
+    """
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         path: _builtins.str = ...,
         branch: _builtins.str = ...,
+        deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "path", b"path", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "deleted", b"deleted", "path", b"path", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

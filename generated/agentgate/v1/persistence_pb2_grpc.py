@@ -121,6 +121,16 @@ class PersistenceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.FromString,
                 _registered_method=True)
+        self.DeleteRuns = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/DeleteRuns',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.DeleteRunsRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.DeleteRunsResponse.FromString,
+                _registered_method=True)
+        self.GetRunFilesDiskUsage = channel.unary_unary(
+                '/agentgate.v1.PersistenceService/GetRunFilesDiskUsage',
+                request_serializer=agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -249,6 +259,21 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRuns(self, request, context):
+        """Deletes the records and files of terminal runs that finished before a time
+        (`agentgate gc --runs`); running runs are never touched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunFilesDiskUsage(self, request, context):
+        """Bytes used by the run files.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +361,16 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetPatch,
                     request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.SerializeToString,
+            ),
+            'DeleteRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRuns,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.DeleteRunsRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.DeleteRunsResponse.SerializeToString,
+            ),
+            'GetRunFilesDiskUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunFilesDiskUsage,
+                    request_deserializer=agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -799,6 +834,60 @@ class PersistenceService:
             '/agentgate.v1.PersistenceService/GetPatch',
             agentgate_dot_v1_dot_persistence__pb2.GetPatchRequest.SerializeToString,
             agentgate_dot_v1_dot_persistence__pb2.GetPatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/DeleteRuns',
+            agentgate_dot_v1_dot_persistence__pb2.DeleteRunsRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.DeleteRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunFilesDiskUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.PersistenceService/GetRunFilesDiskUsage',
+            agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageRequest.SerializeToString,
+            agentgate_dot_v1_dot_persistence__pb2.GetRunFilesDiskUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,12 @@ class PersistenceServiceStub:
     """
     GetPatch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetPatchRequest, _persistence_pb2.GetPatchResponse]
     """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
+    DeleteRuns: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DeleteRunsRequest, _persistence_pb2.DeleteRunsResponse]
+    """Deletes the records and files of terminal runs that finished before a time
+    (`agentgate gc --runs`); running runs are never touched.
+    """
+    GetRunFilesDiskUsage: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetRunFilesDiskUsageRequest, _persistence_pb2.GetRunFilesDiskUsageResponse]
+    """Bytes used by the run files."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -119,6 +125,12 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """
     GetPatch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetPatchRequest, _persistence_pb2.GetPatchResponse]  # type: ignore[assignment]
     """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
+    DeleteRuns: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DeleteRunsRequest, _persistence_pb2.DeleteRunsResponse]  # type: ignore[assignment]
+    """Deletes the records and files of terminal runs that finished before a time
+    (`agentgate gc --runs`); running runs are never touched.
+    """
+    GetRunFilesDiskUsage: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetRunFilesDiskUsageRequest, _persistence_pb2.GetRunFilesDiskUsageResponse]  # type: ignore[assignment]
+    """Bytes used by the run files."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Memory: runs, iterations, results, reports and the event log.
@@ -264,5 +276,23 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetPatchResponse, _abc.Awaitable[_persistence_pb2.GetPatchResponse]]:
         """An iteration's patch, or (iteration 0) the run's cumulative one. NOT_FOUND when absent."""
+
+    @_abc_1.abstractmethod
+    def DeleteRuns(
+        self,
+        request: _persistence_pb2.DeleteRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.DeleteRunsResponse, _abc.Awaitable[_persistence_pb2.DeleteRunsResponse]]:
+        """Deletes the records and files of terminal runs that finished before a time
+        (`agentgate gc --runs`); running runs are never touched.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunFilesDiskUsage(
+        self,
+        request: _persistence_pb2.GetRunFilesDiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetRunFilesDiskUsageResponse, _abc.Awaitable[_persistence_pb2.GetRunFilesDiskUsageResponse]]:
+        """Bytes used by the run files."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

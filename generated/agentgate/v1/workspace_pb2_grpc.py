@@ -95,6 +95,16 @@ class WorkspaceServiceStub:
                 request_serializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.SerializeToString,
                 response_deserializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.FromString,
                 _registered_method=True)
+        self.ListRunLeftovers = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/ListRunLeftovers',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversResponse.FromString,
+                _registered_method=True)
+        self.GetWorkspaceDiskUsage = channel.unary_unary(
+                '/agentgate.v1.WorkspaceService/GetWorkspaceDiskUsage',
+                request_serializer=agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageRequest.SerializeToString,
+                response_deserializer=agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageResponse.FromString,
+                _registered_method=True)
         self.ListWorkspaces = channel.unary_unary(
                 '/agentgate.v1.WorkspaceService/ListWorkspaces',
                 request_serializer=agentgate_dot_v1_dot_workspace__pb2.ListWorkspacesRequest.SerializeToString,
@@ -163,7 +173,8 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseLease(self, request, context):
-        """Releases the lease on a workspace; its files stay for inspection.
+        """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+        (then the workspace goes with everything its run left: retention, docs/workspaces.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,7 +217,23 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CleanupRun(self, request, context):
-        """Deletes the workspaces, clean rooms and agent files of a run.
+        """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+        while one is leased, unless forced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunLeftovers(self, request, context):
+        """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+        entry per run id, for `agentgate gc`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkspaceDiskUsage(self, request, context):
+        """Bytes used by workspaces, git directories, clean rooms and agent files.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,6 +337,16 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.CleanupRun,
                     request_deserializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.FromString,
                     response_serializer=agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.SerializeToString,
+            ),
+            'ListRunLeftovers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunLeftovers,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversResponse.SerializeToString,
+            ),
+            'GetWorkspaceDiskUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkspaceDiskUsage,
+                    request_deserializer=agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageRequest.FromString,
+                    response_serializer=agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageResponse.SerializeToString,
             ),
             'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkspaces,
@@ -662,6 +699,60 @@ class WorkspaceService:
             '/agentgate.v1.WorkspaceService/CleanupRun',
             agentgate_dot_v1_dot_workspace__pb2.CleanupRunRequest.SerializeToString,
             agentgate_dot_v1_dot_workspace__pb2.CleanupRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunLeftovers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/ListRunLeftovers',
+            agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.ListRunLeftoversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkspaceDiskUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentgate.v1.WorkspaceService/GetWorkspaceDiskUsage',
+            agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageRequest.SerializeToString,
+            agentgate_dot_v1_dot_workspace__pb2.GetWorkspaceDiskUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

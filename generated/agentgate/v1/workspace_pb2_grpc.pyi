@@ -46,7 +46,9 @@ class WorkspaceServiceStub:
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceRequest, _workspace_pb2.GetWorkspaceResponse]
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]
-    """Releases the lease on a workspace; its files stay for inspection."""
+    """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+    (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+    """
     CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]
     """Makes a workspace from a source without a run (no branch, no lease)."""
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]
@@ -60,7 +62,15 @@ class WorkspaceServiceStub:
     GetDiff: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]
     """The diff between two snapshots (default: base snapshot to the newest)."""
     CleanupRun: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]
-    """Deletes the workspaces, clean rooms and agent files of a run."""
+    """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+    while one is leased, unless forced.
+    """
+    ListRunLeftovers: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListRunLeftoversRequest, _workspace_pb2.ListRunLeftoversResponse]
+    """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+    entry per run id, for `agentgate gc`.
+    """
+    GetWorkspaceDiskUsage: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceDiskUsageRequest, _workspace_pb2.GetWorkspaceDiskUsageResponse]
+    """Bytes used by workspaces, git directories, clean rooms and agent files."""
     ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]
     """All workspaces, newest first; paginated."""
     DeleteWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]
@@ -92,7 +102,9 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceRequest, _workspace_pb2.GetWorkspaceResponse]  # type: ignore[assignment]
     """Returns a workspace. NOT_FOUND when unknown."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ReleaseLeaseRequest, _workspace_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
-    """Releases the lease on a workspace; its files stay for inspection."""
+    """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+    (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+    """
     CreateWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CreateWorkspaceRequest, _workspace_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
     """Makes a workspace from a source without a run (no branch, no lease)."""
     AcquireLease: _aio.UnaryUnaryMultiCallable[_workspace_pb2.AcquireLeaseRequest, _workspace_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
@@ -106,7 +118,15 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     GetDiff: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetDiffRequest, _workspace_pb2.GetDiffResponse]  # type: ignore[assignment]
     """The diff between two snapshots (default: base snapshot to the newest)."""
     CleanupRun: _aio.UnaryUnaryMultiCallable[_workspace_pb2.CleanupRunRequest, _workspace_pb2.CleanupRunResponse]  # type: ignore[assignment]
-    """Deletes the workspaces, clean rooms and agent files of a run."""
+    """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+    while one is leased, unless forced.
+    """
+    ListRunLeftovers: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListRunLeftoversRequest, _workspace_pb2.ListRunLeftoversResponse]  # type: ignore[assignment]
+    """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+    entry per run id, for `agentgate gc`.
+    """
+    GetWorkspaceDiskUsage: _aio.UnaryUnaryMultiCallable[_workspace_pb2.GetWorkspaceDiskUsageRequest, _workspace_pb2.GetWorkspaceDiskUsageResponse]  # type: ignore[assignment]
+    """Bytes used by workspaces, git directories, clean rooms and agent files."""
     ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspace_pb2.ListWorkspacesRequest, _workspace_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
     """All workspaces, newest first; paginated."""
     DeleteWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_pb2.DeleteWorkspaceRequest, _workspace_pb2.DeleteWorkspaceResponse]  # type: ignore[assignment]
@@ -171,7 +191,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.ReleaseLeaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.ReleaseLeaseResponse, _abc.Awaitable[_workspace_pb2.ReleaseLeaseResponse]]:
-        """Releases the lease on a workspace; its files stay for inspection."""
+        """Releases the lease on a workspace; its files stay for inspection, unless `delete`
+        (then the workspace goes with everything its run left: retention, docs/workspaces.md).
+        """
 
     @_abc_1.abstractmethod
     def CreateWorkspace(
@@ -221,7 +243,27 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_pb2.CleanupRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_pb2.CleanupRunResponse, _abc.Awaitable[_workspace_pb2.CleanupRunResponse]]:
-        """Deletes the workspaces, clean rooms and agent files of a run."""
+        """Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+        while one is leased, unless forced.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRunLeftovers(
+        self,
+        request: _workspace_pb2.ListRunLeftoversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.ListRunLeftoversResponse, _abc.Awaitable[_workspace_pb2.ListRunLeftoversResponse]]:
+        """What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+        entry per run id, for `agentgate gc`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWorkspaceDiskUsage(
+        self,
+        request: _workspace_pb2.GetWorkspaceDiskUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_pb2.GetWorkspaceDiskUsageResponse, _abc.Awaitable[_workspace_pb2.GetWorkspaceDiskUsageResponse]]:
+        """Bytes used by workspaces, git directories, clean rooms and agent files."""
 
     @_abc_1.abstractmethod
     def ListWorkspaces(

@@ -13,13 +13,14 @@ a file may hold are those of `HarnessSettings` that a profile is about::
                     convergence_threshold, no_change_limit, completion_signals}
     verification:  {gate_plan_source, skip_levels, wait_for_ci, protected_paths,
                     allow_protected_changes, allow_unverified}
-    git_ops:       {mode, branch_pattern, draft_pr, github_mode}
+    git_ops:       {mode, branch_pattern, draft_pr, github_mode, base_branch}
     limits:        {max_wall_clock_seconds, agent_timeout_seconds, max_total_tokens,
                     max_cost_usd, network_allowed}
     retry:         {preset, max_attempts, initial_backoff, backoff_multiplier,
                     max_backoff, jitter, retryable_errors, retry_on_timeout}
     sandbox:       {mode, read_only_paths, allowed_hosts, memory_mb, max_processes}
                    (or the short form `sandbox: off`)
+    retention:     {workspace}  (delete | keep | on_failure; docs/workspaces.md)
 
 An unknown key or a bad value is an error naming the key; nothing is silently ignored.
 
@@ -50,10 +51,11 @@ import yaml
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
-from agentgate.common.branches import branch_pattern_problem
+from agentgate.common.branches import branch_pattern_problem, branch_problem
 from agentgate.common.config import agentgate_home
 from agentgate.harness import loop_parameters, retry
 from agentgate.harness.checks import between, not_negative, positive
+from agentgate.harness.retention import DEFAULT_WORKSPACE_RETENTION
 from agentgate.harness.verification import VERIFICATION_LEVELS
 from agentgate.v1 import common_pb2
 
@@ -117,6 +119,9 @@ BASE_LAYER = _layer(
     retry=common_pb2.RetryPolicy(preset=retry.DEFAULT_PRESET),
     # On unless a profile or the work order opts out explicitly (docs/sandbox.md).
     sandbox=common_pb2.SandboxSettings(mode=common_pb2.SANDBOX_MODE_ON),
+    # Nothing is left on disk unless asked (docs/workspaces.md, "Retention"): the change
+    # itself is delivered (branch, pull request) before the workspace goes.
+    retention=common_pb2.RetentionSettings(workspace=DEFAULT_WORKSPACE_RETENTION),
 )
 
 BUILTIN_PROFILES: dict[str, Profile] = {
@@ -173,6 +178,11 @@ _HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-
 def _absolute_paths(values: list[str]) -> str | None:
     bad = [v for v in values if not v.startswith("/") or "\0" in v]
     return f"must be absolute paths, got {', '.join(repr(v) for v in bad)}" if bad else None
+
+
+def _base_branch(value: str) -> str | None:
+    problem = branch_problem(value)
+    return f"{value!r} {problem}" if problem else None
 
 
 def _hosts(values: list[str]) -> str | None:
@@ -242,6 +252,7 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         Key("branch_pattern", "str", check=_branch_pattern),
         Key("draft_pr", "bool"),
         _enum("github_mode", common_pb2.GitHubMode.DESCRIPTOR, "GIT_HUB_MODE_"),
+        Key("base_branch", "str", check=_base_branch),
     ),
     "retry": (
         Key("preset", "str", check=_preset),
@@ -260,6 +271,7 @@ SECTIONS: dict[str, tuple[Key, ...]] = {
         Key("memory_mb", "int", check=positive),
         Key("max_processes", "int", check=positive),
     ),
+    "retention": (_enum("workspace", common_pb2.WorkspaceRetention.DESCRIPTOR, "WORKSPACE_RETENTION_"),),
 }
 #: Sections that may also be written as a scalar, short for `{section: {mode: value}}`
 #: (`sandbox: off`).

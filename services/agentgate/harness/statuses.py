@@ -13,3 +13,8 @@ TERMINAL_STATUSES = frozenset(
         common_pb2.WORK_ORDER_STATUS_TIMED_OUT,
     }
 )
+
+#: A run in one of these states has ended: nothing works in its workspace any more.
+TERMINAL_RUN_STATES = frozenset(
+    {common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELED}
+)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from agentgate.common import events as ev
 from agentgate.common.github import repo_of_remote, split_repo
 from agentgate.common.timeutil import now_timestamp
+from agentgate.orchestrator.ci import CI_OPERATION, CiSettings, CiWaiter
 from agentgate.orchestrator.github_client import GitHubClient, GitHubConfig, GitHubError, PullRequest
 from agentgate.orchestrator.retry import AttemptCallback, OperationFailed, RetryExecutor
 from agentgate.orchestrator.workspace_port import WorkspacePort
@@ -54,11 +55,23 @@ class DeliveryRequest:
 
 
 @dataclass(frozen=True)
+class OpenPullRequest:
+    """The pull request delivery opened (or found open), and the commit it pushed."""
+
+    owner: str
+    repo: str
+    pull: PullRequest
+    head_commit: str
+
+
+@dataclass(frozen=True)
 class DeliveryOutcome:
     """The summary to store on the run, and the error that fails it (fail_fast only)."""
 
     summary: common_pb2.GitHubSummary
     failure: common_pb2.BuildError | None = None
+    #: The pull request, when one is open now (git mode pr).
+    pull_request: OpenPullRequest | None = None
 
 
 def github_error(message: str, operation: str) -> common_pb2.BuildError:
@@ -77,8 +90,29 @@ def pr_title(task_prompt: str) -> str:
     return f"[AgentGate] {first}"
 
 
+def verification_summary(report: common_pb2.VerificationReport | None) -> str:
+    """What the gate checked, for the pull request: each level with its checks passed (or
+    why it did not run), e.g. `L0 ✓ (3 checks), L1 ✓ (2 checks), L2 skipped (no plan)`."""
+    if report is None:
+        return ""
+    parts = []
+    for level in report.levels:
+        if not level.ran:
+            parts.append(f"{level.level} skipped ({level.skip_reason})" if level.skip_reason else
+                         f"{level.level} skipped")
+            continue
+        passed = sum(1 for check in level.checks if check.passed)
+        mark = "✓" if level.passed else "✗"
+        detail = f"{passed}/{len(level.checks)} checks" if len(level.checks) != passed else f"{passed} checks"
+        if not level.checks and level.skip_reason:
+            detail = level.skip_reason
+        parts.append(f"{level.level} {mark} ({detail})")
+    return ", ".join(parts) or report.summary
+
+
 def pr_body(run: common_pb2.Run, verification_summary: str) -> str:
-    """The pull request's description: the task and what the run did."""
+    """The pull request's description: the task and what the run did (levels and checks,
+    iterations, tokens, cost)."""
     lines = run.task_prompt.strip().splitlines()
     quoted = "\n".join(f"> {line}" for line in lines[:TASK_QUOTE_LINES])
     if len(lines) > TASK_QUOTE_LINES:
@@ -89,6 +123,8 @@ def pr_body(run: common_pb2.Run, verification_summary: str) -> str:
         ("Agent", f"`{run.agent.name}`" if run.agent.name else "-"),
         ("Iterations", f"{run.iteration_count} of {run.max_iterations}"),
         ("Verification", f"passed — {verification_summary}" if verification_summary else "passed"),
+        ("Tokens", f"{run.tokens.total:,}" if run.tokens.total else "-"),
+        ("Cost", f"${run.cost_usd:.4f}" if run.cost_usd else "-"),
         ("Branch", f"`{run.branch_name}`"),
         ("Commit", f"`{run.final_commit}`" if run.final_commit else "-"),
         ("Stop reason", run.stop_reason or "-"),
@@ -134,18 +170,19 @@ class Delivery:
         if PUSH in steps:
             pushed, error = await self._push(request, summary)
             if error is not None:
-                failure = self._on_failure(mode, f"Push failed: {error.message}", PUSH, error)
+                failure = self.on_failure(mode, f"Push failed: {error.message}", PUSH, error)
                 if CREATE_PR in steps:
                     self._record(summary, common_pb2.GitHubOperation(operation=CREATE_PR, skipped=True,
                                                                      error="skipped: the push failed"))
                 return self._finish(summary, failure)
+        opened: OpenPullRequest | None = None
         if CREATE_PR in steps:
             assert pushed is not None
-            error = await self._open_pull_request(request, summary, pushed)
+            opened, error = await self._open_pull_request(request, summary, pushed)
             if error is not None:
-                return self._finish(summary, self._on_failure(mode, f"PR creation failed: {error.message}",
+                return self._finish(summary, self.on_failure(mode, f"PR creation failed: {error.message}",
                                                               CREATE_PR, error))
-        return self._finish(summary)
+        return self._finish(summary, pull_request=opened)
 
     # -- steps -------------------------------------------------------------------
 
@@ -166,7 +203,7 @@ class Delivery:
 
     async def _open_pull_request(
         self, request: DeliveryRequest, summary: common_pb2.GitHubSummary, pushed: workspace_pb2.PushResponse
-    ) -> common_pb2.BuildError | None:
+    ) -> tuple[OpenPullRequest | None, common_pb2.BuildError | None]:
         repo = request.source.github_repo or repo_of_remote(pushed.remote_url)
         problem = ""
         if not repo:
@@ -179,18 +216,18 @@ class Delivery:
         if problem:
             error = github_error(problem, CREATE_PR)
             self._record(summary, common_pb2.GitHubOperation(operation=CREATE_PR, error=problem))
-            return error
+            return None, error
         owner, name = split_repo(repo or "")
         branch = pushed.branch or request.run.branch_name
         draft = request.git_ops.draft_pr
-        base: list[str] = []
+        base: list[str] = [request.git_ops.base_branch] if request.git_ops.base_branch else []
 
         async with GitHubClient(self.github) as client:
 
             async def call(attempt: int) -> PullRequest:
                 try:
                     if not base:
-                        base.append(str((await client.get_repository(owner, name))["default_branch"]))
+                        base.append(await self._base_branch(client, owner, name, request.source.ref))
                     try:
                         return await client.create_pull_request(
                             owner, name, head=branch, base=base[0], title=pr_title(request.run.task_prompt),
@@ -203,7 +240,8 @@ class Delivery:
                         raise
                 except GitHubError as exc:
                     raise OperationFailed(
-                        github_error(exc.message, CREATE_PR), permanent=not exc.retryable, timed_out=exc.timed_out
+                        github_error(exc.message, CREATE_PR), permanent=not exc.retryable, timed_out=exc.timed_out,
+                        retry_after=exc.retry_after,
                     ) from None
 
             result = await self._retry.run(CREATE_PR, call, on_attempt=self._on_attempt)
@@ -218,7 +256,7 @@ class Delivery:
                 operation.error = result.error.message
             self._record(summary, operation)
             if pull is None:
-                return result.error
+                return None, result.error
             if not pull.existing:
                 self._emit(
                     ev.PR_CREATED,
@@ -226,7 +264,36 @@ class Delivery:
                 )
             else:
                 await self._comment(client, owner, name, pull, request, summary)
-        return None
+        return OpenPullRequest(owner, name, pull, pushed.commit or request.run.final_commit), None
+
+    @staticmethod
+    async def _base_branch(client: GitHubClient, owner: str, name: str, ref: str) -> str:
+        """The branch a pull request targets without `base_branch`: the source's `ref` when
+        it is a branch of the repository (a tag or commit cannot be a base), else the
+        repository's default branch."""
+        if ref and await client.get_branch(owner, name, ref):
+            return ref
+        return str((await client.get_repository(owner, name))["default_branch"])
+
+    async def wait_for_ci(
+        self, opened: OpenPullRequest, summary: common_pb2.GitHubSummary, settings: CiSettings | None = None
+    ) -> tuple[common_pb2.LevelResult | None, common_pb2.BuildError | None]:
+        """Waits for the CI of the pull request's head commit (see ci.py); returns the `CI`
+        verification level, or the error when GitHub could not be asked. Recorded as the
+        `wait_for_ci` operation."""
+        async with GitHubClient(self.github) as client:
+            waiter = CiWaiter(client, self._retry, settings or CiSettings.from_env(), on_attempt=self._on_attempt)
+            try:
+                level = await waiter.wait(opened.owner, opened.repo, opened.head_commit)
+            except OperationFailed as exc:
+                self._record(summary, common_pb2.GitHubOperation(
+                    operation=CI_OPERATION, url=opened.pull.url, error=exc.failure.error.message))
+                return None, exc.failure.error
+        failed = [check.name for check in level.checks if not check.passed]
+        self._record(summary, common_pb2.GitHubOperation(
+            operation=CI_OPERATION, success=level.passed, url=opened.pull.url,
+            error=f"CI failed: {', '.join(failed)}" if failed else ""))
+        return level, None
 
     async def _comment(
         self,
@@ -263,10 +330,11 @@ class Delivery:
         summary.operations.append(operation)
         self._emit(ev.GITHUB_OPERATION, github_operation=operation)
 
-    def _on_failure(
+    def on_failure(
         self, mode: int, message: str, operation: str, error: common_pb2.BuildError
     ) -> common_pb2.BuildError | None:
-        """fail_fast: the error that fails the run; best_effort: logged, None."""
+        """The error that fails the run under github_mode `mode` (fail_fast), or None
+        (best_effort: logged)."""
         if mode != M.GIT_HUB_MODE_FAIL_FAST:
             log.warning("delivery (best effort) went on without %s: %s", operation, message)
             return None
@@ -279,9 +347,11 @@ class Delivery:
 
     @staticmethod
     def _finish(
-        summary: common_pb2.GitHubSummary, failure: common_pb2.BuildError | None = None
+        summary: common_pb2.GitHubSummary,
+        failure: common_pb2.BuildError | None = None,
+        pull_request: OpenPullRequest | None = None,
     ) -> DeliveryOutcome:
         attempted = [op for op in summary.operations if not op.skipped]
         summary.any_failed = any(not op.success for op in attempted)
         summary.all_succeeded = not summary.any_failed
-        return DeliveryOutcome(summary=summary, failure=failure)
+        return DeliveryOutcome(summary=summary, failure=failure, pull_request=pull_request)

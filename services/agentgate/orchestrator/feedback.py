@@ -78,9 +78,10 @@ def _section(level: common_pb2.LevelResult, check: common_pb2.CheckResult, tail_
     parts = [f"### {level.level} check `{check.name}` failed"]
     if check.kind:
         parts.append(f"- kind: {check.kind}")
-    parts.append(f"- command: `{check.command}`" if check.command else "- command: (built-in check)")
-    parts.append(f"- exit code: {check.exit_code} (expected {check.expected_exit})")
-    parts += expected_vs_actual(check)
+    if check.kind != "ci":  # a pull request's CI check ran elsewhere: its output says it all
+        parts.append(f"- command: `{check.command}`" if check.command else "- command: (built-in check)")
+        parts.append(f"- exit code: {check.exit_code} (expected {check.expected_exit})")
+        parts += expected_vs_actual(check)
     tail = _tail(check.output, tail_lines)
     if tail:
         parts += [f"- output (last {len(tail.splitlines())} lines):", "```", tail, "```"]

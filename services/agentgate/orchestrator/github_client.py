@@ -13,9 +13,11 @@ says why.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -33,6 +35,11 @@ API_VERSION = "2022-11-28"
 MAX_TITLE_CHARS = 240
 #: GitHub refuses bodies over 65536 characters.
 MAX_BODY_CHARS = 60_000
+#: A rate-limit wait longer than this is not waited out in one go (the caller's own
+#: timeout decides what happens then).
+MAX_RATE_LIMIT_WAIT_SECONDS = 3600.0
+#: Check runs asked for per page (GitHub's maximum).
+CHECK_RUNS_PER_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,38 @@ class GitHubConfig:
 
 
 class GitHubError(Exception):
-    """A GitHub request failed; `retryable` says whether asking again may help."""
+    """A GitHub request failed; `retryable` says whether asking again may help, and
+    `retry_after` how many seconds GitHub asked to wait first (0 = it did not say)."""
 
-    def __init__(self, message: str, *, status: int = 0, retryable: bool = False, timed_out: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        retryable: bool = False,
+        timed_out: bool = False,
+        retry_after: float = 0.0,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.timed_out = timed_out
+        self.retry_after = retry_after
+
+
+def rate_limit_wait(headers: Mapping[str, str], now: float | None = None) -> float:
+    """Seconds GitHub's headers ask a client to wait before its next request: `Retry-After`
+    (seconds), else, when `X-RateLimit-Remaining` is 0, until `X-RateLimit-Reset` (epoch
+    seconds); 0 when they ask for nothing. Capped at MAX_RATE_LIMIT_WAIT_SECONDS."""
+    retry_after = headers.get("retry-after", "")
+    if retry_after.strip().isdigit():
+        return min(float(retry_after), MAX_RATE_LIMIT_WAIT_SECONDS)
+    reset = headers.get("x-ratelimit-reset", "")
+    if headers.get("x-ratelimit-remaining") == "0" and reset.strip().isdigit():
+        now = time.time() if now is None else now
+        return min(max(float(reset) - now, 0.0) + 1.0, MAX_RATE_LIMIT_WAIT_SECONDS)
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -104,9 +135,11 @@ def error_for(response: httpx.Response, what: str) -> GitHubError:
     suffix = f": {said}" if said else ""
     remaining = response.headers.get("x-ratelimit-remaining")
     if status == 429 or (status == 403 and (remaining == "0" or "rate limit" in said.lower())):
-        wait = response.headers.get("retry-after") or response.headers.get("x-ratelimit-reset") or ""
-        hint = f" (retry-after {wait})" if wait and status == 429 else ""
-        return GitHubError(f"GitHub rate limit hit ({status}) on {what}{hint}{suffix}", status=status, retryable=True)
+        wait = rate_limit_wait(response.headers)
+        hint = f" (asked to wait {wait:.0f}s)" if wait else ""
+        return GitHubError(
+            f"GitHub rate limit hit ({status}) on {what}{hint}{suffix}", status=status, retryable=True, retry_after=wait
+        )
     if status >= 500:
         return GitHubError(f"GitHub server error {status} on {what}{suffix}", status=status, retryable=True)
     reasons = {
@@ -139,6 +172,8 @@ class GitHubClient:
             follow_redirects=False,
             transport=transport,
         )
+        #: Seconds the last answer's rate-limit headers ask to wait before the next request.
+        self.wait_before_next = 0.0
 
     async def __aenter__(self) -> GitHubClient:
         return self
@@ -164,6 +199,8 @@ class GitHubClient:
             raise GitHubError(
                 f"{what}: cannot reach {self.config.api_url}: {type(exc).__name__}: {exc}", retryable=True
             ) from None
+        # Even a good answer may say the quota is spent: the next request waits for it.
+        self.wait_before_next = rate_limit_wait(response.headers)
         if response.status_code >= 300:
             raise error_for(response, what)
         if response.status_code == 204 or not response.content:
@@ -204,6 +241,49 @@ class GitHubClient:
         if isinstance(data, list) and data:
             return _pull_request(data[0], existing=True)
         return None
+
+    async def get_branch(self, owner: str, repo: str, branch: str) -> bool:
+        """Whether `branch` is a branch of the repository (GET .../branches/{branch})."""
+        try:
+            await self._request(
+                "GET", f"/repos/{owner}/{repo}/branches/{quote(branch, safe='')}", f"GET /repos/{owner}/{repo}/branches"
+            )
+        except GitHubError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def list_check_runs(self, owner: str, repo: str, sha: str) -> list[dict[str, Any]]:
+        """GET /repos/{owner}/{repo}/commits/{sha}/check-runs, every page: the latest check
+        run of each check on the commit."""
+        runs: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            data = await self._request(
+                "GET",
+                f"/repos/{owner}/{repo}/commits/{sha}/check-runs",
+                f"GET /repos/{owner}/{repo}/commits/{sha}/check-runs",
+                params={"per_page": CHECK_RUNS_PER_PAGE, "page": page},
+            )
+            found = data.get("check_runs") if isinstance(data, dict) else None
+            if not isinstance(found, list):
+                raise GitHubError(f"GET /repos/{owner}/{repo}/commits/{sha}/check-runs: the answer has no check_runs")
+            runs += [run for run in found if isinstance(run, dict)]
+            total = data.get("total_count")
+            if not found or not isinstance(total, int) or len(runs) >= total:
+                return runs
+            page += 1
+
+    async def get_combined_status(self, owner: str, repo: str, sha: str) -> dict[str, Any]:
+        """GET /repos/{owner}/{repo}/commits/{sha}/status: the commit statuses (`state`,
+        `statuses`, `total_count`)."""
+        data = await self._request(
+            "GET", f"/repos/{owner}/{repo}/commits/{sha}/status", f"GET /repos/{owner}/{repo}/commits/{sha}/status"
+        )
+        if not isinstance(data, dict):
+            raise GitHubError(f"GET /repos/{owner}/{repo}/commits/{sha}/status: the answer is not an object")
+        return data
 
     async def add_comment(self, owner: str, repo: str, number: int, body: str) -> str:
         """POST /repos/{owner}/{repo}/issues/{number}/comments; returns the comment's URL."""

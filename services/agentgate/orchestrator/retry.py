@@ -80,14 +80,24 @@ class Failure:
     permanent: bool = False
     #: The try ran out of time (retried only when the policy's retry_on_timeout allows).
     timed_out: bool = False
+    #: Seconds the other side asked us to wait before the next try (GitHub's Retry-After
+    #: or rate-limit reset): the backoff is at least this long.
+    retry_after: float = 0.0
 
 
 class OperationFailed(Exception):
     """Raised by a retried call to report a failed try."""
 
-    def __init__(self, error: common_pb2.BuildError, *, permanent: bool = False, timed_out: bool = False):
+    def __init__(
+        self,
+        error: common_pb2.BuildError,
+        *,
+        permanent: bool = False,
+        timed_out: bool = False,
+        retry_after: float = 0.0,
+    ):
         super().__init__(error.message)
-        self.failure = Failure(error, permanent=permanent, timed_out=timed_out)
+        self.failure = Failure(error, permanent=permanent, timed_out=timed_out, retry_after=retry_after)
 
 
 class Clock(Protocol):
@@ -190,7 +200,10 @@ class RetryExecutor:
             will_retry = (
                 failure is not None and attempt < self.settings.max_attempts and self.settings.allows(failure)
             )
-            delay = self.settings.delay(attempt, self.random()) if will_retry else 0.0
+            delay = 0.0
+            if will_retry:
+                assert failure is not None
+                delay = max(self.settings.delay(attempt, self.random()), failure.retry_after)
             record = common_pb2.RetryAttempt(
                 operation=operation,
                 attempt=attempt,

@@ -24,9 +24,11 @@ from agentgate.common.errors import disk_full_excerpt
 from agentgate.common.redaction import default_redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.resolution import HarnessError, resolve_harness
+from agentgate.harness.retention import deletes_workspace
 from agentgate.orchestrator import budgets, build_errors
+from agentgate.orchestrator.ci import CI_OPERATION
 from agentgate.orchestrator.decisions import LoopDecision, LoopOutcome
-from agentgate.orchestrator.delivery import Delivery, DeliveryRequest
+from agentgate.orchestrator.delivery import Delivery, DeliveryOutcome, DeliveryRequest, verification_summary
 from agentgate.orchestrator.emitter import RunEventEmitter
 from agentgate.orchestrator.ordered_saves import OrderedSaves
 from agentgate.orchestrator.persistence_port import PersistencePort, PersistenceSubscriber, Saved
@@ -40,7 +42,7 @@ from agentgate.orchestrator.retry import (
     retries_message,
     settings_from_policy,
 )
-from agentgate.orchestrator.run_state import transition
+from agentgate.orchestrator.run_state import TERMINAL_STATES, transition
 from agentgate.orchestrator.strategies import IterationCompleteEvent, IterationSummary, strategy_for
 from agentgate.orchestrator.subscribers import SubscriberChannel
 from agentgate.orchestrator.workspace_port import WorkspacePort
@@ -173,6 +175,10 @@ class RunExecutor:
         self.retry = RetryExecutor(settings_from_policy(self.harness.retry))
         #: run.json saves run behind the run, in order (the next step does not wait for them).
         self._saves = OrderedSaves(f"run {work_order.run_id}")
+        #: The last gate report (its summary goes into the pull request).
+        self._last_report: common_pb2.VerificationReport | None = None
+        #: What the passing iteration delivered while waiting for CI (None: deliver at the end).
+        self._delivered: DeliveryOutcome | None = None
 
     # -- persistence, never fatal ------------------------------------------------
 
@@ -790,6 +796,10 @@ class RunExecutor:
             self._workspace_id, snapshot_id, self.run.id, iteration, self.harness.verification
         )
         report.run_attempt = self.attempt
+        self._last_report = report
+        self._delivered = None
+        if report.passed and self._waits_for_ci():
+            await self._deliver_and_wait_for_ci(report)
         report_file = self._saved(
             f"verification-{iteration}.json", await self._persistence.save_verification_report(report)
         )
@@ -825,7 +835,9 @@ class RunExecutor:
         self._check_disk()  # a background save may have found the disk full: deliver nothing
         self._set_state(S.RUN_STATE_DELIVERING)
         self._save_run()
-        failure = await self._deliver()
+        # With wait_for_ci the passing iteration delivered already (its CI passed).
+        outcome = self._delivered or await self._deliver()
+        failure = outcome.failure
         if failure is not None:
             return self._fail(R.RUN_RESULT_FAILED_GITHUB, failure, common_pb2.LOOP_RESULT_SUCCESS)
         self._set_state(S.RUN_STATE_SUCCEEDED)
@@ -835,26 +847,67 @@ class RunExecutor:
         self._terminal_event = ev.RUN_COMPLETE
         return RunOutcome(W.WORK_ORDER_STATUS_SUCCEEDED)
 
-    async def _deliver(self) -> common_pb2.BuildError | None:
-        """Delivery per git_ops (docs/delivery.md); records the GitHub summary and PR URL on
-        the run and returns the error that fails it (github_mode fail_fast), if any."""
-        delivery = Delivery(
+    def _delivery(self) -> Delivery:
+        return Delivery(
             self._workspace,
             self.retry,
             lambda event_type, **payload: self.emitter.emit(event_type, self.iteration, **payload),
             on_attempt=self._retry_event(self.iteration),
         )
-        outcome = await delivery.deliver(
+
+    async def _deliver(self, delivery: Delivery | None = None) -> DeliveryOutcome:
+        """Delivery per git_ops (docs/delivery.md); records the GitHub summary and PR URL on
+        the run; the outcome's failure fails the run (github_mode fail_fast)."""
+        outcome = await (delivery or self._delivery()).deliver(
             DeliveryRequest(
                 run=self.run,
                 git_ops=self.harness.git_ops,
                 source=self.work_order.spec.source,
                 workspace_id=self._workspace_id,
+                verification_summary=verification_summary(self._last_report),
             )
         )
         self.run.github_summary.CopyFrom(outcome.summary)
         self.run.pr_url = outcome.summary.pr_url
-        return outcome.failure
+        return outcome
+
+    def _waits_for_ci(self) -> bool:
+        """Whether a passing gate is followed by the pull request's CI (docs/delivery.md)."""
+        git_ops = self.harness.git_ops
+        return (
+            self.harness.verification.wait_for_ci
+            and git_ops.mode == common_pb2.GIT_MODE_PR
+            and git_ops.github_mode != common_pb2.GIT_HUB_MODE_DISABLED
+        )
+
+    async def _deliver_and_wait_for_ci(self, report: common_pb2.VerificationReport) -> None:
+        """Delivers the passing snapshot (push, pull request) and waits for its CI, whose
+        outcome joins `report` as the level `CI`: a failed CI fails the report, so the
+        strategy decides on it and its failed checks become the next iteration's feedback,
+        whose change is pushed to the same pull request. A failed delivery (or CI that
+        cannot be read) is kept for `_succeed`, which fails the run per github_mode."""
+        delivery = self._delivery()
+        outcome = await self._deliver(delivery)
+        self._delivered = outcome
+        if outcome.failure is not None or outcome.pull_request is None:
+            return
+        summary = self.run.github_summary
+        level, error = await delivery.wait_for_ci(outcome.pull_request, summary)
+        if error is not None:
+            failure = delivery.on_failure(
+                self.harness.git_ops.github_mode, f"Waiting for CI failed: {error.message}", CI_OPERATION, error
+            )
+            self._delivered = DeliveryOutcome(summary, failure, outcome.pull_request)
+            return
+        assert level is not None
+        report.levels.append(level)
+        report.levels_run.append(level.level)
+        if not level.passed:
+            report.passed = False
+            failed = [check.name for check in level.checks if not check.passed]
+            report.summary = f"{report.summary}; CI failed: {', '.join(failed)}".lstrip("; ")
+            # The next iteration delivers again: nothing is delivered for this one.
+            self._delivered = None
 
     def _fail(
         self,
@@ -881,12 +934,23 @@ class RunExecutor:
         self._terminal_event = ev.RUN_CANCELED
 
     async def _release_workspace(self) -> None:
-        if self._workspace_id and await self._workspace.release(self._workspace_id):
+        """Releases the workspace, deleting it per the harness's retention (docs/workspaces.md):
+        this runs after delivery, so a pushed branch or pull request is already out."""
+        if not self._workspace_id:
+            return
+        # A worker shutting down leaves a run that is not over (it goes back to the queue):
+        # only an ended run's workspace is deleted.
+        ended = self.run.state in TERMINAL_STATES
+        delete = ended and deletes_workspace(self.harness.retention, self.run.result == R.RUN_RESULT_SUCCEEDED)
+        if await self._workspace.release(self._workspace_id, delete=delete):
             self.emitter.emit(
                 ev.WORKSPACE_RELEASED,
                 self.iteration,
                 workspace_changed=events_pb2.WorkspaceChanged(
-                    workspace_id=self._workspace_id, path=self.run.workspace_path, branch=self.run.branch_name
+                    workspace_id=self._workspace_id,
+                    path=self.run.workspace_path,
+                    branch=self.run.branch_name,
+                    deleted=delete,
                 ),
             )
 

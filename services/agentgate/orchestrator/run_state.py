@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from agentgate.harness.statuses import TERMINAL_RUN_STATES
 from agentgate.v1 import common_pb2
 
 S = common_pb2.RunState
 
-TERMINAL_STATES = frozenset({S.RUN_STATE_SUCCEEDED, S.RUN_STATE_FAILED, S.RUN_STATE_CANCELED})
+TERMINAL_STATES = TERMINAL_RUN_STATES
 
 _ALLOWED: dict[int, frozenset[int]] = {
     S.RUN_STATE_UNSPECIFIED: frozenset({S.RUN_STATE_PREPARING}),

@@ -37,6 +37,8 @@ RESTORE_TIMEOUT_SECONDS = 120.0
 # The gate has its own limits per check; this only bounds a stuck call.
 VERIFY_TIMEOUT_SECONDS = 3600.0
 PUSH_TIMEOUT_SECONDS = 330.0
+#: Deleting a large workspace (many files) takes longer than a plain call.
+DELETE_TIMEOUT_SECONDS = 300.0
 #: The workspace enforces the agent's timeout; the call's own deadline only bounds a lost call.
 AGENT_CALL_MARGIN_SECONDS = 60
 
@@ -122,8 +124,9 @@ class WorkspacePort(Protocol):
         """Pushes the run's branch to the workspace's remote."""
         ...
 
-    async def release(self, workspace_id: str) -> bool:
-        """Ends the run's lease; whether it did (else it expires by itself)."""
+    async def release(self, workspace_id: str, delete: bool = False) -> bool:
+        """Ends the run's lease, deleting the workspace with `delete`; whether it did (else
+        the lease expires by itself and `agentgate gc` removes the files)."""
         ...
 
 
@@ -305,11 +308,13 @@ class GrpcWorkspace:
                 timed_out=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
             ) from None
 
-    async def release(self, workspace_id: str) -> bool:
-        """ReleaseLease; a failure is logged."""
+    async def release(self, workspace_id: str, delete: bool = False) -> bool:
+        """ReleaseLease (with `delete`: the workspace and its run's files go too); a
+        failure is logged (`agentgate gc` removes what was left)."""
         try:
             await self._stub.ReleaseLease(
-                workspace_pb2.ReleaseLeaseRequest(workspace_id=workspace_id), timeout=RPC_TIMEOUT_SECONDS
+                workspace_pb2.ReleaseLeaseRequest(workspace_id=workspace_id, delete=delete),
+                timeout=DELETE_TIMEOUT_SECONDS if delete else RPC_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("could not release workspace %s: %s", workspace_id, exc.details())

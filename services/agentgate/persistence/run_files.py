@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -240,6 +241,11 @@ class RunFiles:
         except ValueError:
             return []
         return await asyncio.to_thread(_iterations_in, folder, prefix)
+
+    async def delete_run(self, run_id: str) -> None:
+        """Deletes a run's folder (`agentgate gc --runs`); our own files, written by this
+        service only, so a plain recursive delete."""
+        await asyncio.to_thread(shutil.rmtree, self.run_dir(run_id), ignore_errors=True)
 
     async def run_dir_exists(self, run_id: str) -> bool:
         """True when the run has a folder (it may have been written before an index loss)."""

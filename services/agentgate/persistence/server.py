@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from google.protobuf.message import Message
 
 from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
 from agentgate.common.disk_reserve import DiskReserve, reserve_path
+from agentgate.common.disk_usage import tree_bytes
 from agentgate.common.errors import (
     AlreadyExists,
     DiskFull,
@@ -35,6 +37,7 @@ from agentgate.common.persistence_warnings import warning_metadata
 from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.common.wellformed import unrepresentable
+from agentgate.harness.statuses import TERMINAL_RUN_STATES
 from agentgate.persistence import validation
 from agentgate.persistence.event_log import (
     DEFAULT_SUBSCRIBER_QUEUE,
@@ -70,11 +73,11 @@ from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb
 log = logging.getLogger(__name__)
 
 #: A run saved in one of these states is a run's last write, which the disk reserve is for.
-FINAL_RUN_STATES = frozenset(
-    {common_pb2.RUN_STATE_SUCCEEDED, common_pb2.RUN_STATE_FAILED, common_pb2.RUN_STATE_CANCELED}
-)
+FINAL_RUN_STATES = TERMINAL_RUN_STATES
 
 SUBSCRIBER_QUEUE_ENV = "AGENTGATE_PERSISTENCE_SUBSCRIBER_QUEUE"
+#: How far ahead of this service's clock a DeleteRuns cutoff may be (the client's clock).
+DELETE_RUNS_CLOCK_SKEW_NS = 300 * 1_000_000_000
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp")
@@ -217,6 +220,41 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         if run is None:
             raise NotFound(f"run {request.run_id!r} not found")
         return persistence_pb2.GetRunResponse(run=run)
+
+    async def DeleteRuns(
+        self, request: persistence_pb2.DeleteRunsRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.DeleteRunsResponse:
+        """Deletes the records, events and files of terminal runs that finished before
+        `finished_before` (`agentgate gc --runs`); a run still going on is never touched.
+        With `dry_run`, only says which runs and how many bytes."""
+        if not request.HasField("finished_before"):
+            raise InvalidArgument([FieldViolation("finished_before", "a time is required")])
+        try:
+            cutoff = request.finished_before.ToNanoseconds()
+            request.finished_before.ToDatetime()  # checks the range of a Timestamp
+        except ValueError as exc:
+            raise InvalidArgument([FieldViolation("finished_before", str(exc))]) from None
+        if cutoff > time.time_ns() + DELETE_RUNS_CLOCK_SKEW_NS:
+            # A cutoff ahead of now is a mistake (a clock or a unit), not "every run".
+            raise InvalidArgument([FieldViolation("finished_before", "must not be in the future")])
+        run_ids = await self.store.terminal_runs_finished_before(cutoff, TERMINAL_RUN_STATES)
+        folders = [self.files.run_dir(run_id) for run_id in run_ids]
+        size = sum([await asyncio.to_thread(tree_bytes, folder) for folder in folders])
+        if not request.dry_run:
+            for run_id in run_ids:
+                # Files first: a run whose row outlived its files is listed without them,
+                # one whose files outlived the row would come back from run.json.
+                await self.files.delete_run(run_id)
+                await self.store.delete_run(run_id)
+            log.info("deleted %d finished run(s) (%d bytes)", len(run_ids), size)
+        return persistence_pb2.DeleteRunsResponse(run_ids=run_ids, bytes=size)
+
+    async def GetRunFilesDiskUsage(
+        self, request: persistence_pb2.GetRunFilesDiskUsageRequest, context: grpc.aio.ServicerContext
+    ) -> persistence_pb2.GetRunFilesDiskUsageResponse:
+        """Bytes used by the run files (runs/), measured off the event loop."""
+        size = await asyncio.to_thread(tree_bytes, self.files.root)
+        return persistence_pb2.GetRunFilesDiskUsageResponse(usage=common_pb2.DiskUsage(run_files_bytes=size))
 
     @representable
     async def ListRuns(

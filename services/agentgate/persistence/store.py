@@ -212,6 +212,27 @@ class PersistenceStore:
             next_cursor = PageCursor(work_order_id, int(last["created_at"]), str(last["id"]), wanted)
         return runs, next_cursor
 
+    async def terminal_runs_finished_before(self, cutoff_ns: int, terminal_states: frozenset[int]) -> list[str]:
+        """The ids of runs in `terminal_states` whose finished_at is before `cutoff_ns`."""
+        states = sorted(terminal_states)
+        rows = await self._fetchall(
+            f"SELECT id, data FROM runs WHERE state IN ({', '.join('?' for _ in states)}) ORDER BY created_at",
+            states,
+        )
+        found = []
+        for row in rows:
+            run = common_pb2.Run.FromString(row["data"])
+            if run.HasField("finished_at") and run.finished_at.ToNanoseconds() < cutoff_ns:
+                found.append(str(row["id"]))
+        return found
+
+    async def delete_run(self, run_id: str) -> None:
+        """Removes a run with its results, reports, iterations and events from the index."""
+        async with self._transaction() as db:
+            for table in ("agent_results", "verification_reports", "iterations", "events"):
+                await db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # noqa: S608 - fixed names
+            await db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     # -- agent results, verification reports, iterations -----------------------------------
 
     async def save_agent_result(self, result: common_pb2.AgentResult, file: str) -> bool:

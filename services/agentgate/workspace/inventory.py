@@ -12,16 +12,21 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import re
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
+from agentgate.common.disk_usage import tree_usage
 from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
+    RUN_ID_PATTERN,
+    WORKSPACE_ID_PATTERN,
     WorkspaceManager,
     WorkspaceRecord,
     remove_tree,
@@ -34,6 +39,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _TOKEN_PREFIX = "ws:"
+#: A clean room's (or its index file's) name: `{run_id}-{iteration}-{8 hex}` (gate/cleanroom.py).
+#: The run id may hold '-': the fixed end decides where it stops, so run "abc" never
+#: claims run "abc-1"'s rooms.
+_CLEAN_ROOM_NAME = re.compile(r"^\.?(?P<run>.+)-\d+-[0-9a-f]{8}(\.index)?$")
+#: What agent executions leave: per workspace (files, prompts), then per run (CLI homes).
+AGENT_FILE_FOLDERS = ("agent-files", "prompts", "agent-homes")
 
 
 async def create_workspace(manager: WorkspaceManager, source: common_pb2.WorkspaceSource) -> WorkspaceRecord:
@@ -108,19 +119,25 @@ def _files_of(manager: WorkspaceManager, workspace_id: str) -> list[Path]:
     return [
         manager.path_of(workspace_id),
         manager.git_dir_of(workspace_id),
-        home / "agent-files" / workspace_id,
-        home / "prompts" / workspace_id,
+        *(home / name / workspace_id for name in AGENT_FILE_FOLDERS[:2]),
     ]
 
 
-async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> None:
-    # Files first: if removing them fails half-way, the index still knows the workspace
-    # and a second delete finishes the job.
-    for folder in _files_of(manager, record.id):
+async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
+    """Deletes a workspace's files, then its index row; False (row kept) when files remain."""
+    # Files first: if removing them fails half-way (say a process of the agent still
+    # writing), the index still knows the workspace and a second delete (gc) finishes the job.
+    folders = _files_of(manager, record.id)
+    for folder in folders:
         await asyncio.to_thread(remove_tree, folder)
+    left = [folder for folder in folders if await asyncio.to_thread(os.path.lexists, folder)]
+    if left:
+        log.warning("workspace %s is not gone yet (%s); kept in the index for gc", record.id, left[0])
+        return False
     await manager.db.execute("DELETE FROM workspaces WHERE id = ?", (record.id,))
     await manager.db.commit()
     log.info("deleted workspace %s (run %s)", record.id, record.run_id or "-")
+    return True
 
 
 async def delete_workspace(manager: WorkspaceManager, workspace_id: str, force: bool = False) -> None:
@@ -132,44 +149,175 @@ async def delete_workspace(manager: WorkspaceManager, workspace_id: str, force: 
             raise FailedPrecondition(
                 f"workspace {workspace_id} is {describe(record)}; release it first or delete with force"
             )
-        await _delete(manager, record)
+        if not await _delete(manager, record):
+            raise FailedPrecondition(f"workspace {workspace_id} could not be deleted completely; try again")
 
 
-async def cleanup_run(manager: WorkspaceManager, run_id: str) -> list[str]:
+async def _workspaces_of_run(manager: WorkspaceManager, run_id: str) -> list[WorkspaceRecord]:
+    async with manager.db.execute("SELECT * FROM workspaces WHERE run_id = ? ORDER BY rowid", (run_id,)) as cursor:
+        return [manager.record_from_row(row) for row in await cursor.fetchall()]
+
+
+async def remove_run_files(manager: WorkspaceManager, run_id: str, records: list[WorkspaceRecord]) -> list[str]:
+    """The one place that deletes what a run left on disk (docs/workspaces.md,
+    "Retention"): the workspaces `records` (folder, trusted git directory, agent files,
+    prompts, index row), then, unless another workspace of the run is still leased (a
+    second attempt going on), the run's clean rooms and agent home. Returns the ids of the
+    workspaces deleted. Called at the end of a run (ReleaseLease with delete), by
+    CleanupRun and by `agentgate gc`."""
+    deleted = []
+    for record in records:
+        async with manager.lock(record.id):
+            if await _delete(manager, record):
+                deleted.append(record.id)
+    if not any(other.leased for other in await _workspaces_of_run(manager, run_id)):
+        await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
+        await asyncio.to_thread(remove_tree, manager.home / AGENT_FILE_FOLDERS[2] / run_id)
+    return deleted
+
+
+async def release_and_delete(manager: WorkspaceManager, workspace_id: str) -> WorkspaceRecord:
+    """Ends a run's hold on its workspace and deletes it with everything the run left,
+    together with the run's other workspaces that no lease holds (an earlier attempt's).
+    Returns the record as it was."""
+    record = await manager.release(workspace_id)
+    others = [other for other in await _workspaces_of_run(manager, record.run_id) if other.id != workspace_id]
+    await remove_run_files(manager, record.run_id, [record] + [other for other in others if not other.leased])
+    return record
+
+
+async def cleanup_run(manager: WorkspaceManager, run_id: str, force: bool = False) -> list[str]:
     """Deletes the workspaces, clean rooms and agent files of a run; returns the ids of the
     workspaces deleted (none for an unknown run). FailedPrecondition, deleting nothing,
-    while one of them is still leased (the run is going on)."""
+    while one of them is still leased (the run is going on), unless `force`."""
     violations = run_id_violations(run_id)
     if violations:
         raise InvalidArgument(violations)
-    async with manager.db.execute("SELECT * FROM workspaces WHERE run_id = ? ORDER BY rowid", (run_id,)) as cursor:
-        records = [manager.record_from_row(row) for row in await cursor.fetchall()]
+    records = await _workspaces_of_run(manager, run_id)
     for record in records:
-        if record.leased:
+        if record.leased and not force:
             raise FailedPrecondition(f"workspace {record.id} of run {run_id} is {describe(record)}; release it first")
-    for record in records:
-        async with manager.lock(record.id):
-            await _delete(manager, record)
-    await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
-    return [record.id for record in records]
+    if force:
+        # A lease left by a worker that died: taken back so the run's files all go.
+        for record in records:
+            if record.leased:
+                await manager.release(record.id)
+        records = await _workspaces_of_run(manager, run_id)
+    return await remove_run_files(manager, run_id, records)
+
+
+def _clean_room_run(name: str) -> str | None:
+    """The run a clean room (or its index file) belongs to, by its name; None when not one."""
+    found = _CLEAN_ROOM_NAME.match(name)
+    return found.group("run") if found else None
 
 
 async def _remove_clean_rooms(root: Path, run_id: str) -> None:
     """Clean rooms (and their temporary index files) a run's verifications left behind."""
-    # Exactly `{run_id}-{iteration}-{8 hex}`: a prefix match would also catch run "abc-1"
-    # when cleaning run "abc".
-    pattern = re.compile(rf"^\.?{re.escape(run_id)}-\d+-[0-9a-f]{{8}}(\.index)?$")
 
     def names() -> list[Path]:
         if not root.is_dir():
             return []
-        return [entry for entry in root.iterdir() if pattern.match(entry.name)]
+        return [entry for entry in root.iterdir() if _clean_room_run(entry.name) == run_id]
 
     for entry in await asyncio.to_thread(names):
-        if entry.is_dir() and not entry.is_symlink():
-            await asyncio.to_thread(remove_tree, entry)
-        else:
-            await asyncio.to_thread(entry.unlink, missing_ok=True)
+        await asyncio.to_thread(remove_tree, entry)
+
+
+async def sweep_orphans(manager: WorkspaceManager) -> list[str]:
+    """At start-up: deletes what a workspace service that died left with no owner — workspace
+    folders and git directories the index does not know (a preparation cut short) and every
+    clean room (no verification runs before this process serves). Returns the paths deleted."""
+    async with manager.db.execute("SELECT id FROM workspaces") as cursor:
+        known = {row["id"] for row in await cursor.fetchall()}
+
+    def orphans() -> list[Path]:
+        found: list[Path] = []
+        for root, suffix in ((manager.workspaces_root, ""), (manager.git_dirs_root, ".git")):
+            if root.is_dir():
+                found += [
+                    path for path in root.iterdir()
+                    if path.name.endswith(suffix) and WORKSPACE_ID_PATTERN.match(path.name.removesuffix(suffix))
+                    and path.name.removesuffix(suffix) not in known
+                ]
+        clean_rooms = manager.home / "cleanrooms"
+        if clean_rooms.is_dir():
+            found += list(clean_rooms.iterdir())
+        return found
+
+    swept = await asyncio.to_thread(orphans)
+    for path in swept:
+        await asyncio.to_thread(remove_tree, path)
+    if swept:
+        log.info("removed %d leftover(s) of an earlier workspace service: %s", len(swept),
+                 ", ".join(path.name for path in swept[:10]))
+    return [str(path) for path in swept]
+
+
+
+
+def _scan_leftovers(manager: WorkspaceManager, records: list[WorkspaceRecord]) -> list[workspace_pb2.RunLeftovers]:
+    """Per run id: its workspaces (from the index), clean rooms and agent home on disk,
+    their bytes and newest change (blocking)."""
+    home = manager.home
+    runs: dict[str, workspace_pb2.RunLeftovers] = {}
+    folders: dict[str, list[Path]] = {}
+
+    def entry(run_id: str) -> workspace_pb2.RunLeftovers:
+        if run_id not in runs:
+            runs[run_id] = workspace_pb2.RunLeftovers(run_id=run_id)
+            folders[run_id] = []
+        return runs[run_id]
+
+    for record in records:
+        if not record.run_id:
+            continue  # made with CreateWorkspace, by a user: not a run's leftover
+        found = entry(record.run_id)
+        found.workspace_ids.append(record.id)
+        found.leased = found.leased or record.leased
+        folders[record.run_id] += _files_of(manager, record.id)
+    owners = (
+        (home / "cleanrooms", _clean_room_run),
+        (home / AGENT_FILE_FOLDERS[2], lambda name: name if RUN_ID_PATTERN.match(name) else None),
+    )
+    for root, owner in owners:
+        if root.is_dir():
+            for path in root.iterdir():
+                if (run_id := owner(path.name)) is not None:
+                    entry(run_id)
+                    folders[run_id].append(path)
+    for run_id, found in runs.items():
+        seen: set[tuple[int, int]] = set()
+        newest = 0.0
+        for folder in folders[run_id]:
+            usage = tree_usage(folder, seen)
+            found.bytes += usage.bytes
+            newest = max(newest, usage.newest_mtime)
+        if newest:
+            found.last_modified.FromDatetime(datetime.fromtimestamp(newest, UTC))
+    return sorted(runs.values(), key=lambda item: item.run_id)
+
+
+async def list_run_leftovers(manager: WorkspaceManager) -> list[workspace_pb2.RunLeftovers]:
+    """What each run left on disk (docs/workspaces.md, "gc"), measured off the event loop."""
+    async with manager.db.execute("SELECT * FROM workspaces ORDER BY rowid") as cursor:
+        records = [manager.record_from_row(row) for row in await cursor.fetchall()]
+    return await asyncio.to_thread(_scan_leftovers, manager, records)
+
+
+def _usage(home: Path) -> common_pb2.DiskUsage:
+    seen: set[tuple[int, int]] = set()
+    return common_pb2.DiskUsage(
+        workspaces_bytes=tree_usage(home / "workspaces", seen).bytes,
+        gitdirs_bytes=tree_usage(home / "gitdirs", seen).bytes,
+        cleanrooms_bytes=tree_usage(home / "cleanrooms", seen).bytes,
+        agent_files_bytes=sum(tree_usage(home / name, seen).bytes for name in AGENT_FILE_FOLDERS),
+    )
+
+
+async def disk_usage(manager: WorkspaceManager) -> common_pb2.DiskUsage:
+    """Bytes under the workspace service's folders of $AGENTGATE_HOME, walked off the event loop."""
+    return await asyncio.to_thread(_usage, manager.home)
 
 
 def to_list_response(records: list[WorkspaceRecord], next_token: str) -> workspace_pb2.ListWorkspacesResponse:

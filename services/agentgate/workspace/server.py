@@ -239,7 +239,11 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def ReleaseLease(
         self, request: workspace_pb2.ReleaseLeaseRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ReleaseLeaseResponse:
-        """Releases the lease on a workspace; its files stay for inspection."""
+        """Releases the lease on a workspace; its files stay for inspection, unless `delete`:
+        then the workspace goes with everything its run left (docs/workspaces.md, "Retention")."""
+        if request.delete:
+            record = await inventory.release_and_delete(self.manager, request.workspace_id)
+            return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto(), deleted=True)
         record = await self.manager.release(request.workspace_id)
         return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto())
 
@@ -303,9 +307,24 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_pb2.CleanupRunRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.CleanupRunResponse:
         """Deletes the workspaces, clean rooms and agent files of a run (none for an
-        unknown run). FAILED_PRECONDITION, deleting nothing, while one is still leased."""
-        deleted = await inventory.cleanup_run(self.manager, request.run_id)
+        unknown run). FAILED_PRECONDITION, deleting nothing, while one is still leased,
+        unless `force`."""
+        deleted = await inventory.cleanup_run(self.manager, request.run_id, request.force)
         return workspace_pb2.CleanupRunResponse(deleted_workspace_ids=deleted)
+
+    async def ListRunLeftovers(
+        self, request: workspace_pb2.ListRunLeftoversRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.ListRunLeftoversResponse:
+        """What each run left on disk (workspaces, git directories, clean rooms, agent
+        files), with bytes, newest change and whether a lease holds, for `agentgate gc`."""
+        return workspace_pb2.ListRunLeftoversResponse(runs=await inventory.list_run_leftovers(self.manager))
+
+    async def GetWorkspaceDiskUsage(
+        self, request: workspace_pb2.GetWorkspaceDiskUsageRequest, context: grpc.aio.ServicerContext
+    ) -> workspace_pb2.GetWorkspaceDiskUsageResponse:
+        """Bytes used by workspaces, git directories, clean rooms and agent files
+        (measured off the event loop)."""
+        return workspace_pb2.GetWorkspaceDiskUsageResponse(usage=await inventory.disk_usage(self.manager))
 
     async def ListWorkspaces(
         self, request: workspace_pb2.ListWorkspacesRequest, context: grpc.aio.ServicerContext
@@ -358,8 +377,10 @@ class WorkspaceApp:
         self.servicer: WorkspaceServicer | None = None
 
     async def start(self, server: grpc.aio.Server) -> None:
-        """Opens the workspace index and registers the servicer."""
+        """Opens the workspace index, removes what a service that died left with no owner
+        (docs/workspaces.md, "gc") and registers the servicer."""
         await self.manager.open()
+        await inventory.sweep_orphans(self.manager)
         self.servicer = WorkspaceServicer(self.manager, self.kill_grace_seconds)
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(self.servicer, server)
 

@@ -212,23 +212,70 @@ class Snapshot:
     has_changes: bool
 
 
+def _open_directory(name: str, dir_fd: int | None) -> int | None:
+    """An fd of directory `name` that is not a symlink, made readable, writable and
+    searchable by us first when an agent took those rights away; None when it is not a
+    (real) directory."""
+    try:
+        # O_PATH|O_NOFOLLOW names the entry itself, never what a symlink points to.
+        handle = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        mode = os.fstat(handle).st_mode
+        if not stat.S_ISDIR(mode):
+            return None
+        if mode & stat.S_IRWXU != stat.S_IRWXU:
+            # chmod through the fd's /proc link acts on that very inode (no path lookup to race).
+            os.chmod(f"/proc/self/fd/{handle}", stat.S_IMODE(mode) | stat.S_IRWXU)
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
+def _restore_rights(name: str, dir_fd: int | None) -> None:
+    """Gives us back rwx on every directory of the tree at `name` (never through a symlink)."""
+    fd = _open_directory(name, dir_fd)
+    if fd is None:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            children = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+        for child in children:
+            _restore_rights(child, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def remove_tree(path: Path) -> None:
-    """Deletes a directory tree, including read-only parts (blocking; call off-loop)."""
+    """Deletes a tree an agent or a check may have made hostile (blocking; call off-loop).
 
-    def make_writable_and_retry(function: Callable[[str], object], failed_path: str, _exc_info: object) -> None:
-        try:
-            parent = os.path.dirname(failed_path)
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-            if not os.path.islink(failed_path) and os.path.isdir(failed_path):
-                os.chmod(failed_path, os.stat(failed_path).st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
-            function(failed_path)
-        except OSError:
-            pass
+    Symlinks are removed, never followed (one pointing out of the workspace leaves its
+    target alone); directories whose rights were taken away (`chmod 000`, read-only) get
+    them back first, through file descriptors, so nothing outside the tree is touched.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        path.unlink(missing_ok=True)
+        return
+    _restore_rights(str(path), None)
 
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+    def ignore_missing(_function: Callable[..., object], _failed: str, exc_info: object) -> None:
+        # A file gone already is what we want; anything else is logged, not fatal: the
+        # index keeps the workspace and `agentgate gc` tries again.
+        error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if not isinstance(error, FileNotFoundError):
+            log.warning("could not delete part of %s: %s", path, error)
+
+    # rmtree removes entries through directory fds and does not follow symlinks.
+    shutil.rmtree(path, onerror=ignore_missing)
 
 
 def _check_local_source(source: Path, workspaces_root: Path) -> None:

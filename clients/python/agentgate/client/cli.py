@@ -11,6 +11,7 @@ import typer
 
 from agentgate.client import (
     cli_agents,
+    cli_gc,
     cli_profiles,
     cli_queue,
     cli_results,
@@ -27,6 +28,7 @@ app.add_typer(cli_work_orders.app)  # submit, exec, watch, status, list, cancel,
 app.add_typer(cli_agents.app)  # agents
 app.add_typer(cli_runs.logs_app)  # logs
 app.add_typer(cli_results.app)  # diff, apply
+app.add_typer(cli_gc.app)  # gc
 app.add_typer(cli_profiles.app, name="profiles")
 app.add_typer(cli_queue.app, name="queue")
 app.add_typer(cli_runs.app, name="runs")

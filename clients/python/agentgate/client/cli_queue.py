@@ -72,15 +72,20 @@ def _duration(seconds: float) -> str:
 
 @app.command()
 def stats(json_output: JsonFlag = False) -> None:
-    """Waiting and running counts, limits, whether submits are accepted, average wait."""
+    """Waiting and running counts, limits, whether submits are accepted, average wait, and
+    the disk used under $AGENTGATE_HOME."""
     import grpc
+
+    from agentgate.client.housekeeping import disk_line, disk_usage
 
     with open_client() as client:
         try:
             found = client.queue_stats()
         except grpc.RpcError as exc:
             raise unreachable(exc) from None
+        usage = disk_usage(client.workspace, client.persistence)
     out = stats_json(found)
+    out["disk_bytes"] = usage
     if json_output:
         print(json.dumps(out))
         return
@@ -90,6 +95,7 @@ def stats(json_output: JsonFlag = False) -> None:
         f"{'accepting' if found.accepting else 'FULL (refusing submits)'}, "
         f"average wait {_duration(wait) if isinstance(wait, float) else 'unknown'}"
     )
+    console().print(disk_line(usage))
 
 
 @app.command()

@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from agentgate.client.cli_shared import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, JsonFlag, console, err_console, fail
+from agentgate.client.cli_shared import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    open_client,
+)
 
 if TYPE_CHECKING:
     from agentgate.client.supervisor import Supervisor
@@ -157,7 +166,8 @@ def health(json_output: JsonFlag = False) -> None:
 
 @app.command()
 def ps(json_output: JsonFlag = False) -> None:
-    """List each service (each orchestrator worker apart) with its pid, address and health."""
+    """List each service (each orchestrator worker apart) with its pid, address and health,
+    then the disk used under $AGENTGATE_HOME (workspaces, git directories, run files)."""
     from agentgate.client.supervisor import Supervisor
 
     rows = Supervisor().status()
@@ -166,10 +176,14 @@ def ps(json_output: JsonFlag = False) -> None:
         return
     from rich.table import Table
 
+    from agentgate.client.housekeeping import disk_line, disk_usage
+
     table = Table("service", "pid", "address", "health")
     for row in rows:
         table.add_row(row.name, str(row.pid or "-"), row.address, row.health)
     console().print(table)
+    with open_client() as client:
+        console().print(disk_line(disk_usage(client.workspace, client.persistence)))
 
 
 @app.command()

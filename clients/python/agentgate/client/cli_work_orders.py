@@ -75,6 +75,10 @@ class WorkOrderFlags:
         ),
     ] = None
     draft_pr: Annotated[bool, typer.Option("--draft-pr", help="Open the pull request as a draft.")] = False
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Branch the pull request targets (default: --ref, else the default branch)."),
+    ] = None
     retry_preset: Annotated[
         str | None, typer.Option("--retry-preset", help="Retry of transient failures: default, aggressive or none.")
     ] = None
@@ -99,6 +103,11 @@ class WorkOrderFlags:
         typer.Option("--sandbox-read-only", help="An absolute path agents and checks may read (repeatable)."),
     ] = None
 
+    keep_workspace: Annotated[
+        bool,
+        typer.Option("--keep-workspace", help="Keep the workspace on disk when the run ends (default: deleted)."),
+    ] = False
+
     def spec(self) -> common_pb2.WorkOrderSpec:
         """The work order these flags describe (`UsageError` names a wrong flag)."""
         from agentgate.client.spec_builder import build_spec
@@ -119,6 +128,7 @@ class WorkOrderFlags:
             git_mode=self.git_mode,
             github_mode=self.github_mode,
             draft_pr=self.draft_pr,
+            base=self.base,
             retry_preset=self.retry_preset,
             max_attempts=self.max_attempts,
             agent_timeout=self.agent_timeout,
@@ -126,6 +136,7 @@ class WorkOrderFlags:
             loop_strategy=self.loop_strategy,
             sandbox=self.sandbox,
             sandbox_read_only=self.sandbox_read_only or [],
+            keep_workspace=self.keep_workspace,
         )
 
 
@@ -187,7 +198,13 @@ def _delivery_json(run: common_pb2.Run) -> dict[str, Any]:
 
 
 def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> dict[str, object]:
-    from agentgate.client.render import run_result_name, run_state_name, sandbox_name, work_order_summary
+    from agentgate.client.render import (
+        run_result_name,
+        run_state_name,
+        sandbox_name,
+        work_order_summary,
+        workspace_text,
+    )
     from agentgate.common.config import agentgate_home
     from agentgate.common.messages import to_dict
     from agentgate.v1 import common_pb2
@@ -207,6 +224,7 @@ def _result_json(client: AgentGateClient, work_order: common_pb2.WorkOrder) -> d
             build_error=to_dict(run.build_error) if run.HasField("build_error") else None,
             branch=run.branch_name,
             workspace=run.workspace_path,
+            workspace_deleted=workspace_text(run) != run.workspace_path,
             trace_id=run.trace_id or work_order.trace_id,
             loop_result=common_pb2.LoopResult.Name(run.loop_result).removeprefix("LOOP_RESULT_")
             if run.loop_result
@@ -419,6 +437,7 @@ def demo(
 
     from agentgate.client.cli_suite import start_missing
     from agentgate.client.demo import DEMO_PROMPT, make_demo_project
+    from agentgate.client.render import workspace_text
     from agentgate.client.supervisor import Supervisor
     from agentgate.v1 import common_pb2
 
@@ -439,7 +458,7 @@ def demo(
             _print_outcome(client, final, json_output=False)
             run = client.run(final.run_id)
             if run is not None:
-                console().print(f"iterations: {run.iteration_count}; workspace: {run.workspace_path}")
+                console().print(f"iterations: {run.iteration_count}; workspace: {workspace_text(run)}")
             succeeded = final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
     finally:
         if not keep:

@@ -37,6 +37,20 @@ def sandbox_name(settings: common_pb2.SandboxSettings) -> str:
     return "" if not settings.mode else common_pb2.SandboxMode.Name(settings.mode).removeprefix("SANDBOX_MODE_").lower()
 
 
+def workspace_text(run: common_pb2.Run) -> str:
+    """Where the run's workspace is, or that it was deleted when the run ended (its
+    retention, docs/workspaces.md)."""
+    from agentgate.harness.retention import deletes_workspace
+    from agentgate.harness.statuses import TERMINAL_RUN_STATES
+
+    if not run.workspace_path:
+        return ""
+    ended = run.state in TERMINAL_RUN_STATES
+    if ended and deletes_workspace(run.harness.retention, run.result == common_pb2.RUN_RESULT_SUCCEEDED):
+        return f"{run.workspace_path} (deleted when the run ended)"
+    return run.workspace_path
+
+
 def describe(event: events_pb2.RunEvent) -> str:
     """The interesting part of an event's payload, in a few words."""
     from agentgate.common import events as ev

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from agentgate.client.render import run_result_name, run_state_name, sandbox_name
+from agentgate.client.render import run_result_name, run_state_name, sandbox_name, workspace_text
 from agentgate.common.config import agentgate_home
 from agentgate.common.messages import to_dict
 from agentgate.common.timeutil import iso
@@ -88,7 +88,7 @@ def summary_rows(run: common_pb2.Run) -> list[tuple[str, str]]:
         ("stop reason", run.stop_reason),
         ("tokens", _tokens(run.tokens) if run.tokens.total else ""),
         ("cost", f"${run.cost_usd:.4f}" if run.cost_usd else ""),
-        ("workspace", run.workspace_path + (f" (branch {run.branch_name})" if run.branch_name else "")),
+        ("workspace", workspace_text(run) + (f" (branch {run.branch_name})" if run.branch_name else "")),
         ("final commit", run.final_commit),
         ("pull request", run.pr_url),
         ("trace", run.trace_id),

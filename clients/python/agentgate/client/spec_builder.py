@@ -70,6 +70,8 @@ def build_spec(
     include_ignored: bool = False,
     sandbox: str | None = None,
     sandbox_read_only: list[str] | None = None,
+    base: str | None = None,
+    keep_workspace: bool = False,
 ) -> common_pb2.WorkOrderSpec:
     """The work order the flags describe. The queue validates it again: this only catches
     what only the CLI can know (unreadable files, conflicting flags)."""
@@ -117,6 +119,10 @@ def build_spec(
     for read_only in sandbox_read_only or []:
         # Resolved here: the services may run elsewhere on this machine (as for --path).
         spec.harness.sandbox.read_only_paths.append(str(Path(read_only).expanduser().resolve()))
+    if base:
+        spec.harness.git_ops.base_branch = base
+    if keep_workspace:
+        spec.harness.retention.workspace = common_pb2.WORKSPACE_RETENTION_KEEP
     return spec
 
 

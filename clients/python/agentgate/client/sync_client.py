@@ -22,7 +22,7 @@ from agentgate.common.config import service_address
 from agentgate.v1 import common_pb2, persistence_pb2, queue_pb2, queue_pb2_grpc
 
 if TYPE_CHECKING:
-    from agentgate.v1 import events_pb2, persistence_pb2_grpc
+    from agentgate.v1 import events_pb2, persistence_pb2_grpc, workspace_pb2_grpc
 
 __all__ = ["AgentGateClient", "SubmitError", "WorkOrderStatus"]
 
@@ -35,11 +35,19 @@ class AgentGateClient:
     queue alone then starts faster (docs/benchmarks.md, "CLI start-up")."""
 
     def __init__(
-        self, queue_address: str | None = None, persistence_address: str | None = None, token: str | None = None
+        self,
+        queue_address: str | None = None,
+        persistence_address: str | None = None,
+        token: str | None = None,
+        workspace_address: str | None = None,
     ):
         # `token` None: AGENTGATE_TOKEN, else the token file of $AGENTGATE_HOME (agentgate.common.security).
         self._queue_channel = sync_channel(service_address("queue", queue_address), token)
         self._persistence_channel = sync_channel(service_address("persistence", persistence_address), token)
+        # The workspace service is asked only about disk (gc, disk usage): its channel
+        # opens on first use.
+        self._workspace_target = (service_address("workspace", workspace_address), token)
+        self._workspace_channel: grpc.Channel | None = None
         self.queue = queue_pb2_grpc.QueueServiceStub(self._queue_channel)
 
     @functools.cached_property
@@ -49,10 +57,20 @@ class AgentGateClient:
 
         return persistence_pb2_grpc.PersistenceServiceStub(self._persistence_channel)
 
+    @functools.cached_property
+    def workspace(self) -> workspace_pb2_grpc.WorkspaceServiceStub:
+        """The workspace service's stub (leftovers, disk usage)."""
+        from agentgate.v1 import workspace_pb2_grpc
+
+        self._workspace_channel = sync_channel(*self._workspace_target)
+        return workspace_pb2_grpc.WorkspaceServiceStub(self._workspace_channel)
+
     def close(self) -> None:
         """Closes the channels."""
         self._queue_channel.close()
         self._persistence_channel.close()
+        if self._workspace_channel is not None:
+            self._workspace_channel.close()
 
     def __enter__(self) -> AgentGateClient:
         return self

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { AgentBudget, AgentResult, AgentSpec, SandboxSettings, VerificationReport, VerificationSettings, WorkspaceSource } from "./common_pb.js";
+import type { AgentBudget, AgentResult, AgentSpec, DiskUsage, SandboxSettings, VerificationReport, VerificationSettings, WorkspaceSource } from "./common_pb.js";
 import { file_agentgate_v1_common } from "./common_pb.js";
 import type { AgentOutput, SandboxConnectionRefused } from "./events_pb.js";
 import { file_agentgate_v1_events } from "./events_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentgate/v1/workspace.proto.
  */
 export const file_agentgate_v1_workspace: GenFile = /*@__PURE__*/
-  fileDesc("ChxhZ2VudGdhdGUvdjEvd29ya3NwYWNlLnByb3RvEgxhZ2VudGdhdGUudjEilQIKCVdvcmtzcGFjZRIKCgJpZBgBIAEoCRIOCgZydW5faWQYAiABKAkSDAoEcGF0aBgDIAEoCRIOCgZicmFuY2gYBCABKAkSLQoGc291cmNlGAUgASgLMh0uYWdlbnRnYXRlLnYxLldvcmtzcGFjZVNvdXJjZRITCgtiYXNlX2NvbW1pdBgGIAEoCRIOCgZsZWFzZWQYByABKAgSNAoQbGVhc2VfZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbGVhc2VfaG9sZGVyGAogASgJIt0BChRQcmVwYXJlRm9yUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSLQoGc291cmNlGAIgASgLMh0uYWdlbnRnYXRlLnYxLldvcmtzcGFjZVNvdXJjZRIWCg5nYXRlX3BsYW5feWFtbBgDIAEoCRIVCg1sZWFzZV9zZWNvbmRzGAQgASgFEhYKDmJyYW5jaF9wYXR0ZXJuGAUgASgJEi4KB3NhbmRib3gYBiABKAsyHS5hZ2VudGdhdGUudjEuU2FuZGJveFNldHRpbmdzEg8KB3BhdGNoZXMYByADKAwihgEKFVByZXBhcmVGb3JSdW5SZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlEhcKD3BhdGNoX3NuYXBzaG90cxgEIAMoCRINCgVydWxlcxgCIAEoCRIZChFnYXRlX3BsYW5fc3VtbWFyeRgDIAEoCSLyAQoPUnVuQWdlbnRSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJaXRlcmF0aW9uGAMgASgFEg8KB2F0dGVtcHQYBCABKAUSJgoFYWdlbnQYBSABKAsyFy5hZ2VudGdhdGUudjEuQWdlbnRTcGVjEg4KBnByb21wdBgGIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYByABKAUSGQoRcmVzdW1lX3Nlc3Npb25faWQYCCABKAkSKQoGYnVkZ2V0GAkgASgLMhkuYWdlbnRnYXRlLnYxLkFnZW50QnVkZ2V0IroBChBSdW5BZ2VudFJlc3BvbnNlEisKBm91dHB1dBgBIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudE91dHB1dEgAEisKBnJlc3VsdBgCIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudFJlc3VsdEgAEkQKEmNvbm5lY3Rpb25fcmVmdXNlZBgDIAEoCzImLmFnZW50Z2F0ZS52MS5TYW5kYm94Q29ubmVjdGlvblJlZnVzZWRIAEIGCgRpdGVtIj4KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJZChZDcmVhdGVTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEhUKDWNoYW5nZWRfZmlsZXMYAiADKAkSEwoLaGFzX2NoYW5nZXMYAyABKAgikwEKDVZlcmlmeVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIRCglpdGVyYXRpb24YBCABKAUSNAoIc2V0dGluZ3MYBSABKAsyIi5hZ2VudGdhdGUudjEuVmVyaWZpY2F0aW9uU2V0dGluZ3MiQgoOVmVyaWZ5UmVzcG9uc2USMAoGcmVwb3J0GAEgASgLMiAuYWdlbnRnYXRlLnYxLlZlcmlmaWNhdGlvblJlcG9ydCIrChNHZXRXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJCChRHZXRXb3Jrc3BhY2VSZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlIisKE1JlbGVhc2VMZWFzZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJIkIKFFJlbGVhc2VMZWFzZVJlc3BvbnNlEioKCXdvcmtzcGFjZRgBIAEoCzIXLmFnZW50Z2F0ZS52MS5Xb3Jrc3BhY2UiRwoWQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBItCgZzb3VyY2UYASABKAsyHS5hZ2VudGdhdGUudjEuV29ya3NwYWNlU291cmNlIkUKF0NyZWF0ZVdvcmtzcGFjZVJlc3BvbnNlEioKCXdvcmtzcGFjZRgBIAEoCzIXLmFnZW50Z2F0ZS52MS5Xb3Jrc3BhY2UiUgoTQWNxdWlyZUxlYXNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoNbGVhc2Vfc2Vjb25kcxgCIAEoBRIOCgZob2xkZXIYAyABKAkiQgoUQWNxdWlyZUxlYXNlUmVzcG9uc2USKgoJd29ya3NwYWNlGAEgASgLMhcuYWdlbnRnYXRlLnYxLldvcmtzcGFjZSJDChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCSIuChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCSJXCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiwKFExpc3RTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJCChVMaXN0U25hcHNob3RzUmVzcG9uc2USKQoJc25hcHNob3RzGAEgAygLMhYuYWdlbnRnYXRlLnYxLlNuYXBzaG90IlgKDkdldERpZmZSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIYChBmcm9tX3NuYXBzaG90X2lkGAIgASgJEhYKDnRvX3NuYXBzaG90X2lkGAMgASgJIkkKD0dldERpZmZSZXNwb25zZRIMCgRkaWZmGAEgASgJEhUKDWNoYW5nZWRfZmlsZXMYAiADKAkSEQoJdHJ1bmNhdGVkGAMgASgIIiMKEUNsZWFudXBSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSIzChJDbGVhbnVwUnVuUmVzcG9uc2USHQoVZGVsZXRlZF93b3Jrc3BhY2VfaWRzGAEgAygJIj4KFUxpc3RXb3Jrc3BhY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJeChZMaXN0V29ya3NwYWNlc1Jlc3BvbnNlEisKCndvcmtzcGFjZXMYASADKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI9ChZEZWxldGVXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRINCgVmb3JjZRgCIAEoCCIZChdEZWxldGVXb3Jrc3BhY2VSZXNwb25zZSJDCgtQdXNoUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDgoGYnJhbmNoGAIgASgJEg4KBnJlbW90ZRgDIAEoCSJCCgxQdXNoUmVzcG9uc2USDgoGYnJhbmNoGAEgASgJEg4KBmNvbW1pdBgCIAEoCRISCgpyZW1vdGVfdXJsGAMgASgJIhkKF0xpc3RBZ2VudERyaXZlcnNSZXF1ZXN0InsKD0FnZW50RHJpdmVySW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhEKCWF2YWlsYWJsZRgDIAEoCBIPCgdtaXNzaW5nGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSEAoIZW5kcG9pbnQYBiABKAkiSgoYTGlzdEFnZW50RHJpdmVyc1Jlc3BvbnNlEi4KB2RyaXZlcnMYASADKAsyHS5hZ2VudGdhdGUudjEuQWdlbnREcml2ZXJJbmZvIlwKEkV4cG9ydFBhdGNoUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSGAoQZnJvbV9zbmFwc2hvdF9pZBgCIAEoCRIWCg50b19zbmFwc2hvdF9pZBgDIAEoCSJ0ChNFeHBvcnRQYXRjaFJlc3BvbnNlEg0KBXBhdGNoGAEgASgMEhMKC2Zyb21fY29tbWl0GAIgASgJEhEKCXRvX2NvbW1pdBgDIAEoCRIPCgd0b190cmVlGAQgASgJEhUKDWNoYW5nZWRfZmlsZXMYBSADKAkyxgsKEFdvcmtzcGFjZVNlcnZpY2USWAoNUHJlcGFyZUZvclJ1bhIiLmFnZW50Z2F0ZS52MS5QcmVwYXJlRm9yUnVuUmVxdWVzdBojLmFnZW50Z2F0ZS52MS5QcmVwYXJlRm9yUnVuUmVzcG9uc2USSwoIUnVuQWdlbnQSHS5hZ2VudGdhdGUudjEuUnVuQWdlbnRSZXF1ZXN0Gh4uYWdlbnRnYXRlLnYxLlJ1bkFnZW50UmVzcG9uc2UwARJbCg5DcmVhdGVTbmFwc2hvdBIjLmFnZW50Z2F0ZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJC5hZ2VudGdhdGUudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJDCgZWZXJpZnkSGy5hZ2VudGdhdGUudjEuVmVyaWZ5UmVxdWVzdBocLmFnZW50Z2F0ZS52MS5WZXJpZnlSZXNwb25zZRJVCgxHZXRXb3Jrc3BhY2USIS5hZ2VudGdhdGUudjEuR2V0V29ya3NwYWNlUmVxdWVzdBoiLmFnZW50Z2F0ZS52MS5HZXRXb3Jrc3BhY2VSZXNwb25zZRJVCgxSZWxlYXNlTGVhc2USIS5hZ2VudGdhdGUudjEuUmVsZWFzZUxlYXNlUmVxdWVzdBoiLmFnZW50Z2F0ZS52MS5SZWxlYXNlTGVhc2VSZXNwb25zZRJeCg9DcmVhdGVXb3Jrc3BhY2USJC5hZ2VudGdhdGUudjEuQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBolLmFnZW50Z2F0ZS52MS5DcmVhdGVXb3Jrc3BhY2VSZXNwb25zZRJVCgxBY3F1aXJlTGVhc2USIS5hZ2VudGdhdGUudjEuQWNxdWlyZUxlYXNlUmVxdWVzdBoiLmFnZW50Z2F0ZS52MS5BY3F1aXJlTGVhc2VSZXNwb25zZRJeCg9SZXN0b3JlU25hcHNob3QSJC5hZ2VudGdhdGUudjEuUmVzdG9yZVNuYXBzaG90UmVxdWVzdBolLmFnZW50Z2F0ZS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJYCg1MaXN0U25hcHNob3RzEiIuYWdlbnRnYXRlLnYxLkxpc3RTbmFwc2hvdHNSZXF1ZXN0GiMuYWdlbnRnYXRlLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZRJGCgdHZXREaWZmEhwuYWdlbnRnYXRlLnYxLkdldERpZmZSZXF1ZXN0Gh0uYWdlbnRnYXRlLnYxLkdldERpZmZSZXNwb25zZRJPCgpDbGVhbnVwUnVuEh8uYWdlbnRnYXRlLnYxLkNsZWFudXBSdW5SZXF1ZXN0GiAuYWdlbnRnYXRlLnYxLkNsZWFudXBSdW5SZXNwb25zZRJbCg5MaXN0V29ya3NwYWNlcxIjLmFnZW50Z2F0ZS52MS5MaXN0V29ya3NwYWNlc1JlcXVlc3QaJC5hZ2VudGdhdGUudjEuTGlzdFdvcmtzcGFjZXNSZXNwb25zZRJeCg9EZWxldGVXb3Jrc3BhY2USJC5hZ2VudGdhdGUudjEuRGVsZXRlV29ya3NwYWNlUmVxdWVzdBolLmFnZW50Z2F0ZS52MS5EZWxldGVXb3Jrc3BhY2VSZXNwb25zZRI9CgRQdXNoEhkuYWdlbnRnYXRlLnYxLlB1c2hSZXF1ZXN0GhouYWdlbnRnYXRlLnYxLlB1c2hSZXNwb25zZRJhChBMaXN0QWdlbnREcml2ZXJzEiUuYWdlbnRnYXRlLnYxLkxpc3RBZ2VudERyaXZlcnNSZXF1ZXN0GiYuYWdlbnRnYXRlLnYxLkxpc3RBZ2VudERyaXZlcnNSZXNwb25zZRJSCgtFeHBvcnRQYXRjaBIgLmFnZW50Z2F0ZS52MS5FeHBvcnRQYXRjaFJlcXVlc3QaIS5hZ2VudGdhdGUudjEuRXhwb3J0UGF0Y2hSZXNwb25zZWIGcHJvdG8z", [file_agentgate_v1_common, file_agentgate_v1_events, file_google_protobuf_timestamp]);
+  fileDesc("ChxhZ2VudGdhdGUvdjEvd29ya3NwYWNlLnByb3RvEgxhZ2VudGdhdGUudjEilQIKCVdvcmtzcGFjZRIKCgJpZBgBIAEoCRIOCgZydW5faWQYAiABKAkSDAoEcGF0aBgDIAEoCRIOCgZicmFuY2gYBCABKAkSLQoGc291cmNlGAUgASgLMh0uYWdlbnRnYXRlLnYxLldvcmtzcGFjZVNvdXJjZRITCgtiYXNlX2NvbW1pdBgGIAEoCRIOCgZsZWFzZWQYByABKAgSNAoQbGVhc2VfZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMbGVhc2VfaG9sZGVyGAogASgJIt0BChRQcmVwYXJlRm9yUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSLQoGc291cmNlGAIgASgLMh0uYWdlbnRnYXRlLnYxLldvcmtzcGFjZVNvdXJjZRIWCg5nYXRlX3BsYW5feWFtbBgDIAEoCRIVCg1sZWFzZV9zZWNvbmRzGAQgASgFEhYKDmJyYW5jaF9wYXR0ZXJuGAUgASgJEi4KB3NhbmRib3gYBiABKAsyHS5hZ2VudGdhdGUudjEuU2FuZGJveFNldHRpbmdzEg8KB3BhdGNoZXMYByADKAwihgEKFVByZXBhcmVGb3JSdW5SZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlEhcKD3BhdGNoX3NuYXBzaG90cxgEIAMoCRINCgVydWxlcxgCIAEoCRIZChFnYXRlX3BsYW5fc3VtbWFyeRgDIAEoCSLyAQoPUnVuQWdlbnRSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEQoJaXRlcmF0aW9uGAMgASgFEg8KB2F0dGVtcHQYBCABKAUSJgoFYWdlbnQYBSABKAsyFy5hZ2VudGdhdGUudjEuQWdlbnRTcGVjEg4KBnByb21wdBgGIAEoCRIXCg90aW1lb3V0X3NlY29uZHMYByABKAUSGQoRcmVzdW1lX3Nlc3Npb25faWQYCCABKAkSKQoGYnVkZ2V0GAkgASgLMhkuYWdlbnRnYXRlLnYxLkFnZW50QnVkZ2V0IroBChBSdW5BZ2VudFJlc3BvbnNlEisKBm91dHB1dBgBIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudE91dHB1dEgAEisKBnJlc3VsdBgCIAEoCzIZLmFnZW50Z2F0ZS52MS5BZ2VudFJlc3VsdEgAEkQKEmNvbm5lY3Rpb25fcmVmdXNlZBgDIAEoCzImLmFnZW50Z2F0ZS52MS5TYW5kYm94Q29ubmVjdGlvblJlZnVzZWRIAEIGCgRpdGVtIj4KFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJZChZDcmVhdGVTbmFwc2hvdFJlc3BvbnNlEhMKC3NuYXBzaG90X2lkGAEgASgJEhUKDWNoYW5nZWRfZmlsZXMYAiADKAkSEwoLaGFzX2NoYW5nZXMYAyABKAgikwEKDVZlcmlmeVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJEg4KBnJ1bl9pZBgDIAEoCRIRCglpdGVyYXRpb24YBCABKAUSNAoIc2V0dGluZ3MYBSABKAsyIi5hZ2VudGdhdGUudjEuVmVyaWZpY2F0aW9uU2V0dGluZ3MiQgoOVmVyaWZ5UmVzcG9uc2USMAoGcmVwb3J0GAEgASgLMiAuYWdlbnRnYXRlLnYxLlZlcmlmaWNhdGlvblJlcG9ydCIrChNHZXRXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJCChRHZXRXb3Jrc3BhY2VSZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlIjsKE1JlbGVhc2VMZWFzZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEg4KBmRlbGV0ZRgCIAEoCCJTChRSZWxlYXNlTGVhc2VSZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5hZ2VudGdhdGUudjEuV29ya3NwYWNlEg8KB2RlbGV0ZWQYAiABKAgiRwoWQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBItCgZzb3VyY2UYASABKAsyHS5hZ2VudGdhdGUudjEuV29ya3NwYWNlU291cmNlIkUKF0NyZWF0ZVdvcmtzcGFjZVJlc3BvbnNlEioKCXdvcmtzcGFjZRgBIAEoCzIXLmFnZW50Z2F0ZS52MS5Xb3Jrc3BhY2UiUgoTQWNxdWlyZUxlYXNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoNbGVhc2Vfc2Vjb25kcxgCIAEoBRIOCgZob2xkZXIYAyABKAkiQgoUQWNxdWlyZUxlYXNlUmVzcG9uc2USKgoJd29ya3NwYWNlGAEgASgLMhcuYWdlbnRnYXRlLnYxLldvcmtzcGFjZSJDChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRITCgtzbmFwc2hvdF9pZBgCIAEoCSIuChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRITCgtzbmFwc2hvdF9pZBgBIAEoCSJXCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiwKFExpc3RTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJCChVMaXN0U25hcHNob3RzUmVzcG9uc2USKQoJc25hcHNob3RzGAEgAygLMhYuYWdlbnRnYXRlLnYxLlNuYXBzaG90IlgKDkdldERpZmZSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIYChBmcm9tX3NuYXBzaG90X2lkGAIgASgJEhYKDnRvX3NuYXBzaG90X2lkGAMgASgJIkkKD0dldERpZmZSZXNwb25zZRIMCgRkaWZmGAEgASgJEhUKDWNoYW5nZWRfZmlsZXMYAiADKAkSEQoJdHJ1bmNhdGVkGAMgASgIIjIKEUNsZWFudXBSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRINCgVmb3JjZRgCIAEoCCIzChJDbGVhbnVwUnVuUmVzcG9uc2USHQoVZGVsZXRlZF93b3Jrc3BhY2VfaWRzGAEgAygJIhkKF0xpc3RSdW5MZWZ0b3ZlcnNSZXF1ZXN0IocBCgxSdW5MZWZ0b3ZlcnMSDgoGcnVuX2lkGAEgASgJEhUKDXdvcmtzcGFjZV9pZHMYAiADKAkSDgoGbGVhc2VkGAMgASgIEg0KBWJ5dGVzGAQgASgDEjEKDWxhc3RfbW9kaWZpZWQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkQKGExpc3RSdW5MZWZ0b3ZlcnNSZXNwb25zZRIoCgRydW5zGAEgAygLMhouYWdlbnRnYXRlLnYxLlJ1bkxlZnRvdmVycyIeChxHZXRXb3Jrc3BhY2VEaXNrVXNhZ2VSZXF1ZXN0IkcKHUdldFdvcmtzcGFjZURpc2tVc2FnZVJlc3BvbnNlEiYKBXVzYWdlGAEgASgLMhcuYWdlbnRnYXRlLnYxLkRpc2tVc2FnZSI+ChVMaXN0V29ya3NwYWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXgoWTGlzdFdvcmtzcGFjZXNSZXNwb25zZRIrCgp3b3Jrc3BhY2VzGAEgAygLMhcuYWdlbnRnYXRlLnYxLldvcmtzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPQoWRGVsZXRlV29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDQoFZm9yY2UYAiABKAgiGQoXRGVsZXRlV29ya3NwYWNlUmVzcG9uc2UiQwoLUHVzaFJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEg4KBmJyYW5jaBgCIAEoCRIOCgZyZW1vdGUYAyABKAkiQgoMUHVzaFJlc3BvbnNlEg4KBmJyYW5jaBgBIAEoCRIOCgZjb21taXQYAiABKAkSEgoKcmVtb3RlX3VybBgDIAEoCSIZChdMaXN0QWdlbnREcml2ZXJzUmVxdWVzdCJ7Cg9BZ2VudERyaXZlckluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIRCglhdmFpbGFibGUYAyABKAgSDwoHbWlzc2luZxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEhAKCGVuZHBvaW50GAYgASgJIkoKGExpc3RBZ2VudERyaXZlcnNSZXNwb25zZRIuCgdkcml2ZXJzGAEgAygLMh0uYWdlbnRnYXRlLnYxLkFnZW50RHJpdmVySW5mbyJcChJFeHBvcnRQYXRjaFJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhgKEGZyb21fc25hcHNob3RfaWQYAiABKAkSFgoOdG9fc25hcHNob3RfaWQYAyABKAkidAoTRXhwb3J0UGF0Y2hSZXNwb25zZRINCgVwYXRjaBgBIAEoDBITCgtmcm9tX2NvbW1pdBgCIAEoCRIRCgl0b19jb21taXQYAyABKAkSDwoHdG9fdHJlZRgEIAEoCRIVCg1jaGFuZ2VkX2ZpbGVzGAUgAygJMpsNChBXb3Jrc3BhY2VTZXJ2aWNlElgKDVByZXBhcmVGb3JSdW4SIi5hZ2VudGdhdGUudjEuUHJlcGFyZUZvclJ1blJlcXVlc3QaIy5hZ2VudGdhdGUudjEuUHJlcGFyZUZvclJ1blJlc3BvbnNlEksKCFJ1bkFnZW50Eh0uYWdlbnRnYXRlLnYxLlJ1bkFnZW50UmVxdWVzdBoeLmFnZW50Z2F0ZS52MS5SdW5BZ2VudFJlc3BvbnNlMAESWwoOQ3JlYXRlU25hcHNob3QSIy5hZ2VudGdhdGUudjEuQ3JlYXRlU25hcHNob3RSZXF1ZXN0GiQuYWdlbnRnYXRlLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USQwoGVmVyaWZ5EhsuYWdlbnRnYXRlLnYxLlZlcmlmeVJlcXVlc3QaHC5hZ2VudGdhdGUudjEuVmVyaWZ5UmVzcG9uc2USVQoMR2V0V29ya3NwYWNlEiEuYWdlbnRnYXRlLnYxLkdldFdvcmtzcGFjZVJlcXVlc3QaIi5hZ2VudGdhdGUudjEuR2V0V29ya3NwYWNlUmVzcG9uc2USVQoMUmVsZWFzZUxlYXNlEiEuYWdlbnRnYXRlLnYxLlJlbGVhc2VMZWFzZVJlcXVlc3QaIi5hZ2VudGdhdGUudjEuUmVsZWFzZUxlYXNlUmVzcG9uc2USXgoPQ3JlYXRlV29ya3NwYWNlEiQuYWdlbnRnYXRlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QaJS5hZ2VudGdhdGUudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2USVQoMQWNxdWlyZUxlYXNlEiEuYWdlbnRnYXRlLnYxLkFjcXVpcmVMZWFzZVJlcXVlc3QaIi5hZ2VudGdhdGUudjEuQWNxdWlyZUxlYXNlUmVzcG9uc2USXgoPUmVzdG9yZVNuYXBzaG90EiQuYWdlbnRnYXRlLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJS5hZ2VudGdhdGUudjEuUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USWAoNTGlzdFNuYXBzaG90cxIiLmFnZW50Z2F0ZS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBojLmFnZW50Z2F0ZS52MS5MaXN0U25hcHNob3RzUmVzcG9uc2USRgoHR2V0RGlmZhIcLmFnZW50Z2F0ZS52MS5HZXREaWZmUmVxdWVzdBodLmFnZW50Z2F0ZS52MS5HZXREaWZmUmVzcG9uc2USTwoKQ2xlYW51cFJ1bhIfLmFnZW50Z2F0ZS52MS5DbGVhbnVwUnVuUmVxdWVzdBogLmFnZW50Z2F0ZS52MS5DbGVhbnVwUnVuUmVzcG9uc2USYQoQTGlzdFJ1bkxlZnRvdmVycxIlLmFnZW50Z2F0ZS52MS5MaXN0UnVuTGVmdG92ZXJzUmVxdWVzdBomLmFnZW50Z2F0ZS52MS5MaXN0UnVuTGVmdG92ZXJzUmVzcG9uc2UScAoVR2V0V29ya3NwYWNlRGlza1VzYWdlEiouYWdlbnRnYXRlLnYxLkdldFdvcmtzcGFjZURpc2tVc2FnZVJlcXVlc3QaKy5hZ2VudGdhdGUudjEuR2V0V29ya3NwYWNlRGlza1VzYWdlUmVzcG9uc2USWwoOTGlzdFdvcmtzcGFjZXMSIy5hZ2VudGdhdGUudjEuTGlzdFdvcmtzcGFjZXNSZXF1ZXN0GiQuYWdlbnRnYXRlLnYxLkxpc3RXb3Jrc3BhY2VzUmVzcG9uc2USXgoPRGVsZXRlV29ya3NwYWNlEiQuYWdlbnRnYXRlLnYxLkRlbGV0ZVdvcmtzcGFjZVJlcXVlc3QaJS5hZ2VudGdhdGUudjEuRGVsZXRlV29ya3NwYWNlUmVzcG9uc2USPQoEUHVzaBIZLmFnZW50Z2F0ZS52MS5QdXNoUmVxdWVzdBoaLmFnZW50Z2F0ZS52MS5QdXNoUmVzcG9uc2USYQoQTGlzdEFnZW50RHJpdmVycxIlLmFnZW50Z2F0ZS52MS5MaXN0QWdlbnREcml2ZXJzUmVxdWVzdBomLmFnZW50Z2F0ZS52MS5MaXN0QWdlbnREcml2ZXJzUmVzcG9uc2USUgoLRXhwb3J0UGF0Y2gSIC5hZ2VudGdhdGUudjEuRXhwb3J0UGF0Y2hSZXF1ZXN0GiEuYWdlbnRnYXRlLnYxLkV4cG9ydFBhdGNoUmVzcG9uc2ViBnByb3RvMw", [file_agentgate_v1_common, file_agentgate_v1_events, file_google_protobuf_timestamp]);
 
 /**
  * A managed workspace.
@@ -434,6 +434,14 @@ export type ReleaseLeaseRequest = Message<"agentgate.v1.ReleaseLeaseRequest"> & 
    * @generated from field: string workspace_id = 1;
    */
   workspaceId: string;
+
+  /**
+   * Delete the workspace with everything its run left (git directory, clean rooms, agent
+   * files) instead of keeping it: the end of a run whose retention is delete.
+   *
+   * @generated from field: bool delete = 2;
+   */
+  delete: boolean;
 };
 
 /**
@@ -451,6 +459,13 @@ export type ReleaseLeaseResponse = Message<"agentgate.v1.ReleaseLeaseResponse"> 
    * @generated from field: agentgate.v1.Workspace workspace = 1;
    */
   workspace?: Workspace | undefined;
+
+  /**
+   * True when the workspace was deleted (ReleaseLeaseRequest.delete).
+   *
+   * @generated from field: bool deleted = 2;
+   */
+  deleted: boolean;
 };
 
 /**
@@ -712,6 +727,13 @@ export type CleanupRunRequest = Message<"agentgate.v1.CleanupRunRequest"> & {
    * @generated from field: string run_id = 1;
    */
   runId: string;
+
+  /**
+   * Delete leased workspaces too (a lease left by a worker that died).
+   *
+   * @generated from field: bool force = 2;
+   */
+  force: boolean;
 };
 
 /**
@@ -739,6 +761,113 @@ export const CleanupRunResponseSchema: GenMessage<CleanupRunResponse> = /*@__PUR
   messageDesc(file_agentgate_v1_workspace, 25);
 
 /**
+ * @generated from message agentgate.v1.ListRunLeftoversRequest
+ */
+export type ListRunLeftoversRequest = Message<"agentgate.v1.ListRunLeftoversRequest"> & {
+};
+
+/**
+ * Describes the message agentgate.v1.ListRunLeftoversRequest.
+ * Use `create(ListRunLeftoversRequestSchema)` to create a new message.
+ */
+export const ListRunLeftoversRequestSchema: GenMessage<ListRunLeftoversRequest> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_workspace, 26);
+
+/**
+ * What one run left on disk.
+ *
+ * @generated from message agentgate.v1.RunLeftovers
+ */
+export type RunLeftovers = Message<"agentgate.v1.RunLeftovers"> & {
+  /**
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * @generated from field: repeated string workspace_ids = 2;
+   */
+  workspaceIds: string[];
+
+  /**
+   * Whether one of its workspaces is leased now.
+   *
+   * @generated from field: bool leased = 3;
+   */
+  leased: boolean;
+
+  /**
+   * Bytes of its workspaces, git directories, clean rooms and agent files.
+   *
+   * @generated from field: int64 bytes = 4;
+   */
+  bytes: bigint;
+
+  /**
+   * The newest change among them (for --older-than).
+   *
+   * @generated from field: google.protobuf.Timestamp last_modified = 5;
+   */
+  lastModified?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message agentgate.v1.RunLeftovers.
+ * Use `create(RunLeftoversSchema)` to create a new message.
+ */
+export const RunLeftoversSchema: GenMessage<RunLeftovers> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_workspace, 27);
+
+/**
+ * @generated from message agentgate.v1.ListRunLeftoversResponse
+ */
+export type ListRunLeftoversResponse = Message<"agentgate.v1.ListRunLeftoversResponse"> & {
+  /**
+   * @generated from field: repeated agentgate.v1.RunLeftovers runs = 1;
+   */
+  runs: RunLeftovers[];
+};
+
+/**
+ * Describes the message agentgate.v1.ListRunLeftoversResponse.
+ * Use `create(ListRunLeftoversResponseSchema)` to create a new message.
+ */
+export const ListRunLeftoversResponseSchema: GenMessage<ListRunLeftoversResponse> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_workspace, 28);
+
+/**
+ * @generated from message agentgate.v1.GetWorkspaceDiskUsageRequest
+ */
+export type GetWorkspaceDiskUsageRequest = Message<"agentgate.v1.GetWorkspaceDiskUsageRequest"> & {
+};
+
+/**
+ * Describes the message agentgate.v1.GetWorkspaceDiskUsageRequest.
+ * Use `create(GetWorkspaceDiskUsageRequestSchema)` to create a new message.
+ */
+export const GetWorkspaceDiskUsageRequestSchema: GenMessage<GetWorkspaceDiskUsageRequest> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_workspace, 29);
+
+/**
+ * @generated from message agentgate.v1.GetWorkspaceDiskUsageResponse
+ */
+export type GetWorkspaceDiskUsageResponse = Message<"agentgate.v1.GetWorkspaceDiskUsageResponse"> & {
+  /**
+   * Workspaces, git directories, clean rooms and agent files (run_files_bytes unset).
+   *
+   * @generated from field: agentgate.v1.DiskUsage usage = 1;
+   */
+  usage?: DiskUsage | undefined;
+};
+
+/**
+ * Describes the message agentgate.v1.GetWorkspaceDiskUsageResponse.
+ * Use `create(GetWorkspaceDiskUsageResponseSchema)` to create a new message.
+ */
+export const GetWorkspaceDiskUsageResponseSchema: GenMessage<GetWorkspaceDiskUsageResponse> = /*@__PURE__*/
+  messageDesc(file_agentgate_v1_workspace, 30);
+
+/**
  * @generated from message agentgate.v1.ListWorkspacesRequest
  */
 export type ListWorkspacesRequest = Message<"agentgate.v1.ListWorkspacesRequest"> & {
@@ -760,7 +889,7 @@ export type ListWorkspacesRequest = Message<"agentgate.v1.ListWorkspacesRequest"
  * Use `create(ListWorkspacesRequestSchema)` to create a new message.
  */
 export const ListWorkspacesRequestSchema: GenMessage<ListWorkspacesRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 26);
+  messageDesc(file_agentgate_v1_workspace, 31);
 
 /**
  * @generated from message agentgate.v1.ListWorkspacesResponse
@@ -782,7 +911,7 @@ export type ListWorkspacesResponse = Message<"agentgate.v1.ListWorkspacesRespons
  * Use `create(ListWorkspacesResponseSchema)` to create a new message.
  */
 export const ListWorkspacesResponseSchema: GenMessage<ListWorkspacesResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 27);
+  messageDesc(file_agentgate_v1_workspace, 32);
 
 /**
  * @generated from message agentgate.v1.DeleteWorkspaceRequest
@@ -804,7 +933,7 @@ export type DeleteWorkspaceRequest = Message<"agentgate.v1.DeleteWorkspaceReques
  * Use `create(DeleteWorkspaceRequestSchema)` to create a new message.
  */
 export const DeleteWorkspaceRequestSchema: GenMessage<DeleteWorkspaceRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 28);
+  messageDesc(file_agentgate_v1_workspace, 33);
 
 /**
  * @generated from message agentgate.v1.DeleteWorkspaceResponse
@@ -817,7 +946,7 @@ export type DeleteWorkspaceResponse = Message<"agentgate.v1.DeleteWorkspaceRespo
  * Use `create(DeleteWorkspaceResponseSchema)` to create a new message.
  */
 export const DeleteWorkspaceResponseSchema: GenMessage<DeleteWorkspaceResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 29);
+  messageDesc(file_agentgate_v1_workspace, 34);
 
 /**
  * @generated from message agentgate.v1.PushRequest
@@ -848,7 +977,7 @@ export type PushRequest = Message<"agentgate.v1.PushRequest"> & {
  * Use `create(PushRequestSchema)` to create a new message.
  */
 export const PushRequestSchema: GenMessage<PushRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 30);
+  messageDesc(file_agentgate_v1_workspace, 35);
 
 /**
  * @generated from message agentgate.v1.PushResponse
@@ -877,7 +1006,7 @@ export type PushResponse = Message<"agentgate.v1.PushResponse"> & {
  * Use `create(PushResponseSchema)` to create a new message.
  */
 export const PushResponseSchema: GenMessage<PushResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 31);
+  messageDesc(file_agentgate_v1_workspace, 36);
 
 /**
  * @generated from message agentgate.v1.ListAgentDriversRequest
@@ -890,7 +1019,7 @@ export type ListAgentDriversRequest = Message<"agentgate.v1.ListAgentDriversRequ
  * Use `create(ListAgentDriversRequestSchema)` to create a new message.
  */
 export const ListAgentDriversRequestSchema: GenMessage<ListAgentDriversRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 32);
+  messageDesc(file_agentgate_v1_workspace, 37);
 
 /**
  * A driver of the registry.
@@ -941,7 +1070,7 @@ export type AgentDriverInfo = Message<"agentgate.v1.AgentDriverInfo"> & {
  * Use `create(AgentDriverInfoSchema)` to create a new message.
  */
 export const AgentDriverInfoSchema: GenMessage<AgentDriverInfo> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 33);
+  messageDesc(file_agentgate_v1_workspace, 38);
 
 /**
  * @generated from message agentgate.v1.ListAgentDriversResponse
@@ -958,7 +1087,7 @@ export type ListAgentDriversResponse = Message<"agentgate.v1.ListAgentDriversRes
  * Use `create(ListAgentDriversResponseSchema)` to create a new message.
  */
 export const ListAgentDriversResponseSchema: GenMessage<ListAgentDriversResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 34);
+  messageDesc(file_agentgate_v1_workspace, 39);
 
 /**
  * @generated from message agentgate.v1.ExportPatchRequest
@@ -990,7 +1119,7 @@ export type ExportPatchRequest = Message<"agentgate.v1.ExportPatchRequest"> & {
  * Use `create(ExportPatchRequestSchema)` to create a new message.
  */
 export const ExportPatchRequestSchema: GenMessage<ExportPatchRequest> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 35);
+  messageDesc(file_agentgate_v1_workspace, 40);
 
 /**
  * @generated from message agentgate.v1.ExportPatchResponse
@@ -1030,7 +1159,7 @@ export type ExportPatchResponse = Message<"agentgate.v1.ExportPatchResponse"> & 
  * Use `create(ExportPatchResponseSchema)` to create a new message.
  */
 export const ExportPatchResponseSchema: GenMessage<ExportPatchResponse> = /*@__PURE__*/
-  messageDesc(file_agentgate_v1_workspace, 36);
+  messageDesc(file_agentgate_v1_workspace, 41);
 
 /**
  * The data plane: workspaces on disk, agent processes, snapshots and the clean-room gate.
@@ -1090,7 +1219,8 @@ export const WorkspaceService: GenService<{
     output: typeof GetWorkspaceResponseSchema;
   },
   /**
-   * Releases the lease on a workspace; its files stay for inspection.
+   * Releases the lease on a workspace; its files stay for inspection, unless `delete`
+   * (then the workspace goes with everything its run left: retention, docs/workspaces.md).
    *
    * @generated from rpc agentgate.v1.WorkspaceService.ReleaseLease
    */
@@ -1151,7 +1281,8 @@ export const WorkspaceService: GenService<{
     output: typeof GetDiffResponseSchema;
   },
   /**
-   * Deletes the workspaces, clean rooms and agent files of a run.
+   * Deletes the workspaces, clean rooms and agent files of a run. FAILED_PRECONDITION
+   * while one is leased, unless forced.
    *
    * @generated from rpc agentgate.v1.WorkspaceService.CleanupRun
    */
@@ -1159,6 +1290,27 @@ export const WorkspaceService: GenService<{
     methodKind: "unary";
     input: typeof CleanupRunRequestSchema;
     output: typeof CleanupRunResponseSchema;
+  },
+  /**
+   * What runs left on disk (workspaces, git directories, clean rooms, agent files), one
+   * entry per run id, for `agentgate gc`.
+   *
+   * @generated from rpc agentgate.v1.WorkspaceService.ListRunLeftovers
+   */
+  listRunLeftovers: {
+    methodKind: "unary";
+    input: typeof ListRunLeftoversRequestSchema;
+    output: typeof ListRunLeftoversResponseSchema;
+  },
+  /**
+   * Bytes used by workspaces, git directories, clean rooms and agent files.
+   *
+   * @generated from rpc agentgate.v1.WorkspaceService.GetWorkspaceDiskUsage
+   */
+  getWorkspaceDiskUsage: {
+    methodKind: "unary";
+    input: typeof GetWorkspaceDiskUsageRequestSchema;
+    output: typeof GetWorkspaceDiskUsageResponseSchema;
   },
   /**
    * All workspaces, newest first; paginated.
