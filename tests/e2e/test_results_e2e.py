@@ -71,6 +71,9 @@ def test_exec_then_apply_makes_the_branch_and_refuses_a_conflicting_move(
     done = suite.cli(
         "exec", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
         "--agent-option", f"script={script}", "--json",
+        # Kept so the test can read the final snapshot from the run's own git directory;
+        # `apply` itself reads only the stored patches.
+        "--keep-workspace",
     )
     assert done.returncode == 0, (done.stdout, done.stderr)
     run_id = json.loads(done.stdout.strip().splitlines()[-1])["run_id"]
