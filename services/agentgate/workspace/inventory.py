@@ -20,6 +20,7 @@ from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidA
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
+from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
     WorkspaceManager,
@@ -118,6 +119,8 @@ async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> None:
     # and a second delete finishes the job.
     for folder in _files_of(manager, record.id):
         await asyncio.to_thread(remove_tree, folder)
+    if record.run_id:
+        await cleanroom.remove_run_room(manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
     await manager.db.execute("DELETE FROM workspaces WHERE id = ?", (record.id,))
     await manager.db.commit()
     log.info("deleted workspace %s (run %s)", record.id, record.run_id or "-")

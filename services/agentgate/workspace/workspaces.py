@@ -475,12 +475,16 @@ class WorkspaceManager:
             local = Path(source.local_path)
             await asyncio.to_thread(_check_local_source, local, self.workspaces_root)
             # No template: git's sample hooks and info files are of no use here.
-            await gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
+            init = gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
             if await asyncio.to_thread(sources.is_git_source, local):
-                found = await sources.read_git_source(local, git_dir, source.include_ignored)
+                # The source is listed while our git directory is made; then its commit fetched.
+                _, found = await asyncio.gather(init, sources.read_git_source(local, source.include_ignored))
+                if found.commit:
+                    await sources.fetch_commit(local, git_dir, found.commit)
                 start, source_branch, push_url = found.commit, found.branch, found.origin_url
                 changes = (local, found.changed)
             else:
+                await init
                 await asyncio.to_thread(sources.copy_plain_tree, local, path)
         else:
             push_url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
@@ -499,7 +503,10 @@ class WorkspaceManager:
             await asyncio.to_thread(sources.copy_changes, changes[0], path, changes[1])
         if push_url:
             await gitops.work(git_dir, path, "config", "remote.origin.url", push_url)
-        await gitops.work(git_dir, path, "add", "-A")
+        if not start or (changes is not None and changes[1]):
+            # Files that are not the commit's as checked out (a copy, the user's changes):
+            # without them, the index the checkout wrote already records every file.
+            await gitops.work(git_dir, path, "add", "-A")
         await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
         base_commit = await gitops.head_commit_fast(git_dir)
         # The agent's own repository: a copy (never hard links: what the agent writes there
@@ -509,8 +516,7 @@ class WorkspaceManager:
             "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home
         )
         await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
-        symbolic = await gitops.work(git_dir, path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
-        return base_commit, symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+        return base_commit, "" if detach else branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
         """Clones `url` into the trusted git directory; returns the commit to start from
