@@ -74,11 +74,13 @@ def make_repository(root: Path, files: int) -> Path:
     return root
 
 
-def floor_once(repo: Path, scratch: Path, iterations: int) -> float:
-    """Seconds of the floor of a work order of `iterations` (see the module docstring)."""
+def floor_once(repo: Path, scratch: Path, iterations: int) -> tuple[float, float]:
+    """Seconds of the floor of a work order of `iterations` (see the module docstring), and
+    of its `cp -a` alone."""
     work = scratch / "floor-copy"
     t0 = time.perf_counter()
     subprocess.run(["cp", "-a", str(repo), str(work)], check=True)
+    copied = time.perf_counter() - t0
     for iteration in range(1, iterations + 1):
         (work / CHANGED).write_text(f"iteration {iteration}\n")
         _git(work, "add", "-A")
@@ -94,7 +96,7 @@ def floor_once(repo: Path, scratch: Path, iterations: int) -> float:
             shutil.rmtree(path)
         else:
             path.unlink()
-    return elapsed
+    return elapsed, copied
 
 
 def spec_for(repo: Path, iterations: int) -> common_pb2.WorkOrderSpec:
@@ -208,6 +210,7 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
             workspace_pid = suite.pids()["workspace"]
             results: dict[int, list[dict[str, Any]]] = {1: [], 3: []}
             floors: dict[int, list[float]] = {1: [], 3: []}
+            copies: list[float] = []
             rss = RssPeak(workspace_pid) if largest else None
             recording = profiler.record({"workspace": workspace_pid}) if largest else contextlib.nullcontext()
             with rss or contextlib.nullcontext(), recording:
@@ -215,7 +218,9 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
                     for iterations in (1, 3):
                         # Interleaved, so a burst of load elsewhere hits both alike.
                         results[iterations].append(await run_work_order(queue, persistence, spec_for(repo, iterations)))
-                        floors[iterations].append(floor_once(repo, scratch, iterations))
+                        floor, copied = floor_once(repo, scratch, iterations)
+                        floors[iterations].append(floor)
+                        copies.append(copied)
             for iterations in (1, 3):
                 rows = results[iterations]
                 bad = [r for r in rows if r["terminal"] != ev.RUN_COMPLETE or r["iterations"] != iterations]
@@ -236,6 +241,7 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
                     floor_ms=benchlib.ms(floor),
                     ratio=ours / floor,
                     prepare_ms=benchlib.ms(median_of(rows, "prepare")),
+                    cp_a_ms=benchlib.ms(statistics.median(copies)),
                     snapshot1_ms=benchlib.ms(median_of(rows, "snapshot_1")),
                     verify1_ms=benchlib.ms(median_of(rows, "verify_1")),
                 )
@@ -261,7 +267,7 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
         # The trivial work order on the smallest repository: one at a time and 4 at a time.
         repo = make_repository(suite.work / "repo-trivial", small)
         await run_work_order(queue, persistence, spec_for(repo, 1))
-        floor = statistics.median(floor_once(repo, scratch, 1) for _ in range(5))
+        floor = statistics.median(floor_once(repo, scratch, 1)[0] for _ in range(5))
         alone = [await run_work_order(queue, persistence, spec_for(repo, 1)) for _ in range(rounds * 2)]
         together: list[dict[str, Any]] = []
         for _ in range(rounds):

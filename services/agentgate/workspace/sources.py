@@ -146,7 +146,8 @@ async def read_git_source(source: Path, include_ignored: bool) -> GitSource:
     ignored = ["--ignored=traditional"] if include_ignored else []
     status, origin = await asyncio.gather(
         _in_source(
-            source, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--no-renames",
+            source, "status", "--porcelain=v2", "--branch", "--no-ahead-behind", "-z", "--untracked-files=all",
+            "--no-renames",
             "--ignore-submodules=all", *ignored,
         ),
         # Where the user pushes (their pushurl and insteadOf rules applied): resolved now,
