@@ -231,6 +231,43 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+#: Trees being deleted behind the requests that discarded them (see `discard_tree`).
+_deleting: set[asyncio.Task[None]] = set()
+
+
+async def discard_tree(path: Path, trash: Path) -> None:
+    """Makes `path` disappear at once and deletes it behind the caller: it is renamed into
+    `trash` (same file system: one rename whatever its size) and removed by a background
+    task. Deleting 100,000 files takes longer than making them; a request that only needs
+    them gone does not wait for it (docs/workspaces.md, "Clean rooms"). Whatever a crash
+    leaves in `trash` is deleted when the service starts again (`empty_trash`)."""
+
+    def move() -> Path | None:
+        if not path.exists() and not path.is_symlink():
+            return None
+        trash.mkdir(parents=True, exist_ok=True)
+        target = trash / f"{path.name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(path, target)
+        except OSError:
+            remove_tree(path)  # another file system: no rename, delete in place
+            return None
+        return target
+
+    target = await asyncio.to_thread(move)
+    if target is not None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove_tree, target))
+        _deleting.add(task)
+        task.add_done_callback(_deleting.discard)
+
+
+def empty_trash(trash: Path) -> None:
+    """Deletes what `discard_tree` moved into `trash` and did not finish deleting (blocking)."""
+    if trash.is_dir():
+        for entry in trash.iterdir():
+            remove_tree(entry)
+
+
 def _check_local_source(source: Path, workspaces_root: Path) -> None:
     """A local source must be an existing directory that does not hold our workspaces."""
     if not source.is_dir():
@@ -306,6 +343,8 @@ class WorkspaceManager:
         self.workspaces_root = home / "workspaces"
         self.git_dirs_root = home / "gitdirs"
         self.database_path = home / "workspace.db"
+        #: Where deleted trees wait for their background deletion (`discard_tree`).
+        self.trash = home / "trash"
         self._db: aiosqlite.Connection | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         #: Unix seconds now; leases expire by it (tests replace it).
@@ -317,6 +356,10 @@ class WorkspaceManager:
         """Opens the index (creating folders and schema)."""
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         self._db = await open_database(self.database_path, MIGRATIONS)
+        # Trees a previous run of the service was still deleting: behind the service's start.
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(empty_trash, self.trash))
+        _deleting.add(task)
+        task.add_done_callback(_deleting.discard)
 
     async def close(self) -> None:
         """Closes the index."""

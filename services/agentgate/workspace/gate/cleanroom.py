@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agentgate.workspace import git as gitops
-from agentgate.workspace.workspaces import remove_tree
+from agentgate.workspace.workspaces import discard_tree, remove_tree
 
 #: The index of a workspace's kept clean room: in its trusted git directory, where no agent
 #: or check can write, so the stat data the reset trusts is ours.
@@ -162,7 +162,7 @@ async def clean_room(
         try:
             await _reset(git_dir, commit, room, index)
         except (OSError, gitops.GitError):
-            await asyncio.to_thread(remove_tree, room)
+            await remove_clean_room(room)
             await asyncio.to_thread(index.unlink, missing_ok=True)
             await _checkout(git_dir, commit, room, index)
         yield room
@@ -178,5 +178,7 @@ async def remove_run_room(root: Path, run_id: str, workspace_id: str, git_dir: P
 
 
 async def remove_clean_room(room: Path) -> None:
-    """Deletes a clean room (also the read-only parts a check may have made)."""
-    await asyncio.to_thread(remove_tree, room)
+    """Deletes a clean room (also the read-only parts a check may have made): gone at once,
+    its files deleted in the background (`discard_tree`; rooms live in
+    `$AGENTGATE_HOME/cleanrooms`, the trash beside it)."""
+    await discard_tree(room, room.parent.parent / "trash")
