@@ -41,7 +41,8 @@ from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
 from agentgate.workspace import sources
-from agentgate.workspace.gate.plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
+from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit
+from agentgate.workspace.gate.plan import GatePlanError, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
 
@@ -315,20 +316,21 @@ def _read_rules(root: Path) -> str:
     return ""
 
 
-def summarize_gate_plan(root: Path, inline_yaml: str) -> str:
-    """The gate plan summary for the prompt: from the inline plan, else the workspace's."""
+async def summarize_gate_plan(git_dir: Path, base_commit: str, inline_yaml: str) -> str:
+    """The gate plan summary for the prompt: from the inline plan, else from the base
+    commit, read as the gate reads it (its verify.yaml, else a plan detected from its
+    files); the gate's first Verify then finds it remembered (`base_plan`)."""
     if inline_yaml.strip():
         text, source = inline_yaml, "inline"
     else:
-        found = find_gate_plan_file(root)
+        try:
+            found = await committed_plan_file(git_dir, base_commit)
+            detected = None if found is not None else await detect_at_commit(git_dir, base_commit)
+        except gitops.GitError as exc:
+            return f"The base commit's gate plan could not be read, so verification will fail: {exc}"
         if found is None:
-            # The gate detects a plan from the project's CI or tooling; tell the agent which.
-            from agentgate.workspace.gate.detection import detect_gate_plan
-
-            detected = detect_gate_plan(root)
             return NO_GATE_PLAN if detected is None else gate_plan_summary(detected.plan, detected.describe())
-        source = found.relative_to(root).as_posix()
-        text = found.read_text(encoding="utf-8", errors="replace")
+        source, text = found
     try:
         return gate_plan_summary(parse_gate_plan(text, source), source)
     except GatePlanError as exc:
@@ -462,7 +464,7 @@ class WorkspaceManager:
         try:
             base_commit, _ = await self.materialize(workspace_id, source, branch)
             rules = await asyncio.to_thread(_read_rules, path)
-            summary = await asyncio.to_thread(summarize_gate_plan, path, gate_plan_yaml)
+            summary = await summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
             now = utcnow().isoformat()
             await self.db.execute(
                 "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"

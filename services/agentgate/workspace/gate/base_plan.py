@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import tempfile
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from agentgate.workspace import git as gitops
 from agentgate.workspace.gate.detection import (
@@ -83,8 +85,31 @@ async def _blob(repo: Path, oid: str) -> str:
     return (await gitops.git("cat-file", "blob", oid, cwd=repo, git_dir=repo)).stdout
 
 
+#: Plans read from base commits: a commit id names its content, so what a base commit's
+#: plan is never changes, and every Verify of a run (and the prompt's summary at prepare
+#: time) asks for the same one. Kept for the last MEMO_SIZE (repository, commit) pairs.
+MEMO_SIZE = 256
+_memo: OrderedDict[tuple[str, Path, str], Any] = OrderedDict()
+
+
+async def _remembered(kind: str, repo: Path, commit: str, read: Callable[[], Awaitable[Any]]) -> Any:
+    key = (kind, repo, commit)
+    if key in _memo:
+        _memo.move_to_end(key)
+        return _memo[key]
+    value = await read()
+    _memo[key] = value
+    while len(_memo) > MEMO_SIZE:
+        _memo.popitem(last=False)
+    return value
+
+
 async def committed_plan_file(repo: Path, commit: str) -> tuple[str, str] | None:
     """The plan file of `commit` (its path and text), the first of GATE_PLAN_FILES it has."""
+    return cast(tuple[str, str] | None, await _remembered("file", repo, commit, lambda: _plan_file(repo, commit)))
+
+
+async def _plan_file(repo: Path, commit: str) -> tuple[str, str] | None:
     entries = {e.path: e for e in await _regular_files(repo, commit, GATE_PLAN_FILES)}
     for name in GATE_PLAN_FILES:
         if name in entries:
@@ -98,6 +123,10 @@ async def detect_at_commit(repo: Path, commit: str) -> DetectedPlan | None:
     Only the files detection reads are written to a scratch folder, from git objects; the
     ones whose presence alone counts (test files) are written empty.
     """
+    return cast(DetectedPlan | None, await _remembered("detected", repo, commit, lambda: _detect_at(repo, commit)))
+
+
+async def _detect_at(repo: Path, commit: str) -> DetectedPlan | None:
     wanted = []
     for entry in await _regular_files(repo, commit):
         use = detection_inputs(entry.path)
