@@ -135,15 +135,28 @@ async def run_work_order(queue: Any, persistence: Any, spec: common_pb2.WorkOrde
     client = time.perf_counter() - t0
     run_id = response.work_order.run_id
     iterations = sum(1 for event in events if event.type == ev.SNAPSHOT_CREATED)
-    agent_own = 0.0
+    own = []
     for iteration in range(1, iterations + 1):
         result = await persistence.GetAgentResult(
             persistence_pb2.GetAgentResultRequest(run_id=run_id, iteration=iteration), timeout=10
         )
-        agent_own += result.result.duration_seconds
+        own.append(result.result.duration_seconds)
+    agent_own = sum(own)
     first: dict[str, float] = {}
+    every: dict[str, list[float]] = {}
     for event in events:
         first.setdefault(event.type, _ts(event.timestamp))
+        every.setdefault(event.type, []).append(_ts(event.timestamp))
+    # The phases of the last iteration (after the first: the kept clean room is reset).
+    agents, snapshots, verified = (every.get(t, []) for t in (ev.AGENT_COMPLETE, ev.SNAPSHOT_CREATED,
+                                                              ev.VERIFICATION_COMPLETE))
+    last: dict[str, float] = {}
+    if iterations > 1 and len(agents) == len(snapshots) == len(verified) == iterations:
+        last = {
+            "agent_last": agents[-1] - verified[-2] - own[-1],
+            "snapshot_last": snapshots[-1] - agents[-1],
+            "verify_last": verified[-1] - snapshots[-1],
+        }
     queued = first[ev.WORK_ORDER_QUEUED]
     wall = _ts(events[-1].timestamp) - queued
     return {
@@ -156,7 +169,17 @@ async def run_work_order(queue: Any, persistence: Any, spec: common_pb2.WorkOrde
         "prepare": first[ev.WORKSPACE_ACQUIRED] - first[ev.RUN_STARTED],
         "verify_1": first[ev.VERIFICATION_COMPLETE] - first[ev.SNAPSHOT_CREATED],
         "snapshot_1": first[ev.SNAPSHOT_CREATED] - first[ev.AGENT_COMPLETE],
+        **last,
     }
+
+
+def settled(suite: benchlib.Suite) -> None:
+    """Waits until the clean rooms the last work order released are deleted (they go in
+    the background, behind the run): their disk work would otherwise land on the next
+    measurement."""
+    trash = suite.home / "trash"
+    while trash.is_dir() and any(trash.iterdir()):
+        time.sleep(0.05)  # the bench's own loop has nothing else to do meanwhile
 
 
 class RssPeak:
@@ -210,6 +233,7 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
             report.note(f"{files:,} files: repository generated in {time.perf_counter() - started:.1f} s")
             # One warm-up (first git of this size, page cache), not counted.
             await run_work_order(queue, persistence, spec_for(repo, 1))
+            settled(suite)
             largest = files == sizes[-1]
             workspace_pid = suite.pids()["workspace"]
             results: dict[int, list[dict[str, Any]]] = {1: [], 3: []}
@@ -223,6 +247,7 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
                     for iterations in (1, 3):
                         # Interleaved, so a burst of load elsewhere hits both alike.
                         results[iterations].append(await run_work_order(queue, persistence, spec_for(repo, iterations)))
+                        settled(suite)
                         floor, copied = floor_once(repo, scratch, iterations)
                         floors[iterations].append(floor)
                         copies.append(copied)
@@ -254,8 +279,10 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
             floors_1[files] = statistics.median(floors[1])
             per_iteration[files] = (median_of(results[3], "ours") - ours_1[files]) / 2
             floor_more = (statistics.median(floors[3]) - floors_1[files]) / 2
+            phases = {f"{key}_ms": benchlib.ms(median_of(results[3], key)) for key in
+                      ("agent_last", "snapshot_last", "verify_last") if all(key in r for r in results[3])}
             report.row("one more iteration (median ms)", files=files, ours_ms=benchlib.ms(per_iteration[files]),
-                       floor_ms=benchlib.ms(floor_more))
+                       floor_ms=benchlib.ms(floor_more), **phases)
             if rss is not None:
                 report.row("workspace service memory, largest repository (MiB)", files=files,
                            rss_peak_mib=rss.peak, git_children_peak_mib=rss.peak_children)
