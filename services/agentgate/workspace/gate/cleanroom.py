@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from agentgate.workspace import git as gitops
 from agentgate.workspace.workspaces import discard_tree, remove_tree
+
+log = logging.getLogger(__name__)
 
 #: The index of a workspace's kept clean room: in its trusted git directory, where no agent
 #: or check can write, so the stat data the reset trusts is ours.
@@ -129,7 +132,12 @@ async def _reset(git_dir: Path, commit: str, room: Path, index: Path) -> None:
         *_normalize_argv(room), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await process.communicate()
+    try:
+        _, err = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise
     if process.returncode != 0:
         raise OSError(f"find in {room} failed: {err.decode(errors='replace').strip()}")
     env = {"GIT_INDEX_FILE": str(index)}
@@ -161,7 +169,9 @@ async def clean_room(
         index = git_dir / ROOM_INDEX
         try:
             await _reset(git_dir, commit, room, index)
-        except (OSError, gitops.GitError):
+        except (OSError, gitops.GitError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.info("clean room %s could not be reset, made again: %s", room, exc)
             await remove_clean_room(room)
             await asyncio.to_thread(index.unlink, missing_ok=True)
             await _checkout(git_dir, commit, room, index)
