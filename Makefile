@@ -106,7 +106,7 @@ test-fast: $(STAMP) $(AGENT_CLIS) sandbox-deps
 
 ## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
 ## flags (--quick, --profile DIR); each run also appends its figures as JSON to BENCH_JSON.
-BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox patches
+BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox patches repo_scale
 BENCH_JSON ?= $(VENV)/bench-results.jsonl
 .PHONY: bench
 bench: $(STAMP) sandbox-deps

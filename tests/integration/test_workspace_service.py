@@ -635,7 +635,10 @@ async def test_verify_fails_then_passes_in_a_clean_room(service: Service, projec
     assert passing.summary == "All 4 checks passed"  # with the security scan of the change
     assert list(passing.levels_run) == ["L0", "L1"]
     assert (passing.run_id, passing.iteration) == ("run-1", 1)
-    # Clean rooms are removed after each verification.
+    # The leased workspace keeps one clean room for all its verifications (reset to each
+    # snapshot); releasing the lease deletes it and its index.
+    assert len(list((service.home / "cleanrooms").iterdir())) == 1
+    await service.stub.ReleaseLease(workspace_pb2.ReleaseLeaseRequest(workspace_id=workspace.id))
     assert list((service.home / "cleanrooms").iterdir()) == []
 
 

@@ -153,3 +153,25 @@ async def test_a_snapshot_message_with_a_nul_byte_is_refused_naming_the_field(
     with pytest.raises(InvalidArgument) as caught:
         await manager.create_snapshot(prepared.workspace.id, "a\x00b")
     assert [v.field for v in caught.value.violations] == ["message"]
+
+
+async def test_one_git_status_names_commit_branch_and_every_changed_path(tmp_path: Path) -> None:
+    from agentgate.workspace import sources
+
+    repo = _repo(tmp_path)
+    commit = _git(repo, "rev-parse", "HEAD")
+    (repo / "a.txt").write_text("changed\n")
+    (repo / "with space.txt").write_text("untracked\n")
+    (repo / "dir").mkdir()
+    (repo / "dir" / "deep.txt").write_text("untracked\n")
+    (repo / "staged.txt").write_text("staged\n")
+    _git(repo, "add", "staged.txt")
+    (repo / ".gitignore").write_text("*.log\n")
+    (repo / "x.log").write_text("ignored\n")
+    found = await sources.read_git_source(repo, include_ignored=False)
+    assert (found.commit, found.branch) == (commit, "main")
+    assert sorted(found.changed) == [".gitignore", "a.txt", "dir/deep.txt", "staged.txt", "with space.txt"]
+    with_ignored = await sources.read_git_source(repo, include_ignored=True)
+    assert "x.log" in with_ignored.changed
+    _git(repo, "checkout", "-q", "--detach")
+    assert (await sources.read_git_source(repo, include_ignored=False)).branch == ""

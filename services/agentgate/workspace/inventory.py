@@ -23,6 +23,7 @@ from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidA
 from agentgate.common.messages import to_json
 from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
+from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
     RUN_ID_PATTERN,
@@ -130,6 +131,8 @@ async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
     folders = _files_of(manager, record.id)
     for folder in folders:
         await asyncio.to_thread(remove_tree, folder)
+    if record.run_id:
+        await cleanroom.remove_run_room(manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
     left = [folder for folder in folders if await asyncio.to_thread(os.path.lexists, folder)]
     if left:
         log.warning("workspace %s is not gone yet (%s); kept in the index for gc", record.id, left[0])

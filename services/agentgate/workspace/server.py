@@ -183,7 +183,7 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def Verify(
         self, request: workspace_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.VerifyResponse:
-        """Runs the gate plan on a snapshot in a fresh clean-room copy of its tracked files."""
+        """Runs the gate plan on a snapshot in a clean room holding exactly its tracked files."""
         violations: list[FieldViolation] = []
         if request.run_id:
             violations += run_id_violations(request.run_id)
@@ -200,10 +200,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         record = await self.manager.get(request.workspace_id)
         commit = await self.manager.resolve_snapshot(record, request.snapshot_id)
         run_id = request.run_id or record.run_id
-        room = await cleanroom.create_clean_room(
-            record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration
-        )
-        try:
+        # A leased workspace keeps its clean room between verifications (reset to each
+        # snapshot, docs/workspaces.md "Clean rooms"); removed when the lease is released.
+        async with cleanroom.clean_room(
+            record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration,
+            workspace_id=record.id if record.leased and run_id and run_id == record.run_id else "",
+        ) as room:
             report = await gate.run_gate(
                 room,
                 request.settings,
@@ -222,8 +224,6 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                     settings=record.sandbox,
                 ),
             )
-        finally:
-            await cleanroom.remove_clean_room(room)
         if sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_OFF:
             # The explicit opt-out is visible wherever the report is shown.
             report.summary = f"{report.summary} (sandbox: off)" if report.summary else "sandbox: off"
@@ -239,12 +239,15 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
     async def ReleaseLease(
         self, request: workspace_pb2.ReleaseLeaseRequest, context: grpc.aio.ServicerContext
     ) -> workspace_pb2.ReleaseLeaseResponse:
-        """Releases the lease on a workspace; its files stay for inspection, unless `delete`:
-        then the workspace goes with everything its run left (docs/workspaces.md, "Retention")."""
+        """Releases the lease on a workspace; its kept clean room is deleted and its files stay
+        for inspection, unless `delete`: then the workspace goes with everything its run left
+        (docs/workspaces.md, "Retention")."""
         if request.delete:
             record = await inventory.release_and_delete(self.manager, request.workspace_id)
             return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto(), deleted=True)
         record = await self.manager.release(request.workspace_id)
+        if record.run_id:
+            await cleanroom.remove_run_room(self.manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
         return workspace_pb2.ReleaseLeaseResponse(workspace=record.to_proto())
 
     # --- the rest of the facade (logic in leases, snapshots and inventory) ---

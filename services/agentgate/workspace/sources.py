@@ -16,6 +16,7 @@ preparation naming it. Never a half-copied file. See docs/workspaces.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -133,45 +134,71 @@ async def _in_source(source: Path, *args: str, check: bool = True, user_config: 
     return await gitops.git(*args, cwd=source, env=SOURCE_ENV, check=check, user_config=user_config)
 
 
-async def read_git_source(source: Path, git_dir: Path, include_ignored: bool) -> GitSource:
-    """Fetches the commit checked out in the git repository `source` (with its history)
-    into `git_dir`, and lists what the work tree holds beyond it.
+async def read_git_source(source: Path, include_ignored: bool) -> GitSource:
+    """What the git repository `source` holds beyond its checked-out commit, read without
+    writing it: the commit, the branch, the changed and untracked (with `include_ignored`,
+    also ignored) files, and where its `origin` pushes.
 
-    Only reads `source`: `fetch` runs `upload-pack` there, which packs the objects it
-    needs from whatever state the store is in (a concurrent repack is git's own business),
-    and the listings take no optional lock.
+    One `git status` gives commit, branch and changes alike (staged and unstaged, against
+    the commit; it refreshes the index's stat data in memory only, as no optional lock is
+    taken), while the push URL is asked for at the same time.
     """
-    head = await _in_source(source, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
-    commit = head.stdout.strip() if head.returncode == 0 else ""
-    symbolic = await _in_source(source, "symbolic-ref", "-q", "--short", "HEAD", check=False)
-    branch = symbolic.stdout.strip() if symbolic.returncode == 0 else ""
-    changed: list[str] = []
-    if commit:
-        # The commit by id: a branch moving meanwhile does not change what we start from.
-        # A ref under refs/agentgate keeps it reachable in our git directory.
-        await gitops.git(
-            "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", str(source),
-            f"+{commit}:refs/agentgate/source", cwd=git_dir, git_dir=git_dir, env=SOURCE_ENV,
-        )
-        # Work tree against the commit (staged and unstaged alike), without refreshing the
-        # user's index: an entry whose stat data is stale is listed too, and copying an
-        # unchanged file costs nothing but time.
-        diff = await _in_source(
-            source, "diff-index", "--name-only", "-z", "--no-renames", "--ignore-submodules=all", commit
-        )
-        changed += [name for name in diff.stdout.split("\0") if name]
-    untracked = ["ls-files", "-o", "-z"] + ([] if include_ignored else ["--exclude-standard"])
-    others = await _in_source(source, *untracked)
-    # A nested repository is listed as "dir/": its files are its own repository's business.
-    changed += [name for name in others.stdout.split("\0") if name and not name.endswith("/")]
-    # Where the user pushes (their pushurl and insteadOf rules applied): resolved now, from
-    # the user's repository, and never again from anything the agent can write.
-    origin = await _in_source(source, "remote", "get-url", "--push", "origin", check=False, user_config=True)
+    ignored = ["--ignored=traditional"] if include_ignored else []
+    status, origin = await asyncio.gather(
+        _in_source(
+            source, "status", "--porcelain=v2", "--branch", "--no-ahead-behind", "-z", "--untracked-files=all",
+            "--no-renames",
+            "--ignore-submodules=all", *ignored,
+        ),
+        # Where the user pushes (their pushurl and insteadOf rules applied): resolved now,
+        # from the user's repository, and never again from anything the agent can write.
+        _in_source(source, "remote", "get-url", "--push", "origin", check=False, user_config=True),
+    )
+    commit, branch, changed = _parse_status(status.stdout)
     return GitSource(
         commit=commit,
         branch=branch,
         changed=changed,
         origin_url=_absolute_url(origin.stdout.strip(), source) if origin.returncode == 0 else "",
+    )
+
+
+#: Fields of `git status --porcelain=v2` records before the path, by record type:
+#: changed (1) and unmerged (u) entries; untracked (?) and ignored (!) have none.
+_STATUS_FIELDS = {"1": 8, "u": 10, "?": 1, "!": 1}
+
+
+def _parse_status(text: str) -> tuple[str, str, list[str]]:
+    """Commit, branch ('' when unborn / detached) and changed paths (each once, in order)
+    of `git status --porcelain=v2 --branch -z --no-renames` output."""
+    commit, branch = "", ""
+    changed: dict[str, None] = {}
+    for record in text.split("\0"):
+        if record.startswith("# branch.oid "):
+            value = record.removeprefix("# branch.oid ")
+            commit = "" if value == "(initial)" else value
+        elif record.startswith("# branch.head "):
+            value = record.removeprefix("# branch.head ")
+            branch = "" if value == "(detached)" else value
+        elif (fields := _STATUS_FIELDS.get(record[:1])) is not None:
+            path = record.split(" ", fields)[-1]
+            # A nested repository is listed as "dir/": its files are its own repository's business.
+            if path and not path.endswith("/"):
+                changed[path] = None
+    return commit, branch, list(changed)
+
+
+async def fetch_commit(source: Path, git_dir: Path, commit: str) -> None:
+    """Fetches `commit` of the repository `source` (with its history) into `git_dir`.
+
+    Only reads `source`: `fetch` runs `upload-pack` there, which packs the objects it
+    needs from whatever state the store is in (a concurrent repack is git's own business).
+    The commit is fetched by id: a branch moving meanwhile does not change what we start
+    from. A ref under refs/agentgate keeps it reachable in our git directory.
+    """
+    await gitops.git(
+        "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", str(source),
+        f"+{commit}:refs/agentgate/source", cwd=git_dir, git_dir=git_dir, env=SOURCE_ENV,
     )
 
 

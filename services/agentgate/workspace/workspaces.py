@@ -41,7 +41,8 @@ from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
 from agentgate.workspace import sources
-from agentgate.workspace.gate.plan import GatePlanError, find_gate_plan_file, gate_plan_summary, parse_gate_plan
+from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit
+from agentgate.workspace.gate.plan import GatePlanError, gate_plan_summary, parse_gate_plan
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,43 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=ignore_missing)
 
 
+#: Trees being deleted behind the requests that discarded them (see `discard_tree`).
+_deleting: set[asyncio.Task[None]] = set()
+
+
+async def discard_tree(path: Path, trash: Path) -> None:
+    """Makes `path` disappear at once and deletes it behind the caller: it is renamed into
+    `trash` (same file system: one rename whatever its size) and removed by a background
+    task. Deleting 100,000 files takes longer than making them; a request that only needs
+    them gone does not wait for it (docs/workspaces.md, "Clean rooms"). Whatever a crash
+    leaves in `trash` is deleted when the service starts again (`empty_trash`)."""
+
+    def move() -> Path | None:
+        if not path.exists() and not path.is_symlink():
+            return None
+        trash.mkdir(parents=True, exist_ok=True)
+        target = trash / f"{path.name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(path, target)
+        except OSError:
+            remove_tree(path)  # another file system: no rename, delete in place
+            return None
+        return target
+
+    target = await asyncio.to_thread(move)
+    if target is not None:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove_tree, target))
+        _deleting.add(task)
+        task.add_done_callback(_deleting.discard)
+
+
+def empty_trash(trash: Path) -> None:
+    """Deletes what `discard_tree` moved into `trash` and did not finish deleting (blocking)."""
+    if trash.is_dir():
+        for entry in trash.iterdir():
+            remove_tree(entry)
+
+
 def _check_local_source(source: Path, workspaces_root: Path) -> None:
     """A local source must be an existing directory that does not hold our workspaces."""
     if not source.is_dir():
@@ -325,20 +363,21 @@ def _read_rules(root: Path) -> str:
     return ""
 
 
-def summarize_gate_plan(root: Path, inline_yaml: str) -> str:
-    """The gate plan summary for the prompt: from the inline plan, else the workspace's."""
+async def summarize_gate_plan(git_dir: Path, base_commit: str, inline_yaml: str) -> str:
+    """The gate plan summary for the prompt: from the inline plan, else from the base
+    commit, read as the gate reads it (its verify.yaml, else a plan detected from its
+    files); the gate's first Verify then finds it remembered (`base_plan`)."""
     if inline_yaml.strip():
         text, source = inline_yaml, "inline"
     else:
-        found = find_gate_plan_file(root)
+        try:
+            found = await committed_plan_file(git_dir, base_commit)
+            detected = None if found is not None else await detect_at_commit(git_dir, base_commit)
+        except gitops.GitError as exc:
+            return f"The base commit's gate plan could not be read, so verification will fail: {exc}"
         if found is None:
-            # The gate detects a plan from the project's CI or tooling; tell the agent which.
-            from agentgate.workspace.gate.detection import detect_gate_plan
-
-            detected = detect_gate_plan(root)
             return NO_GATE_PLAN if detected is None else gate_plan_summary(detected.plan, detected.describe())
-        source = found.relative_to(root).as_posix()
-        text = found.read_text(encoding="utf-8", errors="replace")
+        source, text = found
     try:
         return gate_plan_summary(parse_gate_plan(text, source), source)
     except GatePlanError as exc:
@@ -353,6 +392,8 @@ class WorkspaceManager:
         self.workspaces_root = home / "workspaces"
         self.git_dirs_root = home / "gitdirs"
         self.database_path = home / "workspace.db"
+        #: Where deleted trees wait for their background deletion (`discard_tree`).
+        self.trash = home / "trash"
         self._db: aiosqlite.Connection | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         #: Unix seconds now; leases expire by it (tests replace it).
@@ -364,6 +405,10 @@ class WorkspaceManager:
         """Opens the index (creating folders and schema)."""
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         self._db = await open_database(self.database_path, MIGRATIONS)
+        # Trees a previous run of the service was still deleting: behind the service's start.
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(empty_trash, self.trash))
+        _deleting.add(task)
+        task.add_done_callback(_deleting.discard)
 
     async def close(self) -> None:
         """Closes the index."""
@@ -466,7 +511,7 @@ class WorkspaceManager:
         try:
             base_commit, _ = await self.materialize(workspace_id, source, branch)
             rules = await asyncio.to_thread(_read_rules, path)
-            summary = await asyncio.to_thread(summarize_gate_plan, path, gate_plan_yaml)
+            summary = await summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
             now = utcnow().isoformat()
             await self.db.execute(
                 "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"
@@ -522,12 +567,16 @@ class WorkspaceManager:
             local = Path(source.local_path)
             await asyncio.to_thread(_check_local_source, local, self.workspaces_root)
             # No template: git's sample hooks and info files are of no use here.
-            await gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
+            init = gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
             if await asyncio.to_thread(sources.is_git_source, local):
-                found = await sources.read_git_source(local, git_dir, source.include_ignored)
+                # The source is listed while our git directory is made; then its commit fetched.
+                _, found = await asyncio.gather(init, sources.read_git_source(local, source.include_ignored))
+                if found.commit:
+                    await sources.fetch_commit(local, git_dir, found.commit)
                 start, source_branch, push_url = found.commit, found.branch, found.origin_url
                 changes = (local, found.changed)
             else:
+                await init
                 await asyncio.to_thread(sources.copy_plain_tree, local, path)
         else:
             push_url = source.git_url if kind == "git_url" else clone_url(source.github_repo)
@@ -546,7 +595,10 @@ class WorkspaceManager:
             await asyncio.to_thread(sources.copy_changes, changes[0], path, changes[1])
         if push_url:
             await gitops.work(git_dir, path, "config", "remote.origin.url", push_url)
-        await gitops.work(git_dir, path, "add", "-A")
+        if not start or (changes is not None and changes[1]):
+            # Files that are not the commit's as checked out (a copy, the user's changes):
+            # without them, the index the checkout wrote already records every file.
+            await gitops.work(git_dir, path, "add", "-A")
         await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
         base_commit = await gitops.head_commit_fast(git_dir)
         # The agent's own repository: a copy (never hard links: what the agent writes there
@@ -556,8 +608,7 @@ class WorkspaceManager:
             "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home
         )
         await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
-        symbolic = await gitops.work(git_dir, path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
-        return base_commit, symbolic.stdout.strip() if symbolic.returncode == 0 else ""
+        return base_commit, "" if detach else branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
         """Clones `url` into the trusted git directory; returns the commit to start from

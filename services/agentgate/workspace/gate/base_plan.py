@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import tempfile
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from agentgate.workspace import git as gitops
 from agentgate.workspace.gate.detection import (
@@ -45,6 +47,7 @@ DEFAULT_PROTECTED_PATHS = (
 )
 #: git modes of a regular file (a symlink, 120000, is never followed).
 _REGULAR = ("100644", "100755")
+_SYMLINK = "120000"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,12 @@ class _Entry:
     size: int
 
 
-async def _regular_files(repo: Path, commit: str, paths: Iterable[str] = ()) -> list[_Entry]:
-    """The regular files of `commit` (under `paths`, or all), from git's tree objects."""
+async def _regular_files(
+    repo: Path, commit: str, paths: Iterable[str] = (), with_symlinks: bool = False
+) -> list[_Entry]:
+    """The regular files of `commit` (under `paths`, or all; `with_symlinks`: and its
+    symlinks, sized by their target's length as lstat does), from git's tree objects."""
+    modes = (*_REGULAR, _SYMLINK) if with_symlinks else _REGULAR
     listing = (await gitops.git("ls-tree", "-r", "-z", "-l", commit, "--", *paths, cwd=repo, git_dir=repo)).stdout
     entries = []
     for record in listing.split("\0"):
@@ -63,17 +70,46 @@ async def _regular_files(repo: Path, commit: str, paths: Iterable[str] = ()) -> 
             continue
         meta, _, path = record.partition("\t")
         mode, kind, oid, size = meta.split()
-        if kind == "blob" and mode in _REGULAR:
+        if kind == "blob" and mode in modes:
             entries.append(_Entry(path, oid, int(size)))
     return entries
+
+
+async def snapshot_file_sizes(repo: Path, commit: str) -> dict[str, int]:
+    """Size of every file and symlink of `commit` (what a clean room of it holds before
+    any command runs), read from the tree in one git process: no walk of the room."""
+    return {entry.path: entry.size for entry in await _regular_files(repo, commit, with_symlinks=True)}
 
 
 async def _blob(repo: Path, oid: str) -> str:
     return (await gitops.git("cat-file", "blob", oid, cwd=repo, git_dir=repo)).stdout
 
 
+#: Plans read from base commits: a commit id names its content, so what a base commit's
+#: plan is never changes, and every Verify of a run (and the prompt's summary at prepare
+#: time) asks for the same one. Kept for the last MEMO_SIZE (repository, commit) pairs.
+MEMO_SIZE = 256
+_memo: OrderedDict[tuple[str, Path, str], Any] = OrderedDict()
+
+
+async def _remembered(kind: str, repo: Path, commit: str, read: Callable[[], Awaitable[Any]]) -> Any:
+    key = (kind, repo, commit)
+    if key in _memo:
+        _memo.move_to_end(key)
+        return _memo[key]
+    value = await read()
+    _memo[key] = value
+    while len(_memo) > MEMO_SIZE:
+        _memo.popitem(last=False)
+    return value
+
+
 async def committed_plan_file(repo: Path, commit: str) -> tuple[str, str] | None:
     """The plan file of `commit` (its path and text), the first of GATE_PLAN_FILES it has."""
+    return cast(tuple[str, str] | None, await _remembered("file", repo, commit, lambda: _plan_file(repo, commit)))
+
+
+async def _plan_file(repo: Path, commit: str) -> tuple[str, str] | None:
     entries = {e.path: e for e in await _regular_files(repo, commit, GATE_PLAN_FILES)}
     for name in GATE_PLAN_FILES:
         if name in entries:
@@ -87,6 +123,10 @@ async def detect_at_commit(repo: Path, commit: str) -> DetectedPlan | None:
     Only the files detection reads are written to a scratch folder, from git objects; the
     ones whose presence alone counts (test files) are written empty.
     """
+    return cast(DetectedPlan | None, await _remembered("detected", repo, commit, lambda: _detect_at(repo, commit)))
+
+
+async def _detect_at(repo: Path, commit: str) -> DetectedPlan | None:
     wanted = []
     for entry in await _regular_files(repo, commit):
         use = detection_inputs(entry.path)

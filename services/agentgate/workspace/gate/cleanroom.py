@@ -1,22 +1,65 @@
-"""Clean rooms: fresh directories holding exactly the tracked files of one snapshot.
+"""Clean rooms: directories holding exactly the tracked files of one snapshot.
 
 Verification runs there, never in the agent's workspace, so files ignored by git (build
 output, caches, virtual environments) and any agent-side state cannot make a check pass.
+
+A leased workspace has one clean room, kept between its verifications and reset to each
+new snapshot: writing every tracked file again for every iteration costs what the
+repository holds, a reset costs what changed (docs/workspaces.md, "Clean rooms"). The reset
+leaves the room exactly as a fresh checkout would be: whatever the checks left behind is
+removed (untracked, ignored, `.git` folders, special files), every changed or re-moded file
+is written again, every folder gets the mode a checkout gives it. Anything the reset cannot
+undo makes it start over from an empty room. A room in use (a second Verify of the same
+workspace at the same time) or a workspace without a lease gets a one-off room, deleted
+after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import secrets
+import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agentgate.workspace import git as gitops
-from agentgate.workspace.workspaces import remove_tree
+from agentgate.workspace.workspaces import discard_tree, remove_tree
+
+log = logging.getLogger(__name__)
+
+#: The index of a workspace's kept clean room: in its trusted git directory, where no agent
+#: or check can write, so the stat data the reset trusts is ours.
+ROOM_INDEX = "cleanroom.index"
+
+
+def _read_umask() -> int:
+    # Read once at import (one thread then): os.umask can only be read by setting it.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+#: The modes git gives what it checks out (folders, files, executables): 0777/0666/0777
+#: less the umask. A file with any other mode is removed by the reset and written again.
+_DIR_MODE = 0o777 & ~_UMASK
+_FILE_MODES = (0o666 & ~_UMASK, 0o777 & ~_UMASK)
+_locks: dict[Path, asyncio.Lock] = {}
+
+
+def run_room(root: Path, run_id: str, workspace_id: str) -> Path:
+    """The kept clean room of a run's workspace: `root/{run_id}-0-{8 hex of the workspace
+    id}`, named like the one-off rooms (`{run_id}-{iteration}-{hex}`, iteration 0) so that
+    CleanupRun finds both."""
+    return root / f"{run_id}-0-{workspace_id.removeprefix('ws-')[:8]}"
 
 
 async def create_clean_room(git_dir: Path, commit: str, root: Path, run_id: str, iteration: int) -> Path:
-    """Makes `root/{run_id}-{iteration}-{random}` with the files of `commit` of the
-    workspace's trusted git directory `git_dir` and returns it.
+    """Makes a one-off `root/{run_id}-{iteration}-{random}` with the files of `commit` of
+    the workspace's trusted git directory `git_dir` and returns it.
 
     The files are written from the commit's tree through a temporary index outside the
     workspace, by one `git --work-tree=ROOM read-tree -u --reset` (reading the tree into
@@ -29,19 +72,123 @@ async def create_clean_room(git_dir: Path, commit: str, root: Path, run_id: str,
     """
     name = f"{run_id}-{iteration}-{secrets.token_hex(4)}"
     room = root / name
-    await asyncio.to_thread(room.mkdir, parents=True)
     index = root / f".{name}.index"
-    env = {"GIT_INDEX_FILE": str(index)}
     try:
-        await gitops.git("read-tree", "-u", "--reset", commit, cwd=room, git_dir=git_dir, work_tree=room, env=env)
-    except BaseException:
-        await asyncio.to_thread(remove_tree, room)
-        raise
+        await _checkout(git_dir, commit, room, index)
     finally:
         await asyncio.to_thread(index.unlink, missing_ok=True)
     return room
 
 
+async def _checkout(git_dir: Path, commit: str, room: Path, index: Path) -> None:
+    """Fills a new, empty `room` with the files of `commit`, recording them in `index`."""
+    await asyncio.to_thread(room.mkdir, parents=True)
+    try:
+        await _read_tree(git_dir, commit, room, index)
+    except BaseException:
+        await asyncio.to_thread(remove_tree, room)
+        raise
+
+
+async def _read_tree(git_dir: Path, commit: str, room: Path, index: Path) -> None:
+    # Against the index's entries: files whose stat data still matches are left as they
+    # are, every other tracked file is written again, files the commit lacks are removed.
+    env = {"GIT_INDEX_FILE": str(index)}
+    await gitops.git("read-tree", "-u", "--reset", commit, cwd=room, git_dir=git_dir, work_tree=room, env=env)
+
+
+def _normalize_argv(room: Path) -> list[str]:
+    """One `find` over the room, before `git clean` (which never enters a folder named
+    `.git` nor one it may not write): `.git` entries removed, folders given a checkout's
+    mode (before find reads them, so an unreadable one is read), and every entry that is
+    neither a folder, a symlink nor a file of a checkout's mode removed (pipes, sockets,
+    a file made read-only or set-uid: git compares the executable bit only)."""
+    dir_mode, file_modes = f"{_DIR_MODE:o}", [f"{mode:o}" for mode in _FILE_MODES]
+    return [
+        "find", str(room),
+        "(", "-name", ".git", "-prune", "-exec", "rm", "-rf", "--", "{}", "+", ")",
+        "-o", "(", "-type", "d", "!", "-perm", dir_mode, "-exec", "chmod", dir_mode, "--", "{}", ";", ")",
+        "-o", "(", "!", "-type", "d", "!", "-type", "l",
+        "!", "(", "-type", "f", "(", "-perm", file_modes[0], "-o", "-perm", file_modes[1], ")", ")",
+        "-exec", "rm", "-f", "--", "{}", "+", ")",
+    ]
+
+
+def _reusable(room: Path, index: Path) -> bool:
+    """Whether a kept room can be reset: a folder (a symlink where it was is never
+    followed) with its index."""
+    try:
+        return stat.S_ISDIR(os.lstat(room).st_mode) and index.is_file()
+    except FileNotFoundError:
+        return False
+
+
+async def _reset(git_dir: Path, commit: str, room: Path, index: Path) -> None:
+    """Makes a used room hold exactly the files of `commit` (see the module docstring).
+    Raises (OSError, GitError) when something resists: the caller starts over."""
+    if not await asyncio.to_thread(_reusable, room, index):
+        raise FileNotFoundError(room)
+    process = await asyncio.create_subprocess_exec(
+        *_normalize_argv(room), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise
+    if process.returncode != 0:
+        raise OSError(f"find in {room} failed: {err.decode(errors='replace').strip()}")
+    env = {"GIT_INDEX_FILE": str(index)}
+    # Untracked and ignored files alike (-x), whole folders (-d), nested repositories (-ff).
+    await gitops.git("clean", "-ffdxq", cwd=room, git_dir=git_dir, work_tree=room, env=env)
+    await _read_tree(git_dir, commit, room, index)
+
+
+@contextlib.asynccontextmanager
+async def clean_room(
+    git_dir: Path, commit: str, root: Path, run_id: str, iteration: int, workspace_id: str = ""
+) -> AsyncIterator[Path]:
+    """A clean room holding the files of `commit` for the duration of the block.
+
+    With `workspace_id` (a leased workspace), the workspace's kept room, reset to `commit`
+    and kept after the block for the next verification; without it, or while the kept room
+    is in use, a one-off room deleted after the block.
+    """
+    room = run_room(root, run_id, workspace_id) if workspace_id else None
+    lock = _locks.setdefault(room, asyncio.Lock()) if room is not None else asyncio.Lock()
+    if room is None or lock.locked():
+        one_off = await create_clean_room(git_dir, commit, root, run_id, iteration)
+        try:
+            yield one_off
+        finally:
+            await remove_clean_room(one_off)
+        return
+    async with lock:
+        index = git_dir / ROOM_INDEX
+        try:
+            await _reset(git_dir, commit, room, index)
+        except (OSError, gitops.GitError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.info("clean room %s could not be reset, made again: %s", room, exc)
+            await remove_clean_room(room)
+            await asyncio.to_thread(index.unlink, missing_ok=True)
+            await _checkout(git_dir, commit, room, index)
+        yield room
+
+
+async def remove_run_room(root: Path, run_id: str, workspace_id: str, git_dir: Path) -> None:
+    """Deletes the kept clean room of a run's workspace and its index (none: nothing)."""
+    room = run_room(root, run_id, workspace_id)
+    lock = _locks.pop(room, None)
+    async with lock or contextlib.nullcontext():
+        await remove_clean_room(room)
+        await asyncio.to_thread((git_dir / ROOM_INDEX).unlink, missing_ok=True)
+
+
 async def remove_clean_room(room: Path) -> None:
-    """Deletes a clean room (also the read-only parts a check may have made)."""
-    await asyncio.to_thread(remove_tree, room)
+    """Deletes a clean room (also the read-only parts a check may have made): gone at once,
+    its files deleted in the background (`discard_tree`; rooms live in
+    `$AGENTGATE_HOME/cleanrooms`, the trash beside it)."""
+    await discard_tree(room, room.parent.parent / "trash")

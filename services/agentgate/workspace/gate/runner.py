@@ -19,6 +19,7 @@ none is detected, unless the work order allows it (`allow_unverified`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import os
 import re
@@ -32,7 +33,12 @@ from agentgate.common.timeutil import now_timestamp
 from agentgate.harness.verification import gate_plan_source_problem, uses_inline_plan
 from agentgate.v1 import common_pb2
 from agentgate.workspace import git as gitops
-from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit, protected_changes
+from agentgate.workspace.gate.base_plan import (
+    committed_plan_file,
+    detect_at_commit,
+    protected_changes,
+    snapshot_file_sizes,
+)
 from agentgate.workspace.gate.blackbox import run_blackbox
 from agentgate.workspace.gate.plan import (
     LEVEL_NAMES,
@@ -357,6 +363,15 @@ def _file_sizes(room: Path) -> dict[str, int]:
     return sizes
 
 
+async def _snapshot_sizes(room: Path, repo: Path | None, snapshot_commit: str) -> dict[str, int]:
+    """The file sizes L3 checks: from the snapshot's tree, else (no repository given, or
+    it cannot be read) from the room before any command ran."""
+    if repo is not None and snapshot_commit:
+        with contextlib.suppress(gitops.GitError):
+            return await snapshot_file_sizes(repo, snapshot_commit)
+    return await asyncio.to_thread(_file_sizes, room)
+
+
 @dataclass
 class _GateRun:
     """One run of a plan in a clean room: the state the levels share."""
@@ -477,7 +492,6 @@ async def run_gate(
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
     loaded = await load_plan(settings, repo, base_commit)
-    files = await asyncio.to_thread(_file_sizes, room)
     levels = {level: _Level(level) for level in LEVELS}
 
     if loaded.error is not None:
@@ -503,6 +517,10 @@ async def run_gate(
                 change = await load_change(repo, base_commit, snapshot_commit)
             except gitops.GitError as exc:
                 change_error = str(exc)
+        # Only L3 reads the sizes; the snapshot's tree has them without a walk of the room.
+        files: dict[str, int] = {}
+        if plan.sanity is not None and "L3" not in skip:
+            files = await _snapshot_sizes(room, repo, snapshot_commit)
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
         guard = await _protected_checks(settings, repo, base_commit, snapshot_commit)
         if loaded.plan is None and not settings.allow_unverified:

@@ -1,0 +1,156 @@
+"""The kept clean room of a run (docs/workspaces.md, "Clean rooms"): reset to the next
+snapshot, it is exactly what a fresh checkout of that snapshot is, whatever the checks
+left behind; what the reset cannot undo makes it start over."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentgate.workspace.gate import cleanroom
+
+WORKSPACE = "ws-0123456789abcdef"
+
+
+def _git(repo: Path, *args: str) -> str:
+    base = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    return subprocess.run([*base, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _commit(repo: Path, message: str) -> str:
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", message)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository with two commits: A, then B (one file changed, one deleted, one added)."""
+    repo = tmp_path / "repo"
+    for name, text in {
+        "a.txt": "a\n", "keep.txt": "keep\n", "same.txt": "12345\n", "d0/f.txt": "f\n",
+        "sub/deep/x.txt": "x\n", "d1/y.txt": "y\n", ".gitignore": "build/\n*.o\n", "bin/run.sh": "#!/bin/sh\n",
+    }.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    (repo / "bin/run.sh").chmod(0o755)
+    (repo / "link").symlink_to("a.txt")
+    _git(repo, "init", "-q")
+    _commit(repo, "A")
+    (repo / "a.txt").write_text("a changed\n")
+    (repo / "d0/f.txt").unlink()
+    (repo / "new.txt").write_text("new\n")
+    _commit(repo, "B")
+    return repo
+
+
+def _state(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every entry under `root`: kind, permission bits, content or link target."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory) / name
+            info = os.lstat(path)
+            mode = stat.S_IMODE(info.st_mode)
+            if stat.S_ISLNK(info.st_mode):
+                out[str(path.relative_to(root))] = ("link", 0, os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                out[str(path.relative_to(root))] = ("dir", mode, "")
+            elif stat.S_ISREG(info.st_mode):
+                path.chmod(mode | stat.S_IRUSR)
+                out[str(path.relative_to(root))] = ("file", mode, path.read_text())
+            else:
+                out[str(path.relative_to(root))] = ("other", mode, "")
+    return out
+
+
+def _mess_up(room: Path) -> None:
+    """What checks may leave behind in a room."""
+    (room / "untracked.txt").write_text("left behind\n")
+    (room / "build").mkdir()
+    (room / "build/out.o").write_text("ignored\n")
+    (room / "x.o").write_text("ignored\n")
+    (room / ".git").mkdir()
+    (room / ".git/config").write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    (room / "sub/.git").write_text("gitdir: /elsewhere\n")
+    (room / "same.txt").write_text("54321\n")  # same size, same second
+    (room / "keep.txt").chmod(0o444)  # read-only: git only compares the executable bit
+    (room / "bin/run.sh").chmod(0o644)
+    (room / "sub/deep/x.txt").chmod(0o4755)
+    os.mkfifo(room / "pipe")
+    (room / "ro").mkdir()
+    (room / "ro/inside.txt").write_text("in a read-only folder\n")
+    (room / "ro").chmod(0o555)
+    (room / "hidden").mkdir()
+    (room / "hidden/secret.txt").write_text("in an unreadable folder\n")
+    (room / "hidden").chmod(0)
+    (room / "sub/deep").chmod(0o555)  # a tracked folder made read-only
+    (room / "d1/y.txt").unlink()
+    (room / "d1").rmdir()
+    (room / "d1").symlink_to("/tmp")  # a folder replaced by a symlink out of the room
+    (room / "link").unlink()
+    (room / "link").symlink_to("/etc/passwd")
+
+
+async def test_a_reset_room_equals_a_fresh_checkout_of_the_next_snapshot(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    a, b = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, a, rooms, "run-1", 1, workspace_id=WORKSPACE) as room:
+        first = room
+        _mess_up(room)
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 2, workspace_id=WORKSPACE) as room:
+        assert room == first, "the run's room is kept, not made again"
+        reset = _state(room)
+    fresh = await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh", "run-1", 2)
+    assert reset == _state(fresh)
+    assert "d0/f.txt" not in reset and reset["a.txt"] == ("file", reset["new.txt"][1], "a changed\n")
+    assert not (Path("/tmp") / "y.txt").exists(), "the reset wrote through the symlink"
+
+
+async def test_git_alone_would_leave_what_the_checks_left_behind(repo: Path, tmp_path: Path) -> None:
+    """Without the normalizing pass, `git clean` + `read-tree` leave a `.git`, read-only
+    files and folders behind: the protection is needed."""
+    git_dir, room, index = repo / ".git", tmp_path / "room", tmp_path / "index"
+    b = _git(repo, "rev-parse", "HEAD")
+    await cleanroom._checkout(git_dir, b, room, index)
+    (room / ".git").mkdir()
+    (room / "keep.txt").chmod(0o444)
+    (room / "sub/deep").chmod(0o555)
+    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    for args in (["clean", "-ffdxq"], ["read-tree", "-u", "--reset", b]):
+        subprocess.run(["git", f"--git-dir={git_dir}", f"--work-tree={room}", *args], cwd=room, env=env, check=True)
+    fresh = await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh", "run-1", 1)
+    assert _state(room) != _state(fresh)
+
+
+async def test_a_room_replaced_by_a_symlink_is_made_again_without_following_it(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    b = _git(repo, "rev-parse", "HEAD")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine\n")
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE) as room:
+        pass
+    cleanroom.remove_tree(room)
+    room.symlink_to(victim)
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 2, workspace_id=WORKSPACE) as again:
+        assert not again.is_symlink() and (again / "new.txt").is_file()
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"]
+
+
+async def test_a_room_in_use_gives_a_one_off_room_and_release_deletes_the_kept_one(
+    repo: Path, tmp_path: Path
+) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    b = _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE) as kept:
+        async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE) as other:
+            assert other != kept and (other / "new.txt").is_file()
+        assert not other.exists()
+    assert kept.is_dir() and (git_dir / cleanroom.ROOM_INDEX).is_file()
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+    assert not kept.exists() and not (git_dir / cleanroom.ROOM_INDEX).exists()
