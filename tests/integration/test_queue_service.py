@@ -82,6 +82,8 @@ class Cluster:
     """Starts queues and fake persistence servers for one test and stops them after."""
 
     home: Path
+    #: '' for SQLite, else the PostgreSQL database every queue of the test shares.
+    database_url: str = ""
     persistence_port: int = field(default_factory=free_port)
     persistence: FakePersistence | None = None
     _persistence_server: grpc.aio.Server | None = None
@@ -101,6 +103,7 @@ class Cluster:
         options.setdefault("reap_interval", 0.1)
         options.setdefault("lease_flush_timeout", 0.5)
         options.setdefault("agent_check", check_agent)
+        options.setdefault("database_url", self.database_url)
         app = QueueApp(ServiceSettings.load("queue", "127.0.0.1:0", str(self.home)), **options)
         running = await start_server(app, "127.0.0.1:0")
         channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(self.home))
@@ -123,8 +126,8 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(home: Path) -> AsyncIterator[Cluster]:
-    made = Cluster(home)
+async def cluster(home: Path, database_url: str) -> AsyncIterator[Cluster]:
+    made = Cluster(home, database_url)
     yield made
     await made.close()
 
@@ -585,7 +588,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
     canceled = await submit(queue, tmp_path, "canceled")
     await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=canceled.id))
     await asyncio.sleep(0.3)
-    assert outbox_size(cluster.app().settings.database_path) == 4
+    assert outbox_size(cluster.app().settings.database_path, cluster.database_url) == 4
 
     fake = await cluster.start_persistence()
     await eventually(lambda: _async(len(fake.events) == 4))
@@ -599,7 +602,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
 
 
 async def _outbox_empty(cluster: Cluster) -> bool:
-    return outbox_size(cluster.app().settings.database_path) == 0
+    return outbox_size(cluster.app().settings.database_path, cluster.database_url) == 0
 
 
 async def test_lease_flushes_events_once_persistence_is_back(cluster: Cluster, tmp_path: Path) -> None:
