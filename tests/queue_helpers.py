@@ -14,7 +14,6 @@ from typing import Any
 import psycopg
 
 from agentgate.common.database import qmark
-
 from agentgate.v1 import common_pb2
 
 

@@ -664,3 +664,52 @@ async def test_agents_are_checked_against_the_real_driver_registry(cluster: Clus
         assert expected_field in [v.field for v in field_violations(err.value)]
     accepted = await submit(queue, tmp_path)  # command driver with a command
     assert accepted.status == PENDING
+
+
+async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path: Path) -> None:
+    """Two queue replicas on one PostgreSQL database (docs/deployment.md): workers asking
+    either replica at once get each work order once, `max_concurrent` counts runs on both,
+    positions and Submit's capacity check see both, a long poll on one wakes for a Submit
+    on the other, and a cancel through one reaches the worker heartbeating the other."""
+    if not cluster.database_url:
+        pytest.skip("replicas share state only on PostgreSQL")
+    await cluster.start_persistence()
+    a = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
+    b = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
+    # A long poll on B, woken by a Submit on A.
+    poll = asyncio.create_task(lease(b, wait=10, worker="early"))
+    await asyncio.sleep(0.3)
+    first = await submit(a, tmp_path, "first")
+    woken = await asyncio.wait_for(poll, 5)
+    assert woken.leased and woken.work_order.id == first.id
+    for i in range(11):
+        await submit(a if i % 2 else b, tmp_path, f"task-{i}", priority=i % 3)
+    # 11 wait: one more fits, whichever replica takes it; then the queue is full on both.
+    await submit(b, tmp_path, "last")
+    for stub in (a, b):
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await submit(stub, tmp_path, "too many")
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Eight workers at once, half on each replica: 2 more slots (3 running in all).
+    leases = await asyncio.gather(*(lease(a if w % 2 else b, wait=0.5, worker=f"w{w}") for w in range(8)))
+    granted = [response for response in leases if response.leased]
+    assert len(granted) == 2
+    assert len({response.work_order.id for response in granted} | {first.id}) == 3
+    stats = await b.GetQueueStats(queue_pb2.GetQueueStatsRequest())
+    assert (stats.waiting, stats.running) == (10, 3)
+    # Cancel through A; the worker heartbeats B and hears it.
+    await a.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=first.id, reason="stop"))
+    beat = await b.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=woken.lease_id))
+    assert beat.cancel_requested
+    done = await a.Complete(
+        queue_pb2.CompleteRequest(lease_id=woken.lease_id, status=common_pb2.WORK_ORDER_STATUS_CANCELED)
+    )
+    assert done.work_order.status == CANCELED
+    # The next in lease order is the same whichever replica is asked.
+    order_a = await a.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(statuses=[PENDING], page_size=100))
+    order_b = await b.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(statuses=[PENDING], page_size=100))
+    assert [w.id for w in order_a.work_orders] == [w.id for w in order_b.work_orders]
+    # Every event of every work order reached persistence exactly once, whoever delivered it.
+    await eventually(lambda: _outbox_empty(cluster))
+    queued = [e.work_order_id for e in cluster.persistence.events if e.type == "work_order:queued"]
+    assert len(queued) == len(set(queued)) == 13

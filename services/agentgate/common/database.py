@@ -59,7 +59,7 @@ class Row(tuple[Any, ...]):
 
     _names: dict[str, int]
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names[key])
         return tuple.__getitem__(self, key)
@@ -75,7 +75,7 @@ def row_factory(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> RowMa
     row_type = type("Row", (Row,), {"_names": names})
 
     def make(values: Sequence[Any]) -> Row:
-        return row_type(values)  # type: ignore[no-any-return]
+        return row_type(values)
 
     return make
 
@@ -94,7 +94,7 @@ def migrate(conn: psycopg.Connection[Any], service: str, migrations: Sequence[st
         row = conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {table}").fetchone()
         current = int(row[0]) if row else 0
         for version in range(current, len(migrations)):
-            conn.execute(migrations[version])  # type: ignore[arg-type] - our own schema text
+            conn.execute(migrations[version])  # our own schema text
             conn.execute(f"INSERT INTO {table} (version, applied_at) VALUES (%s, now())", (version + 1,))
             conn.commit()
     except BaseException:
@@ -143,7 +143,7 @@ class PgConnection:
         """Connects (a blocking call) and applies the pending migrations."""
         conn = psycopg.connect(url, row_factory=row_factory)
         try:
-            migrate(conn, service, migrations)  # type: ignore[arg-type]
+            migrate(conn, service, migrations)
             # Reads outside `begin()` see the latest commit and hold no transaction open.
             conn.autocommit = True
         except BaseException:
@@ -153,12 +153,12 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         """Runs one statement written with `?` placeholders."""
-        return PgCursor(self.raw.execute(qmark(sql), tuple(params)))  # type: ignore[arg-type]
+        return PgCursor(self.raw.execute(qmark(sql), tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Runs one statement per parameter row."""
         with self.raw.cursor() as cursor:
-            cursor.executemany(qmark(sql), rows)  # type: ignore[arg-type]
+            cursor.executemany(qmark(sql), rows)
 
     def begin(self, lock_key: int) -> None:
         """Starts a write transaction that holds `lock_key` (a transaction advisory lock)

@@ -25,6 +25,7 @@ import grpc
 from agentgate.common import security, telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
 from agentgate.common.database import Listener
+from agentgate.common.database import database_url as database_url_setting
 from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import FieldViolation, InvalidArgument, Unavailable
 from agentgate.queue.outbox import OutboxForwarder
@@ -359,7 +360,8 @@ class QueueApp:
     `reap_interval` (seconds between reaper passes), `lease_flush_timeout` (how long a
     Lease waits for the work order's events to reach persistence), `agent_check` and
     `clock` exist for tests. `database_url` (`postgresql://...`) puts the state in
-    PostgreSQL, shared with other replicas; '' keeps `queue.db` under the home folder.
+    PostgreSQL, shared with other replicas; '' keeps `queue.db` under the home folder;
+    None = $AGENTGATE_DATABASE_URL.
     """
 
     service_names = ("agentgate.v1.QueueService",)
@@ -377,7 +379,7 @@ class QueueApp:
         lease_flush_timeout: float = 2.0,
         agent_check: AgentCheck | None = None,
         clock: Callable[[], float] = time.time,
-        database_url: str = "",
+        database_url: str | None = None,
     ):
         for key, value in (
             ("max_concurrent", max_concurrent),
@@ -399,7 +401,7 @@ class QueueApp:
         self.lease_flush_timeout = lease_flush_timeout
         self._agent_check = agent_check
         self._clock = clock
-        self.database_url = database_url
+        self.database_url = database_url_setting(database_url)
         self._listener: Listener | None = None
         self.store: QueueStore | None = None
         self.forwarder: OutboxForwarder | None = None
