@@ -194,3 +194,20 @@ async def test_replicas_starting_at_once_migrate_once_and_share_gap_free_seqs(pg
     finally:
         for store in replicas:
             await store.close()
+
+
+async def test_an_event_id_is_stored_once(store: PersistenceStore) -> None:
+    """A retried append (same event ids) stores nothing again and returns the first seqs."""
+    first = make_event(RUN_STARTED, "wo-1", "run-1")
+    first.event_id = "e-1"
+    second = make_event(RUN_COMPLETE, "wo-1", "run-1")
+    second.event_id = "e-2"
+    every, stored = await store.append_events_once([first, second])
+    assert [e.seq for e in every] == [1, 2] and len(stored) == 2
+    plain = make_event(RUN_STARTED, "wo-1", "run-1")  # no id: never de-duplicated
+    every, stored = await store.append_events_once([second, plain, first, second])
+    assert [e.seq for e in every] == [2, 3, 1, 2] and [e.seq for e in stored] == [3]
+    assert [e.seq for e in await store.read_events("wo-1", 0, 10)] == [1, 2, 3]
+    other = make_event(RUN_STARTED, "wo-2", "run-2")
+    other.event_id = "e-1"  # ids are per work order
+    assert [e.seq for e in await store.append_events([other])] == [1]

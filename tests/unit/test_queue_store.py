@@ -295,3 +295,17 @@ async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
     done = await store.complete(lease.lease_id, FAILED, "disk")
     assert done.status == FAILED and len(full_writes) == 1
     assert not store.reserve.path.exists()  # spent on this completion
+
+
+async def test_a_submit_with_a_used_idempotency_key_returns_the_first_work_order(store: QueueStore) -> None:
+    first, position = await store.submit(spec("a"), max_queue_size=2, idempotency_key="k-1")
+    again, again_position = await store.submit(spec("different"), max_queue_size=2, idempotency_key="k-1")
+    assert again == first and again_position == position == 1
+    other, _ = await store.submit(spec("b"), max_queue_size=2, idempotency_key="k-2")
+    # The queue is full now, but a retry of a stored Submit still answers.
+    assert (await store.submit(spec("b"), max_queue_size=2, idempotency_key="k-2"))[0] == other
+    with pytest.raises(QueueFull):
+        await store.submit(spec("c"), max_queue_size=2, idempotency_key="k-3")
+    await store.lease_next("w", max_concurrent=1, lease_seconds=10)
+    assert await store.submit(spec("a"), max_queue_size=2, idempotency_key="k-1") == (await store.get(first.id), 0)
+    assert len([e for _, e in await store.outbox_batch(100) if e.type == "work_order:queued"]) == 2

@@ -38,13 +38,16 @@ def address_env_var(service: str) -> str:
 
 
 def service_address(service: str, override: str | None = None) -> str:
-    """host:port of a service, from the flag, its AGENTGATE_*_ADDR variable or the default."""
+    """host:port of a service, from the flag, its AGENTGATE_*_ADDR variable or the default.
+    A client's address may list several replicas, `host:port,host:port`, or be
+    `dns:///name:port` (see `agentgate.common.channels.channel_target`)."""
     if service not in DEFAULT_ADDRESSES:
         raise ConfigError(f"unknown service {service!r}")
     addr = override or os.environ.get(address_env_var(service)) or DEFAULT_ADDRESSES[service]
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{address_env_var(service)}: {addr!r} is not host:port")
+    for part in addr.removeprefix("dns:///").split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{address_env_var(service)}: {addr!r} is not host:port (or a comma-separated list)")
     return addr
 
 

@@ -128,8 +128,10 @@ class EventLog:
 
     async def append(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
         """Stores events with their new seqs, wakes followers and appends events.jsonl.
+        An event already stored under its `event_id` (a retry) is neither stored nor
+        sent again.
 
-        Returns the stored copies (seq set). Runs shielded: a caller that goes away after
+        Returns every event's stored copy (seq set), in order. Runs shielded: a caller that goes away after
         the commit must not stop followers from hearing about committed events.
         """
         return await run_to_completion(self._append(list(events)))
@@ -141,13 +143,13 @@ class EventLog:
         async with self._lock:
             for event in events:
                 self.redactor.redact(event)
-            stored = await self.store.append_events(events)
+            every, stored = await self.store.append_events_once(events)
             self._publish(stored)
             # Files after the fan-out, so a slow disk delays no follower; still under the
             # lock, so events.jsonl stays in seq order.
             outcome = await self.files.append_events(stored)
             await self._warn_failed_files(stored, outcome)
-        return stored
+        return every
 
     async def _warn_failed_files(self, stored: Sequence[events_pb2.RunEvent], outcome: AppendOutcome) -> None:
         """Records one persistence:warning per run whose events.jsonl just started failing."""

@@ -416,7 +416,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     ) -> persistence_pb2.AppendEventsResponse:
         """Appends events to their work orders' logs in one transaction, assigning each the
         next seq of its work order (from 1, no gaps), then wakes followers and appends to
-        events.jsonl. Works before any CreateRun of the run. Returns the seqs in order."""
+        events.jsonl. Works before any CreateRun of the run. Returns the seqs in order. An
+        event whose `event_id` its work order already holds (a retried call) is not stored
+        again: its seq is the stored one."""
         _require(validation.check_events(request.events))
         if not request.events:
             return persistence_pb2.AppendEventsResponse()

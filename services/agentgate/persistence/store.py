@@ -39,6 +39,12 @@ from agentgate.common.timeutil import utcnow
 from agentgate.persistence.pagination import PageCursor, normalize_states
 from agentgate.v1 import common_pb2, events_pb2
 
+# RunEvent.event_id: an appender's retry of an event already stored stores nothing.
+_EVENT_IDS = """
+    ALTER TABLE events ADD COLUMN event_id TEXT;
+    CREATE UNIQUE INDEX events_by_event_id ON events (work_order_id, event_id) WHERE event_id IS NOT NULL;
+"""
+
 MIGRATIONS = [
     """
     CREATE TABLE runs (
@@ -99,6 +105,7 @@ MIGRATIONS = [
     INSERT INTO event_counters (work_order_id, last_seq)
         SELECT work_order_id, MAX(seq) FROM events GROUP BY work_order_id;
     """,
+    _EVENT_IDS,
 ]
 
 #: The same schema in PostgreSQL's types, reached in one version.
@@ -156,6 +163,7 @@ PG_MIGRATIONS = [
         last_seq BIGINT NOT NULL
     );
     """,
+    _EVENT_IDS,
 ]
 
 #: PostgreSQL: NOTIFY channel of appended events (payload: see `EventNotice`).
@@ -408,12 +416,38 @@ class PersistenceStore:
 
     async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
         """Stores a batch of events in one transaction, giving each the next seq of its work
-        order (from 1). Returns copies of the events with their seq set."""
-        stored: list[events_pb2.RunEvent] = []
-        counts: dict[str, int] = {}
-        for event in events:
-            counts[event.work_order_id] = counts.get(event.work_order_id, 0) + 1
+        order (from 1). Returns copies of the events with their seq set (see
+        `append_events_once` for events already stored)."""
+        return (await self.append_events_once(events))[0]
+
+    async def append_events_once(
+        self, events: Sequence[events_pb2.RunEvent]
+    ) -> tuple[list[events_pb2.RunEvent], list[events_pb2.RunEvent]]:
+        """`append_events`, where an event whose (work_order_id, event_id) is already stored
+        (a retried append) is not stored again and comes back as stored before. Returns
+        (every event with its seq, in order; the events stored by this call)."""
+        result: list[events_pb2.RunEvent | None] = [None] * len(events)
         async with self._transaction() as db:
+            # Already stored, or twice in this batch: the first copy stands.
+            seen: dict[tuple[str, str], int] = {}
+            fresh: list[int] = []
+            for index, event in enumerate(events):
+                if event.event_id:
+                    key = (event.work_order_id, event.event_id)
+                    if key in seen:
+                        continue
+                    cursor = await db.execute(
+                        "SELECT data FROM events WHERE work_order_id = ? AND event_id = ?", key
+                    )
+                    row = await cursor.fetchone()
+                    if row is not None:
+                        result[index] = events_pb2.RunEvent.FromString(row["data"])
+                        continue
+                    seen[key] = index
+                fresh.append(index)
+            counts: dict[str, int] = {}
+            for index in fresh:
+                counts[events[index].work_order_id] = counts.get(events[index].work_order_id, 0) + 1
             next_seq: dict[str, int] = {}
             # Counters in one order (sorted ids): two replicas appending to the same work
             # orders lock their rows in the same order and cannot deadlock.
@@ -426,24 +460,29 @@ class PersistenceStore:
                 row = await cursor.fetchone()
                 assert row is not None
                 next_seq[work_order_id] = int(row["last_seq"]) - counts[work_order_id] + 1
-            for event in events:
-                work_order_id = event.work_order_id
+            stored: list[events_pb2.RunEvent] = []
+            for index in fresh:
                 copy = events_pb2.RunEvent()
-                copy.CopyFrom(event)
+                copy.CopyFrom(events[index])
+                work_order_id = copy.work_order_id
                 copy.seq = next_seq[work_order_id]
                 next_seq[work_order_id] += 1
                 await db.execute(
-                    "INSERT INTO events (work_order_id, seq, run_id, type, data) VALUES (?, ?, ?, ?, ?)",
-                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString()),
+                    "INSERT INTO events (work_order_id, seq, run_id, type, data, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString(), copy.event_id or None),
                 )
+                result[index] = copy
                 stored.append(copy)
+            for index, event in enumerate(events):
+                if result[index] is None:  # the second copy of an id within this batch
+                    result[index] = result[seen[(event.work_order_id, event.event_id)]]
             if self._pool is not None:
                 # Heard by every replica's listener at commit (EventLog follows them).
                 for work_order_id in sorted(counts):
                     last = next_seq[work_order_id] - 1
                     notice = EventNotice(self.replica_id, work_order_id, last - counts[work_order_id] + 1, last)
                     await db.execute("SELECT pg_notify(?, ?)", (EVENTS_CHANNEL, notice.payload()))
-        return stored
+        return [event for event in result if event is not None], stored
 
     async def read_events(
         self, work_order_id: str, after_seq: int, limit: int, up_to_seq: int = MAX_SEQ

@@ -52,6 +52,7 @@ MAX_PAGE_SIZE = 1000
 DEADLINE_MARGIN_SECONDS = 0.25
 MAX_TRACEPARENT_CHARS = 512
 MAX_ERROR_CHARS = 64 * 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
@@ -151,6 +152,10 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         INVALID_ARGUMENT (nothing stored) for a bad spec, RESOURCE_EXHAUSTED/QUEUE_FULL when
         `max_queue_size` work orders already wait."""
         violations = validate_spec(request.spec, self._agent_check, self._profiles_dir)
+        if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            violations.append(
+                FieldViolation("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+            )
         if violations:
             raise InvalidArgument(violations)
         traceparent = submit_traceparent(request.traceparent, context)
@@ -159,6 +164,7 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             max_queue_size=self.max_queue_size,
             traceparent=traceparent,
             trace_id=trace_id_from_traceparent(traceparent),
+            idempotency_key=request.idempotency_key,
         )
         log.info("queued %s (run %s) at position %d", work_order.id, work_order.run_id, position)
         return queue_pb2.SubmitResponse(work_order=work_order, position=position)

@@ -17,6 +17,13 @@ from agentgate.v1 import common_pb2
 
 _PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
 
+# Submit's idempotency key (SubmitRequest.idempotency_key): one work order per key.
+_IDEMPOTENCY_KEYS = """
+    ALTER TABLE work_orders ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX work_orders_idempotency_key ON work_orders (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+"""
+
 MIGRATIONS = [
     """
     CREATE TABLE work_orders (
@@ -91,6 +98,7 @@ MIGRATIONS = [
     CREATE INDEX work_orders_wait_deadline ON work_orders (enqueued_at + max_queue_wait_seconds * 1000000)
         WHERE status = 1 AND max_queue_wait_seconds > 0;
     """,
+    _IDEMPOTENCY_KEYS,
 ]
 
 PG_MIGRATIONS = [
@@ -156,6 +164,7 @@ PG_MIGRATIONS = [
         error TEXT NOT NULL
     );
     """,
+    _IDEMPOTENCY_KEYS,
 ]
 
 _WAIT_DEADLINE = "enqueued_at + max_queue_wait_seconds * 1000000"
@@ -200,11 +209,12 @@ POSTGRES = Dialect(
 # -- work orders ------------------------------------------------------------------
 
 WORK_ORDER = "SELECT * FROM work_orders WHERE id = ?"
+WORK_ORDER_BY_KEY = "SELECT * FROM work_orders WHERE idempotency_key = ?"
 COUNT_WITH_STATUS = "SELECT COUNT(*) FROM work_orders WHERE status = ?"
 NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders"
 INSERT_WORK_ORDER = """INSERT INTO work_orders (id, run_id, status, priority, seq, created_at, enqueued_at,
-       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position)
-   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position, idempotency_key)
+   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 REQUEST_CANCEL = "UPDATE work_orders SET cancel_requested = 1, cancel_reason = ? WHERE id = ?"
 END_WORK_ORDER = """UPDATE work_orders SET status = ?, error = ?, finished_at = ?, lease_id = NULL,
        lease_expires_at = NULL WHERE id = ?"""

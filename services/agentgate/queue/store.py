@@ -336,6 +336,8 @@ class QueueStore:
         return tx, result
 
     def _add_event(self, tx: Transaction, event: events_pb2.RunEvent) -> None:
+        # Delivery is at least once; the id lets persistence store a resent event once.
+        event.event_id = event.event_id or uuid.uuid4().hex
         outbox_id = _scalar(tx.conn, sql.INSERT_EVENT, (event.work_order_id, event.SerializeToString(), tx.now))
         tx.new_events.append((event.work_order_id, outbox_id))
 
@@ -378,12 +380,19 @@ class QueueStore:
         max_queue_size: int,
         traceparent: str = "",
         trace_id: str = "",
+        idempotency_key: str = "",
     ) -> tuple[common_pb2.WorkOrder, int]:
         """Stores a validated spec as a PENDING work order, records `work_order:queued`,
-        and returns it with its position. Raises QueueFull when `max_queue_size` wait."""
+        and returns it with its position. Raises QueueFull when `max_queue_size` wait.
+        With an `idempotency_key` already used, returns that work order (position 0 once
+        it no longer waits) and changes nothing."""
         spec_bytes = spec.SerializeToString()
 
         def body(tx: Transaction) -> tuple[common_pb2.WorkOrder, int]:
+            if idempotency_key:
+                known = tx.conn.execute(sql.WORK_ORDER_BY_KEY, (idempotency_key,)).fetchone()
+                if known is not None:
+                    return _to_work_order(known), self._pending.position(known["id"]) or 0
             waiting = len(self._pending)
             if waiting >= max_queue_size:
                 raise QueueFull(f"the queue is full: {waiting} work orders waiting (max_queue_size {max_queue_size})")
@@ -406,6 +415,7 @@ class QueueStore:
                     trace_id,
                     position,
                     position,
+                    idempotency_key or None,
                 ),
             )
             row = _row(tx.conn, work_order_id)
