@@ -713,3 +713,30 @@ async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path
     await eventually(lambda: _outbox_empty(cluster))
     queued = [e.work_order_id for e in cluster.persistence.events if e.type == "work_order:queued"]
     assert len(queued) == len(set(queued)) == 13
+
+
+async def test_a_client_naming_both_replicas_fails_over_when_one_dies(cluster: Cluster, tmp_path: Path) -> None:
+    """A channel to `a,b` keeps working when replica a stops: calls go to b (and one that
+    meets the dead replica is sent again to b); a retried Submit with its idempotency key
+    stores one work order."""
+    if not cluster.database_url:
+        pytest.skip("replicas share state only on PostgreSQL")
+    await cluster.start_persistence()
+    await cluster.start_queue()
+    await cluster.start_queue()
+    ports = [running.port for running, _ in cluster._queues]
+    channel = aio_channel(",".join(f"127.0.0.1:{port}" for port in ports), credential=service_credential(cluster.home))
+    stub = queue_pb2_grpc.QueueServiceStub(channel)
+    try:
+        request = queue_pb2.SubmitRequest(spec=make_spec(tmp_path, "once"), idempotency_key="key-1")
+        first = await stub.Submit(request, timeout=5)
+        await cluster.stop_queue(0)
+        for _ in range(6):  # round robin would pick the dead replica for some of these
+            again = await stub.Submit(request, timeout=5)
+            assert again.work_order.id == first.work_order.id
+            stats = await stub.GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=5)
+            assert stats.waiting == 1
+        leased = await lease(stub, wait=1)
+        assert leased.work_order.id == first.work_order.id
+    finally:
+        await channel.close()

@@ -135,8 +135,11 @@ class PgConnection:
 
     backend = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Row]):
+    def __init__(self, conn: psycopg.Connection[Row], url: str):
         self.raw = conn
+        self._url = url
+        #: Counts connections made: session state (advisory locks) belongs to one of them.
+        self.generation = 1
 
     @classmethod
     def connect(cls, url: str, service: str, migrations: Sequence[str]) -> PgConnection:
@@ -149,10 +152,21 @@ class PgConnection:
         except BaseException:
             conn.close()
             raise
-        return cls(conn)
+        return cls(conn, url)
+
+    def _ensure_connected(self) -> None:
+        """Opens a new connection when the last one broke (PostgreSQL restarted, the
+        network failed): the call that found it broken failed, the next one works again."""
+        if not self.raw.closed and not self.raw.broken:
+            return
+        self.raw.close()
+        self.raw = psycopg.connect(self._url, row_factory=row_factory, autocommit=True)
+        self.generation += 1
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         """Runs one statement written with `?` placeholders."""
+        if self.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self._ensure_connected()
         return PgCursor(self.raw.execute(qmark(sql), tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -164,6 +178,7 @@ class PgConnection:
         """Starts a write transaction that holds `lock_key` (a transaction advisory lock)
         until it ends: write transactions of every replica run one at a time, as SQLite's
         BEGIN IMMEDIATE makes them on one machine."""
+        self._ensure_connected()
         self.raw.execute("BEGIN")
         self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
 
@@ -174,7 +189,7 @@ class PgConnection:
     def rollback(self) -> None:
         """Rolls back the open transaction (nothing when none is open, e.g. the
         connection failed)."""
-        if self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if not self.raw.broken and self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:

@@ -204,8 +204,9 @@ class QueueStore:
         self.shared = dialect is sql.POSTGRES
         #: The waiting work orders in lease order (built by `open`).
         self._pending: PendingIndex | SharedPendingIndex = PendingIndex()
-        #: PostgreSQL: this replica's connection holds OUTBOX_LOCK (it delivers the outbox).
-        self._outbox_owner = False
+        #: PostgreSQL: the connection generation that holds OUTBOX_LOCK (this replica
+        #: delivers the outbox); 0 = none. A new connection has lost the lock.
+        self._outbox_owner = 0
         #: work_order_id -> id of its newest undelivered outbox event, in ascending id
         #: order (an entry is moved to the end when it gets a newer event), so delivery
         #: prunes it from the front. Lease waits for delivery only when its work order is
@@ -719,10 +720,10 @@ class QueueStore:
         passes to another replica when its holder's connection ends): [] elsewhere."""
 
         def read(conn: Any) -> list[Any]:
-            if self.shared and not self._outbox_owner:
-                self._outbox_owner = bool(conn.execute("SELECT pg_try_advisory_lock(?)", (OUTBOX_LOCK,)).fetchone()[0])
-                if not self._outbox_owner:
+            if self.shared and self._outbox_owner != conn.generation:
+                if not conn.execute("SELECT pg_try_advisory_lock(?)", (OUTBOX_LOCK,)).fetchone()[0]:
                     return []
+                self._outbox_owner = conn.generation
             return list(conn.execute(sql.OUTBOX_BATCH, (limit,)).fetchall())
 
         rows = await self._db.run(read)
