@@ -83,7 +83,7 @@ test-fast: $(STAMP) $(AGENT_CLIS) sandbox-deps pg-deps
 
 ## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
 ## flags (--quick, --profile DIR); each run also appends its figures as JSON to BENCH_JSON.
-BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox
+BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox pg
 BENCH_JSON ?= $(VENV)/bench-results.jsonl
 .PHONY: bench
 bench: $(STAMP) sandbox-deps

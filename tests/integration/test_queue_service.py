@@ -740,3 +740,14 @@ async def test_a_client_naming_both_replicas_fails_over_when_one_dies(cluster: C
         assert leased.work_order.id == first.work_order.id
     finally:
         await channel.close()
+
+
+async def test_submit_idempotency_key_is_bounded_and_reused(queue, tmp_path: Path) -> None:
+    too_long = queue_pb2.SubmitRequest(spec=make_spec(tmp_path), idempotency_key="k" * 129)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await queue.Submit(too_long)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(refused.value)] == ["idempotency_key"]
+    request = queue_pb2.SubmitRequest(spec=make_spec(tmp_path), idempotency_key="k" * 128)
+    first, again = await queue.Submit(request), await queue.Submit(request)
+    assert again.work_order.id == first.work_order.id and again.position == first.position == 1

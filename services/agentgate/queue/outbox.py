@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TASK_SUMMARY_CHARS = 120
 #: PostgreSQL: how often a Lease waiting for a work order's events asks whether they left.
-SHARED_FLUSH_POLL_SECONDS = 0.02
+SHARED_FLUSH_POLL_SECONDS = 0.01
 #: PostgreSQL: how often an idle forwarder looks at the shared outbox without a wake-up.
 SHARED_IDLE_POLL_SECONDS = 1.0
 
