@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agentgate.queue.store import (
@@ -309,3 +310,22 @@ async def test_a_submit_with_a_used_idempotency_key_returns_the_first_work_order
     await store.lease_next("w", max_concurrent=1, lease_seconds=10)
     assert await store.submit(spec("a"), max_queue_size=2, idempotency_key="k-1") == (await store.get(first.id), 0)
     assert len([e for _, e in await store.outbox_batch(100) if e.type == "work_order:queued"]) == 2
+
+
+async def test_a_lost_database_connection_is_unavailable_then_reconnects(store: QueueStore, database_url: str) -> None:
+    """PostgreSQL restarted or the network dropped: the call that finds the connection gone
+    fails UNAVAILABLE (a client retries), the next one reconnects."""
+    if not store.shared:
+        pytest.skip("SQLite has no connection to lose")
+    from agentgate.common.errors import Unavailable
+
+    await store.submit(spec("a"), max_queue_size=10)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(Unavailable, match="unreachable"):
+        await store.counts()
+    assert await store.counts() == (1, 0)
+    assert (await store.submit(spec("b"), max_queue_size=10))[1] == 2

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -26,6 +26,7 @@ from psycopg import sql as pgsql
 from psycopg.rows import RowMaker
 
 from agentgate.common.config import ConfigError
+from agentgate.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,16 @@ def migrate(conn: psycopg.Connection[Any], service: str, migrations: Sequence[st
         conn.commit()
 
 
+@contextlib.contextmanager
+def unreachable_as_unavailable(what: str) -> Iterator[None]:
+    """A lost or refused database connection becomes `Unavailable` (UNAVAILABLE): the
+    caller retries, here or on another replica, instead of reading INTERNAL."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"{what} is unreachable: {exc}".strip()) from exc
+
+
 class PgCursor:
     """The part of `sqlite3.Cursor` the queue store uses, over a psycopg cursor."""
 
@@ -140,6 +151,9 @@ class PgConnection:
         self._url = url
         #: Counts connections made: session state (advisory locks) belongs to one of them.
         self.generation = 1
+        #: Inside begin() .. commit()/rollback(): never reconnect there (the statements
+        #: after it would run outside the transaction).
+        self._in_transaction = False
 
     @classmethod
     def connect(cls, url: str, service: str, migrations: Sequence[str]) -> PgConnection:
@@ -165,31 +179,37 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         """Runs one statement written with `?` placeholders."""
-        if self.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            self._ensure_connected()
-        return PgCursor(self.raw.execute(qmark(sql), tuple(params)))
+        with unreachable_as_unavailable("the database"):
+            if not self._in_transaction:
+                self._ensure_connected()
+            return PgCursor(self.raw.execute(qmark(sql), tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Runs one statement per parameter row."""
-        with self.raw.cursor() as cursor:
+        with unreachable_as_unavailable("the database"), self.raw.cursor() as cursor:
             cursor.executemany(qmark(sql), rows)
 
     def begin(self, lock_key: int) -> None:
         """Starts a write transaction that holds `lock_key` (a transaction advisory lock)
         until it ends: write transactions of every replica run one at a time, as SQLite's
         BEGIN IMMEDIATE makes them on one machine."""
-        self._ensure_connected()
-        self.raw.execute("BEGIN")
-        self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+        with unreachable_as_unavailable("the database"):
+            self._ensure_connected()
+            self._in_transaction = True
+            self.raw.execute("BEGIN")
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
 
     def commit(self) -> None:
         """Commits the open transaction."""
-        self.raw.execute("COMMIT")
+        with unreachable_as_unavailable("the database"):
+            self._in_transaction = False
+            self.raw.execute("COMMIT")
 
     def rollback(self) -> None:
         """Rolls back the open transaction (nothing when none is open, e.g. the
         connection failed)."""
-        if not self.raw.broken and self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        self._in_transaction = False
+        if not self.raw.closed and self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:

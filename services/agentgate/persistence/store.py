@@ -31,7 +31,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from agentgate.common.database import migrate, qmark
+from agentgate.common.database import migrate, qmark, unreachable_as_unavailable
 from agentgate.common.errors import DiskFull, is_disk_full
 from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.common.storage import open_database
@@ -178,6 +178,8 @@ _RESULT_TABLES = {
 
 #: PostgreSQL: connections of one replica's pool.
 POOL_SIZE = 10
+#: PostgreSQL: how long a call waits for a pool connection.
+POOL_WAIT_SECONDS = 5.0
 
 # SQLite integers are signed 64-bit; a uint64 after_seq above this matches nothing anyway.
 MAX_SEQ = 2**63 - 1
@@ -233,7 +235,13 @@ class PersistenceStore:
 
             await asyncio.to_thread(migrate_now)
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                database_url, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"row_factory": dict_row}
+                database_url,
+                min_size=1,
+                max_size=POOL_SIZE,
+                open=False,
+                kwargs={"row_factory": dict_row},
+                # A database that is down fails a call in seconds (UNAVAILABLE), not 30.
+                timeout=POOL_WAIT_SECONDS,
             )
             await pool.open(wait=True)
             return cls(None, None, "the persistence database", pool=pool)
@@ -258,8 +266,9 @@ class PersistenceStore:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:
         if self._pool is not None:
-            async with self._pool.connection() as conn, conn.transaction():
-                yield _PgTransaction(conn)
+            with unreachable_as_unavailable(self.file):
+                async with self._pool.connection() as conn, conn.transaction():
+                    yield _PgTransaction(conn)
             return
         assert self._writer is not None
         async with self._write_lock:
@@ -275,9 +284,10 @@ class PersistenceStore:
 
     async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
         if self._pool is not None:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(qmark(sql), tuple(params))
-                return list(await cursor.fetchall())
+            with unreachable_as_unavailable(self.file):
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(qmark(sql), tuple(params))
+                    return list(await cursor.fetchall())
         assert self._reader is not None
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
