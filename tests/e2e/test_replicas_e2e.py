@@ -68,7 +68,7 @@ class Processes:
             process.send_signal(signal.SIGTERM)
         for process in self.running.values():
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
         self.running.clear()

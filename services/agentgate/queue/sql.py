@@ -265,7 +265,12 @@ PENDING_FIRST = "SELECT id FROM work_orders WHERE status = ? ORDER BY priority D
 
 # -- outbox -----------------------------------------------------------------------
 
-INSERT_EVENT = "INSERT INTO outbox (work_order_id, event, created_at) VALUES (?, ?, ?) RETURNING id"
+def insert_events(count: int) -> str:
+    """Adds `count` outbox events (binds work_order_id, event, created_at of each), returning their ids."""
+    values = ", ".join(["(?, ?, ?)"] * count)
+    return f"INSERT INTO outbox (work_order_id, event, created_at) VALUES {values} RETURNING id"
+
+
 #: The newest undelivered event of one work order (None when all are delivered).
 UNDELIVERED_OF = "SELECT MAX(id) FROM outbox WHERE work_order_id = ?"
 #: Per work order, the id of its newest undelivered event, oldest of those first.

@@ -337,10 +337,21 @@ class QueueStore:
         return tx, result
 
     def _add_event(self, tx: Transaction, event: events_pb2.RunEvent) -> None:
-        # Delivery is at least once; the id lets persistence store a resent event once.
-        event.event_id = event.event_id or uuid.uuid4().hex
-        outbox_id = _scalar(tx.conn, sql.INSERT_EVENT, (event.work_order_id, event.SerializeToString(), tx.now))
-        tx.new_events.append((event.work_order_id, outbox_id))
+        self._add_events(tx, [event])
+
+    def _add_events(self, tx: Transaction, events: list[events_pb2.RunEvent]) -> None:
+        """Records events in the outbox, in order, with one statement."""
+        if not events:
+            return
+        params: list[object] = []
+        for event in events:
+            # Delivery is at least once; the id lets persistence store a resent event once.
+            event.event_id = event.event_id or uuid.uuid4().hex
+            params += (event.work_order_id, event.SerializeToString(), tx.now)
+        rows = tx.conn.execute(sql.insert_events(len(events)), params).fetchall()
+        # Ids grow in insertion order; RETURNING's own row order is not promised.
+        outbox_ids = sorted(row[0] for row in rows)
+        tx.new_events += [(event.work_order_id, outbox_id) for event, outbox_id in zip(events, outbox_ids, strict=True)]
 
     def _index_add(self, tx: Transaction, row: Any) -> int:
         tx.index_touched = True
@@ -366,12 +377,18 @@ class QueueStore:
             return
         rows = tx.conn.execute(sql.reported_positions(len(ids)), ids).fetchall()
         by_id = {row["id"]: row for row in rows}
+        moved: list[tuple[int, str]] = []
         for place, work_order_id in enumerate(ids, start=1):
+            if by_id[work_order_id]["reported_position"] != place:
+                moved.append((place, work_order_id))
+        # One statement each for all of them: on PostgreSQL a round trip is the cost
+        # (psycopg pipelines executemany), and a lease moves up to ten work orders.
+        tx.conn.executemany(sql.SET_REPORTED_POSITION, moved)
+        events = []
+        for place, work_order_id in moved:
             row = by_id[work_order_id]
-            if row["reported_position"] == place:
-                continue
-            tx.conn.execute(sql.SET_REPORTED_POSITION, (place, work_order_id))
-            self._add_event(tx, outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place))
+            events.append(outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place))
+        self._add_events(tx, events)
 
     # -- work orders --------------------------------------------------------------
 
