@@ -65,10 +65,6 @@ class Row(tuple[Any, ...]):
             return tuple.__getitem__(self, self._names[key])
         return tuple.__getitem__(self, key)
 
-    def keys(self) -> list[str]:
-        """Column names, in order."""
-        return list(self._names)
-
 
 def row_factory(cursor: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> RowMaker[Row]:
     """psycopg row factory making `Row`s."""
@@ -143,8 +139,6 @@ class PgConnection:
     """A psycopg connection with the `sqlite3.Connection` calls the queue store makes
     (`execute`, `executemany`, `commit`, `rollback`, `close`), so one set of transaction
     functions serves both backends. Used on one thread only (`SqliteThread`)."""
-
-    backend = "postgresql"
 
     def __init__(self, conn: psycopg.Connection[Row], url: str):
         self.raw = conn
