@@ -1,13 +1,16 @@
-"""Queue state on a real SQLite file (agentgate.queue.store), with a controllable clock."""
+"""Queue state on a real SQLite file and on a real PostgreSQL database
+(agentgate.queue.store), with a controllable clock."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from agentgate.queue import sql
 from agentgate.queue.store import (
     CANCELED,
     FAILED,
@@ -22,6 +25,7 @@ from agentgate.queue.store import (
     QueueStore,
 )
 from agentgate.v1 import common_pb2, events_pb2
+from tests.pg_server import PgServer
 
 from ..queue_helpers import outbox_size
 
@@ -329,3 +333,45 @@ async def test_a_lost_database_connection_is_unavailable_then_reconnects(store: 
         await store.counts()
     assert await store.counts() == (1, 0)
     assert (await store.submit(spec("b"), max_queue_size=10))[1] == 2
+
+
+async def test_two_replicas_start_and_lease_concurrently_on_postgresql(pg_server: PgServer, clock: FakeClock) -> None:
+    """Two queue stores opened at once on a new database (one migration), then eight lease
+    loops spread over both: every work order is leased exactly once, never more than
+    `max_concurrent` at a time, in priority order per replica."""
+    url = pg_server.create_database()
+    replicas = await asyncio.gather(
+        *(QueueStore.open(Path("unused"), clock=clock, database_url=url) for _ in range(2))
+    )
+    try:
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM queue_schema_migrations").fetchone() == (len(sql.PG_MIGRATIONS),)
+        for i in range(40):
+            await replicas[i % 2].submit(spec(f"task-{i}", priority=i % 3), max_queue_size=100)
+        leased: list[str] = []
+        running = 0
+        peak = 0
+
+        async def worker(store: QueueStore) -> None:
+            nonlocal running, peak
+            while True:
+                lease = await store.lease_next("w", max_concurrent=3, lease_seconds=60)
+                if lease is None:
+                    if len(leased) >= 40:
+                        return
+                    await asyncio.sleep(0.001)
+                    continue
+                running += 1
+                peak = max(peak, running)
+                leased.append(lease.work_order.id)
+                await asyncio.sleep(0)
+                running -= 1
+                await store.complete(lease.lease_id, SUCCEEDED)
+
+        await asyncio.wait_for(asyncio.gather(*(worker(replicas[w % 2]) for w in range(8))), 60)
+        assert len(leased) == len(set(leased)) == 40
+        assert peak <= 3
+        assert await replicas[1].counts() == (0, 0)
+    finally:
+        for store in replicas:
+            await store.close()
