@@ -7,7 +7,11 @@ never waits for persistence, an event is never lost while persistence is down or
 restarting, and events reach persistence in the order the changes happened.
 
 Delivery is at least once: a call that timed out after persistence stored the events is
-sent again.
+sent again; each event carries an `event_id`, so persistence stores it once.
+
+On PostgreSQL the outbox is one table for every queue replica and one of them delivers it
+at a time (`QueueStore.outbox_batch`); the others look now and then, to take over when it
+dies (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -201,11 +205,12 @@ class OutboxForwarder:
         delivering it, so the database says when the work order's events are gone."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
+        # Someone is waiting: if this replica delivers, it skips a backoff pause.
+        self._wakeup.set()
+        self._retry_now.set()
         while await self._store.undelivered_now(work_order_id) is not None:
             if loop.time() >= deadline:
                 return False
-            self._wakeup.set()
-            self._retry_now.set()
             await asyncio.sleep(SHARED_FLUSH_POLL_SECONDS)
         return True
 
