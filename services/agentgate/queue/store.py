@@ -186,6 +186,15 @@ class QueueStore:
     call, instead of two or three per SQL statement. The thread runs one function at a
     time, so transactions never interleave, and the in-memory `PendingIndex` (waiting
     count and positions) is only touched there, always matching what was committed.
+
+    On PostgreSQL (`database_url`) the same functions run on a psycopg connection on that
+    thread (`PgConnection`, the same `sqlite3`-like calls). Other replicas write the same
+    tables, so each write transaction first takes WRITE_LOCK (writes of all replicas apply
+    one at a time, as on one SQLite file), counts and positions come from the database
+    (`SharedPendingIndex`), nothing in memory is the record, and each commit NOTIFYs the
+    other replicas (`QueueNotice`). The threads and transaction functions are sync by
+    design (one hand-off per transaction); psycopg's async API is used where the event
+    loop itself waits on the database (LISTEN, and persistence's pool).
     """
 
     def __init__(
