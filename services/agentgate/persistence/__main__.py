@@ -12,7 +12,6 @@ import asyncio
 import sys
 
 from agentgate.common.config import ConfigError, ServiceSettings
-from agentgate.common.database import database_url
 from agentgate.common.server import add_database_flag, configure_logging, serve_until_signal, service_arg_parser
 from agentgate.common.telemetry import init_telemetry
 from agentgate.persistence.server import SUBSCRIBER_QUEUE_ENV, PersistenceApp
@@ -50,7 +49,7 @@ def build_app(args: argparse.Namespace) -> PersistenceApp:
         settings,
         subscriber_queue_size=args.subscriber_queue,
         max_output_bytes=args.max_output_bytes,
-        database_url=database_url(args.database_url),
+        database_url=args.database_url,
     )
 
 
