@@ -14,7 +14,7 @@ WEB_BUILD := $(WEB)/dist/index.html
 AGENT_CLIS := tools/agents/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast protos check-protos lint buf venv bench clean sandbox-deps agent-clis dashboard browser-deps screenshots
+.PHONY: demo test test-fast protos check-protos lint buf venv bench clean sandbox-deps pg-deps agent-clis dashboard browser-deps screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,14 @@ sandbox-deps:
 			apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; \
 		else echo "bubblewrap (bwrap) is missing: install it with 'sudo apt-get install bubblewrap'" >&2; exit 1; fi; }
 
+## PostgreSQL server binaries (initdb, pg_ctl) for the tests that run the queue and
+## persistence on PostgreSQL (tests/pg_server.py starts a private instance).
+pg-deps:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }; \
+		else echo "PostgreSQL is missing: install it with 'sudo apt-get install postgresql'" >&2; exit 1; fi; }
+
 buf: $(BUF)
 
 ## Run the demo: a buggy project fixed by a scripted agent in 2 iterations.
@@ -96,17 +104,17 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 
 ## The whole suite (unit, integration, end-to-end) with coverage of the service processes.
-test: $(STAMP) $(BUF) $(NODE_CLIENT) $(AGENT_CLIS) $(WEB_BUILD) sandbox-deps browser-deps check-protos lint
+test: $(STAMP) $(BUF) $(NODE_CLIENT) $(AGENT_CLIS) $(WEB_BUILD) sandbox-deps pg-deps browser-deps check-protos lint
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/tools/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
 
 ## Unit and integration tests only (no end-to-end).
-test-fast: $(STAMP) $(AGENT_CLIS) sandbox-deps
+test-fast: $(STAMP) $(AGENT_CLIS) sandbox-deps pg-deps
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmarks (bench/, see docs/benchmarks.md): figures against the targets. BENCH_ARGS adds
 ## flags (--quick, --profile DIR); each run also appends its figures as JSON to BENCH_JSON.
-BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox patches repo_scale
+BENCH_SCRIPTS := rpc e2e queue_scale fanout persistence peer cli sandbox patches repo_scale pg
 BENCH_JSON ?= $(VENV)/bench-results.jsonl
 .PHONY: bench
 bench: $(STAMP) sandbox-deps

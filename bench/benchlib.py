@@ -224,10 +224,15 @@ def use_credential_of(home: Path) -> None:
 
 
 def aio_insecure_channel(address: str, **kwargs: Any) -> grpc.aio.Channel:
-    """A plaintext asyncio channel that sends the credential (see `use_credential_of`)."""
+    """A plaintext asyncio channel that sends the credential (see `use_credential_of`);
+    `address` may list several replicas (`agentgate.common.channels.channel_target`)."""
     from agentgate.common import security
+    from agentgate.common.channels import channel_target
 
-    return grpc.aio.insecure_channel(address, interceptors=security.aio_client_interceptors(), **kwargs)
+    target, replica_options = channel_target(address)
+    if replica_options:
+        kwargs["options"] = [*kwargs.get("options", ()), *replica_options]
+    return grpc.aio.insecure_channel(target, interceptors=security.aio_client_interceptors(), **kwargs)
 
 
 def insecure_channel(address: str) -> grpc.Channel:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from agentgate.common.database import DATABASE_URL_ENV
+from tests.pg_server import PgServer
 
 
 @pytest.fixture
@@ -24,3 +28,24 @@ def _fallback_agentgate_home(tmp_path_factory: pytest.TempPathFactory, monkeypat
     by default)."""
     if "AGENTGATE_HOME" not in os.environ:
         monkeypatch.setenv("AGENTGATE_HOME", str(tmp_path_factory.getbasetemp() / "fallback-agentgate-home"))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL server for the whole session (tests/pg_server.py)."""
+    server = PgServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per state backend: '' for SQLite, else the URL of a fresh
+    PostgreSQL database of the session's server. Also set as AGENTGATE_DATABASE_URL, so
+    services a test starts use it."""
+    if request.param == "sqlite":
+        monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+        return ""
+    url: str = request.getfixturevalue("pg_server").create_database()
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
+    return url

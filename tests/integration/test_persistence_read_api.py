@@ -38,7 +38,7 @@ async def launch(home: Path, **app_options: object) -> Service:
 
 
 @pytest.fixture
-async def svc(home: Path) -> AsyncIterator[Service]:
+async def svc(home: Path, database_url: str) -> AsyncIterator[Service]:
     service = await launch(home, max_output_bytes=2048, redactor=Redactor([SECRET]))
     yield service
     await shutdown(service)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -27,6 +28,7 @@ from agentgate.common.server import RunningServer, start_server
 from agentgate.persistence.server import PersistenceApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc
 from tests.credentials import service_credential
+from tests.pg_server import PgServer
 
 pb = persistence_pb2
 
@@ -42,9 +44,9 @@ class Service:
     stub: persistence_pb2_grpc.PersistenceServiceStub
 
 
-async def launch(home: Path, subscriber_queue_size: int | None = None) -> Service:
+async def launch(home: Path, subscriber_queue_size: int | None = None, database_url: str | None = None) -> Service:
     settings = ServiceSettings.load("persistence", "127.0.0.1:0", str(home))
-    app = PersistenceApp(settings, subscriber_queue_size=subscriber_queue_size)
+    app = PersistenceApp(settings, subscriber_queue_size=subscriber_queue_size, database_url=database_url)
     running = await start_server(app, "127.0.0.1:0")
     channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(home))
     return Service(home, app, running, channel, persistence_pb2_grpc.PersistenceServiceStub(channel))
@@ -56,7 +58,7 @@ async def shutdown(service: Service) -> None:
 
 
 @pytest.fixture
-async def svc(home: Path) -> AsyncIterator[Service]:
+async def svc(home: Path, database_url: str) -> AsyncIterator[Service]:
     service = await launch(home)
     yield service
     await shutdown(service)
@@ -520,16 +522,59 @@ async def test_restart_keeps_runs_and_continues_seqs(home: Path) -> None:
         await shutdown(second)
 
 
-async def test_index_failure_is_internal_and_service_survives(svc: Service) -> None:
+async def test_index_failure_is_internal_and_service_survives(svc: Service, database_url: str) -> None:
     await svc.stub.CreateRun(pb.CreateRunRequest(run=new_run()))
-    writer = svc.app.store._writer
-    await writer.execute(
-        "CREATE TRIGGER no_updates BEFORE UPDATE ON runs BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-    )
-    await writer.commit()
+    if database_url:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'disk I/O error'; END $$;"
+                " CREATE TRIGGER no_updates BEFORE UPDATE ON runs FOR EACH ROW EXECUTE FUNCTION boom()"
+            )
+    else:
+        writer = svc.app.store._writer
+        await writer.execute(
+            "CREATE TRIGGER no_updates BEFORE UPDATE ON runs BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        await writer.commit()
     error = await expect_error(grpc.StatusCode.INTERNAL, svc.stub.UpdateRun(pb.UpdateRunRequest(run=new_run())))
     assert "disk I/O error" in error.details()
-    await writer.execute("DROP TRIGGER no_updates")
-    await writer.commit()
+    if database_url:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER no_updates ON runs")
+    else:
+        await writer.execute("DROP TRIGGER no_updates")
+        await writer.commit()
     updated = await svc.stub.UpdateRun(pb.UpdateRunRequest(run=new_run(state=common_pb2.RUN_STATE_BUILDING)))
     assert updated.run.state == common_pb2.RUN_STATE_BUILDING
+
+
+async def test_replicas_on_postgresql_follow_each_others_appends_gap_free(home: Path, pg_server: PgServer) -> None:
+    """Two persistence replicas on one PostgreSQL database (docs/deployment.md): a follower
+    on A gets, replay then live, every event appended through A and B alike, in seq
+    order with no gap, while both replicas append to the same work order at once."""
+    url = pg_server.create_database()
+    a = await launch(home, database_url=url)
+    b = await launch(home, database_url=url)
+    try:
+        await a.stub.CreateRun(pb.CreateRunRequest(run=new_run()))
+        assert await append(b.stub, ev(WORK_ORDER_QUEUED)) == [1]  # before the follower: replayed
+        call = a.stub.StreamEvents(pb.StreamEventsRequest(work_order_id="wo-1", follow=True))
+        reader = asyncio.create_task(read_stream(call))
+
+        async def burst(svc: Service, n: int) -> None:
+            for _ in range(n):
+                await append(svc.stub, ev(AGENT_OUTPUT))
+
+        await asyncio.gather(burst(a, 20), burst(b, 20), burst(b, 20))
+        assert await append(b.stub, ev(RUN_COMPLETE)) == [62]
+        got = await asyncio.wait_for(reader, 10)
+        assert [e.seq for e in got] == list(range(1, 63))
+        assert got[-1].type == RUN_COMPLETE
+        # Either replica reads the run and its whole history.
+        replay = await read_stream(b.stub.StreamEvents(pb.StreamEventsRequest(run_id="run-1")))
+        assert [e.seq for e in replay] == list(range(1, 63))
+        assert (await b.stub.GetRun(pb.GetRunRequest(run_id="run-1"))).run.id == "run-1"
+    finally:
+        await shutdown(a)
+        await shutdown(b)

@@ -82,6 +82,8 @@ class Cluster:
     """Starts queues and fake persistence servers for one test and stops them after."""
 
     home: Path
+    #: '' for SQLite, else the PostgreSQL database every queue of the test shares.
+    database_url: str = ""
     persistence_port: int = field(default_factory=free_port)
     persistence: FakePersistence | None = None
     _persistence_server: grpc.aio.Server | None = None
@@ -101,6 +103,7 @@ class Cluster:
         options.setdefault("reap_interval", 0.1)
         options.setdefault("lease_flush_timeout", 0.5)
         options.setdefault("agent_check", check_agent)
+        options.setdefault("database_url", self.database_url)
         app = QueueApp(ServiceSettings.load("queue", "127.0.0.1:0", str(self.home)), **options)
         running = await start_server(app, "127.0.0.1:0")
         channel = aio_channel(f"127.0.0.1:{running.port}", credential=service_credential(self.home))
@@ -123,8 +126,8 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(home: Path) -> AsyncIterator[Cluster]:
-    made = Cluster(home)
+async def cluster(home: Path, database_url: str) -> AsyncIterator[Cluster]:
+    made = Cluster(home, database_url)
     yield made
     await made.close()
 
@@ -585,7 +588,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
     canceled = await submit(queue, tmp_path, "canceled")
     await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=canceled.id))
     await asyncio.sleep(0.3)
-    assert outbox_size(cluster.app().settings.database_path) == 4
+    assert outbox_size(cluster.app().settings.database_path, cluster.database_url) == 4
 
     fake = await cluster.start_persistence()
     await eventually(lambda: _async(len(fake.events) == 4))
@@ -599,7 +602,7 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
 
 
 async def _outbox_empty(cluster: Cluster) -> bool:
-    return outbox_size(cluster.app().settings.database_path) == 0
+    return outbox_size(cluster.app().settings.database_path, cluster.database_url) == 0
 
 
 async def test_lease_flushes_events_once_persistence_is_back(cluster: Cluster, tmp_path: Path) -> None:
@@ -661,3 +664,90 @@ async def test_agents_are_checked_against_the_real_driver_registry(cluster: Clus
         assert expected_field in [v.field for v in field_violations(err.value)]
     accepted = await submit(queue, tmp_path)  # command driver with a command
     assert accepted.status == PENDING
+
+
+async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path: Path) -> None:
+    """Two queue replicas on one PostgreSQL database (docs/deployment.md): workers asking
+    either replica at once get each work order once, `max_concurrent` counts runs on both,
+    positions and Submit's capacity check see both, a long poll on one wakes for a Submit
+    on the other, and a cancel through one reaches the worker heartbeating the other."""
+    if not cluster.database_url:
+        pytest.skip("replicas share state only on PostgreSQL")
+    await cluster.start_persistence()
+    a = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
+    b = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
+    # A long poll on B, woken by a Submit on A.
+    poll = asyncio.create_task(lease(b, wait=10, worker="early"))
+    await asyncio.sleep(0.3)
+    first = await submit(a, tmp_path, "first")
+    woken = await asyncio.wait_for(poll, 5)
+    assert woken.leased and woken.work_order.id == first.id
+    for i in range(11):
+        await submit(a if i % 2 else b, tmp_path, f"task-{i}", priority=i % 3)
+    # 11 wait: one more fits, whichever replica takes it; then the queue is full on both.
+    await submit(b, tmp_path, "last")
+    for stub in (a, b):
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await submit(stub, tmp_path, "too many")
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Eight workers at once, half on each replica: 2 more slots (3 running in all).
+    leases = await asyncio.gather(*(lease(a if w % 2 else b, wait=0.5, worker=f"w{w}") for w in range(8)))
+    granted = [response for response in leases if response.leased]
+    assert len(granted) == 2
+    assert len({response.work_order.id for response in granted} | {first.id}) == 3
+    stats = await b.GetQueueStats(queue_pb2.GetQueueStatsRequest())
+    assert (stats.waiting, stats.running) == (10, 3)
+    # Cancel through A; the worker heartbeats B and hears it.
+    await a.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=first.id, reason="stop"))
+    beat = await b.Heartbeat(queue_pb2.HeartbeatRequest(lease_id=woken.lease_id))
+    assert beat.cancel_requested
+    done = await a.Complete(
+        queue_pb2.CompleteRequest(lease_id=woken.lease_id, status=common_pb2.WORK_ORDER_STATUS_CANCELED)
+    )
+    assert done.work_order.status == CANCELED
+    # The next in lease order is the same whichever replica is asked.
+    order_a = await a.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(statuses=[PENDING], page_size=100))
+    order_b = await b.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(statuses=[PENDING], page_size=100))
+    assert [w.id for w in order_a.work_orders] == [w.id for w in order_b.work_orders]
+    # Every event of every work order reached persistence exactly once, whoever delivered it.
+    await eventually(lambda: _outbox_empty(cluster))
+    queued = [e.work_order_id for e in cluster.persistence.events if e.type == "work_order:queued"]
+    assert len(queued) == len(set(queued)) == 13
+
+
+async def test_a_client_naming_both_replicas_fails_over_when_one_dies(cluster: Cluster, tmp_path: Path) -> None:
+    """A channel to `a,b` keeps working when replica a stops: calls go to b (and one that
+    meets the dead replica is sent again to b); a retried Submit with its idempotency key
+    stores one work order."""
+    if not cluster.database_url:
+        pytest.skip("replicas share state only on PostgreSQL")
+    await cluster.start_persistence()
+    await cluster.start_queue()
+    await cluster.start_queue()
+    ports = [running.port for running, _ in cluster._queues]
+    channel = aio_channel(",".join(f"127.0.0.1:{port}" for port in ports), credential=service_credential(cluster.home))
+    stub = queue_pb2_grpc.QueueServiceStub(channel)
+    try:
+        request = queue_pb2.SubmitRequest(spec=make_spec(tmp_path, "once"), idempotency_key="key-1")
+        first = await stub.Submit(request, timeout=5)
+        await cluster.stop_queue(0)
+        for _ in range(6):  # round robin would pick the dead replica for some of these
+            again = await stub.Submit(request, timeout=5)
+            assert again.work_order.id == first.work_order.id
+            stats = await stub.GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=5)
+            assert stats.waiting == 1
+        leased = await lease(stub, wait=1)
+        assert leased.work_order.id == first.work_order.id
+    finally:
+        await channel.close()
+
+
+async def test_submit_idempotency_key_is_bounded_and_reused(queue, tmp_path: Path) -> None:
+    too_long = queue_pb2.SubmitRequest(spec=make_spec(tmp_path), idempotency_key="k" * 129)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await queue.Submit(too_long)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(refused.value)] == ["idempotency_key"]
+    request = queue_pb2.SubmitRequest(spec=make_spec(tmp_path), idempotency_key="k" * 128)
+    first, again = await queue.Submit(request), await queue.Submit(request)
+    assert again.work_order.id == first.work_order.id and again.position == first.position == 1

@@ -43,6 +43,11 @@ def test_config_flags_become_service_arguments() -> None:
     assert config.args_for("orchestrator") == ["--max-concurrent-runs", "1"]
     assert config.args_for("workspace") == []
     assert SuiteConfig().args_for("queue") == []
+    # `up --database-url`: the queue and persistence keep their state in PostgreSQL.
+    on_pg = config.merged(database_url="postgresql://db/agentgate")
+    assert on_pg.args_for("queue") == ["--max-queue-size", "8", "--database-url", "postgresql://db/agentgate"]
+    assert on_pg.args_for("persistence") == ["--database-url", "postgresql://db/agentgate"]
+    assert on_pg.args_for("orchestrator") == ["--max-concurrent-runs", "1"]
 
 
 def test_settings_are_kept_between_ups_until_down(supervisor: Supervisor) -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from agentgate.common.config import DEFAULT_ADDRESSES, SERVICES, address_env_var
+from agentgate.common.database import DATABASE_URL_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -268,3 +269,31 @@ def test_kubernetes_containers_use_real_modules_flags_ports_variables_and_grpc_p
 def test_deployment_is_documented(doc: str):
     text = (ROOT / doc).read_text()
     assert "docker/compose.yaml" in text and "docker/k8s" in text
+
+
+def test_postgresql_overlays_set_real_variables_and_two_replicas():
+    """docker/compose.postgres.yaml and docker/k8s-postgres (docs/deployment.md, "Several
+    replicas on PostgreSQL"): every variable is one the code reads, queue and persistence
+    run two replicas on AGENTGATE_DATABASE_URL, clients name both."""
+    text = (DOCKER / "compose.postgres.yaml").read_text().replace("!reset ", "")
+    override = yaml.safe_load(text)
+    services = override["services"]
+    assert {"postgres", "queue-2", "persistence-2"} <= set(services)
+    for name in ("queue", "queue-2", "persistence", "persistence-2"):
+        env = services[name]["environment"]
+        assert env["AGENTGATE_DATABASE_URL"].startswith("postgresql://")
+        for key in env:
+            if key.startswith("AGENTGATE_"):
+                assert env_var_is_read(key), f"{name}: {key} is read nowhere"
+    assert services["queue-2"]["extends"] == {"file": "compose.yaml", "service": "queue"}
+    assert len(override["x-pg-env"]["AGENTGATE_QUEUE_ADDR"].split(",")) == 2
+    overlay = DOCKER / "k8s-postgres"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (overlay / resource).exists(), resource
+    patched = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((overlay / "stateful-replicas.yaml").read_text())}
+    for name in ("agentgate-queue", "agentgate-persistence"):
+        spec = patched[name]["spec"]
+        assert spec["replicas"] == 2
+        env = spec["template"]["spec"]["containers"][0]["env"]
+        assert [e["name"] for e in env] == [DATABASE_URL_ENV]

@@ -26,8 +26,8 @@ from agentgate.v1 import events_pb2
 
 
 @pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[EventLog]:
-    store = await PersistenceStore.open(tmp_path / "persistence.db")
+async def log(tmp_path: Path, database_url: str) -> AsyncIterator[EventLog]:
+    store = await PersistenceStore.open(tmp_path / "persistence.db", database_url)
     event_log = EventLog(store, RunFiles(tmp_path), subscriber_queue_size=50)
     yield event_log
     event_log.close()

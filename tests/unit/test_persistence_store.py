@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
+import psycopg
 import pytest
 
 from agentgate.common.events import RUN_COMPLETE, RUN_STARTED, WORK_ORDER_QUEUED, make_event
-from agentgate.persistence.store import MIGRATIONS, PersistenceStore
+from agentgate.persistence.store import MIGRATIONS, PG_MIGRATIONS, PersistenceStore
 from agentgate.v1 import common_pb2
+from tests.pg_server import PgServer
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[PersistenceStore]:
-    opened = await PersistenceStore.open(tmp_path / "persistence.db")
+async def store(tmp_path: Path, database_url: str) -> AsyncIterator[PersistenceStore]:
+    opened = await PersistenceStore.open(tmp_path / "persistence.db", database_url)
     yield opened
     await opened.close()
+
+
+def sqlite_only(store: PersistenceStore) -> None:
+    """Skips a test of SQLite's own file, connections or triggers on PostgreSQL."""
+    if store.shared:
+        pytest.skip("looks at SQLite's file and connections")
 
 
 def make_run(run_id: str, work_order_id: str = "wo-1", created_seconds: int = 1_700_000_000) -> common_pb2.Run:
@@ -27,6 +36,7 @@ def make_run(run_id: str, work_order_id: str = "wo-1", created_seconds: int = 1_
 
 
 async def test_schema_is_versioned_and_in_wal_mode(tmp_path: Path, store: PersistenceStore) -> None:
+    sqlite_only(store)
     async with aiosqlite.connect(tmp_path / "persistence.db") as db:
         async with db.execute("SELECT MAX(version) FROM schema_migrations") as cur:
             assert (await cur.fetchone())[0] == len(MIGRATIONS)
@@ -100,6 +110,7 @@ async def test_event_seqs_are_per_work_order_from_one(store: PersistenceStore) -
 
 
 async def test_event_batch_is_one_transaction(store: PersistenceStore) -> None:
+    sqlite_only(store)
     await store.append_events([make_event(RUN_STARTED, "wo-1", "run-1")])
     # A trigger makes the second insert of the next batch fail, like a disk error halfway.
     await store._writer.execute(
@@ -133,13 +144,13 @@ async def test_terminal_and_lookup_queries(store: PersistenceStore) -> None:
     assert not await store.work_order_known("wo-0")
 
 
-async def test_reopening_keeps_data_and_continues_seqs(tmp_path: Path) -> None:
+async def test_reopening_keeps_data_and_continues_seqs(tmp_path: Path, database_url: str) -> None:
     path = tmp_path / "persistence.db"
-    first = await PersistenceStore.open(path)
+    first = await PersistenceStore.open(path, database_url)
     await first.insert_run(make_run("run-1"))
     await first.append_events([make_event(RUN_STARTED, "wo-1", "run-1")] * 2)
     await first.close()
-    second = await PersistenceStore.open(path)
+    second = await PersistenceStore.open(path, database_url)
     try:
         assert (await second.get_run("run-1")).id == "run-1"
         stored = await second.append_events([make_event(RUN_COMPLETE, "wo-1", "run-1")])
@@ -149,6 +160,7 @@ async def test_reopening_keeps_data_and_continues_seqs(tmp_path: Path) -> None:
 
 
 async def test_reader_does_not_see_uncommitted_writes(store: PersistenceStore) -> None:
+    sqlite_only(store)
     await store._writer.execute(
         "INSERT INTO events (work_order_id, seq, run_id, type, data) VALUES ('wo-x', 1, 'r', 't', x'')"
     )
@@ -156,3 +168,46 @@ async def test_reader_does_not_see_uncommitted_writes(store: PersistenceStore) -
         assert await store.read_events("wo-x", 0, 10) == []
     finally:
         await store._writer.rollback()
+
+
+async def test_replicas_starting_at_once_migrate_once_and_share_gap_free_seqs(pg_server: PgServer) -> None:
+    """Two stores on one new PostgreSQL database, opened at once (two replicas starting),
+    then appending to the same work orders concurrently: each schema version is applied
+    once, and every work order's seqs are 1..n with no gap and no repeat."""
+    url = pg_server.create_database()
+    replicas = await asyncio.gather(*(PersistenceStore.open(Path("unused"), url) for _ in range(2)))
+    try:
+        with psycopg.connect(url) as conn:
+            versions = conn.execute("SELECT version FROM persistence_schema_migrations").fetchall()
+        assert [v for (v,) in versions] == list(range(1, len(PG_MIGRATIONS) + 1))
+
+        async def append(store: PersistenceStore, n: int) -> None:
+            for i in range(n):
+                # Batches that span two work orders in either order: no deadlock either.
+                ids = ["wo-a", "wo-b"] if i % 2 else ["wo-b", "wo-a"]
+                await store.append_events([make_event(RUN_STARTED, wid, "run-1") for wid in ids])
+
+        await asyncio.gather(*(append(store, 25) for store in replicas for _ in range(2)))
+        for work_order_id in ("wo-a", "wo-b"):
+            seqs = [e.seq for e in await replicas[0].read_events(work_order_id, 0, 1000)]
+            assert seqs == list(range(1, 101))
+    finally:
+        for store in replicas:
+            await store.close()
+
+
+async def test_an_event_id_is_stored_once(store: PersistenceStore) -> None:
+    """A retried append (same event ids) stores nothing again and returns the first seqs."""
+    first = make_event(RUN_STARTED, "wo-1", "run-1")
+    first.event_id = "e-1"
+    second = make_event(RUN_COMPLETE, "wo-1", "run-1")
+    second.event_id = "e-2"
+    every, stored = await store.append_events_once([first, second])
+    assert [e.seq for e in every] == [1, 2] and len(stored) == 2
+    plain = make_event(RUN_STARTED, "wo-1", "run-1")  # no id: never de-duplicated
+    every, stored = await store.append_events_once([second, plain, first, second])
+    assert [e.seq for e in every] == [2, 3, 1, 2] and [e.seq for e in stored] == [3]
+    assert [e.seq for e in await store.read_events("wo-1", 0, 10)] == [1, 2, 3]
+    other = make_event(RUN_STARTED, "wo-2", "run-2")
+    other.event_id = "e-1"  # ids are per work order
+    assert [e.seq for e in await store.append_events([other])] == [1]

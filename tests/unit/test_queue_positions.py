@@ -42,8 +42,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock):
-    opened = await QueueStore.open(tmp_path / "queue.db", max_lease_attempts=3, clock=clock)
+async def store(tmp_path: Path, clock: FakeClock, database_url: str):
+    opened = await QueueStore.open(tmp_path / "queue.db", max_lease_attempts=3, clock=clock, database_url=database_url)
     yield opened
     await opened.close()
 

@@ -1,12 +1,16 @@
-"""Queue state on a real SQLite file (agentgate.queue.store), with a controllable clock."""
+"""Queue state on a real SQLite file and on a real PostgreSQL database
+(agentgate.queue.store), with a controllable clock."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from agentgate.queue import sql
 from agentgate.queue.store import (
     CANCELED,
     FAILED,
@@ -21,6 +25,7 @@ from agentgate.queue.store import (
     QueueStore,
 )
 from agentgate.v1 import common_pb2, events_pb2
+from tests.pg_server import PgServer
 
 from ..queue_helpers import outbox_size
 
@@ -45,8 +50,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock):
-    opened = await QueueStore.open(tmp_path / "queue.db", max_lease_attempts=2, clock=clock)
+async def store(tmp_path: Path, clock: FakeClock, database_url: str):
+    opened = await QueueStore.open(tmp_path / "queue.db", max_lease_attempts=2, clock=clock, database_url=database_url)
     yield opened
     await opened.close()
 
@@ -205,9 +210,9 @@ async def test_queue_wait_limit(store: QueueStore, clock: FakeClock) -> None:
     assert (moved.work_order_position.position, moved.work_order_position.ahead) == (1, 0)
 
 
-async def test_everything_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
+async def test_everything_survives_reopening(tmp_path: Path, clock: FakeClock, database_url: str) -> None:
     path = tmp_path / "queue.db"
-    store = await QueueStore.open(path, clock=clock)
+    store = await QueueStore.open(path, clock=clock, database_url=database_url)
     ids = {}
     for prompt, priority in [("a", 0), ("b", 2), ("c", 0), ("d", 2), ("e", 1)]:
         work_order, _ = await store.submit(spec(prompt, priority), max_queue_size=10)
@@ -219,7 +224,7 @@ async def test_everything_survives_reopening(tmp_path: Path, clock: FakeClock) -
     outbox_before = await store.outbox_batch(100)
     await store.close()
 
-    reopened = await QueueStore.open(path, clock=clock)
+    reopened = await QueueStore.open(path, clock=clock, database_url=database_url)
     try:
         assert [await reopened.get(i) for i in ids.values()] == before
         assert await reopened.outbox_batch(100) == outbox_before
@@ -247,17 +252,20 @@ async def test_list_newest_first_with_filter_and_pages(store: QueueStore) -> Non
     assert [w.id for w in canceled] == [ids[1]]
 
 
-async def test_outbox_delivery_bookkeeping(store: QueueStore, tmp_path: Path) -> None:
+async def test_outbox_delivery_bookkeeping(store: QueueStore, tmp_path: Path, database_url: str) -> None:
     a, _ = await store.submit(spec("a"), max_queue_size=10)
     b, _ = await store.submit(spec("b"), max_queue_size=10)
     batch = await store.outbox_batch(10)
     assert [event.work_order_id for _, event in batch] == [a.id, b.id]
     assert isinstance(batch[0][1], events_pb2.RunEvent)
-    assert store.undelivered_last_id(a.id) == batch[0][0]
+    assert await store.undelivered_now(a.id) == batch[0][0]
+    if not store.shared:
+        assert store.undelivered_last_id(a.id) == batch[0][0]
     await store.outbox_delete([batch[0][0]])
+    assert await store.undelivered_now(a.id) is None
     assert store.undelivered_last_id(a.id) is None
     await store.outbox_dead_letter(batch[1][0], "refused")
-    assert outbox_size(tmp_path / "queue.db") == 0
+    assert outbox_size(tmp_path / "queue.db", database_url) == 0
 
 
 async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
@@ -267,6 +275,9 @@ async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
 
     from agentgate.common.disk_reserve import DiskReserve
     from agentgate.common.errors import DiskFull
+
+    if store.shared:
+        pytest.skip("the disk of a PostgreSQL server is its operator's (docs/deployment.md)")
 
     await store.submit(spec("x"), max_queue_size=10)
     lease = await store.lease_next("w", max_concurrent=1, lease_seconds=10)
@@ -289,3 +300,78 @@ async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
     done = await store.complete(lease.lease_id, FAILED, "disk")
     assert done.status == FAILED and len(full_writes) == 1
     assert not store.reserve.path.exists()  # spent on this completion
+
+
+async def test_a_submit_with_a_used_idempotency_key_returns_the_first_work_order(store: QueueStore) -> None:
+    first, position = await store.submit(spec("a"), max_queue_size=2, idempotency_key="k-1")
+    again, again_position = await store.submit(spec("different"), max_queue_size=2, idempotency_key="k-1")
+    assert again == first and again_position == position == 1
+    other, _ = await store.submit(spec("b"), max_queue_size=2, idempotency_key="k-2")
+    # The queue is full now, but a retry of a stored Submit still answers.
+    assert (await store.submit(spec("b"), max_queue_size=2, idempotency_key="k-2"))[0] == other
+    with pytest.raises(QueueFull):
+        await store.submit(spec("c"), max_queue_size=2, idempotency_key="k-3")
+    await store.lease_next("w", max_concurrent=1, lease_seconds=10)
+    assert await store.submit(spec("a"), max_queue_size=2, idempotency_key="k-1") == (await store.get(first.id), 0)
+    assert len([e for _, e in await store.outbox_batch(100) if e.type == "work_order:queued"]) == 2
+
+
+async def test_a_lost_database_connection_is_unavailable_then_reconnects(store: QueueStore, database_url: str) -> None:
+    """PostgreSQL restarted or the network dropped: the call that finds the connection gone
+    fails UNAVAILABLE (a client retries), the next one reconnects."""
+    if not store.shared:
+        pytest.skip("SQLite has no connection to lose")
+    from agentgate.common.errors import Unavailable
+
+    await store.submit(spec("a"), max_queue_size=10)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(Unavailable, match="unreachable"):
+        await store.counts()
+    assert await store.counts() == (1, 0)
+    assert (await store.submit(spec("b"), max_queue_size=10))[1] == 2
+
+
+async def test_two_replicas_start_and_lease_concurrently_on_postgresql(pg_server: PgServer, clock: FakeClock) -> None:
+    """Two queue stores opened at once on a new database (one migration), then eight lease
+    loops spread over both: every work order is leased exactly once, never more than
+    `max_concurrent` at a time, in priority order per replica."""
+    url = pg_server.create_database()
+    replicas = await asyncio.gather(
+        *(QueueStore.open(Path("unused"), clock=clock, database_url=url) for _ in range(2))
+    )
+    try:
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM queue_schema_migrations").fetchone() == (len(sql.PG_MIGRATIONS),)
+        for i in range(40):
+            await replicas[i % 2].submit(spec(f"task-{i}", priority=i % 3), max_queue_size=100)
+        leased: list[str] = []
+        running = 0
+        peak = 0
+
+        async def worker(store: QueueStore) -> None:
+            nonlocal running, peak
+            while True:
+                lease = await store.lease_next("w", max_concurrent=3, lease_seconds=60)
+                if lease is None:
+                    if len(leased) >= 40:
+                        return
+                    await asyncio.sleep(0.001)
+                    continue
+                running += 1
+                peak = max(peak, running)
+                leased.append(lease.work_order.id)
+                await asyncio.sleep(0)
+                running -= 1
+                await store.complete(lease.lease_id, SUCCEEDED)
+
+        await asyncio.wait_for(asyncio.gather(*(worker(replicas[w % 2]) for w in range(8))), 60)
+        assert len(leased) == len(set(leased)) == 40
+        assert peak <= 3
+        assert await replicas[1].counts() == (0, 0)
+    finally:
+        for store in replicas:
+            await store.close()

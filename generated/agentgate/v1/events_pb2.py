@@ -26,57 +26,57 @@ from agentgate.v1 import common_pb2 as agentgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentgate/v1/events.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe8\x0b\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwork_order_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12:\n\x11work_order_queued\x18\n \x01(\x0b\x32\x1d.agentgate.v1.WorkOrderQueuedH\x00\x12\x38\n\x10work_order_ended\x18\x0b \x01(\x0b\x32\x1c.agentgate.v1.WorkOrderEndedH\x00\x12/\n\x0brun_started\x18\x0c \x01(\x0b\x32\x18.agentgate.v1.RunStartedH\x00\x12+\n\trun_ended\x18\r \x01(\x0b\x32\x16.agentgate.v1.RunEndedH\x00\x12;\n\x11iteration_started\x18\x0e \x01(\x0b\x32\x1e.agentgate.v1.IterationStartedH\x00\x12=\n\x12iteration_complete\x18\x0f \x01(\x0b\x32\x1f.agentgate.v1.IterationCompleteH\x00\x12\x33\n\ragent_started\x18\x10 \x01(\x0b\x32\x1a.agentgate.v1.AgentStartedH\x00\x12\x31\n\x0c\x61gent_output\x18\x11 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12/\n\x0b\x61gent_ended\x18\x12 \x01(\x0b\x32\x18.agentgate.v1.AgentEndedH\x00\x12\x41\n\x14verification_started\x18\x13 \x01(\x0b\x32!.agentgate.v1.VerificationStartedH\x00\x12\x43\n\x15verification_complete\x18\x14 \x01(\x0b\x32\".agentgate.v1.VerificationCompleteH\x00\x12;\n\x11strategy_decision\x18\x15 \x01(\x0b\x32\x1e.agentgate.v1.StrategyDecisionH\x00\x12;\n\x11workspace_changed\x18\x16 \x01(\x0b\x32\x1e.agentgate.v1.WorkspaceChangedH\x00\x12\x39\n\x10snapshot_created\x18\x17 \x01(\x0b\x32\x1d.agentgate.v1.SnapshotCreatedH\x00\x12?\n\x13persistence_warning\x18\x18 \x01(\x0b\x32 .agentgate.v1.PersistenceWarningH\x00\x12>\n\x13work_order_position\x18\x19 \x01(\x0b\x32\x1f.agentgate.v1.WorkOrderPositionH\x00\x12;\n\x11snapshot_restored\x18\x1a \x01(\x0b\x32\x1e.agentgate.v1.SnapshotRestoredH\x00\x12\x33\n\rretry_attempt\x18\x1b \x01(\x0b\x32\x1a.agentgate.v1.RetryAttemptH\x00\x12\x39\n\x10github_operation\x18\x1c \x01(\x0b\x32\x1d.agentgate.v1.GitHubOperationH\x00\x12-\n\npr_created\x18\x1d \x01(\x0b\x32\x17.agentgate.v1.PrCreatedH\x00\x12\x37\n\x0f\x62udget_exceeded\x18\x1e \x01(\x0b\x32\x1c.agentgate.v1.BudgetExceededH\x00\x12\x31\n\x0csession_lost\x18\x1f \x01(\x0b\x32\x19.agentgate.v1.SessionLostH\x00\x12L\n\x1asandbox_connection_refused\x18  \x01(\x0b\x32&.agentgate.v1.SandboxConnectionRefusedH\x00\x42\t\n\x07payload\"j\n\x0e\x42udgetExceeded\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"1\n\x0bSessionLost\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"K\n\x0fWorkOrderQueued\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x14\n\x0ctask_summary\x18\x03 \x01(\t\"O\n\x0eWorkOrderEnded\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xf9\x01\n\x08RunEnded\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.agentgate.v1.RunResult\x12\x12\n\niterations\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0b\x62uild_error\x18\x05 \x01(\x0b\x32\x18.agentgate.v1.BuildError\x12-\n\x0bloop_result\x18\x06 \x01(\x0e\x32\x18.agentgate.v1.LoopResult\x12\x13\n\x0b\x62ranch_name\x18\x07 \x01(\t\x12\x14\n\x0c\x66inal_commit\x18\x08 \x01(\t\"@\n\x10IterationStarted\x12\x16\n\x0emax_iterations\x18\x01 \x01(\x05\x12\x14\n\x0chas_feedback\x18\x02 \x01(\x08\"\x97\x01\n\x11IterationComplete\x12\x15\n\ragent_success\x18\x01 \x01(\x08\x12\x1b\n\x13verification_passed\x18\x02 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\x34\n\nerror_type\x18\x04 \x01(\x0e\x32 .agentgate.v1.IterationErrorType\"E\n\x0c\x41gentStarted\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x14\n\x0cprompt_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"G\n\x0b\x41gentOutput\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.agentgate.v1.OutputStream\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb1\x01\n\nAgentEnded\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12(\n\x06tokens\x18\x04 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x19\n\x11\x61gent_result_file\x18\x07 \x01(\t\".\n\x13VerificationStarted\x12\x17\n\x0fsnapshot_commit\x18\x01 \x01(\t\"\x80\x01\n\x14VerificationComplete\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x12\n\nlevels_run\x18\x03 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x19\n\x11verification_file\x18\x05 \x01(\t\"R\n\x10StrategyDecision\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.agentgate.v1.LoopDecision\"W\n\x10WorkspaceChanged\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\"M\n\x0fSnapshotCreated\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"%\n\x12PersistenceWarning\x12\x0f\n\x07message\x18\x01 \x01(\t\"4\n\x11WorkOrderPosition\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\"\"\n\x10SnapshotRestored\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\"G\n\tPrCreated\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\r\n\x05\x64raft\x18\x04 \x01(\x08\"F\n\x18SandboxConnectionRefused\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61gentgate/v1/events.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x0b\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rwork_order_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x11\n\titeration\x18\x06 \x01(\x05\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12\x10\n\x08\x65vent_id\x18\t \x01(\t\x12:\n\x11work_order_queued\x18\n \x01(\x0b\x32\x1d.agentgate.v1.WorkOrderQueuedH\x00\x12\x38\n\x10work_order_ended\x18\x0b \x01(\x0b\x32\x1c.agentgate.v1.WorkOrderEndedH\x00\x12/\n\x0brun_started\x18\x0c \x01(\x0b\x32\x18.agentgate.v1.RunStartedH\x00\x12+\n\trun_ended\x18\r \x01(\x0b\x32\x16.agentgate.v1.RunEndedH\x00\x12;\n\x11iteration_started\x18\x0e \x01(\x0b\x32\x1e.agentgate.v1.IterationStartedH\x00\x12=\n\x12iteration_complete\x18\x0f \x01(\x0b\x32\x1f.agentgate.v1.IterationCompleteH\x00\x12\x33\n\ragent_started\x18\x10 \x01(\x0b\x32\x1a.agentgate.v1.AgentStartedH\x00\x12\x31\n\x0c\x61gent_output\x18\x11 \x01(\x0b\x32\x19.agentgate.v1.AgentOutputH\x00\x12/\n\x0b\x61gent_ended\x18\x12 \x01(\x0b\x32\x18.agentgate.v1.AgentEndedH\x00\x12\x41\n\x14verification_started\x18\x13 \x01(\x0b\x32!.agentgate.v1.VerificationStartedH\x00\x12\x43\n\x15verification_complete\x18\x14 \x01(\x0b\x32\".agentgate.v1.VerificationCompleteH\x00\x12;\n\x11strategy_decision\x18\x15 \x01(\x0b\x32\x1e.agentgate.v1.StrategyDecisionH\x00\x12;\n\x11workspace_changed\x18\x16 \x01(\x0b\x32\x1e.agentgate.v1.WorkspaceChangedH\x00\x12\x39\n\x10snapshot_created\x18\x17 \x01(\x0b\x32\x1d.agentgate.v1.SnapshotCreatedH\x00\x12?\n\x13persistence_warning\x18\x18 \x01(\x0b\x32 .agentgate.v1.PersistenceWarningH\x00\x12>\n\x13work_order_position\x18\x19 \x01(\x0b\x32\x1f.agentgate.v1.WorkOrderPositionH\x00\x12;\n\x11snapshot_restored\x18\x1a \x01(\x0b\x32\x1e.agentgate.v1.SnapshotRestoredH\x00\x12\x33\n\rretry_attempt\x18\x1b \x01(\x0b\x32\x1a.agentgate.v1.RetryAttemptH\x00\x12\x39\n\x10github_operation\x18\x1c \x01(\x0b\x32\x1d.agentgate.v1.GitHubOperationH\x00\x12-\n\npr_created\x18\x1d \x01(\x0b\x32\x17.agentgate.v1.PrCreatedH\x00\x12\x37\n\x0f\x62udget_exceeded\x18\x1e \x01(\x0b\x32\x1c.agentgate.v1.BudgetExceededH\x00\x12\x31\n\x0csession_lost\x18\x1f \x01(\x0b\x32\x19.agentgate.v1.SessionLostH\x00\x12L\n\x1asandbox_connection_refused\x18  \x01(\x0b\x32&.agentgate.v1.SandboxConnectionRefusedH\x00\x42\t\n\x07payload\"j\n\x0e\x42udgetExceeded\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"1\n\x0bSessionLost\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"K\n\x0fWorkOrderQueued\x12\x10\n\x08priority\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x14\n\x0ctask_summary\x18\x03 \x01(\t\"O\n\x0eWorkOrderEnded\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"W\n\nRunStarted\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xf9\x01\n\x08RunEnded\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.agentgate.v1.RunResult\x12\x12\n\niterations\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x0b\x62uild_error\x18\x05 \x01(\x0b\x32\x18.agentgate.v1.BuildError\x12-\n\x0bloop_result\x18\x06 \x01(\x0e\x32\x18.agentgate.v1.LoopResult\x12\x13\n\x0b\x62ranch_name\x18\x07 \x01(\t\x12\x14\n\x0c\x66inal_commit\x18\x08 \x01(\t\"@\n\x10IterationStarted\x12\x16\n\x0emax_iterations\x18\x01 \x01(\x05\x12\x14\n\x0chas_feedback\x18\x02 \x01(\x08\"\x97\x01\n\x11IterationComplete\x12\x15\n\ragent_success\x18\x01 \x01(\x08\x12\x1b\n\x13verification_passed\x18\x02 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12\x34\n\nerror_type\x18\x04 \x01(\x0e\x32 .agentgate.v1.IterationErrorType\"E\n\x0c\x41gentStarted\x12\x0e\n\x06\x64river\x18\x01 \x01(\t\x12\x14\n\x0cprompt_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"G\n\x0b\x41gentOutput\x12*\n\x06stream\x18\x01 \x01(\x0e\x32\x1a.agentgate.v1.OutputStream\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xb1\x01\n\nAgentEnded\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12(\n\x06tokens\x18\x04 \x01(\x0b\x32\x18.agentgate.v1.TokenUsage\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x19\n\x11\x61gent_result_file\x18\x07 \x01(\t\".\n\x13VerificationStarted\x12\x17\n\x0fsnapshot_commit\x18\x01 \x01(\t\"\x80\x01\n\x14VerificationComplete\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\x12\n\nlevels_run\x18\x03 \x03(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x19\n\x11verification_file\x18\x05 \x01(\t\"R\n\x10StrategyDecision\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1a.agentgate.v1.LoopDecision\"W\n\x10WorkspaceChanged\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\"M\n\x0fSnapshotCreated\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\x12\x15\n\rchanged_files\x18\x02 \x03(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\"%\n\x12PersistenceWarning\x12\x0f\n\x07message\x18\x01 \x01(\t\"4\n\x11WorkOrderPosition\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\"\"\n\x10SnapshotRestored\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\t\"G\n\tPrCreated\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\r\n\x05\x64raft\x18\x04 \x01(\x08\"F\n\x18SandboxConnectionRefused\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgate.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUTSTREAM']._serialized_start=3525
-  _globals['_OUTPUTSTREAM']._serialized_end=3622
+  _globals['_OUTPUTSTREAM']._serialized_start=3543
+  _globals['_OUTPUTSTREAM']._serialized_end=3640
   _globals['_RUNEVENT']._serialized_start=104
-  _globals['_RUNEVENT']._serialized_end=1616
-  _globals['_BUDGETEXCEEDED']._serialized_start=1618
-  _globals['_BUDGETEXCEEDED']._serialized_end=1724
-  _globals['_SESSIONLOST']._serialized_start=1726
-  _globals['_SESSIONLOST']._serialized_end=1775
-  _globals['_WORKORDERQUEUED']._serialized_start=1777
-  _globals['_WORKORDERQUEUED']._serialized_end=1852
-  _globals['_WORKORDERENDED']._serialized_start=1854
-  _globals['_WORKORDERENDED']._serialized_end=1933
-  _globals['_RUNSTARTED']._serialized_start=1935
-  _globals['_RUNSTARTED']._serialized_end=2022
-  _globals['_RUNENDED']._serialized_start=2025
-  _globals['_RUNENDED']._serialized_end=2274
-  _globals['_ITERATIONSTARTED']._serialized_start=2276
-  _globals['_ITERATIONSTARTED']._serialized_end=2340
-  _globals['_ITERATIONCOMPLETE']._serialized_start=2343
-  _globals['_ITERATIONCOMPLETE']._serialized_end=2494
-  _globals['_AGENTSTARTED']._serialized_start=2496
-  _globals['_AGENTSTARTED']._serialized_end=2565
-  _globals['_AGENTOUTPUT']._serialized_start=2567
-  _globals['_AGENTOUTPUT']._serialized_end=2638
-  _globals['_AGENTENDED']._serialized_start=2641
-  _globals['_AGENTENDED']._serialized_end=2818
-  _globals['_VERIFICATIONSTARTED']._serialized_start=2820
-  _globals['_VERIFICATIONSTARTED']._serialized_end=2866
-  _globals['_VERIFICATIONCOMPLETE']._serialized_start=2869
-  _globals['_VERIFICATIONCOMPLETE']._serialized_end=2997
-  _globals['_STRATEGYDECISION']._serialized_start=2999
-  _globals['_STRATEGYDECISION']._serialized_end=3081
-  _globals['_WORKSPACECHANGED']._serialized_start=3083
-  _globals['_WORKSPACECHANGED']._serialized_end=3170
-  _globals['_SNAPSHOTCREATED']._serialized_start=3172
-  _globals['_SNAPSHOTCREATED']._serialized_end=3249
-  _globals['_PERSISTENCEWARNING']._serialized_start=3251
-  _globals['_PERSISTENCEWARNING']._serialized_end=3288
-  _globals['_WORKORDERPOSITION']._serialized_start=3290
-  _globals['_WORKORDERPOSITION']._serialized_end=3342
-  _globals['_SNAPSHOTRESTORED']._serialized_start=3344
-  _globals['_SNAPSHOTRESTORED']._serialized_end=3378
-  _globals['_PRCREATED']._serialized_start=3380
-  _globals['_PRCREATED']._serialized_end=3451
-  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_start=3453
-  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_end=3523
+  _globals['_RUNEVENT']._serialized_end=1634
+  _globals['_BUDGETEXCEEDED']._serialized_start=1636
+  _globals['_BUDGETEXCEEDED']._serialized_end=1742
+  _globals['_SESSIONLOST']._serialized_start=1744
+  _globals['_SESSIONLOST']._serialized_end=1793
+  _globals['_WORKORDERQUEUED']._serialized_start=1795
+  _globals['_WORKORDERQUEUED']._serialized_end=1870
+  _globals['_WORKORDERENDED']._serialized_start=1872
+  _globals['_WORKORDERENDED']._serialized_end=1951
+  _globals['_RUNSTARTED']._serialized_start=1953
+  _globals['_RUNSTARTED']._serialized_end=2040
+  _globals['_RUNENDED']._serialized_start=2043
+  _globals['_RUNENDED']._serialized_end=2292
+  _globals['_ITERATIONSTARTED']._serialized_start=2294
+  _globals['_ITERATIONSTARTED']._serialized_end=2358
+  _globals['_ITERATIONCOMPLETE']._serialized_start=2361
+  _globals['_ITERATIONCOMPLETE']._serialized_end=2512
+  _globals['_AGENTSTARTED']._serialized_start=2514
+  _globals['_AGENTSTARTED']._serialized_end=2583
+  _globals['_AGENTOUTPUT']._serialized_start=2585
+  _globals['_AGENTOUTPUT']._serialized_end=2656
+  _globals['_AGENTENDED']._serialized_start=2659
+  _globals['_AGENTENDED']._serialized_end=2836
+  _globals['_VERIFICATIONSTARTED']._serialized_start=2838
+  _globals['_VERIFICATIONSTARTED']._serialized_end=2884
+  _globals['_VERIFICATIONCOMPLETE']._serialized_start=2887
+  _globals['_VERIFICATIONCOMPLETE']._serialized_end=3015
+  _globals['_STRATEGYDECISION']._serialized_start=3017
+  _globals['_STRATEGYDECISION']._serialized_end=3099
+  _globals['_WORKSPACECHANGED']._serialized_start=3101
+  _globals['_WORKSPACECHANGED']._serialized_end=3188
+  _globals['_SNAPSHOTCREATED']._serialized_start=3190
+  _globals['_SNAPSHOTCREATED']._serialized_end=3267
+  _globals['_PERSISTENCEWARNING']._serialized_start=3269
+  _globals['_PERSISTENCEWARNING']._serialized_end=3306
+  _globals['_WORKORDERPOSITION']._serialized_start=3308
+  _globals['_WORKORDERPOSITION']._serialized_end=3360
+  _globals['_SNAPSHOTRESTORED']._serialized_start=3362
+  _globals['_SNAPSHOTRESTORED']._serialized_end=3396
+  _globals['_PRCREATED']._serialized_start=3398
+  _globals['_PRCREATED']._serialized_end=3469
+  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_start=3471
+  _globals['_SANDBOXCONNECTIONREFUSED']._serialized_end=3541
 # @@protoc_insertion_point(module_scope)

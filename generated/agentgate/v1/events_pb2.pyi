@@ -54,6 +54,7 @@ class RunEvent(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     ITERATION_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     WORK_ORDER_QUEUED_FIELD_NUMBER: _builtins.int
     WORK_ORDER_ENDED_FIELD_NUMBER: _builtins.int
     RUN_STARTED_FIELD_NUMBER: _builtins.int
@@ -85,6 +86,11 @@ class RunEvent(_message.Message):
     iteration: _builtins.int
     """0 when the event belongs to no iteration."""
     trace_id: _builtins.str
+    event_id: _builtins.str
+    """Set by the appender (the queue's outbox, the orchestrator): persistence stores an event
+    with the same work_order_id and event_id once, so a retried AppendEvents is safe.
+    Empty: no de-duplication.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -143,6 +149,7 @@ class RunEvent(_message.Message):
         run_id: _builtins.str = ...,
         iteration: _builtins.int = ...,
         trace_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
         work_order_queued: Global___WorkOrderQueued | None = ...,
         work_order_ended: Global___WorkOrderEnded | None = ...,
         run_started: Global___RunStarted | None = ...,
@@ -169,7 +176,7 @@ class RunEvent(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "seq", b"seq", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ended", b"agent_ended", "agent_output", b"agent_output", "agent_started", b"agent_started", "budget_exceeded", b"budget_exceeded", "event_id", b"event_id", "github_operation", b"github_operation", "iteration", b"iteration", "iteration_complete", b"iteration_complete", "iteration_started", b"iteration_started", "payload", b"payload", "persistence_warning", b"persistence_warning", "pr_created", b"pr_created", "retry_attempt", b"retry_attempt", "run_ended", b"run_ended", "run_id", b"run_id", "run_started", b"run_started", "sandbox_connection_refused", b"sandbox_connection_refused", "seq", b"seq", "session_lost", b"session_lost", "snapshot_created", b"snapshot_created", "snapshot_restored", b"snapshot_restored", "strategy_decision", b"strategy_decision", "timestamp", b"timestamp", "trace_id", b"trace_id", "type", b"type", "verification_complete", b"verification_complete", "verification_started", b"verification_started", "work_order_ended", b"work_order_ended", "work_order_id", b"work_order_id", "work_order_position", b"work_order_position", "work_order_queued", b"work_order_queued", "workspace_changed", b"workspace_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["work_order_queued", "work_order_ended", "run_started", "run_ended", "iteration_started", "iteration_complete", "agent_started", "agent_output", "agent_ended", "verification_started", "verification_complete", "strategy_decision", "workspace_changed", "snapshot_created", "persistence_warning", "work_order_position", "snapshot_restored", "retry_attempt", "github_operation", "pr_created", "budget_exceeded", "session_lost", "sandbox_connection_refused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

@@ -26,7 +26,7 @@ from agentgate.v1 import common_pb2 as agentgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentgate/v1/queue.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\rSubmitRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.agentgate.v1.WorkOrderSpec\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\"O\n\x0eSubmitResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x10\n\x08position\x18\x02 \x01(\x05\",\n\x13GetWorkOrderRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"C\n\x14GetWorkOrderResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"o\n\x15ListWorkOrdersRequest\x12/\n\x08statuses\x18\x01 \x03(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x16ListWorkOrdersResponse\x12,\n\x0bwork_orders\x18\x01 \x03(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x16\x43\x61ncelWorkOrderRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x17\x43\x61ncelWorkOrderResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"7\n\x0cLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\x8a\x01\n\rLeaseResponse\x12\x0e\n\x06leased\x18\x01 \x01(\x08\x12+\n\nwork_order\x18\x02 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\x05\x12\x13\n\x0blease_token\x18\x05 \x01(\t\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"x\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"a\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"?\n\x10\x43ompleteResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"+\n\x12GetPositionRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"\xcd\x01\n\x13GetPositionResponse\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12/\n\x0b\x65nqueued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x16\x65stimated_wait_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rwork_order_id\x18\x06 \x01(\tB\x19\n\x17_estimated_wait_seconds\"-\n\x14WatchPositionRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"L\n\x15WatchPositionResponse\x12\x33\n\x08position\x18\x01 \x01(\x0b\x32!.agentgate.v1.GetPositionResponse\"\x16\n\x14GetQueueStatsRequest\"\xb8\x01\n\x15GetQueueStatsResponse\x12\x0f\n\x07waiting\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x16\n\x0emax_concurrent\x18\x03 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\x12\x11\n\taccepting\x18\x05 \x01(\x08\x12!\n\x14\x61verage_wait_seconds\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_average_wait_seconds2\xcc\x06\n\x0cQueueService\x12\x43\n\x06Submit\x12\x1b.agentgate.v1.SubmitRequest\x1a\x1c.agentgate.v1.SubmitResponse\x12U\n\x0cGetWorkOrder\x12!.agentgate.v1.GetWorkOrderRequest\x1a\".agentgate.v1.GetWorkOrderResponse\x12[\n\x0eListWorkOrders\x12#.agentgate.v1.ListWorkOrdersRequest\x1a$.agentgate.v1.ListWorkOrdersResponse\x12^\n\x0f\x43\x61ncelWorkOrder\x12$.agentgate.v1.CancelWorkOrderRequest\x1a%.agentgate.v1.CancelWorkOrderResponse\x12@\n\x05Lease\x12\x1a.agentgate.v1.LeaseRequest\x1a\x1b.agentgate.v1.LeaseResponse\x12L\n\tHeartbeat\x12\x1e.agentgate.v1.HeartbeatRequest\x1a\x1f.agentgate.v1.HeartbeatResponse\x12I\n\x08\x43omplete\x12\x1d.agentgate.v1.CompleteRequest\x1a\x1e.agentgate.v1.CompleteResponse\x12R\n\x0bGetPosition\x12 .agentgate.v1.GetPositionRequest\x1a!.agentgate.v1.GetPositionResponse\x12Z\n\rWatchPosition\x12\".agentgate.v1.WatchPositionRequest\x1a#.agentgate.v1.WatchPositionResponse0\x01\x12X\n\rGetQueueStats\x12\".agentgate.v1.GetQueueStatsRequest\x1a#.agentgate.v1.GetQueueStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentgate/v1/queue.proto\x12\x0c\x61gentgate.v1\x1a\x19\x61gentgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"h\n\rSubmitRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.agentgate.v1.WorkOrderSpec\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"O\n\x0eSubmitResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x10\n\x08position\x18\x02 \x01(\x05\",\n\x13GetWorkOrderRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"C\n\x14GetWorkOrderResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"o\n\x15ListWorkOrdersRequest\x12/\n\x08statuses\x18\x01 \x03(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"_\n\x16ListWorkOrdersResponse\x12,\n\x0bwork_orders\x18\x01 \x03(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x16\x43\x61ncelWorkOrderRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x17\x43\x61ncelWorkOrderResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"7\n\x0cLeaseRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"\x8a\x01\n\rLeaseResponse\x12\x0e\n\x06leased\x18\x01 \x01(\x08\x12+\n\nwork_order\x18\x02 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\x05\x12\x13\n\x0blease_token\x18\x05 \x01(\t\"$\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"x\n\x11HeartbeatResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x08\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"a\n\x0f\x43ompleteRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.agentgate.v1.WorkOrderStatus\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"?\n\x10\x43ompleteResponse\x12+\n\nwork_order\x18\x01 \x01(\x0b\x32\x17.agentgate.v1.WorkOrder\"+\n\x12GetPositionRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"\xcd\x01\n\x13GetPositionResponse\x12\x10\n\x08position\x18\x01 \x01(\x05\x12\r\n\x05\x61head\x18\x02 \x01(\x05\x12\r\n\x05state\x18\x03 \x01(\t\x12/\n\x0b\x65nqueued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x16\x65stimated_wait_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rwork_order_id\x18\x06 \x01(\tB\x19\n\x17_estimated_wait_seconds\"-\n\x14WatchPositionRequest\x12\x15\n\rwork_order_id\x18\x01 \x01(\t\"L\n\x15WatchPositionResponse\x12\x33\n\x08position\x18\x01 \x01(\x0b\x32!.agentgate.v1.GetPositionResponse\"\x16\n\x14GetQueueStatsRequest\"\xb8\x01\n\x15GetQueueStatsResponse\x12\x0f\n\x07waiting\x18\x01 \x01(\x05\x12\x0f\n\x07running\x18\x02 \x01(\x05\x12\x16\n\x0emax_concurrent\x18\x03 \x01(\x05\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\x05\x12\x11\n\taccepting\x18\x05 \x01(\x08\x12!\n\x14\x61verage_wait_seconds\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_average_wait_seconds2\xcc\x06\n\x0cQueueService\x12\x43\n\x06Submit\x12\x1b.agentgate.v1.SubmitRequest\x1a\x1c.agentgate.v1.SubmitResponse\x12U\n\x0cGetWorkOrder\x12!.agentgate.v1.GetWorkOrderRequest\x1a\".agentgate.v1.GetWorkOrderResponse\x12[\n\x0eListWorkOrders\x12#.agentgate.v1.ListWorkOrdersRequest\x1a$.agentgate.v1.ListWorkOrdersResponse\x12^\n\x0f\x43\x61ncelWorkOrder\x12$.agentgate.v1.CancelWorkOrderRequest\x1a%.agentgate.v1.CancelWorkOrderResponse\x12@\n\x05Lease\x12\x1a.agentgate.v1.LeaseRequest\x1a\x1b.agentgate.v1.LeaseResponse\x12L\n\tHeartbeat\x12\x1e.agentgate.v1.HeartbeatRequest\x1a\x1f.agentgate.v1.HeartbeatResponse\x12I\n\x08\x43omplete\x12\x1d.agentgate.v1.CompleteRequest\x1a\x1e.agentgate.v1.CompleteResponse\x12R\n\x0bGetPosition\x12 .agentgate.v1.GetPositionRequest\x1a!.agentgate.v1.GetPositionResponse\x12Z\n\rWatchPosition\x12\".agentgate.v1.WatchPositionRequest\x1a#.agentgate.v1.WatchPositionResponse0\x01\x12X\n\rGetQueueStats\x12\".agentgate.v1.GetQueueStatsRequest\x1a#.agentgate.v1.GetQueueStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentgate.v1.queue_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITREQUEST']._serialized_start=102
-  _globals['_SUBMITREQUEST']._serialized_end=181
-  _globals['_SUBMITRESPONSE']._serialized_start=183
-  _globals['_SUBMITRESPONSE']._serialized_end=262
-  _globals['_GETWORKORDERREQUEST']._serialized_start=264
-  _globals['_GETWORKORDERREQUEST']._serialized_end=308
-  _globals['_GETWORKORDERRESPONSE']._serialized_start=310
-  _globals['_GETWORKORDERRESPONSE']._serialized_end=377
-  _globals['_LISTWORKORDERSREQUEST']._serialized_start=379
-  _globals['_LISTWORKORDERSREQUEST']._serialized_end=490
-  _globals['_LISTWORKORDERSRESPONSE']._serialized_start=492
-  _globals['_LISTWORKORDERSRESPONSE']._serialized_end=587
-  _globals['_CANCELWORKORDERREQUEST']._serialized_start=589
-  _globals['_CANCELWORKORDERREQUEST']._serialized_end=652
-  _globals['_CANCELWORKORDERRESPONSE']._serialized_start=654
-  _globals['_CANCELWORKORDERRESPONSE']._serialized_end=724
-  _globals['_LEASEREQUEST']._serialized_start=726
-  _globals['_LEASEREQUEST']._serialized_end=781
-  _globals['_LEASERESPONSE']._serialized_start=784
-  _globals['_LEASERESPONSE']._serialized_end=922
-  _globals['_HEARTBEATREQUEST']._serialized_start=924
-  _globals['_HEARTBEATREQUEST']._serialized_end=960
-  _globals['_HEARTBEATRESPONSE']._serialized_start=962
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1082
-  _globals['_COMPLETEREQUEST']._serialized_start=1084
-  _globals['_COMPLETEREQUEST']._serialized_end=1181
-  _globals['_COMPLETERESPONSE']._serialized_start=1183
-  _globals['_COMPLETERESPONSE']._serialized_end=1246
-  _globals['_GETPOSITIONREQUEST']._serialized_start=1248
-  _globals['_GETPOSITIONREQUEST']._serialized_end=1291
-  _globals['_GETPOSITIONRESPONSE']._serialized_start=1294
-  _globals['_GETPOSITIONRESPONSE']._serialized_end=1499
-  _globals['_WATCHPOSITIONREQUEST']._serialized_start=1501
-  _globals['_WATCHPOSITIONREQUEST']._serialized_end=1546
-  _globals['_WATCHPOSITIONRESPONSE']._serialized_start=1548
-  _globals['_WATCHPOSITIONRESPONSE']._serialized_end=1624
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1626
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1648
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1651
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1835
-  _globals['_QUEUESERVICE']._serialized_start=1838
-  _globals['_QUEUESERVICE']._serialized_end=2682
+  _globals['_SUBMITREQUEST']._serialized_end=206
+  _globals['_SUBMITRESPONSE']._serialized_start=208
+  _globals['_SUBMITRESPONSE']._serialized_end=287
+  _globals['_GETWORKORDERREQUEST']._serialized_start=289
+  _globals['_GETWORKORDERREQUEST']._serialized_end=333
+  _globals['_GETWORKORDERRESPONSE']._serialized_start=335
+  _globals['_GETWORKORDERRESPONSE']._serialized_end=402
+  _globals['_LISTWORKORDERSREQUEST']._serialized_start=404
+  _globals['_LISTWORKORDERSREQUEST']._serialized_end=515
+  _globals['_LISTWORKORDERSRESPONSE']._serialized_start=517
+  _globals['_LISTWORKORDERSRESPONSE']._serialized_end=612
+  _globals['_CANCELWORKORDERREQUEST']._serialized_start=614
+  _globals['_CANCELWORKORDERREQUEST']._serialized_end=677
+  _globals['_CANCELWORKORDERRESPONSE']._serialized_start=679
+  _globals['_CANCELWORKORDERRESPONSE']._serialized_end=749
+  _globals['_LEASEREQUEST']._serialized_start=751
+  _globals['_LEASEREQUEST']._serialized_end=806
+  _globals['_LEASERESPONSE']._serialized_start=809
+  _globals['_LEASERESPONSE']._serialized_end=947
+  _globals['_HEARTBEATREQUEST']._serialized_start=949
+  _globals['_HEARTBEATREQUEST']._serialized_end=985
+  _globals['_HEARTBEATRESPONSE']._serialized_start=987
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1107
+  _globals['_COMPLETEREQUEST']._serialized_start=1109
+  _globals['_COMPLETEREQUEST']._serialized_end=1206
+  _globals['_COMPLETERESPONSE']._serialized_start=1208
+  _globals['_COMPLETERESPONSE']._serialized_end=1271
+  _globals['_GETPOSITIONREQUEST']._serialized_start=1273
+  _globals['_GETPOSITIONREQUEST']._serialized_end=1316
+  _globals['_GETPOSITIONRESPONSE']._serialized_start=1319
+  _globals['_GETPOSITIONRESPONSE']._serialized_end=1524
+  _globals['_WATCHPOSITIONREQUEST']._serialized_start=1526
+  _globals['_WATCHPOSITIONREQUEST']._serialized_end=1571
+  _globals['_WATCHPOSITIONRESPONSE']._serialized_start=1573
+  _globals['_WATCHPOSITIONRESPONSE']._serialized_end=1649
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=1651
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=1673
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=1676
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=1860
+  _globals['_QUEUESERVICE']._serialized_start=1863
+  _globals['_QUEUESERVICE']._serialized_end=2707
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,13 @@ class SubmitRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """W3C trace context of the caller (optional; taken from metadata when empty)."""
+    idempotency_key: _builtins.str
+    """Optional, at most 128 characters: a Submit with a key already used returns the work
+    order stored under it (and stores nothing), so a client may retry a Submit safely.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.WorkOrderSpec: ...
     def __init__(
@@ -35,10 +40,11 @@ class SubmitRequest(_message.Message):
         *,
         spec: _common_pb2.WorkOrderSpec | None = ...,
         traceparent: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "spec", b"spec", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

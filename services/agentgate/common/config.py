@@ -44,23 +44,28 @@ def address_env_var(service: str) -> str:
 
 
 def service_address(service: str, override: str | None = None) -> str:
-    """host:port of a service, from the flag, its AGENTGATE_*_ADDR variable or the default."""
+    """host:port of a service, from the flag, its AGENTGATE_*_ADDR variable or the default.
+    A client's address may list several replicas, `host:port,host:port`, or be
+    `dns:///name:port` (see `agentgate.common.channels.channel_target`)."""
     if service not in DEFAULT_ADDRESSES:
         raise ConfigError(f"unknown service {service!r}")
     addr = override or os.environ.get(address_env_var(service)) or DEFAULT_ADDRESSES[service]
-    return _checked_address(address_env_var(service), addr)
+    problem = f"{addr!r} is not host:port (or a comma-separated list)"
+    for part in addr.removeprefix("dns:///").split(","):
+        _checked_address(address_env_var(service), part.strip(), problem)
+    return addr
 
 
 def gateway_address(override: str | None = None) -> str:
     """host:port of the dashboard gateway, from the flag, AGENTGATE_GATEWAY_ADDR or the default."""
     addr = override or os.environ.get(GATEWAY_ADDRESS_ENV) or DEFAULT_GATEWAY_ADDRESS
-    return _checked_address(GATEWAY_ADDRESS_ENV, addr)
+    return _checked_address(GATEWAY_ADDRESS_ENV, addr, f"{addr!r} is not host:port")
 
 
-def _checked_address(key: str, addr: str) -> str:
+def _checked_address(key: str, addr: str, problem: str) -> str:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: {addr!r} is not host:port")
+        raise ConfigError(f"{key}: {problem}")
     return addr
 
 

@@ -135,6 +135,15 @@ async def serve_until_signal(
     await running.stop()
 
 
+def add_database_flag(parser: argparse.ArgumentParser) -> None:
+    """`--database-url` of the services that keep state (queue, persistence)."""
+    parser.add_argument(
+        "--database-url",
+        help="postgresql://... to keep state in PostgreSQL, shared by replicas (env AGENTGATE_DATABASE_URL;"
+        " default: a SQLite file under the home folder)",
+    )
+
+
 def service_arg_parser(name: str) -> argparse.ArgumentParser:
     """The flags every service process takes; services add their own."""
     parser = argparse.ArgumentParser(prog=f"agentgate-{name}", description=f"AgentGate {name} service")

@@ -78,22 +78,28 @@ class SqliteThread:
     def __init__(self, name: str):
         self._jobs: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run_jobs, name=name, daemon=True)
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[str]) -> SqliteThread:
         """`open_sqlite` on a new thread that keeps the connection (sqlite3 checks that
         only the thread that opened a connection uses it)."""
-        db = cls(f"sqlite-{path.name}")
+        return await cls.start(f"sqlite-{path.name}", lambda: open_sqlite(path, migrations))
+
+    @classmethod
+    async def start(cls, name: str, connect: Callable[[], Any]) -> SqliteThread:
+        """A new thread that opens its connection with `connect()` and keeps it (also a
+        PostgreSQL one: `agentgate.common.database.PgConnection`)."""
+        db = cls(name)
         db._thread.start()
         try:
-            db._conn = await db._submit(lambda: open_sqlite(path, migrations))
+            db._conn = await db._submit(connect)
         except BaseException:
             db._jobs.put(None)
             raise
         return db
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[Any], T]) -> T:
         """`fn(connection)` on the connection's thread, after every function submitted
         before it. It runs to its end even when the caller is canceled meanwhile."""
         conn = self._conn

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -250,7 +251,11 @@ class PersistenceSubscriber:
 
     async def _append(self, events: list[events_pb2.RunEvent]) -> None:
         """One AppendEvents call; retried while persistence is UNAVAILABLE (restarting),
-        since an event lost here is a gap a user would notice in `watch`."""
+        since an event lost here is a gap a user would notice in `watch`. Each event gets
+        an `event_id`: a replica that died after storing the batch (docs/deployment.md)
+        makes the retry, here or in the channel, store nothing twice."""
+        for event in events:
+            event.event_id = event.event_id or uuid.uuid4().hex
         request = persistence_pb2.AppendEventsRequest(events=events)
         for attempt in range(APPEND_ATTEMPTS):
             try:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 
 from agentgate.common.config import ConfigError, ServiceSettings
-from agentgate.common.server import configure_logging, serve_until_signal, service_arg_parser
+from agentgate.common.server import add_database_flag, configure_logging, serve_until_signal, service_arg_parser
 from agentgate.common.telemetry import init_telemetry
 from agentgate.persistence.server import SUBSCRIBER_QUEUE_ENV, PersistenceApp
 from agentgate.persistence.settings import MAX_OUTPUT_BYTES_ENV, MAX_OUTPUT_BYTES_FLAG
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"with a [TRUNCATED ...] marker (env {MAX_OUTPUT_BYTES_ENV}, default 1048576)"
         ),
     )
+    add_database_flag(parser)
     return parser
 
 
@@ -44,7 +45,12 @@ def build_app(args: argparse.Namespace) -> PersistenceApp:
     if args.subscriber_queue is not None and args.subscriber_queue < 1:
         raise ConfigError(f"--subscriber-queue: must be at least 1, got {args.subscriber_queue}")
     settings = ServiceSettings.load(SERVICE, args.address, args.home)
-    return PersistenceApp(settings, subscriber_queue_size=args.subscriber_queue, max_output_bytes=args.max_output_bytes)
+    return PersistenceApp(
+        settings,
+        subscriber_queue_size=args.subscriber_queue,
+        max_output_bytes=args.max_output_bytes,
+        database_url=args.database_url,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

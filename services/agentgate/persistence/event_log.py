@@ -5,6 +5,11 @@ live subscribers and the events.jsonl append all happen in seq order, so followe
 never see a later event before an earlier one. The queue and the orchestrator append to the
 same work order at once; the lock is what keeps their seqs unique and gap-free.
 
+On PostgreSQL several replicas append to one database: the counter row of the work order
+(`PersistenceStore.append_events`) orders their seqs, and each replica's followers hear
+another replica's appends through LISTEN (`hear`), read them from the database and get
+them like local ones; `streaming` de-duplicates and fills any gap by seq.
+
 Events are redacted (secrets become [REDACTED]) before any of that. When a run's
 events.jsonl cannot be written, the log itself records one `persistence:warning` for the
 run (stored and streamed, not written to the file that just failed) until a write succeeds.
@@ -23,7 +28,7 @@ from agentgate.common.redaction import Redactor
 from agentgate.common.timeutil import now_timestamp
 from agentgate.persistence.event_redaction import EventRedactor
 from agentgate.persistence.run_files import EVENTS_FILE, AppendOutcome, RunFiles
-from agentgate.persistence.store import PersistenceStore
+from agentgate.persistence.store import EventNotice, PersistenceStore
 from agentgate.persistence.tasks import run_to_completion
 from agentgate.v1 import events_pb2
 
@@ -116,11 +121,17 @@ class EventLog:
         self._warned_runs: set[str] = set()
         self._lock = asyncio.Lock()
         self._subscribers: dict[str, set[Subscription]] = {}
+        #: Highest seq published per followed work order (catch-up after a lost LISTEN).
+        self._published: dict[str, int] = {}
+        #: Reads of other replicas' appends in flight.
+        self._fetches: set[asyncio.Task[None]] = set()
 
     async def append(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
         """Stores events with their new seqs, wakes followers and appends events.jsonl.
+        An event already stored under its `event_id` (a retry) is neither stored nor
+        sent again.
 
-        Returns the stored copies (seq set). Runs shielded: a caller that goes away after
+        Returns every event's stored copy (seq set), in order. Runs shielded: a caller that goes away after
         the commit must not stop followers from hearing about committed events.
         """
         return await run_to_completion(self._append(list(events)))
@@ -132,13 +143,13 @@ class EventLog:
         async with self._lock:
             for event in events:
                 self.redactor.redact(event)
-            stored = await self.store.append_events(events)
+            every, stored = await self.store.append_events_once(events)
             self._publish(stored)
             # Files after the fan-out, so a slow disk delays no follower; still under the
             # lock, so events.jsonl stays in seq order.
             outcome = await self.files.append_events(stored)
             await self._warn_failed_files(stored, outcome)
-        return stored
+        return every
 
     async def _warn_failed_files(self, stored: Sequence[events_pb2.RunEvent], outcome: AppendOutcome) -> None:
         """Records one persistence:warning per run whose events.jsonl just started failing."""
@@ -175,11 +186,45 @@ class EventLog:
                 # warning about them that found no room (the file's error is logged).
                 log.error("no room to record the warning of %d run(s) about events.jsonl", len(warnings))
 
+    def hear(self, payload: str) -> None:
+        """An append notice from PostgreSQL (`EventNotice`): events another replica stored
+        for a work order someone here follows are read and published."""
+        notice = EventNotice.parse(payload)
+        if notice is None or notice.replica_id == self.store.replica_id:
+            return
+        if notice.work_order_id in self._subscribers:
+            self._fetch(notice.work_order_id, notice.first - 1, notice.last)
+
+    def catch_up(self) -> None:
+        """After the LISTEN connection was (re)opened: notices may have been missed, so
+        every followed work order is read from its last published seq."""
+        for work_order_id in list(self._subscribers):
+            self._fetch(work_order_id, self._published.get(work_order_id, 0), None)
+
+    def _fetch(self, work_order_id: str, after_seq: int, up_to_seq: int | None) -> None:
+        task = asyncio.create_task(self._fetch_and_publish(work_order_id, after_seq, up_to_seq))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch_and_publish(self, work_order_id: str, after_seq: int, up_to_seq: int | None) -> None:
+        try:
+            if up_to_seq is None:
+                events = await self.store.read_events(work_order_id, after_seq, self.subscriber_queue_size)
+            else:
+                events = await self.store.read_events(work_order_id, after_seq, up_to_seq - after_seq, up_to_seq)
+        except Exception:
+            # A follower that misses them still fills the gap from the log at the next event.
+            log.exception("reading events of %s appended by another replica failed", work_order_id)
+            return
+        self._publish(events)
+
     def _publish(self, events: Sequence[events_pb2.RunEvent]) -> None:
         for event in events:
             subscribers = self._subscribers.get(event.work_order_id)
             if not subscribers:
                 continue
+            if event.seq > self._published.get(event.work_order_id, 0):
+                self._published[event.work_order_id] = event.seq
             for subscription in list(subscribers):
                 if not subscription.offer(event):
                     self._drop(subscription)
@@ -208,6 +253,7 @@ class EventLog:
         subscribers.discard(subscription)
         if not subscribers:
             del self._subscribers[subscription.work_order_id]
+            self._published.pop(subscription.work_order_id, None)
 
     def subscriber_count(self, work_order_id: str | None = None) -> int:
         """Live subscribers, of one work order or of all."""
@@ -216,7 +262,9 @@ class EventLog:
         return sum(len(subs) for subs in self._subscribers.values())
 
     def close(self) -> None:
-        """Ends every subscription (service shutdown)."""
+        """Ends every subscription (service shutdown) and the reads in flight."""
+        for task in list(self._fetches):
+            task.cancel()
         for subscribers in list(self._subscribers.values()):
             for subscription in list(subscribers):
                 subscription.close()

@@ -20,6 +20,8 @@ import grpc
 from google.protobuf.message import Message
 
 from agentgate.common.config import MAX_MESSAGE_BYTES, ServiceSettings, env_int
+from agentgate.common.database import Listener
+from agentgate.common.database import database_url as database_url_setting
 from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.disk_usage import tree_bytes
 from agentgate.common.errors import (
@@ -64,7 +66,7 @@ from agentgate.persistence.run_files import (
     verification_file,
 )
 from agentgate.persistence.settings import max_output_bytes as max_output_bytes_setting
-from agentgate.persistence.store import PersistenceStore
+from agentgate.persistence.store import EVENTS_CHANNEL, PersistenceStore
 from agentgate.persistence.streaming import stream_events
 from agentgate.persistence.tasks import run_to_completion
 from agentgate.persistence.wire import WireCache, add_persistence_service
@@ -498,7 +500,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
     ) -> persistence_pb2.AppendEventsResponse:
         """Appends events to their work orders' logs in one transaction, assigning each the
         next seq of its work order (from 1, no gaps), then wakes followers and appends to
-        events.jsonl. Works before any CreateRun of the run. Returns the seqs in order."""
+        events.jsonl. Works before any CreateRun of the run. Returns the seqs in order. An
+        event whose `event_id` its work order already holds (a retried call) is not stored
+        again: its seq is the stored one."""
         _require(validation.check_events(request.events))
         if not request.events:
             return persistence_pb2.AppendEventsResponse()
@@ -574,10 +578,14 @@ class PersistenceApp:
         subscriber_queue_size: int | None = None,
         max_output_bytes: int | None = None,
         redactor: Redactor | None = None,
+        database_url: str | None = None,
     ):
         """`max_output_bytes` None = $AGENTGATE_MAX_OUTPUT_BYTES or 1 MiB; `redactor` None =
-        the token patterns plus the token values configured in this process's environment."""
+        the token patterns plus the token values configured in this process's environment;
+        `database_url` None = $AGENTGATE_DATABASE_URL ('' there: persistence.db)."""
         self.settings = settings
+        self.database_url = database_url_setting(database_url)
+        self._listener: Listener | None = None
         self.subscriber_queue_size = subscriber_queue_size or env_int(
             SUBSCRIBER_QUEUE_ENV, DEFAULT_SUBSCRIBER_QUEUE, minimum=1
         )
@@ -595,8 +603,12 @@ class PersistenceApp:
 
     async def start(self, server: grpc.aio.Server) -> None:
         """Opens the index and registers the servicer on `server`."""
-        self.store = await PersistenceStore.open(self.settings.database_path)
+        self.store = await PersistenceStore.open(self.settings.database_path, self.database_url)
         self.event_log = EventLog(self.store, self.files, self.subscriber_queue_size, self.redactor)
+        if self.store.shared:
+            # Followers here hear events other replicas append (EventLog.hear).
+            self._listener = Listener(self.database_url, EVENTS_CHANNEL, self.event_log.hear, self.event_log.catch_up)
+            await self._listener.start()
         reserve = DiskReserve(reserve_path(self.settings.home, "persistence"))
         if not await reserve.ensure():
             log.warning("disk full at start: no room for the %d-byte reserve %s", reserve.size, reserve.path)
@@ -617,6 +629,9 @@ class PersistenceApp:
     async def stop(self) -> None:
         """Closes the index (after in-flight calls finished)."""
         await self.closing()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -1,29 +1,49 @@
-"""The SQLite index of the persistence service ($AGENTGATE_HOME/persistence.db).
+"""The index of the persistence service: $AGENTGATE_HOME/persistence.db (SQLite), or a
+PostgreSQL database shared by several persistence replicas (docs/deployment.md).
 
 It holds every run, result, report, iteration and event as its serialized proto plus the
-columns that list/filter queries need, so answers never depend on reading the files.
+columns that list/filter queries need, so answers never depend on reading the files, and
+on PostgreSQL every replica answers from the same records.
 
-Two connections: one writer, used under a lock (a connection has one transaction, so two
-coroutines writing through it would commit or roll back each other's work), and one reader,
-which in WAL mode sees only committed data and never waits for the writer.
+The SQL is written once (`?` placeholders, the upsert syntax both databases share). On
+SQLite: two connections, one writer used under a lock (a connection has one transaction,
+so two coroutines writing through it would commit or roll back each other's work) and one
+reader, which in WAL mode sees only committed data and never waits for the writer. On
+PostgreSQL: a psycopg connection pool, one connection per transaction.
+
+Event seqs come from one counter row per work order, incremented in the transaction that
+stores the events: on PostgreSQL the row lock makes a second replica appending to the same
+work order wait for the first one's commit, so seqs stay gap-free and in commit order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
+from agentgate.common.database import migrate, qmark, unreachable_as_unavailable
 from agentgate.common.errors import DiskFull, is_disk_full
 from agentgate.common.events import TERMINAL_EVENT_TYPES
 from agentgate.common.storage import open_database
 from agentgate.common.timeutil import utcnow
 from agentgate.persistence.pagination import PageCursor, normalize_states
 from agentgate.v1 import common_pb2, events_pb2
+
+# RunEvent.event_id: an appender's retry of an event already stored stores nothing.
+_EVENT_IDS = """
+    ALTER TABLE events ADD COLUMN event_id TEXT;
+    CREATE UNIQUE INDEX events_by_event_id ON events (work_order_id, event_id) WHERE event_id IS NOT NULL;
+"""
 
 MIGRATIONS = [
     """
@@ -87,7 +107,86 @@ MIGRATIONS = [
         PRIMARY KEY (run_id, iteration)
     );
     """,
+    """
+    -- The last seq given out per work order: appends increment it in their transaction.
+    CREATE TABLE event_counters (
+        work_order_id TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    );
+    INSERT INTO event_counters (work_order_id, last_seq)
+        SELECT work_order_id, MAX(seq) FROM events GROUP BY work_order_id;
+    """,
+    _EVENT_IDS,
 ]
+
+#: The same schema in PostgreSQL's types, reached in one version.
+PG_MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        work_order_id TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at TEXT NOT NULL,
+        data BYTEA NOT NULL
+    );
+    CREATE INDEX runs_by_created ON runs (created_at DESC, id DESC);
+    CREATE INDEX runs_by_work_order ON runs (work_order_id, created_at DESC, id DESC);
+    CREATE TABLE agent_results (
+        run_id TEXT NOT NULL,
+        iteration BIGINT NOT NULL,
+        file TEXT NOT NULL,
+        success INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE verification_reports (
+        run_id TEXT NOT NULL,
+        iteration BIGINT NOT NULL,
+        file TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE iterations (
+        run_id TEXT NOT NULL,
+        iteration BIGINT NOT NULL,
+        file TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    CREATE TABLE events (
+        work_order_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        run_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (work_order_id, seq)
+    );
+    CREATE INDEX events_by_run ON events (run_id, seq);
+    CREATE TABLE event_counters (
+        work_order_id TEXT PRIMARY KEY,
+        last_seq BIGINT NOT NULL
+    );
+    CREATE TABLE patches (
+        run_id TEXT NOT NULL,
+        iteration BIGINT NOT NULL,
+        file TEXT NOT NULL,
+        saved_at TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (run_id, iteration)
+    );
+    """,
+    _EVENT_IDS,
+]
+
+#: PostgreSQL: NOTIFY channel of appended events (payload: see `EventNotice`).
+EVENTS_CHANNEL = "agentgate_events"
 
 # The tables of Save*: (table, name of the summary column).
 _RESULT_TABLES = {
@@ -95,6 +194,11 @@ _RESULT_TABLES = {
     "verification_reports": "passed",
     "iterations": "state",
 }
+
+#: PostgreSQL: connections of one replica's pool.
+POOL_SIZE = 10
+#: PostgreSQL: how long a call waits for a pool connection.
+POOL_WAIT_SECONDS = 5.0
 
 # SQLite integers are signed 64-bit; a uint64 after_seq above this matches nothing anyway.
 MAX_SEQ = 2**63 - 1
@@ -105,19 +209,61 @@ def created_ns(run: common_pb2.Run) -> int:
     return run.created_at.seconds * 1_000_000_000 + run.created_at.nanos
 
 
-class PersistenceStore:
-    """Async access to persistence.db. Create with `await PersistenceStore.open(path)`."""
+class _PgTransaction:
+    """A psycopg connection in a transaction, taking the `?` SQL the store is written in."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, file: str = "persistence.db"):
+    def __init__(self, conn: psycopg.AsyncConnection[Any]):
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.AsyncCursor[Any]:
+        """Runs one statement; the cursor has `rowcount` and `await fetchone()`."""
+        return await self._conn.execute(qmark(sql), tuple(params))
+
+
+class PersistenceStore:
+    """Async access to the index. Create with `await PersistenceStore.open(path)` (SQLite)
+    or `await PersistenceStore.open(path, database_url)` (PostgreSQL)."""
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection | None,
+        reader: aiosqlite.Connection | None,
+        file: str = "persistence.db",
+        pool: AsyncConnectionPool[Any] | None = None,
+    ):
         self._writer = writer
         self._reader = reader
+        self._pool = pool
         self._write_lock = asyncio.Lock()
         #: The database's file name, for the disk-full message.
         self.file = file
+        #: On PostgreSQL other replicas append too (see `EventLog`).
+        self.shared = pool is not None
+        #: PostgreSQL: tells other replicas' followers about appended events.
+        self.replica_id = uuid.uuid4().hex[:12]
 
     @classmethod
-    async def open(cls, path: Path) -> PersistenceStore:
-        """Opens (creating and migrating) the database at `path`."""
+    async def open(cls, path: Path, database_url: str = "") -> PersistenceStore:
+        """Opens (creating and migrating) the database: the SQLite file at `path`, or the
+        PostgreSQL database at `database_url` when given."""
+        if database_url:
+
+            def migrate_now() -> None:
+                with psycopg.connect(database_url) as conn:
+                    migrate(conn, "persistence", PG_MIGRATIONS)
+
+            await asyncio.to_thread(migrate_now)
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                database_url,
+                min_size=1,
+                max_size=POOL_SIZE,
+                open=False,
+                kwargs={"row_factory": dict_row},
+                # A database that is down fails a call in seconds (UNAVAILABLE), not 30.
+                timeout=POOL_WAIT_SECONDS,
+            )
+            await pool.open(wait=True)
+            return cls(None, None, "the persistence database", pool=pool)
         writer = await open_database(path, MIGRATIONS)
         try:
             reader = await open_database(path, MIGRATIONS)
@@ -127,13 +273,23 @@ class PersistenceStore:
         return cls(writer, reader, path.name)
 
     async def close(self) -> None:
-        """Closes both connections, after any write in progress has finished."""
+        """Closes the connections, after any write in progress has finished."""
+        if self._pool is not None:
+            await self._pool.close()
+            return
+        assert self._writer is not None and self._reader is not None
         async with self._write_lock:
             await self._writer.close()
             await self._reader.close()
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[Any]:
+        if self._pool is not None:
+            with unreachable_as_unavailable(self.file):
+                async with self._pool.connection() as conn, conn.transaction():
+                    yield _PgTransaction(conn)
+            return
+        assert self._writer is not None
         async with self._write_lock:
             try:
                 yield self._writer
@@ -145,7 +301,13 @@ class PersistenceStore:
                     raise DiskFull(self.file) from exc
                 raise
 
-    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[aiosqlite.Row]:
+    async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        if self._pool is not None:
+            with unreachable_as_unavailable(self.file):
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(qmark(sql), tuple(params))
+                    return list(await cursor.fetchall())
+        assert self._reader is not None
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
@@ -227,9 +389,9 @@ class PersistenceStore:
         return found
 
     async def delete_run(self, run_id: str) -> None:
-        """Removes a run with its results, reports, iterations and events from the index."""
+        """Removes a run with its results, reports, iterations, patches and events from the index."""
         async with self._transaction() as db:
-            for table in ("agent_results", "verification_reports", "iterations", "events"):
+            for table in ("agent_results", "verification_reports", "iterations", "patches", "events"):
                 await db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # noqa: S608 - fixed names
             await db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
@@ -292,8 +454,10 @@ class PersistenceStore:
         async with self._transaction() as db:
             # Insert only when the run exists, checked inside the same transaction.
             cursor = await db.execute(
-                f"INSERT OR REPLACE INTO {table} (run_id, iteration, file, {column}, saved_at, data)"
-                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                f"INSERT INTO {table} (run_id, iteration, file, {column}, saved_at, data)"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)"
+                f" ON CONFLICT (run_id, iteration) DO UPDATE SET file = excluded.file, {column} = excluded.{column},"
+                " saved_at = excluded.saved_at, data = excluded.data",
                 (run_id, iteration, file, summary, _now(), data, run_id),
             )
             return cursor.rowcount == 1
@@ -306,8 +470,10 @@ class PersistenceStore:
         async with self._transaction() as db:
             for patch, file in patches:
                 cursor = await db.execute(
-                    "INSERT OR REPLACE INTO patches (run_id, iteration, file, saved_at, data)"
-                    " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                    "INSERT INTO patches (run_id, iteration, file, saved_at, data)"
+                    " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)"
+                    " ON CONFLICT (run_id, iteration) DO UPDATE SET file = excluded.file,"
+                    " saved_at = excluded.saved_at, data = excluded.data",
                     (patch.run_id, patch.iteration, file, _now(), patch.SerializeToString(), patch.run_id),
                 )
                 if cursor.rowcount != 1:
@@ -317,34 +483,79 @@ class PersistenceStore:
     async def patch(self, run_id: str, iteration: int) -> common_pb2.RunPatch | None:
         """The patch of iteration N (0 = the cumulative one) of a run, or None."""
         rows = await self._fetchall("SELECT data FROM patches WHERE run_id = ? AND iteration = ?", (run_id, iteration))
-        return common_pb2.RunPatch.FromString(rows[0]["data"]) if rows else None
+        return common_pb2.RunPatch.FromString(bytes(rows[0]["data"])) if rows else None
 
     # -- events ---------------------------------------------------------------------------
 
     async def append_events(self, events: Sequence[events_pb2.RunEvent]) -> list[events_pb2.RunEvent]:
         """Stores a batch of events in one transaction, giving each the next seq of its work
-        order (max + 1, from 1). Returns copies of the events with their seq set."""
-        stored: list[events_pb2.RunEvent] = []
+        order (from 1). Returns copies of the events with their seq set (see
+        `append_events_once` for events already stored)."""
+        return (await self.append_events_once(events))[0]
+
+    async def append_events_once(
+        self, events: Sequence[events_pb2.RunEvent]
+    ) -> tuple[list[events_pb2.RunEvent], list[events_pb2.RunEvent]]:
+        """`append_events`, where an event whose (work_order_id, event_id) is already stored
+        (a retried append) is not stored again and comes back as stored before. Returns
+        (every event with its seq, in order; the events stored by this call)."""
+        result: list[events_pb2.RunEvent | None] = [None] * len(events)
         async with self._transaction() as db:
+            # Already stored, or twice in this batch: the first copy stands.
+            seen: dict[tuple[str, str], int] = {}
+            fresh: list[int] = []
+            for index, event in enumerate(events):
+                if event.event_id:
+                    key = (event.work_order_id, event.event_id)
+                    if key in seen:
+                        continue
+                    cursor = await db.execute(
+                        "SELECT data FROM events WHERE work_order_id = ? AND event_id = ?", key
+                    )
+                    row = await cursor.fetchone()
+                    if row is not None:
+                        result[index] = events_pb2.RunEvent.FromString(row["data"])
+                        continue
+                    seen[key] = index
+                fresh.append(index)
+            counts: dict[str, int] = {}
+            for index in fresh:
+                counts[events[index].work_order_id] = counts.get(events[index].work_order_id, 0) + 1
             next_seq: dict[str, int] = {}
-            for event in events:
-                work_order_id = event.work_order_id
-                if work_order_id not in next_seq:
-                    async with db.execute(
-                        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE work_order_id = ?", (work_order_id,)
-                    ) as cursor:
-                        row = await cursor.fetchone()
-                    next_seq[work_order_id] = int(row[0]) + 1 if row else 1
+            # Counters in one order (sorted ids): two replicas appending to the same work
+            # orders lock their rows in the same order and cannot deadlock.
+            for work_order_id in sorted(counts):
+                cursor = await db.execute(
+                    "INSERT INTO event_counters (work_order_id, last_seq) VALUES (?, ?) ON CONFLICT (work_order_id)"
+                    " DO UPDATE SET last_seq = event_counters.last_seq + excluded.last_seq RETURNING last_seq",
+                    (work_order_id, counts[work_order_id]),
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                next_seq[work_order_id] = int(row["last_seq"]) - counts[work_order_id] + 1
+            stored: list[events_pb2.RunEvent] = []
+            for index in fresh:
                 copy = events_pb2.RunEvent()
-                copy.CopyFrom(event)
+                copy.CopyFrom(events[index])
+                work_order_id = copy.work_order_id
                 copy.seq = next_seq[work_order_id]
                 next_seq[work_order_id] += 1
                 await db.execute(
-                    "INSERT INTO events (work_order_id, seq, run_id, type, data) VALUES (?, ?, ?, ?, ?)",
-                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString()),
+                    "INSERT INTO events (work_order_id, seq, run_id, type, data, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString(), copy.event_id or None),
                 )
+                result[index] = copy
                 stored.append(copy)
-        return stored
+            for index, event in enumerate(events):
+                if result[index] is None:  # the second copy of an id within this batch
+                    result[index] = result[seen[(event.work_order_id, event.event_id)]]
+            if self._pool is not None:
+                # Heard by every replica's listener at commit (EventLog follows them).
+                for work_order_id in sorted(counts):
+                    last = next_seq[work_order_id] - 1
+                    notice = EventNotice(self.replica_id, work_order_id, last - counts[work_order_id] + 1, last)
+                    await db.execute("SELECT pg_notify(?, ?)", (EVENTS_CHANNEL, notice.payload()))
+        return [event for event in result if event is not None], stored
 
     async def read_events(
         self, work_order_id: str, after_seq: int, limit: int, up_to_seq: int = MAX_SEQ
@@ -381,6 +592,29 @@ class PersistenceStore:
             (work_order_id, work_order_id),
         )
         return bool(rows)
+
+
+@dataclass(frozen=True)
+class EventNotice:
+    """What a PostgreSQL append tells other replicas: which replica stored seqs
+    first..last of which work order."""
+
+    replica_id: str
+    work_order_id: str
+    first: int
+    last: int
+
+    def payload(self) -> str:
+        """The NOTIFY payload (ids never contain spaces: `agentgate.persistence.ids`)."""
+        return f"{self.replica_id} {self.work_order_id} {self.first} {self.last}"
+
+    @classmethod
+    def parse(cls, payload: str) -> EventNotice | None:
+        """The notice in a payload; None for anything else."""
+        parts = payload.split(" ")
+        if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]))
 
 
 def _check_table(table: str) -> None:

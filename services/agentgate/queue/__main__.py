@@ -11,7 +11,7 @@ import asyncio
 import sys
 
 from agentgate.common.config import ConfigError, ServiceSettings, env_int
-from agentgate.common.server import configure_logging, serve_until_signal, service_arg_parser
+from agentgate.common.server import add_database_flag, configure_logging, serve_until_signal, service_arg_parser
 from agentgate.common.telemetry import init_telemetry
 from agentgate.queue.server import QueueApp
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="expired leases before a work order fails (env AGENTGATE_MAX_LEASE_ATTEMPTS, default 3)",
     )
+    add_database_flag(parser)
     return parser
 
 
@@ -57,6 +58,7 @@ def build_app(args: argparse.Namespace) -> QueueApp:
         max_queue_size=_setting(args.max_queue_size, "--max-queue-size", "AGENTGATE_MAX_QUEUE_SIZE", 1000),
         lease_seconds=_setting(args.lease_seconds, "--lease-seconds", "AGENTGATE_LEASE_SECONDS", 30),
         max_lease_attempts=_setting(args.max_lease_attempts, "--max-lease-attempts", "AGENTGATE_MAX_LEASE_ATTEMPTS", 3),
+        database_url=args.database_url,
     )
 
 

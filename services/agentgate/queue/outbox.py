@@ -7,7 +7,11 @@ never waits for persistence, an event is never lost while persistence is down or
 restarting, and events reach persistence in the order the changes happened.
 
 Delivery is at least once: a call that timed out after persistence stored the events is
-sent again.
+sent again; each event carries an `event_id`, so persistence stores it once.
+
+On PostgreSQL the outbox is one table for every queue replica and one of them delivers it
+at a time (`QueueStore.outbox_batch`); the others look now and then, to take over when it
+dies (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TASK_SUMMARY_CHARS = 120
+#: PostgreSQL: how often a Lease waiting for a work order's events asks whether they left.
+SHARED_FLUSH_POLL_SECONDS = 0.01
+#: PostgreSQL: how often an idle forwarder looks at the shared outbox without a wake-up.
+SHARED_IDLE_POLL_SECONDS = 1.0
 
 # gRPC's own reconnect backoff grows to two minutes by default; persistence coming back
 # must be noticed within seconds, so the channel retries connecting at a brisk pace.
@@ -176,6 +184,8 @@ class OutboxForwarder:
         `work_order_id` is delivered; True when they are. The store tracks undelivered
         work orders in memory, so when they are delivered (the common case once a worker
         asks) this returns at once, with no database call."""
+        if self._store.shared:
+            return await self._flush_shared(work_order_id, timeout)
         target = self._store.undelivered_last_id(work_order_id)
         if target is None or self._delivered_id >= target:
             return True
@@ -190,6 +200,20 @@ class OutboxForwarder:
             return False
         return True
 
+    async def _flush_shared(self, work_order_id: str, timeout: float) -> bool:
+        """`flush` on PostgreSQL: the outbox is shared and another replica may be the one
+        delivering it, so the database says when the work order's events are gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        # Someone is waiting: if this replica delivers, it skips a backoff pause.
+        self._wakeup.set()
+        self._retry_now.set()
+        while await self._store.undelivered_now(work_order_id) is not None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(SHARED_FLUSH_POLL_SECONDS)
+        return True
+
     async def _run(self) -> None:
         backoff = self._initial_backoff
         while True:
@@ -202,7 +226,14 @@ class OutboxForwarder:
                 await asyncio.sleep(self._max_backoff)
                 continue
             if not batch:
-                await self._wakeup.wait()
+                if self._store.shared:
+                    # Another replica may deliver now and die later: look again now and
+                    # then, to take over its lock (`QueueStore.outbox_batch`).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SHARED_IDLE_POLL_SECONDS):
+                            await self._wakeup.wait()
+                else:
+                    await self._wakeup.wait()
                 continue
             try:
                 await self._deliver(batch)

@@ -24,11 +24,20 @@ import grpc
 
 from agentgate.common import security, telemetry
 from agentgate.common.config import ConfigError, ServiceSettings, service_address
+from agentgate.common.database import Listener
+from agentgate.common.database import database_url as database_url_setting
 from agentgate.common.disk_reserve import DiskReserve, reserve_path
 from agentgate.common.errors import FieldViolation, InvalidArgument, Unavailable
 from agentgate.queue.outbox import OutboxForwarder
 from agentgate.queue.positions import PositionBoard
-from agentgate.queue.store import COMPLETION_STATUSES, Position, QueueStore, timestamp_from_us
+from agentgate.queue.store import (
+    COMPLETION_STATUSES,
+    NOTIFY_CHANNEL,
+    Position,
+    QueueNotice,
+    QueueStore,
+    timestamp_from_us,
+)
 from agentgate.queue.validation import AgentCheck, validate_spec
 from agentgate.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
@@ -43,6 +52,7 @@ MAX_PAGE_SIZE = 1000
 DEADLINE_MARGIN_SECONDS = 0.25
 MAX_TRACEPARENT_CHARS = 512
 MAX_ERROR_CHARS = 64 * 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
@@ -142,6 +152,10 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         INVALID_ARGUMENT (nothing stored) for a bad spec, RESOURCE_EXHAUSTED/QUEUE_FULL when
         `max_queue_size` work orders already wait."""
         violations = validate_spec(request.spec, self._agent_check, self._profiles_dir)
+        if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            violations.append(
+                FieldViolation("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+            )
         if violations:
             raise InvalidArgument(violations)
         traceparent = submit_traceparent(request.traceparent, context)
@@ -150,6 +164,7 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             max_queue_size=self.max_queue_size,
             traceparent=traceparent,
             trace_id=trace_id_from_traceparent(traceparent),
+            idempotency_key=request.idempotency_key,
         )
         log.info("queued %s (run %s) at position %d", work_order.id, work_order.run_id, position)
         return queue_pb2.SubmitResponse(work_order=work_order, position=position)
@@ -350,7 +365,9 @@ class QueueApp:
     `persistence_address` defaults to AGENTGATE_PERSISTENCE_ADDR (or 127.0.0.1:50054).
     `reap_interval` (seconds between reaper passes), `lease_flush_timeout` (how long a
     Lease waits for the work order's events to reach persistence), `agent_check` and
-    `clock` exist for tests.
+    `clock` exist for tests. `database_url` (`postgresql://...`) puts the state in
+    PostgreSQL, shared with other replicas; '' keeps `queue.db` under the home folder;
+    None = $AGENTGATE_DATABASE_URL.
     """
 
     service_names = ("agentgate.v1.QueueService",)
@@ -368,6 +385,7 @@ class QueueApp:
         lease_flush_timeout: float = 2.0,
         agent_check: AgentCheck | None = None,
         clock: Callable[[], float] = time.time,
+        database_url: str | None = None,
     ):
         for key, value in (
             ("max_concurrent", max_concurrent),
@@ -389,6 +407,8 @@ class QueueApp:
         self.lease_flush_timeout = lease_flush_timeout
         self._agent_check = agent_check
         self._clock = clock
+        self.database_url = database_url_setting(database_url)
+        self._listener: Listener | None = None
         self.store: QueueStore | None = None
         self.forwarder: OutboxForwarder | None = None
         self.servicer: QueueServicer | None = None
@@ -403,7 +423,10 @@ class QueueApp:
         heartbeat while the queue was down), starts the forwarder and reaper, registers
         the servicer."""
         store = await QueueStore.open(
-            self.settings.database_path, max_lease_attempts=self.max_lease_attempts, clock=self._clock
+            self.settings.database_path,
+            max_lease_attempts=self.max_lease_attempts,
+            clock=self._clock,
+            database_url=self.database_url,
         )
         store.reserve = DiskReserve(reserve_path(self.settings.home, "queue"))
         if not await store.reserve.ensure():
@@ -424,6 +447,16 @@ class QueueApp:
         store.on_order_changed = self._on_order_changed
         self.store, self.forwarder, self._signal, self._board = store, forwarder, signal, board
         await forwarder.start()
+        if store.shared:
+            # Other replicas' commits wake this one's long polls, watches, reaper and
+            # forwarder; after a reconnect, as if everything changed.
+            self._listener = Listener(
+                self.database_url,
+                NOTIFY_CHANNEL,
+                store.hear,
+                lambda: store.hear(QueueNotice.WORK + QueueNotice.ORDER + QueueNotice.EVENTS),
+            )
+            await self._listener.start()
         self.servicer = QueueServicer(
             store,
             forwarder,
@@ -464,6 +497,9 @@ class QueueApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self.forwarder is not None:
             await self.forwarder.stop()
             self.forwarder = None

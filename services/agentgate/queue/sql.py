@@ -1,6 +1,9 @@
-"""The queue's SQL, in SQLite's dialect: the schema migrations and every statement
-`agentgate.queue.store` runs, so the store holds the queue's rules and this module the
-database's spelling of them.
+"""The queue's SQL: the schema migrations and every statement `agentgate.queue.store`
+runs, so the store holds the queue's rules and this module the database's spelling of them.
+
+Statements are written once, with `?` placeholders, in the SQL that SQLite and PostgreSQL
+share; the few that differ are in a `Dialect` (`SQLITE`, `POSTGRES`), and so are the
+migrations (PostgreSQL's start at the schema SQLite reached in two steps).
 
 Times are integer microseconds since the Unix epoch (UTC). Statuses are bound as parameters
 (`agentgate.v1.WorkOrderStatus` numbers), except where a partial index needs a literal.
@@ -8,9 +11,18 @@ Times are integer microseconds since the Unix epoch (UTC). Statuses are bound as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agentgate.v1 import common_pb2
 
 _PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
+
+# Submit's idempotency key (SubmitRequest.idempotency_key): one work order per key.
+_IDEMPOTENCY_KEYS = """
+    ALTER TABLE work_orders ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX work_orders_idempotency_key ON work_orders (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+"""
 
 MIGRATIONS = [
     """
@@ -86,24 +98,123 @@ MIGRATIONS = [
     CREATE INDEX work_orders_wait_deadline ON work_orders (enqueued_at + max_queue_wait_seconds * 1000000)
         WHERE status = 1 AND max_queue_wait_seconds > 0;
     """,
+    _IDEMPOTENCY_KEYS,
 ]
 
+PG_MIGRATIONS = [
+    """
+    CREATE TABLE work_orders (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        status INTEGER NOT NULL,
+        priority INTEGER NOT NULL,
+        seq BIGINT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        enqueued_at BIGINT NOT NULL,
+        max_queue_wait_seconds BIGINT NOT NULL DEFAULT 0,
+        spec BYTEA NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_id TEXT,
+        worker_id TEXT NOT NULL DEFAULT '',
+        lease_expires_at BIGINT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        cancel_reason TEXT NOT NULL DEFAULT '',
+        started_at BIGINT,
+        finished_at BIGINT,
+        error TEXT NOT NULL DEFAULT '',
+        traceparent TEXT NOT NULL DEFAULT '',
+        trace_id TEXT NOT NULL DEFAULT '',
+        queued_position INTEGER NOT NULL DEFAULT 0,
+        reported_position INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX work_orders_lease_order ON work_orders (status, priority DESC, seq);
+    CREATE UNIQUE INDEX work_orders_lease_id ON work_orders (lease_id) WHERE lease_id IS NOT NULL;
+    CREATE INDEX work_orders_wait_deadline ON work_orders ((enqueued_at + max_queue_wait_seconds * 1000000))
+        WHERE status = 1 AND max_queue_wait_seconds > 0;
+
+    CREATE TABLE leases (
+        -- SQLite's implicit rowid, spelled out: the grant order of leases with equal times.
+        rowid BIGSERIAL,
+        lease_id TEXT PRIMARY KEY,
+        work_order_id TEXT NOT NULL REFERENCES work_orders (id),
+        worker_id TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL,
+        granted_at BIGINT NOT NULL,
+        ended_at BIGINT,
+        outcome TEXT NOT NULL DEFAULT 'active',
+        waited_us BIGINT,
+        queued_position INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX leases_granted ON leases (granted_at);
+
+    CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        work_order_id TEXT NOT NULL,
+        event BYTEA NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX outbox_work_order ON outbox (work_order_id, id);
+
+    CREATE TABLE outbox_dead (
+        id BIGINT PRIMARY KEY,
+        work_order_id TEXT NOT NULL,
+        event BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        failed_at BIGINT NOT NULL,
+        error TEXT NOT NULL
+    );
+    """,
+    _IDEMPOTENCY_KEYS,
+]
+
+_WAIT_DEADLINE = "enqueued_at + max_queue_wait_seconds * 1000000"
 # The partial index above, as a query must spell it to use it (a literal status, not a
 # bound parameter: SQLite matches a partial index's WHERE at prepare time).
-_WAIT_DEADLINE = "enqueued_at + max_queue_wait_seconds * 1000000"
-_WITH_WAIT_LIMIT = (
-    f"work_orders INDEXED BY work_orders_wait_deadline WHERE status = {_PENDING} AND max_queue_wait_seconds > 0"
+_WAIT_LIMITED = f"status = {_PENDING} AND max_queue_wait_seconds > 0"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the backends: migrations and a few statements."""
+
+    name: str
+    migrations: list[str]
+    #: Every RUNNING lease expires no sooner than the bound time (binds: time, status).
+    renew_leases: str
+    #: Waiting work orders past their wait limit (binds: now).
+    overdue_waits: str
+    #: The earliest wait limit of a waiting work order.
+    next_wait_deadline: str
+
+
+SQLITE = Dialect(
+    "sqlite",
+    MIGRATIONS,
+    renew_leases="UPDATE work_orders SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
+    overdue_waits=f"SELECT * FROM work_orders INDEXED BY work_orders_wait_deadline WHERE {_WAIT_LIMITED}"
+    f" AND {_WAIT_DEADLINE} < ?",
+    next_wait_deadline=f"SELECT MIN({_WAIT_DEADLINE}) FROM work_orders INDEXED BY work_orders_wait_deadline"
+    f" WHERE {_WAIT_LIMITED}",
+)
+
+POSTGRES = Dialect(
+    "postgresql",
+    PG_MIGRATIONS,
+    renew_leases="UPDATE work_orders SET lease_expires_at = GREATEST(lease_expires_at, ?) WHERE status = ?",
+    overdue_waits=f"SELECT * FROM work_orders WHERE {_WAIT_LIMITED} AND {_WAIT_DEADLINE} < ?",
+    next_wait_deadline=f"SELECT MIN({_WAIT_DEADLINE}) FROM work_orders WHERE {_WAIT_LIMITED}",
 )
 
 
 # -- work orders ------------------------------------------------------------------
 
 WORK_ORDER = "SELECT * FROM work_orders WHERE id = ?"
+WORK_ORDER_BY_KEY = "SELECT * FROM work_orders WHERE idempotency_key = ?"
 COUNT_WITH_STATUS = "SELECT COUNT(*) FROM work_orders WHERE status = ?"
 NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM work_orders"
 INSERT_WORK_ORDER = """INSERT INTO work_orders (id, run_id, status, priority, seq, created_at, enqueued_at,
-       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position)
-   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+       max_queue_wait_seconds, spec, traceparent, trace_id, queued_position, reported_position, idempotency_key)
+   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 REQUEST_CANCEL = "UPDATE work_orders SET cancel_requested = 1, cancel_reason = ? WHERE id = ?"
 END_WORK_ORDER = """UPDATE work_orders SET status = ?, error = ?, finished_at = ?, lease_id = NULL,
        lease_expires_at = NULL WHERE id = ?"""
@@ -112,11 +223,8 @@ START_LEASE = """UPDATE work_orders SET status = ?, attempts = ?, lease_id = ?, 
 EXTEND_LEASE = "UPDATE work_orders SET lease_expires_at = ? WHERE id = ?"
 REQUEUE = """UPDATE work_orders SET status = ?, lease_id = NULL, lease_expires_at = NULL,
        worker_id = '', enqueued_at = ?, reported_position = 0, queued_position = ? WHERE id = ?"""
-RENEW_LEASES = "UPDATE work_orders SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?"
 EXPIRED_LEASES = "SELECT * FROM work_orders WHERE status = ? AND lease_expires_at < ? ORDER BY seq"
-OVERDUE_WAITS = f"SELECT * FROM {_WITH_WAIT_LIMIT} AND {_WAIT_DEADLINE} < ?"
 NEXT_LEASE_EXPIRY = "SELECT MIN(lease_expires_at) FROM work_orders WHERE status = ?"
-NEXT_WAIT_DEADLINE = f"SELECT MIN({_WAIT_DEADLINE}) FROM {_WITH_WAIT_LIMIT}"
 SET_REPORTED_POSITION = "UPDATE work_orders SET reported_position = ? WHERE id = ?"
 
 
@@ -147,9 +255,24 @@ END_LEASE = "UPDATE leases SET outcome = ?, ended_at = ? WHERE lease_id = ?"
 LATEST_WAITS = """SELECT waited_us, queued_position FROM leases WHERE waited_us IS NOT NULL
        ORDER BY granted_at DESC, rowid DESC LIMIT ?"""
 
+# -- the waiting order, asked of the database (PostgreSQL: shared by every replica) ---
+
+PENDING_COUNT_AHEAD = """SELECT COUNT(*) FROM work_orders WHERE status = ?
+       AND (priority > ? OR (priority = ? AND seq < ?))"""
+PENDING_ENTRY = "SELECT priority, seq, enqueued_at FROM work_orders WHERE id = ? AND status = ?"
+PENDING_ORDER = "SELECT id, enqueued_at FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC"
+PENDING_FIRST = "SELECT id FROM work_orders WHERE status = ? ORDER BY priority DESC, seq ASC LIMIT ?"
+
 # -- outbox -----------------------------------------------------------------------
 
-INSERT_EVENT = "INSERT INTO outbox (work_order_id, event, created_at) VALUES (?, ?, ?)"
+def insert_events(count: int) -> str:
+    """Adds `count` outbox events (binds work_order_id, event, created_at of each), returning their ids."""
+    values = ", ".join(["(?, ?, ?)"] * count)
+    return f"INSERT INTO outbox (work_order_id, event, created_at) VALUES {values} RETURNING id"
+
+
+#: The newest undelivered event of one work order (None when all are delivered).
+UNDELIVERED_OF = "SELECT MAX(id) FROM outbox WHERE work_order_id = ?"
 #: Per work order, the id of its newest undelivered event, oldest of those first.
 UNDELIVERED = "SELECT work_order_id, MAX(id) AS last FROM outbox GROUP BY work_order_id ORDER BY last"
 OUTBOX_BATCH = "SELECT id, event FROM outbox ORDER BY id LIMIT ?"

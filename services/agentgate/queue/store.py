@@ -1,4 +1,5 @@
-"""Durable queue state: work orders, leases and the event outbox in one SQLite file.
+"""Durable queue state: work orders, leases and the event outbox in one SQLite file, or in
+a PostgreSQL database shared by several queue replicas (docs/deployment.md).
 
 Every state change is one transaction, and the events it causes are written to the outbox
 in that same transaction (see `agentgate.queue.outbox`). The statements and the schema are
@@ -16,11 +17,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agentgate.common import events as event_names
+from agentgate.common.database import PgConnection, advisory_key
 from agentgate.common.disk_reserve import DiskReserve
 from agentgate.common.errors import (
     DiskFull,
@@ -30,10 +32,10 @@ from agentgate.common.errors import (
     ServiceError,
     is_disk_full,
 )
-from agentgate.common.storage import SqliteThread
+from agentgate.common.storage import SqliteThread, open_sqlite
 from agentgate.harness.statuses import TERMINAL_STATUSES
 from agentgate.queue import outbox, sql
-from agentgate.queue.pending import PendingIndex
+from agentgate.queue.pending import PendingIndex, SharedPendingIndex
 from agentgate.v1 import common_pb2, events_pb2
 
 Status = common_pb2.WorkOrderStatus
@@ -56,6 +58,13 @@ POSITION_EVENT_PLACES = 10
 LEASE_ACTIVE = "active"
 LEASE_COMPLETED = "completed"
 LEASE_EXPIRED = "expired"
+
+#: PostgreSQL: every write transaction holds this advisory lock (see `PgConnection.begin`).
+WRITE_LOCK = advisory_key("agentgate-queue-write")
+#: PostgreSQL: the replica whose connection holds this lock delivers the shared outbox.
+OUTBOX_LOCK = advisory_key("agentgate-queue-outbox")
+#: PostgreSQL: NOTIFY channel telling every replica what a commit changed (`QueueNotice`).
+NOTIFY_CHANNEL = "agentgate_queue"
 
 T = TypeVar("T")
 
@@ -151,7 +160,7 @@ class Transaction:
     connection, the time it runs at, and what it changed, which the store acts on after
     the commit (wake-ups, outbox bookkeeping) or after a rollback (the index)."""
 
-    conn: sqlite3.Connection
+    conn: Any
     now: int
     #: A work order became PENDING or a run slot was freed.
     work_changed: bool = False
@@ -177,6 +186,15 @@ class QueueStore:
     call, instead of two or three per SQL statement. The thread runs one function at a
     time, so transactions never interleave, and the in-memory `PendingIndex` (waiting
     count and positions) is only touched there, always matching what was committed.
+
+    On PostgreSQL (`database_url`) the same functions run on a psycopg connection on that
+    thread (`PgConnection`, the same `sqlite3`-like calls). Other replicas write the same
+    tables, so each write transaction first takes WRITE_LOCK (writes of all replicas apply
+    one at a time, as on one SQLite file), counts and positions come from the database
+    (`SharedPendingIndex`), nothing in memory is the record, and each commit NOTIFYs the
+    other replicas (`QueueNotice`). The threads and transaction functions are sync by
+    design (one hand-off per transaction); psycopg's async API is used where the event
+    loop itself waits on the database (LISTEN, and persistence's pool).
     """
 
     def __init__(
@@ -184,12 +202,20 @@ class QueueStore:
         db: SqliteThread,
         max_lease_attempts: int = 3,
         clock: Callable[[], float] = time.time,
+        dialect: sql.Dialect = sql.SQLITE,
     ):
         self._db = db
         self.max_lease_attempts = max_lease_attempts
         self._clock = clock
+        self._sql = dialect
+        #: On PostgreSQL other replicas share the database: nothing in this process's
+        #: memory is the record of waiting work orders or undelivered events.
+        self.shared = dialect is sql.POSTGRES
         #: The waiting work orders in lease order (built by `open`).
-        self._pending = PendingIndex()
+        self._pending: PendingIndex | SharedPendingIndex = PendingIndex()
+        #: PostgreSQL: the connection generation that holds OUTBOX_LOCK (this replica
+        #: delivers the outbox); 0 = none. A new connection has lost the lock.
+        self._outbox_owner = 0
         #: work_order_id -> id of its newest undelivered outbox event, in ascending id
         #: order (an entry is moved to the end when it gets a newer event), so delivery
         #: prunes it from the front. Lease waits for delivery only when its work order is
@@ -210,12 +236,26 @@ class QueueStore:
         self.file = "queue.db"
 
     @classmethod
-    async def open(cls, path: Path, max_lease_attempts: int = 3, clock: Callable[[], float] = time.time) -> QueueStore:
-        """Opens (creating or migrating) the queue database at `path` and builds the
-        in-memory index of waiting work orders and undelivered events from it."""
-        db = await SqliteThread.open(path, sql.MIGRATIONS)
-        store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
-        store.file = path.name
+    async def open(
+        cls,
+        path: Path,
+        max_lease_attempts: int = 3,
+        clock: Callable[[], float] = time.time,
+        database_url: str = "",
+    ) -> QueueStore:
+        """Opens (creating or migrating) the queue database, the SQLite file at `path` or
+        the PostgreSQL database at `database_url`, and builds the in-memory index of
+        waiting work orders and undelivered events from it (SQLite only)."""
+        if database_url:
+            db = await SqliteThread.start(
+                "queue-postgresql", lambda: PgConnection.connect(database_url, "queue", sql.POSTGRES.migrations)
+            )
+            store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock, dialect=sql.POSTGRES)
+            store.file = "the queue database"
+        else:
+            db = await SqliteThread.start(f"sqlite-{path.name}", lambda: open_sqlite(path, sql.SQLITE.migrations))
+            store = cls(db, max_lease_attempts=max_lease_attempts, clock=clock)
+            store.file = path.name
         await db.run(store._load_memory)
         return store
 
@@ -224,13 +264,26 @@ class QueueStore:
         functions in order, so the close comes after them)."""
         await self._db.close()
 
+    def hear(self, notice: str) -> None:
+        """Runs the after-commit callbacks another replica's commit asked for (a
+        `QueueNotice` payload heard through LISTEN on PostgreSQL)."""
+        if QueueNotice.EVENTS in notice and self.on_events is not None:
+            self.on_events()
+        if QueueNotice.WORK in notice and self.on_work_changed is not None:
+            self.on_work_changed()
+        if QueueNotice.ORDER in notice and self.on_order_changed is not None:
+            self.on_order_changed()
+
     def now_us(self) -> int:
         """Now, in epoch microseconds, from the store's clock."""
         return int(self._clock() * 1_000_000)
 
     # -- transactions -------------------------------------------------------------
 
-    def _load_memory(self, conn: sqlite3.Connection) -> None:
+    def _load_memory(self, conn: Any) -> None:
+        if self.shared:
+            self._pending = SharedPendingIndex(conn, PENDING)
+            return
         self._pending = PendingIndex.load(conn, PENDING)
         self._undelivered = {row[0]: row[1] for row in conn.execute(sql.UNDELIVERED)}
 
@@ -257,22 +310,34 @@ class QueueStore:
             raise tx.error
         return result
 
-    def _transaction(self, conn: sqlite3.Connection, body: Callable[[Transaction], T]) -> tuple[Transaction, T]:
-        """Runs `body` in one IMMEDIATE transaction on the database thread: committed when
-        it returns, rolled back when it raises."""
-        tx = Transaction(conn, self.now_us())
-        conn.execute("BEGIN IMMEDIATE")
+    def _transaction(self, conn: Any, body: Callable[[Transaction], T]) -> tuple[Transaction, T]:
+        """Runs `body` in one IMMEDIATE transaction on the database thread (on PostgreSQL,
+        one holding WRITE_LOCK): committed when it returns, rolled back when it raises."""
+        if self.shared:
+            conn.begin(WRITE_LOCK)
+            # After the lock: the clock reads no earlier than the commits it waited for.
+            tx = Transaction(conn, self.now_us())
+        else:
+            tx = Transaction(conn, self.now_us())
+            conn.execute("BEGIN IMMEDIATE")
         try:
             result = body(tx)
             if tx.order_changed:
                 self._report_positions(tx)
+            if self.shared:
+                notice = QueueNotice.of(tx)
+                if notice:
+                    # Delivered at commit to every replica's listener (`QueueApp`).
+                    conn.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, notice))
             conn.commit()
         except BaseException:
             conn.rollback()
-            if tx.index_touched:
+            if tx.index_touched and not self.shared:
                 # The index took changes the database just dropped: read it again.
                 self._pending = PendingIndex.load(conn, PENDING)
             raise
+        if self.shared:
+            return tx, result
         if tx.delivered_up_to is not None:
             self._forget_delivered(tx.delivered_up_to)
         for work_order_id, outbox_id in tx.new_events:
@@ -281,11 +346,23 @@ class QueueStore:
         return tx, result
 
     def _add_event(self, tx: Transaction, event: events_pb2.RunEvent) -> None:
-        cursor = tx.conn.execute(sql.INSERT_EVENT, (event.work_order_id, event.SerializeToString(), tx.now))
-        assert cursor.lastrowid is not None
-        tx.new_events.append((event.work_order_id, cursor.lastrowid))
+        self._add_events(tx, [event])
 
-    def _index_add(self, tx: Transaction, row: sqlite3.Row) -> int:
+    def _add_events(self, tx: Transaction, events: list[events_pb2.RunEvent]) -> None:
+        """Records events in the outbox, in order, with one statement."""
+        if not events:
+            return
+        params: list[object] = []
+        for event in events:
+            # Delivery is at least once; the id lets persistence store a resent event once.
+            event.event_id = event.event_id or uuid.uuid4().hex
+            params += (event.work_order_id, event.SerializeToString(), tx.now)
+        rows = tx.conn.execute(sql.insert_events(len(events)), params).fetchall()
+        # Ids grow in insertion order; RETURNING's own row order is not promised.
+        outbox_ids = sorted(row[0] for row in rows)
+        tx.new_events += [(event.work_order_id, outbox_id) for event, outbox_id in zip(events, outbox_ids, strict=True)]
+
+    def _index_add(self, tx: Transaction, row: Any) -> int:
         tx.index_touched = True
         return self._pending.add(row["id"], row["priority"], row["seq"], tx.now)
 
@@ -309,12 +386,18 @@ class QueueStore:
             return
         rows = tx.conn.execute(sql.reported_positions(len(ids)), ids).fetchall()
         by_id = {row["id"]: row for row in rows}
+        moved: list[tuple[int, str]] = []
         for place, work_order_id in enumerate(ids, start=1):
+            if by_id[work_order_id]["reported_position"] != place:
+                moved.append((place, work_order_id))
+        # One statement each for all of them: on PostgreSQL a round trip is the cost
+        # (psycopg pipelines executemany), and a lease moves up to ten work orders.
+        tx.conn.executemany(sql.SET_REPORTED_POSITION, moved)
+        events = []
+        for place, work_order_id in moved:
             row = by_id[work_order_id]
-            if row["reported_position"] == place:
-                continue
-            tx.conn.execute(sql.SET_REPORTED_POSITION, (place, work_order_id))
-            self._add_event(tx, outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place))
+            events.append(outbox.position_event(work_order_id, row["run_id"], row["trace_id"], place))
+        self._add_events(tx, events)
 
     # -- work orders --------------------------------------------------------------
 
@@ -324,12 +407,19 @@ class QueueStore:
         max_queue_size: int,
         traceparent: str = "",
         trace_id: str = "",
+        idempotency_key: str = "",
     ) -> tuple[common_pb2.WorkOrder, int]:
         """Stores a validated spec as a PENDING work order, records `work_order:queued`,
-        and returns it with its position. Raises QueueFull when `max_queue_size` wait."""
+        and returns it with its position. Raises QueueFull when `max_queue_size` wait.
+        With an `idempotency_key` already used, returns that work order (position 0 once
+        it no longer waits) and changes nothing."""
         spec_bytes = spec.SerializeToString()
 
         def body(tx: Transaction) -> tuple[common_pb2.WorkOrder, int]:
+            if idempotency_key:
+                known = tx.conn.execute(sql.WORK_ORDER_BY_KEY, (idempotency_key,)).fetchone()
+                if known is not None:
+                    return _to_work_order(known), self._pending.position(known["id"]) or 0
             waiting = len(self._pending)
             if waiting >= max_queue_size:
                 raise QueueFull(f"the queue is full: {waiting} work orders waiting (max_queue_size {max_queue_size})")
@@ -352,6 +442,7 @@ class QueueStore:
                     trace_id,
                     position,
                     position,
+                    idempotency_key or None,
                 ),
             )
             row = _row(tx.conn, work_order_id)
@@ -405,7 +496,7 @@ class QueueStore:
 
         return await self._write(body)
 
-    def _end(self, tx: Transaction, row: sqlite3.Row, status: int, error: str) -> None:
+    def _end(self, tx: Transaction, row: Any, status: int, error: str) -> None:
         tx.conn.execute(sql.END_WORK_ORDER, (status, error, tx.now, row["id"]))
         if row["status"] == PENDING:
             self._index_remove(tx, row["id"])
@@ -450,7 +541,7 @@ class QueueStore:
         from a read and nothing is written."""
         now = self.now_us()
 
-        def read(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, sqlite3.Row | None]:
+        def read(conn: Any) -> tuple[Any, Any]:
             lease = _lease_row(conn, lease_id)
             row = _row(conn, lease["work_order_id"]) if lease is not None else None
             return lease, row
@@ -515,7 +606,7 @@ class QueueStore:
         assert completed is not None  # None only with `tx.error`, which `_write` raised
         return completed
 
-    def _live_lease(self, tx: Transaction, lease_id: str) -> sqlite3.Row | None:
+    def _live_lease(self, tx: Transaction, lease_id: str) -> Any:
         """The RUNNING work order holding `lease_id`. A lease past its expiry is reaped
         here, in this transaction, so a late worker and the reaper agree on the outcome:
         then None, and the caller gets LeaseExpired after the commit (`tx.error`)."""
@@ -535,7 +626,7 @@ class QueueStore:
             return None
         return row
 
-    def _expire(self, tx: Transaction, row: sqlite3.Row) -> str:
+    def _expire(self, tx: Transaction, row: Any) -> str:
         """An expired lease: requeue at the old place, or end the work order when it was
         canceled or has used up its attempts. Returns what happened."""
         tx.conn.execute(sql.END_LEASE, (LEASE_EXPIRED, tx.now, row["lease_id"]))
@@ -567,7 +658,7 @@ class QueueStore:
         worker that really died is still found out `lease_seconds` later."""
 
         def body(tx: Transaction) -> int:
-            return tx.conn.execute(sql.RENEW_LEASES, (tx.now + lease_seconds * 1_000_000, RUNNING)).rowcount
+            return tx.conn.execute(self._sql.renew_leases, (tx.now + lease_seconds * 1_000_000, RUNNING)).rowcount
 
         return await self._write(body)
 
@@ -579,7 +670,7 @@ class QueueStore:
             counts = {"requeued": 0, "failed": 0, "canceled": 0, "timed_out": 0}
             for row in tx.conn.execute(sql.EXPIRED_LEASES, (RUNNING, tx.now)).fetchall():
                 counts[self._expire(tx, row)] += 1
-            overdue = sorted(tx.conn.execute(sql.OVERDUE_WAITS, (tx.now,)).fetchall(), key=lambda row: row["seq"])
+            overdue = sorted(tx.conn.execute(self._sql.overdue_waits, (tx.now,)).fetchall(), key=lambda row: row["seq"])
             for row in overdue:
                 reason = f"waited longer than max_queue_wait_seconds={row['max_queue_wait_seconds']} in the queue"
                 self._end(tx, row, TIMED_OUT, f"queue_timeout: {reason}")
@@ -596,7 +687,7 @@ class QueueStore:
     async def position(self, work_order_id: str) -> Position:
         """Where the work order stands in lease order, with its estimated wait."""
 
-        def read(conn: sqlite3.Connection) -> Position:
+        def read(conn: Any) -> Position:
             place = self._pending.position(work_order_id)
             if place is not None:
                 enqueued_at = self._pending.enqueued_at(work_order_id)
@@ -613,9 +704,9 @@ class QueueStore:
     async def next_deadline_us(self) -> int | None:
         """The earliest lease expiry or wait limit still ahead of the reaper (None: none)."""
 
-        def read(conn: sqlite3.Connection) -> int | None:
+        def read(conn: Any) -> int | None:
             lease_due = _scalar(conn, sql.NEXT_LEASE_EXPIRY, (RUNNING,))
-            wait_due = _scalar(conn, sql.NEXT_WAIT_DEADLINE, ())
+            wait_due = _scalar(conn, self._sql.next_wait_deadline, ())
             found = [due for due in (lease_due, wait_due) if due is not None]
             return min(found) if found else None
 
@@ -632,7 +723,7 @@ class QueueStore:
     async def counts(self) -> tuple[int, int]:
         """(waiting, running)."""
 
-        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+        def read(conn: Any) -> tuple[int, int]:
             return len(self._pending), _scalar(conn, sql.COUNT_WITH_STATUS, (RUNNING,))
 
         return await self._db.run(read)
@@ -641,12 +732,27 @@ class QueueStore:
 
     def undelivered_last_id(self, work_order_id: str) -> int | None:
         """Id of the newest undelivered event of a work order, None when all are
-        delivered. From memory: no database call."""
+        delivered. From memory: no database call (SQLite only; see `undelivered_now`)."""
         return self._undelivered.get(work_order_id)
 
+    async def undelivered_now(self, work_order_id: str) -> int | None:
+        """`undelivered_last_id` read from the database: on PostgreSQL the outbox is
+        shared and another replica may be the one delivering it."""
+        return await self._db.run(lambda conn: conn.execute(sql.UNDELIVERED_OF, (work_order_id,)).fetchone()[0])
+
     async def outbox_batch(self, limit: int) -> list[tuple[int, events_pb2.RunEvent]]:
-        """The oldest `limit` undelivered events, oldest first."""
-        rows = await self._db.run(lambda conn: conn.execute(sql.OUTBOX_BATCH, (limit,)).fetchall())
+        """The oldest `limit` undelivered events, oldest first. On PostgreSQL only the
+        replica holding OUTBOX_LOCK delivers (one at a time keeps the order; the lock
+        passes to another replica when its holder's connection ends): [] elsewhere."""
+
+        def read(conn: Any) -> list[Any]:
+            if self.shared and self._outbox_owner != conn.generation:
+                if not conn.execute("SELECT pg_try_advisory_lock(?)", (OUTBOX_LOCK,)).fetchone()[0]:
+                    return []
+                self._outbox_owner = conn.generation
+            return list(conn.execute(sql.OUTBOX_BATCH, (limit,)).fetchall())
+
+        rows = await self._db.run(read)
         return [(row["id"], events_pb2.RunEvent.FromString(row["event"])) for row in rows]
 
     def _forget_delivered(self, up_to_id: int) -> None:
@@ -679,23 +785,23 @@ class QueueStore:
         await self._write(body)
 
 
-def _scalar(db: sqlite3.Connection, query: str, params: tuple[object, ...]) -> int:
+def _scalar(db: Any, query: str, params: tuple[object, ...]) -> int:
     row = db.execute(query, params).fetchone()
     return row[0] if row else 0
 
 
-def _row(db: sqlite3.Connection, work_order_id: str) -> sqlite3.Row | None:
+def _row(db: Any, work_order_id: str) -> Any:
     return db.execute(sql.WORK_ORDER, (work_order_id,)).fetchone()
 
 
-def _load(db: sqlite3.Connection, work_order_id: str) -> common_pb2.WorkOrder:
+def _load(db: Any, work_order_id: str) -> common_pb2.WorkOrder:
     """A work order known to exist (read back inside the transaction that changed it)."""
     row = _row(db, work_order_id)
     assert row is not None, work_order_id
     return _to_work_order(row)
 
 
-def _lease_row(db: sqlite3.Connection, lease_id: str) -> sqlite3.Row | None:
+def _lease_row(db: Any, lease_id: str) -> Any:
     return db.execute(sql.LEASE, (lease_id,)).fetchone()
 
 
@@ -705,7 +811,7 @@ def ended_position(status: common_pb2.WorkOrderStatus.ValueType, enqueued_at_us:
     return Position(0, 0, state, enqueued_at_us)
 
 
-def _wait_stats(db: sqlite3.Connection) -> WaitStats:
+def _wait_stats(db: Any) -> WaitStats:
     rows = db.execute(sql.LATEST_WAITS, (RECENT_WAITS,)).fetchall()
     if not rows:
         return WaitStats()
@@ -720,7 +826,7 @@ def _cancel_error(reason: str) -> str:
     return f"canceled: {reason}" if reason else "canceled"
 
 
-def _to_work_order(row: sqlite3.Row) -> common_pb2.WorkOrder:
+def _to_work_order(row: Any) -> common_pb2.WorkOrder:
     work_order = common_pb2.WorkOrder(
         id=row["id"],
         run_id=row["run_id"],
@@ -737,3 +843,22 @@ def _to_work_order(row: sqlite3.Row) -> common_pb2.WorkOrder:
     if row["finished_at"] is not None:
         work_order.finished_at.CopyFrom(timestamp_from_us(row["finished_at"]))
     return work_order
+
+
+class QueueNotice:
+    """The payload of a PostgreSQL NOTIFY on NOTIFY_CHANNEL: which of the store's
+    after-commit callbacks the other replicas should run ("w" work changed, "o" order
+    changed, "e" new outbox events)."""
+
+    WORK = "w"
+    ORDER = "o"
+    EVENTS = "e"
+
+    @staticmethod
+    def of(tx: Transaction) -> str:
+        """The letters for what `tx` changed ('' when nothing another replica cares about)."""
+        return (
+            (QueueNotice.WORK if tx.work_changed else "")
+            + (QueueNotice.ORDER if tx.order_changed else "")
+            + (QueueNotice.EVENTS if tx.new_events else "")
+        )

@@ -13,6 +13,7 @@ Channels belong to the event loop that made the client: make it inside the loop 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -74,8 +75,10 @@ class AsyncAgentGateClient:
         Raises SubmitError (with the wrong fields) when the queue refuses it."""
         try:
             # The work order's trace starts here (or continues the caller's): docs/observability.md.
+            # The key makes a retry on another queue replica safe (docs/deployment.md).
+            request = queue_pb2.SubmitRequest(spec=spec, idempotency_key=uuid.uuid4().hex)
             response = await self.queue.Submit(
-                queue_pb2.SubmitRequest(spec=spec), timeout=self.timeout, metadata=trace_metadata()
+                request, timeout=self.timeout, metadata=trace_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):

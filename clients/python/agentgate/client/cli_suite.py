@@ -46,6 +46,14 @@ def up(
     max_queue_size: Annotated[
         int | None, typer.Option("--max-queue-size", min=1, help="Waiting work orders at most (default 1000).")
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="postgresql://... to keep the queue's and persistence's state in PostgreSQL"
+            " (default: SQLite files in the home folder; docs/deployment.md).",
+        ),
+    ] = None,
 ) -> None:
     """Start the services as processes (--workers orchestrators) and wait until all serve.
 
@@ -61,6 +69,7 @@ def up(
         max_concurrent_runs=max_concurrent_runs,
         max_concurrent=max_concurrent,
         max_queue_size=max_queue_size,
+        database_url=database_url,
     )
     started = start_missing(supervisor, timeout)
     if "queue" not in started and (max_concurrent or max_queue_size):

@@ -85,21 +85,30 @@ class SuiteConfig:
     max_concurrent_runs: int | None = None
     max_concurrent: int | None = None
     max_queue_size: int | None = None
+    #: postgresql://... for the queue's and persistence's state (docs/deployment.md).
+    database_url: str | None = None
 
-    def merged(self, **flags: int | None) -> SuiteConfig:
+    def merged(self, **flags: int | str | None) -> SuiteConfig:
         """This config with every flag that was given (not None) replacing its value."""
-        return replace(self, **{key: value for key, value in flags.items() if value is not None})
+        given: dict[str, Any] = {key: value for key, value in flags.items() if value is not None}
+        return replace(self, **given)
 
     def args_for(self, service: str) -> list[str]:
         """Command-line flags for one service's process."""
+        database = _flags(("--database-url", self.database_url))
         if service == "queue":
-            return _flags(("--max-concurrent", self.max_concurrent), ("--max-queue-size", self.max_queue_size))
+            return [
+                *_flags(("--max-concurrent", self.max_concurrent), ("--max-queue-size", self.max_queue_size)),
+                *database,
+            ]
+        if service == "persistence":
+            return database
         if service == "orchestrator":
             return _flags(("--max-concurrent-runs", self.max_concurrent_runs))
         return []
 
 
-def _flags(*pairs: tuple[str, int | None]) -> list[str]:
+def _flags(*pairs: tuple[str, int | str | None]) -> list[str]:
     return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
 
 
@@ -215,7 +224,7 @@ class Supervisor:
                 return SuiteConfig()
         return SuiteConfig(**values)
 
-    def configure(self, **flags: int | None) -> SuiteConfig:
+    def configure(self, **flags: int | str | None) -> SuiteConfig:
         """Merges the flags given to `up` into the recorded settings and records them."""
         config = self.load_config().merged(**flags)
         self.run_dir.mkdir(parents=True, exist_ok=True)

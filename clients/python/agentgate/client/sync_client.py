@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -85,8 +86,10 @@ class AgentGateClient:
 
         try:
             # The work order's trace starts here (or continues the caller's): docs/observability.md.
+            # The key makes a retry on another queue replica safe (docs/deployment.md).
+            request = queue_pb2.SubmitRequest(spec=spec, idempotency_key=uuid.uuid4().hex)
             response = self.queue.Submit(
-                queue_pb2.SubmitRequest(spec=spec), timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
+                request, timeout=RPC_TIMEOUT_SECONDS, metadata=trace_metadata()
             )
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
