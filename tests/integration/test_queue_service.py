@@ -666,13 +666,13 @@ async def test_agents_are_checked_against_the_real_driver_registry(cluster: Clus
     assert accepted.status == PENDING
 
 
+# Replicas share state only on PostgreSQL.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path: Path) -> None:
     """Two queue replicas on one PostgreSQL database (docs/deployment.md): workers asking
     either replica at once get each work order once, `max_concurrent` counts runs on both,
     positions and Submit's capacity check see both, a long poll on one wakes for a Submit
     on the other, and a cancel through one reaches the worker heartbeating the other."""
-    if not cluster.database_url:
-        pytest.skip("replicas share state only on PostgreSQL")
     await cluster.start_persistence()
     a = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
     b = await cluster.start_queue(max_concurrent=3, max_queue_size=12)
@@ -715,12 +715,12 @@ async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path
     assert len(queued) == len(set(queued)) == 13
 
 
+# Replicas share state only on PostgreSQL.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_client_naming_both_replicas_fails_over_when_one_dies(cluster: Cluster, tmp_path: Path) -> None:
     """A channel to `a,b` keeps working when replica a stops: calls go to b (and one that
     meets the dead replica is sent again to b); a retried Submit with its idempotency key
     stores one work order."""
-    if not cluster.database_url:
-        pytest.skip("replicas share state only on PostgreSQL")
     await cluster.start_persistence()
     await cluster.start_queue()
     await cluster.start_queue()

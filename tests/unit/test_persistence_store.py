@@ -23,10 +23,8 @@ async def store(tmp_path: Path, database_url: str) -> AsyncIterator[PersistenceS
     await opened.close()
 
 
-def sqlite_only(store: PersistenceStore) -> None:
-    """Skips a test of SQLite's own file, connections or triggers on PostgreSQL."""
-    if store.shared:
-        pytest.skip("looks at SQLite's file and connections")
+#: A test of SQLite's own file, connections or triggers runs on SQLite only.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def make_run(run_id: str, work_order_id: str = "wo-1", created_seconds: int = 1_700_000_000) -> common_pb2.Run:
@@ -35,8 +33,8 @@ def make_run(run_id: str, work_order_id: str = "wo-1", created_seconds: int = 1_
     return run
 
 
+@sqlite_only
 async def test_schema_is_versioned_and_in_wal_mode(tmp_path: Path, store: PersistenceStore) -> None:
-    sqlite_only(store)
     async with aiosqlite.connect(tmp_path / "persistence.db") as db:
         async with db.execute("SELECT MAX(version) FROM schema_migrations") as cur:
             assert (await cur.fetchone())[0] == len(MIGRATIONS)
@@ -109,8 +107,8 @@ async def test_event_seqs_are_per_work_order_from_one(store: PersistenceStore) -
     assert await store.read_events("wo-1", 2**64 - 1, 10) == []  # uint64 after_seq is clamped
 
 
+@sqlite_only
 async def test_event_batch_is_one_transaction(store: PersistenceStore) -> None:
-    sqlite_only(store)
     await store.append_events([make_event(RUN_STARTED, "wo-1", "run-1")])
     # A trigger makes the second insert of the next batch fail, like a disk error halfway.
     await store._writer.execute(
@@ -159,8 +157,8 @@ async def test_reopening_keeps_data_and_continues_seqs(tmp_path: Path, database_
         await second.close()
 
 
+@sqlite_only
 async def test_reader_does_not_see_uncommitted_writes(store: PersistenceStore) -> None:
-    sqlite_only(store)
     await store._writer.execute(
         "INSERT INTO events (work_order_id, seq, run_id, type, data) VALUES ('wo-x', 1, 'r', 't', x'')"
     )

@@ -268,6 +268,8 @@ async def test_outbox_delivery_bookkeeping(store: QueueStore, tmp_path: Path, da
     assert outbox_size(tmp_path / "queue.db", database_url) == 0
 
 
+# The disk of a PostgreSQL server is its operator's (docs/deployment.md).
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
     store: QueueStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,9 +277,6 @@ async def test_a_completion_that_finds_the_disk_full_uses_the_reserve(
 
     from agentgate.common.disk_reserve import DiskReserve
     from agentgate.common.errors import DiskFull
-
-    if store.shared:
-        pytest.skip("the disk of a PostgreSQL server is its operator's (docs/deployment.md)")
 
     await store.submit(spec("x"), max_queue_size=10)
     lease = await store.lease_next("w", max_concurrent=1, lease_seconds=10)
@@ -316,11 +315,11 @@ async def test_a_submit_with_a_used_idempotency_key_returns_the_first_work_order
     assert len([e for _, e in await store.outbox_batch(100) if e.type == "work_order:queued"]) == 2
 
 
+# SQLite has no connection to lose.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_lost_database_connection_is_unavailable_then_reconnects(store: QueueStore, database_url: str) -> None:
     """PostgreSQL restarted or the network dropped: the call that finds the connection gone
     fails UNAVAILABLE (a client retries), the next one reconnects."""
-    if not store.shared:
-        pytest.skip("SQLite has no connection to lose")
     from agentgate.common.errors import Unavailable
 
     await store.submit(spec("a"), max_queue_size=10)
