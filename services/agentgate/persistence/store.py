@@ -301,12 +301,20 @@ class PersistenceStore:
                     raise DiskFull(self.file) from exc
                 raise
 
+    async def _pg_fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        assert self._pool is not None
+        with unreachable_as_unavailable(self.file):
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(qmark(sql), tuple(params))
+                return list(await cursor.fetchall())
+
     async def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
         if self._pool is not None:
-            with unreachable_as_unavailable(self.file):
-                async with self._pool.connection() as conn:
-                    cursor = await conn.execute(qmark(sql), tuple(params))
-                    return list(await cursor.fetchall())
+            # Shielded: psycopg answers a cancellation mid-query by cancelling it on the
+            # server, which can surface as QueryCanceled or be lost; a reader that goes
+            # away (a follower hanging up) gets its CancelledError now, and the read ends
+            # on its own.
+            return await asyncio.shield(self._pg_fetchall(sql, params))
         assert self._reader is not None
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
