@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agentgate.workspace import git as gitops
 from agentgate.workspace.gate import cleanroom
 
 WORKSPACE = "ws-0123456789abcdef"
@@ -120,9 +121,9 @@ async def test_git_alone_would_leave_what_the_checks_left_behind(repo: Path, tmp
     (room / ".git").mkdir()
     (room / "keep.txt").chmod(0o444)
     (room / "sub/deep").chmod(0o555)
-    env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+    env = {"GIT_INDEX_FILE": str(index)}
     for args in (["clean", "-ffdxq"], ["read-tree", "-u", "--reset", b]):
-        subprocess.run(["git", f"--git-dir={git_dir}", f"--work-tree={room}", *args], cwd=room, env=env, check=True)
+        await gitops.git(*args, cwd=room, git_dir=git_dir, work_tree=room, env=env)
     fresh = await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh", "run-1", 1)
     assert _state(room) != _state(fresh)
 
