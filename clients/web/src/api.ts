@@ -1,10 +1,9 @@
-// The four services, reached through the gateway with the generated descriptors: the
+// The services the dashboard calls, reached through the gateway with the generated descriptors: the
 // Connect protocol, binary protobuf, same origin (the session cookie is sent by the browser).
 import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { QueueService } from "./gen/agentgate/v1/queue_pb.js";
 import { PersistenceService } from "./gen/agentgate/v1/persistence_pb.js";
-import { WorkspaceService } from "./gen/agentgate/v1/workspace_pb.js";
 import { OrchestratorService } from "./gen/agentgate/v1/orchestrator_pb.js";
 
 const transport = createConnectTransport({
@@ -16,7 +15,6 @@ const transport = createConnectTransport({
 
 export const queue: Client<typeof QueueService> = createClient(QueueService, transport);
 export const persistence: Client<typeof PersistenceService> = createClient(PersistenceService, transport);
-export const workspace: Client<typeof WorkspaceService> = createClient(WorkspaceService, transport);
 export const orchestrator: Client<typeof OrchestratorService> = createClient(OrchestratorService, transport);
 
 /** Deadline for unary calls, in ms (sent as connect-timeout-ms, passed on upstream). */

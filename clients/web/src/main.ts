@@ -4,7 +4,7 @@ import "./style.css";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { toJson, toJsonString } from "@bufbuild/protobuf";
-import { CALL_TIMEOUT_MS, persistence, queue, workspace } from "./api.js";
+import { CALL_TIMEOUT_MS, persistence, queue } from "./api.js";
 import { age, clear, errorText, h } from "./dom.js";
 import { followEvents } from "./events.js";
 import { VirtualList } from "./virtual.js";
@@ -224,19 +224,19 @@ function fileLink(file: string): HTMLElement {
   return link;
 }
 
-function iterationCard(run: Run, it: IterationData, previous: IterationData | undefined, result?: AgentResult, report?: VerificationReport): HTMLElement {
+function iterationCard(run: Run, it: IterationData, result?: AgentResult, report?: VerificationReport): HTMLElement {
   const diffBox = h("div", { class: "diff" });
   const diffButton = h("button", { "data-testid": `diff-${it.iteration}` }, "Show diff");
   diffButton.addEventListener("click", async () => {
     diffBox.replaceChildren(h("p", { class: "muted" }, "loading…"));
     try {
-      const diff = await workspace.getDiff(
-        { workspaceId: run.workspaceId, fromSnapshotId: previous?.snapshotId ?? "", toSnapshotId: it.snapshotId },
-        opts,
-      );
+      // The iteration's stored patch (docs/results.md): it outlives the workspace, which
+      // retention deletes when the run ends.
+      const { patch } = await persistence.getPatch({ runId: run.id, iteration: it.iteration }, opts);
+      const text = patch ? new TextDecoder("utf-8", { fatal: false }).decode(patch.patch) : "";
       diffBox.replaceChildren(
-        h("p", {}, `changed: ${diff.changedFiles.join(", ") || "(nothing)"}${diff.truncated ? " (truncated)" : ""}`),
-        h("pre", { class: "diff-text", "data-testid": `diff-text-${it.iteration}` }, diff.diff || "(empty diff)"),
+        h("p", {}, `changed: ${patch?.changedFiles.join(", ") || "(nothing)"}`),
+        h("pre", { class: "diff-text", "data-testid": `diff-text-${it.iteration}` }, text || "(empty diff)"),
       );
     } catch (err) {
       showError(diffBox, err);
@@ -258,7 +258,7 @@ function iterationCard(run: Run, it: IterationData, previous: IterationData | un
     it.decision
       ? h("p", { class: "decision" }, `Strategy: ${it.decision.shouldContinue ? "continue" : "stop"} — ${it.decision.reason}`)
       : null,
-    h("p", { class: "muted" }, `snapshot ${it.snapshotCommit.slice(0, 12) || "-"} `, it.snapshotId && run.workspaceId ? diffButton : ""),
+    h("p", { class: "muted" }, `snapshot ${it.snapshotCommit.slice(0, 12) || "-"} `, it.snapshotId ? diffButton : ""),
     diffBox,
   );
 }
@@ -359,11 +359,10 @@ async function workOrderPage(id: string, signal: AbortSignal): Promise<void> {
       );
       const sorted = [...its.iterations].sort((a, b) => a.iteration - b.iteration);
       iterations.replaceChildren(
-        ...sorted.map((it, i) =>
+        ...sorted.map((it) =>
           iterationCard(
             run!,
             it,
-            sorted[i - 1],
             results.results.filter((r) => r.iteration === it.iteration).at(-1),
             reports.reports.filter((r) => r.iteration === it.iteration).at(-1),
           ),
