@@ -4,7 +4,6 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { QueueService } from "./gen/agentgate/v1/queue_pb.js";
 import { PersistenceService } from "./gen/agentgate/v1/persistence_pb.js";
-import { OrchestratorService } from "./gen/agentgate/v1/orchestrator_pb.js";
 
 const transport = createConnectTransport({
   baseUrl: window.location.origin,
@@ -15,7 +14,6 @@ const transport = createConnectTransport({
 
 export const queue: Client<typeof QueueService> = createClient(QueueService, transport);
 export const persistence: Client<typeof PersistenceService> = createClient(PersistenceService, transport);
-export const orchestrator: Client<typeof OrchestratorService> = createClient(OrchestratorService, transport);
 
 /** Deadline for unary calls, in ms (sent as connect-timeout-ms, passed on upstream). */
 export const CALL_TIMEOUT_MS = 10_000;
