@@ -209,6 +209,33 @@ def created_ns(run: common_pb2.Run) -> int:
     return run.created_at.seconds * 1_000_000_000 + run.created_at.nanos
 
 
+#: Event ids looked up per query (well under both databases' limits on parameters).
+_EVENT_ID_CHUNK = 500
+
+
+async def _stored_by_event_id(
+    db: Any, events: Sequence[events_pb2.RunEvent]
+) -> dict[tuple[str, str], events_pb2.RunEvent]:
+    """The events of `events`' (work_order_id, event_id) pairs that are stored already."""
+    ids: dict[str, list[str]] = {}
+    for event in events:
+        if event.event_id:
+            ids.setdefault(event.work_order_id, []).append(event.event_id)
+    found: dict[tuple[str, str], events_pb2.RunEvent] = {}
+    for work_order_id, wanted in ids.items():
+        unique = list(dict.fromkeys(wanted))
+        for start in range(0, len(unique), _EVENT_ID_CHUNK):
+            chunk = unique[start : start + _EVENT_ID_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            cursor = await db.execute(
+                f"SELECT event_id, data FROM events WHERE work_order_id = ? AND event_id IN ({marks})",
+                (work_order_id, *chunk),
+            )
+            for row in await cursor.fetchall():
+                found[(work_order_id, str(row["event_id"]))] = events_pb2.RunEvent.FromString(bytes(row["data"]))
+    return found
+
+
 class _PgTransaction:
     """A psycopg connection in a transaction, taking the `?` SQL the store is written in."""
 
@@ -218,6 +245,11 @@ class _PgTransaction:
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.AsyncCursor[Any]:
         """Runs one statement; the cursor has `rowcount` and `await fetchone()`."""
         return await self._conn.execute(qmark(sql), tuple(params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Runs one statement for each row of parameters (one round trip per batch)."""
+        async with self._conn.cursor() as cursor:
+            await cursor.executemany(qmark(sql), [tuple(row) for row in rows])
 
 
 class PersistenceStore:
@@ -509,7 +541,9 @@ class PersistenceStore:
         (every event with its seq, in order; the events stored by this call)."""
         result: list[events_pb2.RunEvent | None] = [None] * len(events)
         async with self._transaction() as db:
-            # Already stored, or twice in this batch: the first copy stands.
+            # Already stored, or twice in this batch: the first copy stands. One query per
+            # work order and chunk of ids, not one per event: an append is hundreds of events.
+            stored_before = await _stored_by_event_id(db, events)
             seen: dict[tuple[str, str], int] = {}
             fresh: list[int] = []
             for index, event in enumerate(events):
@@ -517,12 +551,8 @@ class PersistenceStore:
                     key = (event.work_order_id, event.event_id)
                     if key in seen:
                         continue
-                    cursor = await db.execute(
-                        "SELECT data FROM events WHERE work_order_id = ? AND event_id = ?", key
-                    )
-                    row = await cursor.fetchone()
-                    if row is not None:
-                        result[index] = events_pb2.RunEvent.FromString(row["data"])
+                    if key in stored_before:
+                        result[index] = stored_before[key]
                         continue
                     seen[key] = index
                 fresh.append(index)
@@ -545,15 +575,14 @@ class PersistenceStore:
             for index in fresh:
                 copy = events_pb2.RunEvent()
                 copy.CopyFrom(events[index])
-                work_order_id = copy.work_order_id
-                copy.seq = next_seq[work_order_id]
-                next_seq[work_order_id] += 1
-                await db.execute(
-                    "INSERT INTO events (work_order_id, seq, run_id, type, data, event_id) VALUES (?, ?, ?, ?, ?, ?)",
-                    (work_order_id, copy.seq, copy.run_id, copy.type, copy.SerializeToString(), copy.event_id or None),
-                )
+                copy.seq = next_seq[copy.work_order_id]
+                next_seq[copy.work_order_id] += 1
                 result[index] = copy
                 stored.append(copy)
+            await db.executemany(
+                "INSERT INTO events (work_order_id, seq, run_id, type, data, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.work_order_id, e.seq, e.run_id, e.type, e.SerializeToString(), e.event_id or None) for e in stored],
+            )
             for index, event in enumerate(events):
                 if result[index] is None:  # the second copy of an id within this batch
                     result[index] = result[seen[(event.work_order_id, event.event_id)]]
