@@ -126,3 +126,30 @@ def test_free_port_avoids_the_suites_ports() -> None:
         taken = busy.getsockname()[1]
         port = free_port("127.0.0.1", {taken})
     assert port != taken and 0 < port < 65536
+
+
+def test_a_zombie_that_is_not_our_child_is_not_alive() -> None:
+    """A detached service that exited waits for init to reap it; `down` must not wait for
+    that (init may reap seconds later): /proc says it is a zombie."""
+    import subprocess
+    import time
+
+    from agentgate.common.pids import pid_alive
+
+    # sh starts `true` in the background, prints its pid and becomes `sleep`, which never
+    # reaps it: `true` is a zombie whose parent is not this process.
+    parent = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        zombie = int(parent.stdout.readline())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(f"/proc/{zombie}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert not pid_alive(zombie)
+        assert pid_alive(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()

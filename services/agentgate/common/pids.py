@@ -7,8 +7,9 @@ import os
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (one of another user counts). A zombie child of ours
-    still answers kill(0), so it is reaped here and reported dead."""
+    """Whether process `pid` exists (one of another user counts). A zombie still answers
+    kill(0): one that is our child is reaped here, any other (a detached service waiting
+    for init to reap it) is read from /proc; both are reported dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -19,4 +20,16 @@ def pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
-        return True
+        return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether /proc says `pid` has exited and waits to be reaped (False where /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may hold ") " itself.
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] == b"Z"
