@@ -130,7 +130,8 @@ class World:
         for service, channel in self.channels.items():
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
-        databases = sorted(self.home.rglob("*.db"))
+        # os.walk passes over folders that vanish meanwhile (rooms deleted in the background).
+        databases = sorted(Path(top) / name for top, _, files in os.walk(self.home) for name in files if name.endswith(".db"))
         assert {path.name for path in databases} >= {"queue.db", "persistence.db"}
         for path in databases:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:

@@ -132,17 +132,23 @@ def test_a_zombie_that_is_not_our_child_is_not_alive() -> None:
     """A detached service that exited waits for init to reap it; `down` must not wait for
     that (init may reap seconds later): /proc says it is a zombie."""
     import subprocess
+    import sys
     import time
 
     from agentgate.common.pids import pid_alive
 
-    # sh starts `true` in the background, prints its pid and becomes `sleep`, which never
-    # reaps it: `true` is a zombie whose parent is not this process.
-    parent = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 5"], stdout=subprocess.PIPE, text=True)
+    # A child that forks a grandchild which exits at once, and never reaps it: the
+    # grandchild is a zombie whose parent is not this process.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\n"
+         "print(pid, flush=True)\ntime.sleep(30)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert parent.stdout is not None
         zombie = int(parent.stdout.readline())
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with open(f"/proc/{zombie}/stat") as stat:
                 if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
