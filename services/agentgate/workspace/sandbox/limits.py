@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentgate.common.disk_usage import tree_bytes
 from agentgate.common.pids import pid_alive
 from agentgate.workspace.sandbox import defaults
 
@@ -285,33 +286,6 @@ def launcher_argv(cgroup: Cgroup | None, limits: Limits) -> list[str]:
     return ["/bin/sh", "-c", _LAUNCHER, "sandbox-launcher", *procs, "--", "0", fsize, nproc, vmem]
 
 
-def tree_size(path: Path) -> int:
-    """Bytes allocated on disk under `path` (blocks, so sparse files count what they use);
-    hard links are counted once and symlinks are not followed."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    stack = [str(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    key = (info.st_dev, info.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    total += info.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-        except OSError:
-            continue
-    return total
-
-
 async def watch_disk(path: Path, start: int, allowed_growth: int, on_exceeded: Callable[[], None]) -> None:
     """Measures `path` until cancelled; calls `on_exceeded` once it grew by more than
     `allowed_growth` bytes over `start` (its size measured before the execution began).
@@ -319,7 +293,7 @@ async def watch_disk(path: Path, start: int, allowed_growth: int, on_exceeded: C
     measured less often."""
     while True:
         began = time.monotonic()
-        size = await asyncio.to_thread(tree_size, path)
+        size = await asyncio.to_thread(tree_bytes, path)
         if size - start > allowed_growth:
             on_exceeded()
             return

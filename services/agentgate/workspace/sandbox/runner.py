@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentgate.common.disk_usage import tree_bytes
 from agentgate.workspace.sandbox import defaults
-from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, launcher_argv, tree_size, watch_disk
+from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, launcher_argv, watch_disk
 from agentgate.workspace.sandbox.proxy import AllowlistProxy, RefusalCallback
 from agentgate.workspace.sandbox.spec import SandboxSpec, SandboxUnavailable, bwrap_args
 
@@ -264,7 +265,7 @@ class Sandbox:
             prepared.cgroup = _cgroups(self._cgroup_root).create(spec.limits)
             if spec.limits.max_disk_mb is not None:
                 prepared.watched_dir = spec.writable_dir
-                prepared.watched_start = tree_size(spec.writable_dir)
+                prepared.watched_start = tree_bytes(spec.writable_dir)
                 prepared.allowed_growth = spec.limits.max_disk_mb * 1024 * 1024
             return options
 
