@@ -21,13 +21,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agentgate.client.gateway import bridge
+from agentgate.client.gateway.auth import COOKIE, Sessions
+from agentgate.client.gateway.server import Upstreams, make_app
 from agentgate.common.channels import aio_channel
 from agentgate.common.config import ServiceSettings
 from agentgate.common.security import ServerSecurity, client_token
 from agentgate.common.server import start_server
-from agentgate.gateway import bridge
-from agentgate.gateway.auth import COOKIE, Sessions
-from agentgate.gateway.server import Upstreams, make_app
 from agentgate.persistence.server import PersistenceApp
 from agentgate.queue.server import QueueApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2

@@ -1,6 +1,7 @@
 """Starting, checking and stopping the service processes (`agentgate up/down/ps/health`).
 
-Each service runs as `python -m agentgate.<service>`, its own session (so a Ctrl-C in the
+Each service runs as `python -m agentgate.<service>` (the gateway, part of the client, as
+`python -m agentgate.client.gateway`), its own session (so a Ctrl-C in the
 terminal reaches only the supervisor, which then stops them in order), logging to
 `$AGENTGATE_HOME/logs/<instance>.log`, with a pid file `$AGENTGATE_HOME/run/<instance>.pid`
 that records its pid and address.
@@ -61,6 +62,8 @@ START_ORDER = ("persistence", "workspace", "queue", "orchestrator")
 STOP_ORDER = (GATEWAY, "orchestrator", "queue", "workspace", "persistence")
 #: The order of `ps` and `health`.
 DISPLAY_ORDER = (*SERVICES, GATEWAY)
+#: The module a process runs where it is not `agentgate.<service>`.
+MODULES = {GATEWAY: "agentgate.client.gateway"}
 
 WORKER_PREFIX = "orchestrator-"
 _WORKER_NAME = re.compile(r"^orchestrator-([1-9][0-9]*)$")
@@ -372,7 +375,7 @@ class Supervisor:
         log = open(self.log_dir / f"{instance}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", f"agentgate.{service}", *args],
+                [sys.executable, "-m", MODULES.get(service, f"agentgate.{service}"), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

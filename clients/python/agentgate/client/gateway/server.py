@@ -18,10 +18,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from agentgate.client.gateway import bridge
+from agentgate.client.gateway.auth import COOKIE, SESSION_TTL_SECONDS, Sessions
 from agentgate.common.channels import aio_channel
 from agentgate.common.config import MAX_MESSAGE_BYTES, service_address
-from agentgate.gateway import bridge
-from agentgate.gateway.auth import COOKIE, SESSION_TTL_SECONDS, Sessions
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m agentgate.gateway`: the dashboard gateway as a process (docs/dashboard.md)."""
+"""`python -m agentgate.client.gateway`: the dashboard gateway as a process (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from pathlib import Path
 
 from aiohttp import web
 
+from agentgate.client.gateway.auth import Sessions
+from agentgate.client.gateway.server import make_app
 from agentgate.common import security
 from agentgate.common.config import DEFAULT_GATEWAY_ADDRESS, GATEWAY_ADDRESS_ENV, ConfigError, gateway_address
 from agentgate.common.server import configure_logging
-from agentgate.gateway.auth import Sessions
-from agentgate.gateway.server import make_app
 
-log = logging.getLogger("agentgate.gateway")
+log = logging.getLogger("agentgate.client.gateway")
 
 DASHBOARD_DIR_ENV = "AGENTGATE_DASHBOARD_DIR"
 #: The dashboard `make dashboard` builds (clients/web/dist), beside this package in the repository.
-BUILT_DASHBOARD = Path(__file__).resolve().parents[3] / "web" / "dist"
+BUILT_DASHBOARD = Path(__file__).resolve().parents[4] / "web" / "dist"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
