@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -23,6 +22,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from tests.ports import free_port as _free_port
+
 
 def find_binary(name: str) -> str | None:
     """`initdb` / `pg_ctl` on PATH, else in Debian's /usr/lib/postgresql/*/bin."""
@@ -31,12 +32,6 @@ def find_binary(name: str) -> str | None:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
     return candidates[0] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

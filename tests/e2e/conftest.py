@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,15 +15,10 @@ import grpc
 import pytest
 
 from agentgate.common import security
+from tests.ports import free_port
 
 AGENTGATE = str(Path(sys.executable).parent / "agentgate")
 SERVICES = ("queue", "orchestrator", "workspace", "persistence")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -48,9 +42,7 @@ class Suite:
 
     def cli(self, *args: str, timeout: float = 180, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Runs `agentgate ARGS` against this suite."""
-        result = subprocess.run(
-            [AGENTGATE, *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        result = subprocess.run([AGENTGATE, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"agentgate {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result

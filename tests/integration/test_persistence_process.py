@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,12 +16,7 @@ from agentgate.common.channels import aio_channel
 from agentgate.common.events import RUN_STARTED, make_event
 from agentgate.v1 import common_pb2, persistence_pb2, persistence_pb2_grpc
 from tests.credentials import service_credential
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ports import free_port
 
 
 async def wait_serving(channel: grpc.aio.Channel, process: asyncio.subprocess.Process) -> None:

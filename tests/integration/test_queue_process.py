@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,12 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentgate.common.channels import aio_channel
 from agentgate.v1 import queue_pb2, queue_pb2_grpc
 from tests.credentials import service_credential
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ports import free_port
 
 
 async def test_queue_process_serves_and_stops_on_sigterm(home: Path) -> None:

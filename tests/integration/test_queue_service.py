@@ -7,7 +7,6 @@ real persistence service is built elsewhere); everything else is the real queue.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from agentgate.common.server import RunningServer, start_server
 from agentgate.queue.server import QueueApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
 from tests.credentials import service_credential
+from tests.ports import free_port
 
 from ..queue_helpers import outbox_size
 
@@ -44,12 +44,6 @@ def check_agent(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
     if agent.name not in {"command", "scripted"}:
         return [FieldViolation("spec.agent.name", f"unknown agent driver {agent.name!r}")]
     return []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FakePersistence(persistence_pb2_grpc.PersistenceServiceServicer):

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from agentgate.common.server import start_server
 from agentgate.v1 import common_pb2, events_pb2, workspace_pb2, workspace_pb2_grpc
 from agentgate.workspace.server import WorkspaceApp
 from tests.credentials import service_credential
+from tests.ports import free_port
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -686,12 +686,6 @@ async def test_verify_bad_requests(service: Service, project: Path) -> None:
 
 
 # --- the process entry point ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_module_entry_point_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

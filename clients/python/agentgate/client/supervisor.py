@@ -358,7 +358,8 @@ class Supervisor:
     def _new_worker_address(self) -> str:
         base = service_address("orchestrator")
         host = base.rpartition(":")[0]
-        return f"{host}:{free_port(host, {_port(service_address(name)) for name in SERVICES})}"
+        fixed = {_port(service_address(name)) for name in SERVICES} | {_port(gateway_address())}
+        return f"{host}:{free_port(host, fixed)}"
 
     def start(self, instance: str, extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
         """Starts one instance (not waiting for it to serve), with the recorded settings."""
