@@ -60,13 +60,14 @@ screenshots: $(STAMP) $(WEB_BUILD) browser-deps sandbox-deps
 
 venv: $(STAMP)
 
-## bubblewrap, the sandbox of agents and checks (docs/sandbox.md): installed when missing
-## (CI runs as root on a fresh Debian machine, whose package lists may be empty).
+## bubblewrap, the sandbox of agents and checks, and socat, an agent's relay to its network
+## proxy (docs/sandbox.md): installed when missing (CI runs as root on a fresh Debian machine,
+## whose package lists may be empty).
 sandbox-deps:
-	@command -v bwrap >/dev/null || { \
+	@{ command -v bwrap && command -v socat; } >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; \
-		else echo "bubblewrap (bwrap) is missing: install it with 'sudo apt-get install bubblewrap'" >&2; exit 1; fi; }
+			apt-get install -y -q bubblewrap socat || { apt-get update -q && apt-get install -y -q bubblewrap socat; }; \
+		else echo "bubblewrap (bwrap) or socat is missing: install them with 'sudo apt-get install bubblewrap socat'" >&2; exit 1; fi; }
 
 ## PostgreSQL server binaries (initdb, pg_ctl) for the tests that run the queue and
 ## persistence on PostgreSQL (tests/pg_server.py starts a private instance).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,9 +262,17 @@ def test_missing_bubblewrap_says_how_to_install(
     from agentgate.workspace.sandbox import SandboxUnavailable
 
     monkeypatch.setenv("PATH", str(layout.outside))
-    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap socat"):
         make_sandbox("on")
     assert not make_sandbox("off").enabled  # the explicit opt-out needs nothing
+    only_bwrap = layout.outside / "only-bwrap"
+    only_bwrap.mkdir()
+    (only_bwrap / "bwrap").symlink_to(shutil.which("bwrap") or "/usr/bin/bwrap")
+    monkeypatch.setenv("PATH", str(only_bwrap))
+    make_sandbox("on")  # a check's sandbox needs no socat
+    with pytest.raises(SandboxUnavailable, match="needs socat.*apt-get install bubblewrap socat"):
+        make_sandbox("on", network="proxy")
+    monkeypatch.setenv("PATH", str(layout.outside))
     old = layout.outside / "bwrap"
     old.write_text("#!/bin/sh\necho bubblewrap 0.4.1\n")
     old.chmod(0o755)

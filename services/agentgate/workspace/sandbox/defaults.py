@@ -157,4 +157,6 @@ CGROUP_PREFIX = "agentgate-sandbox"
 MIN_BWRAP_VERSION: tuple[int, ...] = (0, 8, 0)
 
 #: bubblewrap's install hint, shown when it is missing.
-INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`) or opt out with `sandbox: off`"
+INSTALL_HINT = (
+    "install bubblewrap and socat (Debian/Ubuntu: `apt-get install bubblewrap socat`) or opt out with `sandbox: off`"
+)

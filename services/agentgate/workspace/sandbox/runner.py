@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,10 +31,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The forwarder runs from its source text (`python -c`): the services' source folder is not
-#: mounted in the sandbox, their Python is.
-_FORWARDER_SOURCE = (Path(__file__).with_name("forwarder.py")).read_text()
-_PYTHON = os.path.realpath(sys.executable)
+#: The in-sandbox relay of an agent's execution, run by the sandbox's `sh` before the command:
+#: socat listens on 127.0.0.1:PORT inside the network namespace and relays each connection to
+#: the proxy's unix socket (how docs/sandbox.md reaches the proxy without a network). The loop
+#: waits until the listener shows in /proc/net/tcp, so the command never races a relay that
+#: is not ready; it uses only builtins (no process per turn). `exec` keeps the command's pid,
+#: stdio and exit status; socat holds none of its stdio and ends with the PID namespace.
+#: Arguments: PORT, the listener as /proc/net/tcp writes it, SOCKET, "--", then the command.
+_RELAY = r"""
+socat TCP-LISTEN:"$1",bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:"$3" </dev/null >/dev/null 2>&1 &
+while :; do
+    while read -r _ local _ state _; do
+        [ "$local" = "$2" ] && [ "$state" = 0A ] && break 2
+    done < /proc/net/tcp
+    kill -0 $! 2>/dev/null || { echo "sandbox: the proxy relay (socat) did not start" >&2; exit 125; }
+done
+shift 4
+exec "$@"
+"""
 
 
 def find_bwrap() -> str:
@@ -54,6 +67,16 @@ def find_bwrap() -> str:
             f"at {path}: {defaults.INSTALL_HINT}"
         )
     return path
+
+
+def find_socat() -> None:
+    """Raises SandboxUnavailable, saying how to install it, when socat (the in-sandbox relay
+    to the agents' proxy) is missing."""
+    if shutil.which("socat") is None:
+        raise SandboxUnavailable(
+            f"an agent's sandbox needs socat (its relay to the network proxy), which is not installed: "
+            f"{defaults.INSTALL_HINT}"
+        )
 
 
 @functools.cache
@@ -208,6 +231,8 @@ class Sandbox:
         self.spec = spec
         self.on_refused = on_refused
         self.bwrap = None if spec.mode == defaults.MODE_OFF else (bwrap or find_bwrap())
+        if self.enabled and spec.network == defaults.NETWORK_PROXY:
+            find_socat()
         self._cgroup_root = str(cgroup_root)
 
     def widened(
@@ -291,9 +316,10 @@ class Sandbox:
                 endpoint_hosts = {host.lower() for host, _ in spec.allowed_endpoints}
                 direct = [h for h in defaults.NO_PROXY_HOSTS if h not in endpoint_hosts]
                 child_env["NO_PROXY"] = child_env["no_proxy"] = ",".join(direct)
+                port = defaults.PROXY_PORT_IN_SANDBOX
                 command = [
-                    _PYTHON, "-I", "-S", "-c", _FORWARDER_SOURCE,
-                    str(defaults.PROXY_PORT_IN_SANDBOX), defaults.PROXY_SOCKET_IN_SANDBOX, "--", *command,
+                    "/bin/sh", "-c", _RELAY, "sandbox-relay",
+                    str(port), f"0100007F:{port:04X}", defaults.PROXY_SOCKET_IN_SANDBOX, "--", *command,
                 ]
             prepared.argv = [*launcher_argv(prepared.cgroup, spec.limits), self.bwrap, *options, "--", *command]
             prepared.sandboxed = True
