@@ -47,7 +47,6 @@ from typing import Any
 
 import grpc
 
-from agentgate.common import redaction
 from agentgate.common.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -310,6 +309,9 @@ class ServerSecurity:
             or env.get(ALLOW_INSECURE_REMOTE_ENV, "").strip().lower() in _TRUE,
         )
         # Read from files, so not in the environment the redactor looks at: register them.
+        # (Imported here: a client process never redacts, docs/benchmarks.md "CLI start-up".)
+        from agentgate.common import redaction
+
         redaction.register_secret(security.token)
         redaction.register_secret(security.service_key.decode())
         if (security.tls_cert is None) != (security.tls_key is None):
