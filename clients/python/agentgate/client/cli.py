@@ -3,40 +3,60 @@
 `agentgate` (the console script) and `python -m agentgate.client.cli` both run `main`, so
 they are the same program with the same groups. The command modules import only typer at
 start-up; what a command needs loads when it runs (docs/benchmarks.md, "CLI start-up").
+
+`main` builds only the group of the command it is asked to run (`agentgate list` imports
+and builds `cli_work_orders` alone); anything else (`--help`, no command, a command no group
+names) gets every group, so help and "No such command" read as before. `app` is the root
+with every group, for tests and for whoever embeds the CLI.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Any
+
 import typer
 
-from agentgate.client import (
-    cli_agents,
-    cli_gc,
-    cli_profiles,
-    cli_queue,
-    cli_results,
-    cli_runs,
-    cli_suite,
-    cli_work_orders,
+HELP = "AgentGate: run AI coding agents safely."
+
+#: Every group in the order of `--help`: its module, the sub-app in it, the name it is added
+#: under (None: its commands are top-level commands) and the top-level words that run it.
+#: tests/unit/test_cli_startup.py checks the words against what each sub-app registers.
+GROUPS: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
+    ("cli_suite", "app", None, ("up", "down", "health", "ps", "dashboard")),
+    ("cli_work_orders", "app", None, ("submit", "exec", "watch", "status", "list", "cancel", "demo")),
+    ("cli_agents", "app", None, ("agents",)),
+    ("cli_runs", "logs_app", None, ("logs",)),
+    ("cli_results", "app", None, ("diff", "apply")),
+    ("cli_gc", "app", None, ("gc",)),
+    ("cli_profiles", "app", "profiles", ("profiles",)),
+    ("cli_queue", "app", "queue", ("queue",)),
+    ("cli_runs", "app", "runs", ("runs",)),
 )
 
-app = typer.Typer(help="AgentGate: run AI coding agents safely.", no_args_is_help=True, add_completion=False)
 
-# Sub-apps without a name add their commands at the top level; the order is that of `--help`.
-app.add_typer(cli_suite.app)  # up, down, health, ps, dashboard
-app.add_typer(cli_work_orders.app)  # submit, exec, watch, status, list, cancel, demo
-app.add_typer(cli_agents.app)  # agents
-app.add_typer(cli_runs.logs_app)  # logs
-app.add_typer(cli_results.app)  # diff, apply
-app.add_typer(cli_gc.app)  # gc
-app.add_typer(cli_profiles.app, name="profiles")
-app.add_typer(cli_queue.app, name="queue")
-app.add_typer(cli_runs.app, name="runs")
+def build_app(command: str | None = None) -> typer.Typer:
+    """The root app with the group that runs the top-level word `command`, or with every
+    group when `command` is None or names none of them."""
+    root = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
+    groups = [group for group in GROUPS if command in group[3]] or GROUPS
+    for module, sub_app, name, _words in groups:
+        root.add_typer(getattr(importlib.import_module(f"agentgate.client.{module}"), sub_app), name=name)
+    return root
 
 
 def main() -> None:
     """Entry point of the `agentgate` command."""
-    app()
+    build_app(sys.argv[1] if len(sys.argv) > 1 else None)()
+
+
+def __getattr__(name: str) -> Any:
+    """`app`, the root with every group, built on first use (`main` builds its own)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    app = globals()["app"] = build_app()
+    return app
 
 
 if __name__ == "__main__":
