@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agentgate.client.cli import GROUPS, app
+from agentgate.client.cli import GROUPS, app, command_name
 from tests.ports import free_port
 
 #: Loaded by a command when it runs, never by building the CLI.
@@ -75,10 +75,7 @@ def test_the_groups_table_names_the_commands_each_group_registers() -> None:
     would be "No such command"."""
     for module, sub_app, name, words in GROUPS:
         group = getattr(importlib.import_module(f"agentgate.client.{module}"), sub_app)
-        registered = tuple(
-            info.name or info.callback.__name__.lower().replace("_", "-")  # typer's default name
-            for info in group.registered_commands
-        )
+        registered = tuple(command_name(info) for info in group.registered_commands)
         assert words == ((name,) if name else registered), module
 
 
