@@ -29,7 +29,6 @@ as the name to check when it differs from the address's host.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextvars
 import hashlib
@@ -43,11 +42,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from agentgate.common.config import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
