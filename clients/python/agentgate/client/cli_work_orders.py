@@ -28,6 +28,7 @@ from agentgate.client.cli_shared import (
     err_console,
     fail,
     open_client,
+    piped,
     resolve_work_order_id,
     unreachable,
 )
@@ -363,7 +364,11 @@ def status(
             print(json.dumps(result))
             return
         for key, value in result.items():
-            if value not in (None, "", 0):
+            if value in (None, "", 0):
+                continue
+            if piped():  # as on a terminal, without bold and without wrapping long values
+                print(f"{key:<14} {value}")
+            else:
                 console().print(f"[bold]{key:<14}[/bold] {value}")
 
 
@@ -396,11 +401,17 @@ def list_(
     if json_output:
         print(json.dumps(rows))
         return
+    cells = [(row["work_order_id"], row["run_id"], row["status"], row["created_at"][:19], row["task"]) for row in rows]
+    if piped():
+        # One work order a line, tab-separated, no header: what `cut` and `awk` read.
+        for line in cells:
+            print("\t".join(cell.replace("\t", " ") for cell in line))
+        return
     from rich.table import Table
 
     table = Table("work order", "run", "status", "created", "task")
-    for row in rows:
-        table.add_row(row["work_order_id"], row["run_id"], row["status"], row["created_at"][:19], row["task"])
+    for line in cells:
+        table.add_row(*line)
     console().print(table)
 
 
