@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from agentgate.client.cli import GROUPS, app, command_name
+from agentgate.client.cli import GC_THRESHOLD, GROUPS, app, command_name
 from tests.ports import free_port
 
 #: Loaded by a command when it runs, never by building the CLI.
@@ -81,13 +81,15 @@ def test_the_groups_table_names_the_commands_each_group_registers() -> None:
 
 def test_a_command_loads_its_group_alone_and_no_opentelemetry(tmp_path: Path) -> None:
     """`agentgate list` (here refused: nothing listens on its queue address) builds only the
-    work-order commands, and its blocking channel skips OpenTelemetry and the redactor."""
+    work-order commands, its blocking channel skips OpenTelemetry and the redactor, and the
+    cyclic collector runs rarely."""
     code = (
         "import json, sys\n"
         "from agentgate.client import cli\n"
         "sys.argv = ['agentgate', 'list', '--limit', '1']\n"
         "try:\n    cli.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print(json.dumps([code, sorted(sys.modules)]))"
+        "import gc\n"
+        "print(json.dumps([code, sorted(sys.modules), gc.get_threshold()[0]]))"
     )
     env = dict(
         os.environ,
@@ -98,7 +100,8 @@ def test_a_command_loads_its_group_alone_and_no_opentelemetry(tmp_path: Path) ->
     )
     env.pop("OTEL_PYTHON_TRACER_PROVIDER", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
-    exit_code, loaded = json.loads(out.splitlines()[-1])
+    exit_code, loaded, gc_threshold = json.loads(out.splitlines()[-1])
+    assert gc_threshold == GC_THRESHOLD  # start-up collects rarely
     assert exit_code == 3  # unreachable: the command ran and called the queue
     groups = {f"agentgate.client.{module}" for module, *_ in GROUPS}
     assert sorted(groups & set(loaded)) == ["agentgate.client.cli_work_orders"]
