@@ -31,7 +31,9 @@ HELP = "AgentGate: run AI coding agents safely."
 #: tests/unit/test_cli_startup.py checks the words against what each sub-app registers.
 GROUPS: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = (
     ("cli_suite", "app", None, ("up", "down", "health", "ps", "dashboard")),
-    ("cli_work_orders", "app", None, ("submit", "exec", "watch", "status", "list", "cancel", "demo")),
+    ("cli_submit", "app", None, ("submit", "exec")),
+    ("cli_work_orders", "app", None, ("watch", "status", "list", "cancel")),
+    ("cli_submit", "demo_app", None, ("demo",)),
     ("cli_agents", "app", None, ("agents",)),
     ("cli_runs", "logs_app", None, ("logs",)),
     ("cli_results", "app", None, ("diff", "apply")),
