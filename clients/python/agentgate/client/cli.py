@@ -4,10 +4,10 @@
 they are the same program with the same groups. The command modules import only typer at
 start-up; what a command needs loads when it runs (docs/benchmarks.md, "CLI start-up").
 
-`main` builds only the command it is asked to run (`agentgate list` imports
-`cli_work_orders` alone and builds `list` alone); anything else (`--help`, no command, a command no group
-names) gets every group, so help and "No such command" read as before. `app` is the root
-with every group, for tests and for whoever embeds the CLI.
+`main` builds only the command it is asked to run (`agentgate list` imports `cli_work_orders`
+alone and builds `list` alone); anything else (`--help`, no command, a word no group names)
+gets every group, so help and "No such command" read as before. `app` is the root with every
+group, for tests and for whoever embeds the CLI.
 """
 
 from __future__ import annotations
