@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from agentgate.common.errors import field_violations
 from agentgate.v1 import common_pb2, queue_pb2, queue_pb2_grpc
 
-from .conftest import Suite
+from .conftest import AGENTGATE, Suite
 from .helpers import fixing_script, make_project, never_fixing_script, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -34,6 +36,25 @@ def exec_json(suite: Suite, project: Path, script: Path, *extra: str) -> tuple[i
         f"script={script}",
         *extra,
     )
+
+
+def in_terminal(suite: Suite, *args: str) -> str:
+    """What `agentgate ARGS` prints with its standard output on a terminal (a pty)."""
+    parent, child = pty.openpty()
+    process = subprocess.Popen([AGENTGATE, *args], env=dict(suite.env, COLUMNS="200"), stdout=child)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(parent)
+    assert process.wait(timeout=60) == 0
+    return out.decode()
 
 
 def test_health_and_reflection(suite: Suite):
@@ -138,6 +159,17 @@ def test_fixing_agent_succeeds_in_two_iterations_and_leaves_path_untouched(suite
     # events.jsonl holds the same history.
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == types
+
+    # `list` and `status`: plain lines when piped (README.md, "Commands"), rich on a terminal.
+    work_order, run = out["work_order_id"], out["run_id"]
+    piped = suite.cli("list", "--limit", "1", check=True).stdout
+    assert piped.splitlines()[0].split("\t")[:3] == [work_order, run, "SUCCEEDED"]
+    assert "\n" not in piped.rstrip("\n") and "┃" not in piped
+    table = in_terminal(suite, "list", "--limit", "1")
+    assert "┃" in table and "work order" in table and work_order in table
+    status = suite.cli("status", work_order, check=True).stdout
+    assert f"run_id         {run}\n" in status and "\x1b[" not in status
+    assert "\x1b[1mrun_id" in in_terminal(suite, "status", work_order)
 
 
 def test_agent_that_never_fixes_fails_after_max_iterations(suite: Suite, tmp_path: Path):

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
+import sys
 from collections.abc import Sequence
 
 import grpc
 
-from agentgate.common import security, telemetry
+from agentgate.common import security
 from agentgate.common.config import MAX_MESSAGE_BYTES, ConfigError
+
+#: The variable that names a tracer provider OpenTelemetry loads on first use.
+TRACER_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -102,6 +107,8 @@ def aio_channel(
     names the AgentGate service that calls through it (whose tracer makes the client
     spans; the global tracer provider when None). `options` replace CHANNEL_OPTIONS.
     `credential` is the bearer credential to send (None: the client token)."""
+    from agentgate.common import telemetry
+
     options = CHANNEL_OPTIONS if options is None else options
     address, replica_options = channel_target(address)
     options = [*options, *replica_options]
@@ -116,7 +123,8 @@ def aio_channel(
 
 def sync_channel(address: str, credential: str | None = None) -> grpc.Channel:
     """A blocking channel to `address` (CLI use). Its unary calls carry the instrumentation
-    (see `telemetry.sync_client_interceptor`). `credential`: as for `aio_channel`."""
+    (see `telemetry.intercept_sync_channel`) once this process may trace. `credential`: as for
+    `aio_channel`."""
     credentials = security.client_credentials()
     address, replica_options = channel_target(address)
     options = [*CHANNEL_OPTIONS, *replica_options]
@@ -124,4 +132,17 @@ def sync_channel(address: str, credential: str | None = None) -> grpc.Channel:
         channel = grpc.secure_channel(address, credentials, options=options + security.client_options())
     else:
         channel = grpc.insecure_channel(address, options=options)
-    return telemetry.intercept_sync_channel(security.intercept_sync_channel(channel, credential))
+    channel = security.intercept_sync_channel(channel, credential)
+    if not _may_trace():
+        return channel
+    from agentgate.common import telemetry
+
+    return telemetry.intercept_sync_channel(channel)
+
+
+def _may_trace() -> bool:
+    """Whether a tracer provider may be set in this process: only code that imported
+    OpenTelemetry's trace API can set one, or the API itself from TRACER_PROVIDER_ENV. A CLI
+    process sets none, and then does not spend its start-up loading OpenTelemetry
+    (docs/benchmarks.md, "CLI start-up")."""
+    return "opentelemetry.trace" in sys.modules or TRACER_PROVIDER_ENV in os.environ

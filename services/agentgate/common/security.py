@@ -29,7 +29,6 @@ as the name to check when it differs from the address's host.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextvars
 import hashlib
@@ -43,12 +42,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from agentgate.common import redaction
 from agentgate.common.config import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,9 @@ class ServerSecurity:
             or env.get(ALLOW_INSECURE_REMOTE_ENV, "").strip().lower() in _TRUE,
         )
         # Read from files, so not in the environment the redactor looks at: register them.
+        # (Imported here: a client process never redacts, docs/benchmarks.md "CLI start-up".)
+        from agentgate.common import redaction
+
         redaction.register_secret(security.token)
         redaction.register_secret(security.service_key.decode())
         if (security.tls_cert is None) != (security.tls_key is None):

@@ -8,6 +8,7 @@ the stubs load inside the helpers that use them (see docs/benchmarks.md, "CLI st
 from __future__ import annotations
 
 import functools
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -23,6 +24,13 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def piped() -> bool:
+    """Whether standard output is not a terminal (a pipe, a file). `list` and `status` then
+    print plain lines, as `gh` does: no table, no colour, nothing wrapped, and rich is not
+    loaded (README.md, "Commands")."""
+    return not sys.stdout.isatty()
 
 
 @functools.cache
