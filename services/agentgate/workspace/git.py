@@ -156,6 +156,9 @@ async def git(
         raise GitError(args, -1, f"timed out after {timeout:g}s") from None
     except BaseException:
         _kill(process)
+        # Reaped before the caller goes on: a git killed while writing an index or a ref
+        # could otherwise still create or rename its lock file after the caller removed it.
+        await process.wait()
         raise
     assert process.returncode is not None
     result = GitResult(

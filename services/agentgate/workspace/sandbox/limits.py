@@ -295,7 +295,7 @@ def change_mark(path: Path) -> int:
     after it). Falls back to the wall clock less 2 s when `path`'s times cannot be set."""
     try:
         os.utime(path)
-        return os.lstat(path).st_ctime_ns
+        return os.stat(path).st_ctime_ns
     except OSError:
         return time.time_ns() - 2_000_000_000
 
