@@ -245,6 +245,33 @@ async def test_disk_limit_many_files(mode: str, layout: Layout, make_sandbox: Sa
         assert written < 40
 
 
+@BOTH
+async def test_disk_limit_growing_files_that_were_there(mode: str, layout: Layout, make_sandbox: SandboxFactory) -> None:
+    # What the watcher counts is what changed since the start (ctime): files that existed
+    # before, each grown below the one-file limit, count as much as new ones.
+    for i in range(40):
+        (layout.writable / f"old{i}.bin").write_bytes(b"x")
+    script = "for i in $(seq 0 39); do head -c 1000000 /dev/urandom >> old$i.bin; sleep 0.05; done; echo grew-all"
+    result = await make_sandbox(mode, Limits(max_disk_mb=8)).run(sh(script), timeout=30)
+    grown = sum(1 for i in range(40) if _size(layout.writable / f"old{i}.bin") > 1)
+    if mode == "off":
+        assert grown == 40 and "grew-all" in result.stdout
+    else:
+        assert LIMIT_DISK in result.limits_hit and "grew-all" not in result.stdout
+        assert grown < 40
+
+
+async def test_disk_limit_counts_only_what_the_execution_wrote(layout: Layout, make_sandbox: SandboxFactory) -> None:
+    # 24 MB already in the folder, a limit of 8: an execution writing 2 MB and running for
+    # several measurements is not stopped (the folder's earlier contents are not its own).
+    for i in range(24):
+        (layout.writable / f"earlier{i}.bin").write_bytes(os.urandom(1_000_000))
+    result = await make_sandbox("on", Limits(max_disk_mb=8)).run(
+        sh("head -c 2000000 /dev/urandom > mine.bin; sleep 1.6; echo finished"), timeout=30
+    )
+    assert result.exit_code == 0 and "finished" in result.stdout and LIMIT_DISK not in result.limits_hit
+
+
 async def test_private_tmp_is_bounded_and_thrown_away(layout: Layout, make_sandbox: SandboxFactory) -> None:
     result = await make_sandbox("on", Limits(max_disk_mb=2)).run(
         sh(

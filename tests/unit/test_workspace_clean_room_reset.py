@@ -159,3 +159,55 @@ async def test_a_room_in_use_gives_a_one_off_room_and_release_deletes_the_kept_o
     assert kept.is_dir() and (git_dir / cleanroom.ROOM_INDEX).is_file()
     await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
     assert not kept.exists() and not (git_dir / cleanroom.ROOM_INDEX).exists()
+
+
+async def _reset_behind_done(room: Path) -> None:
+    task = cleanroom._behind.get(room)
+    assert task is not None, "no reset was started behind the verification"
+    await task
+
+
+async def test_a_room_reset_behind_its_verification_equals_a_fresh_checkout(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    a, b = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, a, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        first = room
+        _mess_up(room)
+    await _reset_behind_done(first)
+    assert cleanroom._clean_at[first] == a
+    assert _state(first) == _state(await cleanroom.create_clean_room(git_dir, a, tmp_path / "fresh-a", "run-1", 1))
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 2, workspace_id=WORKSPACE, behind=True) as room:
+        assert room == first and first not in cleanroom._clean_at
+        moved = _state(room)
+    fresh = await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh-b", "run-1", 2)
+    assert moved == _state(fresh)
+    assert not (Path("/tmp") / "y.txt").exists(), "the reset wrote through the symlink"
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+
+
+async def test_a_room_replaced_after_its_reset_behind_is_made_again(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    a, b = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine\n")
+    async with cleanroom.clean_room(git_dir, a, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        pass
+    await _reset_behind_done(room)
+    cleanroom.remove_tree(room)
+    room.symlink_to(victim)
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 2, workspace_id=WORKSPACE, behind=True) as again:
+        assert not again.is_symlink() and (again / "new.txt").is_file()
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"]
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+
+
+async def test_release_stops_a_reset_behind_and_leaves_nothing(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    b = _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        _mess_up(room)
+    assert room in cleanroom._behind
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+    assert not room.exists() and room not in cleanroom._behind and room not in cleanroom._clean_at
+    assert not list(git_dir.glob(f"{cleanroom.ROOM_INDEX}*"))

@@ -55,14 +55,11 @@ def test_read_head_ref_refuses_a_ref_outside_refs_heads(tmp_path: Path) -> None:
     assert gitops.read_head_ref(tmp_path / "no-repo") is None
 
 
-async def test_nothing_to_commit_is_told_apart_from_a_failed_commit(tmp_path: Path) -> None:
-    repo = _repo(tmp_path)
-    clean = await gitops.git("commit", "-q", "-m", "x", cwd=repo, check=False)
-    assert gitops.nothing_to_commit(clean)
-    (repo / ".git" / "index.lock").write_text("")
-    (repo / "b.txt").write_text("b\n")
-    locked = await gitops.git("commit", "-q", "-a", "-m", "x", cwd=repo, check=False)
-    assert locked.returncode != 0 and not gitops.nothing_to_commit(locked)
+def test_a_snapshot_message_is_cleaned_as_git_commit_cleans_it() -> None:
+    # The snapshot's commit is made by `commit-tree`, which keeps a message as given.
+    for message in ["one line", "  title  \n\n\n\nbody  \n\n", "\n\nlate title\n", "a\n \n\t\nb", " \n\t"]:
+        expected = subprocess.run(["git", "stripspace"], input=message, capture_output=True, text=True).stdout
+        assert gitops.clean_message(message) == expected.removesuffix("\n")
 
 
 async def test_clean_room_holds_exactly_the_tracked_files_of_the_snapshot(tmp_path: Path) -> None:
@@ -138,7 +135,7 @@ async def test_a_failing_snapshot_commit_is_an_error_not_no_change(manager: Work
     (path / "x.txt").write_text("x\n")
     # `git add` works, but the commit cannot move the branch: a real failure, not "no change".
     (prepared.workspace.git_dir / "refs" / "heads" / "agentgate" / "run-2.lock").write_text("")
-    with pytest.raises(gitops.GitError, match="commit"):
+    with pytest.raises(gitops.GitError, match="update-ref"):
         await manager.create_snapshot(prepared.workspace.id, "x")
 
 

@@ -156,6 +156,9 @@ async def git(
         raise GitError(args, -1, f"timed out after {timeout:g}s") from None
     except BaseException:
         _kill(process)
+        # Reaped before the caller goes on: a git killed while writing an index or a ref
+        # could otherwise still create or rename its lock file after the caller removed it.
+        await process.wait()
         raise
     assert process.returncode is not None
     result = GitResult(
@@ -242,8 +245,15 @@ async def head_commit_fast(git_dir: Path) -> str:
     return read_head_ref(git_dir) or await head_commit(git_dir)
 
 
-def nothing_to_commit(result: GitResult) -> bool:
-    """Whether a failed `git commit` failed only because nothing was staged (LC_ALL=C)."""
-    return result.returncode == 1 and (
-        "nothing to commit" in result.stdout or "nothing added to commit" in result.stdout
-    )
+def clean_message(message: str) -> str:
+    """A commit message as `git commit -m` records it (its default "whitespace" cleanup:
+    trailing spaces and leading, trailing and repeated blank lines dropped); "" for a blank
+    one. For the plumbing `commit-tree`, which records its message as given."""
+    lines: list[str] = []
+    for line in message.splitlines():
+        line = line.rstrip()
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)

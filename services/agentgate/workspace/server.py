@@ -205,6 +205,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         async with cleanroom.clean_room(
             record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration,
             workspace_id=record.id if record.leased and run_id and run_id == record.run_id else "",
+            # Reset behind the verification only when no agent or check can reach the room.
+            behind=sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_ON,
         ) as room:
             report = await gate.run_gate(
                 room,

@@ -12,6 +12,12 @@ is written again, every folder gets the mode a checkout gives it. Anything the r
 undo makes it start over from an empty room. A room in use (a second Verify of the same
 workspace at the same time) or a workspace without a lease gets a one-off room, deleted
 after.
+
+With `behind` (only when nothing but this service can write the room between two
+verifications: the sandbox hides $AGENTGATE_HOME from agents and checks and ends every
+process of theirs), the reset runs behind the verification that used the room, back to the
+snapshot it verified, while the run goes on; the next verification then only moves the
+clean room from that snapshot to its own (`read-tree -m -u`: the paths the two differ in).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ _UMASK = _read_umask()
 _DIR_MODE = 0o777 & ~_UMASK
 _FILE_MODES = (0o666 & ~_UMASK, 0o777 & ~_UMASK)
 _locks: dict[Path, asyncio.Lock] = {}
+#: Kept rooms known to hold exactly a commit's files since a reset behind a verification,
+#: and the resets still to run behind one (docs/workspaces.md, "Clean rooms").
+_clean_at: dict[Path, str] = {}
+_behind: dict[Path, asyncio.Task[None]] = {}
 
 
 def run_room(root: Path, run_id: str, workspace_id: str) -> Path:
@@ -137,6 +147,7 @@ async def _reset(git_dir: Path, commit: str, room: Path, index: Path) -> None:
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
+        await process.wait()  # gone before the caller deletes or reuses the room
         raise
     if process.returncode != 0:
         raise OSError(f"find in {room} failed: {err.decode(errors='replace').strip()}")
@@ -146,19 +157,63 @@ async def _reset(git_dir: Path, commit: str, room: Path, index: Path) -> None:
     await _read_tree(git_dir, commit, room, index)
 
 
+async def _advance(git_dir: Path, old: str, new: str, room: Path, index: Path) -> None:
+    """Moves a room known to hold exactly the files of `old` (reset behind the last
+    verification, nothing written since) to those of `new`: a two-tree `read-tree -m -u`
+    writes and removes only the paths the two commits differ in, stat-checking only those.
+    Raises (OSError, GitError) when it cannot: the caller resets."""
+    if not await asyncio.to_thread(_reusable, room, index):
+        raise FileNotFoundError(room)
+    if old != new:
+        env = {"GIT_INDEX_FILE": str(index)}
+        await gitops.git("read-tree", "-m", "-u", old, new, cwd=room, git_dir=git_dir, work_tree=room, env=env)
+
+
+async def _reset_behind(git_dir: Path, commit: str, room: Path, index: Path, lock: asyncio.Lock) -> None:
+    """The reset of a kept room back to `commit`, after the verification that used it."""
+    async with lock:
+        try:
+            await _reset(git_dir, commit, room, index)
+        except (OSError, gitops.GitError) as exc:
+            # The next verification resets (or makes the room again) itself.
+            log.info("clean room %s could not be reset behind its verification: %s", room, exc)
+            return
+        finally:
+            if _behind.get(room) is asyncio.current_task():
+                del _behind[room]
+        _clean_at[room] = commit
+
+
+async def _stop_behind(room: Path) -> None:
+    """Stops a reset behind a verification of `room` (its git or find killed, awaited)."""
+    task = _behind.pop(room, None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @contextlib.asynccontextmanager
 async def clean_room(
-    git_dir: Path, commit: str, root: Path, run_id: str, iteration: int, workspace_id: str = ""
+    git_dir: Path,
+    commit: str,
+    root: Path,
+    run_id: str,
+    iteration: int,
+    workspace_id: str = "",
+    behind: bool = False,
 ) -> AsyncIterator[Path]:
     """A clean room holding the files of `commit` for the duration of the block.
 
     With `workspace_id` (a leased workspace), the workspace's kept room, reset to `commit`
     and kept after the block for the next verification; without it, or while the kept room
-    is in use, a one-off room deleted after the block.
+    is in use, a one-off room deleted after the block. `behind`: the kept room is reset
+    after the block, in the background (see the module docstring).
     """
     room = run_room(root, run_id, workspace_id) if workspace_id else None
     lock = _locks.setdefault(room, asyncio.Lock()) if room is not None else asyncio.Lock()
-    if room is None or lock.locked():
+    # A room locked by a reset behind the last verification is not in use: wait for it.
+    if room is None or (lock.locked() and room not in _behind):
         one_off = await create_clean_room(git_dir, commit, root, run_id, iteration)
         try:
             yield one_off
@@ -167,24 +222,41 @@ async def clean_room(
         return
     async with lock:
         index = git_dir / ROOM_INDEX
+        waiting = _behind.pop(room, None)
+        if waiting is not None:
+            waiting.cancel()  # a reset behind that has not started: this one does the work
+        # Whatever happens below, the room is no longer known clean until reset again.
+        clean_at = _clean_at.pop(room, None)
         try:
-            await _reset(git_dir, commit, room, index)
+            if clean_at is not None:
+                await _advance(git_dir, clean_at, commit, room, index)
+            else:
+                await _reset(git_dir, commit, room, index)
         except (OSError, gitops.GitError) as exc:
             if not isinstance(exc, FileNotFoundError):
                 log.info("clean room %s could not be reset, made again: %s", room, exc)
             await remove_clean_room(room)
             await asyncio.to_thread(index.unlink, missing_ok=True)
             await _checkout(git_dir, commit, room, index)
-        yield room
+        try:
+            yield room
+        finally:
+            if behind:
+                # Created under the lock, so it takes the lock before any later verification.
+                _behind[room] = asyncio.create_task(_reset_behind(git_dir, commit, room, index, lock))
 
 
 async def remove_run_room(root: Path, run_id: str, workspace_id: str, git_dir: Path) -> None:
     """Deletes the kept clean room of a run's workspace and its index (none: nothing)."""
     room = run_room(root, run_id, workspace_id)
+    await _stop_behind(room)
     lock = _locks.pop(room, None)
     async with lock or contextlib.nullcontext():
+        _clean_at.pop(room, None)
         await remove_clean_room(room)
-        await asyncio.to_thread((git_dir / ROOM_INDEX).unlink, missing_ok=True)
+        # A lock file is left by a git killed while writing the index (a stopped reset).
+        for name in (ROOM_INDEX, f"{ROOM_INDEX}.lock"):
+            await asyncio.to_thread((git_dir / name).unlink, missing_ok=True)
 
 
 async def remove_clean_room(room: Path) -> None:

@@ -15,12 +15,13 @@ import logging
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentgate.common.disk_usage import tree_bytes
+from agentgate.common.disk_usage import tree_usage
 from agentgate.common.pids import pid_alive
 from agentgate.workspace.sandbox import defaults
 
@@ -286,16 +287,41 @@ def launcher_argv(cgroup: Cgroup | None, limits: Limits) -> list[str]:
     return ["/bin/sh", "-c", _LAUNCHER, "sandbox-launcher", *procs, "--", "0", fsize, nproc, vmem]
 
 
-async def watch_disk(path: Path, start: int, allowed_growth: int, on_exceeded: Callable[[], None]) -> None:
-    """Measures `path` until cancelled; calls `on_exceeded` once it grew by more than
-    `allowed_growth` bytes over `start` (its size measured before the execution began).
-    Measuring runs in a thread (never the loop); a folder that takes long to measure is
-    measured less often."""
-    while True:
-        began = time.monotonic()
-        size = await asyncio.to_thread(tree_bytes, path)
-        if size - start > allowed_growth:
-            on_exceeded()
-            return
-        took = time.monotonic() - began
-        await asyncio.sleep(max(defaults.DISK_POLL_SECONDS, 10 * took))
+def change_mark(path: Path) -> int:
+    """The moment an execution in `path` starts, on the clock of `path`'s file system (ns):
+    `path`'s times are set to now and its new ctime read back, so the mark has the file
+    system's own granularity (1 s on some) and coarse clock, which every later change is
+    stamped with (a mark from `time.time()` could be later than the ctime of a change made
+    after it). Falls back to the wall clock less 2 s when `path`'s times cannot be set."""
+    try:
+        os.utime(path)
+        return os.stat(path).st_ctime_ns
+    except OSError:
+        return time.time_ns() - 2_000_000_000
+
+
+async def watch_disk(path: Path, since_ns: int, allowed: int, on_exceeded: Callable[[], None]) -> None:
+    """Measures what was written into `path` since `since_ns` (a `change_mark`) until
+    cancelled, and calls `on_exceeded` once it is more than `allowed` bytes.
+
+    What was written = the allocated blocks of every entry created or changed since the
+    mark (ctime, which no process can set back): a changed file counts whole, a deleted one
+    frees nothing, so this is never less than the folder's growth, and no measurement of
+    the folder is needed before the execution starts. The first measurement comes one
+    interval after the start (an execution shorter than that costs no walk; what it can
+    write meanwhile is what any interval lets through); each runs in a thread (never the
+    loop), a folder that takes long to measure is measured less often, and a cancel stops
+    the walk under way."""
+    stop = threading.Event()
+    interval = defaults.DISK_POLL_SECONDS
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            began = time.monotonic()
+            usage = await asyncio.to_thread(tree_usage, path, changed_since_ns=since_ns, stop=stop)
+            if usage.bytes > allowed:
+                on_exceeded()
+                return
+            interval = max(defaults.DISK_POLL_SECONDS, 10 * (time.monotonic() - began))
+    finally:
+        stop.set()

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentgate.common.disk_usage import tree_bytes
 from agentgate.workspace.sandbox import defaults
-from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, launcher_argv, watch_disk
+from agentgate.workspace.sandbox.limits import LIMIT_DISK, Cgroup, CgroupFactory, change_mark, launcher_argv, watch_disk
 from agentgate.workspace.sandbox.proxy import AllowlistProxy, RefusalCallback
 from agentgate.workspace.sandbox.spec import SandboxSpec, SandboxUnavailable, bwrap_args
 
@@ -150,7 +149,7 @@ class Prepared:
     proxy: AllowlistProxy | None = None
     private_dir: Path | None = None
     watched_dir: Path | None = None
-    watched_start: int = 0
+    watched_since_ns: int = 0
     allowed_growth: int | None = None
     limits_hit: list[str] = field(default_factory=list)
     _pid: int | None = None
@@ -161,7 +160,7 @@ class Prepared:
         self._pid = pid
         if self.watched_dir is not None and self.allowed_growth is not None:
             self._watcher = asyncio.create_task(
-                watch_disk(self.watched_dir, self.watched_start, self.allowed_growth, self._disk_exceeded)
+                watch_disk(self.watched_dir, self.watched_since_ns, self.allowed_growth, self._disk_exceeded)
             )
 
     def _disk_exceeded(self) -> None:
@@ -290,7 +289,7 @@ class Sandbox:
             prepared.cgroup = _cgroups(self._cgroup_root).create(spec.limits)
             if spec.limits.max_disk_mb is not None:
                 prepared.watched_dir = spec.writable_dir
-                prepared.watched_start = tree_bytes(spec.writable_dir)
+                prepared.watched_since_ns = change_mark(spec.writable_dir)
                 prepared.allowed_growth = spec.limits.max_disk_mb * 1024 * 1024
             return options
 
