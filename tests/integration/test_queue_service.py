@@ -2,10 +2,11 @@
 grpc.aio servers on 127.0.0.1.
 
 Persistence listens on a port fixed per test, so a test can start it after the queue (the
-outbox keeps the events until then). It uses the test's backend: its own persistence.db
-beside queue.db on SQLite, the queue's database on PostgreSQL (as deployed: one database,
-each service its own tables, docs/deployment.md). Tests read what it stored through its
-StreamEvents.
+outbox keeps the events until then). It keeps its index in SQLite (persistence.db beside
+queue.db) whatever the queue's backend: the queue only reaches it over gRPC, and sharing the
+test's PostgreSQL database made the file ~10% slower for no case of the queue's
+(tests/integration/test_persistence_service.py runs persistence on both backends). Tests
+read what it stored through its StreamEvents.
 """
 
 from __future__ import annotations
@@ -50,17 +51,18 @@ class Cluster:
     """Starts queues and the persistence service for one test and stops them after."""
 
     home: Path
-    #: '' for SQLite, else the PostgreSQL database of the test (every queue's and persistence's).
+    #: '' for SQLite, else the PostgreSQL database every queue of the test shares.
     database_url: str = ""
     persistence_port: int = field(default_factory=free_port)
     _persistence: tuple[RunningServer, grpc.aio.Channel] | None = None
     _queues: list[tuple[RunningServer, grpc.aio.Channel]] = field(default_factory=list)
 
     async def start_persistence(self) -> None:
-        """Starts the persistence service on `persistence_port`, where every queue sends its events."""
+        """Starts the persistence service (on SQLite) on `persistence_port`, where every queue
+        sends its events."""
         address = f"127.0.0.1:{self.persistence_port}"
         settings = ServiceSettings.load("persistence", address, str(self.home))
-        running = await start_server(PersistenceApp(settings, database_url=self.database_url), address)
+        running = await start_server(PersistenceApp(settings, database_url=""), address)
         self._persistence = running, aio_channel(address, credential=service_credential(self.home))
 
     async def events_of(self, work_order_id: str) -> list[events_pb2.RunEvent]:
