@@ -1,7 +1,12 @@
-"""The queue service through its gRPC stub, on real grpc.aio servers on 127.0.0.1:0.
+"""The queue service through its gRPC stub, with the real persistence service, on real
+grpc.aio servers on 127.0.0.1.
 
-Persistence is a tiny in-test `PersistenceServiceServicer` that records AppendEvents (the
-real persistence service is built elsewhere); everything else is the real queue.
+Persistence listens on a port fixed per test, so a test can start it after the queue (the
+outbox keeps the events until then). It keeps its index in SQLite (persistence.db beside
+queue.db) whatever the queue's backend: the queue only reaches it over gRPC, and sharing the
+test's PostgreSQL database made the file ~10% slower for no case of the queue's
+(tests/integration/test_persistence_service.py runs persistence on both backends). Tests
+read what it stored through its StreamEvents.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from grpc_status import rpc_status
 from agentgate.common.channels import aio_channel
 from agentgate.common.config import ServiceSettings
 from agentgate.common.errors import FieldViolation, field_violations
+from agentgate.common.events import WORK_ORDER_QUEUED, make_event
 from agentgate.common.server import RunningServer, start_server
+from agentgate.persistence.server import PersistenceApp
 from agentgate.queue.server import QueueApp
 from agentgate.v1 import common_pb2, events_pb2, persistence_pb2, persistence_pb2_grpc, queue_pb2, queue_pb2_grpc
 from tests.credentials import service_credential
 from tests.ports import free_port
 
-from ..queue_helpers import outbox_size
+from ..queue_helpers import dead_letters, outbox_add, outbox_size
 
 PENDING = common_pb2.WORK_ORDER_STATUS_PENDING
 RUNNING = common_pb2.WORK_ORDER_STATUS_RUNNING
@@ -39,64 +46,45 @@ TIMED_OUT = common_pb2.WORK_ORDER_STATUS_TIMED_OUT
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def check_agent(agent: common_pb2.AgentSpec) -> list[FieldViolation]:
-    """Stands in for the workspace driver registry."""
-    if agent.name not in {"command", "scripted"}:
-        return [FieldViolation("spec.agent.name", f"unknown agent driver {agent.name!r}")]
-    return []
-
-
-class FakePersistence(persistence_pb2_grpc.PersistenceServiceServicer):
-    """Records AppendEvents and numbers events per work order, as persistence does.
-    Events whose task summary contains 'poison' are refused as invalid."""
-
-    def __init__(self) -> None:
-        self.events: list[events_pb2.RunEvent] = []
-        self._seqs: dict[str, int] = {}
-
-    async def AppendEvents(self, request, context):  # noqa: N802 - gRPC method name
-        if any("poison" in e.work_order_queued.task_summary for e in request.events):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "poisoned event")
-        seqs = []
-        for event in request.events:
-            self._seqs[event.work_order_id] = self._seqs.get(event.work_order_id, 0) + 1
-            stored = events_pb2.RunEvent()
-            stored.CopyFrom(event)
-            stored.seq = self._seqs[event.work_order_id]
-            self.events.append(stored)
-            seqs.append(stored.seq)
-        return persistence_pb2.AppendEventsResponse(seqs=seqs)
-
-    def of(self, work_order_id: str) -> list[str]:
-        return [e.type for e in self.events if e.work_order_id == work_order_id]
-
-
 @dataclass
 class Cluster:
-    """Starts queues and fake persistence servers for one test and stops them after."""
+    """Starts queues and the persistence service for one test and stops them after."""
 
     home: Path
     #: '' for SQLite, else the PostgreSQL database every queue of the test shares.
     database_url: str = ""
     persistence_port: int = field(default_factory=free_port)
-    persistence: FakePersistence | None = None
-    _persistence_server: grpc.aio.Server | None = None
+    _persistence: tuple[RunningServer, grpc.aio.Channel] | None = None
     _queues: list[tuple[RunningServer, grpc.aio.Channel]] = field(default_factory=list)
 
-    async def start_persistence(self) -> FakePersistence:
-        fake = FakePersistence()
-        server = grpc.aio.server()
-        persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(fake, server)
-        assert server.add_insecure_port(f"127.0.0.1:{self.persistence_port}") == self.persistence_port
-        await server.start()
-        self.persistence, self._persistence_server = fake, server
-        return fake
+    async def start_persistence(self) -> None:
+        """Starts the persistence service (on SQLite) on `persistence_port`, where every queue
+        sends its events."""
+        address = f"127.0.0.1:{self.persistence_port}"
+        settings = ServiceSettings.load("persistence", address, str(self.home))
+        running = await start_server(PersistenceApp(settings, database_url=""), address)
+        self._persistence = running, aio_channel(address, credential=service_credential(self.home))
+
+    async def events_of(self, work_order_id: str) -> list[events_pb2.RunEvent]:
+        """The events persistence stored for a work order, in seq order ([] before its first)."""
+        assert self._persistence is not None, "persistence is not started"
+        stub = persistence_pb2_grpc.PersistenceServiceStub(self._persistence[1])
+        call = stub.StreamEvents(persistence_pb2.StreamEventsRequest(work_order_id=work_order_id), timeout=5)
+        try:
+            return [response.event async for response in call]
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+
+    async def types_of(self, work_order_id: str) -> list[str]:
+        """The types of `events_of(work_order_id)`."""
+        return [event.type for event in await self.events_of(work_order_id)]
 
     async def start_queue(self, **options: Any) -> queue_pb2_grpc.QueueServiceStub:
         options.setdefault("persistence_address", f"127.0.0.1:{self.persistence_port}")
         options.setdefault("reap_interval", 0.1)
         options.setdefault("lease_flush_timeout", 0.5)
-        options.setdefault("agent_check", check_agent)
         options.setdefault("database_url", self.database_url)
         app = QueueApp(ServiceSettings.load("queue", "127.0.0.1:0", str(self.home)), **options)
         running = await start_server(app, "127.0.0.1:0")
@@ -115,8 +103,10 @@ class Cluster:
     async def close(self) -> None:
         while self._queues:
             await self.stop_queue()
-        if self._persistence_server is not None:
-            await self._persistence_server.stop(0)
+        if self._persistence is not None:
+            running, channel = self._persistence
+            await channel.close()
+            await running.stop(0)
 
 
 @pytest.fixture
@@ -415,14 +405,13 @@ async def test_expired_lease_requeues_in_place_then_fails(cluster: Cluster, tmp_
     failed = await queue.GetWorkOrder(queue_pb2.GetWorkOrderRequest(work_order_id=first.id))
     assert failed.work_order.status == FAILED
     assert failed.work_order.error == "system_error: lease expired 2 times (worker lost)"
-    fake = cluster.persistence
-    assert fake is not None
     # Requeued at place 1: one position event, then the end the queue records for a lost worker.
-    await eventually(lambda: _async(fake.of(first.id) == ["work_order:queued", "work_order:position", "run:failed"]))
+    await eventually(lambda: _stored(cluster, first.id, ["work_order:queued", "work_order:position", "run:failed"]))
 
 
-async def _async(value: bool) -> bool:
-    return value
+async def _stored(cluster: Cluster, work_order_id: str, types: list[str]) -> bool:
+    """Whether persistence holds exactly events of `types` for the work order."""
+    return await cluster.types_of(work_order_id) == types
 
 
 async def test_expired_lease_requeue_keeps_priority_place(cluster: Cluster, tmp_path: Path) -> None:
@@ -507,9 +496,7 @@ async def test_max_queue_wait_times_out(queue, cluster: Cluster, tmp_path: Path)
     assert await status_of(queue, patient.id) == PENDING
     where = await queue.GetPosition(queue_pb2.GetPositionRequest(work_order_id=limited.id))
     assert where.state == "timed_out"
-    fake = cluster.persistence
-    assert fake is not None
-    await eventually(lambda: _async(fake.of(limited.id) == ["work_order:queued", "work_order:timed_out"]))
+    await eventually(lambda: _stored(cluster, limited.id, ["work_order:queued", "work_order:timed_out"]))
     # The patient one is next now.
     assert (await lease(queue)).work_order.id == patient.id
 
@@ -550,10 +537,8 @@ async def test_queued_event_reaches_persistence_before_the_lease(queue, cluster:
         )
     )
     leased = await lease(queue)
-    fake = cluster.persistence
-    assert fake is not None
     # Lease flushes the work order's events: persistence has them when it returns.
-    [event] = [e for e in fake.events if e.work_order_id == leased.work_order.id]
+    [event] = await cluster.events_of(leased.work_order.id)
     assert event.type == "work_order:queued" and event.seq == 1
     assert event.run_id == response.work_order.run_id
     assert event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -565,10 +550,8 @@ async def test_queued_event_reaches_persistence_before_the_lease(queue, cluster:
 async def test_canceled_event(queue, cluster: Cluster, tmp_path: Path) -> None:
     work_order = await submit(queue, tmp_path)
     await queue.CancelWorkOrder(queue_pb2.CancelWorkOrderRequest(work_order_id=work_order.id, reason="dup"))
-    fake = cluster.persistence
-    assert fake is not None
-    await eventually(lambda: _async(len(fake.of(work_order.id)) == 2))
-    last = [e for e in fake.events if e.work_order_id == work_order.id][-1]
+    await eventually(lambda: _stored(cluster, work_order.id, ["work_order:queued", "work_order:canceled"]))
+    last = (await cluster.events_of(work_order.id))[-1]
     assert last.type == "work_order:canceled"
     assert last.work_order_ended.status == CANCELED and last.work_order_ended.reason == "dup"
 
@@ -584,15 +567,16 @@ async def test_events_wait_for_persistence_and_survive_a_restart(cluster: Cluste
     await asyncio.sleep(0.3)
     assert outbox_size(cluster.app().settings.database_path, cluster.database_url) == 4
 
-    fake = await cluster.start_persistence()
-    await eventually(lambda: _async(len(fake.events) == 4))
-    assert [(e.work_order_id, e.type, e.seq) for e in fake.events] == [
-        (early.id, "work_order:queued", 1),
-        (late.id, "work_order:queued", 1),
-        (canceled.id, "work_order:queued", 1),
-        (canceled.id, "work_order:canceled", 2),
-    ]
+    await cluster.start_persistence()
+    await eventually(lambda: _stored(cluster, canceled.id, ["work_order:queued", "work_order:canceled"]))
     await eventually(lambda: _outbox_empty(cluster))
+    stored = [(e.type, e.seq) for wo in (early, late, canceled) for e in await cluster.events_of(wo.id)]
+    assert stored == [
+        ("work_order:queued", 1),
+        ("work_order:queued", 1),
+        ("work_order:queued", 1),
+        ("work_order:canceled", 2),
+    ]
 
 
 async def _outbox_empty(cluster: Cluster) -> bool:
@@ -603,10 +587,10 @@ async def test_lease_flushes_events_once_persistence_is_back(cluster: Cluster, t
     queue = await cluster.start_queue(lease_flush_timeout=3.0)
     work_order = await submit(queue, tmp_path)
     await asyncio.sleep(0.8)  # a few failed deliveries: the forwarder is backing off
-    fake = await cluster.start_persistence()
+    await cluster.start_persistence()
     leased = await lease(queue)
     assert leased.work_order.id == work_order.id
-    assert fake.of(work_order.id) == ["work_order:queued"]
+    assert await cluster.types_of(work_order.id) == ["work_order:queued"]
 
 
 async def test_lease_does_not_wait_long_for_a_missing_persistence(cluster: Cluster, tmp_path: Path) -> None:
@@ -617,15 +601,27 @@ async def test_lease_does_not_wait_long_for_a_missing_persistence(cluster: Clust
     assert time.monotonic() - started < 1.5
 
 
-async def test_refused_event_does_not_block_the_rest(queue, cluster: Cluster, tmp_path: Path) -> None:
-    # Persistence refuses the first event; it is set aside and the later ones still arrive.
-    poison = await submit(queue, tmp_path, "poison pill")
+async def test_refused_event_does_not_block_the_rest(cluster: Cluster, tmp_path: Path) -> None:
+    """An event persistence refuses as invalid is set aside; the later ones still arrive.
+
+    The queue's API only makes valid events (its own ids), so the refused one, with a run
+    id persistence will not take as a folder name, is written into the outbox with the
+    store's statement, ahead of a good one, while persistence is down."""
+    queue = await cluster.start_queue()
+    database = cluster.app().settings.database_path
+    poison = make_event(WORK_ORDER_QUEUED, "wo-poison", "../outside")
+    poison.event_id = "poison-1"
+    outbox_add(database, cluster.database_url, poison)
     good = await submit(queue, tmp_path, "good")
-    fake = cluster.persistence
-    assert fake is not None
-    await eventually(lambda: _async(fake.of(good.id) == ["work_order:queued"]))
-    assert fake.of(poison.id) == []
+    assert outbox_size(database, cluster.database_url) == 2
+
+    await cluster.start_persistence()
+    await eventually(lambda: _stored(cluster, good.id, ["work_order:queued"]))
     await eventually(lambda: _outbox_empty(cluster))
+    # Persistence itself refused it, naming the field; the queue kept it aside.
+    [(work_order_id, error)] = dead_letters(database, cluster.database_url)
+    assert work_order_id == "wo-poison" and "events[0].run_id" in error
+    assert await cluster.events_of("wo-poison") == []
 
 
 async def test_unexpected_failure_is_internal_with_a_message(cluster: Cluster, tmp_path: Path) -> None:
@@ -705,8 +701,10 @@ async def test_replicas_on_postgresql_share_one_queue(cluster: Cluster, tmp_path
     assert [w.id for w in order_a.work_orders] == [w.id for w in order_b.work_orders]
     # Every event of every work order reached persistence exactly once, whoever delivered it.
     await eventually(lambda: _outbox_empty(cluster))
-    queued = [e.work_order_id for e in cluster.persistence.events if e.type == "work_order:queued"]
-    assert len(queued) == len(set(queued)) == 13
+    stored = await a.ListWorkOrders(queue_pb2.ListWorkOrdersRequest(page_size=100))
+    assert len(stored.work_orders) == 13
+    for work_order in stored.work_orders:
+        assert (await cluster.types_of(work_order.id)).count("work_order:queued") == 1
 
 
 # Replicas share state only on PostgreSQL.
