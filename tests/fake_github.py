@@ -154,20 +154,10 @@ class FakeGitHubApi:
                 if left and request.path.endswith(suffix):
                     self._rate_limited[suffix] = left - 1
                     reset = str(int(time.time()) + 1)
-                    return (
-                        403,
-                        {
-                            "message": "API rate limit exceeded for user ID 1.",
-                            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
-                        },
-                        {
-                            "X-RateLimit-Limit": "5000",
-                            "X-RateLimit-Remaining": "0",
-                            "X-RateLimit-Reset": reset,
-                            "X-RateLimit-Used": "5000",
-                            "X-RateLimit-Resource": "core",
-                        },
-                    )
+                    return 403, {"message": "API rate limit exceeded for user ID 1.",
+                                 "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}, {
+                        "X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset,
+                        "X-RateLimit-Used": "5000", "X-RateLimit-Resource": "core"}
             status = self._scripted(request)
             if status == 429:
                 return 429, {"message": "API rate limit exceeded"}, {"Retry-After": "1"}
@@ -192,24 +182,12 @@ class FakeGitHubApi:
         if rest == ["pulls"] and request.method == "POST":
             body = request.body or {}
             if any(p["head"] == body.get("head") for p in self.pulls):
-                return (
-                    422,
-                    {
-                        "message": "Validation Failed",
-                        "errors": [{"message": f"A pull request already exists for {owner}:{body.get('head')}."}],
-                    },
-                    {},
-                )
+                return 422, {"message": "Validation Failed",
+                             "errors": [{"message": f"A pull request already exists for {owner}:{body.get('head')}."}]}, {}
             number = len(self.pulls) + 1
-            pull = {
-                "number": number,
-                "html_url": f"{html}/pull/{number}",
-                "draft": bool(body.get("draft")),
-                "head": body.get("head"),
-                "base": body.get("base"),
-                "title": body.get("title"),
-                "body": body.get("body"),
-            }
+            pull = {"number": number, "html_url": f"{html}/pull/{number}", "draft": bool(body.get("draft")),
+                    "head": body.get("head"), "base": body.get("base"), "title": body.get("title"),
+                    "body": body.get("body")}
             self.pulls.append(pull)
             return 201, pull, {}
         if rest == ["pulls"] and request.method == "GET":
@@ -222,9 +200,8 @@ class FakeGitHubApi:
             return 201, comment, {}
         return 404, {"message": "Not Found"}, {}
 
-    def _ci_answer(
-        self, owner: str, name: str, sha: str, what: str, request: Recorded
-    ) -> tuple[int, Any, dict[str, str]]:
+
+    def _ci_answer(self, owner: str, name: str, sha: str, what: str, request: Recorded) -> tuple[int, Any, dict[str, str]]:
         """GET .../commits/{sha}/check-runs and .../commits/{sha}/status, shaped like GitHub's."""
         if sha not in self._ci_by_sha:
             if not self.ci_outcomes:
@@ -243,42 +220,20 @@ class FakeGitHubApi:
             return 200, {"total_count": len(runs), "check_runs": runs[(page - 1) * per_page : page * per_page]}, {}
         if what == "status":
             statuses = [
-                {
-                    "id": index,
-                    "node_id": f"SC_{index}",
-                    "state": "pending" if running else status["state"],
-                    "context": status["context"],
-                    "description": status.get("description"),
-                    "target_url": status.get("target_url"),
-                    "url": f"{html}/statuses/{sha}",
-                    "created_at": "2026-01-01T00:00:00Z",
-                    "updated_at": "2026-01-01T00:00:00Z",
-                }
+                {"id": index, "node_id": f"SC_{index}", "state": "pending" if running else status["state"],
+                 "context": status["context"], "description": status.get("description"),
+                 "target_url": status.get("target_url"), "url": f"{html}/statuses/{sha}",
+                 "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
                 for index, status in enumerate(outcome.statuses, 1)
             ]
             states = {status["state"] for status in statuses}
             # GitHub's combined state: failure if any failed or errored, pending if any is
             # pending or there is none, else success.
-            state = (
-                "failure"
-                if states & {"failure", "error"}
-                else "pending"
-                if "pending" in states or not statuses
-                else "success"
-            )
-            return (
-                200,
-                {
-                    "state": state,
-                    "statuses": statuses,
-                    "sha": sha,
-                    "total_count": len(statuses),
-                    "repository": {"full_name": f"{owner}/{name}"},
-                    "commit_url": f"{html}/commits/{sha}",
-                    "url": f"{html}/commits/{sha}/status",
-                },
-                {},
-            )
+            state = ("failure" if states & {"failure", "error"} else
+                     "pending" if "pending" in states or not statuses else "success")
+            return 200, {"state": state, "statuses": statuses, "sha": sha, "total_count": len(statuses),
+                         "repository": {"full_name": f"{owner}/{name}"},
+                         "commit_url": f"{html}/commits/{sha}", "url": f"{html}/commits/{sha}/status"}, {}
         return 404, {"message": "Not Found"}, {}
 
 
@@ -296,27 +251,15 @@ class CiOutcome:
 def _check_run(sha: str, index: int, run: dict[str, str], html: str, running: bool) -> dict[str, Any]:
     """A check run as GET .../commits/{ref}/check-runs lists it."""
     return {
-        "id": index,
-        "node_id": f"CR_{index}",
-        "head_sha": sha,
-        "external_id": "",
-        "name": run["name"],
-        "url": f"{html}/check-runs/{index}",
-        "html_url": f"{html}/runs/{index}",
+        "id": index, "node_id": f"CR_{index}", "head_sha": sha, "external_id": "", "name": run["name"],
+        "url": f"{html}/check-runs/{index}", "html_url": f"{html}/runs/{index}",
         "details_url": f"{html}/actions/runs/{index}",
         "status": "in_progress" if running else "completed",
         "conclusion": None if running else run.get("conclusion", "success"),
-        "started_at": "2026-01-01T00:00:00Z",
-        "completed_at": None if running else "2026-01-01T00:01:00Z",
-        "output": {
-            "title": run.get("title"),
-            "summary": run.get("summary"),
-            "text": run.get("text"),
-            "annotations_count": 0,
-            "annotations_url": f"{html}/check-runs/{index}/annotations",
-        },
-        "check_suite": {"id": 1},
-        "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+        "started_at": "2026-01-01T00:00:00Z", "completed_at": None if running else "2026-01-01T00:01:00Z",
+        "output": {"title": run.get("title"), "summary": run.get("summary"), "text": run.get("text"),
+                   "annotations_count": 0, "annotations_url": f"{html}/check-runs/{index}/annotations"},
+        "check_suite": {"id": 1}, "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
         "pull_requests": [],
     }
 
@@ -425,17 +368,10 @@ class FakeGitHost:
 
 def git(*args: str, cwd: Path) -> str:
     """Runs git with a fixed identity; returns stdout."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    done = subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    )
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_NOSYSTEM": "1"}
+    done = subprocess.run(["git", "-c", "init.defaultBranch=main", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, check=True)
     return done.stdout
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.ports import free_port as _free_port
+from tests.ports import free_port
 
 
 def find_binary(name: str) -> str | None:
@@ -56,7 +56,7 @@ class PgServer:
             user = pwd.getpwnam("postgres")
             for path in (root, root / "sock"):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        server = cls(root, _free_port(), pg_ctl, as_postgres)
+        server = cls(root, free_port(), pg_ctl, as_postgres)
         server._run(initdb, "-D", str(root / "data"), "-A", "trust", "-U", "agentgate", "-E", "UTF8", "--no-sync")
         options = (
             f"-k {root / 'sock'} -p {server.port} -c listen_addresses=127.0.0.1 -c fsync=off"

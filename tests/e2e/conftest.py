@@ -42,7 +42,9 @@ class Suite:
 
     def cli(self, *args: str, timeout: float = 180, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Runs `agentgate ARGS` against this suite."""
-        result = subprocess.run([AGENTGATE, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [AGENTGATE, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"agentgate {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result

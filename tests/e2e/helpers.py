@@ -34,7 +34,7 @@ def fixing_script(path: Path) -> Path:
         "iterations:\n"
         "  1:\n"
         "    - print: looking at calc.py\n"
-        '    - write: {path: NOTES.md, content: "first look\\n"}\n'
+        "    - write: {path: NOTES.md, content: \"first look\\n\"}\n"
         "  2:\n"
         f"    - write: {{path: calc.py, content: {json.dumps(FIXED)}}}\n"
         "    - print: fixed\n"
@@ -44,7 +44,7 @@ def fixing_script(path: Path) -> Path:
 
 def never_fixing_script(path: Path) -> Path:
     """Writes notes every iteration, never the fix."""
-    path.write_text('default:\n  - append: {path: NOTES.md, content: "still looking\\n"}\n')
+    path.write_text("default:\n  - append: {path: NOTES.md, content: \"still looking\\n\"}\n")
     return path
 
 

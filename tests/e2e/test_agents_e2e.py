@@ -53,30 +53,17 @@ def test_exec_with_claude_code_records_the_agent_and_resumes_the_session(suite: 
     project = make_project(tmp_path / "project")
     bin_dir = Path(suite.env["PATH"].split(os.pathsep)[0])
     code, out = suite.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add() so the tests pass",
-        "--agent",
-        "claude-code",
-        "--agent-option",
-        f"env.STANDIN_STREAM_DIR={stream('claude', 'fix-calc')}",
+        "exec", "--path", str(project), "--prompt", "Fix add() so the tests pass",
+        "--agent", "claude-code",
+        "--agent-option", f"env.STANDIN_STREAM_DIR={stream('claude', 'fix-calc')}",
         # Relative to the agent's working directory, the workspace: the one place a
         # sandboxed agent writes to that outlives it.
-        "--agent-option",
-        "env.STANDIN_LOG=.standin-calls.jsonl",
-        "--agent-option",
-        "max_turns=10",
-        "--max-iterations",
-        "3",
-        "--keep-workspace",
+        "--agent-option", "env.STANDIN_LOG=.standin-calls.jsonl",
+        "--agent-option", "max_turns=10",
+        "--max-iterations", "3", "--keep-workspace",
         # The stand-in `claude` and its recordings live outside the toolchain folders the
         # sandbox shows by default, as a user's own tools might: named read-only.
-        "--sandbox-read-only",
-        str(bin_dir),
-        "--sandbox-read-only",
-        str(FIXTURES),
+        "--sandbox-read-only", str(bin_dir), "--sandbox-read-only", str(FIXTURES),
     )
     assert code == 0, (out, suite.logs())
     log = Path(out["workspace"]) / ".standin-calls.jsonl"

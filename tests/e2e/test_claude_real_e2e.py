@@ -46,19 +46,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory, fake: FakeAnthropic) -> Iter
 
 def exec_claude(suite: Suite, project: Path, *more: str) -> tuple[int, dict]:
     return suite.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add() so the tests pass",
-        "--agent",
-        "claude-code",
-        "--max-iterations",
-        "3",
-        "--retry-preset",
-        "aggressive",
-        "--keep-workspace",
-        *more,
+        "exec", "--path", str(project), "--prompt", "Fix add() so the tests pass",
+        "--agent", "claude-code", "--max-iterations", "3", "--retry-preset", "aggressive", "--keep-workspace", *more,
         timeout=300,
     )
 

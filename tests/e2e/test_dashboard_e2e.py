@@ -83,17 +83,8 @@ def _submit_sleeper(suite: Suite, project: Path, tmp_path: Path, name: str) -> d
     script = tmp_path / f"{name}.yaml"
     script.write_text("default:\n  - sleep: 300\n")
     result = suite.cli(
-        "submit",
-        "--path",
-        str(project),
-        "--prompt",
-        name,
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--json",
-        check=True,
+        "submit", "--path", str(project), "--prompt", name, "--agent", "scripted",
+        "--agent-option", f"script={script}", "--json", check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -126,12 +117,7 @@ def test_dashboard_in_a_browser(suite: Suite, tmp_path: Path) -> None:
     }
     node = subprocess.Popen(
         [shutil.which("node") or "node", str(WEB / "tests" / "scenario.mjs")],
-        cwd=WEB,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cwd=WEB, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert node.stdin is not None and node.stdout is not None
     persistence = _persistence(suite)

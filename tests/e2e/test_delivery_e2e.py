@@ -66,21 +66,9 @@ def test_agent_timeout_on_attempt_1_is_retried_after_the_policy_delay(suite: Sui
         f"      2: [{{write: {{path: calc.py, content: {json.dumps(FIXED)}}}}}]\n"
     )
     code, out = suite.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--agent-timeout",
-        "1",
-        "--retry-preset",
-        "aggressive",
-        "--max-attempts",
-        "2",
+        "exec", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={script}", "--agent-timeout", "1", "--retry-preset", "aggressive",
+        "--max-attempts", "2",
     )
     assert code == 0, (out, suite.logs())
     assert out["status"] == "SUCCEEDED" and out["iterations"] == 1
@@ -104,22 +92,9 @@ def test_pr_mode_opens_the_pull_request_on_the_third_try(suite: Suite, github):
     script = host.root.parent / "fix.yaml"
     script.write_text(FIX)
     code, out = suite.cli_json(
-        "exec",
-        "--github",
-        "octo/proj",
-        "--prompt",
-        "Fix add() so the tests pass\nmore detail",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--git-mode",
-        "pr",
-        "--draft-pr",
-        "--retry-preset",
-        "aggressive",
-        "--max-attempts",
-        "3",
+        "exec", "--github", "octo/proj", "--prompt", "Fix add() so the tests pass\nmore detail",
+        "--agent", "scripted", "--agent-option", f"script={script}", "--git-mode", "pr", "--draft-pr",
+        "--retry-preset", "aggressive", "--max-attempts", "3",
     )
     assert code == 0, (out, suite.logs())
     assert out["pr_url"] == "https://github.example/octo/proj/pull/1"
@@ -128,9 +103,7 @@ def test_pr_mode_opens_the_pull_request_on_the_third_try(suite: Suite, github):
     summary = status["github_summary"]
     assert summary["mode"] == "GIT_HUB_MODE_FAIL_FAST" and summary["pr_url"] == out["pr_url"]
     assert [(op["operation"], op["success"], op["retries"]) for op in summary["operations"]] == [
-        ("push", True, 0),
-        ("create_pr", True, 2),
-    ]
+        ("push", True, 0), ("create_pr", True, 2)]
     [pull] = api.pulls
     assert pull["title"] == "[AgentGate] Fix add() so the tests pass" and pull["draft"] is True
     branch = f"agentgate/{out['run_id']}"
@@ -147,17 +120,8 @@ def test_push_mode_leaves_the_users_repository_unchanged(suite: Suite, tmp_path:
     script = tmp_path / "fix.yaml"
     script.write_text(FIX)
     code, out = suite.cli_json(
-        "exec",
-        "--path",
-        str(clone),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--git-mode",
-        "push",
+        "exec", "--path", str(clone), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={script}", "--git-mode", "push",
     )
     assert code == 0, (out, suite.logs())
     assert git("show", f"agentgate/{out['run_id']}:calc.py", cwd=bare) == FIXED

@@ -86,27 +86,15 @@ def integrity_ok(home: Path) -> None:
 
 
 @pytest.mark.parametrize("victim", ["orchestrator", "workspace", "queue", "persistence"])
-def test_sigkill_mid_run_loses_and_duplicates_nothing(
-    suite: Suite, client: AgentGateClient, tmp_path: Path, victim: str
-):
+def test_sigkill_mid_run_loses_and_duplicates_nothing(suite: Suite, client: AgentGateClient, tmp_path: Path,
+                                                       victim: str):
     project = make_project(tmp_path / "project")
     script = tmp_path / "script.yaml"
     script.write_text(SLOW_THEN_FIX)
     submitted = []
     for index in range(WORK_ORDERS_PER_ROUND):
-        result = suite.cli(
-            "submit",
-            "--path",
-            str(project),
-            "--prompt",
-            f"Fix add() #{index} ({victim})",
-            "--agent",
-            "scripted",
-            "--agent-option",
-            f"script={script}",
-            "--json",
-            check=True,
-        )
+        result = suite.cli("submit", "--path", str(project), "--prompt", f"Fix add() #{index} ({victim})",
+                           "--agent", "scripted", "--agent-option", f"script={script}", "--json", check=True)
         submitted.append(json.loads(result.stdout)["work_order_id"])
 
     # Kill the victim while an agent is running.

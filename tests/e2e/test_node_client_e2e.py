@@ -28,11 +28,7 @@ def run_node(suite: Suite, *args: str, timeout: float = 120) -> subprocess.Compl
     )
     return subprocess.run(
         [node, str(NODE_CLIENT / "submit.js"), *args],
-        env=suite.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
+        env=suite.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
 
@@ -40,17 +36,8 @@ def test_node_client_submits_and_prints_every_event(suite: Suite, tmp_path: Path
     project = make_project(tmp_path / "project")
     script = fixing_script(tmp_path / "fix.yaml")
     result = run_node(
-        suite,
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add() so the tests pass",
-        "--agent",
-        "scripted",
-        "--agent-option-file",
-        f"script={script}",
-        "--max-iterations",
-        "3",
+        suite, "--path", str(project), "--prompt", "Fix add() so the tests pass",
+        "--agent", "scripted", "--agent-option-file", f"script={script}", "--max-iterations", "3",
     )
     assert result.returncode == 0, (result.stdout, result.stderr, suite.logs())
     lines = result.stdout.strip().splitlines()
@@ -73,16 +60,8 @@ def test_node_client_json_output_and_refusal(suite: Suite, tmp_path: Path):
     project = make_project(tmp_path / "project")
     script = fixing_script(tmp_path / "fix.yaml")
     result = run_node(
-        suite,
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option-file",
-        f"script={script}",
-        "--json",
+        suite, "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option-file", f"script={script}", "--json",
     )
     assert result.returncode == 0, (result.stdout, result.stderr)
     objects = [json.loads(line) for line in result.stdout.splitlines()]

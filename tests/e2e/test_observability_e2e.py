@@ -113,15 +113,8 @@ def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyp
 
 def submit(suite: Suite, project: Path, script: Path) -> dict:
     code, out = suite.cli_json(
-        "submit",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
+        "submit", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={script}",
     )
     assert code == 0, out
     return out
@@ -132,13 +125,12 @@ def test_spans_from_all_four_services_carry_the_work_orders_trace_id(traced_suit
     project = make_project(tmp_path / "project")
     script = tmp_path / "fix.yaml"
     script.write_text(
-        'iterations:\n  1:\n    - write: {path: calc.py, content: "def add(a, b):\\n    return a + b\\n"}\n'
+        "iterations:\n  1:\n    - write: {path: calc.py, content: \"def add(a, b):\\n    return a + b\\n\"}\n"
     )
     submitted = submit(traced_suite, project, script)
     wait_for(
         lambda: traced_suite.cli_json("status", submitted["work_order_id"])[1]["status"] == "SUCCEEDED",
-        120,
-        "the work order to succeed",
+        120, "the work order to succeed",
     )
     _, status = traced_suite.cli_json("status", submitted["work_order_id"])
     trace_id = status["trace_id"]
@@ -146,11 +138,8 @@ def test_spans_from_all_four_services_carry_the_work_orders_trace_id(traced_suit
     human = traced_suite.cli("status", submitted["work_order_id"], check=True)
     assert trace_id in human.stdout, "agentgate status shows the trace id"
 
-    wait_for(
-        lambda: traces.services_in(trace_id) >= SERVICE_NAMES,
-        30,
-        f"spans of all four services in trace {trace_id}; got {traces.services_in(trace_id)}",
-    )
+    wait_for(lambda: traces.services_in(trace_id) >= SERVICE_NAMES, 30,
+             f"spans of all four services in trace {trace_id}; got {traces.services_in(trace_id)}")
     with traces.lock:
         names = {name for service, tid, name in traces.spans if tid == trace_id and service == "agentgate-orchestrator"}
     assert "run" in names
@@ -163,11 +152,8 @@ def test_spans_from_all_four_services_carry_the_work_orders_trace_id(traced_suit
     assert mine and {record["trace_id"] for record in mine} == {trace_id}
     assert mine[0]["type"] == "run:started" and mine[-1]["type"] == "run:complete"
 
-    wait_for(
-        lambda: ("agentgate-orchestrator", "agentgate.runs.completed") in metrics.names,
-        30,
-        "the run metrics to be exported",
-    )
+    wait_for(lambda: ("agentgate-orchestrator", "agentgate.runs.completed") in metrics.names, 30,
+             "the run metrics to be exported")
 
 
 def test_twenty_concurrent_watchers_get_the_identical_complete_sequence(traced_suite: Suite, tmp_path: Path):
@@ -177,16 +163,13 @@ def test_twenty_concurrent_watchers_get_the_identical_complete_sequence(traced_s
     script.write_text(
         "iterations:\n  1:\n    - sleep: 4\n"
         + "".join(f"    - print: line {n}\n" for n in range(50))
-        + '    - write: {path: calc.py, content: "def add(a, b):\\n    return a + b\\n"}\n'
+        + "    - write: {path: calc.py, content: \"def add(a, b):\\n    return a + b\\n\"}\n"
     )
     submitted = submit(traced_suite, project, script)
     watchers = [
         subprocess.Popen(
             [AGENTGATE, "watch", submitted["work_order_id"], "--json"],
-            env=traced_suite.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            env=traced_suite.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(WATCHERS)
     ]

@@ -52,15 +52,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     env["AGENTGATE_LEASE_SECONDS"] = str(LEASE_SECONDS)
     running = Suite(home=home, env=env)
     up = running.cli(
-        "up",
-        "--detach",
-        "--workers",
-        "2",
-        "--max-concurrent",
-        str(MAX_CONCURRENT),
-        "--max-queue-size",
-        str(MAX_QUEUE_SIZE),
-        timeout=90,
+        "up", "--detach", "--workers", "2", "--max-concurrent", str(MAX_CONCURRENT),
+        "--max-queue-size", str(MAX_QUEUE_SIZE), timeout=90,
     )
     if up.returncode != 0:
         running.cli("down")
@@ -90,9 +83,7 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     (root / "README.md").write_text("queue test project\n")
-    (root / "verify.yaml").write_text(
-        'version: "1"\ntests:\n  - {name: done, kind: test, command: "test -f done.txt"}\n'
-    )
+    (root / "verify.yaml").write_text('version: "1"\ntests:\n  - {name: done, kind: test, command: "test -f done.txt"}\n')
     return root
 
 
@@ -246,7 +237,9 @@ def test_ps_and_health_list_every_worker(suite: Suite) -> None:
     assert {name: row["pid"] for name, row in ps(suite).items()} == {name: row["pid"] for name, row in rows.items()}
 
 
-def test_ten_work_orders_wait_in_priority_then_time_order(suite: Suite, queue, project: Path, tmp_path: Path) -> None:
+def test_ten_work_orders_wait_in_priority_then_time_order(
+    suite: Suite, queue, project: Path, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     first = [submit(queue, project, tmp_path, f"long{i}", gate=gate) for i in range(2)]
     wait_for(lambda: all(work_order(queue, w.id).status == RUNNING for w in first), 30, "2 running")
@@ -257,10 +250,7 @@ def test_ten_work_orders_wait_in_priority_then_time_order(suite: Suite, queue, p
     # The last in line is watched through the CLI until it runs.
     watcher = subprocess.Popen(
         [AGENTGATE, "queue", "position", expected[-1], "--watch", "--json"],
-        env=suite.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        env=suite.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         stats = queue.GetQueueStats(queue_pb2.GetQueueStatsRequest(), timeout=5)
@@ -276,25 +266,14 @@ def test_ten_work_orders_wait_in_priority_then_time_order(suite: Suite, queue, p
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_reasons(err.value) == ["QUEUE_FULL"]
         refused = suite.cli(
-            "submit",
-            "--path",
-            str(project),
-            "--prompt",
-            "too many",
-            "--agent",
-            "scripted",
-            "--agent-option",
-            f"script={script(tmp_path, 'cli-too-many')}",
+            "submit", "--path", str(project), "--prompt", "too many", "--agent", "scripted",
+            "--agent-option", f"script={script(tmp_path, 'cli-too-many')}",
         )
         assert refused.returncode != 0 and "RESOURCE_EXHAUSTED" in refused.stderr, refused
         code, out = suite.cli_json("queue", "stats")
         assert code == 0
         assert {k: out[k] for k in ("waiting", "running", "max_concurrent", "max_queue_size", "accepting")} == {
-            "waiting": 8,
-            "running": 2,
-            "max_concurrent": 2,
-            "max_queue_size": 8,
-            "accepting": False,
+            "waiting": 8, "running": 2, "max_concurrent": 2, "max_queue_size": 8, "accepting": False,
         }
         # The two running work orders' workspaces and the run files take room (docs/workspaces.md).
         disk = out["disk_bytes"]
@@ -340,19 +319,8 @@ def test_max_wait_times_out_and_cancel_stops_a_running_agent(
 
     # Behind two long runs, with --max-wait 2: TIMED_OUT about 2 seconds later.
     code, out = suite.cli_json(
-        "submit",
-        "--path",
-        str(project),
-        "--prompt",
-        "impatient",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script(tmp_path, 'impatient')}",
-        "--max-wait",
-        "2",
-        "--priority",
-        "3",
+        "submit", "--path", str(project), "--prompt", "impatient", "--agent", "scripted",
+        "--agent-option", f"script={script(tmp_path, 'impatient')}", "--max-wait", "2", "--priority", "3",
     )
     assert code == 0 and out["status"] == "PENDING"
     impatient = wait_for(

@@ -120,15 +120,8 @@ def cluster(tmp_path: Path, pg_server: PgServer) -> Iterator[tuple[Processes, di
         for name in ("worker-1", "worker-2"):
             processes.start(
                 name,
-                [
-                    "agentgate.orchestrator",
-                    "--address",
-                    addresses[name],
-                    "--worker-id",
-                    name,
-                    "--max-concurrent-runs",
-                    "2",
-                ],
+                ["agentgate.orchestrator", "--address", addresses[name], "--worker-id", name,
+                 "--max-concurrent-runs", "2"],
             )
         for address in addresses.values():
             wait_serving(address)

@@ -34,10 +34,7 @@ pytestmark = pytest.mark.slow
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=U", "-c", "user.email=u@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
+        cwd=cwd, check=True, capture_output=True, text=True,
     )
     return done.stdout.strip()
 
@@ -72,16 +69,8 @@ def test_exec_then_apply_makes_the_branch_and_refuses_a_conflicting_move(
     (project / "scratch.txt").write_text("the user's uncommitted work\n")
     script = fixing_script(tmp_path / "script.yaml")
     done = suite.cli(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--json",
+        "exec", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={script}", "--json",
         # Kept so the test can read the final snapshot from the run's own git directory;
         # `apply` itself reads only the stored patches.
         "--keep-workspace",
@@ -135,12 +124,15 @@ def resumable_script(path: Path, counts: Path) -> Path:
     runs (the worker is killed then) and fixes the bug the next. Every execution is counted
     in `counts`, outside the workspace."""
     first = f"echo run >> {counts}/iteration-1"
-    second = f"echo run >> {counts}/iteration-2; if [ $(wc -l < {counts}/iteration-2) -lt 2 ]; then sleep 60; fi"
+    second = (
+        f"echo run >> {counts}/iteration-2; "
+        f"if [ $(wc -l < {counts}/iteration-2) -lt 2 ]; then sleep 60; fi"
+    )
     path.write_text(
         "iterations:\n"
         "  1:\n"
         f"    - run: {json.dumps(first)}\n"
-        '    - write: {path: NOTES.md, content: "first look\\n"}\n'
+        "    - write: {path: NOTES.md, content: \"first look\\n\"}\n"
         "  2:\n"
         f"    - run: {json.dumps(second)}\n"
         f"    - write: {{path: calc.py, content: {json.dumps(FIXED)}}}\n"
@@ -159,21 +151,8 @@ def test_a_lost_worker_resumes_after_the_last_completed_iteration(
     counts.mkdir()
     script = resumable_script(tmp_path / "script.yaml", counts)
     submitted = suite.cli(
-        "submit",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        "--sandbox",
-        "off",
-        "--max-iterations",
-        "3",
-        "--json",
-        check=True,
+        "submit", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={script}", "--sandbox", "off", "--max-iterations", "3", "--json", check=True,
     )
     work_order_id = json.loads(submitted.stdout)["work_order_id"]
     run_id = client.work_order(work_order_id).run_id

@@ -59,19 +59,9 @@ def failed_run(secret_suite: Suite, tmp_path_factory: pytest.TempPathFactory) ->
     agent = tmp_path_factory.mktemp("secret-agent") / "secret_agent.py"
     agent.write_text(AGENT)
     code, out = secret_suite.cli_json(
-        "exec",
-        "--path",
-        str(root),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "command",
-        "--agent-option",
-        f"command={sys.executable} {agent}",
-        "--max-iterations",
-        "2",
-        "--sandbox-read-only",
-        str(agent.parent),
+        "exec", "--path", str(root), "--prompt", "Fix add()", "--agent", "command",
+        "--agent-option", f"command={sys.executable} {agent}", "--max-iterations", "2",
+        "--sandbox-read-only", str(agent.parent),
         # Kept, so that its prompt files are searched below too.
         "--keep-workspace",
     )

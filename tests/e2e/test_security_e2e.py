@@ -50,15 +50,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_with_the_token_runs_a_work_order(secured: Suite, tmp_path: Path):
     project = make_project(tmp_path / "project")
     code, out = secured.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={fixing_script(tmp_path / 'fix.yaml')}",
+        "exec", "--path", str(project), "--prompt", "Fix add()", "--agent", "scripted",
+        "--agent-option", f"script={fixing_script(tmp_path / 'fix.yaml')}",
     )
     assert code == 0, (out, secured.logs())
     assert out["status"] == "SUCCEEDED" and out["iterations"] == 2
@@ -77,18 +70,8 @@ def test_cli_without_the_right_token_is_refused(secured: Suite, tmp_path: Path, 
     assert listed.returncode == 3
     assert "UNAUTHENTICATED" in listed.stderr and "AGENTGATE_TOKEN" in listed.stderr
     project = make_project(tmp_path / "project")
-    submitted = cli(
-        env,
-        "submit",
-        "--path",
-        str(project),
-        "--prompt",
-        "x",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={fixing_script(tmp_path / 'fix.yaml')}",
-    )
+    submitted = cli(env, "submit", "--path", str(project), "--prompt", "x", "--agent", "scripted",
+                    "--agent-option", f"script={fixing_script(tmp_path / 'fix.yaml')}")
     assert submitted.returncode == 3 and "UNAUTHENTICATED" in submitted.stderr
     # Health stays open: probes and `agentgate health` need no token.
     assert cli(env, "health").returncode == 0
@@ -111,18 +94,8 @@ def test_buf_curl_needs_the_header_except_for_reflection(secured: Suite):
 
 def test_node_client_sends_the_token(secured: Suite, tmp_path: Path):
     project = make_project(tmp_path / "project")
-    args = [
-        "node",
-        str(ROOT / "clients/node/submit.js"),
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option-file",
-        f"script={fixing_script(tmp_path / 'fix.yaml')}",
-    ]
+    args = ["node", str(ROOT / "clients/node/submit.js"), "--path", str(project), "--prompt", "Fix add()",
+            "--agent", "scripted", "--agent-option-file", f"script={fixing_script(tmp_path / 'fix.yaml')}"]
     refused = subprocess.run(args, env=without_token(secured), capture_output=True, text=True, timeout=60)
     assert refused.returncode == 3 and "UNAUTHENTICATED" in refused.stderr
     # From AGENTGATE_TOKEN, and from the token file of $AGENTGATE_HOME when it is not set.
@@ -142,9 +115,7 @@ def test_a_service_beyond_loopback_requires_a_token_it_made_itself(secured: Suit
     address = f"0.0.0.0:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-m", "agentgate.queue", "--address", address, "--home", str(home)],
-        env=without_token(secured, file=True),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        env=without_token(secured, file=True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         local = address.replace("0.0.0.0", "127.0.0.1")

@@ -25,16 +25,8 @@ BUF = shutil.which("buf") or str(Path(__file__).resolve().parents[2] / "tools/no
 
 def exec_json(suite: Suite, project: Path, script: Path, *extra: str) -> tuple[int, dict]:
     return suite.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "Fix add() so the tests pass",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={script}",
-        *extra,
+        "exec", "--path", str(project), "--prompt", "Fix add() so the tests pass",
+        "--agent", "scripted", "--agent-option", f"script={script}", *extra,
     )
 
 
@@ -61,10 +53,7 @@ def test_health_and_reflection(suite: Suite):
     result = suite.cli("health", "--json", check=True)
     states = json.loads(result.stdout)
     assert {name: s["status"] for name, s in states.items()} == {
-        "queue": "SERVING",
-        "orchestrator-1": "SERVING",
-        "workspace": "SERVING",
-        "persistence": "SERVING",
+        "queue": "SERVING", "orchestrator-1": "SERVING", "workspace": "SERVING", "persistence": "SERVING",
         "gateway": "SERVING",
     }
     for service, full_name in [
@@ -74,18 +63,9 @@ def test_health_and_reflection(suite: Suite):
         ("persistence", "agentgate.v1.PersistenceService"),
     ]:
         listed = subprocess.run(
-            [
-                BUF,
-                "curl",
-                "--protocol",
-                "grpc",
-                "--http2-prior-knowledge",
-                "--list-services",
-                f"http://{suite.address(service)}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
+            [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services",
+             f"http://{suite.address(service)}"],
+            capture_output=True, text=True, timeout=30,
         )
         assert listed.returncode == 0, listed.stderr
         names = listed.stdout.split()
@@ -105,16 +85,8 @@ def test_fixing_agent_succeeds_in_two_iterations_and_leaves_path_untouched(suite
     assert tree_digest(project) == before, "the --path directory was modified"
 
     run_dir = suite.home / "runs" / out["run_id"]
-    for name in [
-        "run.json",
-        "events.jsonl",
-        "agent-1.json",
-        "agent-2.json",
-        "verification-1.json",
-        "verification-2.json",
-        "iteration-1.json",
-        "iteration-2.json",
-    ]:
+    for name in ["run.json", "events.jsonl", "agent-1.json", "agent-2.json", "verification-1.json",
+                 "verification-2.json", "iteration-1.json", "iteration-2.json"]:
         assert (run_dir / name).is_file(), f"{name} missing in {run_dir}"
     first = json.loads((run_dir / "verification-1.json").read_text())
     second = json.loads((run_dir / "verification-2.json").read_text())
@@ -135,20 +107,9 @@ def test_fixing_agent_succeeds_in_two_iterations_and_leaves_path_untouched(suite
     assert events[-1]["type"] == "run:complete"
     assert [int(e["seq"]) for e in events] == list(range(1, len(events) + 1))
     types = [e["type"] for e in events]
-    for expected in [
-        "run:started",
-        "workspace:acquired",
-        "iteration:started",
-        "agent:started",
-        "agent:output",
-        "agent:complete",
-        "snapshot:created",
-        "verification:started",
-        "verification:complete",
-        "strategy:decision",
-        "iteration:complete",
-        "workspace:released",
-    ]:
+    for expected in ["run:started", "workspace:acquired", "iteration:started", "agent:started", "agent:output",
+                     "agent:complete", "snapshot:created", "verification:started", "verification:complete",
+                     "strategy:decision", "iteration:complete", "workspace:released"]:
         assert expected in types
     decisions = [e["strategy_decision"]["decision"] for e in events if e["type"] == "strategy:decision"]
     assert decisions[0]["should_continue"] is True and decisions[-1]["reason"] == "Verification passed"
@@ -203,17 +164,8 @@ def test_git_url_source_with_ref(suite: Suite, tmp_path: Path):
     (repo / "calc.py").write_text("broken(\n")
     subprocess.run([*git, "commit", "-qam", "worse"], check=True)
     code, out = suite.cli_json(
-        "exec",
-        "--git-url",
-        f"file://{repo}",
-        "--ref",
-        "v1",
-        "--prompt",
-        "Fix add()",
-        "--agent",
-        "scripted",
-        "--agent-option",
-        f"script={fixing_script(tmp_path / 'fix.yaml')}",
+        "exec", "--git-url", f"file://{repo}", "--ref", "v1", "--prompt", "Fix add()",
+        "--agent", "scripted", "--agent-option", f"script={fixing_script(tmp_path / 'fix.yaml')}",
     )
     assert code == 0, (out, suite.logs())
     assert out["iterations"] == 2

@@ -209,9 +209,7 @@ class FakeAnthropic:
                     logged.status = 401
                     self._error(401, "invalid x-api-key")
                     return
-                turn = (
-                    fake._next_turn() if kind == "agent" else Turn.say("Fake title", input_tokens=10, output_tokens=3)
-                )
+                turn = fake._next_turn() if kind == "agent" else Turn.say("Fake title", input_tokens=10, output_tokens=3)
                 logged.status = turn.status
                 if turn.delay:
                     threading.Event().wait(turn.delay)
@@ -289,54 +287,24 @@ class FakeAnthropic:
         events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
-                events.append(
-                    (
-                        "content_block_start",
-                        {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
-                    )
-                )
+                events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                                       "content_block": {"type": "text", "text": ""}}))
                 text = block["text"]
                 for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
                     if piece:
-                        events.append(
-                            (
-                                "content_block_delta",
-                                {
-                                    "type": "content_block_delta",
-                                    "index": index,
-                                    "delta": {"type": "text_delta", "text": piece},
-                                },
-                            )
-                        )
+                        events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                               "delta": {"type": "text_delta", "text": piece}}))
             else:
-                events.append(
-                    (
-                        "content_block_start",
-                        {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}},
-                    )
-                )
+                events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                                       "content_block": {**block, "input": {}}}))
                 partial = json.dumps(block["input"])
                 for piece in (partial[: len(partial) // 2], partial[len(partial) // 2 :]):
-                    events.append(
-                        (
-                            "content_block_delta",
-                            {
-                                "type": "content_block_delta",
-                                "index": index,
-                                "delta": {"type": "input_json_delta", "partial_json": piece},
-                            },
-                        )
-                    )
+                    events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                           "delta": {"type": "input_json_delta",
+                                                                     "partial_json": piece}}))
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-        events.append(
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": turn.output_tokens},
-                },
-            )
-        )
+        events.append(("message_delta", {"type": "message_delta",
+                                         "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                                         "usage": {"output_tokens": turn.output_tokens}}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events

@@ -116,9 +116,7 @@ def reply(*items: Item, usage: tuple[int, int] = (100, 10), delay: float = 0.0) 
 def http_error(status: int, error_message: str, error_type: str = "", code: str = "") -> Reply:
     """An HTTP error with the API's JSON error body (`{"error": {"message", "type", "code"}}`)."""
     default_type = {401: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
-    return Reply(
-        "http_error", status=status, error_message=error_message, error_type=error_type or default_type, error_code=code
-    )
+    return Reply("http_error", status=status, error_message=error_message, error_type=error_type or default_type, error_code=code)
 
 
 def failed(error_message: str, code: str = "server_error") -> Reply:
@@ -312,15 +310,11 @@ def response_events(fake: FakeOpenAI, scripted: Reply, model: str) -> Iterator[b
     """The server-sent events of one streamed response."""
     response_id = fake.next_id("resp")
     base = {"id": response_id, "object": "response", "created_at": int(time.time()), "model": model}
-    yield _sse(
-        "response.created", {"type": "response.created", "response": {**base, "status": "in_progress", "output": []}}
-    )
+    yield _sse("response.created", {"type": "response.created", "response": {**base, "status": "in_progress", "output": []}})
     yield _sse("response.in_progress", {"type": "response.in_progress", "response": {**base, "status": "in_progress"}})
     if scripted.kind == "failed":
         error = {"code": scripted.error_code, "message": scripted.error_message}
-        yield _sse(
-            "response.failed", {"type": "response.failed", "response": {**base, "status": "failed", "error": error}}
-        )
+        yield _sse("response.failed", {"type": "response.failed", "response": {**base, "status": "failed", "error": error}})
         return
     output = []
     for index, item in enumerate(scripted.items):
@@ -333,44 +327,27 @@ def response_events(fake: FakeOpenAI, scripted: Reply, model: str) -> Iterator[b
             added["arguments"] = ""
         else:
             added["input"] = ""
-        yield _sse(
-            "response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": added}
-        )
+        yield _sse("response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": added})
         if item.kind == "message":
             for piece in _pieces(item.text):
                 yield _sse(
                     "response.output_text.delta",
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": full["id"],
-                        "output_index": index,
-                        "content_index": 0,
-                        "delta": piece,
-                    },
+                    {"type": "response.output_text.delta", "item_id": full["id"], "output_index": index,
+                     "content_index": 0, "delta": piece},
                 )
         elif item.kind == "function_call":
             yield _sse(
                 "response.function_call_arguments.delta",
-                {
-                    "type": "response.function_call_arguments.delta",
-                    "item_id": full["id"],
-                    "output_index": index,
-                    "delta": item.arguments,
-                },
+                {"type": "response.function_call_arguments.delta", "item_id": full["id"], "output_index": index,
+                 "delta": item.arguments},
             )
         else:
             yield _sse(
                 "response.custom_tool_call_input.delta",
-                {
-                    "type": "response.custom_tool_call_input.delta",
-                    "item_id": full["id"],
-                    "output_index": index,
-                    "delta": item.text,
-                },
+                {"type": "response.custom_tool_call_input.delta", "item_id": full["id"], "output_index": index,
+                 "delta": item.text},
             )
-        yield _sse(
-            "response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": full}
-        )
+        yield _sse("response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": full})
     usage = {
         "input_tokens": scripted.usage[0],
         "input_tokens_details": {"cached_tokens": 0},
@@ -422,12 +399,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         if scripted.kind == "http_error":
-            error = {
-                "message": scripted.error_message,
-                "type": scripted.error_type,
-                "param": None,
-                "code": scripted.error_code or None,
-            }
+            error = {"message": scripted.error_message, "type": scripted.error_type, "param": None,
+                     "code": scripted.error_code or None}
             self._json(scripted.status, {"error": error})
             return
         data = b"".join(response_events(self.fake, scripted, str(body.get("model") or MODEL)))

@@ -104,9 +104,7 @@ def _strings(marker: Path) -> st.SearchStrategy[str]:
 
 
 def _bounded_ints(low: int, high: int) -> st.SearchStrategy[int]:
-    return st.one_of(
-        st.sampled_from([0, 1, -1 if low < 0 else 2, low, high, low + 1, high - 1]), st.integers(low, high)
-    )
+    return st.one_of(st.sampled_from([0, 1, -1 if low < 0 else 2, low, high, low + 1, high - 1]), st.integers(low, high))
 
 
 def _scalar(field: FieldDescriptor, marker: Path) -> st.SearchStrategy[Any]:
@@ -217,7 +215,5 @@ def request_bytes(descriptor: Descriptor, marker: Path, base: Message | None = N
         messages(descriptor, marker).map(lambda message: message.SerializeToString()),
         messages(descriptor, marker).map(lambda message: message.SerializeToString()),
         st.binary(max_size=64),
-        st.sampled_from(
-            [b"\x0a\x05abc", b"\xff\xff\xff\xff", b"\x08", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x02\xc3\x28"]
-        ),
+        st.sampled_from([b"\x0a\x05abc", b"\xff\xff\xff\xff", b"\x08", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x02\xc3\x28"]),
     )

@@ -61,26 +61,14 @@ FUZZ = settings(
 )
 
 SERVICES = {
-    "queue": (
-        queue_pb2.DESCRIPTOR.services_by_name["QueueService"],
-        QueueServicer,
-        queue_pb2_grpc.QueueServiceServicer,
-    ),
-    "orchestrator": (
-        orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
-        OrchestratorServicer,
-        orchestrator_pb2_grpc.OrchestratorServiceServicer,
-    ),
-    "workspace": (
-        workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"],
-        WorkspaceServicer,
-        workspace_pb2_grpc.WorkspaceServiceServicer,
-    ),
-    "persistence": (
-        persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"],
-        PersistenceServicer,
-        persistence_pb2_grpc.PersistenceServiceServicer,
-    ),
+    "queue": (queue_pb2.DESCRIPTOR.services_by_name["QueueService"], QueueServicer,
+              queue_pb2_grpc.QueueServiceServicer),
+    "orchestrator": (orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"], OrchestratorServicer,
+                     orchestrator_pb2_grpc.OrchestratorServiceServicer),
+    "workspace": (workspace_pb2.DESCRIPTOR.services_by_name["WorkspaceService"], WorkspaceServicer,
+                  workspace_pb2_grpc.WorkspaceServiceServicer),
+    "persistence": (persistence_pb2.DESCRIPTOR.services_by_name["PersistenceService"], PersistenceServicer,
+                    persistence_pb2_grpc.PersistenceServiceServicer),
 }
 METHODS = [(name, method) for name, (service, _, _) in SERVICES.items() for method in service.methods]
 
@@ -143,9 +131,7 @@ class World:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
         # os.walk passes over folders that vanish meanwhile (rooms deleted in the background).
-        databases = sorted(
-            Path(top) / name for top, _, files in os.walk(self.home) for name in files if name.endswith(".db")
-        )
+        databases = sorted(Path(top) / name for top, _, files in os.walk(self.home) for name in files if name.endswith(".db"))
         assert {path.name for path in databases} >= {"queue.db", "persistence.db"}
         for path in databases:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
@@ -216,7 +202,9 @@ def make_seeds(channels: dict[str, grpc.Channel], project: Path, earlier: common
         "persistence.SaveVerificationReport": persistence_pb2.SaveVerificationReportRequest(
             report=common_pb2.VerificationReport(**record)
         ),
-        "persistence.SaveIteration": persistence_pb2.SaveIterationRequest(iteration=common_pb2.IterationData(**record)),
+        "persistence.SaveIteration": persistence_pb2.SaveIterationRequest(
+            iteration=common_pb2.IterationData(**record)
+        ),
         "persistence.GetAgentResult": persistence_pb2.GetAgentResultRequest(**record),
         "persistence.ListAgentResults": persistence_pb2.ListAgentResultsRequest(run_id=FUZZ_RUN),
         "persistence.GetVerificationReport": persistence_pb2.GetVerificationReportRequest(**record),
@@ -238,9 +226,7 @@ def make_seeds(channels: dict[str, grpc.Channel], project: Path, earlier: common
         "workspace.GetWorkspace": workspace_pb2.GetWorkspaceRequest(workspace_id=ws.id),
         "workspace.ReleaseLease": workspace_pb2.ReleaseLeaseRequest(workspace_id=released.id),
         "workspace.CreateWorkspace": workspace_pb2.CreateWorkspaceRequest(source=source),
-        "workspace.AcquireLease": workspace_pb2.AcquireLeaseRequest(
-            workspace_id=ws.id, lease_seconds=60, holder="fuzz"
-        ),
+        "workspace.AcquireLease": workspace_pb2.AcquireLeaseRequest(workspace_id=ws.id, lease_seconds=60, holder="fuzz"),
         "workspace.RestoreSnapshot": workspace_pb2.RestoreSnapshotRequest(
             workspace_id=ws.id, snapshot_id=snapshot.snapshot_id
         ),
@@ -288,9 +274,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             task_prompt="Fix add()",
             agent=common_pb2.AgentSpec(
                 name="scripted",
-                options={
-                    "script": 'default:\n  - write: {path: calc.py, content: "def add(a, b):\\n    return a + b\\n"}\n'
-                },
+                options={"script": "default:\n  - write: {path: calc.py, content: \"def add(a, b):\\n    return a + b\\n\"}\n"},
             ),
         )
         spec.source.local_path = str(project)
@@ -373,13 +357,8 @@ def test_oversized_requests_are_refused_whole(world: World, service: str):
 
 
 @given(extra=st.integers(min_value=-2, max_value=2))
-@settings(
-    max_examples=5,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=5, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_task_prompt_limit_is_256_kib_of_utf8(world: World, extra: int):
     """At most 256 KiB of UTF-8: the limit itself is accepted, one byte more is refused
     naming spec.task_prompt (multi-byte characters count as their bytes)."""

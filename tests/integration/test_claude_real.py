@@ -73,11 +73,8 @@ async def test_real_claude_edits_runs_bash_and_reports_usage(
     fake.add(
         Turn.write(str(path / "calc.py"), "def add(a, b):\n    return a + b\n", input_tokens=1200, output_tokens=40),
         # A command that writes a file: allowed by default (allowed_tools=Bash), not only reads.
-        Turn.bash(
-            "python3 -c \"import calc; open('ok.txt', 'w').write(str(calc.add(2, 3)))\"",
-            input_tokens=1300,
-            output_tokens=30,
-        ),
+        Turn.bash("python3 -c \"import calc; open('ok.txt', 'w').write(str(calc.add(2, 3)))\"",
+                  input_tokens=1300, output_tokens=30),
         Turn.bash("false", input_tokens=1400, output_tokens=10),
         Turn.say("Fixed add().", input_tokens=1500, output_tokens=12),
     )
@@ -160,7 +157,9 @@ async def test_real_claude_401_with_an_api_message_quotes_it(
     assert "This key was revoked by your organization's admin" in error.message and "HTTP 401" in error.message
 
 
-@pytest.mark.parametrize(("status", "shown"), [(500, "HTTP 500"), (529, "HTTP 529"), (429, "HTTP 429"), (DROP, "")])
+@pytest.mark.parametrize(
+    ("status", "shown"), [(500, "HTTP 500"), (529, "HTTP 529"), (429, "HTTP 429"), (DROP, "")]
+)
 async def test_real_claude_transient_api_errors_are_retryable(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, fake: FakeAnthropic, status: int, shown: str
 ) -> None:
@@ -232,9 +231,7 @@ async def test_a_run_whose_token_cap_is_crossed_mid_execution_ends_with_budget_e
     root = tmp_path / "project"
     root.mkdir()
     (root / "notes.txt").write_text("start\n")
-    (root / "verify.yaml").write_text(
-        'version: "1"\ntests:\n  - {name: done, kind: test, command: "grep -qx done notes.txt"}\n'
-    )
+    (root / "verify.yaml").write_text('version: "1"\ntests:\n  - {name: done, kind: test, command: "grep -qx done notes.txt"}\n')
     fake.add(*[Turn.bash(f"echo step {n} >> notes.txt", input_tokens=900, output_tokens=100) for n in range(10)])
     harness = common_pb2.HarnessSettings()
     harness.loop_strategy.max_iterations = 3

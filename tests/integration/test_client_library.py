@@ -22,7 +22,7 @@ FIX_ON_SECOND = (
     "  1:\n"
     "    - print: looking\n"
     "  2:\n"
-    '    - write: {path: calc.py, content: "def add(a, b):\\n    return a + b\\n"}\n'
+    "    - write: {path: calc.py, content: \"def add(a, b):\\n    return a + b\\n\"}\n"
 )
 
 
@@ -147,7 +147,7 @@ async def test_async_client_refusal_names_the_field(suite, tmp_path):
 async def test_async_follower_resumes_after_persistence_restarts(suite, tmp_path):
     """The follower's stream breaks when persistence restarts; it reconnects from its last
     seq and ends with every event exactly once."""
-    script = 'default:\n  - print: one\n  - sleep: 1.5\n  - write: {path: calc.py, content: "def add(a, b):\\n    return a + b\\n"}\n'
+    script = "default:\n  - print: one\n  - sleep: 1.5\n  - write: {path: calc.py, content: \"def add(a, b):\\n    return a + b\\n\"}\n"
     async with client_for(suite) as client:
         work_order, _ = await client.submit(spec(project(tmp_path), script))
         seen: list[int] = []

@@ -383,18 +383,9 @@ async def test_inside_our_sandbox_auto_lets_codex_run_commands_and_edit(fake, ho
             extra_read_only=(CODEX_BIN.parent,),
         )
         invocation = AgentInvocation(
-            run_id=run_id,
-            workspace_id="ws",
-            workspace=root,
-            iteration=1,
-            attempt=1,
-            prompt="Fix add()",
-            options=options,
-            timeout_seconds=120,
-            files_dir=home / "agent-files" / run_id,
-            prompt_dir=home / "prompts" / run_id,
-            sandbox=Sandbox(spec),
-            run_dir=run_dir,
+            run_id=run_id, workspace_id="ws", workspace=root, iteration=1, attempt=1, prompt="Fix add()",
+            options=options, timeout_seconds=120, files_dir=home / "agent-files" / run_id,
+            prompt_dir=home / "prompts" / run_id, sandbox=Sandbox(spec), run_dir=run_dir,
         )
         return await CodexDriver().run(invocation, lambda stream, line: None)
 

@@ -41,9 +41,8 @@ def github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fa
     """A fake GitHub (API and git host) holding octo/proj, and the variables that point at it."""
     api = FakeGitHubApi(token=TOKEN).start()
     host = FakeGitHost(tmp_path / "git-host", token=TOKEN).start()
-    make_remote_and_clone(
-        tmp_path / "seed", {"calc.py": BUGGY, "verify.yaml": VERIFY}, bare=host.bare_repo("octo", "proj")
-    )
+    make_remote_and_clone(tmp_path / "seed", {"calc.py": BUGGY, "verify.yaml": VERIFY},
+                          bare=host.bare_repo("octo", "proj"))
     monkeypatch.setenv("AGENTGATE_GITHUB_API_URL", api.url)
     monkeypatch.setenv("AGENTGATE_GITHUB_GIT_URL", host.url)
     monkeypatch.setenv("AGENTGATE_GITHUB_TOKEN", TOKEN)
@@ -52,21 +51,10 @@ def github(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fa
     host.stop()
 
 
-def make_spec(
-    script: str,
-    *,
-    local: Path | None = None,
-    git_url: str = "",
-    github_repo: str = "",
-    git_mode: int = 0,
-    github_mode: int = 0,
-    preset: str = "",
-    max_attempts: int | None = None,
-    backoff: float = 0.05,
-    jitter: bool = False,
-    agent_timeout: int | None = None,
-    max_iterations: int = 1,
-) -> common_pb2.WorkOrderSpec:
+def make_spec(script: str, *, local: Path | None = None, git_url: str = "", github_repo: str = "",
+              git_mode: int = 0, github_mode: int = 0, preset: str = "", max_attempts: int | None = None,
+              backoff: float = 0.05, jitter: bool = False, agent_timeout: int | None = None,
+              max_iterations: int = 1) -> common_pb2.WorkOrderSpec:
     spec = common_pb2.WorkOrderSpec(
         task_prompt="Fix add()\n\nThe tests must pass.",
         agent=common_pb2.AgentSpec(name="scripted", options={"script": script}),
@@ -132,9 +120,7 @@ async def test_agent_that_outlasts_its_timeout_is_retried_and_succeeds(suite, tm
 
     agent_events = retry_events(events, "agent")
     assert [(e.iteration, e.retry_attempt.attempt, e.retry_attempt.success) for e in agent_events] == [
-        (1, 1, False),
-        (1, 2, True),
-    ]
+        (1, 1, False), (1, 2, True)]
     started = [e for e in events if e.type == "agent:started"]
     assert [e.agent_started.attempt for e in started] == [1, 2]
     waited = started[1].timestamp.ToNanoseconds() - agent_events[0].timestamp.ToNanoseconds()
@@ -154,12 +140,8 @@ async def test_agent_timeouts_exhaust_the_attempts_and_say_so(suite, tmp_path):
 
 
 async def test_a_failing_test_is_never_retried(suite, tmp_path):
-    spec = make_spec(
-        "default: [{append: {path: NOTES.md, content: x}}]\n",
-        local=project(tmp_path),
-        preset="aggressive",
-        max_iterations=2,
-    )
+    spec = make_spec("default: [{append: {path: NOTES.md, content: x}}]\n", local=project(tmp_path),
+                     preset="aggressive", max_iterations=2)
     final, run, events = await run_to_end(suite, spec)
     assert run.result == R.RUN_RESULT_FAILED_VERIFICATION
     assert "Failed after" not in run.error
@@ -176,16 +158,12 @@ async def test_workspace_error_is_retried_under_aggressive_only(suite, tmp_path)
     assert len(retry_events(events, "prepare_workspace")) == 1
     assert run.error.startswith("Workspace preparation failed")
 
-    final, run, events = await run_to_end(
-        suite, make_spec("default: []\n", git_url=missing, preset="aggressive", max_attempts=3)
-    )
+    final, run, events = await run_to_end(suite, make_spec("default: []\n", git_url=missing, preset="aggressive",
+                                                           max_attempts=3))
     assert final.status == W.WORK_ORDER_STATUS_FAILED
     attempts = retry_events(events, "prepare_workspace")
     assert [(e.retry_attempt.attempt, e.retry_attempt.will_retry) for e in attempts] == [
-        (1, True),
-        (2, True),
-        (3, False),
-    ]
+        (1, True), (2, True), (3, False)]
     assert [e.retry_attempt.next_retry_ms for e in attempts] == [50, 75, 0]  # 0.05 s × 1.5
     assert run.error.startswith("Failed after 2 retries: Workspace preparation failed"), run.error
 
@@ -210,12 +188,8 @@ async def test_push_mode_puts_the_branch_on_the_remote_and_leaves_the_source_alo
 
 
 async def test_push_that_cannot_succeed_fails_fast_without_retries(suite, tmp_path):
-    spec = make_spec(
-        FIX_SCRIPT,
-        local=project(tmp_path),
-        git_mode=common_pb2.GIT_MODE_PUSH,
-        github_mode=common_pb2.GIT_HUB_MODE_FAIL_FAST,
-    )
+    spec = make_spec(FIX_SCRIPT, local=project(tmp_path), git_mode=common_pb2.GIT_MODE_PUSH,
+                     github_mode=common_pb2.GIT_HUB_MODE_FAIL_FAST)
     final, run, events = await run_to_end(suite, spec)
     assert final.status == W.WORK_ORDER_STATUS_FAILED
     assert run.result == R.RUN_RESULT_FAILED_GITHUB
@@ -245,15 +219,10 @@ async def test_pull_request_is_created_on_the_third_try(suite, github, home):
     summary = run.github_summary
     assert summary.mode == common_pb2.GIT_HUB_MODE_FAIL_FAST and summary.pr_url == run.pr_url
     assert [(op.operation, op.success, op.retries) for op in summary.operations] == [
-        ("push", True, 0),
-        ("create_pr", True, 2),
-    ]
+        ("push", True, 0), ("create_pr", True, 2)]
     tries = retry_events(events, "create_pr")
     assert [(e.retry_attempt.success, e.retry_attempt.error_type) for e in tries] == [
-        (False, T.BUILD_ERROR_TYPE_GITHUB_ERROR),
-        (False, T.BUILD_ERROR_TYPE_GITHUB_ERROR),
-        (True, 0),
-    ]
+        (False, T.BUILD_ERROR_TYPE_GITHUB_ERROR), (False, T.BUILD_ERROR_TYPE_GITHUB_ERROR), (True, 0)]
     assert "GitHub server error 500" in tries[0].retry_attempt.error
     [created] = [e for e in events if e.type == "pr:created"]
     assert (created.pr_created.number, created.pr_created.url) == (1, run.pr_url)
@@ -278,12 +247,8 @@ async def test_persistent_server_errors_fail_fast_as_failed_github(suite, github
 async def test_best_effort_succeeds_without_a_pull_request(suite, github):
     api, _ = github
     api.fail("POST", "/pulls", [500] * 10)
-    spec = make_spec(
-        FIX_SCRIPT,
-        github_repo="octo/proj",
-        git_mode=common_pb2.GIT_MODE_PR,
-        github_mode=common_pb2.GIT_HUB_MODE_BEST_EFFORT,
-    )
+    spec = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR,
+                     github_mode=common_pb2.GIT_HUB_MODE_BEST_EFFORT)
     final, run, events = await run_to_end(suite, spec)
     assert final.status == W.WORK_ORDER_STATUS_SUCCEEDED, run.error
     assert run.result == R.RUN_RESULT_SUCCEEDED
@@ -295,12 +260,8 @@ async def test_best_effort_succeeds_without_a_pull_request(suite, github):
 
 async def test_disabled_sends_nothing_to_github(suite, github):
     api, host = github
-    spec = make_spec(
-        FIX_SCRIPT,
-        github_repo="octo/proj",
-        git_mode=common_pb2.GIT_MODE_PR,
-        github_mode=common_pb2.GIT_HUB_MODE_DISABLED,
-    )
+    spec = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR,
+                     github_mode=common_pb2.GIT_HUB_MODE_DISABLED)
     final, run, _ = await run_to_end(suite, spec)
     assert final.status == W.WORK_ORDER_STATUS_SUCCEEDED, run.error
     assert api.requests == []
@@ -312,15 +273,8 @@ async def test_disabled_sends_nothing_to_github(suite, github):
 
 async def test_a_rerun_finds_its_open_pull_request_and_comments(suite, github):
     api, _ = github
-    api.pulls.append(
-        {
-            "number": 7,
-            "html_url": "https://github.example/octo/proj/pull/7",
-            "draft": True,
-            "head": "agentgate/run-rerun",
-            "base": "main",
-        }
-    )
+    api.pulls.append({"number": 7, "html_url": "https://github.example/octo/proj/pull/7", "draft": True,
+                      "head": "agentgate/run-rerun", "base": "main"})
     spec = make_spec(FIX_SCRIPT, github_repo="octo/proj", git_mode=common_pb2.GIT_MODE_PR)
     spec.harness.git_ops.branch_pattern = "agentgate/run-rerun"  # refused: without {run_id} runs would share it
     with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -345,23 +299,12 @@ async def test_wait_for_ci_feeds_a_failed_check_back_and_ends_when_ci_passes(sui
     git("push", "-q", "origin", "HEAD:refs/heads/dev", cwd=tmp_path / "seed" / "user-clone")
     api.branches.add("dev")
     api.ci(
-        CiOutcome(
-            check_runs=[
-                {
-                    "name": "build",
-                    "conclusion": "failure",
-                    "title": "1 test failed",
-                    "summary": "pytest: 1 failed, 3 passed",
-                    "text": "FAILED test_calc.py::test_add_negative - assert add(-1, -2) == -3",
-                }
-            ],
-            statuses=[{"context": "ci/lint", "state": "success"}],
-            pending_polls=2,
-        ),
-        CiOutcome(
-            check_runs=[{"name": "build", "conclusion": "success"}],
-            statuses=[{"context": "ci/lint", "state": "success"}],
-        ),
+        CiOutcome(check_runs=[{"name": "build", "conclusion": "failure", "title": "1 test failed",
+                               "summary": "pytest: 1 failed, 3 passed",
+                               "text": "FAILED test_calc.py::test_add_negative - assert add(-1, -2) == -3"}],
+                  statuses=[{"context": "ci/lint", "state": "success"}], pending_polls=2),
+        CiOutcome(check_runs=[{"name": "build", "conclusion": "success"}],
+                  statuses=[{"context": "ci/lint", "state": "success"}]),
     )
     api.rate_limit("/check-runs", 1)
     monkeypatch.setenv("AGENTGATE_CI_POLL_SECONDS", "0")

@@ -101,234 +101,79 @@ class Case:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-BLACKBOX = (
-    'blackbox:\n  - {{name: cli, command: "python3 app.py{args}", fixture: fixtures/in.txt, assertions: [{a}]}}\n'
-)
+BLACKBOX = 'blackbox:\n  - {{name: cli, command: "python3 app.py{args}", fixture: fixtures/in.txt, assertions: [{a}]}}\n'
 
 CASES = [
     # --- L0 contracts
-    Case(
-        "required_files",
-        "contracts: {required_files: [docs/API.md]}",
-        {},
-        {"docs/API.md": "api\n"},
-        "L0",
-        "required_file:docs/API.md",
-        "contract",
-        "required file docs/API.md is missing",
-    ),
-    Case(
-        "forbidden_patterns",
-        'contracts: {forbidden_patterns: ["**/*.tmp"]}',
-        {"out/cache.tmp": "x"},
-        {"out/cache.tmp": None},
-        "L0",
-        "forbidden_pattern:**/*.tmp",
-        "contract",
-        "out/cache.tmp",
-    ),
-    Case(
-        "has_field",
-        "contracts: {required_schemas: [{file: config.json, schema: json, rules: [{has_field: name}]}]}",
-        {"config.json": json.dumps({"nam": "calc"})},
-        {"config.json": json.dumps({"name": "calc"})},
-        "L0",
-        "schema:config.json",
-        "contract",
-        "field 'name' is missing",
-    ),
-    Case(
-        "field_type",
-        "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
-        "[{field_type: {field: port, type: integer}}]}]}",
-        {"config.json": json.dumps({"port": "80"})},
-        {"config.json": json.dumps({"port": 80})},
-        "L0",
-        "schema:config.json",
-        "contract",
-        "'port' is not of type integer",
-    ),
-    Case(
-        "matches_regex",
-        "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
-        "[{matches_regex: {field: version, pattern: '^[0-9]+[.][0-9]+[.][0-9]+$'}}]}]}",
-        {"config.json": json.dumps({"version": "v1"})},
-        {"config.json": json.dumps({"version": "1.2.4"})},
-        "L0",
-        "schema:config.json",
-        "contract",
-        "'version' does not match",
-    ),
-    Case(
-        "json_schema_file",
-        "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
-        "[{json_schema: schemas/config.schema.json}]}]}",
-        {"config.json": json.dumps({"name": "calc", "port": 0})},
-        {"config.json": json.dumps({"name": "calc", "port": 1})},
-        "L0",
-        "schema:config.json",
-        "contract",
-        "$.port: 0 is less than the minimum of 1",
-    ),
-    Case(
-        "json_schema_inline_yaml",
-        "contracts:\n  required_schemas:\n    - file: deploy.yaml\n      schema: yaml\n      rules:\n"
-        "        - json_schema: {type: object, required: [replicas], "
-        "properties: {replicas: {type: integer, maximum: 10}}}\n",
-        {"deploy.yaml": "replicas: 50\n"},
-        {"deploy.yaml": "replicas: 3\n"},
-        "L0",
-        "schema:deploy.yaml",
-        "contract",
-        "$.replicas: 50 is greater than the maximum of 10",
-    ),
-    Case(
-        "naming_conventions",
-        "contracts: {naming_conventions: [{pattern: 'src/*.py', rule: snake_case}]}",
-        {"src/BadName.py": "X = 2\n"},
-        {"src/BadName.py": None, "src/bad_name.py": "X = 2\n"},
-        "L0",
-        "naming:src/*.py",
-        "contract",
-        "src/BadName.py",
-    ),
+    Case("required_files", "contracts: {required_files: [docs/API.md]}", {}, {"docs/API.md": "api\n"},
+         "L0", "required_file:docs/API.md", "contract", "required file docs/API.md is missing"),
+    Case("forbidden_patterns", 'contracts: {forbidden_patterns: ["**/*.tmp"]}', {"out/cache.tmp": "x"},
+         {"out/cache.tmp": None}, "L0", "forbidden_pattern:**/*.tmp", "contract", "out/cache.tmp"),
+    Case("has_field", "contracts: {required_schemas: [{file: config.json, schema: json, rules: [{has_field: name}]}]}",
+         {"config.json": json.dumps({"nam": "calc"})}, {"config.json": json.dumps({"name": "calc"})},
+         "L0", "schema:config.json", "contract", "field 'name' is missing"),
+    Case("field_type",
+         "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
+         "[{field_type: {field: port, type: integer}}]}]}",
+         {"config.json": json.dumps({"port": "80"})}, {"config.json": json.dumps({"port": 80})},
+         "L0", "schema:config.json", "contract", "'port' is not of type integer"),
+    Case("matches_regex",
+         "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
+         "[{matches_regex: {field: version, pattern: '^[0-9]+[.][0-9]+[.][0-9]+$'}}]}]}",
+         {"config.json": json.dumps({"version": "v1"})}, {"config.json": json.dumps({"version": "1.2.4"})},
+         "L0", "schema:config.json", "contract", "'version' does not match"),
+    Case("json_schema_file",
+         "contracts: {required_schemas: [{file: config.json, schema: json, rules: "
+         "[{json_schema: schemas/config.schema.json}]}]}",
+         {"config.json": json.dumps({"name": "calc", "port": 0})},
+         {"config.json": json.dumps({"name": "calc", "port": 1})},
+         "L0", "schema:config.json", "contract", "$.port: 0 is less than the minimum of 1"),
+    Case("json_schema_inline_yaml",
+         "contracts:\n  required_schemas:\n    - file: deploy.yaml\n      schema: yaml\n      rules:\n"
+         "        - json_schema: {type: object, required: [replicas], "
+         "properties: {replicas: {type: integer, maximum: 10}}}\n",
+         {"deploy.yaml": "replicas: 50\n"}, {"deploy.yaml": "replicas: 3\n"},
+         "L0", "schema:deploy.yaml", "contract", "$.replicas: 50 is greater than the maximum of 10"),
+    Case("naming_conventions", "contracts: {naming_conventions: [{pattern: 'src/*.py', rule: snake_case}]}",
+         {"src/BadName.py": "X = 2\n"}, {"src/BadName.py": None, "src/bad_name.py": "X = 2\n"},
+         "L0", "naming:src/*.py", "contract", "src/BadName.py"),
     # --- L1 tests
-    Case(
-        "test_timeout",
-        'tests: [{name: slow, kind: test, command: "sleep $(cat delay.txt)", timeout: 0.5}]',
-        {"delay.txt": "30"},
-        {"delay.txt": "0"},
-        "L1",
-        "slow",
-        "test",
-        "[timed out after 0.5s]",
-    ),
-    Case(
-        "wrong_exit_code",
-        'tests: [{name: exits-3, command: "exit $(cat code.txt)", expected_exit: 3}]',
-        {"code.txt": "0"},
-        {"code.txt": "3"},
-        "L1",
-        "exits-3",
-        "",
-        "",
-    ),
-    Case(
-        "setup",
-        'environment: {setup: ["sh build.sh"]}\ntests: [{name: uses-build, command: "test -f built"}]',
-        {"build.sh": "exit 7\n"},
-        {"build.sh": "touch built\n"},
-        "L1",
-        "setup-1",
-        "setup",
-        "",
-    ),
-    Case(
-        "policy_max_runtime",
-        'policy: {max_runtime: 1}\ntests: [{name: long, command: "sleep $(cat delay.txt)", timeout: 60}]',
-        {"delay.txt": "30"},
-        {"delay.txt": "0"},
-        "L1",
-        "long",
-        "",
-        "[timed out after",
-    ),
+    Case("test_timeout", 'tests: [{name: slow, kind: test, command: "sleep $(cat delay.txt)", timeout: 0.5}]',
+         {"delay.txt": "30"}, {"delay.txt": "0"}, "L1", "slow", "test", "[timed out after 0.5s]"),
+    Case("wrong_exit_code", 'tests: [{name: exits-3, command: "exit $(cat code.txt)", expected_exit: 3}]',
+         {"code.txt": "0"}, {"code.txt": "3"}, "L1", "exits-3", "", ""),
+    Case("setup", 'environment: {setup: ["sh build.sh"]}\ntests: [{name: uses-build, command: "test -f built"}]',
+         {"build.sh": "exit 7\n"}, {"build.sh": "touch built\n"}, "L1", "setup-1", "setup", ""),
+    Case("policy_max_runtime",
+         'policy: {max_runtime: 1}\ntests: [{name: long, command: "sleep $(cat delay.txt)", timeout: 60}]',
+         {"delay.txt": "30"}, {"delay.txt": "0"}, "L1", "long", "", "[timed out after"),
     # --- L2 blackbox: each assertion type
-    Case(
-        "exit_code",
-        BLACKBOX.format(args="", a="{type: exit_code, expected: 0}"),
-        {"mode.txt": "crash"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "FAIL exit_code == 0: got 2",
-    ),
-    Case(
-        "contains",
-        BLACKBOX.format(args="", a='{type: contains, value: "result: 5"}'),
-        {"mode.txt": "wrong"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "FAIL stdout contains 'result: 5'",
-    ),
-    Case(
-        "matches_regex_assertion",
-        BLACKBOX.format(args="", a="{type: matches_regex, pattern: '^result: [0-9]+$'}"),
-        {"mode.txt": "wrong"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "FAIL stdout matches /^result: [0-9]+$/",
-    ),
-    Case(
-        "equals_file",
-        BLACKBOX.format(args="", a="{type: equals_file, file: expected/out.txt}"),
-        {"mode.txt": "wrong"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "line 1 differs: expected 'result: 5', got 'result: -1'",
-    ),
-    Case(
-        "json_equals",
-        BLACKBOX.format(args=" json", a="{type: json_equals, expected: {sum: 5, ok: true}}"),
-        {"mode.txt": "wrong"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "FAIL stdout equals JSON",
-    ),
-    Case(
-        "json_schema_assertion",
-        BLACKBOX.format(
-            args=" json",
-            a="{type: json_schema, schema: {type: object, required: [sum], properties: {sum: {type: integer}}}}",
-        ),
-        {"mode.txt": "json-string"},
-        {"mode.txt": "ok"},
-        "L2",
-        "cli",
-        "blackbox",
-        "$.sum: '5' is not of type 'integer'",
-    ),
+    Case("exit_code", BLACKBOX.format(args="", a="{type: exit_code, expected: 0}"),
+         {"mode.txt": "crash"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox", "FAIL exit_code == 0: got 2"),
+    Case("contains", BLACKBOX.format(args="", a='{type: contains, value: "result: 5"}'),
+         {"mode.txt": "wrong"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox", "FAIL stdout contains 'result: 5'"),
+    Case("matches_regex_assertion", BLACKBOX.format(args="", a="{type: matches_regex, pattern: '^result: [0-9]+$'}"),
+         {"mode.txt": "wrong"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox", "FAIL stdout matches /^result: [0-9]+$/"),
+    Case("equals_file", BLACKBOX.format(args="", a="{type: equals_file, file: expected/out.txt}"),
+         {"mode.txt": "wrong"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox",
+         "line 1 differs: expected 'result: 5', got 'result: -1'"),
+    Case("json_equals", BLACKBOX.format(args=" json", a="{type: json_equals, expected: {sum: 5, ok: true}}"),
+         {"mode.txt": "wrong"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox", "FAIL stdout equals JSON"),
+    Case("json_schema_assertion",
+         BLACKBOX.format(args=" json", a="{type: json_schema, schema: {type: object, required: [sum], "
+                         "properties: {sum: {type: integer}}}}"),
+         {"mode.txt": "json-string"}, {"mode.txt": "ok"}, "L2", "cli", "blackbox", "$.sum: '5' is not of type 'integer'"),
     # --- L3 sanity
-    Case(
-        "max_file_mb",
-        "sanity: {max_file_mb: 0.01}",
-        {"data.bin": b"\0" * 20_000},
-        {"data.bin": b"\0" * 5_000},
-        "L3",
-        "sanity:max_file_mb",
-        "sanity",
-        "data.bin",
-    ),
-    Case(
-        "debug_artifacts",
-        "sanity: {forbid_debug_artifacts: true}",
-        {"src/good_name.py": "X = 1\nbreakpoint()\n", "app.py.orig": "old\n"},
-        {"src/good_name.py": "X = 1\n", "app.py.orig": None},
-        "L3",
-        "sanity:debug_artifacts",
-        "sanity",
-        "src/good_name.py:2: debugger statement",
-    ),
+    Case("max_file_mb", "sanity: {max_file_mb: 0.01}", {"data.bin": b"\0" * 20_000}, {"data.bin": b"\0" * 5_000},
+         "L3", "sanity:max_file_mb", "sanity", "data.bin"),
+    Case("debug_artifacts", "sanity: {forbid_debug_artifacts: true}",
+         {"src/good_name.py": "X = 1\nbreakpoint()\n", "app.py.orig": "old\n"},
+         {"src/good_name.py": "X = 1\n", "app.py.orig": None},
+         "L3", "sanity:debug_artifacts", "sanity", "src/good_name.py:2: debugger statement"),
     # --- L0 security scan of the change
-    Case(
-        "security",
-        "tests: [{name: t, command: 'true'}]",
-        {"settings.py": f"KEY = '{AWS_KEY}'\n"},
-        {"settings.py": "import os\nKEY = os.environ['KEY']\n"},
-        "L0",
-        "security-scan",
-        "security",
-        "settings.py:1: aws-access-key: AKIA******** (20 chars)",
-    ),
+    Case("security", "tests: [{name: t, command: 'true'}]", {"settings.py": f"KEY = '{AWS_KEY}'\n"},
+         {"settings.py": "import os\nKEY = os.environ['KEY']\n"}, "L0", "security-scan", "security",
+         "settings.py:1: aws-access-key: AKIA******** (20 chars)"),
 ]
 
 
@@ -348,10 +193,8 @@ async def test_each_rule_fails_then_passes_for_real(client: WorkspaceClient, bas
     failed_level = level(report, case.level)
     assert failed_level.ran and not failed_level.passed
     later = [name for name in ("L0", "L1", "L2", "L3") if name > case.level]
-    assert all(
-        level(report, name).skip_reason in ("an earlier level failed", "nothing to check in the gate plan")
-        for name in later
-    )
+    assert all(level(report, name).skip_reason in ("an earlier level failed", "nothing to check in the gate plan")
+               for name in later)
 
     write_files(path, case.fixed)
     fixed = await client.snapshot(workspace)
@@ -464,9 +307,7 @@ async def test_gate_plan_source_file_and_inline(client: WorkspaceClient, base_pr
     assert check.name == "gate-plan" and "no verify.yaml" in check.output
     # INLINE: the harness's plan.
     inline = await client.verify(
-        workspace,
-        gate_plan_source=common_pb2.GATE_PLAN_SOURCE_INLINE,
-        gate_plan_yaml="tests: [{name: t, command: 'true'}]",
+        workspace, gate_plan_source=common_pb2.GATE_PLAN_SOURCE_INLINE, gate_plan_yaml="tests: [{name: t, command: 'true'}]"
     )
     assert inline.passed and inline.gate_plan_source == "inline"
     # Contradictions are refused, naming the field.
@@ -506,10 +347,7 @@ async def test_security_scan_sees_only_the_change_and_honours_the_allowlist(
     assert "tests/fixtures/keys.py:1: aws-access-key: AKIA******** (20 chars)" in check.output
     assert AWS_KEY not in check.output
 
-    allowed = (
-        plan
-        + "\nsecurity:\n  allowlist:\n    - {path: 'tests/fixtures/**'}\n    - {path: .env, rule: forbidden-file}\n"
-    )
+    allowed = plan + "\nsecurity:\n  allowlist:\n    - {path: 'tests/fixtures/**'}\n    - {path: .env, rule: forbidden-file}\n"
     report = await client.verify(workspace, snapshot, gate_plan_yaml=allowed)
     assert report.passed, report
     security = next(c for c in level(report, "L0").checks if c.kind == "security")

@@ -137,9 +137,7 @@ async def test_unary_calls_pass_bytes_through_and_errors_become_connect_errors(
         # A field this gateway's stubs do not know (number 999) goes through: the gateway never
         # decodes, so what a newer .proto adds reaches the service and the browser untouched.
         unknown_field = b"\xb8\x3e\x01"
-        async with http.post(
-            gateway.url + QUEUE + "Submit", data=_spec(tmp_path) + unknown_field, headers=headers
-        ) as r:
+        async with http.post(gateway.url + QUEUE + "Submit", data=_spec(tmp_path) + unknown_field, headers=headers) as r:
             assert r.status == 200 and r.content_type == "application/proto", await r.text()
             submitted = queue_pb2.SubmitResponse.FromString(await r.read())
         assert submitted.work_order.id.startswith("wo-") and submitted.position == 1
@@ -159,9 +157,7 @@ async def test_unary_calls_pass_bytes_through_and_errors_become_connect_errors(
             assert r.status == 403 and (await r.json())["code"] == "permission_denied"
         async with http.post(gateway.url + QUEUE + "Nope", data=b"", headers=headers) as r:
             assert r.status == 501
-        async with http.post(
-            gateway.url + QUEUE + "GetQueueStats", data=b"", headers={**headers, "Content-Type": "application/json"}
-        ) as r:
+        async with http.post(gateway.url + QUEUE + "GetQueueStats", data=b"", headers={**headers, "Content-Type": "application/json"}) as r:
             assert r.status == 400 and "application/proto" in (await r.json())["message"]
 
 
@@ -169,12 +165,7 @@ async def test_server_streams_are_enveloped_and_deadlines_go_downstream(gateway:
     channel = aio_channel(gateway.addresses["persistence"], credential=service_credential(gateway.home))
     persistence = persistence_pb2_grpc.PersistenceServiceStub(channel)
     events = [
-        events_pb2.RunEvent(
-            type="agent:output",
-            work_order_id="wo-s",
-            run_id="run-s",
-            agent_output=events_pb2.AgentOutput(text=f"line {n}"),
-        )
+        events_pb2.RunEvent(type="agent:output", work_order_id="wo-s", run_id="run-s", agent_output=events_pb2.AgentOutput(text=f"line {n}"))
         for n in range(3)
     ]
     await persistence.AppendEvents(persistence_pb2.AppendEventsRequest(events=events), timeout=10)
@@ -199,9 +190,7 @@ async def test_server_streams_are_enveloped_and_deadlines_go_downstream(gateway:
         assert 0.4 < elapsed < 5
         # Replay only: the stream ends by itself with an empty end frame.
         replay = persistence_pb2.StreamEventsRequest(work_order_id="wo-s", after_seq=2).SerializeToString()
-        async with http.post(
-            gateway.url + PERSISTENCE + "StreamEvents", data=bridge.envelope(replay), headers=stream_headers
-        ) as r:
+        async with http.post(gateway.url + PERSISTENCE + "StreamEvents", data=bridge.envelope(replay), headers=stream_headers) as r:
             frames = _frames(await r.read())
         assert len(frames) == 2 and json.loads(frames[-1][1]) == {}
         # Not one enveloped message: refused in the end frame.

@@ -28,13 +28,8 @@ async def probe(*args: str) -> tuple[int, str]:
     # The image's `python` is the one with agentgate installed; here it is the venv's.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     process = await asyncio.create_subprocess_exec(
-        "sh",
-        str(ENTRYPOINT),
-        "healthcheck",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        "sh", str(ENTRYPOINT), "healthcheck", *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, out.decode()

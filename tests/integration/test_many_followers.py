@@ -41,7 +41,7 @@ def chatty_spec(tmp_path: Path) -> common_pb2.WorkOrderSpec:
     script = (
         "default:\n"
         "  - sleep: 1\n"  # every follower is subscribed before the flood starts
-        f'  - run: "python3 -c \'import sys\\nfor i in range({LINES}): sys.stdout.write(str(i).zfill(6) + \\"x\\" * 250 + \\"\\\\n\\")\'"\n'
+        f"  - run: \"python3 -c 'import sys\\nfor i in range({LINES}): sys.stdout.write(str(i).zfill(6) + \\\"x\\\" * 250 + \\\"\\\\n\\\")'\"\n"
     )
     spec = common_pb2.WorkOrderSpec(
         task_prompt="Print a lot", agent=common_pb2.AgentSpec(name="scripted", options={"script": script})
@@ -108,9 +108,7 @@ async def test_twenty_followers_get_the_same_complete_sequence_and_a_stalled_one
     end_event = stored[-1].timestamp.ToDatetime()
     finished = final.finished_at.ToDatetime()
     delay = (finished - end_event).total_seconds()
-    assert delay < 1.0, (
-        f"the run's end was delayed {delay:.2f}s ({iso(stored[-1].timestamp)} -> {iso(final.finished_at)})"
-    )
+    assert delay < 1.0, f"the run's end was delayed {delay:.2f}s ({iso(stored[-1].timestamp)} -> {iso(final.finished_at)})"
 
     # The stalled follower was cut off, saying where to resume.
     got = 0

@@ -93,23 +93,13 @@ async def test_claude_code_runs_claude_p_and_parses_the_stream(
     outputs, result = await client.run_agent(workspace, spec, iteration=1, attempt=1, prompt="Fix add()\nplease")
     [call] = invocations(log)
     assert call["argv"] == [
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--include-partial-messages",
-        "--model",
-        "sonnet",
-        "--allowedTools",
-        "Read,Edit,Bash(git diff:*)",
-        "--disallowedTools",
-        "WebFetch",
-        "--max-turns",
-        "7",
-        "--append-system-prompt",
-        "Never push.",
-        "--permission-mode",
-        "acceptEdits",
+        "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages",
+        "--model", "sonnet",
+        "--allowedTools", "Read,Edit,Bash(git diff:*)",
+        "--disallowedTools", "WebFetch",
+        "--max-turns", "7",
+        "--append-system-prompt", "Never push.",
+        "--permission-mode", "acceptEdits",
     ]
     assert call["prompt"] == "Fix add()\nplease"
     assert call["cwd"] == workspace.path
@@ -120,9 +110,7 @@ async def test_claude_code_runs_claude_p_and_parses_the_stream(
     assert (result.tokens.input, result.tokens.output, result.tokens.total) == (3530, 120, 3650)
     bash, read = result.tool_calls
     assert (bash.tool, dict(bash.input), bash.output) == (
-        "Bash",
-        {"command": "ls", "description": "List files"},
-        "calc.py\ntest_calc.py",
+        "Bash", {"command": "ls", "description": "List files"}, "calc.py\ntest_calc.py"
     )
     assert bash.duration_seconds >= 0.04  # the stand-in paused 0.05 s before the result
     assert (read.tool, read.output) == ("Read", "ERROR: <tool_use_error>File does not exist.</tool_use_error>")
@@ -131,7 +119,7 @@ async def test_claude_code_runs_claude_p_and_parses_the_stream(
     assert result.stdout.count("\n") == 6 and '"type":"result"' in result.stdout
     texts = [o.text for o in outputs]
     assert texts[0] == f"[claude] session {SESSION} started, model {MODEL}"
-    assert '-> Bash: {"command": "ls", "description": "List files"}' in "\n".join(texts)
+    assert "-> Bash: {\"command\": \"ls\", \"description\": \"List files\"}" in "\n".join(texts)
     assert texts[-1] == "[claude] done: success, 3 turns, cost $0.0123"
 
 
@@ -228,9 +216,7 @@ async def test_bad_options_are_invalid_arguments(client: WorkspaceClient, worksp
         await client.run_agent(workspace, spec, prompt="x")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert sorted(v.field for v in field_violations(caught.value)) == [
-        "agent.options.colour",
-        "agent.options.max_turns",
-        "agent.options.permission_mode",
+        "agent.options.colour", "agent.options.max_turns", "agent.options.permission_mode"
     ]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.run_agent(
@@ -246,24 +232,15 @@ async def test_codex_runs_codex_exec_json_and_parses_the_stream(
     client: WorkspaceClient, workspace: workspace_pb2.Workspace, bin_dir: Path, tmp_path: Path
 ) -> None:
     log = standin_log(workspace)
-    spec = agent(
-        "codex", stream("codex", "tools"), log, model="gpt-5-codex", **{"config.model_reasoning_effort": "low"}
-    )
+    spec = agent("codex", stream("codex", "tools"), log, model="gpt-5-codex", **{"config.model_reasoning_effort": "low"})
     outputs, result = await client.run_agent(workspace, spec, iteration=1, prompt="Fix add()")
     await client.run_agent(workspace, spec, iteration=2, prompt="Again", resume_session_id=THREAD)
     first, second = invocations(log)
     # Inside AgentGate's sandbox (on by default) `sandbox=auto` is danger-full-access:
     # codex's own bubblewrap cannot nest in ours, which confines it instead.
     assert first["argv"] == [
-        "exec",
-        "--json",
-        "--sandbox",
-        "danger-full-access",
-        "--model",
-        "gpt-5-codex",
-        "-c",
-        "model_reasoning_effort=low",
-        "-",
+        "exec", "--json", "--sandbox", "danger-full-access", "--model", "gpt-5-codex",
+        "-c", "model_reasoning_effort=low", "-",
     ]
     assert first["prompt"] == "Fix add()"
     assert second["argv"][-3:] == ["resume", THREAD, "-"]
@@ -354,9 +331,7 @@ async def test_list_agent_drivers_probes_each_endpoint_from_inside_the_sandbox(
         }
         assert drivers["claude-code"].endpoint == f"reachable from the sandbox: 127.0.0.1:{port}"
         assert accepted
-        assert drivers["codex"].endpoint.startswith(
-            f"unreachable from the sandbox: 127.0.0.1:{closed_port} (HTTP/1.1 502"
-        )
+        assert drivers["codex"].endpoint.startswith(f"unreachable from the sandbox: 127.0.0.1:{closed_port} (HTTP/1.1 502")
         assert not drivers["command"].endpoint and not drivers["scripted"].endpoint
 
         monkeypatch.setenv("AGENTGATE_SANDBOX", "off")

@@ -53,14 +53,10 @@ async def save_iteration_records(stub: persistence_pb2_grpc.PersistenceServiceSt
         pb.SaveAgentResultRequest(result=common_pb2.AgentResult(run_id=run_id, iteration=n, stdout=f"out {n}"))
     )
     await stub.SaveVerificationReport(
-        pb.SaveVerificationReportRequest(
-            report=common_pb2.VerificationReport(run_id=run_id, iteration=n, summary=f"s{n}")
-        )
+        pb.SaveVerificationReportRequest(report=common_pb2.VerificationReport(run_id=run_id, iteration=n, summary=f"s{n}"))
     )
     await stub.SaveIteration(
-        pb.SaveIterationRequest(
-            iteration=common_pb2.IterationData(run_id=run_id, iteration=n, agent_result_file=f"agent-{n}.json")
-        )
+        pb.SaveIterationRequest(iteration=common_pb2.IterationData(run_id=run_id, iteration=n, agent_result_file=f"agent-{n}.json"))
     )
 
 
@@ -152,7 +148,10 @@ async def test_secrets_never_reach_files_database_or_streams(svc: Service) -> No
             ]
         )
     )
-    streamed = [r.event async for r in svc.stub.StreamEvents(pb.StreamEventsRequest(work_order_id="wo-1"))]
+    streamed = [
+        r.event
+        async for r in svc.stub.StreamEvents(pb.StreamEventsRequest(work_order_id="wo-1"))
+    ]
     assert streamed[0].agent_output.text == f"echo {REDACTED}"
     agent = (await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))).result
     assert agent.stdout == f"token {REDACTED}\n" and agent.stderr == f"Authorization: Bearer {REDACTED}"
@@ -210,9 +209,7 @@ async def test_secret_variants_are_redacted_in_files_database_and_streams(svc: S
         f"{REDACTED} done",
     ]
     # Only the characters the encoding shares with the bytes around the secret are left.
-    assert texts[4].startswith(f"echo {b64[:2]}{REDACTED}") and len(texts[4]) <= len(
-        f"echo xx{REDACTED}xxxxxx | base64 -d"
-    )
+    assert texts[4].startswith(f"echo {b64[:2]}{REDACTED}") and len(texts[4]) <= len(f"echo xx{REDACTED}xxxxxx | base64 -d")
     agent = (await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))).result
     run = (await svc.stub.GetRun(pb.GetRunRequest(run_id="run-1"))).run
     assert agent.stdout == "\n".join(texts[: len(variants)])
@@ -251,9 +248,7 @@ async def test_unwritable_file_is_named_in_trailing_metadata_and_kept_in_the_ind
     assert response.file == "agent-1.json"
     warning = warning_from_metadata(await call.trailing_metadata())
     assert warning.startswith("agent-1.json not written (") and "kept in the index" in warning
-    assert (
-        await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))
-    ).result.stdout == "kept"
+    assert (await svc.stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-1", iteration=1))).result.stdout == "kept"
     update = svc.stub.UpdateRun(pb.UpdateRunRequest(run=common_pb2.Run(id="run-1", state=S.RUN_STATE_FAILED)))
     await update
     assert warning_from_metadata(await update.trailing_metadata()).startswith("run.json not written")
@@ -263,15 +258,11 @@ async def test_unwritable_file_is_named_in_trailing_metadata_and_kept_in_the_ind
     events = [r.event async for r in svc.stub.StreamEvents(pb.StreamEventsRequest(run_id="run-1"))]
     assert [e.type for e in events] == ["run:started", "persistence:warning", "run:started"]
     assert events[1].persistence_warning.message.startswith("events.jsonl not saved (")
-    ok = svc.stub.SaveIteration(
-        pb.SaveIterationRequest(iteration=common_pb2.IterationData(run_id="run-1", iteration=1))
-    )
+    ok = svc.stub.SaveIteration(pb.SaveIterationRequest(iteration=common_pb2.IterationData(run_id="run-1", iteration=1)))
     await ok
     assert warning_from_metadata(await ok.trailing_metadata()).startswith("iteration-1.json not written")
     run_dir.unlink()
-    ok = svc.stub.SaveIteration(
-        pb.SaveIterationRequest(iteration=common_pb2.IterationData(run_id="run-1", iteration=1))
-    )
+    ok = svc.stub.SaveIteration(pb.SaveIterationRequest(iteration=common_pb2.IterationData(run_id="run-1", iteration=1)))
     await ok
     assert warning_from_metadata(await ok.trailing_metadata()) == ""
 
@@ -292,21 +283,13 @@ async def test_missing_older_and_damaged_files_read_as_absent_or_defaults(home: 
         run = (await stub.GetRun(pb.GetRunRequest(run_id="run-old"))).run
         assert run.state == S.RUN_STATE_FAILED and run.iteration_count == 0
         agent = (await stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-old", iteration=1))).result
-        assert (agent.run_id, agent.iteration, agent.stdout, agent.exit_code) == (
-            "run-old",
-            1,
-            "from an old version",
-            2,
-        )
+        assert (agent.run_id, agent.iteration, agent.stdout, agent.exit_code) == ("run-old", 1, "from an old version", 2)
         await expect_error(
             grpc.StatusCode.NOT_FOUND, stub.GetAgentResult(pb.GetAgentResultRequest(run_id="run-old", iteration=2))
         )
         listed = (await stub.ListAgentResults(pb.ListAgentResultsRequest(run_id="run-old"))).results
         assert [r.iteration for r in listed] == [1]
-        assert (
-            list((await stub.ListVerificationReports(pb.ListVerificationReportsRequest(run_id="run-old"))).reports)
-            == []
-        )
+        assert list((await stub.ListVerificationReports(pb.ListVerificationReportsRequest(run_id="run-old"))).reports) == []
         iterations = (await stub.ListIterations(pb.ListIterationsRequest(run_id="run-old"))).iterations
         assert iterations[0].error_type == common_pb2.ITERATION_ERROR_TYPE_AGENT_CRASH
         await expect_error(

@@ -41,7 +41,7 @@ def project(tmp_path: Path, checks: tuple[str, ...] = ("A",)) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     (root / "notes.txt").write_text("start\n")
-    tests = "".join(f'  - {{name: has-{c}, kind: test, command: "grep -qx {c} notes.txt"}}\n' for c in checks)
+    tests = "".join(f"  - {{name: has-{c}, kind: test, command: \"grep -qx {c} notes.txt\"}}\n" for c in checks)
     (root / "verify.yaml").write_text(f'version: "1"\ntests:\n{tests}')
     return root
 
@@ -87,7 +87,7 @@ async def test_resolved_harness_is_stored_with_the_run(suite, profiles_dir, tmp_
     )
     harness = common_pb2.HarnessSettings(profile="team")
     harness.limits.agent_timeout_seconds = 60  # inline beats the profile chain
-    script = 'default:\n  - write: {path: notes.txt, content: "A\\n"}\n  - tokens: {input: 10, output: 5}\n'
+    script = "default:\n  - write: {path: notes.txt, content: \"A\\n\"}\n  - tokens: {input: 10, output: 5}\n"
     work_order = await suite.submit(spec(project(tmp_path), script, harness))
     final = await suite.wait_terminal(work_order.id)
     assert final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED, final.error
@@ -113,7 +113,7 @@ async def test_a_token_budget_stops_the_run_with_the_reason(suite, tmp_path):
     harness.loop_strategy.max_iterations = 5
     harness.limits.max_total_tokens = 1000
     # Each iteration changes the workspace (no loop detection) but never satisfies the gate.
-    script = 'default:\n  - append: {path: notes.txt, content: "x\\n"}\n  - tokens: {input: 300, output: 100}\n'
+    script = "default:\n  - append: {path: notes.txt, content: \"x\\n\"}\n  - tokens: {input: 300, output: 100}\n"
     work_order = await suite.submit(spec(project(tmp_path), script, harness))
     final = await suite.wait_terminal(work_order.id)
     assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
@@ -129,9 +129,7 @@ async def test_a_token_budget_stops_the_run_with_the_reason(suite, tmp_path):
     assert iteration["decision"]["reason"] == reason
     assert iteration["decision"]["metadata"]["rule"] == "token_budget"
     assert iteration["has_changes"] is True
-    decisions = [
-        e.strategy_decision.decision for e in await suite.events(work_order.id) if e.type == "strategy:decision"
-    ]
+    decisions = [e.strategy_decision.decision for e in await suite.events(work_order.id) if e.type == "strategy:decision"]
     assert [d.should_continue for d in decisions] == [True, True, False]
     assert decisions[-1].reason == reason
 
@@ -159,9 +157,9 @@ async def test_hybrid_takes_a_bonus_iteration_while_checks_fall(suite, tmp_path)
     harness.loop_strategy.max_bonus_iterations = 2
     script = (
         "iterations:\n"
-        '  1: [{append: {path: notes.txt, content: "A\\n"}}]\n'
-        '  2: [{append: {path: notes.txt, content: "B\\n"}}]\n'
-        '  3: [{append: {path: notes.txt, content: "C\\n"}}]\n'
+        "  1: [{append: {path: notes.txt, content: \"A\\n\"}}]\n"
+        "  2: [{append: {path: notes.txt, content: \"B\\n\"}}]\n"
+        "  3: [{append: {path: notes.txt, content: \"C\\n\"}}]\n"
     )
     work_order = await suite.submit(spec(project(tmp_path, ("A", "B", "C")), script, harness))
     final = await suite.wait_terminal(work_order.id)
@@ -182,7 +180,7 @@ async def test_ralph_stops_when_iterations_converge(suite, tmp_path):
     harness = common_pb2.HarnessSettings()
     harness.loop_strategy.mode = M.LOOP_STRATEGY_MODE_RALPH
     harness.loop_strategy.max_iterations = 6
-    script = 'default:\n  - append: {path: scratch.txt, content: "try\\n"}\n'
+    script = "default:\n  - append: {path: scratch.txt, content: \"try\\n\"}\n"
     work_order = await suite.submit(spec(project(tmp_path), script, harness))
     final = await suite.wait_terminal(work_order.id)
     assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
@@ -198,7 +196,7 @@ async def test_repeated_completion_claims_with_a_failing_gate_stop_the_run(suite
     harness = common_pb2.HarnessSettings()
     harness.loop_strategy.max_iterations = 5
     harness.loop_strategy.completion_signals.append("TASK COMPLETE")
-    script = 'default:\n  - append: {path: notes.txt, content: "x\\n"}\n  - print: "TASK COMPLETE"\n'
+    script = "default:\n  - append: {path: notes.txt, content: \"x\\n\"}\n  - print: \"TASK COMPLETE\"\n"
     work_order = await suite.submit(spec(project(tmp_path), script, harness))
     final = await suite.wait_terminal(work_order.id)
     assert final.status == common_pb2.WORK_ORDER_STATUS_FAILED
@@ -217,9 +215,7 @@ async def test_a_profile_broken_after_submit_fails_the_run_with_the_reason(suite
     # What a worker does when the profile file changed between submit and lease.
     (profiles_dir / "team.yaml").write_text("limits: {max_total_tokens: many}\n")
     work_order = common_pb2.WorkOrder(
-        id="wo-broken1",
-        run_id="run-broken1",
-        spec=spec(project(tmp_path), "default: []\n"),
+        id="wo-broken1", run_id="run-broken1", spec=spec(project(tmp_path), "default: []\n"),
     )
     work_order.spec.harness.profile = "team"
     executor = RunExecutor(

@@ -27,8 +27,8 @@ W = common_pb2.WorkOrderStatus
 KEEP = common_pb2.WORKSPACE_RETENTION_KEEP
 ON_FAILURE = common_pb2.WORKSPACE_RETENTION_ON_FAILURE
 
-PASSING = 'default:\n  - write: {path: notes.txt, content: "A\\n"}\n'
-FAILING = 'default:\n  - append: {path: other.txt, content: "nothing useful\\n"}\n'
+PASSING = "default:\n  - write: {path: notes.txt, content: \"A\\n\"}\n"
+FAILING = "default:\n  - append: {path: other.txt, content: \"nothing useful\\n\"}\n"
 
 
 def hostile(outside: Path) -> str:
@@ -39,7 +39,7 @@ def hostile(outside: Path) -> str:
         f" && ln -s {outside} out-dir && ln -s {outside}/keep.txt out-file"
         " && chmod 000 locked/inner && chmod 000 locked && chmod 500 readonly"
     )
-    return f'default:\n  - run: "{command}"\n  - write: {{path: notes.txt, content: "A\\n"}}\n'
+    return f"default:\n  - run: \"{command}\"\n  - write: {{path: notes.txt, content: \"A\\n\"}}\n"
 
 
 @pytest.fixture
@@ -53,9 +53,7 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     (root / "notes.txt").write_text("start\n")
-    (root / "verify.yaml").write_text(
-        'version: "1"\ntests:\n  - {name: has-A, kind: test, command: "grep -qx A notes.txt"}\n'
-    )
+    (root / "verify.yaml").write_text('version: "1"\ntests:\n  - {name: has-A, kind: test, command: "grep -qx A notes.txt"}\n')
     return root
 
 
@@ -80,10 +78,8 @@ def entries(folder: Path) -> list[str]:
 
 def on_disk(home: Path) -> dict[str, list[str]]:
     """What runs left: workspaces, git directories, clean rooms and agent files."""
-    return {
-        name: entries(home / name)
-        for name in ("workspaces", "gitdirs", "cleanrooms", "agent-files", "prompts", "agent-homes")
-    }
+    return {name: entries(home / name) for name in ("workspaces", "gitdirs", "cleanrooms", "agent-files",
+                                                     "prompts", "agent-homes")}
 
 
 async def test_twenty_work_orders_leave_no_workspace_or_clean_room(suite: InProcessSuite, home: Path, tmp_path: Path):
@@ -114,25 +110,19 @@ async def test_keep_and_on_failure_keep_the_workspace(suite: InProcessSuite, tmp
     failed = await suite.wait_terminal((await suite.submit(spec(root, FAILING, ON_FAILURE))).id)
     passed = await suite.wait_terminal((await suite.submit(spec(root, PASSING, ON_FAILURE))).id)
     assert [kept.status, failed.status, passed.status] == [
-        W.WORK_ORDER_STATUS_SUCCEEDED,
-        W.WORK_ORDER_STATUS_FAILED,
-        W.WORK_ORDER_STATUS_SUCCEEDED,
+        W.WORK_ORDER_STATUS_SUCCEEDED, W.WORK_ORDER_STATUS_FAILED, W.WORK_ORDER_STATUS_SUCCEEDED
     ]
     for final, expected in ((kept, True), (failed, True), (passed, False)):
         run = await suite.run(final.run_id)
         assert exists(run.workspace_path) is expected, final
 
 
-def sync_stubs(
-    suite: InProcessSuite,
-) -> tuple[workspace_pb2_grpc.WorkspaceServiceStub, persistence_pb2_grpc.PersistenceServiceStub, list]:
+def sync_stubs(suite: InProcessSuite) -> tuple[workspace_pb2_grpc.WorkspaceServiceStub,
+                                              persistence_pb2_grpc.PersistenceServiceStub, list]:
     token = client_token({"AGENTGATE_HOME": str(suite.home)})
     channels = [sync_channel(suite.addresses[name], token) for name in ("workspace", "persistence")]
-    return (
-        workspace_pb2_grpc.WorkspaceServiceStub(channels[0]),
-        persistence_pb2_grpc.PersistenceServiceStub(channels[1]),
-        channels,
-    )
+    return (workspace_pb2_grpc.WorkspaceServiceStub(channels[0]),
+            persistence_pb2_grpc.PersistenceServiceStub(channels[1]), channels)
 
 
 async def test_gc_removes_dead_runs_leftovers_and_never_a_live_runs(suite: InProcessSuite, home: Path, tmp_path: Path):
@@ -150,9 +140,7 @@ async def test_gc_removes_dead_runs_leftovers_and_never_a_live_runs(suite: InPro
         service_persistence = persistence_pb2_grpc.PersistenceServiceStub(suite.service_channel("persistence"))
         await service_persistence.CreateRun(persistence_pb2.CreateRunRequest(run=record))
         # A run persistence never heard of, whose workspace nobody holds.
-        orphan = (
-            await ws.PrepareForRun(workspace_pb2.PrepareForRunRequest(run_id="run-orphan", source=source))
-        ).workspace
+        orphan = (await ws.PrepareForRun(workspace_pb2.PrepareForRunRequest(run_id="run-orphan", source=source))).workspace
         await ws.ReleaseLease(workspace_pb2.ReleaseLeaseRequest(workspace_id=orphan.id))
         (home / "cleanrooms" / "run-orphan-1-0123abcd").mkdir(parents=True)
 
@@ -209,6 +197,8 @@ async def _events_so_far(suite: InProcessSuite, work_order_id: str) -> list:
     return [response.event async for response in call]
 
 
+
+
 async def test_a_restarted_workspace_service_removes_what_its_predecessor_left(home: Path, tmp_path: Path):
     """A preparation cut short leaves folders the index never heard of, a verification a
     clean room: the next workspace service removes them at start, and keeps what it knows."""
@@ -218,11 +208,8 @@ async def test_a_restarted_workspace_service_removes_what_its_predecessor_left(h
         run = await first.run(kept.run_id)
     finally:
         await first.stop()
-    orphans = [
-        home / "workspaces" / "ws-0123456789abcdef",
-        home / "gitdirs" / "ws-0123456789abcdef.git",
-        home / "cleanrooms" / "run-x-1-0123abcd",
-    ]
+    orphans = [home / "workspaces" / "ws-0123456789abcdef", home / "gitdirs" / "ws-0123456789abcdef.git",
+               home / "cleanrooms" / "run-x-1-0123abcd"]
     for folder in orphans:
         (folder / "sub").mkdir(parents=True)
     second = await InProcessSuite.start(home)

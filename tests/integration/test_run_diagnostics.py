@@ -95,7 +95,7 @@ async def test_whole_output_each_check_and_an_error_naming_both_files(suite: InP
         "contracts:\n  required_files: [calc.py]\n"
         "tests:\n"
         f"  - {{name: style, kind: lint, command: \"{sys.executable} -c 'print(42 * 2)'\"}}\n"
-        f'  - {{name: unit, kind: test, command: "{sys.executable} -m pytest -q -p no:cacheprovider test_calc.py"}}\n'
+        f"  - {{name: unit, kind: test, command: \"{sys.executable} -m pytest -q -p no:cacheprovider test_calc.py\"}}\n"
     )
     root = project(tmp_path / "project", verify)
     script = agent_script(

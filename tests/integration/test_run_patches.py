@@ -28,10 +28,7 @@ iterations:
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=T", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
+        cwd=cwd, check=True, capture_output=True, text=True,
     )
     return done.stdout.strip()
 
@@ -65,7 +62,9 @@ async def test_a_run_stores_its_patches(suite: InProcessSuite, tmp_path: Path) -
     one = (run_dir / "patch-1.diff").read_bytes()
     assert b"rename from old.txt" in one and b"notes.txt" in one and b"calc.py" not in one
     assert b"calc.py" in (run_dir / "patch-2.diff").read_bytes()
-    cumulative = (await suite.persistence.GetPatch(persistence_pb2.GetPatchRequest(run_id=run.id), timeout=5)).patch
+    cumulative = (
+        await suite.persistence.GetPatch(persistence_pb2.GetPatchRequest(run_id=run.id), timeout=5)
+    ).patch
     assert cumulative.patch == (run_dir / "patch.diff").read_bytes()
     assert cumulative.from_commit == git(root, "rev-parse", "HEAD")
     assert cumulative.to_commit == run.final_commit

@@ -20,13 +20,8 @@ from agentgate.persistence.server import PersistenceApp
 from agentgate.v1 import persistence_pb2, persistence_pb2_grpc
 
 TOKEN = "test-token-0123456789"
-CLIENT_ENV = (
-    "AGENTGATE_TOKEN",
-    "AGENTGATE_TLS_CA",
-    "AGENTGATE_TLS_CLIENT_CERT",
-    "AGENTGATE_TLS_CLIENT_KEY",
-    "AGENTGATE_TLS_SERVER_NAME",
-)
+CLIENT_ENV = ("AGENTGATE_TOKEN", "AGENTGATE_TLS_CA", "AGENTGATE_TLS_CLIENT_CERT", "AGENTGATE_TLS_CLIENT_KEY",
+              "AGENTGATE_TLS_SERVER_NAME")
 
 
 @pytest.fixture(autouse=True)
@@ -44,70 +39,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate signed
     by it, and a stranger's self-signed certificate."""
     root = tmp_path_factory.mktemp("certs")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=AgentGate test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        cwd=root,
-    )
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=AgentGate test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=root)
     (root / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name, ext in (("server", ["-extfile", "server.ext"]), ("client", [])):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={name}",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            cwd=root,
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            f"{name}.pem",
-            *ext,
-            cwd=root,
-        )
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=stranger",
-        "-keyout",
-        "stranger.key",
-        "-out",
-        "stranger.pem",
-        cwd=root,
-    )
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", cwd=root)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-out", f"{name}.pem", *ext, cwd=root)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stranger",
+            "-keyout", "stranger.key", "-out", "stranger.pem", cwd=root)
     return root
 
 

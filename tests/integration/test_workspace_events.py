@@ -59,24 +59,13 @@ async def test_a_retried_attempt_starts_from_the_snapshot_and_the_events_say_so(
     types = [e.type for e in events]
 
     # The order of the workspace's events around the retry.
-    expected = [
-        "workspace:acquired",
-        "agent:started",
-        "agent:failed",
-        "snapshot:restored",
-        "agent:started",
-        "agent:complete",
-        "snapshot:created",
-        "workspace:released",
-        "run:complete",
-    ]
+    expected = ["workspace:acquired", "agent:started", "agent:failed", "snapshot:restored", "agent:started",
+                "agent:complete", "snapshot:created", "workspace:released", "run:complete"]
     assert [kind for kind in types if kind in expected] == expected, types
 
     acquired = events[types.index("workspace:acquired")].workspace_changed
     stub = workspace_pb2_grpc.WorkspaceServiceStub(suite._channel("workspace"))
-    workspace = (
-        await stub.GetWorkspace(workspace_pb2.GetWorkspaceRequest(workspace_id=acquired.workspace_id))
-    ).workspace
+    workspace = (await stub.GetWorkspace(workspace_pb2.GetWorkspaceRequest(workspace_id=acquired.workspace_id))).workspace
     restored = events[types.index("snapshot:restored")].snapshot_restored.commit
     # Nothing had been snapshotted since the start: the restore is the initial snapshot itself.
     assert restored == workspace.base_commit

@@ -29,10 +29,7 @@ W = workspace_pb2
 def git(cwd: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
+        cwd=cwd, check=True, capture_output=True, text=True,
     )
     return done.stdout.strip()
 
@@ -282,9 +279,7 @@ async def test_snapshots_list_diff_and_restore(facade: Facade, project: Path) ->
     whole = await facade.stub.GetDiff(W.GetDiffRequest(workspace_id=workspace.id))
     assert sorted(whole.changed_files) == ["calc.py", "more.txt", "new.txt", "notes.txt"]
     assert "+    return a + b" in whole.diff and "-first" in whole.diff and not whole.truncated
-    step = await facade.stub.GetDiff(
-        W.GetDiffRequest(workspace_id=workspace.id, from_snapshot_id=s1, to_snapshot_id=s2)
-    )
+    step = await facade.stub.GetDiff(W.GetDiffRequest(workspace_id=workspace.id, from_snapshot_id=s1, to_snapshot_id=s2))
     assert sorted(step.changed_files) == ["more.txt", "notes.txt"]
 
     # Restore to s1 with an uncommitted edit, an untracked file and an ignored one around.

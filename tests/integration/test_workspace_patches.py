@@ -35,9 +35,7 @@ def tree_of(client: WorkspaceClient, workspace: workspace_pb2.Workspace, commit:
     return git(git_dir, f"--git-dir={git_dir}", "rev-parse", f"{commit}^{{tree}}")
 
 
-async def export(
-    client: WorkspaceClient, workspace_id: str, old: str = "", new: str = ""
-) -> workspace_pb2.ExportPatchResponse:
+async def export(client: WorkspaceClient, workspace_id: str, old: str = "", new: str = "") -> workspace_pb2.ExportPatchResponse:
     request = workspace_pb2.ExportPatchRequest(workspace_id=workspace_id, from_snapshot_id=old, to_snapshot_id=new)
     return await client.stub.ExportPatch(request)
 

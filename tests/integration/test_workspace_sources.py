@@ -56,9 +56,7 @@ async def stub(home: Path) -> AsyncIterator[workspace_pb2_grpc.WorkspaceServiceS
 
 
 async def prepare(stub, source: Path, run_id: str = "run-1") -> workspace_pb2.Workspace:
-    request = workspace_pb2.PrepareForRunRequest(
-        run_id=run_id, source=common_pb2.WorkspaceSource(local_path=str(source))
-    )
+    request = workspace_pb2.PrepareForRunRequest(run_id=run_id, source=common_pb2.WorkspaceSource(local_path=str(source)))
     return (await stub.PrepareForRun(request, timeout=60)).workspace
 
 
@@ -278,6 +276,7 @@ def test_copy_entry_keeps_links_and_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "d" / "run.sh").stat().st_mode) == 0o755
     assert os.readlink(tmp_path / "d" / "link") == "run.sh"
     assert not sources.copy_entry(source / "missing", tmp_path / "d" / "missing")
+
 
 
 async def test_the_push_url_is_the_users_resolved_at_preparation(stub, home: Path, tmp_path: Path) -> None:

@@ -76,10 +76,7 @@ class WorkspaceClient:
     ) -> tuple[list[events_pb2.AgentOutput], common_pb2.AgentResult]:
         """Runs an agent; returns the streamed output lines and the result."""
         request = workspace_pb2.RunAgentRequest(
-            workspace_id=workspace.id,
-            run_id=workspace.run_id,
-            agent=agent,
-            **kwargs,  # type: ignore[arg-type]
+            workspace_id=workspace.id, run_id=workspace.run_id, agent=agent, **kwargs  # type: ignore[arg-type]
         )
         outputs: list[events_pb2.AgentOutput] = []
         result = None

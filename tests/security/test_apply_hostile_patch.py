@@ -34,10 +34,7 @@ new file mode 100755
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=U", "-c", "user.email=u@example.com", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
+        cwd=cwd, check=True, capture_output=True, text=True,
     ).stdout.strip()
 
 
@@ -59,10 +56,7 @@ def test_a_patch_escaping_the_target_is_refused(tmp_path: Path, kind: str) -> No
     naive = tmp_path / "naive"
     (naive / "inner").mkdir(parents=True)
     subprocess.run(
-        ["git", "apply", "--unsafe-paths", "-"],
-        cwd=naive / "inner",
-        input=ESCAPE,
-        check=True,
+        ["git", "apply", "--unsafe-paths", "-"], cwd=naive / "inner", input=ESCAPE, check=True,
         env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(naive)},
     )
     assert (naive / "escaped.txt").read_text() == "owned\n"  # the attack works without the path check

@@ -46,9 +46,7 @@ AGENTGATE = str(Path(sys.executable).parent / "agentgate")
 
 def spec(project: Path) -> common_pb2.WorkOrderSpec:
     project.mkdir(exist_ok=True)
-    work = common_pb2.WorkOrderSpec(
-        task_prompt="Fix add()", agent=common_pb2.AgentSpec(name="scripted", options={"script": "default: []\n"})
-    )
+    work = common_pb2.WorkOrderSpec(task_prompt="Fix add()", agent=common_pb2.AgentSpec(name="scripted", options={"script": "default: []\n"}))
     work.source.local_path = str(project)
     return work
 
@@ -188,9 +186,7 @@ async def lease_as(pair: Pair, worker: str, project: Path) -> queue_pb2.LeaseRes
 def forged_success(run_id: str, work_order_id: str) -> persistence_pb2.UpdateRunRequest:
     return persistence_pb2.UpdateRunRequest(
         run=common_pb2.Run(
-            id=run_id,
-            work_order_id=work_order_id,
-            state=RUN.RUN_STATE_SUCCEEDED,
+            id=run_id, work_order_id=work_order_id, state=RUN.RUN_STATE_SUCCEEDED,
             result=common_pb2.RUN_RESULT_SUCCEEDED,
         )
     )
@@ -213,15 +209,11 @@ async def test_without_auth_anyone_marks_a_run_succeeded(open_pair: Pair, tmp_pa
     # The attack of the issue, against services as they were: no credential at all.
     stub = persistence_pb2_grpc.PersistenceServiceStub(grpc.aio.insecure_channel(open_pair.addresses["persistence"]))
     await stub.CreateRun(
-        persistence_pb2.CreateRunRequest(
-            run=common_pb2.Run(id="run-x", work_order_id="wo-x", state=RUN.RUN_STATE_BUILDING)
-        ),
+        persistence_pb2.CreateRunRequest(run=common_pb2.Run(id="run-x", work_order_id="wo-x", state=RUN.RUN_STATE_BUILDING)),
         timeout=5,
     )
     await stub.UpdateRun(forged_success("run-x", "wo-x"), timeout=5)
-    assert (
-        await stub.GetRun(persistence_pb2.GetRunRequest(run_id="run-x"), timeout=5)
-    ).run.state == RUN.RUN_STATE_SUCCEEDED
+    assert (await stub.GetRun(persistence_pb2.GetRunRequest(run_id="run-x"), timeout=5)).run.state == RUN.RUN_STATE_SUCCEEDED
 
 
 async def test_the_client_token_reads_and_submits_but_cannot_write_run_records(pair: Pair, tmp_path: Path) -> None:
@@ -231,9 +223,7 @@ async def test_the_client_token_reads_and_submits_but_cannot_write_run_records(p
     run_id, work_order_id = lease.work_order.run_id, lease.work_order.id
     refused_calls = [
         client.UpdateRun(forged_success(run_id, work_order_id), timeout=5),
-        client.CreateRun(
-            persistence_pb2.CreateRunRequest(run=common_pb2.Run(id="run-new", work_order_id="wo-new")), timeout=5
-        ),
+        client.CreateRun(persistence_pb2.CreateRunRequest(run=common_pb2.Run(id="run-new", work_order_id="wo-new")), timeout=5),
         client.AppendEvents(persistence_pb2.AppendEventsRequest(), timeout=5),
         client.SaveIteration(persistence_pb2.SaveIterationRequest(), timeout=5),
         pair.queue(None).Lease(queue_pb2.LeaseRequest(worker_id="thief", wait_seconds=0.1), timeout=5),
@@ -319,10 +309,7 @@ def test_up_makes_a_private_token_and_keeps_it_out_of_the_services_environment(t
         assert up.returncode == 0, up.stdout + up.stderr
         token_file = home / "auth" / "token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        secrets = [
-            token_file.read_text().strip().encode(),
-            (home / "auth" / "service.key").read_text().strip().encode(),
-        ]
+        secrets = [token_file.read_text().strip().encode(), (home / "auth" / "service.key").read_text().strip().encode()]
         pids = [int(__import__("json").loads(p.read_text())["pid"]) for p in (home / "run").glob("*.pid")]
         assert len(pids) == 5  # the four services and the dashboard gateway
         for pid in pids:

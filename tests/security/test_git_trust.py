@@ -46,9 +46,7 @@ class Target:
     async def agent(self, script: str) -> None:
         """Runs `script` as the agent, in its workspace."""
         agent = common_pb2.AgentSpec(name="command", options={"command": textwrap.dedent(script)})
-        request = workspace_pb2.RunAgentRequest(
-            workspace_id=self.workspace.id, run_id=self.workspace.run_id, agent=agent
-        )
+        request = workspace_pb2.RunAgentRequest(workspace_id=self.workspace.id, run_id=self.workspace.run_id, agent=agent)
         result = None
         async for item in self.stub.RunAgent(request, timeout=60):
             if item.HasField("result"):
@@ -64,9 +62,7 @@ class Target:
         await self.stub.GetDiff(workspace_pb2.GetDiffRequest(workspace_id=ws))
         await self.stub.ListSnapshots(workspace_pb2.ListSnapshotsRequest(workspace_id=ws))
         await self.stub.Verify(
-            workspace_pb2.VerifyRequest(
-                workspace_id=ws, snapshot_id=snapshot, run_id=self.workspace.run_id, iteration=1
-            )
+            workspace_pb2.VerifyRequest(workspace_id=ws, snapshot_id=snapshot, run_id=self.workspace.run_id, iteration=1)
         )
         await self.stub.RestoreSnapshot(workspace_pb2.RestoreSnapshotRequest(workspace_id=ws, snapshot_id=snapshot))
         pushed = await self.stub.Push(workspace_pb2.PushRequest(workspace_id=ws), timeout=60)
@@ -97,9 +93,7 @@ async def target(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     try:
         stub = workspace_pb2_grpc.WorkspaceServiceStub(channel)
         prepared = await stub.PrepareForRun(
-            workspace_pb2.PrepareForRunRequest(
-                run_id="run-attack", source=common_pb2.WorkspaceSource(local_path=str(clone))
-            ),
+            workspace_pb2.PrepareForRunRequest(run_id="run-attack", source=common_pb2.WorkspaceSource(local_path=str(clone))),
             timeout=60,
         )
         yield Target(stub, prepared.workspace, remote, elsewhere, tmp_path / "pwned")
@@ -136,9 +130,7 @@ async def test_a_clean_filter_in_config_and_info_attributes_never_runs_in_our_gi
     snapshot = await target.everything_we_run()
     assert not target.marker.exists(), "a git command of the service ran the agent's filter"
     # The in-tree attribute is in the snapshot, but names a filter configured nowhere we look.
-    diff = await target.stub.GetDiff(
-        workspace_pb2.GetDiffRequest(workspace_id=target.workspace.id, to_snapshot_id=snapshot)
-    )
+    diff = await target.stub.GetDiff(workspace_pb2.GetDiffRequest(workspace_id=target.workspace.id, to_snapshot_id=snapshot))
     assert sorted(diff.changed_files) == [".gitattributes", "app.py"]
     assert not target.marker.exists()
 
@@ -279,8 +271,7 @@ async def test_a_work_order_whose_agent_attacks_every_git_command_is_delivered_w
         echo fixed > app.py
     """
     spec = common_pb2.WorkOrderSpec(
-        task_prompt="Fix app.py",
-        agent=common_pb2.AgentSpec(name="command", options={"command": textwrap.dedent(script)}),
+        task_prompt="Fix app.py", agent=common_pb2.AgentSpec(name="command", options={"command": textwrap.dedent(script)})
     )
     spec.source.local_path = str(clone)
     spec.harness.loop_strategy.max_iterations = 1

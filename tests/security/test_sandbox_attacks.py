@@ -47,9 +47,7 @@ def _forks_fine() -> bool:
 async def test_reading_a_service_process_environment(mode: str, make_sandbox: SandboxFactory) -> None:
     victim = _victim()
     try:
-        result = await make_sandbox(mode).run(
-            sh(f"cat /proc/{victim.pid}/environ; kill -0 {victim.pid} && echo signalled")
-        )
+        result = await make_sandbox(mode).run(sh(f"cat /proc/{victim.pid}/environ; kill -0 {victim.pid} && echo signalled"))
     finally:
         victim.kill()
         victim.wait()
@@ -177,9 +175,7 @@ async def test_timeout_gives_the_command_sigterm_then_kills(make_sandbox: Sandbo
     script = "trap 'echo got-term; exit 7' TERM; echo started; while true; do sleep 0.05; done"
     result = await make_sandbox("on").run(sh(script), timeout=1.0, kill_grace=2.0)
     assert result.timed_out and "got-term" in result.stdout and result.exit_code == 7
-    stubborn = await make_sandbox("on").run(
-        sh("trap '' TERM; while true; do sleep 0.05; done"), timeout=0.5, kill_grace=0.5
-    )
+    stubborn = await make_sandbox("on").run(sh("trap '' TERM; while true; do sleep 0.05; done"), timeout=0.5, kill_grace=0.5)
     assert stubborn.timed_out and stubborn.duration_seconds < 5
 
 
@@ -274,18 +270,14 @@ async def test_disk_limit_counts_only_what_the_execution_wrote(layout: Layout, m
 
 async def test_private_tmp_is_bounded_and_thrown_away(layout: Layout, make_sandbox: SandboxFactory) -> None:
     result = await make_sandbox("on", Limits(max_disk_mb=2)).run(
-        sh(
-            "echo kept > /tmp/note; head -c 5000000 /dev/zero > /tmp/fill; echo rc=$?; cat /tmp/note; touch ~/x && echo home-writable"
-        )
+        sh("echo kept > /tmp/note; head -c 5000000 /dev/zero > /tmp/fill; echo rc=$?; cat /tmp/note; touch ~/x && echo home-writable")
     )
     assert "rc=0" not in result.stdout and "kept" in result.stdout and "home-writable" in result.stdout
     again = await make_sandbox("on").run(sh("ls /tmp ~"))
     assert "note" not in again.stdout and "x" not in again.stdout.split()
 
 
-def test_missing_bubblewrap_says_how_to_install(
-    layout: Layout, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_bubblewrap_says_how_to_install(layout: Layout, make_sandbox: SandboxFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     from agentgate.workspace.sandbox import SandboxUnavailable
 
     monkeypatch.setenv("PATH", str(layout.outside))
@@ -355,9 +347,7 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 @BOTH
-async def test_an_execution_does_not_outlive_a_crashed_service(
-    mode: str, layout: Layout, make_sandbox: SandboxFactory
-) -> None:
+async def test_an_execution_does_not_outlive_a_crashed_service(mode: str, layout: Layout, make_sandbox: SandboxFactory) -> None:
     stop = layout.outside / "stop"
     log = layout.writable / "orphan.log"
     service = _start_service(layout, mode, f"while [ ! -e {stop} ]; do echo x >> {log}; sleep 0.1; done")
@@ -378,9 +368,7 @@ async def test_an_execution_does_not_outlive_a_crashed_service(
 @BOTH
 async def test_writing_a_host_sysctl(mode: str, make_sandbox: SandboxFactory) -> None:
     # Writes kernel.panic's current value back: harmless, and proves the write is possible.
-    result = await make_sandbox(mode).run(
-        sh("v=$(cat /proc/sys/kernel/panic); echo $v > /proc/sys/kernel/panic && echo wrote")
-    )
+    result = await make_sandbox(mode).run(sh("v=$(cat /proc/sys/kernel/panic); echo $v > /proc/sys/kernel/panic && echo wrote"))
     if mode == "off":
         assert "wrote" in result.stdout
     else:

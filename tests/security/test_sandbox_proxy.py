@@ -102,9 +102,7 @@ for body in (b"first-body", b"second-body"):
 async def _echo_server(seen: list[bytes]) -> asyncio.Server:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(
-            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-        )
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
         body = await reader.readexactly(length)
         seen.append(head + body)
         reply = b"echo:" + body

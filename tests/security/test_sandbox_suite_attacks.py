@@ -91,20 +91,16 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
 def _project(root: Path, suite: Suite, listener: Listener, outside: Path) -> Path:
     root.mkdir(parents=True)
     (root / "attack_agent.py").write_text(AGENT.read_text())
-    (root / "attack.json").write_text(
-        json.dumps(
-            {
-                "token": TOKEN,
-                "outside": str(outside),
-                "other_run_file": str(suite.home / "runs" / "run-other" / "result.json"),
-                "other_run_secret": OTHER_RUN_SECRET,
-                "agentgate_home": str(suite.home),
-                "loopback_port": listener.port,
-                "processes": PROCESSES_TRIED,
-                "refused_host": REFUSED_HOST,
-            }
-        )
-    )
+    (root / "attack.json").write_text(json.dumps({
+        "token": TOKEN,
+        "outside": str(outside),
+        "other_run_file": str(suite.home / "runs" / "run-other" / "result.json"),
+        "other_run_secret": OTHER_RUN_SECRET,
+        "agentgate_home": str(suite.home),
+        "loopback_port": listener.port,
+        "processes": PROCESSES_TRIED,
+        "refused_host": REFUSED_HOST,
+    }))
     (root / "users.txt").symlink_to("/etc/passwd")
     if HOME_FILE is not None:
         (root / "home-file").symlink_to(HOME_FILE)
@@ -127,21 +123,9 @@ def _attack(suite: Suite, listener: Listener, root: Path, profile: str) -> dict:
     outside.mkdir(parents=True)
     project = _project(root / "project", suite, listener, outside)
     code, out = suite.cli_json(
-        "exec",
-        "--path",
-        str(project),
-        "--prompt",
-        "attack",
-        "--agent",
-        "command",
-        "--agent-option",
-        f"command={sys.executable} attack_agent.py",
-        "--max-iterations",
-        "1",
-        "--profile",
-        profile,
-        "--keep-workspace",
-        timeout=300,
+        "exec", "--path", str(project), "--prompt", "attack", "--agent", "command",
+        "--agent-option", f"command={sys.executable} attack_agent.py",
+        "--max-iterations", "1", "--profile", profile, "--keep-workspace", timeout=300,
     )
     assert "run_id" in out, (code, out, suite.logs())
     workspace = Path(out["workspace"])
@@ -159,14 +143,8 @@ def _attack(suite: Suite, listener: Listener, root: Path, profile: str) -> dict:
     events = [json.loads(line) for line in suite.cli("watch", out["work_order_id"], "--json").stdout.splitlines()]
     _, status = suite.cli_json("status", out["work_order_id"])
     return {
-        "out": out,
-        "results": results,
-        "daemon_survived": grew,
-        "checks": checks,
-        "report": report,
-        "events": events,
-        "status": status,
-        "outside": outside,
+        "out": out, "results": results, "daemon_survived": grew, "checks": checks, "report": report,
+        "events": events, "status": status, "outside": outside,
     }
 
 

@@ -60,11 +60,8 @@ def restore(path: Path) -> None:
 def test_a_hostile_workspace_is_deleted_and_nothing_outside_it_is_touched(tmp_path: Path):
     workspace, outside = tmp_path / "ws", tmp_path / "outside"
     hostile_tree(workspace, outside)
-    delete_unprivileged(
-        "import sys, pathlib; from agentgate.workspace.workspaces import remove_tree; "
-        "remove_tree(pathlib.Path(sys.argv[1]))",
-        workspace,
-    )
+    delete_unprivileged("import sys, pathlib; from agentgate.workspace.workspaces import remove_tree; "
+                        "remove_tree(pathlib.Path(sys.argv[1]))", workspace)
     assert not workspace.exists() and not workspace.is_symlink()
     assert (outside / "keep.txt").read_text() == "not the agent's\n"
     # Not even the modes of what the symlinks point to changed.

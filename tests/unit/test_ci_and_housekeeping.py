@@ -30,32 +30,19 @@ def test_retention_rule() -> None:
 
 
 def test_profile_keys_and_flags_for_retention_and_the_pr_base() -> None:
-    layer, problems = profiles.parse_layer(
-        {"retention": {"workspace": "on-failure"}, "git_ops": {"base_branch": "dev"}}
-    )
+    layer, problems = profiles.parse_layer({"retention": {"workspace": "on-failure"}, "git_ops": {"base_branch": "dev"}})
     assert problems == [] and layer.retention.workspace == common_pb2.WORKSPACE_RETENTION_ON_FAILURE
     assert layer.git_ops.base_branch == "dev"
     _, problems = profiles.parse_layer({"retention": {"workspace": "forever"}, "git_ops": {"base_branch": "-x"}})
     assert sorted(key for key, _ in problems) == ["git_ops.base_branch", "retention.workspace"]
-    spec = build_spec(
-        prompt="x",
-        prompt_file=None,
-        path=None,
-        git_url="https://h/r.git",
-        ref="dev",
-        agent="scripted",
-        agent_options=[],
-        base="release",
-        keep_workspace=True,
-    )
+    spec = build_spec(prompt="x", prompt_file=None, path=None, git_url="https://h/r.git", ref="dev", agent="scripted",
+                      agent_options=[], base="release", keep_workspace=True)
     assert spec.harness.git_ops.base_branch == "release"
     assert spec.harness.retention.workspace == common_pb2.WORKSPACE_RETENTION_KEEP
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800), ("1h30m", 5400), ("2w", 1209600), ("0s", 0)],
-)
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800),
+                                               ("1h30m", 5400), ("2w", 1209600), ("0s", 0)])
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -71,30 +58,18 @@ def test_human_bytes() -> None:
 
 
 def check_run(name: str, status: str = "completed", conclusion: str | None = "success", **output: str) -> dict:
-    return {
-        "name": name,
-        "status": status,
-        "conclusion": conclusion,
-        "html_url": f"https://gh/{name}",
-        "output": {"title": output.get("title"), "summary": output.get("summary"), "text": output.get("text")},
-    }
+    return {"name": name, "status": status, "conclusion": conclusion, "html_url": f"https://gh/{name}",
+            "output": {"title": output.get("title"), "summary": output.get("summary"), "text": output.get("text")}}
 
 
 def test_read_state_sorts_check_runs_and_statuses() -> None:
     state = read_state(
-        [
-            check_run("build", conclusion="failure", summary="1 failed", text="FAILED test_x"),
-            check_run("docs", conclusion="skipped"),
-            check_run("lint", conclusion="neutral"),
-            check_run("e2e", status="in_progress", conclusion=None),
-        ],
-        {
-            "state": "failure",
-            "statuses": [
-                {"context": "ci/old", "state": "error", "description": "crashed", "target_url": "https://ci/1"},
-                {"context": "ci/ok", "state": "success"},
-            ],
-        },
+        [check_run("build", conclusion="failure", summary="1 failed", text="FAILED test_x"),
+         check_run("docs", conclusion="skipped"), check_run("lint", conclusion="neutral"),
+         check_run("e2e", status="in_progress", conclusion=None)],
+        {"state": "failure", "statuses": [{"context": "ci/old", "state": "error", "description": "crashed",
+                                           "target_url": "https://ci/1"},
+                                          {"context": "ci/ok", "state": "success"}]},
     )
     assert state.pending == ["e2e"] and state.passed == ["docs", "lint", "ci/ok"]
     build, old = state.failed
@@ -142,13 +117,8 @@ async def wait(looks: list, settings: CiSettings) -> common_pb2.LevelResult:
     async def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    waiter = CiWaiter(
-        FakeClient(looks),
-        RetryExecutor(settings_from_policy(resolve_policy(common_pb2.RetryPolicy()))),
-        settings,  # type: ignore[arg-type]
-        sleep=sleep,
-        clock=lambda: now[0],
-    )
+    waiter = CiWaiter(FakeClient(looks), RetryExecutor(settings_from_policy(resolve_policy(common_pb2.RetryPolicy()))), settings,  # type: ignore[arg-type]
+                      sleep=sleep, clock=lambda: now[0])
     return await waiter.wait("o", "r", "abc")
 
 
@@ -161,10 +131,8 @@ async def test_ci_waiter_waits_for_running_checks_then_reports_them() -> None:
 async def test_ci_waiter_grace_period_and_timeout() -> None:
     none = await wait([([], [])], CiSettings(poll_seconds=10, timeout_seconds=100, grace_seconds=30))
     assert none.passed and "no CI check or status showed up within 30s" in none.skip_reason
-    stuck = await wait(
-        [([check_run("build", status="in_progress", conclusion=None)], [])],
-        CiSettings(poll_seconds=10, timeout_seconds=60, grace_seconds=30),
-    )
+    stuck = await wait([([check_run("build", status="in_progress", conclusion=None)], [])],
+                       CiSettings(poll_seconds=10, timeout_seconds=60, grace_seconds=30))
     assert not stuck.passed and "still running after 60s" in stuck.checks[0].output
 
 

@@ -17,9 +17,8 @@ runner = CliRunner()
 
 
 def spec(**flags):
-    return build_spec(
-        prompt="p", prompt_file=None, path=None, git_url=None, ref=None, agent="scripted", agent_options=[], **flags
-    )
+    return build_spec(prompt="p", prompt_file=None, path=None, git_url=None, ref=None, agent="scripted",
+                      agent_options=[], **flags)
 
 
 def test_profile_and_loop_strategy_flags():
@@ -54,13 +53,8 @@ def test_list(profiles_home):
     assert list(rows) == ["default", "fast", "reliable", "a", "b", "mine"]
     assert rows["fast"]["source"] == "built-in" and rows["fast"]["valid"]
     assert rows["mine"] == {
-        "name": "mine",
-        "source": str(profiles_home / "mine.yaml"),
-        "extends": "reliable",
-        "description": "my team",
-        "valid": True,
-        "error": "",
-        "overrides_builtin": False,
+        "name": "mine", "source": str(profiles_home / "mine.yaml"), "extends": "reliable", "description": "my team",
+        "valid": True, "error": "", "overrides_builtin": False,
     }
     assert not rows["a"]["valid"] and "extends: cycle: a -> b -> a" in rows["a"]["error"]
     human = runner.invoke(app, ["profiles", "list"], env={"COLUMNS": "300"})
@@ -94,15 +88,9 @@ def test_validate(profiles_home, tmp_path):
     result = runner.invoke(app, ["profiles", "validate", str(good), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
-        "file": str(good),
-        "name": "team",
-        "valid": True,
-        "problems": [],
-        "chain": [
-            {"name": "reliable", "source": "built-in"},
-            {"name": "mine", "source": str(profiles_home / "mine.yaml")},
-            {"name": "team", "source": str(good)},
-        ],
+        "file": str(good), "name": "team", "valid": True, "problems": [],
+        "chain": [{"name": "reliable", "source": "built-in"}, {"name": "mine", "source": str(profiles_home / "mine.yaml")},
+                  {"name": "team", "source": str(good)}],
     }
     bad = tmp_path / "bad.yaml"
     bad.write_text("loop_strategy: {mode: turbo, mood: 1}\nretry: {preset: yolo}\n")

@@ -91,14 +91,8 @@ def test_iterations_table() -> None:
 
 def test_agent_rows_tool_calls_and_checks() -> None:
     result = common_pb2.AgentResult(
-        iteration=2,
-        attempt=2,
-        driver="scripted",
-        exit_code=1,
-        stdout_bytes=3_145_728,
-        stdout_truncated=True,
-        timed_out=True,
-        duration_seconds=3.0,
+        iteration=2, attempt=2, driver="scripted", exit_code=1, stdout_bytes=3_145_728, stdout_truncated=True,
+        timed_out=True, duration_seconds=3.0,
     )
     call = result.tool_calls.add(tool="Bash", output="x" * 200, duration_seconds=0.5)
     call.input.update({"command": "ls"})

@@ -9,14 +9,8 @@ from agentgate.client.spec_builder import UsageError, build_spec, parse_agent_op
 
 def spec(**overrides):
     flags = dict(
-        prompt="fix it",
-        prompt_file=None,
-        path=None,
-        git_url=None,
-        ref=None,
-        agent="command",
-        agent_options=[],
-        max_iterations=None,
+        prompt="fix it", prompt_file=None, path=None, git_url=None, ref=None, agent="command",
+        agent_options=[], max_iterations=None,
     )
     flags.update(overrides)
     return build_spec(**flags)

@@ -33,11 +33,7 @@ def test_instance_names() -> None:
         None,
         None,
     ]
-    assert [service_of(n) for n in ("orchestrator-2", "queue", "persistence")] == [
-        "orchestrator",
-        "queue",
-        "persistence",
-    ]
+    assert [service_of(n) for n in ("orchestrator-2", "queue", "persistence")] == ["orchestrator", "queue", "persistence"]
 
 
 def test_config_flags_become_service_arguments() -> None:
@@ -73,7 +69,9 @@ def test_settings_are_kept_between_ups_until_down(supervisor: Supervisor) -> Non
     assert supervisor.load_config() == SuiteConfig()
 
 
-@pytest.mark.parametrize("text", ["not json", "[1]", '{"workers": 0}', '{"workers": "x"}', '{"max_concurrent": "x"}'])
+@pytest.mark.parametrize(
+    "text", ["not json", "[1]", '{"workers": 0}', '{"workers": "x"}', '{"max_concurrent": "x"}']
+)
 def test_a_damaged_settings_file_means_defaults(supervisor: Supervisor, text: str) -> None:
     supervisor.run_dir.mkdir(parents=True)
     supervisor.config_file.write_text(text)
@@ -85,20 +83,10 @@ def test_orders_for_start_stop_and_display(supervisor: Supervisor) -> None:
     # The gateway starts last (it calls the others) and stops first.
     assert names == ["persistence", "workspace", "queue", "orchestrator-1", "orchestrator-2", "gateway"]
     assert supervisor.stop_order(names) == [
-        "gateway",
-        "orchestrator-2",
-        "orchestrator-1",
-        "queue",
-        "workspace",
-        "persistence",
+        "gateway", "orchestrator-2", "orchestrator-1", "queue", "workspace", "persistence"
     ]
     assert supervisor.display_order(names) == [
-        "queue",
-        "orchestrator-1",
-        "orchestrator-2",
-        "workspace",
-        "persistence",
-        "gateway",
+        "queue", "orchestrator-1", "orchestrator-2", "workspace", "persistence", "gateway"
     ]
 
 
@@ -152,11 +140,8 @@ def test_a_zombie_that_is_not_our_child_is_not_alive() -> None:
     # A child that forks a grandchild which exits at once, and never reaps it: the
     # grandchild is a zombie whose parent is not this process.
     parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(30)",
-        ],
+        [sys.executable, "-c", "import os, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\n"
+         "print(pid, flush=True)\ntime.sleep(30)"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -35,9 +35,7 @@ def test_api_errors_are_classified_by_what_they_are() -> None:
         "exceeded retry limit, last status: 429 Too Many Requests",
     ):
         assert classify_api_error(transient)[0] == T.BUILD_ERROR_TYPE_AGENT_API_ERROR, transient
-    assert (
-        classify_api_error("unexpected status 400 Bad Request: bad model")[0] == T.BUILD_ERROR_TYPE_AGENT_TASK_FAILURE
-    )
+    assert classify_api_error("unexpected status 400 Bad Request: bad model")[0] == T.BUILD_ERROR_TYPE_AGENT_TASK_FAILURE
     assert "context window" in classify_api_error("Codex ran out of room in the model's context window")[1]
 
 
@@ -81,53 +79,27 @@ def test_refused_tool_calls_are_recorded_and_fail_the_execution() -> None:
     helper = "bwrap: execvp codex-linux-sandbox: No such file or directory\n"
     for event in [
         {"type": "thread.started", "thread_id": "t"},
-        {
-            "type": "item.completed",
-            "item": {
-                "id": "1",
-                "type": "command_execution",
-                "command": "ls",
-                "aggregated_output": helper,
-                "exit_code": 1,
-                "status": "failed",
-            },
-        },
-        {
-            "type": "item.completed",
-            "item": {
-                "id": "2",
-                "type": "file_change",
-                "status": "failed",
-                "changes": [{"path": "a.py", "kind": "update"}],
-            },
-        },
+        {"type": "item.completed", "item": {"id": "1", "type": "command_execution", "command": "ls",
+                                            "aggregated_output": helper, "exit_code": 1, "status": "failed"}},
+        {"type": "item.completed", "item": {"id": "2", "type": "file_change", "status": "failed",
+                                            "changes": [{"path": "a.py", "kind": "update"}]}},
         {"type": "turn.completed", "usage": {"input_tokens": 5, "output_tokens": 1}},
     ]:
         parser.feed(event, 0.0)
-    for line in [
-        "2026 ERROR codex_core::tools::router: error=Exit code: 1",
-        "Output:",
-        "Failed to write file a.py",
-        "",
-    ]:
+    for line in ["2026 ERROR codex_core::tools::router: error=Exit code: 1", "Output:", "Failed to write file a.py", ""]:
         parser.stderr_line(line)
     result = common_pb2.AgentResult()
     failure = parser.apply(result, 0.0)
     assert "refused by its own sandbox" in failure and result.error_type == T.BUILD_ERROR_TYPE_AGENT_CRASH
     assert result.tool_calls[0].output.startswith("ERROR: codex's sandbox could not run the command")
-    assert result.tool_calls[1].output.startswith(
-        "ERROR: patch rejected: Exit code: 1 | Output: | Failed to write file a.py"
-    )
+    assert result.tool_calls[1].output.startswith("ERROR: patch rejected: Exit code: 1 | Output: | Failed to write file a.py")
 
 
 def test_pricing_turns_codex_tokens_into_a_cost() -> None:
     """Codex prints tokens only; the `pricing` option prices them (cached input at its own
     price), and a bad value is refused naming the option."""
     parser = CodexStreamParser(prices=parse_prices("2, 0.5, 10"), baseline=Usage(1000, 0, 100))
-    parser.feed(
-        {"type": "turn.completed", "usage": {"input_tokens": 5000, "cached_input_tokens": 2000, "output_tokens": 600}},
-        0.0,
-    )
+    parser.feed({"type": "turn.completed", "usage": {"input_tokens": 5000, "cached_input_tokens": 2000, "output_tokens": 600}}, 0.0)
     tokens, cost = parser.running_usage()
     # This execution: 4,000 input of which 2,000 cached, 500 output.
     assert tokens == 4500
@@ -138,10 +110,7 @@ def test_pricing_turns_codex_tokens_into_a_cost() -> None:
     assert CodexStreamParser().running_usage() == (0, 0.0)
 
     def problems(value: str) -> list[str]:
-        return [
-            f"{v.field}: {v.description}"
-            for v in validate_agent(common_pb2.AgentSpec(name="codex", options={"pricing": value}))
-        ]
+        return [f"{v.field}: {v.description}" for v in validate_agent(common_pb2.AgentSpec(name="codex", options={"pricing": value}))]
 
     assert problems("1.25,0.125,10") == []
     for bad in ("1,2", "a,b,c", "-1,0,1", "1,,2"):

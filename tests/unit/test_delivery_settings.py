@@ -28,16 +28,15 @@ GITHUB_ENV = {"AGENTGATE_GITHUB_GIT_URL": "http://127.0.0.1:8080/", "AGENTGATE_G
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["agentgate/run-1", "feature/x_y.z", "a"],
+    "name", ["agentgate/run-1", "feature/x_y.z", "a"],
 )
 def test_valid_branch_names(name: str) -> None:
     assert branch_problem(name) == ""
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["", "-x", "a..b", "a b", "a/", "/a", "a//b", "x.lock", "a/.hidden", "a~1", "a^", "a:b", "@", "a@{1}", "end."],
+    "name", ["", "-x", "a..b", "a b", "a/", "/a", "a//b", "x.lock", "a/.hidden", "a~1", "a^", "a:b", "@", "a@{1}",
+             "end."],
 )
 def test_invalid_branch_names(name: str) -> None:
     assert branch_problem(name) != ""
@@ -77,9 +76,7 @@ def test_git_auth_env_is_scoped_to_the_github_host_and_needs_a_token() -> None:
     assert header == "Authorization: Basic " + base64.b64encode(b"x-access-token:tok-secret-123").decode()
     assert (env["GIT_CONFIG_KEY_1"], env["GIT_CONFIG_VALUE_1"]) == ("credential.helper", "")
     assert git_auth_env("https://elsewhere.example/octo/proj.git", GITHUB_ENV) == {}
-    assert (
-        git_auth_env("http://127.0.0.1:8080/octo/proj.git", {"AGENTGATE_GITHUB_GIT_URL": "http://127.0.0.1:8080"}) == {}
-    )
+    assert git_auth_env("http://127.0.0.1:8080/octo/proj.git", {"AGENTGATE_GITHUB_GIT_URL": "http://127.0.0.1:8080"}) == {}
     assert secret_forms("tok-secret-123")[1] in header
 
 
@@ -96,29 +93,21 @@ def test_harness_defaults_for_git_ops_and_retry() -> None:
     ):
         harness = common_pb2.HarnessSettings(git_ops=common_pb2.GitOpsSettings(mode=mode))
         assert resolve_harness(harness).git_ops.github_mode == expected
-    explicit = common_pb2.HarnessSettings(
-        git_ops=common_pb2.GitOpsSettings(mode=common_pb2.GIT_MODE_PR, github_mode=common_pb2.GIT_HUB_MODE_BEST_EFFORT)
-    )
+    explicit = common_pb2.HarnessSettings(git_ops=common_pb2.GitOpsSettings(
+        mode=common_pb2.GIT_MODE_PR, github_mode=common_pb2.GIT_HUB_MODE_BEST_EFFORT))
     assert resolve_harness(explicit).git_ops.github_mode == common_pb2.GIT_HUB_MODE_BEST_EFFORT
 
 
 def flags(**overrides):
-    base = dict(prompt="fix it", prompt_file=None, path=None, git_url=None, ref=None, agent="command", agent_options=[])
+    base = dict(prompt="fix it", prompt_file=None, path=None, git_url=None, ref=None, agent="command",
+                agent_options=[])
     base.update(overrides)
     return build_spec(**base)
 
 
 def test_cli_flags_fill_the_harness() -> None:
-    spec = flags(
-        github="octo/proj",
-        ref="dev",
-        git_mode="pr",
-        github_mode="best-effort",
-        draft_pr=True,
-        retry_preset="aggressive",
-        max_attempts=2,
-        agent_timeout=7,
-    )
+    spec = flags(github="octo/proj", ref="dev", git_mode="pr", github_mode="best-effort", draft_pr=True,
+                 retry_preset="aggressive", max_attempts=2, agent_timeout=7)
     assert spec.source.github_repo == "octo/proj" and spec.source.ref == "dev"
     assert spec.harness.git_ops.mode == common_pb2.GIT_MODE_PR
     assert spec.harness.git_ops.github_mode == common_pb2.GIT_HUB_MODE_BEST_EFFORT
@@ -196,30 +185,12 @@ def test_admission_of_git_ops_and_retry(tmp_path: Path, home: Path) -> None:
 
 def test_pull_request_title_and_body() -> None:
     assert pr_title("\n  Fix the add function  \nso that tests pass") == "[AgentGate] Fix the add function"
-    run = common_pb2.Run(
-        id="run-1",
-        work_order_id="wo-1",
-        task_prompt="Fix add()\nplease",
-        iteration_count=2,
-        max_iterations=3,
-        branch_name="agentgate/run-1",
-        final_commit="abc123",
-        stop_reason="Verification passed",
-        agent=common_pb2.AgentSpec(name="scripted"),
-    )
+    run = common_pb2.Run(id="run-1", work_order_id="wo-1", task_prompt="Fix add()\nplease", iteration_count=2,
+                         max_iterations=3, branch_name="agentgate/run-1", final_commit="abc123",
+                         stop_reason="Verification passed", agent=common_pb2.AgentSpec(name="scripted"))
     body = pr_body(run, "2 levels passed")
-    for part in (
-        "> Fix add()",
-        "> please",
-        "`run-1`",
-        "`wo-1`",
-        "2 of 3",
-        "passed — 2 levels passed",
-        "`agentgate/run-1`",
-        "`abc123`",
-        "Verification passed",
-        "`scripted`",
-    ):
+    for part in ("> Fix add()", "> please", "`run-1`", "`wo-1`", "2 of 3", "passed — 2 levels passed",
+                 "`agentgate/run-1`", "`abc123`", "Verification passed", "`scripted`"):
         assert part in body
 
 
@@ -228,33 +199,16 @@ def test_new_events_render_in_a_few_words() -> None:
     from agentgate.common.events import make_event
     from agentgate.v1 import events_pb2
 
-    retry = make_event(
-        "retry:attempt",
-        "wo",
-        "run",
-        retry_attempt=common_pb2.RetryAttempt(
-            operation="agent",
-            attempt=1,
-            error_type=common_pb2.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
-            error="timed out",
-            duration_seconds=1.0,
-            will_retry=True,
-            next_retry_ms=1500,
-        ),
-    )
+    retry = make_event("retry:attempt", "wo", "run", retry_attempt=common_pb2.RetryAttempt(
+        operation="agent", attempt=1, error_type=common_pb2.BUILD_ERROR_TYPE_AGENT_TIMEOUT, error="timed out",
+        duration_seconds=1.0, will_retry=True, next_retry_ms=1500))
     assert describe(retry) == "agent attempt 1 (1.0s) agent_timeout: timed out; retry in 1.5s"
-    failed = make_event(
-        "github:operation",
-        "wo",
-        "run",
-        github_operation=common_pb2.GitHubOperation(operation="create_pr", error="PR creation failed", retries=2),
-    )
+    failed = make_event("github:operation", "wo", "run", github_operation=common_pb2.GitHubOperation(
+        operation="create_pr", error="PR creation failed", retries=2))
     assert describe(failed) == "create_pr FAILED: PR creation failed (after 2 retries)"
-    skipped = make_event(
-        "github:operation", "wo", "run", github_operation=common_pb2.GitHubOperation(operation="push", skipped=True)
-    )
+    skipped = make_event("github:operation", "wo", "run", github_operation=common_pb2.GitHubOperation(
+        operation="push", skipped=True))
     assert describe(skipped) == "push skipped"
-    created = make_event(
-        "pr:created", "wo", "run", pr_created=events_pb2.PrCreated(url="https://x/pull/1", number=1, draft=True)
-    )
+    created = make_event("pr:created", "wo", "run", pr_created=events_pb2.PrCreated(
+        url="https://x/pull/1", number=1, draft=True))
     assert describe(created) == "#1 https://x/pull/1 (draft)"

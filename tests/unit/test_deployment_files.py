@@ -291,9 +291,7 @@ def test_postgresql_overlays_set_real_variables_and_two_replicas():
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (overlay / resource).exists(), resource
-    patched = {
-        doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((overlay / "stateful-replicas.yaml").read_text())
-    }
+    patched = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((overlay / "stateful-replicas.yaml").read_text())}
     for name in ("agentgate-queue", "agentgate-persistence"):
         spec = patched[name]["spec"]
         assert spec["replicas"] == 2

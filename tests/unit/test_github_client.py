@@ -25,13 +25,9 @@ def client_for(api: FakeGitHubApi, token: str = TOKEN) -> GitHubClient:
 
 
 def test_config_from_env() -> None:
-    config = GitHubConfig.from_env(
-        {
-            "AGENTGATE_GITHUB_API_URL": "https://ghe.example/api/v3/",
-            "AGENTGATE_GITHUB_TOKEN": " secret-value ",
-            "AGENTGATE_GITHUB_GIT_URL": "https://ghe.example/",
-        }
-    )
+    config = GitHubConfig.from_env({"AGENTGATE_GITHUB_API_URL": "https://ghe.example/api/v3/",
+                                    "AGENTGATE_GITHUB_TOKEN": " secret-value ",
+                                    "AGENTGATE_GITHUB_GIT_URL": "https://ghe.example/"})
     assert config.api_url == "https://ghe.example/api/v3"
     assert config.git_url == "https://ghe.example"
     assert config.token == "secret-value"
@@ -57,13 +53,8 @@ async def test_create_pull_request_speaks_the_rest_api(api: FakeGitHubApi) -> No
     post = next(r for r in api.requests if r.method == "POST" and r.path.endswith("/pulls"))
     assert post.headers["Authorization"] == f"Bearer {TOKEN}"
     assert post.headers["Accept"] == "application/vnd.github+json"
-    assert post.body == {
-        "title": "[AgentGate] Fix",
-        "head": "agentgate/run-1",
-        "base": "main",
-        "body": "body",
-        "draft": True,
-    }
+    assert post.body == {"title": "[AgentGate] Fix", "head": "agentgate/run-1", "base": "main", "body": "body",
+                         "draft": True}
     assert api.comments[0]["issue"] == 1 and api.comments[0]["body"] == "hello"
 
 

@@ -15,24 +15,9 @@ FORBIDDEN_IMPORTS = {"subprocess", "shutil", "tempfile", "sqlite3", "aiosqlite",
 #: Names of calls that read or change files or start processes (`str.replace` and
 #: `list.remove` share names with file operations, so those two are not listed).
 FORBIDDEN_CALLS = {
-    "open",
-    "create_subprocess_exec",
-    "create_subprocess_shell",
-    "popen",
-    "unlink",
-    "rmdir",
-    "mkdir",
-    "makedirs",
-    "rename",
-    "write_text",
-    "write_bytes",
-    "read_text",
-    "read_bytes",
-    "rmtree",
-    "chmod",
-    "listdir",
-    "scandir",
-    "iterdir",
+    "open", "create_subprocess_exec", "create_subprocess_shell", "popen", "unlink", "rmdir", "mkdir",
+    "makedirs", "rename", "write_text", "write_bytes", "read_text", "read_bytes", "rmtree", "chmod", "listdir",
+    "scandir", "iterdir",
 }
 
 
@@ -64,8 +49,5 @@ def test_the_orchestrator_touches_no_files_or_processes_but_the_audit_log() -> N
 def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import subprocess\nfrom pathlib import Path\nPath('x').write_text('y')\nopen('f')\n")
-    assert violations(sample) == [
-        "sample.py:1 imports subprocess",
-        "sample.py:3 calls write_text()",
-        "sample.py:4 calls open()",
-    ]
+    assert violations(sample) == ["sample.py:1 imports subprocess", "sample.py:3 calls write_text()",
+                                  "sample.py:4 calls open()"]

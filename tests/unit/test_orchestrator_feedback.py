@@ -119,9 +119,8 @@ def test_budget_keeps_header_files_and_rule() -> None:
     assert len(text.encode()) <= MAX_FEEDBACK_BYTES
     assert "- output (last 20 lines):" in text  # the long line was cut, so 20 lines fit
     many = [
-        common_pb2.CheckResult(
-            name=f"check-{i}", kind="test", command=f"run {i} " + "y" * 150, exit_code=1, output="z" * 300
-        )
+        common_pb2.CheckResult(name=f"check-{i}", kind="test", command=f"run {i} " + "y" * 150, exit_code=1,
+                               output="z" * 300)
         for i in range(40)
     ]
     text = verification_feedback(4, report(*many))

@@ -16,9 +16,9 @@ S = common_pb2.RunState
 T = common_pb2.BuildErrorType
 
 
-def failing_report(
-    output: str = "FAILED test_calc.py::test_add - assert -1 == 5\n1 failed, 1 passed",
-) -> common_pb2.VerificationReport:
+def failing_report(output: str = "FAILED test_calc.py::test_add - assert -1 == 5\n1 failed, 1 passed") -> (
+    common_pb2.VerificationReport
+):
     return common_pb2.VerificationReport(
         passed=False,
         summary="L1 failed: 1 of 1 checks failed (unit)",
@@ -57,16 +57,9 @@ class TestRunState:
     def test_happy_path_is_legal(self):
         run = common_pb2.Run()
         for state in (
-            S.RUN_STATE_PREPARING,
-            S.RUN_STATE_BUILDING,
-            S.RUN_STATE_SNAPSHOTTING,
-            S.RUN_STATE_VERIFYING,
-            S.RUN_STATE_FEEDBACK,
-            S.RUN_STATE_BUILDING,
-            S.RUN_STATE_SNAPSHOTTING,
-            S.RUN_STATE_VERIFYING,
-            S.RUN_STATE_DELIVERING,
-            S.RUN_STATE_SUCCEEDED,
+            S.RUN_STATE_PREPARING, S.RUN_STATE_BUILDING, S.RUN_STATE_SNAPSHOTTING, S.RUN_STATE_VERIFYING,
+            S.RUN_STATE_FEEDBACK, S.RUN_STATE_BUILDING, S.RUN_STATE_SNAPSHOTTING, S.RUN_STATE_VERIFYING,
+            S.RUN_STATE_DELIVERING, S.RUN_STATE_SUCCEEDED,
         ):
             transition(run, state)
         assert run.state == S.RUN_STATE_SUCCEEDED
@@ -87,9 +80,7 @@ class TestRunState:
 
 class TestFixedStrategy:
     def test_stops_when_passed(self):
-        decision = FixedStrategy(3).on_iteration_complete(
-            event(1, passed=True, report=common_pb2.VerificationReport(passed=True))
-        )
+        decision = FixedStrategy(3).on_iteration_complete(event(1, passed=True, report=common_pb2.VerificationReport(passed=True)))
         assert not decision.should_continue
         assert decision.reason == "Verification passed"
 
@@ -147,9 +138,7 @@ class TestFeedback:
 
 class TestBuildErrors:
     def test_from_report_counts_pytest_failures(self):
-        error = build_errors.from_verification_report(
-            failing_report("3 failed, 2 passed"), "verification-2.json", "agent-2.json"
-        )
+        error = build_errors.from_verification_report(failing_report("3 failed, 2 passed"), "verification-2.json", "agent-2.json")
         assert error.type == T.BUILD_ERROR_TYPE_TEST_FAILED
         assert error.message == "Test execution failed (3 failed)"
         assert build_errors.error_string(error) == (
@@ -159,19 +148,9 @@ class TestBuildErrors:
     @pytest.mark.parametrize(
         ("name", "output", "expected_type", "count"),
         [
-            (
-                "mypy",
-                "Found 4 errors in 2 files (checked 9 source files)",
-                T.BUILD_ERROR_TYPE_TYPECHECK_FAILED,
-                "4 errors in 2 files",
-            ),
+            ("mypy", "Found 4 errors in 2 files (checked 9 source files)", T.BUILD_ERROR_TYPE_TYPECHECK_FAILED, "4 errors in 2 files"),
             ("ruff check", "Found 7 errors.", T.BUILD_ERROR_TYPE_LINT_FAILED, "7 errors"),
-            (
-                "tsc",
-                "a.ts(1,1): error TS2322: x\nb.ts(2,2): error TS2304: y",
-                T.BUILD_ERROR_TYPE_TYPECHECK_FAILED,
-                "2 errors",
-            ),
+            ("tsc", "a.ts(1,1): error TS2322: x\nb.ts(2,2): error TS2304: y", T.BUILD_ERROR_TYPE_TYPECHECK_FAILED, "2 errors"),
         ],
     )
     def test_kindless_checks_classified_by_name(self, name, output, expected_type, count):
@@ -186,10 +165,7 @@ class TestBuildErrors:
         timeout = build_errors.from_agent_result(common_pb2.AgentResult(timed_out=True, duration_seconds=300))
         assert timeout.type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT
         assert "after 300s" in timeout.message
-        assert (
-            build_errors.from_agent_result(common_pb2.AgentResult(exit_code=137)).type
-            == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT
-        )
+        assert build_errors.from_agent_result(common_pb2.AgentResult(exit_code=137)).type == T.BUILD_ERROR_TYPE_AGENT_TIMEOUT
 
     def test_from_exception_keeps_traceback_tail(self):
         try:
@@ -207,9 +183,7 @@ class TestBuildErrors:
 
 
 def test_prompt_order():
-    prompt = assemble_prompt(
-        "Do X", rules="Be nice", gate_plan_summary="pytest", feedback="it failed", extra_instructions="hurry"
-    )
+    prompt = assemble_prompt("Do X", rules="Be nice", gate_plan_summary="pytest", feedback="it failed", extra_instructions="hurry")
     positions = [prompt.index(part) for part in ("Do X", "Be nice", "pytest", "it failed", "hurry")]
     assert positions == sorted(positions)
     assert "Feedback" not in assemble_prompt("Do X")

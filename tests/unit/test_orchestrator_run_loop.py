@@ -26,14 +26,8 @@ T = common_pb2.BuildErrorType
 
 def gate(passed: bool) -> common_pb2.VerificationReport:
     level = common_pb2.LevelResult(level="L1", name="tests", ran=True, passed=passed)
-    level.checks.add(
-        name="unit",
-        kind="test",
-        command="pytest -q",
-        passed=passed,
-        exit_code=0 if passed else 1,
-        output="ok" if passed else "1 failed in 0.1s",
-    )
+    level.checks.add(name="unit", kind="test", command="pytest -q", passed=passed, exit_code=0 if passed else 1,
+                     output="ok" if passed else "1 failed in 0.1s")
     return common_pb2.VerificationReport(passed=passed, summary="gate", levels=[level])
 
 
@@ -65,9 +59,8 @@ class MemoryWorkspace:
     async def snapshot(self, workspace_id: str, message: str) -> workspace_pb2.CreateSnapshotResponse:
         self.calls.append("snapshot")
         if self.snapshot_fails:
-            raise OperationFailed(
-                common_pb2.BuildError(type=T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR, message="Snapshot failed: disk full")
-            )
+            raise OperationFailed(common_pb2.BuildError(type=T.BUILD_ERROR_TYPE_SNAPSHOT_ERROR,
+                                                        message="Snapshot failed: disk full"))
         return workspace_pb2.CreateSnapshotResponse(snapshot_id=f"c{len(self.calls)}", has_changes=True)
 
     async def export_patch(self, workspace_id, from_snapshot_id, to_snapshot_id) -> workspace_pb2.ExportPatchResponse:
@@ -146,22 +139,12 @@ async def test_a_run_that_passes_on_its_second_iteration() -> None:
     outcome = await RunExecutor(work_order(), workspace, persistence).execute()
 
     assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED
-    assert workspace.calls == [
-        "prepare",
-        "agent 1",
-        "snapshot",
-        "verify 1",
-        "agent 2",
-        "snapshot",
-        "verify 2",
-        "release",
-    ]
+    assert workspace.calls == ["prepare", "agent 1", "snapshot", "verify 1", "agent 2", "snapshot", "verify 2",
+                               "release"]
     assert "Verification failed — iteration 1" in workspace.prompts[1]  # the feedback reached the next prompt
     run = persistence.runs[-1]
     assert (run.result, run.loop_result, run.stop_reason) == (
-        R.RUN_RESULT_SUCCEEDED,
-        common_pb2.LOOP_RESULT_SUCCESS,
-        "Verification passed",
+        R.RUN_RESULT_SUCCEEDED, common_pb2.LOOP_RESULT_SUCCESS, "Verification passed"
     )
     assert run.tokens.total == 20 and run.persistence_warnings == 0
     first, second = persistence.iterations
@@ -284,22 +267,13 @@ class StoredPersistence(MemoryPersistence):
     def __init__(self) -> None:
         super().__init__()
         self.stored_run = common_pb2.Run(
-            id="run-1",
-            tokens=common_pb2.TokenUsage(total=120),
-            cost_usd=0.5,
+            id="run-1", tokens=common_pb2.TokenUsage(total=120), cost_usd=0.5,
             attempts=[common_pb2.RunAttempt(attempt=1, worker_id="w-lost")],
         )
         decision = common_pb2.LoopDecision(should_continue=True, reason="gate failed", feedback="FIX THE TEST")
         self.stored = [
-            common_pb2.IterationData(
-                run_id="run-1",
-                iteration=1,
-                snapshot_id="old-1",
-                agent_success=True,
-                agent_session_id="sess-1",
-                decision=decision,
-                has_changes=True,
-            ),
+            common_pb2.IterationData(run_id="run-1", iteration=1, snapshot_id="old-1", agent_success=True,
+                                     agent_session_id="sess-1", decision=decision, has_changes=True),
         ]
         self.patches = {1: common_pb2.RunPatch(run_id="run-1", iteration=1, patch=b"P1", to_commit="old-1")}
         self.prepared_with: list[bytes] = []
@@ -353,8 +327,7 @@ async def test_a_later_attempt_resumes_after_the_last_completed_iteration() -> N
     run = persistence.runs[-1]
     assert run.iteration_count == 2
     assert [(a.attempt, a.worker_id, a.resumed_after_iteration) for a in run.attempts] == [
-        (1, "w-lost", 0),
-        (2, "w-new", 1),
+        (1, "w-lost", 0), (2, "w-new", 1)
     ]
     assert (run.tokens.total, round(run.cost_usd, 2)) == (130, 0.51)  # attempt 1's spending counts
     assert [data.run_attempt for data in persistence.iterations] == [2]

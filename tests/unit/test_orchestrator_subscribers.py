@@ -267,8 +267,7 @@ async def test_metrics_from_events() -> None:
     emitter = RunEventEmitter(Recording(), "wo-1", "run-1", subscribers=[channel])
     emitter.emit(ev.RUN_STARTED, run_started=events_pb2.RunStarted(agent="scripted"))
     emitter.emit(
-        ev.AGENT_COMPLETE,
-        1,
+        ev.AGENT_COMPLETE, 1,
         agent_ended=events_pb2.AgentEnded(
             success=True, duration_seconds=2.0, tokens=common_pb2.TokenUsage(input=100, output=20, total=120)
         ),
@@ -276,13 +275,11 @@ async def test_metrics_from_events() -> None:
     )
     emitter.emit(ev.VERIFICATION_COMPLETE, 1, verification_complete=events_pb2.VerificationComplete(duration_seconds=1))
     emitter.emit(
-        ev.ITERATION_COMPLETE,
-        1,
+        ev.ITERATION_COMPLETE, 1,
         iteration_complete=events_pb2.IterationComplete(verification_passed=True, duration_seconds=3.5),
     )
     emitter.emit(
-        ev.RUN_COMPLETE,
-        1,
+        ev.RUN_COMPLETE, 1,
         run_ended=events_pb2.RunEnded(result=common_pb2.RUN_RESULT_SUCCEEDED, duration_seconds=4.0),
     )
     await emitter.close()
@@ -293,10 +290,7 @@ async def test_metrics_from_events() -> None:
     assert [p.value for p in points["agentgate.runs.started"]] == [1]
     assert [(dict(p.attributes), p.value) for p in points["agentgate.runs.completed"]] == [({"result": "succeeded"}, 1)]
     assert [p.value for p in points["agentgate.runs.active"]] == [0]
-    assert {p.attributes["direction"]: p.value for p in points["agentgate.agent.tokens"]} == {
-        "input": 100,
-        "output": 20,
-    }
+    assert {p.attributes["direction"]: p.value for p in points["agentgate.agent.tokens"]} == {"input": 100, "output": 20}
     assert [p.value for p in points["agentgate.agent.cost"]] == [0.5]
     assert [(p.count, p.sum) for p in points["agentgate.agent.duration"]] == [(1, 2.0)]
     assert [(p.count, p.sum) for p in points["agentgate.iteration.duration"]] == [(1, 3.5)]

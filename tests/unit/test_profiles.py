@@ -62,9 +62,7 @@ class TestBuiltins:
         assert harness.retry.preset == "aggressive"
 
     def test_ralph_defaults(self, pdir):
-        loop = resolved(
-            pdir, loop_strategy=common_pb2.LoopStrategySettings(mode=M.LOOP_STRATEGY_MODE_RALPH)
-        ).loop_strategy
+        loop = resolved(pdir, loop_strategy=common_pb2.LoopStrategySettings(mode=M.LOOP_STRATEGY_MODE_RALPH)).loop_strategy
         assert (loop.min_iterations, loop.max_iterations, loop.window_size) == (2, 10, 3)
         assert loop.convergence_threshold == pytest.approx(0.95)
 
@@ -76,27 +74,19 @@ class TestBuiltins:
 
 class TestFilesAndResolutionOrder:
     def test_default_less_than_chain_less_than_inline(self, pdir):
-        write(
-            pdir,
-            "team",
-            """
+        write(pdir, "team", """
 description: the team's settings
 loop_strategy: {mode: ralph, max_iterations: 8, window_size: 4}
 limits: {max_total_tokens: 50000, agent_timeout_seconds: 120}
 verification: {skip_levels: [L3], gate_plan_source: auto}
 retry: {preset: aggressive, max_attempts: 4}
-""",
-        )
-        write(
-            pdir,
-            "team-strict",
-            """
+""")
+        write(pdir, "team-strict", """
 extends: team
 loop_strategy: {convergence_threshold: 0.99, completion_signals: ["TASK COMPLETE"]}
 limits: {max_total_tokens: 20000, max_cost_usd: 2.5}
 git_ops: {mode: push, branch_pattern: "ai/{run_id}", draft_pr: true, github_mode: best-effort}
-""",
-        )
+""")
         inline = common_pb2.HarnessSettings(profile="team-strict")
         inline.limits.agent_timeout_seconds = 60
         inline.loop_strategy.window_size = 5
@@ -170,9 +160,7 @@ class TestRefusals:
         write(pdir, "x", "loop_strategy: {mode: turbo}\ngit_ops: {github_mode: maybe}\n")
         [(_, message)] = violations(pdir, common_pb2.HarnessSettings(profile="x"))
         assert "loop_strategy.mode: unknown value 'turbo' (expected one of fixed, hybrid, ralph)" in message
-        assert (
-            "git_ops.github_mode: unknown value 'maybe' (expected one of fail_fast, best_effort, disabled)" in message
-        )
+        assert "git_ops.github_mode: unknown value 'maybe' (expected one of fail_fast, best_effort, disabled)" in message
 
     @pytest.mark.parametrize(
         ("text", "expected"),
@@ -186,26 +174,14 @@ class TestRefusals:
             ("sandbox: {allowed_hosts: ['evil host']}", "sandbox.allowed_hosts: must be host names (or *.domain)"),
             ("sandbox: {max_processes: -1}", "sandbox.max_processes: must be greater than 0"),
             ("sandbox: {writable_paths: [/]}", "sandbox.writable_paths: unknown key"),
-            (
-                "loop_strategy: {progress_threshold: 1.5}",
-                "loop_strategy.progress_threshold: must be greater than 0 and at most 1",
-            ),
+            ("loop_strategy: {progress_threshold: 1.5}", "loop_strategy.progress_threshold: must be greater than 0 and at most 1"),
             ("loop_strategy: {max_iterations: 0}", "loop_strategy.max_iterations: must be between 1 and 100, got 0"),
             ("loop_strategy: {window_size: 1}", "loop_strategy.window_size: must be between 2 and 100, got 1"),
-            (
-                "loop_strategy: {completion_signals: ['']}",
-                "loop_strategy.completion_signals: a completion signal must not be blank",
-            ),
+            ("loop_strategy: {completion_signals: ['']}", "loop_strategy.completion_signals: a completion signal must not be blank"),
             ("verification: {skip_levels: [L9]}", "verification.skip_levels: unknown level(s) 'L9'"),
-            (
-                "verification: {gate_plan_source: web}",
-                "verification.gate_plan_source: unknown value 'web' (expected one of auto, file, inline)",
-            ),
+            ("verification: {gate_plan_source: web}", "verification.gate_plan_source: unknown value 'web' (expected one of auto, file, inline)"),
             ("retry: {preset: yolo}", "retry.preset: unknown preset 'yolo' (expected default, aggressive, none)"),
-            (
-                "retry: {retryable_errors: [agent_crash, cosmic_rays]}",
-                "retry.retryable_errors: unknown value 'cosmic_rays'",
-            ),
+            ("retry: {retryable_errors: [agent_crash, cosmic_rays]}", "retry.retryable_errors: unknown value 'cosmic_rays'"),
             ("retry: {backoff_multiplier: 0.5}", "retry.backoff_multiplier: must be between 1 and 10, got 0.5"),
             ("git_ops: {branch_pattern: fixed-branch}", "git_ops.branch_pattern: 'fixed-branch' must contain {run_id}"),
             ("limits: [1, 2]", "limits: must be a mapping of max_wall_clock_seconds"),
@@ -223,11 +199,7 @@ class TestRefusals:
     def test_every_problem_of_a_file_is_reported(self):
         with pytest.raises(ProfileError) as err:
             parse_profile("color: red\nlimits: {max_total_tokens: -5, agent_timeout_seconds: 0}\n", "p", "p.yaml")
-        assert [key for key, _ in err.value.problems] == [
-            "color",
-            "limits.agent_timeout_seconds",
-            "limits.max_total_tokens",
-        ]
+        assert [key for key, _ in err.value.problems] == ["color", "limits.agent_timeout_seconds", "limits.max_total_tokens"]
 
     def test_cycle_in_extends(self, pdir):
         write(pdir, "a", "extends: b\n")
@@ -266,10 +238,7 @@ class TestRefusals:
         assert violations(pdir, inline) == [
             ("spec.harness.loop_strategy.progress_threshold", "must be greater than 0 and at most 1, got 2"),
             ("spec.harness.limits.max_total_tokens", "must be 0 or more, got -1"),
-            (
-                "spec.harness.loop_strategy.max_iterations",
-                "is a parameter of fixed and ralph, but the loop strategy is hybrid",
-            ),
+            ("spec.harness.loop_strategy.max_iterations", "is a parameter of fixed and ralph, but the loop strategy is hybrid"),
         ]
 
     def test_a_parameter_of_another_mode_in_a_profile(self, pdir):
@@ -287,27 +256,18 @@ class TestRefusals:
         ]
         write(pdir, "r2", "loop_strategy: {mode: ralph, max_iterations: 3, window_size: 4}\n")
         assert violations(pdir, common_pb2.HarnessSettings(profile="r2")) == [
-            (
-                "spec.harness.profile",
-                "profile 'r2': loop_strategy.window_size: 4 is more than max_iterations (3): it could never converge",
-            )
+            ("spec.harness.profile", "profile 'r2': loop_strategy.window_size: 4 is more than max_iterations (3): it could never converge")
         ]
         inline = common_pb2.HarnessSettings()
         inline.verification.gate_plan_source = common_pb2.GATE_PLAN_SOURCE_INLINE
         assert violations(pdir, inline) == [
-            (
-                "spec.harness.verification.gate_plan_source",
-                "inline needs the work order's inline gate plan (gate_plan_yaml)",
-            )
+            ("spec.harness.verification.gate_plan_source", "inline needs the work order's inline gate plan (gate_plan_yaml)")
         ]
         inline.verification.gate_plan_yaml = "version: '1'\n"
         assert violations(pdir, inline) == []
         write(pdir, "slow", "retry: {initial_backoff: 10, max_backoff: 5}\n")
         [(field, message)] = violations(pdir, common_pb2.HarnessSettings(profile="slow"))
-        assert (field, message) == (
-            "spec.harness.profile",
-            "profile 'slow': retry.max_backoff: 5 is less than initial_backoff (10)",
-        )
+        assert (field, message) == ("spec.harness.profile", "profile 'slow': retry.max_backoff: 5 is less than initial_backoff (10)")
 
     def test_orchestrator_refuses_what_the_queue_refuses(self, pdir):
         write(pdir, "x", "loop_strategy: {mode: turbo}\n")
@@ -326,17 +286,13 @@ class TestListingAndShowing:
         assert profiles.known_profile_names(pdir / "missing") == ["default", "fast", "reliable"]
 
     def test_harness_to_dict_reads_back_as_the_same_settings(self, pdir):
-        write(
-            pdir,
-            "team",
-            """
+        write(pdir, "team", """
 loop_strategy: {mode: ralph, max_iterations: 8, completion_signals: [DONE]}
 limits: {max_total_tokens: 50000, max_cost_usd: 1.25, network_allowed: false}
 verification: {skip_levels: [L3], wait_for_ci: true, gate_plan_source: file}
 git_ops: {mode: pr, draft_pr: true, github_mode: fail_fast}
 retry: {preset: aggressive, initial_backoff: 0.5, retryable_errors: [agent_crash, workspace_error]}
-""",
-        )
+""")
         harness = resolved(pdir, profile="team")
         as_dict = profiles.harness_to_dict(harness)
         assert as_dict["loop_strategy"]["mode"] == "ralph"
@@ -363,26 +319,17 @@ def test_an_unchanged_file_is_parsed_once_and_a_changed_one_again(pdir):
 class TestSandboxSettings:
     """The harness's `sandbox` section (docs/sandbox.md)."""
 
-    @pytest.mark.parametrize(
-        "text", ["sandbox: off\n", "sandbox: 'off'\n", "sandbox: {mode: off}\n", "sandbox: {mode: OFF}\n"]
-    )
+    @pytest.mark.parametrize("text", ["sandbox: off\n", "sandbox: 'off'\n", "sandbox: {mode: off}\n", "sandbox: {mode: OFF}\n"])
     def test_the_opt_out_is_spelled_any_usual_way(self, text):
         assert parse_profile(text, "p", "p.yaml").harness.sandbox.mode == common_pb2.SANDBOX_MODE_OFF
 
     def test_on_by_default_and_settings_carried(self):
-        assert (
-            resolve_harness(common_pb2.HarnessSettings(), read_files=False).sandbox.mode == common_pb2.SANDBOX_MODE_ON
-        )
+        assert resolve_harness(common_pb2.HarnessSettings(), read_files=False).sandbox.mode == common_pb2.SANDBOX_MODE_ON
         profile = parse_profile(
             "sandbox: {read_only_paths: [/opt/x], allowed_hosts: ['*.pypi.org'], memory_mb: 512, max_processes: 64}\n",
             "p",
             "p.yaml",
         )
         assert harness_to_dict(profile.harness) == {
-            "sandbox": {
-                "read_only_paths": ["/opt/x"],
-                "allowed_hosts": ["*.pypi.org"],
-                "memory_mb": 512,
-                "max_processes": 64,
-            }
+            "sandbox": {"read_only_paths": ["/opt/x"], "allowed_hosts": ["*.pypi.org"], "memory_mb": 512, "max_processes": 64}
         }

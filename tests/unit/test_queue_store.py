@@ -138,9 +138,7 @@ async def test_expired_lease_requeues_at_its_old_place_then_fails(store: QueueSt
     ]
     assert events[-1].run_ended.result == common_pb2.RUN_RESULT_FAILED_SYSTEM
     # second moved up when first was leased, back when first was requeued in front of it.
-    moves = [
-        (e.work_order_id == first.id, e.work_order_position.position) for e in events if e.work_order_position.position
-    ]
+    moves = [(e.work_order_id == first.id, e.work_order_position.position) for e in events if e.work_order_position.position]
     assert moves == [(False, 1), (True, 1), (False, 2), (False, 1)]
 
 
@@ -341,7 +339,9 @@ async def test_two_replicas_start_and_lease_concurrently_on_postgresql(pg_server
     loops spread over both: every work order is leased exactly once, never more than
     `max_concurrent` at a time, in priority order per replica."""
     url = pg_server.create_database()
-    replicas = await asyncio.gather(*(QueueStore.open(Path("unused"), clock=clock, database_url=url) for _ in range(2)))
+    replicas = await asyncio.gather(
+        *(QueueStore.open(Path("unused"), clock=clock, database_url=url) for _ in range(2))
+    )
     try:
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT COUNT(*) FROM queue_schema_migrations").fetchone() == (len(sql.PG_MIGRATIONS),)

@@ -133,11 +133,7 @@ def test_builtin_profiles_are_known(tmp_path: Path) -> None:
 
 def test_every_loop_mode_is_accepted(tmp_path: Path) -> None:
     spec = good_spec(tmp_path)
-    for mode in (
-        common_pb2.LOOP_STRATEGY_MODE_FIXED,
-        common_pb2.LOOP_STRATEGY_MODE_HYBRID,
-        common_pb2.LOOP_STRATEGY_MODE_RALPH,
-    ):
+    for mode in (common_pb2.LOOP_STRATEGY_MODE_FIXED, common_pb2.LOOP_STRATEGY_MODE_HYBRID, common_pb2.LOOP_STRATEGY_MODE_RALPH):
         spec.harness.loop_strategy.mode = mode
         assert fields(spec) == []
 

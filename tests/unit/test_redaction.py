@@ -85,7 +85,9 @@ def test_configured_secrets_from_the_environment() -> None:
         "PATH": "/usr/bin:/bin",
         "TOKEN_SUFFIX_NOT": "not-a-secret-name",
     }
-    assert configured_secrets(env) == sorted(["service-token-1", "gh-configured-2", "abcdefgh", "s3cr3t-value"])
+    assert configured_secrets(env) == sorted(
+        ["service-token-1", "gh-configured-2", "abcdefgh", "s3cr3t-value"]
+    )
     env_redactor = Redactor.from_environment(env)
     assert env_redactor.secret_count == 4
     assert env_redactor.redact_text("x service-token-1 y abcdefgh z 1234567") == f"x {REDACTED} y {REDACTED} z 1234567"
@@ -136,24 +138,14 @@ def test_struct_values_and_events() -> None:
 
 def _line(text: str, iteration: int = 1, stream: int = events_pb2.OUTPUT_STREAM_STDOUT) -> events_pb2.RunEvent:
     return make_event(
-        AGENT_OUTPUT,
-        "wo-1",
-        "run-1",
-        iteration=iteration,
-        agent_output=events_pb2.AgentOutput(stream=stream, text=text),
+        AGENT_OUTPUT, "wo-1", "run-1", iteration=iteration, agent_output=events_pb2.AgentOutput(stream=stream, text=text)
     )
 
 
 def test_a_key_block_spread_over_output_events_is_redacted_line_by_line() -> None:
     events = EventRedactor(Redactor())
-    lines = [
-        "before",
-        "-----BEGIN PRIVATE KEY-----",
-        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
-        "abcdEFGH==",
-        "-----END PRIVATE KEY----- trailing",
-        "after",
-    ]
+    lines = ["before", "-----BEGIN PRIVATE KEY-----", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "abcdEFGH==",
+             "-----END PRIVATE KEY----- trailing", "after"]
     out = []
     for text in lines:
         event = _line(text)
@@ -308,16 +300,11 @@ def _stream(redactor_: Redactor, lines: list[str]) -> list[str]:
 
 def test_a_known_value_split_over_output_events_is_redacted_in_each() -> None:
     assert _stream(known, ["before", f"token={KNOWN[:9]}", f"{KNOWN[9:]} after", "next"]) == [
-        "before",
-        f"token={REDACTED}",
-        f"{REDACTED} after",
-        "next",
+        "before", f"token={REDACTED}", f"{REDACTED} after", "next",
     ]
     # Over three lines, the middle one all secret; a short first piece is caught by the rest.
     assert _stream(known, [f"x {KNOWN[:8]}", KNOWN[8:14], f"{KNOWN[14:]}!"]) == [
-        f"x {REDACTED}",
-        REDACTED,
-        f"{REDACTED}!",
+        f"x {REDACTED}", REDACTED, f"{REDACTED}!",
     ]
     assert _stream(known, [f"{KNOWN[:3]}", f"{KNOWN[3:]} end"]) == [KNOWN[:3], f"{REDACTED} end"]
 

@@ -23,10 +23,7 @@ def test_several_addresses_become_one_target_with_round_robin_and_retries() -> N
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert channel_target("[::1]:1,[::1]:2")[0] == "ipv6:[::1]:1,[::1]:2"
-    assert channel_target("dns:///queue:50051") == (
-        "dns:///queue:50051",
-        [("grpc.service_config", REPLICA_SERVICE_CONFIG)],
-    )
+    assert channel_target("dns:///queue:50051") == ("dns:///queue:50051", [("grpc.service_config", REPLICA_SERVICE_CONFIG)])
 
 
 def test_bad_address_lists_are_refused() -> None:

@@ -55,11 +55,6 @@ def test_colorize_only_marks_lines() -> None:
     patch_text = b"diff --git a/x b/x\n@@ -1 +1 @@\n-old\n+new\n context\n"
     colored = colorize(patch_text)
     assert b"\x1b[32m+new\x1b[0m\n" in colored and b"\x1b[31m-old\x1b[0m\n" in colored
-    assert (
-        colored.replace(b"\x1b[1m", b"")
-        .replace(b"\x1b[36m", b"")
-        .replace(b"\x1b[32m", b"")
-        .replace(b"\x1b[31m", b"")
-        .replace(b"\x1b[0m", b"")
-        == patch_text
-    )
+    assert colored.replace(b"\x1b[1m", b"").replace(b"\x1b[36m", b"").replace(b"\x1b[32m", b"").replace(
+        b"\x1b[31m", b""
+    ).replace(b"\x1b[0m", b"") == patch_text

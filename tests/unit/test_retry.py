@@ -59,28 +59,15 @@ def failing(*failures: Failure | None, clock: FakeClock | None = None, took: flo
 def test_presets_have_the_spec_numbers() -> None:
     default, aggressive, none = preset("default"), preset("aggressive"), preset("none")
     assert (default.max_attempts, default.initial_backoff, default.backoff_multiplier, default.max_backoff) == (
-        3,
-        5.0,
-        2.0,
-        30.0,
-    )
+        3, 5.0, 2.0, 30.0)
     assert default.jitter and default.retry_on_timeout
     assert default.retryable_errors == {
-        T.BUILD_ERROR_TYPE_AGENT_TIMEOUT,
-        T.BUILD_ERROR_TYPE_SYSTEM_ERROR,
-        T.BUILD_ERROR_TYPE_GITHUB_ERROR,
-        T.BUILD_ERROR_TYPE_AGENT_API_ERROR,
-    }
-    assert (
-        aggressive.max_attempts,
-        aggressive.initial_backoff,
-        aggressive.backoff_multiplier,
-        aggressive.max_backoff,
-    ) == (6, 1.0, 1.5, 60.0)
+        T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, T.BUILD_ERROR_TYPE_SYSTEM_ERROR, T.BUILD_ERROR_TYPE_GITHUB_ERROR,
+        T.BUILD_ERROR_TYPE_AGENT_API_ERROR}
+    assert (aggressive.max_attempts, aggressive.initial_backoff, aggressive.backoff_multiplier,
+            aggressive.max_backoff) == (6, 1.0, 1.5, 60.0)
     assert aggressive.retryable_errors == default.retryable_errors | {
-        T.BUILD_ERROR_TYPE_AGENT_CRASH,
-        T.BUILD_ERROR_TYPE_WORKSPACE_ERROR,
-    }
+        T.BUILD_ERROR_TYPE_AGENT_CRASH, T.BUILD_ERROR_TYPE_WORKSPACE_ERROR}
     assert none.max_attempts == 1
 
 
@@ -99,9 +86,8 @@ def test_resolve_policy_fills_the_preset_and_keeps_explicit_fields() -> None:
     resolved = resolve_policy(common_pb2.RetryPolicy())
     assert resolved.preset == "default" and resolved.max_attempts == 3
     assert resolved.initial_backoff_seconds == 5.0 and resolved.jitter is True
-    explicit = common_pb2.RetryPolicy(
-        preset="aggressive", max_attempts=2, jitter=False, retryable_errors=[T.BUILD_ERROR_TYPE_GITHUB_ERROR]
-    )
+    explicit = common_pb2.RetryPolicy(preset="aggressive", max_attempts=2, jitter=False,
+                                      retryable_errors=[T.BUILD_ERROR_TYPE_GITHUB_ERROR])
     resolved = resolve_policy(explicit)
     assert (resolved.max_attempts, resolved.initial_backoff_seconds, resolved.backoff_multiplier) == (2, 1.0, 1.5)
     assert resolved.jitter is False
@@ -117,9 +103,7 @@ async def test_agent_timeout_then_success_records_both_attempts_with_the_policy_
     executor = RetryExecutor(preset("default"), clock=clock, random=lambda: 0.4, on_attempt=recorded.append)
     call, seen = failing(
         Failure(error(T.BUILD_ERROR_TYPE_AGENT_TIMEOUT, "Agent timed out after 1s"), timed_out=True),
-        None,
-        clock=clock,
-        took=1.5,
+        None, clock=clock, took=1.5,
     )
     result = await executor.run("agent", call)
     assert result.succeeded and result.value == "ok on 2" and seen == [1, 2]
@@ -184,9 +168,8 @@ async def test_permanent_failures_and_timeouts_without_retry_on_timeout_fail_at_
 
 
 async def test_value_failures_are_classified_by_failure_of_and_keep_the_last_value() -> None:
-    executor = RetryExecutor(
-        settings_from_policy(common_pb2.RetryPolicy(preset="aggressive", max_attempts=2)), clock=FakeClock()
-    )
+    executor = RetryExecutor(settings_from_policy(common_pb2.RetryPolicy(preset="aggressive", max_attempts=2)),
+                             clock=FakeClock())
 
     async def call(attempt: int) -> int:
         return attempt

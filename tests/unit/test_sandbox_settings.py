@@ -46,12 +46,8 @@ def test_settings_reach_the_spec(tmp_path: Path, monkeypatch) -> None:
         mode=ON, read_only_paths=["/opt/tools"], allowed_hosts=["pypi.org"], memory_mb=256, max_processes=32
     )
     agent = sandbox_service.agent_sandbox(
-        workspace=tmp_path,
-        agentgate_home=tmp_path,
-        files_dir=tmp_path,
-        prompt_dir=tmp_path,
-        driver="claude-code",
-        settings=settings,
+        workspace=tmp_path, agentgate_home=tmp_path, files_dir=tmp_path, prompt_dir=tmp_path,
+        driver="claude-code", settings=settings,
     )
     assert agent is not None
     assert agent.spec.allowed_hosts == (*defaults.DRIVER_API_HOSTS["claude-code"], "pypi.org")

@@ -23,9 +23,7 @@ from agentgate.v1 import common_pb2
 M = common_pb2.LoopStrategyMode
 
 
-def report(
-    failed: int, total: int, output: str = "assert 1 == 2", levels: dict | None = None
-) -> common_pb2.VerificationReport:
+def report(failed: int, total: int, output: str = "assert 1 == 2", levels: dict | None = None) -> common_pb2.VerificationReport:
     """A gate report: one L1 level with `total` checks, the first `failed` of them failing
     (or the levels given as {level: (failed, total)})."""
     levels = levels or {"L1": (failed, total)}
@@ -33,32 +31,20 @@ def report(
     for name, (bad, count) in levels.items():
         level = built.levels.add(level=name, name=name.lower(), ran=True, passed=bad == 0)
         for i in range(count):
-            level.checks.add(
-                name=f"check{i}",
-                kind="test",
-                passed=i >= bad,
-                exit_code=1 if i < bad else 0,
-                output=output if i < bad else "ok",
-            )
+            level.checks.add(name=f"check{i}", kind="test", passed=i >= bad, exit_code=1 if i < bad else 0,
+                             output=output if i < bad else "ok")
     return built
 
 
-def event(
-    iteration: int,
-    gate: common_pb2.VerificationReport | None = None,
-    *,
-    agent_ok: bool = True,
-    has_changes: bool = True,
-    stdout: str = "",
-) -> IterationCompleteEvent:
+def event(iteration: int, gate: common_pb2.VerificationReport | None = None, *, agent_ok: bool = True,
+          has_changes: bool = True, stdout: str = "") -> IterationCompleteEvent:
     gate = gate if gate is not None or not agent_ok else report(1, 1)
     return IterationCompleteEvent(
         iteration=iteration,
         max_iterations=10,
         elapsed_seconds=float(iteration),
-        agent_result=common_pb2.AgentResult(
-            success=agent_ok, exit_code=0 if agent_ok else 2, stdout=stdout, stderr="" if agent_ok else "boom"
-        ),
+        agent_result=common_pb2.AgentResult(success=agent_ok, exit_code=0 if agent_ok else 2, stdout=stdout,
+                                            stderr="" if agent_ok else "boom"),
         agent_success=agent_ok,
         verification_report=gate if agent_ok else None,
         passed=bool(agent_ok and gate is not None and gate.passed),
@@ -92,10 +78,7 @@ class TestFixed:
         wire = decision.to_proto()
         assert (wire.should_continue, wire.reason, wire.feedback) == (True, decision.reason, decision.feedback)
         assert dict(wire.metadata) == {
-            "rule": "iterations_left",
-            "loop_result": "continue",
-            "strategy": "fixed",
-            "max_iterations": "3",
+            "rule": "iterations_left", "loop_result": "continue", "strategy": "fixed", "max_iterations": "3",
             "no_change_streak": "0",
         }
 
@@ -182,12 +165,8 @@ class TestHybrid:
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),
-        [
-            ({"base_iterations": 0}, "base_iterations"),
-            ({"max_bonus_iterations": -1}, "max_bonus_iterations"),
-            ({"progress_threshold": 0}, "progress_threshold"),
-            ({"progress_threshold": 1.5}, "progress_threshold"),
-        ],
+        [({"base_iterations": 0}, "base_iterations"), ({"max_bonus_iterations": -1}, "max_bonus_iterations"),
+         ({"progress_threshold": 0}, "progress_threshold"), ({"progress_threshold": 1.5}, "progress_threshold")],
     )
     def test_bad_parameters(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
@@ -197,9 +176,7 @@ class TestHybrid:
 class TestRalph:
     def test_stops_on_three_converged_iterations(self):
         strategy = RalphStrategy(min_iterations=2, max_iterations=10, window_size=3)
-        decisions = [
-            strategy.on_iteration_complete(event(i, report(1, 2, "FAILED test_add: 3 != 5"))) for i in (1, 2, 3)
-        ]
+        decisions = [strategy.on_iteration_complete(event(i, report(1, 2, "FAILED test_add: 3 != 5"))) for i in (1, 2, 3)]
         assert [d.should_continue for d in decisions] == [True, True, False]
         assert decisions[0].reason == "Verification failed; iteration 1 of at least 2, trying again"
         assert decisions[1].reason == (
@@ -214,13 +191,8 @@ class TestRalph:
 
     def test_changing_outputs_do_not_converge_and_run_to_max(self):
         strategy = RalphStrategy(min_iterations=2, max_iterations=5, window_size=3)
-        outputs = [
-            "AssertionError: expected 5 got 1",
-            "TypeError: unsupported operand",
-            "NameError: name 'x'",
-            "ZeroDivisionError: division by zero",
-            "KeyError: 'total'",
-        ]
+        outputs = ["AssertionError: expected 5 got 1", "TypeError: unsupported operand", "NameError: name 'x'",
+                   "ZeroDivisionError: division by zero", "KeyError: 'total'"]
         decisions = [strategy.on_iteration_complete(event(i, report(1, 1, out))) for i, out in enumerate(outputs, 1)]
         assert [d.should_continue for d in decisions] == [True, True, True, True, False]
         assert decisions[2].rule == "not_converged"
@@ -289,9 +261,8 @@ class TestLoopDetection:
     def test_a_change_resets_the_streak(self):
         strategy = FixedStrategy(5)
         changes = [False, True, False, True]
-        assert all(
-            strategy.on_iteration_complete(event(i, has_changes=c)).should_continue for i, c in enumerate(changes, 1)
-        )
+        assert all(strategy.on_iteration_complete(event(i, has_changes=c)).should_continue
+                   for i, c in enumerate(changes, 1))
 
     def test_limit_is_used_and_zero_turns_it_off(self):
         one = FixedStrategy(5, no_change_limit=1)
@@ -342,9 +313,7 @@ class TestCompletionSignals:
         assert all(strategy.on_iteration_complete(event(i, stdout=o)).should_continue for i, o in enumerate(outputs, 1))
 
     def test_a_claim_with_a_passing_gate_succeeds(self):
-        decision = FixedStrategy(5, completion_signals=["DONE"]).on_iteration_complete(
-            event(1, passing(), stdout="DONE")
-        )
+        decision = FixedStrategy(5, completion_signals=["DONE"]).on_iteration_complete(event(1, passing(), stdout="DONE"))
         assert decision.reason == "Verification passed (the agent signalled completion: 'DONE')"
         assert decision.loop_result == common_pb2.LOOP_RESULT_SUCCESS
 
@@ -360,22 +329,12 @@ class TestCompletionSignals:
 class TestStrategyFor:
     def test_every_parameter_reaches_the_strategy(self):
         loop = common_pb2.LoopStrategySettings(
-            mode=M.LOOP_STRATEGY_MODE_RALPH,
-            min_iterations=3,
-            max_iterations=7,
-            window_size=4,
-            convergence_threshold=0.8,
-            no_change_limit=3,
-            completion_signals=["OK"],
+            mode=M.LOOP_STRATEGY_MODE_RALPH, min_iterations=3, max_iterations=7, window_size=4,
+            convergence_threshold=0.8, no_change_limit=3, completion_signals=["OK"],
         )
         ralph = strategy_for(common_pb2.HarnessSettings(loop_strategy=loop))
         assert isinstance(ralph, RalphStrategy)
-        assert (ralph.min_iterations, ralph.max_iterations, ralph.window_size, ralph.convergence_threshold) == (
-            3,
-            7,
-            4,
-            0.8,
-        )
+        assert (ralph.min_iterations, ralph.max_iterations, ralph.window_size, ralph.convergence_threshold) == (3, 7, 4, 0.8)
         assert ralph.no_change_limit == 3 and ralph.completion_signals == ("OK",)
         loop = common_pb2.LoopStrategySettings(
             mode=M.LOOP_STRATEGY_MODE_HYBRID, base_iterations=4, max_bonus_iterations=1, progress_threshold=0.3
@@ -393,18 +352,12 @@ class TestStrategyFor:
 
     @pytest.mark.parametrize(
         ("cls", "mode"),
-        [
-            (FixedStrategy, M.LOOP_STRATEGY_MODE_FIXED),
-            (HybridStrategy, M.LOOP_STRATEGY_MODE_HYBRID),
-            (RalphStrategy, M.LOOP_STRATEGY_MODE_RALPH),
-        ],
+        [(FixedStrategy, M.LOOP_STRATEGY_MODE_FIXED), (HybridStrategy, M.LOOP_STRATEGY_MODE_HYBRID),
+         (RalphStrategy, M.LOOP_STRATEGY_MODE_RALPH)],
     )
     def test_constructor_defaults_are_the_resolved_defaults(self, cls, mode):
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
         assert defaults == loop_parameters.STRATEGY_DEFAULTS[mode]
 
 
@@ -417,8 +370,7 @@ class TestBudgets:
         assert budget.exceeded() == ("", "")  # at the budget is not over it
         budget.add(common_pb2.AgentResult(tokens=common_pb2.TokenUsage(total=1)))
         assert budget.exceeded() == (
-            "token_budget",
-            "Token budget exceeded: 1,001 tokens used, max_total_tokens is 1,000",
+            "token_budget", "Token budget exceeded: 1,001 tokens used, max_total_tokens is 1,000"
         )
 
     def test_cost_budget(self):

@@ -71,7 +71,8 @@ def test_new_traceparent_is_valid_w3c_and_outgoing_prefers_the_current_span() ->
     assert trace_id_from_traceparent(fresh) == fresh.split("-")[1]
     assert fresh != telemetry.new_traceparent()
     assert telemetry.outgoing_traceparent() != telemetry.outgoing_traceparent()  # no span: fresh each time
-    found = telemetry.init_telemetry("orchestrator", install_global=False, span_exporter=InMemorySpanExporter(), env={})
+    found = telemetry.init_telemetry("orchestrator", install_global=False, span_exporter=InMemorySpanExporter(),
+                                     env={})
     try:
         with telemetry.span_continuing(found.tracer(), "run", PARENT):
             assert telemetry.outgoing_traceparent().split("-")[1] == "4bf92f3577b34da6a3ce929d0e0e4736"

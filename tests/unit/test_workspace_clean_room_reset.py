@@ -33,14 +33,8 @@ def repo(tmp_path: Path) -> Path:
     """A repository with two commits: A, then B (one file changed, one deleted, one added)."""
     repo = tmp_path / "repo"
     for name, text in {
-        "a.txt": "a\n",
-        "keep.txt": "keep\n",
-        "same.txt": "12345\n",
-        "d0/f.txt": "f\n",
-        "sub/deep/x.txt": "x\n",
-        "d1/y.txt": "y\n",
-        ".gitignore": "build/\n*.o\n",
-        "bin/run.sh": "#!/bin/sh\n",
+        "a.txt": "a\n", "keep.txt": "keep\n", "same.txt": "12345\n", "d0/f.txt": "f\n",
+        "sub/deep/x.txt": "x\n", "d1/y.txt": "y\n", ".gitignore": "build/\n*.o\n", "bin/run.sh": "#!/bin/sh\n",
     }.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
@@ -149,7 +143,9 @@ async def test_a_room_replaced_by_a_symlink_is_made_again_without_following_it(r
     assert [p.name for p in victim.iterdir()] == ["precious.txt"]
 
 
-async def test_a_room_in_use_gives_a_one_off_room_and_release_deletes_the_kept_one(repo: Path, tmp_path: Path) -> None:
+async def test_a_room_in_use_gives_a_one_off_room_and_release_deletes_the_kept_one(
+    repo: Path, tmp_path: Path
+) -> None:
     git_dir, rooms = repo / ".git", tmp_path / "rooms"
     b = _git(repo, "rev-parse", "HEAD")
     async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE) as kept:

@@ -200,10 +200,7 @@ def test_security_section_and_allowlist() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (
-            "security:\n  allowlist:\n    - {}\n",
-            "line 3: 'security.allowlist[0]' needs at least one of path, secret, rule",
-        ),
+        ("security:\n  allowlist:\n    - {}\n", "line 3: 'security.allowlist[0]' needs at least one of path, secret, rule"),
         ("security:\n  allowlist:\n    - {rule: nope}\n", "line 3: 'security.allowlist[0].rule' must be one of"),
         ("security:\n  allowlist:\n    - {secret: '('}\n", "line 3: 'security.allowlist[0].secret' is not a valid"),
         ("security: {enabled: maybe}\n", "line 1: 'security.enabled' must be true or false"),

@@ -20,21 +20,13 @@ from ..agent_standin import stream
 
 def test_claude_argv_defaults_and_resume() -> None:
     head = ["-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages"]
-    assert claude_argv({}) == ["claude", *head, "--allowedTools", "Bash", "--permission-mode", "acceptEdits"]
-    argv = claude_argv(
-        {"executable": "/opt/claude", "max_turns": "3", "allowed_tools": "Read"}, resume_session_id="s-1"
-    )
+    assert claude_argv({}) == [
+        "claude", *head, "--allowedTools", "Bash", "--permission-mode", "acceptEdits"
+    ]
+    argv = claude_argv({"executable": "/opt/claude", "max_turns": "3", "allowed_tools": "Read"}, resume_session_id="s-1")
     assert argv == [
-        "/opt/claude",
-        *head,
-        "--allowedTools",
-        "Read",
-        "--max-turns",
-        "3",
-        "--permission-mode",
-        "acceptEdits",
-        "--resume",
-        "s-1",
+        "/opt/claude", *head, "--allowedTools", "Read", "--max-turns", "3",
+        "--permission-mode", "acceptEdits", "--resume", "s-1",
     ]
     assert "--resume" not in claude_argv({"resume": "no"}, resume_session_id="s-1")
 
@@ -50,18 +42,7 @@ def test_claude_extra_args_and_budget() -> None:
 def test_codex_argv() -> None:
     assert codex_argv({}) == ["codex", "exec", "--json", "--sandbox", "workspace-write", "-"]
     assert codex_argv({"sandbox": "read-only", "profile": "ci", "config.a.b": "1"}, "t-1") == [
-        "codex",
-        "exec",
-        "--json",
-        "--sandbox",
-        "read-only",
-        "--profile",
-        "ci",
-        "-c",
-        "a.b=1",
-        "resume",
-        "t-1",
-        "-",
+        "codex", "exec", "--json", "--sandbox", "read-only", "--profile", "ci", "-c", "a.b=1", "resume", "t-1", "-"
     ]
 
 
@@ -85,17 +66,9 @@ def test_option_violations(name: str, options: dict[str, str], fields: list[str]
 
 
 def test_valid_options() -> None:
-    claude = {
-        "model": "opus",
-        "max_turns": "1000",
-        "allowed_tools": "Read",
-        "disallowed_tools": "Bash",
-        "append_system_prompt": "x",
-        "permission_mode": "bypassPermissions",
-        "resume": "true",
-        "executable": "claude",
-        "env.FOO": "1",
-    }
+    claude = {"model": "opus", "max_turns": "1000", "allowed_tools": "Read", "disallowed_tools": "Bash",
+              "append_system_prompt": "x", "permission_mode": "bypassPermissions", "resume": "true",
+              "executable": "claude", "env.FOO": "1"}
     assert validate_agent(common_pb2.AgentSpec(name="claude-code", options=claude)) == []
     codex = {"model": "gpt-5", "sandbox": "danger-full-access", "config.x": "y", "resume": "0"}
     assert validate_agent(common_pb2.AgentSpec(name="codex", options=codex)) == []
@@ -113,7 +86,7 @@ def replay(parser, name: str) -> tuple[StreamReader, common_pb2.AgentResult, str
     reader = StreamReader(parser, cli)
     for line in stream(cli, name).read_text().splitlines():
         if line.startswith("#!partial "):
-            reader.piece(line[len("#!partial ") :])
+            reader.piece(line[len("#!partial "):])
         elif not line.startswith("#!"):
             reader.piece(line)
     reader.flush()
@@ -143,16 +116,8 @@ def test_claude_parser_failures() -> None:
 
 def test_claude_parser_takes_the_model_from_model_usage_and_old_cost_field() -> None:
     parser = ClaudeStreamParser()
-    parser.feed(
-        {
-            "type": "result",
-            "subtype": "success",
-            "cost_usd": 0.5,
-            "modelUsage": {"claude-x": {}},
-            "usage": {"input_tokens": 1, "output_tokens": 2},
-        },
-        0.0,
-    )
+    parser.feed({"type": "result", "subtype": "success", "cost_usd": 0.5, "modelUsage": {"claude-x": {}},
+                 "usage": {"input_tokens": 1, "output_tokens": 2}}, 0.0)
     result = common_pb2.AgentResult()
     assert parser.apply(result, 0.0) == ""
     assert (result.model, result.cost_usd, result.tokens.total) == ("claude-x", 0.5, 3)
@@ -218,17 +183,8 @@ def test_claude_model_name_is_one_per_run() -> None:
 
 def test_claude_result_that_says_success_with_is_error_is_an_api_error() -> None:
     parser = ClaudeStreamParser()
-    parser.feed(
-        {
-            "type": "result",
-            "subtype": "success",
-            "is_error": True,
-            "api_error_status": 529,
-            "result": "API Error: 529 Overloaded",
-            "session_id": "s",
-        },
-        0.0,
-    )
+    parser.feed({"type": "result", "subtype": "success", "is_error": True, "api_error_status": 529,
+                 "result": "API Error: 529 Overloaded", "session_id": "s"}, 0.0)
     result = common_pb2.AgentResult()
     failure = parser.apply(result, 0.0)
     assert result.error_type == common_pb2.BUILD_ERROR_TYPE_AGENT_API_ERROR

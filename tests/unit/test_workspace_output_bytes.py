@@ -17,16 +17,8 @@ async def test_byte_counts_and_cut_flags_reach_the_agent_result(tmp_path: Path) 
     assert process.stdout_truncated and not process.stderr_truncated
     assert process.stdout.endswith("[TRUNCATED - exceeded 1024 bytes]")
     invocation = AgentInvocation(
-        run_id="run-1",
-        workspace_id="ws-1",
-        workspace=tmp_path,
-        iteration=2,
-        attempt=1,
-        prompt="p",
-        options={},
-        timeout_seconds=10,
-        files_dir=tmp_path,
-        prompt_dir=tmp_path,
+        run_id="run-1", workspace_id="ws-1", workspace=tmp_path, iteration=2, attempt=1, prompt="p",
+        options={}, timeout_seconds=10, files_dir=tmp_path, prompt_dir=tmp_path,
     )
     result = result_from_process(invocation, "command", process)
     assert (result.stdout_bytes, result.stderr_bytes) == (6000, 5)

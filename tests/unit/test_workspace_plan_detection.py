@@ -107,10 +107,7 @@ def test_each_marker(tmp_path: Path) -> None:
     assert detected is not None
     assert detected.plan.environment.setup == ["npm ci"]
     assert [t.command for t in detected.plan.tests] == [
-        "npm test",
-        "go test ./...",
-        "cargo test",
-        detected.plan.tests[3].command,
+        "npm test", "go test ./...", "cargo test", detected.plan.tests[3].command
     ]
     assert detected.plan.tests[3].command.endswith(" -m pytest -q")
     assert detected.sources == ["package.json (test script)", "go.mod", "Cargo.toml", "tests/ (pytest)"]

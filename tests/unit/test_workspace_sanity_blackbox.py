@@ -64,43 +64,21 @@ def result(stdout: str = "", stderr: str = "", code: int = 0) -> ProcessResult:
     [
         (Assertion("exit_code", {"expected": 3}), result(code=3), True, "exit_code == 3"),
         (Assertion("exit_code", {"expected": 0}), result(code=1), False, "exit_code == 0: got 1"),
-        (
-            Assertion("contains", {"value": "err", "stream": "stderr"}),
-            result(stderr="an err"),
-            True,
-            "stderr contains 'err'",
-        ),
+        (Assertion("contains", {"value": "err", "stream": "stderr"}), result(stderr="an err"), True,
+         "stderr contains 'err'"),
         (Assertion("contains", {"value": "5"}), result("4\n"), False, "stdout contains '5': not found"),
         (Assertion("matches_regex", {"pattern": "^b$"}), result("a\nb\n"), True, "stdout matches /^b$/"),
-        (
-            Assertion("json_equals", {"expected": {"a": [1, 2]}}),
-            result('{"a": [1, 2.0]}'),
-            True,
-            "stdout equals JSON '{\"a\": [1, 2]}'",
-        ),
-        (
-            Assertion("json_equals", {"expected": 1}),
-            result("nope"),
-            False,
-            "stdout equals JSON '1': stdout is not JSON (Expecting value: line 1 column 1 (char 0))",
-        ),
-        (
-            Assertion("json_schema", {"schema": {"type": "array", "items": {"type": "string"}}}),
-            result('["a", 2]'),
-            False,
-            "stdout matches the inline schema:\n    $[1]: 2 is not of type 'string'",
-        ),
-        (
-            Assertion("json_schema", {"schema": "missing.json"}),
-            result("{}"),
-            False,
-            "stdout matches schema missing.json: schema file missing.json is missing",
-        ),
+        (Assertion("json_equals", {"expected": {"a": [1, 2]}}), result('{"a": [1, 2.0]}'), True,
+         'stdout equals JSON \'{"a": [1, 2]}\''),
+        (Assertion("json_equals", {"expected": 1}), result("nope"), False,
+         "stdout equals JSON '1': stdout is not JSON (Expecting value: line 1 column 1 (char 0))"),
+        (Assertion("json_schema", {"schema": {"type": "array", "items": {"type": "string"}}}), result('["a", 2]'),
+         False, "stdout matches the inline schema:\n    $[1]: 2 is not of type 'string'"),
+        (Assertion("json_schema", {"schema": "missing.json"}), result("{}"), False,
+         "stdout matches schema missing.json: schema file missing.json is missing"),
     ],
 )
-def test_assertions(
-    tmp_path: Path, assertion: Assertion, process: ProcessResult, passed: bool, description: str
-) -> None:
+def test_assertions(tmp_path: Path, assertion: Assertion, process: ProcessResult, passed: bool, description: str) -> None:
     outcome = evaluate(assertion, process, tmp_path)
     assert (outcome.passed, outcome.description) == (passed, description)
 
@@ -109,10 +87,7 @@ def test_equals_file_normalizes_line_endings_and_final_newline(tmp_path: Path) -
     (tmp_path / "want.txt").write_text("a\nb\n")
     equals = Assertion("equals_file", {"file": "want.txt"})
     assert evaluate(equals, result("a\r\nb"), tmp_path).passed
-    assert (
-        evaluate(equals, result("a\nb\nc\n"), tmp_path).description
-        == "stdout equals want.txt: expected 2 line(s), got 3"
-    )
+    assert evaluate(equals, result("a\nb\nc\n"), tmp_path).description == "stdout equals want.txt: expected 2 line(s), got 3"
     missing = Assertion("equals_file", {"file": "nope.txt"})
     assert evaluate(missing, result(""), tmp_path).description == "stdout equals nope.txt: nope.txt is missing"
 
@@ -128,16 +103,12 @@ def test_schema_file_may_be_yaml(tmp_path: Path) -> None:
 
 async def test_run_blackbox_implicit_exit_code_fixture_and_timeout(tmp_path: Path) -> None:
     (tmp_path / "in.txt").write_text("hello\n")
-    echo = BlackboxTest(
-        name="echo", command="cat; exit 4", fixture="in.txt", assertions=[Assertion("contains", {"value": "hello"})]
-    )
+    echo = BlackboxTest(name="echo", command="cat; exit 4", fixture="in.txt",
+                        assertions=[Assertion("contains", {"value": "hello"})])
     check = await run_blackbox(tmp_path, echo)
     assert not check.passed and (check.exit_code, check.expected_exit) == (4, 0)
     assert check.output.splitlines()[:4] == [
-        "FAIL exit_code == 0 (implicit): got 4",
-        "PASS stdout contains 'hello'",
-        "--- stdout ---",
-        "hello",
+        "FAIL exit_code == 0 (implicit): got 4", "PASS stdout contains 'hello'", "--- stdout ---", "hello"
     ]
     missing = await run_blackbox(tmp_path, BlackboxTest(name="m", command="true", fixture="nope.txt"))
     assert not missing.passed and missing.output == "not run: the fixture nope.txt is missing from the snapshot"

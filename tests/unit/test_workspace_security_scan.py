@@ -32,11 +32,8 @@ RANDOM = "q8Zr3LxV0pT6wN2yK9sB4mF7hJ1dG5cA"
     ("line", "rule", "secret"),
     [
         (f"aws_key = '{AWS}'", "aws-access-key", AWS),
-        (
-            f"aws_secret_access_key = {'wJalrXUtnFEMI/K7MDENG/bPxRfiCY' + 'EXAMPLEKEY'}",
-            "aws-secret-key",
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY",
-        ),
+        (f"aws_secret_access_key = {'wJalrXUtnFEMI/K7MDENG/bPxRfiCY' + 'EXAMPLEKEY'}", "aws-secret-key",
+         "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY"),
         (f'token: "{GITHUB}"', "github-token", GITHUB),
         (f"GH={GITHUB_PAT}", "github-token", GITHUB_PAT),
         (f"slack = '{SLACK}'", "slack-token", SLACK),
@@ -97,28 +94,13 @@ def test_mask_never_shows_the_secret() -> None:
 
 def test_forbidden_files() -> None:
     paths = [
-        ".env",
-        "config/.env.production",
-        ".env.example",
-        "certs/server.pem",
-        "id_rsa",
-        "id_rsa.pub",
-        "home/.aws/credentials",
-        "credentials.json",
-        "src/main.py",
-        "deploy/key.key",
-        ".npmrc",
+        ".env", "config/.env.production", ".env.example", "certs/server.pem", "id_rsa", "id_rsa.pub",
+        "home/.aws/credentials", "credentials.json", "src/main.py", "deploy/key.key", ".npmrc",
     ]
     found = [f.path for f in forbidden_file_findings(paths)]
     assert found == [
-        ".env",
-        "config/.env.production",
-        "certs/server.pem",
-        "id_rsa",
-        "home/.aws/credentials",
-        "credentials.json",
-        "deploy/key.key",
-        ".npmrc",
+        ".env", "config/.env.production", "certs/server.pem", "id_rsa", "home/.aws/credentials",
+        "credentials.json", "deploy/key.key", ".npmrc",
     ]
     assert forbidden_file_findings([".env"])[0].describe().startswith(".env: forbidden-file: (files like this")
 
