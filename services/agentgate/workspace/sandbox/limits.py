@@ -66,8 +66,16 @@ class Cgroup:
 
     @property
     def procs_files(self) -> list[str]:
-        """The files the child writes "0" to, joining the cgroup before it execs."""
-        return [str(d / "cgroup.procs") for d in self.dirs]
+        """The files the child writes "0" to, joining the cgroup before it execs.
+
+        v1: `tasks`, which moves only the writing thread. The launcher (a shell) has one
+        thread, so that moves the process; and moving one's own thread is the one case where
+        the kernel skips its global lock on every thread group, whose taking waits for an
+        RCU grace period (~11 ms here after an idle moment: `cgroup.procs` made that the
+        largest part of a sandboxed execution, docs/benchmarks.md "Sandbox"). v2 has no such
+        file outside threaded cgroups: `cgroup.procs`."""
+        name = "tasks" if self.version == 1 else "cgroup.procs"
+        return [str(d / name) for d in self.dirs]
 
     def pids(self) -> set[int]:
         """Every process in the cgroup now."""
