@@ -33,19 +33,22 @@ log = logging.getLogger(__name__)
 #: The in-sandbox relay of an agent's execution, run by the sandbox's `sh` before the command:
 #: socat listens on 127.0.0.1:PORT inside the network namespace and relays each connection to
 #: the proxy's unix socket (how docs/sandbox.md reaches the proxy without a network). The loop
-#: waits until the listener shows in /proc/net/tcp, so the command never races a relay that
-#: is not ready; it uses only builtins (no process per turn). `exec` keeps the command's pid,
-#: stdio and exit status; socat holds none of its stdio and ends with the PID namespace.
-#: Arguments: PORT, the listener as /proc/net/tcp writes it, SOCKET, "--", then the command.
+#: waits until the listener is there, so the command never races a relay that is not ready:
+#: the namespace is new and socat is its only process, so its first TCP socket in use
+#: (/proc/net/sockstat, this namespace's own counters) is the listener, hashed by listen().
+#: /proc/net/tcp would say which socket, but reading it walks the kernel's tables of every
+#: namespace (~5 ms here, docs/benchmarks.md "Sandbox"). Builtins only (no process per turn).
+#: `exec` keeps the command's pid, stdio and exit status; socat holds none of its stdio and
+#: ends with the PID namespace. Arguments: PORT, SOCKET, "--", then the command.
 _RELAY = r"""
-socat TCP-LISTEN:"$1",bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:"$3" </dev/null >/dev/null 2>&1 &
-while :; do
-    while read -r _ local _ state _; do
-        [ "$local" = "$2" ] && [ "$state" = 0A ] && break 2
-    done < /proc/net/tcp
+socat TCP-LISTEN:"$1",bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:"$2" </dev/null >/dev/null 2>&1 &
+until
+    while read -r proto _ inuse _; do [ "$proto" = TCP: ] && break; done < /proc/net/sockstat
+    [ "${inuse:-0}" != 0 ]
+do
     kill -0 $! 2>/dev/null || { echo "sandbox: the proxy relay (socat) did not start" >&2; exit 125; }
 done
-shift 4
+shift 3
 exec "$@"
 """
 
@@ -315,11 +318,8 @@ class Sandbox:
                 endpoint_hosts = {host.lower() for host, _ in spec.allowed_endpoints}
                 direct = [h for h in defaults.NO_PROXY_HOSTS if h not in endpoint_hosts]
                 child_env["NO_PROXY"] = child_env["no_proxy"] = ",".join(direct)
-                port = defaults.PROXY_PORT_IN_SANDBOX
-                command = [
-                    "/bin/sh", "-c", _RELAY, "sandbox-relay",
-                    str(port), f"0100007F:{port:04X}", defaults.PROXY_SOCKET_IN_SANDBOX, "--", *command,
-                ]
+                relay_args = [str(defaults.PROXY_PORT_IN_SANDBOX), defaults.PROXY_SOCKET_IN_SANDBOX]
+                command = ["/bin/sh", "-c", _RELAY, "sandbox-relay", *relay_args, "--", *command]
             prepared.argv = [*launcher_argv(prepared.cgroup, spec.limits), self.bwrap, *options, "--", *command]
             prepared.sandboxed = True
         except BaseException:
