@@ -7,6 +7,7 @@ shortcut.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import logging
@@ -98,8 +99,10 @@ def _bwrap_version(path: str) -> tuple[int, ...]:
 @functools.cache
 def _identity_files() -> tuple[Path, Path]:
     """A minimal /etc/passwd and /etc/group (root and nobody), written once per process, so
-    tools asking for the current user work but no account of the host is listed."""
+    tools asking for the current user work but no account of the host is listed. Removed
+    when the process exits normally (a service's SIGTERM included)."""
     folder = Path(tempfile.mkdtemp(prefix="agentgate-sandbox-etc-"))
+    atexit.register(shutil.rmtree, folder, True)
     os.chmod(folder, 0o755)
     home = Path.home()
     passwd = folder / "passwd"
