@@ -4,6 +4,7 @@ left behind; what the reset cannot undo makes it start over."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
@@ -207,3 +208,17 @@ async def test_release_stops_a_reset_behind_and_leaves_nothing(repo: Path, tmp_p
     await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
     assert not room.exists() and room not in cleanroom._behind and room not in cleanroom._clean_at
     assert not list(git_dir.glob(f"{cleanroom.ROOM_INDEX}*"))
+
+
+async def test_stopping_the_resets_behind_ends_them_before_the_loop_does(repo: Path, tmp_path: Path) -> None:
+    # The workspace service calls this when it stops: a reset left to the end of the event
+    # loop could hang it (see stop_resets_behind).
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    b = _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        _mess_up(room)
+    task = cleanroom._behind[room]
+    await cleanroom.stop_resets_behind()
+    assert task.done() and room not in cleanroom._behind
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and "_reset_behind" in repr(t)]
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)

@@ -390,5 +390,7 @@ class WorkspaceApp:
         workspace_pb2_grpc.add_WorkspaceServiceServicer_to_server(self.servicer, server)
 
     async def stop(self) -> None:
-        """Closes the workspace index."""
+        """Stops the clean room resets still running behind a verification and closes the
+        workspace index."""
+        await cleanroom.stop_resets_behind()
         await self.manager.close()

@@ -193,6 +193,19 @@ async def _stop_behind(room: Path) -> None:
             await task
 
 
+async def stop_resets_behind() -> None:
+    """Stops every reset still running behind a verification, before the event loop ends.
+
+    Left to the loop's own end, such a reset can hang it: the loop then cancels every task at
+    once, and a task cancelled while asyncio (Python 3.11) is still connecting a new process's
+    pipes waits for that process forever, as the connecting task was cancelled too. Cancelled
+    alone, a reset ends (its git or find killed and reaped)."""
+    loop = asyncio.get_running_loop()
+    for room, task in list(_behind.items()):
+        if task.get_loop() is loop:
+            await _stop_behind(room)
+
+
 @contextlib.asynccontextmanager
 async def clean_room(
     git_dir: Path,
