@@ -26,6 +26,7 @@ from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace.gate import cleanroom
 from agentgate.workspace.leases import describe
 from agentgate.workspace.workspaces import (
+    AGENT_FILE_FOLDERS,
     RUN_ID_PATTERN,
     WORKSPACE_ID_PATTERN,
     WorkspaceManager,
@@ -44,8 +45,6 @@ _TOKEN_PREFIX = "ws:"
 #: The run id may hold '-': the fixed end decides where it stops, so run "abc" never
 #: claims run "abc-1"'s rooms.
 _CLEAN_ROOM_NAME = re.compile(r"^\.?(?P<run>.+)-\d+-[0-9a-f]{8}(\.index)?$")
-#: What agent executions leave: per workspace (files, prompts), then per run (CLI homes).
-AGENT_FILE_FOLDERS = ("agent-files", "prompts", "agent-homes")
 
 
 async def create_workspace(manager: WorkspaceManager, source: common_pb2.WorkspaceSource) -> WorkspaceRecord:

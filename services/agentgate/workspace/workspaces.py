@@ -34,6 +34,7 @@ import aiosqlite
 
 from agentgate.common.branches import branch_for, branch_pattern_problem
 from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from agentgate.common.folder_spread import spread_root
 from agentgate.common.github import clone_url, git_auth_env, split_repo, strip_credentials
 from agentgate.common.messages import from_json, to_json
 from agentgate.common.storage import open_database
@@ -55,6 +56,10 @@ INITIAL_SNAPSHOT_MESSAGE = "agentgate: initial snapshot"
 DEFAULT_SNAPSHOT_MESSAGE = "agentgate: snapshot"
 NO_GATE_PLAN = "No gate plan found: the gate has nothing to check."
 DEFAULT_LEASE_SECONDS = 3600
+#: What agent executions leave: per workspace (files, prompts), then per run (CLI homes).
+AGENT_FILE_FOLDERS = ("agent-files", "prompts", "agent-homes")
+#: The folders under $AGENTGATE_HOME that hold one tree per workspace or run.
+PER_RUN_ROOTS = ("workspaces", "gitdirs", "cleanrooms", *AGENT_FILE_FOLDERS)
 
 MIGRATIONS = [
     """
@@ -403,12 +408,18 @@ class WorkspaceManager:
 
     async def open(self) -> None:
         """Opens the index (creating folders and schema)."""
-        self.workspaces_root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._make_roots)
         self._db = await open_database(self.database_path, MIGRATIONS)
         # Trees a previous run of the service was still deleting: behind the service's start.
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(empty_trash, self.trash))
         _deleting.add(task)
         task.add_done_callback(_deleting.discard)
+
+    def _make_roots(self) -> None:
+        # Each run makes and deletes a tree under each of these: spread apart
+        # (common/folder_spread.py).
+        for name in PER_RUN_ROOTS:
+            spread_root(self.home / name)
 
     async def close(self) -> None:
         """Closes the index."""
