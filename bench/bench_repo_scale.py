@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -83,7 +84,10 @@ def make_repository(root: Path, files: int) -> Path:
 def floor_once(repo: Path, scratch: Path, iterations: int) -> tuple[float, float]:
     """Seconds of the floor of a work order of `iterations` (see the module docstring), and
     of its `cp -a` alone."""
-    work = scratch / "floor-copy"
+    # Names of their own, as the services' trees have: ext4 places a new folder under a
+    # spread root by a hash of its name (common/folder_spread.py).
+    tag = secrets.token_hex(4)
+    work = scratch / f"floor-copy-{tag}"
     t0 = time.perf_counter()
     subprocess.run(["cp", "-a", str(repo), str(work)], check=True)
     copied = time.perf_counter() - t0
@@ -91,10 +95,10 @@ def floor_once(repo: Path, scratch: Path, iterations: int) -> tuple[float, float
         (work / CHANGED).write_text(f"iteration {iteration}\n")
         _git(work, "add", "-A")
         _git(work, "commit", "-q", "-m", f"iteration {iteration}")
-        room = scratch / f"floor-room-{iteration}"
+        room = scratch / f"floor-room-{iteration}-{tag}"
         room.mkdir()
         _git(work, f"--work-tree={room}", "read-tree", "-u", "--reset", "HEAD",
-             env={"GIT_INDEX_FILE": str(scratch / f"floor-index-{iteration}")})
+             env={"GIT_INDEX_FILE": str(scratch / f"floor-index-{iteration}-{tag}")})
         subprocess.run(["true"], cwd=room, check=True)
     elapsed = time.perf_counter() - t0
     for path in scratch.iterdir():

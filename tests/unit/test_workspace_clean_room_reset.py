@@ -220,3 +220,53 @@ async def test_stopping_the_resets_behind_ends_them_before_the_loop_does(repo: P
     await cleanroom.stop_resets_behind()
     assert task.done() and room not in cleanroom._behind
     await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+
+
+async def test_a_room_made_ahead_is_moved_by_the_first_verification(repo: Path, tmp_path: Path) -> None:
+    # PrepareForRun starts the room at the first snapshot while the agent's first iteration runs.
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    a, b = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    cleanroom.make_ahead(git_dir, a, rooms, "run-1", WORKSPACE)
+    room = cleanroom.run_room(rooms, "run-1", WORKSPACE)
+    await _reset_behind_done(room)
+    assert cleanroom._clean_at[room] == a
+    assert _state(room) == _state(await cleanroom.create_clean_room(git_dir, a, tmp_path / "fresh-a", "run-1", 0))
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as used:
+        assert used == room
+        moved = _state(used)
+    assert moved == _state(await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh-b", "run-1", 1))
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+    assert not room.exists() and not list(git_dir.glob(f"{cleanroom.ROOM_INDEX}*"))
+
+
+async def test_release_stops_a_room_being_made_ahead(repo: Path, tmp_path: Path) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    cleanroom.make_ahead(git_dir, _git(repo, "rev-parse", "HEAD"), rooms, "run-1", WORKSPACE)
+    room = cleanroom.run_room(rooms, "run-1", WORKSPACE)
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+    assert not room.exists() and room not in cleanroom._behind and room not in cleanroom._clean_at
+    assert not list(git_dir.glob(f"{cleanroom.ROOM_INDEX}*"))
+
+
+async def test_a_room_moved_across_files_that_became_folders_equals_a_fresh_checkout(
+    repo: Path, tmp_path: Path
+) -> None:
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    b = _git(repo, "rev-parse", "HEAD")
+    (repo / "a.txt").unlink()
+    (repo / "a.txt").mkdir()
+    (repo / "a.txt" / "inner.txt").write_text("a folder now\n")
+    cleanroom.remove_tree(repo / "sub")
+    (repo / "sub").write_text("a file now\n")
+    c = _commit(repo, "C")
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        pass
+    await _reset_behind_done(room)
+    for target, name in ((c, "fresh-c"), (b, "fresh-b")):  # and back
+        async with cleanroom.clean_room(git_dir, target, rooms, "run-1", 2, workspace_id=WORKSPACE,
+                                        behind=True) as used:
+            assert used == room
+            moved = _state(used)
+        await _reset_behind_done(room)
+        assert moved == _state(await cleanroom.create_clean_room(git_dir, target, tmp_path / name, "run-1", 2))
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)

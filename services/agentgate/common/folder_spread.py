@@ -3,8 +3,9 @@ workspace, git directory, clean room, agent home per run): each new tree is plac
 from the trees deleted just before it (docs/workspaces.md, "Where the files go").
 
 On ext4 a root gets the "top directory" attribute (`chattr +T`): the allocator then places
-each new sub-folder, and so the files written in it, in a block group of its own choosing,
-as it does for the folders under `/`, instead of next to its parent. Without it every
+each new sub-folder, and so the files written in it, in a block group of its own choosing
+(starting from a hash of the folder's name: the per-run names are random), as it does for
+the folders under `/`, instead of next to its parent. Without it every
 run's files go into the one group of the root, among the inodes of the runs deleted just
 before. ext4 without a journal (virtual machines' disks often are) skips each inode freed
 in the last 30 seconds when it looks for a free one, reading that inode's table block:

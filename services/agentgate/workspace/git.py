@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 GIT_NAME = "AgentGate"
 GIT_EMAIL = "agentgate@localhost"
@@ -189,25 +192,81 @@ async def head_commit(git_dir: Path) -> str:
     return (await git("rev-parse", "--verify", "HEAD^{commit}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
 
 
+#: Answers about objects that can never change once given (an object id names the same
+#: object for good, and our git directories never prune): several callers in one iteration
+#: (the gate, the patch export, the snapshot) ask git once. The oldest are forgotten first.
+_KNOWN: dict[tuple[str, ...], object] = {}
+_KNOWN_MAX = 4096
+
+
+def _remember(key: tuple[str, ...], value: object) -> None:
+    if len(_KNOWN) >= _KNOWN_MAX:
+        del _KNOWN[next(iter(_KNOWN))]
+    _KNOWN[key] = value
+
+
 async def resolve_commit(git_dir: Path, ref: str) -> str | None:
     """The commit id `ref` names in the git directory `git_dir`, or None when it names none."""
     if not ref or ref.startswith("-"):
         return None
+    key = ("commit", str(git_dir), ref)
+    if (known := _KNOWN.get(key)) is not None:
+        return str(known)
     result = await git(
         "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
         cwd=git_dir, git_dir=git_dir, check=False,
     )
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    commit = result.stdout.strip() if result.returncode == 0 else ""
+    if commit and _object_id(ref.rstrip("^")):
+        _remember(key, commit)  # an id (or its parent): a branch or tag name may move
+    return commit or None
+
+
+async def tree_of(git_dir: Path, commit: str) -> str:
+    """The tree id of `commit` (an object id) in `git_dir`."""
+    key = ("tree", str(git_dir), commit)
+    if (known := _KNOWN.get(key)) is None:
+        known = (await git("rev-parse", f"{commit}^{{tree}}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
+        if _object_id(commit):
+            _remember(key, known)
+    return str(known)
+
+
+#: What `add` says, exit code 1, when a pathspec names an ignored folder; it staged the
+#: rest and wrote the index first (LC_ALL=C: always these words).
+_IGNORED_PATHSPEC = "are ignored by one of your .gitignore files"
+
+
+async def add_all(git_dir: Path, work_tree: Path, folders: list[str] | None = None) -> None:
+    """`git add -A`: every change staged, files ignored by git excepted; with `folders`
+    ('/'-terminated, relative), only what is in them is looked at.
+
+    Folders are literal pathspecs (one named `*` or `:(top)` is only that folder). A folder
+    that exists never fails to match, but one that is ignored is refused (exit code 1) after
+    the rest was staged: its tracked files included, as a full `add -A` would. Any other
+    failure with `folders` stages everything instead.
+    """
+    if folders is not None:
+        result = await work(git_dir, work_tree, "add", "-A", "--", *folders, check=False,
+                            env={"GIT_LITERAL_PATHSPECS": "1"})
+        if result.returncode == 0 or result.returncode == 1 and _IGNORED_PATHSPEC in result.stderr:
+            return
+        log.warning("staging %d folders failed (%s); staging everything", len(folders), result.stderr.strip())
+    await work(git_dir, work_tree, "add", "-A")
 
 
 async def changed_files(git_dir: Path, old: str, new: str) -> list[str]:
-    """Paths that differ between two commits of `git_dir` (renames as delete + add)."""
-    out = (
-        await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new, cwd=git_dir, git_dir=git_dir)
-    ).stdout
-    return [name for name in out.split("\0") if name]
+    """Paths that differ between two commits (or trees) of `git_dir` (renames as delete + add)."""
+    key = ("changed", str(git_dir), old, new)
+    if (known := _KNOWN.get(key)) is None:
+        out = (
+            await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new,
+                      cwd=git_dir, git_dir=git_dir)
+        ).stdout
+        known = [name for name in out.split("\0") if name]
+        if _object_id(old) and _object_id(new):
+            _remember(key, known)
+    return list(known)  # type: ignore[call-overload]
 
 
 _HEX = frozenset("0123456789abcdef")

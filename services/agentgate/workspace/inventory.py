@@ -31,6 +31,7 @@ from agentgate.workspace.workspaces import (
     WORKSPACE_ID_PATTERN,
     WorkspaceManager,
     WorkspaceRecord,
+    discard_tree,
     remove_tree,
     run_id_violations,
     source_violations,
@@ -128,8 +129,10 @@ async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
     # Files first: if removing them fails half-way (say a process of the agent still
     # writing), the index still knows the workspace and a second delete (gc) finishes the job.
     folders = _files_of(manager, record.id)
+    manager.changes.stop(record.id)
     for folder in folders:
-        await asyncio.to_thread(remove_tree, folder)
+        # Gone at once, deleted behind the request: a run's end does not wait for it.
+        await discard_tree(folder, manager.trash)
     if record.run_id:
         await cleanroom.remove_run_room(manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
     left = [folder for folder in folders if await asyncio.to_thread(os.path.lexists, folder)]
@@ -174,7 +177,7 @@ async def remove_run_files(manager: WorkspaceManager, run_id: str, records: list
                 deleted.append(record.id)
     if not any(other.leased for other in await _workspaces_of_run(manager, run_id)):
         await _remove_clean_rooms(manager.home / "cleanrooms", run_id)
-        await asyncio.to_thread(remove_tree, manager.home / AGENT_FILE_FOLDERS[2] / run_id)
+        await discard_tree(manager.home / AGENT_FILE_FOLDERS[2] / run_id, manager.trash)
     return deleted
 
 

@@ -70,6 +70,12 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 # A resume that cannot continue leaves no workspace behind either.
                 await inventory.delete_workspace(self.manager, prepared.workspace.id, force=True)
                 raise
+        record = await self.manager.get(prepared.workspace.id)  # after the patches
+        if sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_ON:
+            # Out of every agent's and check's reach: made while the first iteration runs.
+            cleanroom.make_ahead(
+                record.git_dir, record.last_snapshot, self.manager.home / "cleanrooms", request.run_id, record.id
+            )
         return workspace_pb2.PrepareForRunResponse(
             workspace=prepared.workspace.to_proto(),
             rules=prepared.rules,

@@ -158,7 +158,7 @@ async def export_patch(
         old = parent or record.base_commit
         from_commit = parent or ""
     new = await _resolve(manager, record, to_snapshot_id or record.last_snapshot, "to_snapshot_id")
-    tree = (await gitops.git("rev-parse", f"{new}^{{tree}}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
+    tree = await gitops.tree_of(git_dir, new)
     with tempfile.TemporaryDirectory(prefix="agentgate-patch-") as tmp:
         out = Path(tmp) / "change.diff"
         await gitops.git("diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir)

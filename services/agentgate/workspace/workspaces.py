@@ -42,6 +42,7 @@ from agentgate.common.timeutil import utcnow
 from agentgate.v1 import common_pb2, workspace_pb2
 from agentgate.workspace import git as gitops
 from agentgate.workspace import sources
+from agentgate.workspace.change_watch import ChangeWatch
 from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit
 from agentgate.workspace.gate.plan import GatePlanError, gate_plan_summary, parse_gate_plan
 
@@ -401,6 +402,8 @@ class WorkspaceManager:
         self.trash = home / "trash"
         self._db: aiosqlite.Connection | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        #: What was written in each leased workspace since its last snapshot.
+        self.changes = ChangeWatch()
         #: Unix seconds now; leases expire by it (tests replace it).
         self.clock: Callable[[], float] = time.time
 
@@ -409,6 +412,7 @@ class WorkspaceManager:
     async def open(self) -> None:
         """Opens the index (creating folders and schema)."""
         await asyncio.to_thread(self._make_roots)
+        self.changes.open()
         self._db = await open_database(self.database_path, MIGRATIONS)
         # Trees a previous run of the service was still deleting: behind the service's start.
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(empty_trash, self.trash))
@@ -422,7 +426,8 @@ class WorkspaceManager:
             spread_root(self.home / name)
 
     async def close(self) -> None:
-        """Closes the index."""
+        """Closes the index and stops the watches."""
+        self.changes.close()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -521,6 +526,7 @@ class WorkspaceManager:
         branch = branch_name(run_id, branch_pattern)
         try:
             base_commit, _ = await self.materialize(workspace_id, source, branch)
+            await self.changes.start(workspace_id, path)
             rules = await asyncio.to_thread(_read_rules, path)
             summary = await summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
             now = utcnow().isoformat()
@@ -537,6 +543,7 @@ class WorkspaceManager:
             await self.db.commit()
         except BaseException:
             # Cancellation or any other failure: leave nothing half-made behind.
+            self.changes.stop(workspace_id)
             await self.remove_files(workspace_id)
             raise
         record = await self.get(workspace_id)
@@ -545,6 +552,7 @@ class WorkspaceManager:
 
     async def remove_files(self, workspace_id: str) -> None:
         """Deletes the folder and the trusted git directory of a workspace."""
+        self.changes.stop(workspace_id)
         for folder in (self.path_of(workspace_id), self.git_dir_of(workspace_id)):
             await asyncio.to_thread(remove_tree, folder)
 
@@ -642,6 +650,7 @@ class WorkspaceManager:
     async def release(self, workspace_id: str) -> WorkspaceRecord:
         """Ends the lease; the files stay for inspection."""
         await self.get(workspace_id)
+        self.changes.stop(workspace_id)
         await self.db.execute(
             "UPDATE workspaces SET leased = 0, updated_at = ? WHERE id = ?", (utcnow().isoformat(), workspace_id)
         )
@@ -661,11 +670,13 @@ class WorkspaceManager:
             # Read inside the lock: a concurrent snapshot may just have moved last_snapshot.
             record = await self.get_leased(workspace_id)
             path, git_dir = record.path, record.git_dir
-            await gitops.work(git_dir, path, "add", "-A")
-            # `add` stats every file once; `git commit` would refresh the index and stat
-            # them all again (~45 ms at 20,000 files, docs/benchmarks.md "Repository
-            # scale"), so the commit is made from the index's tree by plumbing, which reads
-            # no file. Nothing changed since the last snapshot = no path differs from it.
+            # Only the folders written since the last snapshot, when known
+            # (workspace/change_watch.py).
+            await gitops.add_all(git_dir, path, await self.changes.take(workspace_id))
+            # `git commit` would refresh the index and stat every file again (~45 ms at
+            # 20,000 files, docs/benchmarks.md "Repository scale"), so the commit is made
+            # from the index's tree by plumbing, which reads no file. Nothing changed since
+            # the last snapshot = no path differs from it.
             tree = (await gitops.work(git_dir, path, "write-tree")).stdout.strip()
             changed = await gitops.changed_files(git_dir, record.last_snapshot, tree)
             parent = await gitops.head_commit_fast(git_dir)
