@@ -158,6 +158,7 @@ async def test_a_room_in_use_gives_a_one_off_room_and_release_deletes_the_kept_o
 
 
 async def _reset_behind_done(room: Path) -> None:
+    cleanroom.start_reset_behind(room.parent, "run-1", WORKSPACE)  # the run's next agent execution
     task = cleanroom._behind.get(room)
     assert task is not None, "no reset was started behind the verification"
     await task
@@ -203,6 +204,7 @@ async def test_release_stops_a_reset_behind_and_leaves_nothing(repo: Path, tmp_p
     b = _git(repo, "rev-parse", "HEAD")
     async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
         _mess_up(room)
+    cleanroom.start_reset_behind(rooms, "run-1", WORKSPACE)
     assert room in cleanroom._behind
     await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
     assert not room.exists() and room not in cleanroom._behind and room not in cleanroom._clean_at
@@ -216,6 +218,7 @@ async def test_stopping_the_resets_behind_ends_them_before_the_loop_does(repo: P
     b = _git(repo, "rev-parse", "HEAD")
     async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
         _mess_up(room)
+    cleanroom.start_reset_behind(rooms, "run-1", WORKSPACE)
     task = cleanroom._behind[room]
     await cleanroom.stop_resets_behind()
     assert task.done() and room not in cleanroom._behind
@@ -270,3 +273,19 @@ async def test_a_room_moved_across_files_that_became_folders_equals_a_fresh_chec
         await _reset_behind_done(room)
         assert moved == _state(await cleanroom.create_clean_room(git_dir, target, tmp_path / name, "run-1", 2))
     await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+
+
+async def test_no_reset_behind_a_verification_the_run_ends_after(repo: Path, tmp_path: Path) -> None:
+    # The reset waits for the run's next agent execution; the run ends instead: nothing runs,
+    # and a verification that comes without one resets the room itself.
+    git_dir, rooms = repo / ".git", tmp_path / "rooms"
+    a, b = _git(repo, "rev-parse", "HEAD~1"), _git(repo, "rev-parse", "HEAD")
+    async with cleanroom.clean_room(git_dir, a, rooms, "run-1", 1, workspace_id=WORKSPACE, behind=True) as room:
+        _mess_up(room)
+    assert room not in cleanroom._behind and room not in cleanroom._clean_at
+    async with cleanroom.clean_room(git_dir, b, rooms, "run-1", 2, workspace_id=WORKSPACE, behind=True) as again:
+        assert again == room
+        moved = _state(again)
+    assert moved == _state(await cleanroom.create_clean_room(git_dir, b, tmp_path / "fresh-b", "run-1", 2))
+    await cleanroom.remove_run_room(rooms, "run-1", WORKSPACE, git_dir)
+    assert not room.exists() and room not in cleanroom._waiting and room not in cleanroom._behind

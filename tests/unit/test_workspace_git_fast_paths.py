@@ -3,6 +3,7 @@ recognised, a clean room made by one read-tree, a workspace started on its branc
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -172,3 +173,35 @@ async def test_one_git_status_names_commit_branch_and_every_changed_path(tmp_pat
     assert "x.log" in with_ignored.changed
     _git(repo, "checkout", "-q", "--detach")
     assert (await sources.read_git_source(repo, include_ignored=False)).branch == ""
+
+
+async def test_answers_about_object_ids_are_asked_once_and_names_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _repo(tmp_path)
+    first = _git(repo, "rev-parse", "HEAD")
+    asked: list[str] = []
+    real_git = gitops.git
+
+    async def counting(*args: str, **kwargs: object) -> gitops.GitResult:
+        asked.append(" ".join(args))
+        return await real_git(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", counting)
+    git_dir = repo / ".git"
+    # Three callers at once (the gate, two patch exports): one git.
+    answers = await asyncio.gather(*(gitops.resolve_commit(git_dir, first) for _ in range(3)))
+    assert answers == [first] * 3
+    trees = await asyncio.gather(*(gitops.tree_of(git_dir, first) for _ in range(2)))
+    assert trees == [_git(repo, "rev-parse", "HEAD^{tree}")] * 2
+    assert len(asked) == 2
+    # A branch moves: asked every time.
+    assert await gitops.resolve_commit(git_dir, "main") == first
+    (repo / "a.txt").write_text("b\n")
+    _git(repo, "commit", "-qam", "two")
+    second = _git(repo, "rev-parse", "HEAD")
+    assert await gitops.resolve_commit(git_dir, "main") == second
+    # An id that names nothing yet is not remembered as nothing.
+    missing = "0" * 40
+    assert await gitops.resolve_commit(git_dir, missing) is None
+    assert ("commit", str(git_dir), missing) not in gitops._KNOWN

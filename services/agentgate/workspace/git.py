@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,43 +193,55 @@ async def head_commit(git_dir: Path) -> str:
 
 
 #: Answers about objects that can never change once given (an object id names the same
-#: object for good, and our git directories never prune): several callers in one iteration
-#: (the gate, the patch export, the snapshot) ask git once. The oldest are forgotten first.
+#: object for good, and our git directories never prune): the callers of one iteration (the
+#: gate, the patch export, the snapshot) ask git once, also when they ask at the same time.
+#: The oldest are forgotten first.
 _KNOWN: dict[tuple[str, ...], object] = {}
+_ASKING: dict[tuple[str, ...], asyncio.Future[object]] = {}
 _KNOWN_MAX = 4096
 
 
-def _remember(key: tuple[str, ...], value: object) -> None:
-    if len(_KNOWN) >= _KNOWN_MAX:
-        del _KNOWN[next(iter(_KNOWN))]
-    _KNOWN[key] = value
+async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> object:
+    """`ask()`'s answer for `key`, asked at most once at a time and kept when given."""
+    if key in _KNOWN:
+        return _KNOWN[key]
+    asking = _ASKING.get(key)
+    if asking is None or asking.get_loop() is not asyncio.get_running_loop():
+        asking = _ASKING[key] = asyncio.ensure_future(ask())
+        asking.add_done_callback(lambda done: _ASKING.pop(key, None) if _ASKING.get(key) is done else None)
+    # Shielded: one caller cancelled does not take the answer from the others.
+    value = await asyncio.shield(asking)
+    if value:  # none ('' or []) is not kept: an object missing now may come later
+        if len(_KNOWN) >= _KNOWN_MAX:
+            del _KNOWN[next(iter(_KNOWN))]
+        _KNOWN[key] = value
+    return value
 
 
 async def resolve_commit(git_dir: Path, ref: str) -> str | None:
     """The commit id `ref` names in the git directory `git_dir`, or None when it names none."""
     if not ref or ref.startswith("-"):
         return None
-    key = ("commit", str(git_dir), ref)
-    if (known := _KNOWN.get(key)) is not None:
-        return str(known)
-    result = await git(
-        "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
-        cwd=git_dir, git_dir=git_dir, check=False,
-    )
-    commit = result.stdout.strip() if result.returncode == 0 else ""
-    if commit and _object_id(ref.rstrip("^")):
-        _remember(key, commit)  # an id (or its parent): a branch or tag name may move
-    return commit or None
+
+    async def ask() -> str:
+        result = await git(
+            "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}",
+            cwd=git_dir, git_dir=git_dir, check=False,
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    if _object_id(ref.rstrip("^")):  # an id (or its parent's): a branch or tag name may move
+        return str(await _once(("commit", str(git_dir), ref), ask)) or None
+    return await ask() or None
 
 
 async def tree_of(git_dir: Path, commit: str) -> str:
     """The tree id of `commit` (an object id) in `git_dir`."""
-    key = ("tree", str(git_dir), commit)
-    if (known := _KNOWN.get(key)) is None:
-        known = (await git("rev-parse", f"{commit}^{{tree}}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
-        if _object_id(commit):
-            _remember(key, known)
-    return str(known)
+
+    async def ask() -> str:
+        return (await git("rev-parse", f"{commit}^{{tree}}", cwd=git_dir, git_dir=git_dir)).stdout.strip()
+
+    return str(await _once(("tree", str(git_dir), commit), ask)) if _object_id(commit) else await ask()
 
 
 #: What `add` says, exit code 1, when a pathspec names an ignored folder; it staged the
@@ -257,16 +269,17 @@ async def add_all(git_dir: Path, work_tree: Path, folders: list[str] | None = No
 
 async def changed_files(git_dir: Path, old: str, new: str) -> list[str]:
     """Paths that differ between two commits (or trees) of `git_dir` (renames as delete + add)."""
-    key = ("changed", str(git_dir), old, new)
-    if (known := _KNOWN.get(key)) is None:
+
+    async def ask() -> list[str]:
         out = (
             await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new,
                       cwd=git_dir, git_dir=git_dir)
         ).stdout
-        known = [name for name in out.split("\0") if name]
-        if _object_id(old) and _object_id(new):
-            _remember(key, known)
-    return list(known)  # type: ignore[call-overload]
+        return [name for name in out.split("\0") if name]
+
+    if _object_id(old) and _object_id(new):
+        return list(await _once(("changed", str(git_dir), old, new), ask))  # type: ignore[call-overload]
+    return await ask()
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -91,6 +91,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         invocation, invocation_settings = await self._invocation(request)
         driver = get_driver(request.agent.name)
         assert driver is not None  # checked by _invocation
+        # The run goes on: the clean room is reset behind its last verification meanwhile.
+        cleanroom.start_reset_behind(self.manager.home / "cleanrooms", invocation.run_id, invocation.workspace_id)
         queue: asyncio.Queue[workspace_pb2.RunAgentResponse | None] = asyncio.Queue()
 
         def on_output(stream: str, line: str) -> None:

@@ -16,7 +16,8 @@ after.
 With `behind` (only when nothing but this service can write the room between two
 verifications: the sandbox hides $AGENTGATE_HOME from agents and checks and ends every
 process of theirs), the reset runs behind the verification that used the room, back to the
-snapshot it verified, while the run goes on; the next verification then only moves the
+snapshot it verified, while the run goes on (from its next agent execution on: a run that
+ends there resets nothing); the next verification then only moves the
 clean room from that snapshot to its own (`read-tree -m -u`: the paths the two differ in).
 Likewise the room is first made while the agent's first iteration runs (`make_ahead`).
 """
@@ -61,6 +62,9 @@ _locks: dict[Path, asyncio.Lock] = {}
 #: and the resets still to run behind one (docs/workspaces.md, "Clean rooms").
 _clean_at: dict[Path, str] = {}
 _behind: dict[Path, asyncio.Task[None]] = {}
+#: Resets behind a verification not started yet: they start with the run's next agent
+#: execution (`start_reset_behind`), so a run that ends after its verification does none.
+_waiting: dict[Path, tuple[Path, str, Path, asyncio.Lock]] = {}
 
 
 def run_room(root: Path, run_id: str, workspace_id: str) -> Path:
@@ -274,6 +278,7 @@ async def clean_room(
         return
     async with lock:
         index = git_dir / ROOM_INDEX
+        _waiting.pop(room, None)  # not started: this verification resets the room itself
         waiting = _behind.pop(room, None)
         if waiting is not None:
             waiting.cancel()  # a reset behind that has not started: this one does the work
@@ -294,13 +299,23 @@ async def clean_room(
             yield room
         finally:
             if behind:
-                # Created under the lock, so it takes the lock before any later verification.
-                _behind[room] = asyncio.create_task(_reset_behind(git_dir, commit, room, index, lock))
+                _waiting[room] = (git_dir, commit, index, lock)
+
+
+def start_reset_behind(root: Path, run_id: str, workspace_id: str) -> None:
+    """Starts the reset behind the last verification of a run's workspace, if one waits: the
+    run goes on (its next agent execution), and the reset runs meanwhile."""
+    room = run_room(root, run_id, workspace_id)
+    waiting = _waiting.pop(room, None)
+    if waiting is not None and room not in _behind:
+        git_dir, commit, index, lock = waiting
+        _behind[room] = asyncio.create_task(_reset_behind(git_dir, commit, room, index, lock))
 
 
 async def remove_run_room(root: Path, run_id: str, workspace_id: str, git_dir: Path) -> None:
     """Deletes the kept clean room of a run's workspace and its index (none: nothing)."""
     room = run_room(root, run_id, workspace_id)
+    _waiting.pop(room, None)
     await _stop_behind(room)
     lock = _locks.pop(room, None)
     async with lock or contextlib.nullcontext():

@@ -512,17 +512,26 @@ async def run_gate(
         wants_change = (plan.security.enabled and "L0" not in skip) or (
             plan.sanity is not None and plan.sanity.forbid_debug_artifacts and "L3" not in skip
         )
-        if repo is not None and base_commit and snapshot_commit and wants_change:
-            try:
-                change = await load_change(repo, base_commit, snapshot_commit)
-            except gitops.GitError as exc:
-                change_error = str(exc)
-        # Only L3 reads the sizes; the snapshot's tree has them without a walk of the room.
-        files: dict[str, int] = {}
-        if plan.sanity is not None and "L3" not in skip:
-            files = await _snapshot_sizes(room, repo, snapshot_commit)
+
+        async def changed() -> None:
+            nonlocal change, change_error
+            if repo is not None and base_commit and snapshot_commit and wants_change:
+                try:
+                    change = await load_change(repo, base_commit, snapshot_commit)
+                except gitops.GitError as exc:
+                    change_error = str(exc)
+
+        async def sizes() -> dict[str, int]:
+            # Only L3 reads the sizes; the snapshot's tree has them without a walk of the room.
+            if plan.sanity is not None and "L3" not in skip:
+                return await _snapshot_sizes(room, repo, snapshot_commit)
+            return {}
+
+        # Three independent reads of git, side by side.
+        _, files, guard = await asyncio.gather(
+            changed(), sizes(), _protected_checks(settings, repo, base_commit, snapshot_commit)
+        )
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
-        guard = await _protected_checks(settings, repo, base_commit, snapshot_commit)
         if loaded.plan is None and not settings.allow_unverified:
             guard.append(_contract_check(NOTHING_VERIFIED, False, UNVERIFIED, 0.0))
         gate = _GateRun(

@@ -14,6 +14,7 @@ gate plan (`security.allowlist`) silences findings by path, secret or rule.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -312,14 +313,16 @@ async def load_change(repo: Path, base: str, commit: str) -> Change:
     """The change `base..commit` of the git directory `repo` (deleted files left out)."""
     if base == commit:
         return Change(base, commit, [], "")
-    names = await gitops.git(
-        "diff", "--no-ext-diff", "--name-only", "--no-renames", "--diff-filter=d", "-z", base, commit,
-        cwd=repo, git_dir=repo,
-    )
-    diff = await gitops.git(
-        # Every output option explicit: the user's git configuration must not change the format.
-        "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--diff-filter=d", "--unified=0",
-        "--src-prefix=a/", "--dst-prefix=b/", base, commit, cwd=repo, git_dir=repo,
+    names, diff = await asyncio.gather(
+        gitops.git(
+            "diff", "--no-ext-diff", "--name-only", "--no-renames", "--diff-filter=d", "-z", base, commit,
+            cwd=repo, git_dir=repo,
+        ),
+        gitops.git(
+            # Every output option explicit: the user's git configuration must not change the format.
+            "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--diff-filter=d",
+            "--unified=0", "--src-prefix=a/", "--dst-prefix=b/", base, commit, cwd=repo, git_dir=repo,
+        ),
     )
     return Change(base, commit, [name for name in names.stdout.split("\0") if name], diff.stdout)
 
