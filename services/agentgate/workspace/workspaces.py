@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -525,10 +526,26 @@ class WorkspaceManager:
         path = self.path_of(workspace_id)
         branch = branch_name(run_id, branch_pattern)
         try:
-            base_commit, _ = await self.materialize(workspace_id, source, branch)
-            await self.changes.start(workspace_id, path)
-            rules = await asyncio.to_thread(_read_rules, path)
-            summary = await summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
+            base_commit, _ = await self.materialize(workspace_id, source, branch, agent_repository=False)
+            # Side by side: none of them reads what another writes.
+            read_rules = asyncio.ensure_future(asyncio.to_thread(_read_rules, path))
+            summarize = asyncio.ensure_future(
+                summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
+            )
+            steps: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self.make_agent_repository(workspace_id)),
+                asyncio.ensure_future(self.changes.start(workspace_id, path)),
+                read_rules,
+                summarize,
+            ]
+            try:
+                await asyncio.gather(*steps)
+                rules, summary = read_rules.result(), summarize.result()
+            except BaseException:
+                for step in steps:  # none goes on over the files removed below
+                    step.cancel()
+                await asyncio.gather(*steps, return_exceptions=True)
+                raise
             now = utcnow().isoformat()
             await self.db.execute(
                 "INSERT INTO workspaces (id, run_id, branch, source_json, base_commit, last_snapshot, leased,"
@@ -557,11 +574,12 @@ class WorkspaceManager:
             await asyncio.to_thread(remove_tree, folder)
 
     async def materialize(
-        self, workspace_id: str, source: common_pb2.WorkspaceSource, branch: str = ""
+        self, workspace_id: str, source: common_pb2.WorkspaceSource, branch: str = "", agent_repository: bool = True
     ) -> tuple[str, str]:
         """Fills the folder and the trusted git directory of `workspace_id` from a
-        (validated) source, commits the initial snapshot and gives the agent its own copy
-        of the repository. Returns the initial snapshot and the branch it is on.
+        (validated) source, commits the initial snapshot and (unless not `agent_repository`:
+        then the caller calls `make_agent_repository`) gives the agent its own copy of the
+        repository. Returns the initial snapshot and the branch it is on.
 
         With `branch` the workspace is on that branch; without, on the source's checked-out
         branch (on `ref`'s commit, detached, when a ref is given). A git failure is
@@ -572,9 +590,26 @@ class WorkspaceManager:
         self.git_dirs_root.mkdir(parents=True, exist_ok=True)
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         try:
-            return await self._materialize(path, git_dir, source, branch)
+            made = await self._materialize(path, git_dir, source, branch)
         except gitops.GitError as exc:
             raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
+        if agent_repository:
+            await self.make_agent_repository(workspace_id)
+        return made
+
+    async def make_agent_repository(self, workspace_id: str) -> None:
+        """Gives the agent its own repository in the workspace: a copy (never hard links:
+        what the agent writes there must not reach our objects) that we never read again."""
+        git_dir = self.git_dir_of(workspace_id)
+        agent_git = self.path_of(workspace_id) / ".git"
+        try:
+            await gitops.git(
+                "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git),
+                cwd=self.home,
+            )
+        except gitops.GitError as exc:
+            raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
+        await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
 
     async def _materialize(
         self, path: Path, git_dir: Path, source: common_pb2.WorkspaceSource, branch: str
@@ -620,13 +655,6 @@ class WorkspaceManager:
             await gitops.work(git_dir, path, "add", "-A")
         await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
         base_commit = await gitops.head_commit_fast(git_dir)
-        # The agent's own repository: a copy (never hard links: what the agent writes there
-        # must not reach our objects) that we never read again.
-        agent_git = path / ".git"
-        await gitops.git(
-            "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git), cwd=self.home
-        )
-        await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
         return base_commit, "" if detach else branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
@@ -676,14 +704,20 @@ class WorkspaceManager:
             # `git commit` would refresh the index and stat every file again (~45 ms at
             # 20,000 files, docs/benchmarks.md "Repository scale"), so the commit is made
             # from the index's tree by plumbing, which reads no file. Nothing changed since
-            # the last snapshot = no path differs from it.
-            tree = (await gitops.work(git_dir, path, "write-tree")).stdout.strip()
-            changed = await gitops.changed_files(git_dir, record.last_snapshot, tree)
+            # the last snapshot = its tree.
+            written, last_tree = await asyncio.gather(
+                gitops.work(git_dir, path, "write-tree"), gitops.tree_of(git_dir, record.last_snapshot)
+            )
+            tree = written.stdout.strip()
             parent = await gitops.head_commit_fast(git_dir)
-            if not changed and parent == record.last_snapshot:
+            if tree == last_tree and parent == record.last_snapshot:
                 return Snapshot(commit=parent, changed_files=[], has_changes=False)
             text = gitops.clean_message(message) or DEFAULT_SNAPSHOT_MESSAGE
-            head = (await gitops.work(git_dir, path, "commit-tree", tree, "-p", parent, "-m", text)).stdout.strip()
+            changed, committed = await asyncio.gather(
+                gitops.changed_files(git_dir, record.last_snapshot, tree),
+                gitops.work(git_dir, path, "commit-tree", tree, "-p", parent, "-m", text),
+            )
+            head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
             await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
             await self.db.execute(
