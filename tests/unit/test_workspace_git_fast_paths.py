@@ -205,3 +205,16 @@ async def test_answers_about_object_ids_are_asked_once_and_names_every_time(
     missing = "0" * 40
     assert await gitops.resolve_commit(git_dir, missing) is None
     assert ("commit", str(git_dir), missing) not in gitops._KNOWN
+
+
+async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _repo(tmp_path)
+    head, tree = _git(repo, "rev-parse", "HEAD"), _git(repo, "rev-parse", "HEAD^{tree}")
+    gitops.remember_commit(repo / ".git", head, tree)
+
+    async def no_git(*args: str, **kwargs: object) -> gitops.GitResult:
+        raise AssertionError(f"git {' '.join(args)} was asked")
+
+    monkeypatch.setattr(gitops, "git", no_git)
+    assert await gitops.resolve_commit(repo / ".git", head) == head
+    assert await gitops.tree_of(repo / ".git", head) == tree

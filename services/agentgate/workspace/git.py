@@ -201,6 +201,20 @@ _ASKING: dict[tuple[str, ...], asyncio.Future[object]] = {}
 _KNOWN_MAX = 4096
 
 
+def remember_commit(git_dir: Path, commit: str, tree: str = "") -> None:
+    """Records what the caller just made: `commit` is a commit of `git_dir` (with `tree`,
+    when known); a snapshot's first readers, the gate and the patch export, then ask no git."""
+    _keep(("commit", str(git_dir), commit), commit)
+    if tree:
+        _keep(("tree", str(git_dir), commit), tree)
+
+
+def _keep(key: tuple[str, ...], value: object) -> None:
+    if len(_KNOWN) >= _KNOWN_MAX:
+        del _KNOWN[next(iter(_KNOWN))]
+    _KNOWN[key] = value
+
+
 async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> object:
     """`ask()`'s answer for `key`, asked at most once at a time and kept when given."""
     if key in _KNOWN:
@@ -212,9 +226,7 @@ async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> o
     # Shielded: one caller cancelled does not take the answer from the others.
     value = await asyncio.shield(asking)
     if value:  # none ('' or []) is not kept: an object missing now may come later
-        if len(_KNOWN) >= _KNOWN_MAX:
-            del _KNOWN[next(iter(_KNOWN))]
-        _KNOWN[key] = value
+        _keep(key, value)
     return value
 
 

@@ -560,7 +560,6 @@ class WorkspaceManager:
             await self.db.commit()
         except BaseException:
             # Cancellation or any other failure: leave nothing half-made behind.
-            self.changes.stop(workspace_id)
             await self.remove_files(workspace_id)
             raise
         record = await self.get(workspace_id)
@@ -655,6 +654,7 @@ class WorkspaceManager:
             await gitops.work(git_dir, path, "add", "-A")
         await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
         base_commit = await gitops.head_commit_fast(git_dir)
+        gitops.remember_commit(git_dir, base_commit)
         return base_commit, "" if detach else branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
@@ -720,6 +720,7 @@ class WorkspaceManager:
             head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
             await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
+            gitops.remember_commit(git_dir, head, tree)
             await self.db.execute(
                 "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
                 (head, utcnow().isoformat(), workspace_id),

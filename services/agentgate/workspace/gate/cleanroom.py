@@ -17,8 +17,8 @@ With `behind` (only when nothing but this service can write the room between two
 verifications: the sandbox hides $AGENTGATE_HOME from agents and checks and ends every
 process of theirs), the reset runs behind the verification that used the room, back to the
 snapshot it verified, while the run goes on (from its next agent execution on: a run that
-ends there resets nothing); the next verification then only moves the
-clean room from that snapshot to its own (`read-tree -m -u`: the paths the two differ in).
+ends there resets nothing); the next verification then only moves the clean room from that
+snapshot to its own (`_advance`: the paths the two differ in).
 Likewise the room is first made while the agent's first iteration runs (`make_ahead`).
 """
 
@@ -279,9 +279,9 @@ async def clean_room(
     async with lock:
         index = git_dir / ROOM_INDEX
         _waiting.pop(room, None)  # not started: this verification resets the room itself
-        waiting = _behind.pop(room, None)
-        if waiting is not None:
-            waiting.cancel()  # a reset behind that has not started: this one does the work
+        started = _behind.pop(room, None)
+        if started is not None:
+            started.cancel()  # a reset behind that did not get the lock yet: this one does the work
         # Whatever happens below, the room is no longer known clean until reset again.
         clean_at = _clean_at.pop(room, None)
         try:
