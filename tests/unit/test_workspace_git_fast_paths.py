@@ -209,8 +209,11 @@ async def test_answers_about_object_ids_are_asked_once_and_names_every_time(
 
 async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = _repo(tmp_path)
-    head, tree = _git(repo, "rev-parse", "HEAD"), _git(repo, "rev-parse", "HEAD^{tree}")
-    gitops.remember_commit(repo / ".git", head, tree)
+    (repo / "b.txt").write_text("b\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "two")
+    head, tree, parent = (_git(repo, "rev-parse", ref) for ref in ("HEAD", "HEAD^{tree}", "HEAD~1"))
+    gitops.remember_commit(repo / ".git", head, tree, parent, ["b.txt"])
 
     async def no_git(*args: str, **kwargs: object) -> gitops.GitResult:
         raise AssertionError(f"git {' '.join(args)} was asked")
@@ -218,3 +221,4 @@ async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, mo
     monkeypatch.setattr(gitops, "git", no_git)
     assert await gitops.resolve_commit(repo / ".git", head) == head
     assert await gitops.tree_of(repo / ".git", head) == tree
+    assert await gitops.changed_files(repo / ".git", parent, head) == ["b.txt"]

@@ -201,12 +201,17 @@ _ASKING: dict[tuple[str, ...], asyncio.Future[object]] = {}
 _KNOWN_MAX = 4096
 
 
-def remember_commit(git_dir: Path, commit: str, tree: str = "") -> None:
+def remember_commit(
+    git_dir: Path, commit: str, tree: str = "", parent: str = "", changed: Sequence[str] = ()
+) -> None:
     """Records what the caller just made: `commit` is a commit of `git_dir` (with `tree`,
-    when known); a snapshot's first readers, the gate and the patch export, then ask no git."""
+    when known, and the paths it changed against `parent`); a snapshot's first readers, the
+    clean room, the gate and the patch export, then ask no git."""
     _keep(("commit", str(git_dir), commit), commit)
     if tree:
         _keep(("tree", str(git_dir), commit), tree)
+    if parent and changed:
+        _keep(("changed", str(git_dir), parent, commit), list(changed))
 
 
 def _keep(key: tuple[str, ...], value: object) -> None:

@@ -32,6 +32,7 @@ from agentgate.workspace.workspaces import (
     WorkspaceManager,
     WorkspaceRecord,
     discard_tree,
+    discard_trees,
     remove_tree,
     run_id_violations,
     source_violations,
@@ -130,12 +131,11 @@ async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
     # writing), the index still knows the workspace and a second delete (gc) finishes the job.
     folders = _files_of(manager, record.id)
     manager.changes.stop(record.id)
-    for folder in folders:
-        # Gone at once, deleted behind the request: a run's end does not wait for it.
-        await discard_tree(folder, manager.trash)
+    # Gone at once, deleted behind the request: a run's end does not wait for it.
+    await discard_trees(folders, manager.trash)
     if record.run_id:
         await cleanroom.remove_run_room(manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
-    left = [folder for folder in folders if await asyncio.to_thread(os.path.lexists, folder)]
+    left = await asyncio.to_thread(lambda: [folder for folder in folders if os.path.lexists(folder)])
     if left:
         log.warning("workspace %s is not gone yet (%s); kept in the index for gc", record.id, left[0])
         return False

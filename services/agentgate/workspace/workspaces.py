@@ -25,7 +25,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -291,27 +291,39 @@ _deleting: set[asyncio.Task[None]] = set()
 
 
 async def discard_tree(path: Path, trash: Path) -> None:
-    """Makes `path` disappear at once and deletes it behind the caller: it is renamed into
-    `trash` (same file system: one rename whatever its size) and removed by a background
-    task. Deleting 100,000 files takes longer than making them; a request that only needs
-    them gone does not wait for it (docs/workspaces.md, "Clean rooms"). Whatever a crash
-    leaves in `trash` is deleted when the service starts again (`empty_trash`)."""
+    """Makes `path` disappear at once and deletes it behind the caller (`discard_trees`)."""
+    await discard_trees([path], trash)
 
-    def move() -> Path | None:
-        if not path.exists() and not path.is_symlink():
-            return None
-        trash.mkdir(parents=True, exist_ok=True)
-        target = trash / f"{path.name}-{secrets.token_hex(4)}"
-        try:
-            os.rename(path, target)
-        except OSError:
-            remove_tree(path)  # another file system: no rename, delete in place
-            return None
-        return target
 
-    target = await asyncio.to_thread(move)
-    if target is not None:
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove_tree, target))
+async def discard_trees(paths: Sequence[Path], trash: Path) -> None:
+    """Makes `paths` disappear at once and deletes them behind the caller: each is renamed
+    into `trash` (same file system: one rename whatever its size) and removed by one
+    background task. Deleting 100,000 files takes longer than making them; a request that
+    only needs them gone does not wait for it (docs/workspaces.md, "Clean rooms"). Whatever
+    a crash leaves in `trash` is deleted when the service starts again (`empty_trash`)."""
+
+    def move() -> list[Path]:
+        moved = []
+        for path in paths:
+            if not path.exists() and not path.is_symlink():
+                continue
+            trash.mkdir(parents=True, exist_ok=True)
+            target = trash / f"{path.name}-{secrets.token_hex(4)}"
+            try:
+                os.rename(path, target)
+            except OSError:
+                remove_tree(path)  # another file system: no rename, delete in place
+                continue
+            moved.append(target)
+        return moved
+
+    def remove(targets: list[Path]) -> None:
+        for target in targets:
+            remove_tree(target)
+
+    targets = await asyncio.to_thread(move)
+    if targets:
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove, targets))
         _deleting.add(task)
         task.add_done_callback(_deleting.discard)
 
@@ -720,7 +732,7 @@ class WorkspaceManager:
             head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
             await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
-            gitops.remember_commit(git_dir, head, tree)
+            gitops.remember_commit(git_dir, head, tree, record.last_snapshot, changed)
             await self.db.execute(
                 "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
                 (head, utcnow().isoformat(), workspace_id),
