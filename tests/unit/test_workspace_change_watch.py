@@ -256,3 +256,28 @@ async def test_an_unknown_or_stopped_workspace_means_the_whole_workspace(watched
     watch.stop("ws")
     (repo / "c" / "three.txt").write_text("changed\n")
     assert await watch.take("ws") is None
+
+
+async def test_a_folder_made_while_its_new_parent_is_listed_is_watched(
+    watched: tuple[Path, ChangeWatch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent runs while a new folder is being watched: a folder it makes in there right
+    # after the listing must still be watched, or its later writes go unseen.
+    repo, watch = watched
+    real_subfolders = change_watch._subfolders
+
+    def listed_then_raced(folder: Path, relative: str) -> list[str]:
+        found = real_subfolders(folder, relative)
+        if relative == "new":
+            (folder / "late").mkdir()  # after the listing
+        return found
+
+    monkeypatch.setattr(change_watch, "_subfolders", listed_then_raced)
+    (repo / "new").mkdir()
+    ours, full, folders = await _staged_trees(repo, watch, "ws")
+    assert folders == ["new/"] and ours == full
+    monkeypatch.setattr(change_watch, "_subfolders", real_subfolders)
+    (repo / "new" / "late" / "file.txt").write_text("written in a later round\n")
+    ours, full, folders = await _staged_trees(repo, watch, "ws")
+    assert folders == ["new/late/"]
+    assert ours == full

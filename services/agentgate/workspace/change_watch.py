@@ -197,13 +197,20 @@ class ChangeWatch:
             tracked.full = True
         elif mask & (flags.CREATE | flags.MOVED_TO):
             if mask & flags.ISDIR:
-                # Watched before it is listed: whatever is made in it meanwhile is inside
-                # `path`, which is recorded.
-                for relative in _folders(tracked.root / path, MAX_WATCHED_FOLDERS + 1, prefix=path):
-                    if not self._watch(workspace_id, tracked, relative):
-                        return
+                self._watch_tree(workspace_id, tracked, path)
             elif _has_other_links(tracked.root / path):
                 self._give_up(workspace_id, tracked, f"{path} has a second hard link")
+
+    def _watch_tree(self, workspace_id: str, tracked: _Tracked, top: str) -> None:
+        """Watches a new folder and every folder in it, each watched before it is listed: a
+        folder made in it later is an event, and what was made in one meanwhile is inside
+        `top`, which is recorded."""
+        pending = [top]
+        while pending:
+            relative = pending.pop()
+            if not self._watch(workspace_id, tracked, relative):
+                return
+            pending += _subfolders(tracked.root / relative, relative)
 
 
 def _has_other_links(path: Path) -> bool:
@@ -214,26 +221,35 @@ def _has_other_links(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
 
 
-def _folders(top: Path, limit: int, prefix: str = "") -> list[str]:
-    """`top` and the folders under it (relative: `prefix`, then `prefix/...`), symlinks not
-    followed, the agent's `.git` at the workspace's top left out; at most `limit`."""
-    found = [prefix]
-    pending = [(top, prefix)]
+def _folders(top: Path, limit: int) -> list[str]:
+    """The folders of the workspace `top` ('' for itself, then relative paths), symlinks not
+    followed, the agent's `.git` left out; at most `limit`."""
+    found = [""]
+    pending = [""]
     while pending and len(found) < limit:
-        folder, relative = pending.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue  # gone, or replaced: its parent's events name it
-        for entry in entries:
-            if not relative and entry.name == ".git":
-                continue
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    child = f"{relative}/{entry.name}" if relative else entry.name
-                    found.append(child)
-                    pending.append((Path(entry.path), child))
+        relative = pending.pop()
+        children = _subfolders(top / relative if relative else top, relative)
+        found += children
+        pending += children
     return found[:limit]
+
+
+def _subfolders(folder: Path, relative: str) -> list[str]:
+    """The folders directly in `folder` (relative: `relative/name`), symlinks not followed,
+    the agent's `.git` at the workspace's top left out; none when it cannot be listed (gone
+    or replaced: its parent's events name it)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not relative and entry.name == ".git":
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                found.append(f"{relative}/{entry.name}" if relative else entry.name)
+    return found
 
 
 def _pathspecs(root: Path, changed: set[str]) -> list[str] | None:
