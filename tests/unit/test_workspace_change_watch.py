@@ -281,3 +281,18 @@ async def test_a_folder_made_while_its_new_parent_is_listed_is_watched(
     ours, full, folders = await _staged_trees(repo, watch, "ws")
     assert folders == ["new/late/"]
     assert ours == full
+
+
+async def test_more_paths_than_kept_means_the_whole_workspace(watched: tuple[Path, ChangeWatch],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, watch = watched
+    monkeypatch.setattr(change_watch, "MAX_RECORDED_PATHS", 3)
+    for number in range(5):
+        (repo / "c" / f"many-{number}.txt").write_text("x\n")
+    watch._drain()
+    tracked = watch._tracked["ws"]
+    assert tracked.full and len(tracked.changed) <= 3  # nothing kept past the bound
+    ours, full, folders = await _staged_trees(repo, watch, "ws")
+    assert folders is None and ours == full
+    (repo / "c" / "three.txt").write_text("the next round is followed again\n")
+    assert await watch.take("ws") == ["c/"]

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 MAX_WATCHED_FOLDERS = 10_000
 #: Recorded folders handed to git at most; more: a full `add -A`.
 MAX_PATHSPECS = 1_000
+#: Paths recorded between two snapshots at most (an agent may write millions of files):
+#: past it, the next snapshot is a full `add -A` and nothing more is kept.
+MAX_RECORDED_PATHS = 100_000
 
 _CHANGES = (
     flags.CREATE | flags.DELETE | flags.MODIFY | flags.ATTRIB | flags.CLOSE_WRITE
@@ -192,7 +195,11 @@ class ChangeWatch:
         if not folder and name == ".git":
             return  # the agent's own repository: never part of a snapshot
         path = f"{folder}/{name}" if folder else name
-        tracked.changed.add(path)
+        if not tracked.full:
+            tracked.changed.add(path)
+            if len(tracked.changed) > MAX_RECORDED_PATHS:
+                tracked.full = True
+                tracked.changed.clear()
         if name == ".gitignore":
             tracked.full = True
         elif mask & (flags.CREATE | flags.MOVED_TO):
