@@ -17,6 +17,8 @@ repository with nothing around it:
   cp -a of the repository (work tree and .git), then per iteration: the agent's change
   written, `git add -A` + `git commit` of it in the copy, a checkout of the snapshot into
   a fresh folder (`read-tree -u --reset` through a temporary index), and `true` run there.
+  Its folders are placed as the services place theirs (under a spread root, each with a
+  name of its own: common/folder_spread.py).
 
 "one more iteration" = the last iteration of the 3-iteration work orders, from the previous
 iteration's verification:complete to its own, minus its agent's own time (beside it, half
