@@ -13,15 +13,20 @@ full `add -A` ("full"):
 - a folder's watch is added before the folder is listed, and the new folder itself is
   recorded: what was made in it before the watch is inside the recorded folder;
 - a folder moved (its watches name the old place: they are made again), the event queue
-  overflowing, a `.gitignore` written (it may un-ignore files nobody touched), more folders than
-  `MAX_WATCHED_FOLDERS`, a file with a second hard link (a write through one name is
-  reported under that name only): full, and for the last two the workspace stays full;
+  overflowing, a `.gitignore` written (it may un-ignore files nobody touched), more than
+  `MAX_RECORDED_PATHS` paths, more folders than `MAX_WATCHED_FOLDERS`, a file with a second
+  hard link (a write through one name is reported under that name only): full, and for the
+  last two the workspace stays full;
 - a write through a shared memory map reports nothing, but closing the file does
   (`IN_CLOSE_WRITE`, at the latest when the sandbox ends the process);
 - after a restart of the service nothing is known: full.
 
 The snapshot is taken when no execution runs; the queue is read to its end first, so every
-write that returned before is counted. Watches never follow a symlink.
+write that returned before is counted. A watch never follows a symlink at the folder it
+names; a new folder listed while the agent swaps one of its parents for a symlink may get
+watches where that leads, which only ever add paths (they name no real folder here, so the
+snapshot looks at everything); the folders handed to git are checked part by part, from the
+top, to be real folders.
 """
 
 from __future__ import annotations
