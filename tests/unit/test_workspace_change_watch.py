@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inotify_simple import Event
 
 from agentgate.workspace import change_watch
 from agentgate.workspace import git as gitops
@@ -41,6 +42,14 @@ def _make_repo(root: Path) -> Path:
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "base")
     return repo
+
+
+async def _stages_as_full_add(repo: Path, watch: ChangeWatch, folders: list[str] | None) -> None:
+    """One snapshot: the watch named `folders` (None: the whole workspace), and what was
+    staged from them equals a full `add -A`."""
+    ours, full, named = await _staged_trees(repo, watch, "ws")
+    assert named == folders
+    assert ours == full
 
 
 async def _staged_trees(repo: Path, watch: ChangeWatch, workspace_id: str) -> tuple[str, str, list[str] | None]:
@@ -156,9 +165,7 @@ async def test_a_change_in_one_folder_names_only_that_folder(watched: tuple[Path
     repo, watch = watched
     (repo / "a" / "b" / "two.txt").write_text("changed\n")
     (repo / "c" / "new.txt").write_text("new\n")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders == ["a/b/", "c/"]
-    assert ours == full
+    await _stages_as_full_add(repo, watch, ["a/b/", "c/"])
     # Nothing written since: nothing to look at.
     assert await watch.take("ws") == []
 
@@ -187,32 +194,25 @@ async def test_a_write_through_a_shared_memory_map_is_seen(watched: tuple[Path, 
         "    m.flush()\n"
     )
     await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(repo / "a" / "one.txt")], check=True)
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders == ["a/"]
-    assert ours == full
+    await _stages_as_full_add(repo, watch, ["a/"])
     assert _git(repo, "show", ":a/one.txt").startswith("X")
 
 
 async def test_a_hard_link_makes_every_snapshot_look_at_everything(watched: tuple[Path, ChangeWatch]) -> None:
     repo, watch = watched
     os.link(repo / "a" / "one.txt", repo / "c" / "linked.txt")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders is None and ours == full
+    await _stages_as_full_add(repo, watch, None)
     # A write through one name changes the other, which no event names: never followed again.
     (repo / "a" / "one.txt").write_text("through the other name\n")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders is None and ours == full
+    await _stages_as_full_add(repo, watch, None)
 
 
 async def test_a_moved_folder_is_watched_again_at_its_new_place(watched: tuple[Path, ChangeWatch]) -> None:
     repo, watch = watched
     os.rename(repo / "a", repo / "moved")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders is None and ours == full
+    await _stages_as_full_add(repo, watch, None)
     (repo / "moved" / "b" / "two.txt").write_text("after the move\n")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders == ["moved/b/"]
-    assert ours == full
+    await _stages_as_full_add(repo, watch, ["moved/b/"])
 
 
 async def test_an_overflowing_queue_means_the_whole_workspace(watched: tuple[Path, ChangeWatch],
@@ -223,16 +223,11 @@ async def test_an_overflowing_queue_means_the_whole_workspace(watched: tuple[Pat
     real_read = watch._inotify.read
 
     def overflowing(timeout: int = 0) -> list[object]:
-        return [*real_read(timeout=timeout), change_watch.flags.Q_OVERFLOW and _overflow()]
+        # What the kernel queues when it dropped events: one with wd -1.
+        return [*real_read(timeout=timeout), Event(wd=-1, mask=int(change_watch.flags.Q_OVERFLOW), cookie=0, name="")]
 
     monkeypatch.setattr(watch._inotify, "read", overflowing)
     assert await watch.take("ws") is None
-
-
-def _overflow() -> object:
-    from inotify_simple import Event
-
-    return Event(wd=-1, mask=int(change_watch.flags.Q_OVERFLOW), cookie=0, name="")
 
 
 async def test_more_folders_than_the_limit_means_the_whole_workspace(tmp_path: Path,
@@ -274,13 +269,10 @@ async def test_a_folder_made_while_its_new_parent_is_listed_is_watched(
 
     monkeypatch.setattr(change_watch, "_subfolders", listed_then_raced)
     (repo / "new").mkdir()
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders == ["new/"] and ours == full
+    await _stages_as_full_add(repo, watch, ["new/"])
     monkeypatch.setattr(change_watch, "_subfolders", real_subfolders)
     (repo / "new" / "late" / "file.txt").write_text("written in a later round\n")
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders == ["new/late/"]
-    assert ours == full
+    await _stages_as_full_add(repo, watch, ["new/late/"])
 
 
 async def test_more_paths_than_kept_means_the_whole_workspace(watched: tuple[Path, ChangeWatch],
@@ -292,7 +284,6 @@ async def test_more_paths_than_kept_means_the_whole_workspace(watched: tuple[Pat
     watch._drain()
     tracked = watch._tracked["ws"]
     assert tracked.full and len(tracked.changed) <= 3  # nothing kept past the bound
-    ours, full, folders = await _staged_trees(repo, watch, "ws")
-    assert folders is None and ours == full
+    await _stages_as_full_add(repo, watch, None)
     (repo / "c" / "three.txt").write_text("the next round is followed again\n")
     assert await watch.take("ws") == ["c/"]

@@ -70,7 +70,8 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
                 # A resume that cannot continue leaves no workspace behind either.
                 await inventory.delete_workspace(self.manager, prepared.workspace.id, force=True)
                 raise
-        record = await self.manager.get(prepared.workspace.id)  # after the patches
+        # Read again only when the patches moved its last snapshot.
+        record = await self.manager.get(prepared.workspace.id) if resumed else prepared.workspace
         if sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_ON:
             # Out of every agent's and check's reach: made while the first iteration runs.
             cleanroom.make_ahead(

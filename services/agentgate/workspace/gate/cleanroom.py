@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from agentgate.workspace import git as gitops
@@ -189,14 +190,17 @@ async def _advance(git_dir: Path, old: str, new: str, room: Path, index: Path) -
     await gitops.git("read-tree", "-m", "-u", old, new, cwd=room, git_dir=git_dir, work_tree=room, env=env)
 
 
-async def _reset_behind(git_dir: Path, commit: str, room: Path, index: Path, lock: asyncio.Lock) -> None:
-    """The reset of a kept room back to `commit`, after the verification that used it."""
+async def _in_background(
+    room: Path, commit: str, lock: asyncio.Lock, step: Callable[[], Awaitable[None]], what: str
+) -> None:
+    """Runs `step()` (which leaves the kept `room` holding exactly the files of `commit`) under
+    the room's lock, behind the requests; the room is then known clean at `commit`."""
     async with lock:
         try:
-            await _reset(git_dir, commit, room, index)
+            await step()
         except (OSError, gitops.GitError) as exc:
             # The next verification resets (or makes the room again) itself.
-            log.info("clean room %s could not be reset behind its verification: %s", room, exc)
+            log.info("clean room %s could not be %s: %s", room, what, exc)
             return
         finally:
             if _behind.get(room) is asyncio.current_task():
@@ -211,20 +215,8 @@ def make_ahead(git_dir: Path, commit: str, root: Path, run_id: str, workspace_id
     `behind` (see the module docstring); a verification that comes first does the work."""
     room = run_room(root, run_id, workspace_id)
     lock = _locks.setdefault(room, asyncio.Lock())
-    _behind[room] = asyncio.create_task(_make_ahead(git_dir, commit, room, git_dir / ROOM_INDEX, lock))
-
-
-async def _make_ahead(git_dir: Path, commit: str, room: Path, index: Path, lock: asyncio.Lock) -> None:
-    async with lock:
-        try:
-            await _checkout(git_dir, commit, room, index)
-        except (OSError, gitops.GitError) as exc:
-            log.info("clean room %s could not be made ahead: %s", room, exc)  # the verification makes it
-            return
-        finally:
-            if _behind.get(room) is asyncio.current_task():
-                del _behind[room]
-        _clean_at[room] = commit
+    made = functools.partial(_checkout, git_dir, commit, room, git_dir / ROOM_INDEX)
+    _behind[room] = asyncio.create_task(_in_background(room, commit, lock, made, "made ahead"))
 
 
 async def _stop_behind(room: Path) -> None:
@@ -309,7 +301,8 @@ def start_reset_behind(root: Path, run_id: str, workspace_id: str) -> None:
     waiting = _waiting.pop(room, None)
     if waiting is not None and room not in _behind:
         git_dir, commit, index, lock = waiting
-        _behind[room] = asyncio.create_task(_reset_behind(git_dir, commit, room, index, lock))
+        reset = functools.partial(_reset, git_dir, commit, room, index)
+        _behind[room] = asyncio.create_task(_in_background(room, commit, lock, reset, "reset behind its verification"))
 
 
 async def remove_run_room(root: Path, run_id: str, workspace_id: str, git_dir: Path) -> None:
