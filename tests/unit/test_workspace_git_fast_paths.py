@@ -127,6 +127,37 @@ async def test_prepared_copy_starts_on_its_branch_and_snapshots_without_changes(
         await manager.resolve_snapshot(record, "0" * 40)
 
 
+@pytest.mark.parametrize("detached", [False, True])
+async def test_a_clean_repository_gives_the_agent_a_repository_of_its_own_at_the_initial_snapshot(
+    manager: WorkspaceManager, tmp_path: Path, detached: bool
+) -> None:
+    # A source without changes takes the short way: the initial snapshot committed from the
+    # source commit's tree, checked out while the agent's objects are copied.
+    repo = _repo(tmp_path)
+    user_head = _git(repo, "rev-parse", "HEAD")
+    if detached:
+        _git(repo, "checkout", "-q", "--detach")
+    workspace_id = "ws-" + "0" * 16
+    base, branch = await manager.materialize(workspace_id, common_pb2.WorkspaceSource(local_path=str(repo)))
+    path, agent_git = manager.path_of(workspace_id), manager.path_of(workspace_id) / ".git"
+    assert branch == ("" if detached else "main")
+    assert _git(path, "rev-parse", "HEAD") == base == _git(manager.git_dir_of(workspace_id), "rev-parse", "HEAD")
+    assert _git(path, "rev-parse", "HEAD~1") == user_head
+    assert _git(path, "log", "-1", "--format=%s%n%an <%ae>") == "agentgate: initial snapshot\nAgentGate <agentgate@localhost>"
+    assert _git(path, "rev-parse", "HEAD^{tree}") == _git(repo, "rev-parse", "HEAD^{tree}")
+    if detached:
+        assert (agent_git / "HEAD").read_text().strip() == base
+    else:
+        assert _git(path, "symbolic-ref", "--short", "HEAD") == "main"
+    assert _git(path, "status", "--porcelain") == ""
+    assert _git(path, "fsck", "--no-progress") == ""  # every object is there
+    assert _git(path, "remote") == ""
+    # Copies, never hard links: what the agent writes into its objects stays its own.
+    for item in (agent_git / "objects").rglob("*"):
+        if item.is_file():
+            assert item.stat().st_nlink == 1, item
+
+
 async def test_a_failing_snapshot_commit_is_an_error_not_no_change(manager: WorkspaceManager, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()

@@ -357,12 +357,33 @@ def _agent_repository_config(trusted_config: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finish_agent_repository(git_dir: Path, agent_git: Path) -> None:
-    """Makes the bare copy at `agent_git` the agent's work-tree repository, with our index
-    (its stat data fits the workspace's files, so the agent's `git status` is clean and
-    fast) (blocking)."""
+def _make_agent_repository(git_dir: Path, agent_git: Path, branch: str, commit: str) -> None:
+    """Makes `agent_git` the agent's repository (blocking): a copy of our objects (never hard
+    links: what the agent writes there must not reach ours), HEAD on `branch` at `commit`
+    (detached at it when `branch` is ''), no remote. Its index comes later
+    (`_give_agent_index`), once the checkout wrote ours.
+
+    Nothing writes our objects meanwhile (a checkout only reads them), so a file copy is a
+    consistent copy, with no git process to start. The layout is git's own
+    (gitrepository-layout: `objects`, `refs`, `HEAD`, `config`).
+    """
+    shutil.copytree(git_dir / "objects", agent_git / "objects", symlinks=True)
+    (agent_git / "refs" / "heads").mkdir(parents=True)
+    (agent_git / "refs" / "tags").mkdir()
+    if branch:
+        ref = agent_git / "refs" / "heads" / branch
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit + "\n", encoding="ascii")
+        (agent_git / "HEAD").write_text(f"ref: refs/heads/{branch}\n", encoding="ascii")
+    else:
+        (agent_git / "HEAD").write_text(commit + "\n", encoding="ascii")
     trusted_config = (git_dir / "config").read_text(encoding="utf-8", errors="replace")
     (agent_git / "config").write_text(_agent_repository_config(trusted_config), encoding="utf-8")
+
+
+def _give_agent_index(git_dir: Path, agent_git: Path) -> None:
+    """Gives the agent's repository our index (blocking): its stat data fits the
+    workspace's files, so the agent's `git status` is clean and fast."""
     shutil.copyfile(git_dir / "index", agent_git / "index")
 
 
@@ -538,14 +559,13 @@ class WorkspaceManager:
         path = self.path_of(workspace_id)
         branch = branch_name(run_id, branch_pattern)
         try:
-            base_commit, _ = await self.materialize(workspace_id, source, branch, agent_repository=False)
+            base_commit, _ = await self.materialize(workspace_id, source, branch)
             # Side by side: none of them reads what another writes.
             read_rules = asyncio.ensure_future(asyncio.to_thread(_read_rules, path))
             summarize = asyncio.ensure_future(
                 summarize_gate_plan(self.git_dir_of(workspace_id), base_commit, gate_plan_yaml)
             )
             steps: list[asyncio.Future[Any]] = [
-                asyncio.ensure_future(self.make_agent_repository(workspace_id)),
                 asyncio.ensure_future(self.changes.start(workspace_id, path)),
                 read_rules,
                 summarize,
@@ -585,12 +605,11 @@ class WorkspaceManager:
             await asyncio.to_thread(remove_tree, folder)
 
     async def materialize(
-        self, workspace_id: str, source: common_pb2.WorkspaceSource, branch: str = "", agent_repository: bool = True
+        self, workspace_id: str, source: common_pb2.WorkspaceSource, branch: str = ""
     ) -> tuple[str, str]:
         """Fills the folder and the trusted git directory of `workspace_id` from a
-        (validated) source, commits the initial snapshot and (unless not `agent_repository`:
-        then the caller calls `make_agent_repository`) gives the agent its own copy of the
-        repository. Returns the initial snapshot and the branch it is on.
+        (validated) source, commits the initial snapshot and gives the agent its own copy
+        of the repository. Returns the initial snapshot and the branch it is on.
 
         With `branch` the workspace is on that branch; without, on the source's checked-out
         branch (on `ref`'s commit, detached, when a ref is given). A git failure is
@@ -601,26 +620,9 @@ class WorkspaceManager:
         self.git_dirs_root.mkdir(parents=True, exist_ok=True)
         self.workspaces_root.mkdir(parents=True, exist_ok=True)
         try:
-            made = await self._materialize(path, git_dir, source, branch)
+            return await self._materialize(path, git_dir, source, branch)
         except gitops.GitError as exc:
             raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
-        if agent_repository:
-            await self.make_agent_repository(workspace_id)
-        return made
-
-    async def make_agent_repository(self, workspace_id: str) -> None:
-        """Gives the agent its own repository in the workspace: a copy (never hard links:
-        what the agent writes there must not reach our objects) that we never read again."""
-        git_dir = self.git_dir_of(workspace_id)
-        agent_git = self.path_of(workspace_id) / ".git"
-        try:
-            await gitops.git(
-                "clone", "-q", "--bare", "--no-hardlinks", "--template=", "--", str(git_dir), str(agent_git),
-                cwd=self.home,
-            )
-        except gitops.GitError as exc:
-            raise FailedPrecondition(f"cannot prepare the workspace: {exc}") from None
-        await asyncio.to_thread(_finish_agent_repository, git_dir, agent_git)
 
     async def _materialize(
         self, path: Path, git_dir: Path, source: common_pb2.WorkspaceSource, branch: str
@@ -650,24 +652,45 @@ class WorkspaceManager:
         # (detached) when one is given, else on the source's branch, or detached as it is.
         detach = not branch and bool(start) and (bool(source.ref) or not source_branch)
         branch = branch or source_branch or "main"
-        if start:
-            # The commit's files, written from our own objects into the workspace.
+        on_branch = "" if detach else branch
+        agent_git = path / ".git"
+        remote = [gitops.work(git_dir, path, "config", "remote.origin.url", push_url)] if push_url else []
+        if start and not (changes is not None and changes[1]):
+            # The files are the commit's (no copy, no user changes): the initial snapshot is
+            # the commit's tree, committed from our objects before anything is written, so
+            # that its checkout, the agent's copy of the objects and the remote go side by
+            # side (each git process costs milliseconds, docs/benchmarks.md "Repository scale").
+            made = await gitops.git(
+                "commit-tree", f"{start}^{{tree}}", "-p", start, "-m", INITIAL_SNAPSHOT_MESSAGE,
+                cwd=git_dir, git_dir=git_dir,
+            )
+            base_commit = made.stdout.strip()
             switch = ["--detach"] if detach else ["-B", branch]
-            await gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, start)
+            await asyncio.gather(
+                gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, base_commit),
+                asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base_commit),
+                *remote,
+            )
         else:
-            await gitops.work(git_dir, path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
-        if changes is not None:
-            await asyncio.to_thread(sources.copy_changes, changes[0], path, changes[1])
-        if push_url:
-            await gitops.work(git_dir, path, "config", "remote.origin.url", push_url)
-        if not start or (changes is not None and changes[1]):
-            # Files that are not the commit's as checked out (a copy, the user's changes):
-            # without them, the index the checkout wrote already records every file.
+            if start:
+                # The commit's files, written from our own objects into the workspace.
+                switch = ["--detach"] if detach else ["-B", branch]
+                await gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, start)
+            else:
+                await gitops.work(git_dir, path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+            if changes is not None:
+                await asyncio.to_thread(sources.copy_changes, changes[0], path, changes[1])
+            await asyncio.gather(*remote)
+            # Files that are not the commit's as checked out (a copy, the user's changes).
             await gitops.work(git_dir, path, "add", "-A")
-        await gitops.work(git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE)
-        base_commit = await gitops.head_commit_fast(git_dir)
+            await gitops.work(
+                git_dir, path, "commit", "-q", "--no-verify", "--allow-empty", "-m", INITIAL_SNAPSHOT_MESSAGE
+            )
+            base_commit = await gitops.head_commit_fast(git_dir)
+            await asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base_commit)
+        await asyncio.to_thread(_give_agent_index, git_dir, agent_git)
         gitops.remember_commit(git_dir, base_commit)
-        return base_commit, "" if detach else branch
+        return base_commit, on_branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
         """Clones `url` into the trusted git directory; returns the commit to start from
