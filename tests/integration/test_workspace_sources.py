@@ -81,10 +81,10 @@ def files_of(root: Path) -> dict[str, str]:
 
 GIT_WRAPPER = """\
 #!/bin/sh
-# The service's `git fetch` from the source starts only once a `git gc --prune=now` of
-# the source is running; the gc's outcome is logged when both are done.
+# The service's read of the source (`git pack-objects` there) starts only once a
+# `git gc --prune=now` of the source is running; the gc's outcome is logged when both are done.
 case " $* " in
-  *" fetch "*)
+  *" pack-objects "*)
     rm -f "$SOURCE/.git/gc.pid"
     "$REAL_GIT" -C "$SOURCE" gc --prune=now --quiet >/dev/null 2>&1 &
     gc=$!
@@ -94,7 +94,7 @@ case " $* " in
     done
     "$REAL_GIT" "$@"; rc=$?
     wait $gc; gc_rc=$?
-    echo "gc=$gc_rc running-at-fetch=$seen fetch=$rc" >> "$GC_LOG"
+    echo "gc=$gc_rc running-at-read=$seen read=$rc" >> "$GC_LOG"
     exit $rc;;
 esac
 exec "$REAL_GIT" "$@"
@@ -144,10 +144,10 @@ async def test_work_orders_succeed_while_git_gc_packs_the_source_during_preparat
             finally:
                 monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
             assert final.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED, (round_number, final)
-            # gc ran during the preparation (it was running when the fetch started, and
+            # gc ran during the preparation (it was running when the read started, and
             # the service waited for it), packed and pruned every loose object.
             lines = log.read_text().splitlines()
-            assert len(lines) == round_number + 1 and lines[-1] == "gc=0 running-at-fetch=yes fetch=0", lines
+            assert len(lines) == round_number + 1 and lines[-1] == "gc=0 running-at-read=yes read=0", lines
             assert loose_objects(repo) == 0
             # The user's files are unchanged (inside .git, gc did its own work).
             assert files_of(repo) == before
@@ -238,6 +238,35 @@ async def test_a_linked_worktree_source(stub, home: Path, tmp_path: Path) -> Non
     assert git("--git-dir", gitdir, "rev-parse", "HEAD~1", cwd=tmp_path).strip() == feature
     # Nothing in our git directory points back into the user's repository.
     assert not (trusted(home, workspace) / "objects" / "info" / "alternates").exists()
+
+
+async def test_a_clean_source_is_copied_as_one_pack_and_a_shallow_one_is_fetched(
+    stub, home: Path, tmp_path: Path
+) -> None:
+    full = make_repo(tmp_path / "full", {"a.txt": "1\n"})
+    for n in (2, 3):
+        (full / "a.txt").write_text(f"{n}\n")
+        git("commit", "-q", "-am", f"c{n}", cwd=full)
+    workspace = await prepare(stub, full)
+    gitdir = trusted(home, workspace)
+    # Every commit of the history, in one pack, whole (fsck), and nothing else written.
+    assert git("--git-dir", str(gitdir), "rev-list", "--count", "HEAD", cwd=tmp_path).strip() == "4"
+    assert len(list((gitdir / "objects" / "pack").glob("*.pack"))) == 1
+    git("--git-dir", str(gitdir), "fsck", "--no-progress", "--no-dangling", cwd=tmp_path)
+    assert not (gitdir / "shallow").exists()
+
+    # A shallow clone's oldest commit names a parent it does not have: its pack is not
+    # whole, so the commit is fetched, with the shallow boundary.
+    shallow = tmp_path / "shallow"
+    git("clone", "-q", "--depth", "1", f"file://{full}", str(shallow), cwd=tmp_path)
+    before = tree_digest(shallow)
+    workspace = await prepare(stub, shallow, run_id="run-2")
+    assert tree_digest(shallow) == before, "the user's repository was written"
+    gitdir = trusted(home, workspace)
+    assert files_of(Path(workspace.path)) == {"a.txt": "3\n"}
+    assert (gitdir / "shallow").read_text().strip() == git("rev-parse", "HEAD", cwd=shallow).strip()
+    assert git("--git-dir", str(gitdir), "rev-list", "--count", "HEAD", cwd=tmp_path).strip() == "2"
+    git("--git-dir", str(gitdir), "fsck", "--no-progress", "--no-dangling", cwd=tmp_path)
 
 
 async def test_a_source_with_a_submodule_and_a_submodule_as_source(stub, home: Path, tmp_path: Path) -> None:

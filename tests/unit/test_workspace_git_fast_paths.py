@@ -253,3 +253,48 @@ async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, mo
     assert await gitops.resolve_commit(repo / ".git", head) == head
     assert await gitops.tree_of(repo / ".git", head) == tree
     assert await gitops.changed_files(repo / ".git", parent, head) == ["b.txt"]
+
+
+async def test_a_pipe_of_two_gits_carries_the_pack_and_names_the_git_that_failed(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    head = _git(repo, "rev-parse", "HEAD")
+    target = tmp_path / "target.git"
+    _git(tmp_path, "init", "-q", "--bare", str(target))
+    pack = ("pack-objects", "--revs", "--stdout", "-q")
+    index = ("index-pack", "--stdin", "--check-self-contained-and-connected")
+    result = await gitops.piped(pack, index, first_cwd=repo, second_git_dir=target, stdin=f"{head}\n".encode())
+    assert result.stdout.startswith("pack\t")
+    assert _git(target, "cat-file", "-t", head) == "commit"
+    # The first fails (no such commit): the second sees no pack; both are named.
+    with pytest.raises(gitops.GitError) as failed:
+        await gitops.piped(pack, index, first_cwd=repo, second_git_dir=target, stdin=b"f" * 40 + b"\n")
+    assert "index-pack" in str(failed.value) and "pack-objects" in str(failed.value)
+
+
+def _processes_with(argument: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+async def test_a_cancelled_pipe_kills_both_gits(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    # An alias runs a command of its own: a git that does not end by itself.
+    slow = ("-c", "alias.slow=!exec sleep 41.5", "slow")
+    task = asyncio.ensure_future(
+        gitops.piped(slow, slow, first_cwd=repo, second_git_dir=repo / ".git", stdin=b"")
+    )
+    for _ in range(100):
+        if len(_processes_with("41.5")) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(_processes_with("41.5")) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _processes_with("41.5") == []

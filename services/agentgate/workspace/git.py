@@ -131,17 +131,7 @@ async def git(
     `git_env`. Raises GitError when git exits non-zero (unless `check` is False) or runs
     longer than `timeout`. Cancelling the awaiting task kills git.
     """
-    argv = ["git"]
-    for item in GIT_CONFIG:
-        argv += ["-c", item]
-    if git_dir is not None:
-        argv.append(f"--git-dir={git_dir}")
-    if work_tree is not None:
-        argv.append(f"--work-tree={work_tree}")
-    argv += list(args)
-    if any("\x00" in arg for arg in argv):
-        # A request value that reached git unchecked: a failed command, not a crash.
-        raise GitError(args, -1, "an argument contains a NUL byte")
+    argv = _command(args, git_dir, work_tree)
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd),
@@ -172,6 +162,80 @@ async def git(
     if check and result.returncode != 0:
         raise GitError(args, result.returncode, result.stderr, result.stdout)
     return result
+
+
+def _command(args: Sequence[str], git_dir: Path | None = None, work_tree: Path | None = None) -> list[str]:
+    """The argv of `git <args>` with our options; GitError when an argument holds a NUL."""
+    argv = ["git"]
+    for item in GIT_CONFIG:
+        argv += ["-c", item]
+    if git_dir is not None:
+        argv.append(f"--git-dir={git_dir}")
+    if work_tree is not None:
+        argv.append(f"--work-tree={work_tree}")
+    argv += list(args)
+    if any("\x00" in arg for arg in argv):
+        # A request value that reached git unchecked: a failed command, not a crash.
+        raise GitError(args, -1, "an argument contains a NUL byte")
+    return argv
+
+
+async def piped(
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    first_cwd: Path,
+    second_git_dir: Path,
+    stdin: bytes,
+    env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> GitResult:
+    """`git FIRST | git SECOND`: FIRST runs in `first_cwd` (the repository found there) and
+    reads `stdin`; SECOND runs on the git directory `second_git_dir`. Returns SECOND's
+    result; GitError naming the command that failed when either exits non-zero or both
+    run longer than `timeout`. Cancelling the awaiting task kills both."""
+    read_end, write_end = os.pipe()
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        for argv, cwd, source, sink in (
+            (_command(first), first_cwd, asyncio.subprocess.PIPE, write_end),
+            (_command(second, second_git_dir), second_git_dir, read_end, asyncio.subprocess.PIPE),
+        ):
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    *argv, cwd=str(cwd), env=git_env(env), stdin=source, stdout=sink,
+                    stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                )
+            )
+    except BaseException:
+        for process in processes:
+            _kill(process)
+            await process.wait()
+        raise
+    finally:
+        # Each end belongs to its process now: SECOND sees the end of the data when FIRST exits.
+        os.close(read_end)
+        os.close(write_end)
+    producer, consumer = processes
+    try:
+        (_, first_err), (out, err) = await asyncio.wait_for(
+            asyncio.gather(producer.communicate(stdin), consumer.communicate()), timeout
+        )
+    except BaseException as exc:
+        for process in processes:
+            _kill(process)
+            await process.wait()
+        if isinstance(exc, TimeoutError):
+            raise GitError(second, -1, f"timed out after {timeout:g}s") from None
+        raise
+    first_text, text = first_err.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace")
+    if consumer.returncode:
+        # FIRST may have failed only because SECOND stopped reading: both are told.
+        also = f" (git {' '.join(first)}: {first_text.strip()})" if producer.returncode and first_text.strip() else ""
+        raise GitError(second, consumer.returncode, text.strip() + also, out.decode("utf-8", errors="replace"))
+    if producer.returncode:
+        raise GitError(first, producer.returncode, first_text)
+    return GitResult(0, out.decode("utf-8", errors="replace"), text)
 
 
 async def work(

@@ -188,18 +188,33 @@ def _parse_status(text: str) -> tuple[str, str, list[str]]:
     return commit, branch, list(changed)
 
 
-async def fetch_commit(source: Path, git_dir: Path, commit: str) -> None:
-    """Fetches `commit` of the repository `source` (with its history) into `git_dir`.
+async def copy_commit(source: Path, git_dir: Path, commit: str) -> None:
+    """Copies `commit` of the repository `source` with its history into `git_dir`.
 
-    Only reads `source`: `fetch` runs `upload-pack` there, which packs the objects it
-    needs from whatever state the store is in (a concurrent repack is git's own business).
-    The commit is fetched by id: a branch moving meanwhile does not change what we start
-    from. A ref under refs/agentgate keeps it reachable in our git directory.
+    Read through git, never as object files: `pack-objects` in the source packs what the
+    commit reaches from whatever state its store is in (a concurrent repack is git's own
+    business) and writes nothing there; `index-pack` stores the pack in our git directory
+    and checks that it holds everything the commit reaches. The commit is named by id, so
+    a branch moving meanwhile does not change what we start from. Replace refs are not
+    followed (as `git fetch` follows none). A pack that is not whole (a shallow source,
+    whose oldest commits name parents it does not have) is fetched instead, with the
+    source's shallow boundary (`--update-shallow`: without it git drops the boundary and
+    our history would end in a commit it cannot read). Both ways cost what one `git fetch` does at least: the pipe
+    is two processes where a fetch is five (docs/benchmarks.md, "Repository scale").
     """
-    await gitops.git(
-        "fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", str(source),
-        f"+{commit}:refs/agentgate/source", cwd=git_dir, git_dir=git_dir, env=SOURCE_ENV,
-    )
+    try:
+        await gitops.piped(
+            ("pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset"),
+            ("index-pack", "--stdin", "--check-self-contained-and-connected"),
+            first_cwd=source, second_git_dir=git_dir, stdin=f"{commit}\n".encode(),
+            env={**SOURCE_ENV, "GIT_NO_REPLACE_OBJECTS": "1"},
+        )
+    except gitops.GitError as exc:
+        log.info("packing %s of %s did not give a whole pack (%s); fetching it", commit, source, exc)
+        await gitops.git(
+            "fetch", "-q", "--update-shallow", "--no-tags", "--no-write-fetch-head", "--", str(source),
+            f"+{commit}:refs/agentgate/source", cwd=git_dir, git_dir=git_dir, env=SOURCE_ENV,
+        )
 
 
 def _absolute_url(url: str, source: Path) -> str:

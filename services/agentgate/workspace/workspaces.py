@@ -636,10 +636,10 @@ class WorkspaceManager:
             # No template: git's sample hooks and info files are of no use here.
             init = gitops.git("init", "-q", "--bare", "--template=", "--", str(git_dir), cwd=self.home)
             if await asyncio.to_thread(sources.is_git_source, local):
-                # The source is listed while our git directory is made; then its commit fetched.
+                # The source is listed while our git directory is made; then its commit copied.
                 _, found = await asyncio.gather(init, sources.read_git_source(local, source.include_ignored))
                 if found.commit:
-                    await sources.fetch_commit(local, git_dir, found.commit)
+                    await sources.copy_commit(local, git_dir, found.commit)
                 start, source_branch, push_url = found.commit, found.branch, found.origin_url
                 changes = (local, found.changed)
             else:
