@@ -195,6 +195,31 @@ async def test_a_failed_save_is_a_warning_not_a_failure() -> None:
     assert persistence.iterations[0].agent_result_file == ""
 
 
+class SlowAgentSave(MemoryPersistence):
+    """Saves an agent result only once the iteration's snapshot has been asked for."""
+
+    def __init__(self, workspace: MemoryWorkspace):
+        super().__init__()
+        self.workspace = workspace
+
+    async def save_agent_result(self, result: common_pb2.AgentResult) -> Saved:
+        async with asyncio.timeout(5):
+            while "snapshot" not in self.workspace.calls:
+                await asyncio.sleep(0.01)
+        return await super().save_agent_result(result)
+
+
+async def test_the_snapshot_starts_while_the_agent_result_is_saved_and_its_event_comes_after() -> None:
+    workspace = MemoryWorkspace([True])
+    persistence = SlowAgentSave(workspace)
+    outcome = await RunExecutor(work_order(), workspace, persistence).execute()
+
+    assert outcome.status == common_pb2.WORK_ORDER_STATUS_SUCCEEDED  # the save did not wait for ever
+    types = persistence.types()
+    assert types.index(ev.AGENT_COMPLETE) < types.index(ev.SNAPSHOT_CREATED) < types.index(ev.VERIFICATION_STARTED)
+    assert persistence.iterations[0].agent_result_file == "agent.json"
+
+
 DISK_FULL = (
     "agent-1.json not written (no space left on device while writing runs/run-1/agent-1.json); "
     "the record is kept in the index"

@@ -251,6 +251,7 @@ async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, mo
 
     monkeypatch.setattr(gitops, "git", no_git)
     assert await gitops.resolve_commit(repo / ".git", head) == head
+    assert await gitops.resolve_commit(repo / ".git", f"{head}^") == parent  # the cumulative patch's start
     assert await gitops.tree_of(repo / ".git", head) == tree
     assert await gitops.changed_files(repo / ".git", parent, head) == ["b.txt"]
 

@@ -147,6 +147,8 @@ class RunExecutor:
         self._resumed: ResumePoint | None = None
         #: The snapshot the next iteration's patch is taken against.
         self._previous_snapshot = ""
+        #: The iteration's snapshot, started as soon as its agent succeeded (`_snapshot` takes it).
+        self._snapshot_started: asyncio.Future[workspace_pb2.CreateSnapshotResponse] | None = None
         #: Why the run's writes stopped finding room (None while they do): see `_disk_full`.
         self._disk_error: common_pb2.BuildError | None = None
         self._disk_full_seen = asyncio.Event()
@@ -510,7 +512,11 @@ class RunExecutor:
             feedback=feedback,
             extra_instructions=self.harness.extra_instructions,
         )
-        step = await self._run_agent(iteration, prompt)
+        try:
+            step = await self._run_agent(iteration, prompt)
+        except BaseException:
+            await self._drop_started_snapshot()
+            raise
         agent = step.result
         data.attempts.extend(step.attempts)
         data.agent_session_id = agent.session_id
@@ -737,6 +743,12 @@ class RunExecutor:
         )
         self._count_usage(result)
         result.run_attempt = self.attempt
+        if result.success:
+            # No other attempt follows a success: the snapshot starts while the result is
+            # saved (a persistence round trip off the run's path, docs/benchmarks.md).
+            self._snapshot_started = asyncio.ensure_future(
+                self._workspace.snapshot(self._workspace_id, f"agentgate: iteration {iteration}")
+            )
         if result.session_note:
             self.emitter.emit(
                 ev.AGENT_SESSION_LOST,
@@ -775,8 +787,18 @@ class RunExecutor:
         self.run.tokens.CopyFrom(self.budget.tokens)
         self.run.cost_usd = self.budget.cost_usd
 
+    async def _drop_started_snapshot(self) -> None:
+        """Cancels a snapshot started for an iteration that does not get to it."""
+        started, self._snapshot_started = self._snapshot_started, None
+        if started is not None:
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+
     async def _snapshot(self, iteration: int) -> workspace_pb2.CreateSnapshotResponse:
-        snapshot = await self._workspace.snapshot(self._workspace_id, f"agentgate: iteration {iteration}")
+        started, self._snapshot_started = self._snapshot_started, None
+        snapshot = await (
+            started or self._workspace.snapshot(self._workspace_id, f"agentgate: iteration {iteration}")
+        )
         self.emitter.emit(
             ev.SNAPSHOT_CREATED,
             iteration,

@@ -269,9 +269,11 @@ def remember_commit(
     git_dir: Path, commit: str, tree: str = "", parent: str = "", changed: Sequence[str] = ()
 ) -> None:
     """Records what the caller just made: `commit` is a commit of `git_dir` (with `tree`,
-    when known, and the paths it changed against `parent`); a snapshot's first readers, the
-    clean room, the gate and the patch export, then ask no git."""
+    when known, its first `parent`, and the paths it changed against it); a snapshot's first
+    readers, the clean room, the gate and the patch export, then ask no git."""
     _keep(("commit", str(git_dir), commit), commit)
+    if parent:
+        _keep(("commit", str(git_dir), f"{commit}^"), parent)
     if tree:
         _keep(("tree", str(git_dir), commit), tree)
     if parent and changed:

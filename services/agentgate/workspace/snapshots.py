@@ -161,12 +161,15 @@ async def export_patch(
     tree = await gitops.tree_of(git_dir, new)
     with tempfile.TemporaryDirectory(prefix="agentgate-patch-") as tmp:
         out = Path(tmp) / "change.diff"
-        await gitops.git("diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir)
+        # The paths are asked beside the patch (each git process costs milliseconds).
+        _, changed = await asyncio.gather(
+            gitops.git("diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir),
+            gitops.changed_files(git_dir, old, new),
+        )
         size = out.stat().st_size
         if size > MAX_PATCH_BYTES:
             raise ResourceExhausted(patch_too_large(f"the change {old[:12]}..{new[:12]}", size))
         patch = await asyncio.to_thread(out.read_bytes)
-    changed = await gitops.changed_files(git_dir, old, new)
     return workspace_pb2.ExportPatchResponse(
         patch=patch, from_commit=from_commit, to_commit=new, to_tree=tree, changed_files=changed
     )

@@ -689,7 +689,8 @@ class WorkspaceManager:
             base_commit = await gitops.head_commit_fast(git_dir)
             await asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base_commit)
         await asyncio.to_thread(_give_agent_index, git_dir, agent_git)
-        gitops.remember_commit(git_dir, base_commit)
+        # Its parent is what the cumulative patch starts from (snapshots.export_patch).
+        gitops.remember_commit(git_dir, base_commit, parent=start)
         return base_commit, on_branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
@@ -755,7 +756,9 @@ class WorkspaceManager:
             head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
             await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
-            gitops.remember_commit(git_dir, head, tree, record.last_snapshot, changed)
+            # `changed` is against the last snapshot: kept when that is the parent (after a
+            # restore HEAD is a commit of its own).
+            gitops.remember_commit(git_dir, head, tree, parent, changed if parent == record.last_snapshot else ())
             await self.db.execute(
                 "UPDATE workspaces SET last_snapshot = ?, updated_at = ? WHERE id = ?",
                 (head, utcnow().isoformat(), workspace_id),
