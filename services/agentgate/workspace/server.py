@@ -209,32 +209,44 @@ class WorkspaceServicer(workspace_pb2_grpc.WorkspaceServiceServicer):
         record = await self.manager.get(request.workspace_id)
         commit = await self.manager.resolve_snapshot(record, request.snapshot_id)
         run_id = request.run_id or record.run_id
-        # A leased workspace keeps its clean room between verifications (reset to each
-        # snapshot, docs/workspaces.md "Clean rooms"); removed when the lease is released.
-        async with cleanroom.clean_room(
-            record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration,
-            workspace_id=record.id if record.leased and run_id and run_id == record.run_id else "",
-            # Reset behind the verification only when no agent or check can reach the room.
-            behind=sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_ON,
-        ) as room:
-            report = await gate.run_gate(
-                room,
-                request.settings,
-                run_id=run_id,
-                iteration=request.iteration,
-                snapshot_commit=commit,
-                kill_grace=self.kill_grace_seconds,
-                # The security scan looks at what the run changed since its first snapshot.
-                repo=record.git_dir,
-                base_commit=record.base_commit,
-                sandbox=lambda policy: sandbox_service.check_sandbox(
-                    room=room,
-                    agentgate_home=self.manager.home,
-                    network=policy.network,
-                    max_disk_mb=policy.max_disk_mb,
-                    settings=record.sandbox,
-                ),
+        # The gate's reads of git (plan, change, sizes) need no room: they go while it is
+        # made. The security scan looks at what the run changed since its first snapshot.
+        reading = asyncio.ensure_future(
+            gate.read_gate_inputs(
+                request.settings, snapshot_commit=commit, repo=record.git_dir, base_commit=record.base_commit
             )
+        )
+        try:
+            # A leased workspace keeps its clean room between verifications (reset to each
+            # snapshot, docs/workspaces.md "Clean rooms"); removed when the lease is released.
+            async with cleanroom.clean_room(
+                record.git_dir, commit, self.manager.home / "cleanrooms", run_id, request.iteration,
+                workspace_id=record.id if record.leased and run_id and run_id == record.run_id else "",
+                # Reset behind the verification only when no agent or check can reach the room.
+                behind=sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_ON,
+            ) as room:
+                report = await gate.run_gate(
+                    room,
+                    request.settings,
+                    run_id=run_id,
+                    iteration=request.iteration,
+                    snapshot_commit=commit,
+                    kill_grace=self.kill_grace_seconds,
+                    repo=record.git_dir,
+                    base_commit=record.base_commit,
+                    sandbox=lambda policy: sandbox_service.check_sandbox(
+                        room=room,
+                        agentgate_home=self.manager.home,
+                        network=policy.network,
+                        max_disk_mb=policy.max_disk_mb,
+                        settings=record.sandbox,
+                    ),
+                    inputs=await reading,
+                )
+        finally:
+            # A room that could not be made: the reads stop too.
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
         if sandbox_service.effective_mode(record.sandbox) == sandbox_defaults.MODE_OFF:
             # The explicit opt-out is visible wherever the report is shown.
             report.summary = f"{report.summary} (sandbox: off)" if report.summary else "sandbox: off"

@@ -363,15 +363,6 @@ def _file_sizes(room: Path) -> dict[str, int]:
     return sizes
 
 
-async def _snapshot_sizes(room: Path, repo: Path | None, snapshot_commit: str) -> dict[str, int]:
-    """The file sizes L3 checks: from the snapshot's tree, else (no repository given, or
-    it cannot be read) from the room before any command ran."""
-    if repo is not None and snapshot_commit:
-        with contextlib.suppress(gitops.GitError):
-            return await snapshot_file_sizes(repo, snapshot_commit)
-    return await asyncio.to_thread(_file_sizes, room)
-
-
 @dataclass
 class _GateRun:
     """One run of a plan in a clean room: the state the levels share."""
@@ -467,6 +458,58 @@ class _GateRun:
         return checks
 
 
+@dataclass
+class GateInputs:
+    """What a gate run reads from git before any command runs, none of it from the room:
+    the plan, the change and the protected paths it touches, the snapshot's file sizes."""
+
+    loaded: LoadedPlan
+    change: Change | None = None
+    change_error: str = ""
+    #: The snapshot's file sizes for L3 (None: not needed, or git could not say them).
+    files: dict[str, int] | None = None
+    guard: list[common_pb2.CheckResult] = field(default_factory=list)
+
+
+async def read_gate_inputs(
+    settings: common_pb2.VerificationSettings,
+    *,
+    snapshot_commit: str = "",
+    repo: Path | None = None,
+    base_commit: str = "",
+) -> GateInputs:
+    """The git reads of a gate run (see `run_gate` for `repo` and `base_commit`): they
+    need no clean room, so the caller may start them while the room is being made."""
+    skip, _ = normalize_skip_levels(settings.skip_levels)
+    inputs = GateInputs(await load_plan(settings, repo, base_commit))
+    if inputs.loaded.error is not None:
+        return inputs
+    plan = inputs.loaded.plan or GatePlan()
+    # The change feeds the security scan (L0) and the debugger-statement check (L3).
+    wants_change = (plan.security.enabled and "L0" not in skip) or (
+        plan.sanity is not None and plan.sanity.forbid_debug_artifacts and "L3" not in skip
+    )
+
+    async def changed() -> None:
+        if repo is not None and base_commit and snapshot_commit and wants_change:
+            try:
+                inputs.change = await load_change(repo, base_commit, snapshot_commit)
+            except gitops.GitError as exc:
+                inputs.change_error = str(exc)
+
+    async def sizes() -> None:
+        # Only L3 reads the sizes; the snapshot's tree has them without a walk of the room.
+        if plan.sanity is not None and "L3" not in skip and repo is not None and snapshot_commit:
+            with contextlib.suppress(gitops.GitError):
+                inputs.files = await snapshot_file_sizes(repo, snapshot_commit)
+
+    # Three independent reads of git, side by side.
+    _, _, inputs.guard = await asyncio.gather(
+        changed(), sizes(), _protected_checks(settings, repo, base_commit, snapshot_commit)
+    )
+    return inputs
+
+
 async def run_gate(
     room: Path,
     settings: common_pb2.VerificationSettings,
@@ -478,6 +521,7 @@ async def run_gate(
     repo: Path | None = None,
     base_commit: str = "",
     sandbox: Callable[[Policy], Sandbox | None] | None = None,
+    inputs: GateInputs | None = None,
 ) -> common_pb2.VerificationReport:
     """Runs the gate plan in the clean room `room`.
 
@@ -485,13 +529,18 @@ async def run_gate(
     started from) give the plan when the harness has none, and let L0 check the change
     `base_commit..snapshot_commit` for protected paths and secrets (and L3 look for
     debugger statements in its added lines); without them only an inline plan is used and
-    the change is not checked.
+    the change is not checked. `inputs`: what `read_gate_inputs` read for these arguments
+    (read here when not given).
     `sandbox(policy)` makes the sandbox every command check runs in, from the plan's policy
     (docs/sandbox.md).
     """
     started = time.monotonic()
     skip, _ = normalize_skip_levels(settings.skip_levels)
-    loaded = await load_plan(settings, repo, base_commit)
+    if inputs is None:
+        inputs = await read_gate_inputs(
+            settings, snapshot_commit=snapshot_commit, repo=repo, base_commit=base_commit
+        )
+    loaded = inputs.loaded
     levels = {level: _Level(level) for level in LEVELS}
 
     if loaded.error is not None:
@@ -507,35 +556,18 @@ async def run_gate(
         summary = f"L0 failed: the gate plan is invalid: {loaded.error}"
     else:
         plan = loaded.plan or GatePlan()
-        change, change_error = None, ""
-        # The change feeds the security scan (L0) and the debugger-statement check (L3).
-        wants_change = (plan.security.enabled and "L0" not in skip) or (
-            plan.sanity is not None and plan.sanity.forbid_debug_artifacts and "L3" not in skip
-        )
-
-        async def changed() -> None:
-            nonlocal change, change_error
-            if repo is not None and base_commit and snapshot_commit and wants_change:
-                try:
-                    change = await load_change(repo, base_commit, snapshot_commit)
-                except gitops.GitError as exc:
-                    change_error = str(exc)
-
-        async def sizes() -> dict[str, int]:
-            # Only L3 reads the sizes; the snapshot's tree has them without a walk of the room.
-            if plan.sanity is not None and "L3" not in skip:
-                return await _snapshot_sizes(room, repo, snapshot_commit)
-            return {}
-
-        # Three independent reads of git, side by side.
-        _, files, guard = await asyncio.gather(
-            changed(), sizes(), _protected_checks(settings, repo, base_commit, snapshot_commit)
-        )
+        guard = list(inputs.guard)
+        files = inputs.files
+        if files is None and plan.sanity is not None and "L3" not in skip:
+            # No sizes from git (no repository, or it could not say): the room's, before any command ran.
+            files = await asyncio.to_thread(_file_sizes, room)
+        files = files or {}
         deadline = time.monotonic() + plan.policy.max_runtime if plan.policy.max_runtime else None
         if loaded.plan is None and not settings.allow_unverified:
             guard.append(_contract_check(NOTHING_VERIFIED, False, UNVERIFIED, 0.0))
         gate = _GateRun(
-            room, plan, kill_grace, deadline, files, change, change_error, guard=guard, skip_l0="L0" in skip
+            room, plan, kill_grace, deadline, files, inputs.change, inputs.change_error, guard=guard,
+            skip_l0="L0" in skip,
         )
         gate.sandbox = sandbox(plan.policy) if sandbox is not None else None
         failed: str | None = None
