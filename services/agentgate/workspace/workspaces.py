@@ -18,6 +18,7 @@ Each workspace has two repositories (see docs/security.md, "Git"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -317,15 +318,30 @@ async def discard_trees(paths: Sequence[Path], trash: Path) -> None:
             moved.append(target)
         return moved
 
-    def remove(targets: list[Path]) -> None:
-        for target in targets:
-            remove_tree(target)
-
     targets = await asyncio.to_thread(move)
     if targets:
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(remove, targets))
+        task = asyncio.get_running_loop().create_task(_remove_behind(targets))
         _deleting.add(task)
         task.add_done_callback(_deleting.discard)
+
+
+async def _remove_behind(targets: list[Path]) -> None:
+    """Deletes trees moved into the trash: by `rm -r` in a process of its own, at a low
+    priority (a Python walk in a thread holds the interpreter's lock for most of its time,
+    and the requests being served wait for it), then by `remove_tree` whatever that left
+    (a folder whose rights an agent took away, when the service is not root)."""
+    with contextlib.suppress(OSError):
+        process = await asyncio.create_subprocess_exec(
+            "nice", "-n", "10", "rm", "-r", "-f", "--one-file-system", "--", *map(str, targets),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        await process.wait()
+
+    def finish() -> None:
+        for target in targets:
+            remove_tree(target)  # nothing to do for a tree that is gone
+
+    await asyncio.to_thread(finish)
 
 
 def empty_trash(trash: Path) -> None:

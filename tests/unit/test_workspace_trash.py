@@ -1,0 +1,44 @@
+"""Trees a run leaves are gone from their place at once and deleted behind the request
+(workspaces.discard_trees): by `rm` in a process of its own, else by the service's own walk."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from agentgate.workspace import workspaces
+
+
+def _hostile_tree(root: Path, outside: Path) -> Path:
+    tree = root / "ws"
+    (tree / "sub" / "deep").mkdir(parents=True)
+    for i in range(50):
+        (tree / "sub" / f"f{i}.txt").write_text("x\n")
+    (tree / "link-out").symlink_to(outside)  # removed, never followed
+    (tree / "sub" / "deep" / "g.txt").write_text("g\n")
+    (tree / "sub" / "deep").chmod(0o555)
+    (tree / "locked").mkdir()
+    (tree / "locked" / "h.txt").write_text("h\n")
+    (tree / "locked").chmod(0)
+    return tree
+
+
+@pytest.mark.parametrize("with_rm", [True, False])
+async def test_a_discarded_tree_goes_at_once_and_is_deleted_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_rm: bool
+) -> None:
+    outside = tmp_path / "keep.txt"
+    outside.write_text("not the agent's\n")
+    tree = _hostile_tree(tmp_path, outside)
+    trash = tmp_path / "trash"
+    if not with_rm:  # no `nice`/`rm` to start: the service's own walk deletes it
+        empty = tmp_path / "no-tools"
+        empty.mkdir()
+        monkeypatch.setenv("PATH", str(empty))
+    await workspaces.discard_trees([tree], trash)
+    assert not tree.exists()
+    await asyncio.gather(*list(workspaces._deleting))
+    assert list(trash.iterdir()) == []
+    assert outside.read_text() == "not the agent's\n"
