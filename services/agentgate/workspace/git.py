@@ -61,6 +61,8 @@ _SECRET_PREFIXES = ("AGENTGATE_",)
 _SECRET_SUFFIXES = ("_TOKEN", "_API_KEY", "_SECRET", "_SECRET_KEY", "_ACCESS_KEY", "_PASSWORD")
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
+#: The prefix of a process no step of a run waits for: a lower scheduling priority.
+BEHIND = ("nice", "-n", "10")
 
 
 class GitError(RuntimeError):
@@ -123,15 +125,20 @@ async def git(
     git_dir: Path | None = None,
     work_tree: Path | None = None,
     user_config: bool = False,
+    behind: bool = False,
 ) -> GitResult:
     """Runs `git <args>` in `cwd` and returns its output.
 
     `git_dir` and `work_tree` name the repository explicitly (`--git-dir`, `--work-tree`),
     so nothing found in `cwd` (say a `.git` the agent wrote) is used. `user_config`: see
-    `git_env`. Raises GitError when git exits non-zero (unless `check` is False) or runs
-    longer than `timeout`. Cancelling the awaiting task kills git.
+    `git_env`. `behind`: work no step of a run waits for (a patch export), at a low
+    priority, so that the steps that do wait get the processor first. Raises GitError when
+    git exits non-zero (unless `check` is False) or runs longer than `timeout`. Cancelling
+    the awaiting task kills git.
     """
     argv = _command(args, git_dir, work_tree)
+    if behind:
+        argv = [*BEHIND, *argv]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd),
@@ -350,13 +357,14 @@ async def add_all(git_dir: Path, work_tree: Path, folders: list[str] | None = No
     await work(git_dir, work_tree, "add", "-A")
 
 
-async def changed_files(git_dir: Path, old: str, new: str) -> list[str]:
-    """Paths that differ between two commits (or trees) of `git_dir` (renames as delete + add)."""
+async def changed_files(git_dir: Path, old: str, new: str, behind: bool = False) -> list[str]:
+    """Paths that differ between two commits (or trees) of `git_dir` (renames as delete + add);
+    `behind`: see `git`."""
 
     async def ask() -> list[str]:
         out = (
             await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new,
-                      cwd=git_dir, git_dir=git_dir)
+                      cwd=git_dir, git_dir=git_dir, behind=behind)
         ).stdout
         return [name for name in out.split("\0") if name]
 

@@ -161,10 +161,13 @@ async def export_patch(
     tree = await gitops.tree_of(git_dir, new)
     with tempfile.TemporaryDirectory(prefix="agentgate-patch-") as tmp:
         out = Path(tmp) / "change.diff"
-        # The paths are asked beside the patch (each git process costs milliseconds).
+        # The paths are asked beside the patch (each git process costs milliseconds); both
+        # behind the gate, which the run waits for while its patches are exported.
         _, changed = await asyncio.gather(
-            gitops.git("diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir),
-            gitops.changed_files(git_dir, old, new),
+            gitops.git(
+                "diff", *PATCH_OPTIONS, f"--output={out}", old, new, "--", cwd=git_dir, git_dir=git_dir, behind=True
+            ),
+            gitops.changed_files(git_dir, old, new, behind=True),
         )
         size = out.stat().st_size
         if size > MAX_PATCH_BYTES:
