@@ -682,11 +682,16 @@ class WorkspaceManager:
             )
             base_commit = made.stdout.strip()
             switch = ["--detach"] if detach else ["-B", branch]
-            await asyncio.gather(
+            # All of them end before a failure is raised: the caller then removes the folders,
+            # which the copy (a thread, not cancellable) must not be writing into.
+            for outcome in await asyncio.gather(
                 gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, base_commit),
                 asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base_commit),
                 *remote,
-            )
+                return_exceptions=True,
+            ):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         else:
             if start:
                 # The commit's files, written from our own objects into the workspace.
