@@ -25,7 +25,10 @@ iteration's verification:complete to its own, minus its agent's own time (beside
 the difference between the 3- and 1-iteration work orders, which carries the noise of
 their first iteration's tree writes). The RSS of the workspace
 service process is sampled every 20 ms during the largest repository's work orders (peak
-reported). The trivial work order (1 iteration, 100 files) is also run 4 at a time.
+reported). The trivial work order (1 iteration, 100 files) is also run 4 at a time. Before
+it, a note gives the machine's speed at that moment (the median time to start and reap one
+`git --version`): on a shared 2-core machine it varies, and the trivial work order, a chain
+of ~20 such processes, with it.
 """
 
 from __future__ import annotations
@@ -109,6 +112,17 @@ def floor_once(repo: Path, scratch: Path, iterations: int) -> tuple[float, float
         else:
             path.unlink()
     return elapsed, copied
+
+
+def process_ms(samples: int = 20) -> float:
+    """How fast this machine starts a process right now: the median time of `git --version`,
+    started and reaped (the figures below are mostly chains of such processes)."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        subprocess.run(["git", "--version"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return benchlib.ms(statistics.median(times))
 
 
 def spec_for(repo: Path, iterations: int) -> common_pb2.WorkOrderSpec:
@@ -321,6 +335,8 @@ async def measure(suite: benchlib.Suite, sizes: tuple[int, ...], rounds: int, re
         repo = make_repository(suite.work / "repo-trivial", small)
         await run_work_order(queue, persistence, spec_for(repo, 1))
         floor = statistics.median(floor_once(repo, scratch, 1)[0] for _ in range(5))
+        report.note(f"machine speed before the trivial work orders: one git process {process_ms():.2f} ms "
+                    "(`git --version` started and reaped, median of 20; a work order runs ~20 such in a row)")
         with trivial_profiler.record(suite.pids()):
             alone = [await run_work_order(queue, persistence, spec_for(repo, 1)) for _ in range(rounds * 2)]
         together: list[dict[str, Any]] = []
