@@ -195,22 +195,33 @@ async def test_a_failed_save_is_a_warning_not_a_failure() -> None:
     assert persistence.iterations[0].agent_result_file == ""
 
 
+class SnapshotSeen(MemoryWorkspace):
+    """A workspace port that says when the snapshot was asked for."""
+
+    def __init__(self, gates: Sequence[bool]):
+        super().__init__(gates)
+        self.asked = asyncio.Event()
+
+    async def snapshot(self, workspace_id: str, message: str) -> workspace_pb2.CreateSnapshotResponse:
+        self.asked.set()
+        return await super().snapshot(workspace_id, message)
+
+
 class SlowAgentSave(MemoryPersistence):
     """Saves an agent result only once the iteration's snapshot has been asked for."""
 
-    def __init__(self, workspace: MemoryWorkspace):
+    def __init__(self, workspace: SnapshotSeen):
         super().__init__()
         self.workspace = workspace
 
     async def save_agent_result(self, result: common_pb2.AgentResult) -> Saved:
         async with asyncio.timeout(5):
-            while "snapshot" not in self.workspace.calls:
-                await asyncio.sleep(0.01)
+            await self.workspace.asked.wait()
         return await super().save_agent_result(result)
 
 
 async def test_the_snapshot_starts_while_the_agent_result_is_saved_and_its_event_comes_after() -> None:
-    workspace = MemoryWorkspace([True])
+    workspace = SnapshotSeen([True])
     persistence = SlowAgentSave(workspace)
     outcome = await RunExecutor(work_order(), workspace, persistence).execute()
 
