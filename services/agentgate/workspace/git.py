@@ -199,7 +199,7 @@ async def piped(
 ) -> GitResult:
     """`git FIRST | git SECOND`: FIRST runs in `first_cwd` (the repository found there) and
     reads `stdin`; SECOND runs on the git directory `second_git_dir`. Returns SECOND's
-    result; GitError naming the command that failed when either exits non-zero or both
+    result; GitError naming the command that failed when either exits non-zero or they
     run longer than `timeout`. Cancelling the awaiting task kills both."""
     read_end, write_end = os.pipe()
     processes: list[asyncio.subprocess.Process] = []

@@ -199,8 +199,8 @@ async def copy_commit(source: Path, git_dir: Path, commit: str) -> None:
     followed (as `git fetch` follows none). A pack that is not whole (a shallow source,
     whose oldest commits name parents it does not have) is fetched instead, with the
     source's shallow boundary (`--update-shallow`: without it git drops the boundary and
-    our history would end in a commit it cannot read). Both ways cost what one `git fetch` does at least: the pipe
-    is two processes where a fetch is five (docs/benchmarks.md, "Repository scale").
+    our history would end in a commit it cannot read). The pipe is two processes where a
+    fetch is five (docs/benchmarks.md, "Repository scale").
     """
     try:
         await gitops.piped(
