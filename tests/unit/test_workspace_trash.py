@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,13 @@ async def test_a_discarded_tree_goes_at_once_and_is_deleted_behind(
         empty = tmp_path / "no-tools"
         empty.mkdir()
         monkeypatch.setenv("PATH", str(empty))
-    await workspaces.discard_trees([tree], trash)
+    # What the service's walk finds still there when it comes after `rm`.
+    found: list[bool] = []
+    walk = workspaces.remove_tree
+    monkeypatch.setattr(workspaces, "remove_tree", lambda path: (found.append(os.path.lexists(path)), walk(path)))
+    assert await workspaces.discard_trees([tree], trash) == []
     assert not tree.exists()
     await asyncio.gather(*list(workspaces._deleting))
     assert list(trash.iterdir()) == []
+    assert found == [not with_rm]  # with `rm`, the walk finds nothing left to do
     assert outside.read_text() == "not the agent's\n"

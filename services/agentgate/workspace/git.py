@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentgate.workspace.processes import LOW_PRIORITY
+
 log = logging.getLogger(__name__)
 
 GIT_NAME = "AgentGate"
@@ -61,8 +63,6 @@ _SECRET_PREFIXES = ("AGENTGATE_",)
 _SECRET_SUFFIXES = ("_TOKEN", "_API_KEY", "_SECRET", "_SECRET_KEY", "_ACCESS_KEY", "_PASSWORD")
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
-#: The prefix of a process no step of a run waits for: a lower scheduling priority.
-BEHIND = ("nice", "-n", "10")
 
 
 class GitError(RuntimeError):
@@ -138,7 +138,7 @@ async def git(
     """
     argv = _command(args, git_dir, work_tree)
     if behind:
-        argv = [*BEHIND, *argv]
+        argv = [*LOW_PRIORITY, *argv]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd),
@@ -215,9 +215,7 @@ async def piped(
                 )
             )
     except BaseException:
-        for process in processes:
-            _kill(process)
-            await process.wait()
+        await _end(processes)
         raise
     finally:
         # Each end belongs to its process now: SECOND sees the end of the data when FIRST exits.
@@ -229,9 +227,7 @@ async def piped(
             asyncio.gather(producer.communicate(stdin), consumer.communicate()), timeout
         )
     except BaseException as exc:
-        for process in processes:
-            _kill(process)
-            await process.wait()
+        await _end(processes)
         if isinstance(exc, TimeoutError):
             raise GitError(second, -1, f"timed out after {timeout:g}s") from None
         raise
@@ -250,6 +246,13 @@ async def work(
 ) -> GitResult:
     """`git <args>` on a workspace: its trusted git directory and its files."""
     return await git(*args, cwd=work_tree, git_dir=git_dir, work_tree=work_tree, check=check, env=env)
+
+
+async def _end(processes: Sequence[asyncio.subprocess.Process]) -> None:
+    """Kills each of `processes` (their groups) and waits until they are gone."""
+    for process in processes:
+        _kill(process)
+        await process.wait()
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

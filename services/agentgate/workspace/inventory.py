@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -132,10 +131,9 @@ async def _delete(manager: WorkspaceManager, record: WorkspaceRecord) -> bool:
     folders = _files_of(manager, record.id)
     manager.changes.stop(record.id)
     # Gone at once, deleted behind the request: a run's end does not wait for it.
-    await discard_trees(folders, manager.trash)
+    left = await discard_trees(folders, manager.trash)
     if record.run_id:
         await cleanroom.remove_run_room(manager.home / "cleanrooms", record.run_id, record.id, record.git_dir)
-    left = await asyncio.to_thread(lambda: [folder for folder in folders if os.path.lexists(folder)])
     if left:
         log.warning("workspace %s is not gone yet (%s); kept in the index for gc", record.id, left[0])
         return False

@@ -29,6 +29,9 @@ STDERR = "stderr"
 INHERITED_ENV_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
 DEFAULT_KILL_GRACE_SECONDS = 5.0
+#: The prefix of a process no step of a run waits for (a patch export, the trash's deletion):
+#: a lower scheduling priority, so the steps that do wait get the processor first.
+LOW_PRIORITY = ("nice", "-n", "10")
 #: Default cap of captured output per stream (the gRPC message limit is 16 MiB for both).
 DEFAULT_CAPTURE_BYTES = 4 * 1024 * 1024
 #: A line longer than this is delivered in pieces, so one huge line cannot exhaust memory.

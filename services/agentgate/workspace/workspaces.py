@@ -47,6 +47,7 @@ from agentgate.workspace import sources
 from agentgate.workspace.change_watch import ChangeWatch
 from agentgate.workspace.gate.base_plan import committed_plan_file, detect_at_commit
 from agentgate.workspace.gate.plan import GatePlanError, gate_plan_summary, parse_gate_plan
+from agentgate.workspace.processes import LOW_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +297,15 @@ async def discard_tree(path: Path, trash: Path) -> None:
     await discard_trees([path], trash)
 
 
-async def discard_trees(paths: Sequence[Path], trash: Path) -> None:
+async def discard_trees(paths: Sequence[Path], trash: Path) -> list[Path]:
     """Makes `paths` disappear at once and deletes them behind the caller: each is renamed
     into `trash` (same file system: one rename whatever its size) and removed by one
-    background task. Deleting 100,000 files takes longer than making them; a request that
+    background task. Returns those still there (on another file system, deleted in place,
+    and that failed). Deleting 100,000 files takes longer than making them; a request that
     only needs them gone does not wait for it (docs/workspaces.md, "Clean rooms"). Whatever
     a crash leaves in `trash` is deleted when the service starts again (`empty_trash`)."""
 
-    def move() -> list[Path]:
+    def move() -> tuple[list[Path], list[Path]]:
         moved = []
         for path in paths:
             if not path.exists() and not path.is_symlink():
@@ -316,13 +318,14 @@ async def discard_trees(paths: Sequence[Path], trash: Path) -> None:
                 remove_tree(path)  # another file system: no rename, delete in place
                 continue
             moved.append(target)
-        return moved
+        return moved, [path for path in paths if os.path.lexists(path)]
 
-    targets = await asyncio.to_thread(move)
+    targets, left = await asyncio.to_thread(move)
     if targets:
         task = asyncio.get_running_loop().create_task(_remove_behind(targets))
         _deleting.add(task)
         task.add_done_callback(_deleting.discard)
+    return left
 
 
 async def _remove_behind(targets: list[Path]) -> None:
@@ -332,7 +335,7 @@ async def _remove_behind(targets: list[Path]) -> None:
     (a folder whose rights an agent took away, when the service is not root)."""
     with contextlib.suppress(OSError):
         process = await asyncio.create_subprocess_exec(
-            "nice", "-n", "10", "rm", "-r", "-f", "--one-file-system", "--", *map(str, targets),
+            *LOW_PRIORITY, "rm", "-r", "-f", "--one-file-system", "--", *map(str, targets),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         await process.wait()
