@@ -51,6 +51,7 @@ import yaml
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from agentgate.common import yaml_text
 from agentgate.common.branches import branch_pattern_problem, branch_problem
 from agentgate.common.config import agentgate_home
 from agentgate.harness import loop_parameters, retry
@@ -432,7 +433,7 @@ def set_fields(message: Message) -> set[str]:
 def parse_profile(text: str, name: str, source: str) -> Profile:
     """A profile from its YAML text; raises ProfileError naming every bad key."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_text.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from agentgate.common import yaml_text
+
 #: step name -> what its value must be (for messages).
 STEP_KINDS = {
     "print": "text",
@@ -207,7 +209,7 @@ def _number_key(key: Any, where: str) -> int:
 def parse_script(text: str) -> Script:
     """Parses and checks a script; raises ScriptError naming the problem and where."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_text.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -758,19 +758,23 @@ class WorkspaceManager:
             # Read inside the lock: a concurrent snapshot may just have moved last_snapshot.
             record = await self.get_leased(workspace_id)
             path, git_dir = record.path, record.git_dir
-            # Only the folders written since the last snapshot, when known
-            # (workspace/change_watch.py).
-            await gitops.add_all(git_dir, path, await self.changes.take(workspace_id))
-            # `git commit` would refresh the index and stat every file again (~45 ms at
-            # 20,000 files, docs/benchmarks.md "Repository scale"), so the commit is made
-            # from the index's tree by plumbing, which reads no file. Nothing changed since
-            # the last snapshot = its tree.
-            written, last_tree = await asyncio.gather(
-                gitops.work(git_dir, path, "write-tree"), gitops.tree_of(git_dir, record.last_snapshot)
-            )
+            # The last snapshot's tree (nothing changed = that tree) is read while staging.
+            last_tree = asyncio.ensure_future(gitops.tree_of(git_dir, record.last_snapshot))
+            try:
+                # Only the folders written since the last snapshot, when known
+                # (workspace/change_watch.py).
+                await gitops.add_all(git_dir, path, await self.changes.take(workspace_id))
+                # `git commit` would refresh the index and stat every file again (~45 ms at
+                # 20,000 files, docs/benchmarks.md "Repository scale"), so the commit is made
+                # from the index's tree by plumbing, which reads no file.
+                written = await gitops.work(git_dir, path, "write-tree")
+                await last_tree
+            finally:
+                last_tree.cancel()
+                await asyncio.gather(last_tree, return_exceptions=True)
             tree = written.stdout.strip()
             parent = await gitops.head_commit_fast(git_dir)
-            if tree == last_tree and parent == record.last_snapshot:
+            if tree == last_tree.result() and parent == record.last_snapshot:
                 return Snapshot(commit=parent, changed_files=[], has_changes=False)
             text = gitops.clean_message(message) or DEFAULT_SNAPSHOT_MESSAGE
             changed, committed = await asyncio.gather(

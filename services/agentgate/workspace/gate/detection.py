@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from agentgate.common import yaml_text
 from agentgate.workspace.gate.plan import Environment, GatePlan, TestCommand
 
 WORKFLOW_DIR = ".github/workflows"
@@ -126,7 +127,7 @@ def _workflow_steps(room: Path, detected: DetectedPlan, setup: list[str], tests:
     for path in sorted([*folder.glob("*.yml"), *folder.glob("*.yaml")]):
         relative = path.relative_to(room).as_posix()
         try:
-            document = yaml.safe_load(_read(path))
+            document = yaml_text.safe_load(_read(path))
         except yaml.YAMLError:
             detected.skipped.append(f"{relative}: not valid YAML")
             continue

@@ -17,6 +17,8 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from referencing.exceptions import Unresolvable
 
+from agentgate.common import yaml_text
+
 #: Errors listed per validation; the count is always given.
 MAX_ERRORS = 10
 
@@ -34,7 +36,7 @@ def load_schema_file(room: Path, relative: str) -> dict[str, Any]:
         raise SchemaLoadError(f"schema file {relative} is missing")
     try:
         text = target.read_text(encoding="utf-8")
-        schema = json.loads(text) if target.suffix == ".json" else yaml.safe_load(text)
+        schema = json.loads(text) if target.suffix == ".json" else yaml_text.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise SchemaLoadError(f"schema file {relative} cannot be read: {exc}") from None
     check_schema(schema, relative)

@@ -16,6 +16,7 @@ import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from agentgate.common import yaml_text
 from agentgate.harness.verification import VERIFICATION_LEVELS
 
 #: Where a workspace keeps its own plan, in the order they are looked for.
@@ -347,7 +348,7 @@ def _scalar_kind(value: Any) -> str:
 def parse_gate_plan(text: str, source: str = "verify.yaml") -> GatePlan:
     """Parses gate plan text; raises GatePlanError naming the line and key on any problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml_text.compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from agentgate.common import yaml_text
 from agentgate.workspace.gate.json_schema import SchemaLoadError, load_schema_file, schema_errors
 from agentgate.workspace.gate.plan import Assertion, RequiredSchema, SchemaRule
 from agentgate.workspace.processes import DEFAULT_KILL_GRACE_SECONDS, ProcessResult, run_process
@@ -79,7 +80,7 @@ def schema_problems(room: Path, schema: RequiredSchema) -> list[str]:
         return [f"{schema.file} is missing"]
     try:
         text = target.read_text(encoding="utf-8")
-        data = json.loads(text) if schema.schema == "json" else yaml.safe_load(text)
+        data = json.loads(text) if schema.schema == "json" else yaml_text.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         return [f"{schema.file} is not valid {schema.schema}: {exc}"]
     problems = []
