@@ -299,3 +299,22 @@ async def test_a_cancelled_pipe_kills_both_gits(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _processes_with("41.5") == []
+
+
+async def test_workspace_rows_parse_their_json_once_and_never_share_a_message(
+    manager: WorkspaceManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentgate.workspace import workspaces
+
+    parsed = []
+    real = workspaces.from_json
+    monkeypatch.setattr(workspaces, "from_json", lambda text, message: parsed.append(text) or real(text, message))
+    workspaces._parsed.cache_clear()
+    source = common_pb2.WorkspaceSource(local_path=str(_repo(tmp_path)))
+    prepared = await manager.prepare_for_run("run-rows", source)
+    first = await manager.get(prepared.workspace.id)
+    second = await manager.get(prepared.workspace.id)
+    assert first.source == second.source == source
+    first.source.local_path = "/changed"  # a caller's change stays its own
+    assert (await manager.get(prepared.workspace.id)).source == source
+    assert parsed.count(workspaces.to_json(source)) == 1
