@@ -113,7 +113,9 @@ def aio_channel(
     address, replica_options = channel_target(address)
     options = [*options, *replica_options]
     # Credential and TLS from the environment (agentgate.common.security).
-    interceptors = [*security.aio_client_interceptors(credential), *telemetry.client_interceptors(service)]
+    # The trace context rides with the token when no span is recorded (one interceptor less).
+    extra = telemetry.context_metadata if telemetry.carries_context_only(service) else None
+    interceptors = [*security.aio_client_interceptors(credential, extra), *telemetry.client_interceptors(service)]
     credentials = security.client_credentials()
     if credentials is not None:
         tls_options = [*options, *security.client_options()]

@@ -39,7 +39,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -616,17 +616,29 @@ def _with_token(metadata: Any, token: str) -> list[tuple[str, Any]]:
     return kept
 
 
-class _AioToken:
-    """Adds the bearer token to the calls of an asyncio channel."""
+#: More metadata for a call, by its method: what another layer sends with every call.
+ExtraMetadata = Callable[[str], Sequence[tuple[str, str]]]
 
-    def __init__(self, token: str):
+
+class _AioToken:
+    """Adds the bearer token (when there is one) and `extra(method)` to the calls of an
+    asyncio channel. One interceptor for both: each one wraps every call once more."""
+
+    def __init__(self, token: str, extra: ExtraMetadata | None = None):
         self._token = token
+        self._extra = extra
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = _with_token(details.metadata, self._token) if self._token else list(details.metadata or ())
+        if self._extra is not None:
+            method = details.method.decode() if isinstance(details.method, bytes) else details.method
+            given = {key for key, _ in metadata}
+            # What the caller passed itself wins.
+            metadata += [(key, value) for key, value in self._extra(method) if key not in given]
         return grpc.aio.ClientCallDetails(
             details.method,
             details.timeout,
-            grpc.aio.Metadata(*_with_token(details.metadata, self._token)),
+            grpc.aio.Metadata(*metadata),
             details.credentials,
             details.wait_for_ready,
         )
@@ -692,13 +704,14 @@ class _SyncToken(
         return continuation(self._details(client_call_details), request_iterator)
 
 
-def aio_client_interceptors(token: str | None = None) -> list[Any]:
-    """The token interceptor for an asyncio channel (none without a token)."""
+def aio_client_interceptors(token: str | None = None, extra: ExtraMetadata | None = None) -> list[Any]:
+    """The token interceptor for an asyncio channel, also sending `extra(method)` with
+    every call (none without a token or `extra`)."""
     token = client_token() if token is None else token
-    if not token:
+    if not token and extra is None:
         return []
     kinds = (_AioTokenUnaryUnary, _AioTokenUnaryStream, _AioTokenStreamUnary, _AioTokenStreamStream)
-    return [kind(token) for kind in kinds]
+    return [kind(token, extra) for kind in kinds]
 
 
 def intercept_sync_channel(channel: grpc.Channel, token: str | None = None) -> grpc.Channel:
