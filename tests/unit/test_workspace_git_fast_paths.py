@@ -318,3 +318,36 @@ async def test_workspace_rows_parse_their_json_once_and_never_share_a_message(
     first.source.local_path = "/changed"  # a caller's change stays its own
     assert (await manager.get(prepared.workspace.id)).source == source
     assert parsed.count(workspaces.to_json(source)) == 1
+
+
+async def test_the_first_patch_and_the_cumulative_one_are_one_diff(
+    manager: WorkspaceManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentgate.workspace import snapshots
+
+    repo = _repo(tmp_path)
+    prepared = await manager.prepare_for_run("run-patch", common_pb2.WorkspaceSource(local_path=str(repo)))
+    (prepared.workspace.path / "a.txt").write_text("changed\n")
+    snapshot = await manager.create_snapshot(prepared.workspace.id, "one")
+    diffs: list[tuple[str, ...]] = []
+    real = gitops.git
+
+    async def counting(*args: str, **kwargs: object) -> gitops.GitResult:
+        if args[0] == "diff":
+            diffs.append(args)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", counting)
+    step, total = await asyncio.gather(
+        snapshots.export_patch(manager, prepared.workspace.id, prepared.workspace.base_commit, snapshot.commit),
+        snapshots.export_patch(manager, prepared.workspace.id, "", snapshot.commit),
+    )
+    # The initial snapshot has the source commit's tree: one diff, and the paths known
+    # from the snapshot.
+    assert len(diffs) == 1
+    assert step.patch == total.patch and b"+changed" in step.patch
+    assert step.changed_files == total.changed_files == ["a.txt"]
+    assert (step.from_commit, total.from_commit) == (prepared.workspace.base_commit, _git(repo, "rev-parse", "HEAD"))
+    # Not kept: the next export asks git again.
+    await snapshots.export_patch(manager, prepared.workspace.id, "", snapshot.commit)
+    assert len(diffs) == 2

@@ -290,15 +290,28 @@ def remember_commit(
         _keep(("changed", str(git_dir), parent, commit), list(changed))
 
 
+def remember_same_tree(git_dir: Path, commit: str, other: str) -> None:
+    """Records that `other` has the tree of `commit` (the initial snapshot of a clean source
+    is the source's commit's tree): a diff from `other` is the diff from `commit`, which
+    the run asked for already (`same_tree`)."""
+    _keep(("same-tree", str(git_dir), other), commit)
+
+
+def same_tree(git_dir: Path, commit: str) -> str:
+    """The commit recorded as having `commit`'s tree (`remember_same_tree`), else `commit`:
+    what to diff from, so that equal diffs are asked once."""
+    return str(_KNOWN.get(("same-tree", str(git_dir), commit), commit))
+
+
 def _keep(key: tuple[str, ...], value: object) -> None:
     if len(_KNOWN) >= _KNOWN_MAX:
         del _KNOWN[next(iter(_KNOWN))]
     _KNOWN[key] = value
 
 
-async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> object:
-    """`ask()`'s answer for `key`, asked at most once at a time and kept when given."""
-    if key in _KNOWN:
+async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]], keep: bool = True) -> object:
+    """`ask()`'s answer for `key`, asked at most once at a time and (with `keep`) kept when given."""
+    if keep and key in _KNOWN:
         return _KNOWN[key]
     asking = _ASKING.get(key)
     if asking is None or asking.get_loop() is not asyncio.get_running_loop():
@@ -306,9 +319,15 @@ async def _once(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> o
         asking.add_done_callback(lambda done: _ASKING.pop(key, None) if _ASKING.get(key) is done else None)
     # Shielded: one caller cancelled does not take the answer from the others.
     value = await asyncio.shield(asking)
-    if value:  # none ('' or []) is not kept: an object missing now may come later
+    if keep and value:  # none ('' or []) is not kept: an object missing now may come later
         _keep(key, value)
     return value
+
+
+async def shared_while_asked(key: tuple[str, ...], ask: Callable[[], Awaitable[object]]) -> object:
+    """`ask()`'s answer for `key`, asked once for the callers that ask at the same time and
+    not kept (a patch: big, and asked once per iteration)."""
+    return await _once(key, ask, keep=False)
 
 
 async def resolve_commit(git_dir: Path, ref: str) -> str | None:

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 from agentgate.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from agentgate.common.patches import MAX_PATCH_BYTES, patch_too_large
@@ -158,7 +159,21 @@ async def export_patch(
         old = parent or record.base_commit
         from_commit = parent or ""
     new = await _resolve(manager, record, to_snapshot_id or record.last_snapshot, "to_snapshot_id")
-    tree = await gitops.tree_of(git_dir, new)
+    # The first iteration's patch and the run's cumulative one, asked at the same time, are
+    # one diff when the initial snapshot has the source commit's tree: made once.
+    old = gitops.same_tree(git_dir, old)
+    tree, made = await asyncio.gather(
+        gitops.tree_of(git_dir, new),
+        gitops.shared_while_asked(("patch", str(git_dir), old, new), lambda: _patch(git_dir, old, new)),
+    )
+    patch, changed = cast(tuple[bytes, list[str]], made)
+    return workspace_pb2.ExportPatchResponse(
+        patch=patch, from_commit=from_commit, to_commit=new, to_tree=tree, changed_files=changed
+    )
+
+
+async def _patch(git_dir: Path, old: str, new: str) -> tuple[bytes, list[str]]:
+    """The patch `old..new` and its paths; ResourceExhausted above MAX_PATCH_BYTES."""
     with tempfile.TemporaryDirectory(prefix="agentgate-patch-") as tmp:
         out = Path(tmp) / "change.diff"
         # The paths are asked beside the patch (each git process costs milliseconds); both
@@ -172,10 +187,7 @@ async def export_patch(
         size = out.stat().st_size
         if size > MAX_PATCH_BYTES:
             raise ResourceExhausted(patch_too_large(f"the change {old[:12]}..{new[:12]}", size))
-        patch = await asyncio.to_thread(out.read_bytes)
-    return workspace_pb2.ExportPatchResponse(
-        patch=patch, from_commit=from_commit, to_commit=new, to_tree=tree, changed_files=changed
-    )
+        return await asyncio.to_thread(out.read_bytes), changed
 
 
 async def apply_patches(manager: WorkspaceManager, workspace_id: str, patches: Sequence[bytes]) -> list[str]:

@@ -724,6 +724,10 @@ class WorkspaceManager:
         await asyncio.to_thread(_give_agent_index, git_dir, agent_git)
         # Its parent is what the cumulative patch starts from (snapshots.export_patch).
         gitops.remember_commit(git_dir, base_commit, parent=start)
+        if start and not (changes is not None and changes[1]):
+            # Committed from the source commit's tree (above): the first iteration's change
+            # and the run's cumulative one are then one diff.
+            gitops.remember_same_tree(git_dir, base_commit, start)
         return base_commit, on_branch
 
     async def _clone(self, url: str, ref: str, git_dir: Path) -> tuple[str, str]:
