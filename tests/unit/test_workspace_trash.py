@@ -48,3 +48,25 @@ async def test_a_discarded_tree_goes_at_once_and_is_deleted_behind(
     assert list(trash.iterdir()) == []
     assert found == [not with_rm]  # with `rm`, the walk finds nothing left to do
     assert outside.read_text() == "not the agent's\n"
+
+
+async def test_trees_discarded_one_after_the_other_go_in_one_rm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trees = [tmp_path / name for name in ("workspace", "room", "home")]
+    for tree in trees:
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "f.txt").write_text("x\n")
+    started: list[tuple[str, ...]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def counting(*argv: str, **kwargs: object) -> asyncio.subprocess.Process:
+        started.append(argv)
+        return await spawn(*argv, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", counting)
+    for tree in trees:  # as a run's end discards them: one request, several steps
+        assert await workspaces.discard_trees([tree], tmp_path / "trash") == []
+        assert not tree.exists()
+    assert started == []  # nothing started while the request is being answered
+    await asyncio.gather(*list(workspaces._deleting))
+    assert len(started) == 1 and sum(arg.startswith(str(tmp_path / "trash")) for arg in started[0]) == 3
+    assert list((tmp_path / "trash").iterdir()) == []

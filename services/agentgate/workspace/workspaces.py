@@ -28,7 +28,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -301,6 +301,12 @@ def remove_tree(path: Path) -> None:
 
 #: Trees being deleted behind the requests that discarded them (see `discard_tree`).
 _deleting: set[asyncio.Task[None]] = set()
+#: How long trees moved into the trash wait for the others of the same request (a run's
+#: end discards its workspace, clean room and agent home one after the other): one `rm`
+#: then deletes them all, after the request was answered.
+TRASH_BATCH_SECONDS = 0.05
+#: The trees the next `rm` of each event loop takes (added to while it waits).
+_batches: dict[asyncio.AbstractEventLoop, list[Path]] = {}
 
 
 async def discard_tree(path: Path, trash: Path) -> None:
@@ -333,10 +339,26 @@ async def discard_trees(paths: Sequence[Path], trash: Path) -> list[Path]:
 
     targets, left = await asyncio.to_thread(move)
     if targets:
-        task = asyncio.get_running_loop().create_task(_remove_behind(targets))
-        _deleting.add(task)
-        task.add_done_callback(_deleting.discard)
+        loop = asyncio.get_running_loop()
+        batch = _batches.get(loop)
+        if batch is not None:
+            batch.extend(targets)  # the waiting batch takes them
+        else:
+            batch = _batches[loop] = list(targets)
+            task = loop.create_task(_remove_batch(loop, batch))
+            _deleting.add(task)
+            task.add_done_callback(_deleting.discard)
     return left
+
+
+async def _remove_batch(loop: asyncio.AbstractEventLoop, batch: list[Path]) -> None:
+    """Deletes `batch` once the trees discarded meanwhile joined it."""
+    try:
+        await asyncio.sleep(TRASH_BATCH_SECONDS)
+    finally:
+        if _batches.get(loop) is batch:
+            del _batches[loop]
+    await _remove_behind(batch)
 
 
 async def _remove_behind(targets: list[Path]) -> None:
@@ -750,13 +772,13 @@ class WorkspaceManager:
 
     async def release(self, workspace_id: str) -> WorkspaceRecord:
         """Ends the lease; the files stay for inspection."""
-        await self.get(workspace_id)
+        record = await self.get(workspace_id)
         self.changes.stop(workspace_id)
         await self.db.execute(
             "UPDATE workspaces SET leased = 0, updated_at = ? WHERE id = ?", (utcnow().isoformat(), workspace_id)
         )
         await self.db.commit()
-        return await self.get(workspace_id)
+        return replace(record, leased=False)
 
     async def create_snapshot(self, workspace_id: str, message: str = "") -> Snapshot:
         """Commits everything in the workspace (files ignored by git excepted).
