@@ -56,6 +56,41 @@ def test_read_head_ref_refuses_a_ref_outside_refs_heads(tmp_path: Path) -> None:
     assert gitops.read_head_ref(tmp_path / "no-repo") is None
 
 
+@pytest.mark.parametrize("detached", [False, True])
+def test_move_head_ref_moves_head_as_update_ref_does(tmp_path: Path, detached: bool) -> None:
+    repo = _repo(tmp_path)
+    git_dir = repo / ".git"
+    if detached:
+        _git(repo, "checkout", "-q", "--detach")
+    old = _git(repo, "rev-parse", "HEAD")
+    (repo / "b.txt").write_text("b\n")
+    _git(repo, "add", "-A")
+    new = _git(repo, "commit-tree", _git(repo, "write-tree"), "-p", old, "-m", "two")
+    assert not gitops.move_head_ref(git_dir, new, "f" * 40)  # HEAD is not there: nothing moves
+    assert _git(repo, "rev-parse", "HEAD") == old
+    assert gitops.move_head_ref(git_dir, new, old)
+    assert _git(repo, "rev-parse", "HEAD") == new
+    if not detached:  # the branch moved, HEAD still names it
+        assert _git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    assert not list(git_dir.rglob("*.lock"))
+    _git(repo, "fsck", "--no-progress")
+
+
+def test_move_head_ref_leaves_what_it_cannot_do_simply_to_git(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    git_dir = repo / ".git"
+    old = _git(repo, "rev-parse", "HEAD")
+    new = _git(repo, "commit-tree", _git(repo, "write-tree"), "-p", old, "-m", "two")
+    lock = git_dir / "refs" / "heads" / "main.lock"
+    lock.write_text("")  # a git process holds the ref
+    assert not gitops.move_head_ref(git_dir, new, old)
+    assert lock.read_text() == "" and _git(repo, "rev-parse", "HEAD") == old
+    lock.unlink()
+    _git(repo, "pack-refs", "--all")  # no loose ref to move
+    assert not gitops.move_head_ref(git_dir, new, old)
+    assert _git(repo, "rev-parse", "HEAD") == old
+
+
 def test_a_snapshot_message_is_cleaned_as_git_commit_cleans_it() -> None:
     # The snapshot's commit is made by `commit-tree`, which keeps a message as given.
     for message in ["one line", "  title  \n\n\n\nbody  \n\n", "\n\nlate title\n", "a\n \n\t\nb", " \n\t"]:

@@ -818,7 +818,8 @@ class WorkspaceManager:
             )
             head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
-            await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
+            if not gitops.move_head_ref(git_dir, head, parent):
+                await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
             # `changed` is against the last snapshot: kept when that is the parent (after a
             # restore HEAD is a commit of its own).
             gitops.remember_commit(git_dir, head, tree, parent, changed if parent == record.last_snapshot else ())
