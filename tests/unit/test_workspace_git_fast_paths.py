@@ -279,7 +279,7 @@ async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, mo
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "two")
     head, tree, parent = (_git(repo, "rev-parse", ref) for ref in ("HEAD", "HEAD^{tree}", "HEAD~1"))
-    gitops.remember_commit(repo / ".git", head, tree, parent, ["b.txt"])
+    gitops.remember_commit(repo / ".git", head, tree, parent, [("A", "b.txt")])
 
     async def no_git(*args: str, **kwargs: object) -> gitops.GitResult:
         raise AssertionError(f"git {' '.join(args)} was asked")
@@ -289,6 +289,31 @@ async def test_a_commit_just_made_is_known_without_asking_git(tmp_path: Path, mo
     assert await gitops.resolve_commit(repo / ".git", f"{head}^") == parent  # the cumulative patch's start
     assert await gitops.tree_of(repo / ".git", head) == tree
     assert await gitops.changed_files(repo / ".git", parent, head) == ["b.txt"]
+    assert await gitops.changes(repo / ".git", parent, head) == [("A", "b.txt")]
+
+
+async def test_changes_name_each_path_with_its_status_and_the_scan_leaves_deletions_out(tmp_path: Path) -> None:
+    from agentgate.workspace.gate.security_scan import load_change
+
+    repo = _repo(tmp_path)
+    (repo / "gone.txt").write_text("g\n")
+    (repo / "link").write_text("was a file\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "two")
+    old = _git(repo, "rev-parse", "HEAD")
+    (repo / "a.txt").write_text("changed\n")
+    (repo / "gone.txt").unlink()
+    (repo / "link").unlink()
+    (repo / "link").symlink_to("a.txt")
+    (repo / "new file\twith tab.txt").write_text("n\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "three")
+    new = _git(repo, "rev-parse", "HEAD")
+    found = await gitops.changes(repo / ".git", old, new)
+    assert sorted(found) == [("A", "new file\twith tab.txt"), ("D", "gone.txt"), ("M", "a.txt"), ("T", "link")]
+    change = await load_change(repo / ".git", old, new)
+    assert sorted(change.changed) == ["a.txt", "link", "new file\twith tab.txt"]
+    assert "+changed" in change.diff and "gone.txt" not in change.diff
 
 
 async def test_a_pipe_of_two_gits_carries_the_pack_and_names_the_git_that_failed(tmp_path: Path) -> None:

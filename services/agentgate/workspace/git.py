@@ -276,10 +276,10 @@ _KNOWN_MAX = 4096
 
 
 def remember_commit(
-    git_dir: Path, commit: str, tree: str = "", parent: str = "", changed: Sequence[str] = ()
+    git_dir: Path, commit: str, tree: str = "", parent: str = "", changed: Sequence[tuple[str, str]] = ()
 ) -> None:
     """Records what the caller just made: `commit` is a commit of `git_dir` (with `tree`,
-    when known, its first `parent`, and the paths it changed against it); a snapshot's first
+    when known, its first `parent`, and its `changes` against it); a snapshot's first
     readers, the clean room, the gate and the patch export, then ask no git."""
     _keep(("commit", str(git_dir), commit), commit)
     if parent:
@@ -382,13 +382,22 @@ async def add_all(git_dir: Path, work_tree: Path, folders: list[str] | None = No
 async def changed_files(git_dir: Path, old: str, new: str, behind: bool = False) -> list[str]:
     """Paths that differ between two commits (or trees) of `git_dir` (renames as delete + add);
     `behind`: see `git`."""
+    return [path for _, path in await changes(git_dir, old, new, behind)]
 
-    async def ask() -> list[str]:
+
+async def changes(git_dir: Path, old: str, new: str, behind: bool = False) -> list[tuple[str, str]]:
+    """(status, path) of each path that differs between two commits (or trees) of `git_dir`:
+    `A`dded, `M`odified, `D`eleted or `T` (type changed); renames as delete + add. One
+    answer for the paths (`changed_files`) and for the change without its deletions (the
+    security scan's)."""
+
+    async def ask() -> list[tuple[str, str]]:
         out = (
-            await git("diff", "--no-ext-diff", "--name-only", "--no-renames", "-z", old, new,
+            await git("diff", "--no-ext-diff", "--name-status", "--no-renames", "-z", old, new,
                       cwd=git_dir, git_dir=git_dir, behind=behind)
         ).stdout
-        return [name for name in out.split("\0") if name]
+        fields = out.split("\0")
+        return [(status, path) for status, path in zip(fields[0::2], fields[1::2], strict=False) if path]
 
     if _object_id(old) and _object_id(new):
         return list(await _once(("changed", str(git_dir), old, new), ask))  # type: ignore[call-overload]

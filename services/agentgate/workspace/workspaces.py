@@ -813,7 +813,7 @@ class WorkspaceManager:
                 return Snapshot(commit=parent, changed_files=[], has_changes=False)
             text = gitops.clean_message(message) or DEFAULT_SNAPSHOT_MESSAGE
             changed, committed = await asyncio.gather(
-                gitops.changed_files(git_dir, record.last_snapshot, tree),
+                gitops.changes(git_dir, record.last_snapshot, tree),
                 gitops.work(git_dir, path, "commit-tree", tree, "-p", parent, "-m", text),
             )
             head = committed.stdout.strip()
@@ -828,7 +828,7 @@ class WorkspaceManager:
                 (head, utcnow().isoformat(), workspace_id),
             )
             await self.db.commit()
-            return Snapshot(commit=head, changed_files=changed, has_changes=True)
+            return Snapshot(commit=head, changed_files=[path for _, path in changed], has_changes=True)
 
     async def resolve_snapshot(self, record: WorkspaceRecord, snapshot_id: str) -> str:
         """The commit a snapshot id names in the workspace ('' = HEAD); FailedPrecondition if none."""

@@ -313,18 +313,16 @@ async def load_change(repo: Path, base: str, commit: str) -> Change:
     """The change `base..commit` of the git directory `repo` (deleted files left out)."""
     if base == commit:
         return Change(base, commit, [], "")
-    names, diff = await asyncio.gather(
-        gitops.git(
-            "diff", "--no-ext-diff", "--name-only", "--no-renames", "--diff-filter=d", "-z", base, commit,
-            cwd=repo, git_dir=repo,
-        ),
+    # The paths come with the statuses the snapshot (or the patch export) asked for already.
+    changes, diff = await asyncio.gather(
+        gitops.changes(repo, base, commit),
         gitops.git(
             # Every output option explicit: the user's git configuration must not change the format.
             "diff", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--diff-filter=d",
             "--unified=0", "--src-prefix=a/", "--dst-prefix=b/", base, commit, cwd=repo, git_dir=repo,
         ),
     )
-    return Change(base, commit, [name for name in names.stdout.split("\0") if name], diff.stdout)
+    return Change(base, commit, [path for status, path in changes if status != "D"], diff.stdout)
 
 
 def scan_change(change: Change, settings: Security) -> common_pb2.CheckResult:
