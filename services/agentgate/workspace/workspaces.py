@@ -707,25 +707,36 @@ class WorkspaceManager:
         remote = [gitops.work(git_dir, path, "config", "remote.origin.url", push_url)] if push_url else []
         if start and not (changes is not None and changes[1]):
             # The files are the commit's (no copy, no user changes): the initial snapshot is
-            # the commit's tree, committed from our objects before anything is written, so
-            # that its checkout, the agent's copy of the objects and the remote go side by
-            # side (each git process costs milliseconds, docs/benchmarks.md "Repository scale").
-            made = await gitops.git(
-                "commit-tree", f"{start}^{{tree}}", "-p", start, "-m", INITIAL_SNAPSHOT_MESSAGE,
-                cwd=git_dir, git_dir=git_dir,
+            # the commit's tree, committed from our objects while that tree is checked out
+            # (at the commit, moved to the snapshot after: same files, same index), and the
+            # agent's copy of the objects and the remote go side by side (each git process
+            # costs milliseconds, docs/benchmarks.md "Repository scale").
+            committed = asyncio.ensure_future(
+                gitops.git(
+                    "commit-tree", f"{start}^{{tree}}", "-p", start, "-m", INITIAL_SNAPSHOT_MESSAGE,
+                    cwd=git_dir, git_dir=git_dir,
+                )
             )
-            base_commit = made.stdout.strip()
             switch = ["--detach"] if detach else ["-B", branch]
+
+            async def agent_repository() -> None:
+                base = (await committed).stdout.strip()  # in our objects before they are copied
+                await asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base)
+
             # All of them end before a failure is raised: the caller then removes the folders,
             # which the copy (a thread, not cancellable) must not be writing into.
             for outcome in await asyncio.gather(
-                gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, base_commit),
-                asyncio.to_thread(_make_agent_repository, git_dir, agent_git, on_branch, base_commit),
+                committed,
+                gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, start),
+                agent_repository(),
                 *remote,
                 return_exceptions=True,
             ):
                 if isinstance(outcome, BaseException):
                     raise outcome
+            base_commit = committed.result().stdout.strip()
+            if not gitops.move_head_ref(git_dir, base_commit, start):
+                await gitops.work(git_dir, path, "update-ref", "HEAD", base_commit, start)
         else:
             if start:
                 # The commit's files, written from our own objects into the workspace.
