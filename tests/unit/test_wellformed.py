@@ -38,3 +38,14 @@ def test_bad_durations_and_struct_numbers():
         "fields['list'].list_value.values[1]",
         "fields['nested'].struct_value.fields['inf']",
     ]
+
+
+def test_only_types_that_can_hold_such_values_are_walked():
+    from agentgate.common import wellformed
+
+    assert wellformed._may_hold_checked(common_pb2.Run.DESCRIPTOR)
+    assert wellformed._may_hold_checked(struct_pb2.ListValue.DESCRIPTOR)  # through Value, which holds itself
+    assert not wellformed._may_hold_checked(common_pb2.TokenUsage.DESCRIPTOR)
+    result = common_pb2.AgentResult()
+    result.tool_calls.add().input.update({"x": float("nan")})
+    assert fields(result) == ["tool_calls[0].input.fields['x']"]
