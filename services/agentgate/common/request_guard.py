@@ -34,8 +34,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 def _decoder(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
     def decode(raw: bytes) -> Any:
-        if deserializer is None:
-            return raw
+        if deserializer is None or not isinstance(raw, bytes):
+            return raw  # decoded already (by the lease check in front, common/security.py)
         try:
             return deserializer(raw)
         except (DecodeError, ValueError, TypeError) as exc:

@@ -504,11 +504,13 @@ def _checked(
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         decoded = _decode(method, request)
         # Undecodable bytes go on to the request guard, which answers INVALID_ARGUMENT.
-        if decoded is not None:
-            refusal = lease_refusal(method, principal, key, lease_token, decoded)
-            if refusal is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-        return await behavior(request, context)  # type: ignore[arg-type]  # types-grpcio: handlers take the sync context
+        if decoded is None:
+            return await behavior(request, context)  # type: ignore[arg-type]  # types-grpcio: handlers take the sync context
+        refusal = lease_refusal(method, principal, key, lease_token, decoded)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        # The guard takes the message as it is: decoded once.
+        return await behavior(decoded, context)  # type: ignore[arg-type]
 
     return handler._replace(unary_unary=guarded)  # type: ignore[attr-defined]
 
