@@ -20,6 +20,13 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run([*base, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _commit(repo: Path, message: str) -> str:
+    """Commits everything in `repo`; its new HEAD."""
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", message)
+    return _git(repo, "rev-parse", "HEAD")
+
+
 def _repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -104,9 +111,7 @@ async def test_clean_room_holds_exactly_the_tracked_files_of_the_snapshot(tmp_pa
     (repo / "tests" / "t.txt").write_text("t\n")
     (repo / ".gitattributes").write_text("tests export-ignore\n")
     (repo / ".gitignore").write_text("ignored\n")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "two")
-    commit = _git(repo, "rev-parse", "HEAD")
+    commit = _commit(repo, "two")
     (repo / "ignored").write_text("not in the snapshot\n")
     (repo / "a.txt").write_text("changed after the snapshot\n")
     room = await cleanroom.create_clean_room(repo / ".git", commit, tmp_path / "rooms", "run-1", 1)
@@ -298,17 +303,13 @@ async def test_changes_name_each_path_with_its_status_and_the_scan_leaves_deleti
     repo = _repo(tmp_path)
     (repo / "gone.txt").write_text("g\n")
     (repo / "link").write_text("was a file\n")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "two")
-    old = _git(repo, "rev-parse", "HEAD")
+    old = _commit(repo, "two")
     (repo / "a.txt").write_text("changed\n")
     (repo / "gone.txt").unlink()
     (repo / "link").unlink()
     (repo / "link").symlink_to("a.txt")
     (repo / "new file\twith tab.txt").write_text("n\n")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "three")
-    new = _git(repo, "rev-parse", "HEAD")
+    new = _commit(repo, "three")
     found = await gitops.changes(repo / ".git", old, new)
     assert sorted(found) == [("A", "new file\twith tab.txt"), ("D", "gone.txt"), ("M", "a.txt"), ("T", "link")]
     change = await load_change(repo / ".git", old, new)
