@@ -705,12 +705,13 @@ class WorkspaceManager:
         on_branch = "" if detach else branch
         agent_git = path / ".git"
         remote = [gitops.work(git_dir, path, "config", "remote.origin.url", push_url)] if push_url else []
-        if start and not (changes is not None and changes[1]):
-            # The files are the commit's (no copy, no user changes): the initial snapshot is
-            # the commit's tree, committed from our objects while that tree is checked out
-            # (at the commit, moved to the snapshot after: same files, same index), and the
-            # agent's copy of the objects and the remote go side by side (each git process
-            # costs milliseconds, docs/benchmarks.md "Repository scale").
+        # The files are the commit's (no copy, no user changes)?
+        from_commit = bool(start) and not (changes is not None and changes[1])
+        if from_commit:
+            # The initial snapshot is the commit's tree, committed from our objects while
+            # that tree is checked out (at the commit, moved to the snapshot after: same
+            # files, same index), and the agent's copy of the objects and the remote go side
+            # by side (each git process costs milliseconds, docs/benchmarks.md "Repository scale").
             committed = asyncio.ensure_future(
                 gitops.git(
                     "commit-tree", f"{start}^{{tree}}", "-p", start, "-m", INITIAL_SNAPSHOT_MESSAGE,
@@ -757,7 +758,7 @@ class WorkspaceManager:
         await asyncio.to_thread(_give_agent_index, git_dir, agent_git)
         # Its parent is what the cumulative patch starts from (snapshots.export_patch).
         gitops.remember_commit(git_dir, base_commit, parent=start)
-        if start and not (changes is not None and changes[1]):
+        if from_commit:
             # Committed from the source commit's tree (above): the first iteration's change
             # and the run's cumulative one are then one diff.
             gitops.remember_same_tree(git_dir, base_commit, start)
