@@ -83,7 +83,7 @@ def test_move_head_ref_moves_head_as_update_ref_does(tmp_path: Path, detached: b
     _git(repo, "fsck", "--no-progress")
 
 
-def test_move_head_ref_leaves_what_it_cannot_do_simply_to_git(tmp_path: Path) -> None:
+async def test_move_head_ref_leaves_what_it_cannot_do_simply_to_git(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     git_dir = repo / ".git"
     old = _git(repo, "rev-parse", "HEAD")
@@ -96,6 +96,10 @@ def test_move_head_ref_leaves_what_it_cannot_do_simply_to_git(tmp_path: Path) ->
     _git(repo, "pack-refs", "--all")  # no loose ref to move
     assert not gitops.move_head_ref(git_dir, new, old)
     assert _git(repo, "rev-parse", "HEAD") == old
+    await gitops.move_head(git_dir, new, old)  # git update-ref does it
+    assert _git(repo, "rev-parse", "HEAD") == new
+    with pytest.raises(gitops.GitError):  # HEAD is not at the old value given
+        await gitops.move_head(git_dir, old, "f" * 40)
 
 
 def test_a_snapshot_message_is_cleaned_as_git_commit_cleans_it() -> None:

@@ -1,7 +1,7 @@
 """YAML read by libyaml when PyYAML was built with it, else by PyYAML's own parser.
 
 The same safe loading either way (PyYAML's `SafeConstructor` and resolver); libyaml only
-parses ~15x faster: a gate plan or an agent script is read on every verification and agent
+parses 8-18x faster: a gate plan or an agent script is read on every verification and agent
 execution (docs/benchmarks.md, "Repository scale").
 """
 

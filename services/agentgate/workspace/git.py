@@ -441,13 +441,20 @@ def _head_ref_file(git_dir: Path) -> Path | None:
     return git_dir / ref
 
 
+async def move_head(git_dir: Path, new: str, old: str) -> None:
+    """Moves HEAD of the git directory `git_dir` (a repository this service manages) from
+    `old` to `new`; GitError when HEAD is not at `old`. By writing the ref file when that is
+    simple (`move_head_ref`: a process less per snapshot), else by `git update-ref`."""
+    if not move_head_ref(git_dir, new, old):
+        await git("update-ref", "HEAD", new, old, cwd=git_dir, git_dir=git_dir)
+
+
 def move_head_ref(git_dir: Path, new: str, old: str) -> bool:
-    """Moves HEAD from `old` to `new` in a repository this service manages, the way
-    `git update-ref HEAD new old` does in a bare repository (which keeps no reflog): the
-    ref's `.lock` made exclusively, written, renamed over the ref. False, changing nothing,
-    when it cannot be done that simply (a packed ref, HEAD not at `old`, a lock held): the
-    caller then runs `git update-ref`. Saves a process per snapshot; a few bytes written
-    to the page cache, like `read_head_ref`'s read."""
+    """Moves HEAD from `old` to `new` the way `git update-ref HEAD new old` does in a bare
+    repository (which keeps no reflog): the ref's `.lock` made exclusively, written, renamed
+    over the ref. False, changing nothing, when it cannot be done that simply (a packed ref,
+    HEAD not at `old`, a lock held). A few bytes written to the page cache, like
+    `read_head_ref`'s read."""
     try:
         target = _head_ref_file(git_dir)
         if target is None or _object_id(target.read_text(encoding="ascii", errors="replace")) != old:

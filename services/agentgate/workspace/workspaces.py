@@ -707,6 +707,7 @@ class WorkspaceManager:
         remote = [gitops.work(git_dir, path, "config", "remote.origin.url", push_url)] if push_url else []
         # The files are the commit's (no copy, no user changes)?
         from_commit = bool(start) and not (changes is not None and changes[1])
+        switch = ["--detach"] if detach else ["-B", branch]
         if from_commit:
             # The initial snapshot is the commit's tree, committed from our objects while
             # that tree is checked out (at the commit, moved to the snapshot after: same
@@ -718,7 +719,6 @@ class WorkspaceManager:
                     cwd=git_dir, git_dir=git_dir,
                 )
             )
-            switch = ["--detach"] if detach else ["-B", branch]
 
             async def agent_repository() -> None:
                 base = (await committed).stdout.strip()  # in our objects before they are copied
@@ -736,12 +736,10 @@ class WorkspaceManager:
                 if isinstance(outcome, BaseException):
                     raise outcome
             base_commit = committed.result().stdout.strip()
-            if not gitops.move_head_ref(git_dir, base_commit, start):
-                await gitops.work(git_dir, path, "update-ref", "HEAD", base_commit, start)
+            await gitops.move_head(git_dir, base_commit, start)
         else:
             if start:
                 # The commit's files, written from our own objects into the workspace.
-                switch = ["--detach"] if detach else ["-B", branch]
                 await gitops.work(git_dir, path, "checkout", "-q", "-f", *switch, start)
             else:
                 await gitops.work(git_dir, path, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
@@ -830,8 +828,7 @@ class WorkspaceManager:
             )
             head = committed.stdout.strip()
             # With the old value: refused if HEAD moved meanwhile.
-            if not gitops.move_head_ref(git_dir, head, parent):
-                await gitops.work(git_dir, path, "update-ref", "-m", "agentgate: snapshot", "HEAD", head, parent)
+            await gitops.move_head(git_dir, head, parent)
             # `changed` is against the last snapshot: kept when that is the parent (after a
             # restore HEAD is a commit of its own).
             gitops.remember_commit(git_dir, head, tree, parent, changed if parent == record.last_snapshot else ())
